@@ -1,0 +1,179 @@
+//! The commit-time pass: builds the snapshots of every instance recorded in the transaction and
+//! writes their events, chunk by chunk so that memory stays bounded however many instances one
+//! transaction inserts.
+//!
+//! The pass runs as the extension's owner, with `search_path` set to `pg_catalog, pg_temp`: the
+//! application's role needs no privilege on `ae_events`, and nothing the caller defines can change
+//! what the extension reads or writes.
+
+use crate::errors::{self, EventError};
+use crate::outbox::{self, Event, EventKind, WriteContext};
+use crate::{pending, settings, snapshot};
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+use std::panic::AssertUnwindSafe;
+
+/// Instances built and written per set-based pass.
+const CHUNK_SIZE: usize = 1000;
+
+const ID_SEQUENCE: &str = "
+SELECT pg_catalog.pg_get_serial_sequence('ae_events.outbox', 'id')::pg_catalog.regclass::pg_catalog.oid";
+
+/// Emit the events of every instance recorded and not yet emitted in this transaction.
+pub fn emit_pending() {
+    if !pending::has_unemitted() {
+        return;
+    }
+    let _privileges = OwnerPrivileges::enter();
+    Spi::connect_mut(|client| {
+        // A DBA's trigger on the outbox could insert instances: loop until none is left.
+        loop {
+            let instance_ids = pending::take_unemitted();
+            if instance_ids.is_empty() {
+                break;
+            }
+            for chunk in instance_ids.chunks(CHUNK_SIZE) {
+                PgTryBuilder::new(AssertUnwindSafe(|| {
+                    if let Err(error) = emit_chunk(client, chunk) {
+                        error.report();
+                    }
+                }))
+                .catch_others(|caught| {
+                    let what = match outbox::event_being_written() {
+                        Some((kind, instance_id)) => {
+                            format!("the {} event of ti.instance {instance_id}", kind.noun())
+                        }
+                        None => {
+                            format!("the created events of ti.instance {}", describe_ids(chunk))
+                        }
+                    };
+                    errors::raise_naming(caught, &what)
+                })
+                .execute();
+            }
+        }
+    });
+}
+
+fn emit_chunk(client: &mut SpiClient<'_>, instance_ids: &[i64]) -> Result<(), EventError> {
+    let snapshots = snapshot::build(client, instance_ids)?;
+    if snapshots.is_empty() {
+        return Ok(());
+    }
+    let context = write_context(client)?;
+    let events = snapshots
+        .into_iter()
+        .map(|snapshot| Event {
+            kind: EventKind::Created,
+            snapshot_version: 1,
+            snapshot,
+        })
+        .collect();
+    outbox::write(client, context, events)
+}
+
+fn write_context(client: &SpiClient<'_>) -> Result<WriteContext, EventError> {
+    let row = client
+        .select(ID_SEQUENCE, Some(1), &[])
+        .map_err(EventError::spi("cannot read the extension's catalog entry"))?
+        .first();
+    let id_sequence = row
+        .get::<pg_sys::Oid>(1)
+        .map_err(EventError::spi("cannot read the outbox id sequence"))?
+        .ok_or_else(|| EventError::BadValue {
+            what: "the outbox id sequence (missing)".to_owned(),
+        })?;
+    Ok(WriteContext {
+        id_sequence,
+        // SAFETY: reads the clock.
+        occurred_at: unsafe { pg_sys::GetCurrentTimestamp() },
+        notify: settings::notify_mode(),
+        channel: settings::channel(),
+    })
+}
+
+/// "789" or "1, 2, 3", or "1, 2, 3, ... (1000 instances)" for long lists.
+fn describe_ids(ids: &[i64]) -> String {
+    const SHOWN: usize = 5;
+    let shown: Vec<String> = ids.iter().take(SHOWN).map(i64::to_string).collect();
+    if ids.len() > SHOWN {
+        format!("{}, ... ({} instances)", shown.join(", "), ids.len())
+    } else {
+        shown.join(", ")
+    }
+}
+
+/// Runs the pass as the extension's owner with a safe `search_path`; restores both on drop.
+/// (On error, PostgreSQL's transaction abort restores them.)
+struct OwnerPrivileges {
+    saved_user: pg_sys::Oid,
+    saved_security_context: i32,
+    guc_nest_level: i32,
+}
+
+impl OwnerPrivileges {
+    fn enter() -> Self {
+        let owner = extension_owner();
+        let mut saved_user = pg_sys::InvalidOid;
+        let mut saved_security_context = 0;
+        // SAFETY: the documented way to run code as another role inside a transaction, as
+        // PostgreSQL does for REFRESH MATERIALIZED VIEW and maintenance commands.
+        unsafe {
+            pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_security_context);
+            pg_sys::SetUserIdAndSecContext(
+                owner,
+                saved_security_context
+                    | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
+                    | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
+            );
+        }
+        // SAFETY: a GUC nest level scoped to this pass, popped in drop (or by abort).
+        let guc_nest_level = unsafe {
+            let level = pg_sys::NewGUCNestLevel();
+            pg_sys::set_config_option(
+                c"search_path".as_ptr(),
+                c"pg_catalog, pg_temp".as_ptr(),
+                pg_sys::GucContext::PGC_USERSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+                pg_sys::GucAction::GUC_ACTION_SAVE,
+                true,
+                0,
+                false,
+            );
+            level
+        };
+        OwnerPrivileges {
+            saved_user,
+            saved_security_context,
+            guc_nest_level,
+        }
+    }
+}
+
+impl Drop for OwnerPrivileges {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return; // the transaction is aborting; PostgreSQL restores user and settings
+        }
+        // SAFETY: restores what `enter` saved.
+        unsafe {
+            pg_sys::AtEOXact_GUC(true, self.guc_nest_level);
+            pg_sys::SetUserIdAndSecContext(self.saved_user, self.saved_security_context);
+        }
+    }
+}
+
+/// The role that owns the extension (its installer); the pass runs with its privileges.
+fn extension_owner() -> pg_sys::Oid {
+    let owner = Spi::get_one::<pg_sys::Oid>(
+        "SELECT e.extowner FROM pg_catalog.pg_extension AS e WHERE e.extname OPERATOR(pg_catalog.=) 'ae_events'",
+    );
+    match owner {
+        Ok(Some(owner)) => owner,
+        _ => errors::raise(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            "ae_events: the extension's catalog entry is missing".to_owned(),
+            None,
+        ),
+    }
+}

@@ -1,0 +1,76 @@
+//! Every failure the extension reports, with its SQLSTATE. Reported messages start with
+//! `ae_events:` so that a DBA can tell them from the application's own errors.
+
+use pgrx::pg_sys::errcodes::PgSqlErrorCode;
+use pgrx::pg_sys::panic::{CaughtError, ErrorReport};
+use pgrx::prelude::*;
+use std::fmt;
+
+pub const PREFIX: &str = "ae_events: ";
+
+#[derive(Debug)]
+pub enum EventError {
+    /// SPI refused a query of the extension.
+    Spi {
+        context: String,
+        source: pgrx::spi::SpiError,
+    },
+    /// A value read from the database cannot be rendered into the payload.
+    BadValue { what: String },
+}
+
+impl EventError {
+    pub fn spi(context: impl Into<String>) -> impl FnOnce(pgrx::spi::SpiError) -> EventError {
+        let context = context.into();
+        move |source| EventError::Spi { context, source }
+    }
+
+    pub fn sqlstate(&self) -> PgSqlErrorCode {
+        match self {
+            EventError::Spi { .. } => PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            EventError::BadValue { .. } => PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
+        }
+    }
+
+    /// Raise this error in PostgreSQL, which aborts the current transaction.
+    pub fn report(self) -> ! {
+        raise(self.sqlstate(), format!("{PREFIX}{self}"), None)
+    }
+}
+
+impl fmt::Display for EventError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EventError::Spi { context, source } => write!(f, "{context}: {source}"),
+            EventError::BadValue { what } => write!(f, "cannot render {what}"),
+        }
+    }
+}
+
+impl std::error::Error for EventError {}
+
+/// Raise an ERROR with the given SQLSTATE, message and detail.
+pub fn raise(code: PgSqlErrorCode, message: String, detail: Option<String>) -> ! {
+    let mut report = ErrorReport::new(code, message, "ae_events");
+    if let Some(detail) = detail {
+        report = report.set_detail(detail);
+    }
+    report.report(PgLogLevel::ERROR);
+    unreachable!("ereport(ERROR) does not return")
+}
+
+/// Raise an error caught while emitting events again, its message saying which event failed
+/// (`what`, e.g. "the created event of ti.instance 789"). The SQLSTATE and detail are kept.
+pub fn raise_naming(caught: CaughtError, what: &str) -> ! {
+    let report = match &caught {
+        CaughtError::PostgresError(report) | CaughtError::ErrorReport(report) => report,
+        CaughtError::RustPanic { ereport, .. } => ereport,
+    };
+    let message = report.message();
+    let message = message.strip_prefix(PREFIX).unwrap_or(message);
+    raise(
+        report.sql_error_code(),
+        format!("{PREFIX}cannot write {what}: {message}"),
+        report.detail().map(str::to_owned),
+    )
+}

@@ -1,0 +1,38 @@
+//! ae_events: enriched `ae.test_instance.created` events, built in the inserting transaction,
+//! written to `ae_events.outbox` and announced with `pg_notify`.
+//!
+//! This file only wires the modules and the SQL files together; each module owns one concern.
+
+use pgrx::prelude::*;
+
+mod attach;
+mod emitter;
+mod errors;
+mod notification;
+mod outbox;
+mod payload;
+mod pending;
+mod settings;
+mod snapshot;
+mod timefmt;
+
+::pgrx::pg_module_magic!(name, version);
+
+extension_sql_file!("../sql/outbox.sql", name = "outbox", bootstrap);
+extension_sql_file!("../sql/install.sql", name = "install", finalize);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    settings::register();
+    pending::register_transaction_callbacks();
+}
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}

@@ -1,0 +1,104 @@
+//! The notification of events.md §4: JSON text with its keys in the contract's order, the payload
+//! embedded when the whole message stays under PostgreSQL's 8000-byte limit.
+
+use crate::settings::NotifyMode;
+use pgrx::prelude::*;
+use serde::Serialize;
+
+/// PostgreSQL rejects a notification payload of this many bytes or more.
+pub const NOTIFY_PAYLOAD_LIMIT: usize = 8000;
+
+/// The fields that every message carries, in the contract's order (`payload` follows them).
+#[derive(Serialize)]
+pub struct Envelope<'a> {
+    pub id: i64,
+    pub event_id: &'a str,
+    pub subscription_key: &'a str,
+    pub event_type: &'a str,
+    pub aggregate_type: &'a str,
+    pub aggregate_id: i64,
+    pub snapshot_version: i32,
+    pub occurred_at: &'a str,
+}
+
+/// The message text: the envelope, then `"payload": <payload>` when the mode is `full` and the
+/// message fits, otherwise `"payload_omitted": true` (the relay reads the outbox row).
+pub fn message(envelope: &Envelope<'_>, payload_json: &str, mode: NotifyMode) -> String {
+    let mut text = serde_json::to_string(envelope).unwrap_or_default();
+    text.pop(); // the closing brace; the payload (or its absence) goes last
+    const PAYLOAD_KEY: &str = ",\"payload\":";
+    if mode == NotifyMode::Full
+        && text.len() + PAYLOAD_KEY.len() + payload_json.len() + 1 < NOTIFY_PAYLOAD_LIMIT
+    {
+        text.push_str(PAYLOAD_KEY);
+        text.push_str(payload_json);
+    } else {
+        text.push_str(",\"payload_omitted\":true");
+    }
+    text.push('}');
+    text
+}
+
+/// Queue the notification; PostgreSQL delivers it when the transaction commits.
+pub fn send(channel: &str, message: &str) {
+    // SAFETY: pg_notify takes two text arguments and returns void.
+    unsafe {
+        pgrx::fcinfo::direct_function_call_as_datum(
+            pg_sys::pg_notify,
+            &[channel.into_datum(), message.into_datum()],
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope() -> Envelope<'static> {
+        Envelope {
+            id: 1,
+            event_id: "00000000-0000-4000-8000-000000000000",
+            subscription_key: "ae.test_instance.created",
+            event_type: "ae_test_instance_created",
+            aggregate_type: "test_instance",
+            aggregate_id: 789,
+            snapshot_version: 1,
+            occurred_at: "2023-11-05T10:00:00Z",
+        }
+    }
+
+    #[test]
+    fn keys_follow_the_contract_order() {
+        let text = message(&envelope(), "{\"id\":789}", NotifyMode::Full);
+        let keys = [
+            "\"id\"",
+            "\"event_id\"",
+            "\"subscription_key\"",
+            "\"event_type\"",
+            "\"aggregate_type\"",
+            "\"aggregate_id\"",
+            "\"snapshot_version\"",
+            "\"occurred_at\"",
+            "\"payload\"",
+        ];
+        let positions: Vec<usize> = keys.iter().map(|key| text.find(key).unwrap()).collect();
+        assert!(positions.windows(2).all(|pair| pair[0] < pair[1]), "{text}");
+        assert!(text.ends_with(",\"payload\":{\"id\":789}}"), "{text}");
+    }
+
+    #[test]
+    fn payload_left_out_at_the_limit_and_in_reference_mode() {
+        let head = message(&envelope(), "", NotifyMode::Reference);
+        assert!(head.ends_with(",\"payload_omitted\":true}"));
+        let envelope_len = message(&envelope(), "0", NotifyMode::Full).len() - 1;
+        let fits = "1".repeat(NOTIFY_PAYLOAD_LIMIT - 1 - envelope_len);
+        let full = message(&envelope(), &fits, NotifyMode::Full);
+        assert_eq!(full.len(), NOTIFY_PAYLOAD_LIMIT - 1);
+        assert!(full.contains("\"payload\":"));
+        let too_big = format!("{fits}1");
+        let omitted = message(&envelope(), &too_big, NotifyMode::Full);
+        assert!(
+            omitted.contains("\"payload_omitted\":true") && omitted.len() < NOTIFY_PAYLOAD_LIMIT
+        );
+    }
+}

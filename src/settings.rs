@@ -1,0 +1,119 @@
+//! The settings of events.md §5. Each is validated by PostgreSQL when it is set: `notify` is an
+//! enum, `channel` has a check hook, `enabled` may only be changed by a superuser.
+
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::prelude::*;
+use std::ffi::{CStr, CString};
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, PostgresGucEnum)]
+pub enum NotifyMode {
+    /// The whole message of §4, payload included when it fits.
+    #[name = c"full"]
+    Full,
+    /// The message without the payload: relays read the row from the outbox.
+    #[name = c"reference"]
+    Reference,
+    /// No NOTIFY at all; the outbox only.
+    #[name = c"off"]
+    Off,
+}
+
+static ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
+static CHANNEL: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"ae_events"));
+static NOTIFY: GucSetting<NotifyMode> = GucSetting::<NotifyMode>::new(NotifyMode::Full);
+
+pub fn register() {
+    GucRegistry::define_bool_guc(
+        c"ae_events.enabled",
+        c"Emit events for inserts into ti.instance.",
+        c"When off, inserts into ti.instance yield no event. Only a superuser may change it.",
+        &ENABLED,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    // SAFETY: the check hook is a plain function with the signature PostgreSQL expects.
+    unsafe {
+        GucRegistry::define_string_guc_with_hooks(
+            c"ae_events.channel",
+            c"The channel that pg_notify announces events on.",
+            c"A non-empty name shorter than 64 bytes, as LISTEN accepts it.",
+            &CHANNEL,
+            GucContext::Userset,
+            GucFlags::default(),
+            Some(check_channel),
+            None,
+            None,
+        );
+    }
+    GucRegistry::define_enum_guc(
+        c"ae_events.notify",
+        c"What the notification carries: full, reference or off.",
+        c"full: the message with the payload when it fits; reference: never the payload; off: no NOTIFY.",
+        &NOTIFY,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    // SAFETY: called from _PG_init with a static, NUL-terminated prefix.
+    unsafe { pg_sys::MarkGUCPrefixReserved(c"ae_events".as_ptr()) };
+}
+
+pub fn enabled() -> bool {
+    ENABLED.get()
+}
+
+pub fn notify_mode() -> NotifyMode {
+    NOTIFY.get()
+}
+
+/// The channel to notify on; the check hook guarantees it is a valid channel name.
+pub fn channel() -> String {
+    CHANNEL
+        .get()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "ae_events".to_owned())
+}
+
+/// PostgreSQL accepts channel names shorter than NAMEDATALEN (64) bytes, and not empty.
+pub fn channel_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("the channel name must not be empty")
+    } else if name.len() >= pg_sys::NAMEDATALEN as usize {
+        Some("the channel name must be shorter than 64 bytes")
+    } else {
+        None
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn check_channel(
+    newval: *mut *mut std::ffi::c_char,
+    _extra: *mut *mut std::ffi::c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    // SAFETY: PostgreSQL passes a pointer to the proposed value, NULL or a C string.
+    let proposed = unsafe {
+        if newval.is_null() || (*newval).is_null() {
+            ""
+        } else {
+            CStr::from_ptr(*newval).to_str().unwrap_or("")
+        }
+    };
+    match channel_problem(proposed) {
+        None => true,
+        Some(problem) => {
+            // SAFETY: GUC_check_errmsg_string is the documented way for a check hook to explain.
+            unsafe {
+                pg_sys::GUC_check_errcode(
+                    pg_sys::errcodes::PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE as i32,
+                );
+                pg_sys::GUC_check_errmsg_string = pg_sys::pstrdup(
+                    CString::new(format!("ae_events: {problem}"))
+                        .unwrap_or_default()
+                        .as_ptr(),
+                );
+            }
+            false
+        }
+    }
+}

@@ -1,0 +1,553 @@
+//! Reads the rows behind a set of instances with SPI and assembles their payloads.
+//!
+//! One pass reads a whole chunk of instances with five queries (instances, candidates, catalog
+//! assessments, measurements, measurement attributes), each `= ANY($1)` over the chunk's ids, so
+//! that a bulk insert costs five queries per chunk, not per row. The queries are prepared once per
+//! backend and kept; every name in them is schema-qualified, operators included, so that a
+//! caller's `search_path` cannot change what they read.
+
+use crate::errors::EventError;
+use crate::payload::*;
+use crate::timefmt::interval_postgres_style;
+use pgrx::datum::{Interval, TimestampWithTimeZone};
+use pgrx::pg_sys::PgOid;
+use pgrx::prelude::*;
+use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiHeapTupleData};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+const INSTANCES: &str = "
+SELECT i.id, i.external_id, i.old_id, i.score::pg_catalog.text, i.instance_status::pg_catalog.text,
+       i.candidate_id, i.catalog_assessment_id, i.measurement_id, i.session_instance_id,
+       i.workflow_candidate_step_id, i.created_at, i.created_by, i.updated_at, i.updated_by
+  FROM ti.instance AS i
+ WHERE i.id OPERATOR(pg_catalog.=) ANY ($1)
+ ORDER BY i.id";
+
+const CANDIDATES: &str = "
+SELECT c.id, c.external_id, c.user_id, c.email, c.first_name, c.last_name, c.middle_name,
+       c.phone_number, c.country, c.is_tnc_accepted, c.is_recording_consent_accepted,
+       c.resume_file_id, c.profile_pic_file_id, c.cf::pg_catalog.text
+  FROM can.candidate AS c
+ WHERE c.id OPERATOR(pg_catalog.=) ANY ($1)";
+
+const CATALOG_ASSESSMENTS: &str = "
+SELECT ca.id, ca.assessment_id, ca.catalog_id,
+       a.id, a.name, a.level, a.status, a.created_at, a.updated_at,
+       c.id, c.name, c.description
+  FROM ae.catalog_assessment AS ca
+  LEFT JOIN ae.assessment AS a ON a.id OPERATOR(pg_catalog.=) ca.assessment_id
+  LEFT JOIN ae.catalog AS c ON c.id OPERATOR(pg_catalog.=) ca.catalog_id
+ WHERE ca.id OPERATOR(pg_catalog.=) ANY ($1)";
+
+const MEASUREMENTS: &str = "
+SELECT m.id, m.status, m.time_taken, m.report_url, m.report_file_id, m.measured_at,
+       m.measured_by, m.form_instance_id
+  FROM tcf.measurement AS m
+ WHERE m.id OPERATOR(pg_catalog.=) ANY ($1)";
+
+const MEASUREMENT_ATTRIBUTES: &str = "
+SELECT ma.measurement_id, ma.id, ma.numerical_score::pg_catalog.text,
+       ma.percentile_score::pg_catalog.text, ma.remarks, ma.description,
+       ma.additional_attributes::pg_catalog.text, ma.created_at, ma.created_by, ma.updated_at,
+       ma.updated_by, ma.section_configuration_attribute_id, ma.ordinal_id,
+       sca.id, sca.type, sca.recommended_value::pg_catalog.text, sca.recommended_ordinal_id,
+       sca.attribute_id,
+       at.id, at.name, at.attribute_type, at.is_required, at.min_value::pg_catalog.text,
+       at.max_value::pg_catalog.text, at.skill_id,
+       sk.id, sk.name,
+       o.id, o.label, o.value, o.sort_key, o.min_value::pg_catalog.text, o.max_value::pg_catalog.text
+  FROM tcf.measurement_attribute AS ma
+  LEFT JOIN tcf.section_configuration_attribute AS sca
+         ON sca.id OPERATOR(pg_catalog.=) ma.section_configuration_attribute_id
+  LEFT JOIN tcf.attribute AS at ON at.id OPERATOR(pg_catalog.=) sca.attribute_id
+  LEFT JOIN tcf.skill AS sk ON sk.id OPERATOR(pg_catalog.=) at.skill_id
+  LEFT JOIN tcf.ordinal AS o ON o.id OPERATOR(pg_catalog.=) ma.ordinal_id
+ WHERE ma.measurement_id OPERATOR(pg_catalog.=) ANY ($1)
+ ORDER BY ma.measurement_id, ma.id";
+
+struct Plans {
+    instances: OwnedPreparedStatement,
+    candidates: OwnedPreparedStatement,
+    catalog_assessments: OwnedPreparedStatement,
+    measurements: OwnedPreparedStatement,
+    measurement_attributes: OwnedPreparedStatement,
+}
+
+thread_local! {
+    static PLANS: RefCell<Option<Rc<Plans>>> = const { RefCell::new(None) };
+}
+
+fn prepare(client: &SpiClient<'_>, sql: &str) -> Result<OwnedPreparedStatement, EventError> {
+    let ids = PgOid::BuiltIn(pg_sys::BuiltinOid::INT8ARRAYOID);
+    client
+        .prepare(sql, &[ids])
+        .map(|statement| statement.keep())
+        .map_err(EventError::spi("cannot prepare the snapshot queries"))
+}
+
+/// The backend's prepared plans; PostgreSQL's plan cache re-plans them after DDL.
+fn plans(client: &SpiClient<'_>) -> Result<Rc<Plans>, EventError> {
+    if let Some(plans) = PLANS.with_borrow(|plans| plans.clone()) {
+        return Ok(plans);
+    }
+    let plans = Rc::new(Plans {
+        instances: prepare(client, INSTANCES)?,
+        candidates: prepare(client, CANDIDATES)?,
+        catalog_assessments: prepare(client, CATALOG_ASSESSMENTS)?,
+        measurements: prepare(client, MEASUREMENTS)?,
+        measurement_attributes: prepare(client, MEASUREMENT_ATTRIBUTES)?,
+    });
+    PLANS.with_borrow_mut(|slot| *slot = Some(Rc::clone(&plans)));
+    Ok(plans)
+}
+
+/// Typed access to one result row; `table` and `id` name the row in error messages.
+struct Row<'a, 'conn> {
+    tuple: &'a SpiHeapTupleData<'conn>,
+    table: &'static str,
+    id: i64,
+}
+
+impl Row<'_, '_> {
+    fn opt<T: FromDatum + IntoDatum>(&self, ordinal: usize) -> Result<Option<T>, EventError> {
+        self.tuple
+            .get::<T>(ordinal)
+            .map_err(EventError::spi(format!(
+                "cannot read column {ordinal} of {} {}",
+                self.table, self.id
+            )))
+    }
+
+    fn req<T: FromDatum + IntoDatum>(&self, ordinal: usize, column: &str) -> Result<T, EventError> {
+        self.opt(ordinal)?.ok_or_else(|| self.null_value(column))
+    }
+
+    fn timestamp(&self, ordinal: usize, column: &str) -> Result<UtcTimestamp, EventError> {
+        let value: TimestampWithTimeZone = self.req(ordinal, column)?;
+        Ok(UtcTimestamp(value.into_inner()))
+    }
+
+    fn numeric(&self, ordinal: usize, column: &str) -> Result<Option<NumericValue>, EventError> {
+        self.opt::<String>(ordinal)?
+            .map(numeric_from_text)
+            .transpose()
+            .map_err(|error| self.bad_value(column, error))
+    }
+
+    fn json(&self, ordinal: usize, column: &str) -> Result<Option<JsonbValue>, EventError> {
+        self.opt::<String>(ordinal)?
+            .map(json_from_text)
+            .transpose()
+            .map_err(|error| self.bad_value(column, error))
+    }
+
+    fn bad_value(&self, column: &str, error: serde_json::Error) -> EventError {
+        EventError::BadValue {
+            what: format!("{column} of {} {}: {error}", self.table, self.id),
+        }
+    }
+
+    fn null_value(&self, column: &str) -> EventError {
+        EventError::BadValue {
+            what: format!("{column} of {} {} is null", self.table, self.id),
+        }
+    }
+
+    /// A column the contract declares NOT NULL, read through a LEFT JOIN.
+    fn required<T>(&self, value: Option<T>, column: &str) -> Result<T, EventError> {
+        value.ok_or_else(|| self.null_value(column))
+    }
+}
+
+/// Warn that a referenced row is missing (the services' foreign keys are optional); the object
+/// is `null` in the payload and the event is still written (events.md §2).
+fn warn_missing(instance_id: i64, reference: &str, id: i64) {
+    ereport!(
+        PgLogLevel::WARNING,
+        PgSqlErrorCode::ERRCODE_WARNING,
+        format!(
+            "ae_events: ti.instance {instance_id} refers to {reference} {id}, which does not exist; its event carries null there"
+        )
+    );
+}
+
+fn sorted_unique(mut ids: Vec<i64>) -> Vec<i64> {
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// Build the payloads of the given instances, in ascending id order. Instances that no longer
+/// exist (deleted later in the same transaction) are left out.
+pub fn build(
+    client: &SpiClient<'_>,
+    instance_ids: &[i64],
+) -> Result<Vec<TestInstance>, EventError> {
+    let plans = plans(client)?;
+    let ids = instance_ids.to_vec();
+    let mut instances = Vec::with_capacity(instance_ids.len());
+    for tuple in client
+        .select(&plans.instances, None, &[ids.into()])
+        .map_err(EventError::spi("cannot read ti.instance"))?
+    {
+        let id: i64 = Row {
+            tuple: &tuple,
+            table: "ti.instance",
+            id: 0,
+        }
+        .req(1, "id")?;
+        let row = Row {
+            tuple: &tuple,
+            table: "ti.instance",
+            id,
+        };
+        instances.push(TestInstance {
+            id,
+            external_id: row.opt(2)?,
+            old_id: row.opt(3)?,
+            score: row.numeric(4, "score")?,
+            instance_status: row.req(5, "instance_status")?,
+            candidate_id: row.req(6, "candidate_id")?,
+            catalog_assessment_id: row.req(7, "catalog_assessment_id")?,
+            measurement_id: row.opt(8)?,
+            session_instance_id: row.opt(9)?,
+            workflow_candidate_step_id: row.opt(10)?,
+            created_at: row.timestamp(11, "created_at")?,
+            created_by: row.req(12, "created_by")?,
+            updated_at: row.timestamp(13, "updated_at")?,
+            updated_by: row.req(14, "updated_by")?,
+            candidate: None,
+            catalog_assessment: None,
+            measurement: None,
+        });
+    }
+    if instances.is_empty() {
+        return Ok(instances);
+    }
+
+    let candidates = read_candidates(
+        client,
+        &plans,
+        sorted_unique(instances.iter().map(|i| i.candidate_id).collect()),
+    )?;
+    let catalog_assessments = read_catalog_assessments(
+        client,
+        &plans,
+        sorted_unique(instances.iter().map(|i| i.catalog_assessment_id).collect()),
+    )?;
+    let measurements = read_measurements(
+        client,
+        &plans,
+        sorted_unique(instances.iter().filter_map(|i| i.measurement_id).collect()),
+    )?;
+
+    for instance in &mut instances {
+        instance.candidate = candidates.get(&instance.candidate_id).cloned();
+        if instance.candidate.is_none() {
+            warn_missing(instance.id, "can.candidate", instance.candidate_id);
+        }
+        instance.catalog_assessment = catalog_assessments
+            .get(&instance.catalog_assessment_id)
+            .cloned();
+        if instance.catalog_assessment.is_none() {
+            warn_missing(
+                instance.id,
+                "ae.catalog_assessment",
+                instance.catalog_assessment_id,
+            );
+        }
+        if let Some(measurement_id) = instance.measurement_id {
+            instance.measurement = measurements.get(&measurement_id).cloned();
+            if instance.measurement.is_none() {
+                warn_missing(instance.id, "tcf.measurement", measurement_id);
+            }
+        }
+    }
+    Ok(instances)
+}
+
+fn read_candidates(
+    client: &SpiClient<'_>,
+    plans: &Plans,
+    ids: Vec<i64>,
+) -> Result<HashMap<i64, Rc<Candidate>>, EventError> {
+    let mut candidates = HashMap::with_capacity(ids.len());
+    for tuple in client
+        .select(&plans.candidates, None, &[ids.into()])
+        .map_err(EventError::spi("cannot read can.candidate"))?
+    {
+        let id: i64 = Row {
+            tuple: &tuple,
+            table: "can.candidate",
+            id: 0,
+        }
+        .req(1, "id")?;
+        let row = Row {
+            tuple: &tuple,
+            table: "can.candidate",
+            id,
+        };
+        let candidate = Candidate {
+            id,
+            external_id: row.opt(2)?,
+            user_id: row.req(3, "can.candidate.user_id")?,
+            email: row.req(4, "can.candidate.email")?,
+            first_name: row.opt(5)?,
+            last_name: row.opt(6)?,
+            middle_name: row.opt(7)?,
+            phone_number: row.opt(8)?,
+            country: row.opt(9)?,
+            is_tnc_accepted: row.req(10, "can.candidate.is_tnc_accepted")?,
+            is_recording_consent_accepted: row.opt(11)?,
+            resume_file_id: row.opt(12)?,
+            profile_pic_file_id: row.opt(13)?,
+            cf: row.required(row.json(14, "cf")?, "cf")?,
+        };
+        candidates.insert(id, Rc::new(candidate));
+    }
+    Ok(candidates)
+}
+
+fn read_catalog_assessments(
+    client: &SpiClient<'_>,
+    plans: &Plans,
+    ids: Vec<i64>,
+) -> Result<HashMap<i64, Rc<CatalogAssessment>>, EventError> {
+    let mut found = HashMap::with_capacity(ids.len());
+    for tuple in client
+        .select(&plans.catalog_assessments, None, &[ids.into()])
+        .map_err(EventError::spi("cannot read ae.catalog_assessment"))?
+    {
+        let id: i64 = Row {
+            tuple: &tuple,
+            table: "ae.catalog_assessment",
+            id: 0,
+        }
+        .req(1, "id")?;
+        let row = Row {
+            tuple: &tuple,
+            table: "ae.catalog_assessment",
+            id,
+        };
+        let assessment = match row.opt::<i64>(4)? {
+            Some(assessment_id) => Some(Assessment {
+                id: assessment_id,
+                name: row.req(5, "ae.assessment.name")?,
+                level: row.req(6, "ae.assessment.level")?,
+                status: row.req(7, "ae.assessment.status")?,
+                created_at: row.timestamp(8, "ae.assessment.created_at")?,
+                updated_at: row.timestamp(9, "ae.assessment.updated_at")?,
+            }),
+            None => {
+                warn_missing_reference(
+                    "ae.catalog_assessment",
+                    id,
+                    "ae.assessment",
+                    row.req(2, "assessment_id")?,
+                );
+                None
+            }
+        };
+        let catalog = match row.opt::<i64>(10)? {
+            Some(catalog_id) => Some(Catalog {
+                id: catalog_id,
+                name: row.req(11, "ae.catalog.name")?,
+                description: row.opt(12)?,
+            }),
+            None => {
+                warn_missing_reference(
+                    "ae.catalog_assessment",
+                    id,
+                    "ae.catalog",
+                    row.req(3, "catalog_id")?,
+                );
+                None
+            }
+        };
+        found.insert(
+            id,
+            Rc::new(CatalogAssessment {
+                id,
+                assessment,
+                catalog,
+            }),
+        );
+    }
+    Ok(found)
+}
+
+/// A row inside another service's data refers to a row that does not exist.
+fn warn_missing_reference(table: &str, id: i64, reference: &str, reference_id: i64) {
+    ereport!(
+        PgLogLevel::WARNING,
+        PgSqlErrorCode::ERRCODE_WARNING,
+        format!(
+            "ae_events: {table} {id} refers to {reference} {reference_id}, which does not exist; events carry null there"
+        )
+    );
+}
+
+fn read_measurements(
+    client: &SpiClient<'_>,
+    plans: &Plans,
+    ids: Vec<i64>,
+) -> Result<HashMap<i64, Rc<Measurement>>, EventError> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let mut measurements: HashMap<i64, Measurement> = HashMap::with_capacity(ids.len());
+    for tuple in client
+        .select(&plans.measurements, None, &[ids.clone().into()])
+        .map_err(EventError::spi("cannot read tcf.measurement"))?
+    {
+        let id: i64 = Row {
+            tuple: &tuple,
+            table: "tcf.measurement",
+            id: 0,
+        }
+        .req(1, "id")?;
+        let row = Row {
+            tuple: &tuple,
+            table: "tcf.measurement",
+            id,
+        };
+        let time_taken: Option<Interval> = row.opt(3)?;
+        measurements.insert(
+            id,
+            Measurement {
+                id,
+                status: row.req(2, "tcf.measurement.status")?,
+                time_taken: time_taken.as_ref().map(interval_postgres_style),
+                report_url: row.opt(4)?,
+                report_file_id: row.opt(5)?,
+                measured_at: row.timestamp(6, "tcf.measurement.measured_at")?,
+                measured_by: row.opt(7)?,
+                form_instance_id: row.opt(8)?,
+                measurement_attributes: Vec::new(),
+            },
+        );
+    }
+    for tuple in client
+        .select(&plans.measurement_attributes, None, &[ids.into()])
+        .map_err(EventError::spi("cannot read tcf.measurement_attribute"))?
+    {
+        let probe = Row {
+            tuple: &tuple,
+            table: "tcf.measurement_attribute",
+            id: 0,
+        };
+        let measurement_id: i64 = probe.req(1, "measurement_id")?;
+        let id: i64 = probe.req(2, "id")?;
+        let row = Row {
+            tuple: &tuple,
+            table: "tcf.measurement_attribute",
+            id,
+        };
+        let attribute = read_measurement_attribute(&row, id)?;
+        if let Some(measurement) = measurements.get_mut(&measurement_id) {
+            measurement.measurement_attributes.push(attribute);
+        }
+    }
+    Ok(measurements
+        .into_iter()
+        .map(|(id, m)| (id, Rc::new(m)))
+        .collect())
+}
+
+fn read_measurement_attribute(
+    row: &Row<'_, '_>,
+    id: i64,
+) -> Result<MeasurementAttribute, EventError> {
+    let section_configuration_attribute = match row.opt::<i64>(14)? {
+        Some(sca_id) => {
+            let attribute = match row.opt::<i64>(19)? {
+                Some(attribute_id) => Some(Attribute {
+                    id: attribute_id,
+                    name: row.req(20, "tcf.attribute.name")?,
+                    attribute_type: row.req(21, "tcf.attribute.attribute_type")?,
+                    is_required: row.req(22, "tcf.attribute.is_required")?,
+                    min_value: row.required(
+                        row.numeric(23, "tcf.attribute.min_value")?,
+                        "tcf.attribute.min_value",
+                    )?,
+                    max_value: row.required(
+                        row.numeric(24, "tcf.attribute.max_value")?,
+                        "tcf.attribute.max_value",
+                    )?,
+                    skill: match (row.opt::<i64>(26)?, row.opt::<i64>(25)?) {
+                        (Some(skill_id), _) => Some(Skill {
+                            id: skill_id,
+                            name: row.req(27, "tcf.skill.name")?,
+                        }),
+                        (None, Some(missing)) => {
+                            warn_missing_reference(
+                                "tcf.attribute",
+                                attribute_id,
+                                "tcf.skill",
+                                missing,
+                            );
+                            None
+                        }
+                        (None, None) => None,
+                    },
+                }),
+                None => {
+                    warn_missing_reference(
+                        "tcf.section_configuration_attribute",
+                        sca_id,
+                        "tcf.attribute",
+                        row.req(18, "attribute_id")?,
+                    );
+                    None
+                }
+            };
+            Some(SectionConfigurationAttribute {
+                id: sca_id,
+                kind: row.req(15, "tcf.section_configuration_attribute.type")?,
+                recommended_value: row.numeric(16, "recommended_value")?,
+                recommended_ordinal_id: row.opt(17)?,
+                attribute,
+            })
+        }
+        None => {
+            warn_missing_reference(
+                "tcf.measurement_attribute",
+                id,
+                "tcf.section_configuration_attribute",
+                row.req(12, "section_configuration_attribute_id")?,
+            );
+            None
+        }
+    };
+    let ordinal = match (row.opt::<i64>(28)?, row.opt::<i64>(13)?) {
+        (Some(ordinal_id), _) => Some(Ordinal {
+            id: ordinal_id,
+            label: row.req(29, "tcf.ordinal.label")?,
+            value: row.req(30, "tcf.ordinal.value")?,
+            sort_key: row.req(31, "tcf.ordinal.sort_key")?,
+            min_value: row.numeric(32, "tcf.ordinal.min_value")?,
+            max_value: row.numeric(33, "tcf.ordinal.max_value")?,
+        }),
+        (None, Some(missing)) => {
+            warn_missing_reference("tcf.measurement_attribute", id, "tcf.ordinal", missing);
+            None
+        }
+        (None, None) => None,
+    };
+    Ok(MeasurementAttribute {
+        id,
+        numerical_score: row.numeric(3, "numerical_score")?,
+        percentile_score: row.numeric(4, "percentile_score")?,
+        remarks: row.opt(5)?,
+        description: row.opt(6)?,
+        additional_attributes: row.json(7, "additional_attributes")?,
+        created_at: row.timestamp(8, "tcf.measurement_attribute.created_at")?,
+        created_by: row.req(9, "tcf.measurement_attribute.created_by")?,
+        updated_at: row.timestamp(10, "tcf.measurement_attribute.updated_at")?,
+        updated_by: row.req(11, "tcf.measurement_attribute.updated_by")?,
+        section_configuration_attribute,
+        ordinal,
+    })
+}

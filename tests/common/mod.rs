@@ -1,0 +1,276 @@
+//! Test harness: one throwaway PostgreSQL 15 cluster per test binary, started by the tests
+//! themselves (initdb under /tmp, loopback port, trust auth), stopped when the test process ends.
+//! Each test gets its own database with the reference schema and the extension.
+#![allow(dead_code)]
+
+use postgres::fallible_iterator::FallibleIterator;
+use postgres::{Client, NoTls};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+pub const SCHEMA: &str = include_str!("../sql/reference_schema.sql");
+pub const CROSS_SERVICE_FOREIGN_KEYS: &str = include_str!("../sql/cross_service_foreign_keys.sql");
+pub const SEED_EXAMPLE: &str = include_str!("../sql/seed_example.sql");
+pub const SEED_EXAMPLE_PAYLOAD: &str = include_str!("../seed_example_payload.json");
+
+pub struct Cluster {
+    pub data_dir: PathBuf,
+    pub port: u16,
+}
+
+/// Whether the application's tables carry the cross-service foreign keys (they are optional).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ForeignKeys {
+    With,
+    Without,
+}
+
+fn running_as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false)
+}
+
+/// Run a PostgreSQL program as the `postgres` OS user when we are root (initdb refuses root).
+pub fn pg_command(program: &str) -> Command {
+    let path = format!("{PG_BIN}/{program}");
+    if running_as_root() {
+        let mut command = Command::new("runuser");
+        command.args(["-u", "postgres", "--", &path]);
+        command
+    } else {
+        Command::new(path)
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn run(command: &mut Command, what: &str) {
+    let output = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        output.status.success(),
+        "{what} failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+impl Cluster {
+    /// The cluster of this test binary, started on first use.
+    pub fn shared() -> &'static Cluster {
+        static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+        CLUSTER.get_or_init(|| Cluster::start(&[]))
+    }
+
+    /// Start a fresh cluster with extra `postgresql.conf` lines; it stops when this process ends.
+    pub fn start(extra_conf: &[&str]) -> Cluster {
+        let data_dir = PathBuf::from(format!(
+            "/tmp/ae_events_test_{}_{}",
+            std::process::id(),
+            free_port()
+        ));
+        let _ = std::fs::remove_dir_all(&data_dir);
+        std::fs::create_dir_all(&data_dir).unwrap();
+        if running_as_root() {
+            run(
+                Command::new("chown").args(["postgres:postgres", data_dir.to_str().unwrap()]),
+                "chown",
+            );
+        }
+        run(
+            pg_command("initdb").args([
+                "-D",
+                data_dir.to_str().unwrap(),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ]),
+            "initdb",
+        );
+        let port = free_port();
+        let mut conf = format!(
+            "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
+             fsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_connections = 100\n\
+             shared_buffers = 128MB\nlog_min_messages = warning\n",
+            data_dir.display()
+        );
+        for line in extra_conf {
+            conf.push_str(line);
+            conf.push('\n');
+        }
+        let conf_path = data_dir.join("postgresql.conf");
+        let mut existing = std::fs::read_to_string(&conf_path).unwrap();
+        existing.push_str(&conf);
+        std::fs::write(&conf_path, existing).unwrap();
+        run(
+            pg_command("pg_ctl").args([
+                "-D",
+                data_dir.to_str().unwrap(),
+                "-l",
+                data_dir.join("server.log").to_str().unwrap(),
+                "-w",
+                "start",
+            ]),
+            "pg_ctl start",
+        );
+        stop_when_this_process_ends(&data_dir);
+        Cluster { data_dir, port }
+    }
+
+    pub fn url(&self, database: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname={database}",
+            self.port
+        )
+    }
+
+    pub fn connect(&self, database: &str) -> Client {
+        self.connect_as(database, "postgres")
+    }
+
+    pub fn connect_as(&self, database: &str, user: &str) -> Client {
+        let url = format!(
+            "host=127.0.0.1 port={} user={user} dbname={database}",
+            self.port
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match Client::connect(&url, NoTls) {
+                Ok(client) => return client,
+                Err(error) if Instant::now() < deadline => {
+                    let _ = error;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(error) => panic!("cannot connect to {url}: {error}"),
+            }
+        }
+    }
+
+    /// A new, empty database (a unique name derived from `name`).
+    pub fn empty_database(&self, name: &str) -> String {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let database = format!("{name}_{}", COUNTER.fetch_add(1, Ordering::SeqCst));
+        self.connect("postgres")
+            .batch_execute(&format!("CREATE DATABASE {database}"))
+            .unwrap();
+        database
+    }
+
+    /// A new database holding the reference schema and the extension.
+    pub fn database(&self, name: &str, foreign_keys: ForeignKeys) -> String {
+        let database = self.empty_database(name);
+        let mut client = self.connect(&database);
+        load_schema(&mut client, foreign_keys);
+        client.batch_execute("CREATE EXTENSION ae_events").unwrap();
+        database
+    }
+}
+
+pub fn load_schema(client: &mut Client, foreign_keys: ForeignKeys) {
+    client.batch_execute(SCHEMA).unwrap();
+    if foreign_keys == ForeignKeys::With {
+        client.batch_execute(CROSS_SERVICE_FOREIGN_KEYS).unwrap();
+    }
+}
+
+/// A watchdog shell stops the cluster and removes its files once the test process has exited.
+fn stop_when_this_process_ends(data_dir: &Path) {
+    let script = format!(
+        "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; {stop}; rm -rf '{dir}'",
+        pid = std::process::id(),
+        stop = if running_as_root() {
+            format!(
+                "runuser -u postgres -- {PG_BIN}/pg_ctl -D '{}' -m immediate stop >/dev/null 2>&1",
+                data_dir.display()
+            )
+        } else {
+            format!(
+                "{PG_BIN}/pg_ctl -D '{}' -m immediate stop >/dev/null 2>&1",
+                data_dir.display()
+            )
+        },
+        dir = data_dir.display()
+    );
+    Command::new("setsid")
+        .args(["sh", "-c", &script])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn the cluster watchdog");
+}
+
+/// The outbox rows of a database, oldest first: (aggregate_id, payload, event_id as text).
+pub fn outbox_rows(client: &mut Client) -> Vec<OutboxRow> {
+    client
+        .query(
+            "SELECT id, event_id::text, subscription_key, event_type, aggregate_type, aggregate_id,
+                    snapshot_version, payload, occurred_at::text, txid::text
+               FROM ae_events.outbox ORDER BY id",
+            &[],
+        )
+        .unwrap()
+        .into_iter()
+        .map(|row| OutboxRow {
+            id: row.get(0),
+            event_id: row.get(1),
+            subscription_key: row.get(2),
+            event_type: row.get(3),
+            aggregate_type: row.get(4),
+            aggregate_id: row.get(5),
+            snapshot_version: row.get(6),
+            payload: row.get(7),
+            occurred_at: row.get(8),
+            txid: row.get(9),
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub event_id: String,
+    pub subscription_key: String,
+    pub event_type: String,
+    pub aggregate_type: String,
+    pub aggregate_id: i64,
+    pub snapshot_version: i32,
+    pub payload: serde_json::Value,
+    pub occurred_at: String,
+    pub txid: String,
+}
+
+/// Notifications received on `client` (which LISTENs) within `wait`, as (channel, text).
+pub fn drain_notifications(client: &mut Client, wait: Duration) -> Vec<(String, String)> {
+    let mut received = Vec::new();
+    let mut notifications = client.notifications();
+    let mut iter = notifications.timeout_iter(wait);
+    while let Some(notification) = iter.next().unwrap() {
+        received.push((
+            notification.channel().to_owned(),
+            notification.payload().to_owned(),
+        ));
+    }
+    received
+}
+
+pub fn seed_example_payload() -> serde_json::Value {
+    serde_json::from_str(SEED_EXAMPLE_PAYLOAD).unwrap()
+}

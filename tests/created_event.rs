@@ -1,0 +1,460 @@
+//! The created event end to end: payload, notification, formatting rules, transactions.
+
+mod common;
+
+use common::*;
+use postgres::Client;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_millis(1500);
+
+fn listen(cluster: &Cluster, database: &str, channel: &str) -> Client {
+    let mut listener = cluster.connect(database);
+    listener
+        .batch_execute(&format!("LISTEN \"{channel}\""))
+        .unwrap();
+    listener
+}
+
+fn notification_messages(listener: &mut Client) -> Vec<Value> {
+    drain_notifications(listener, WAIT)
+        .into_iter()
+        .map(|(_, text)| serde_json::from_str(&text).unwrap())
+        .collect()
+}
+
+/// The seed's example in one transaction, the measurement attribute inserted after the
+/// instance, in a session with the given settings: outbox payload and notification payload
+/// both equal the seed's example JSON.
+fn assert_seed_example_round_trip(session_settings: &str, foreign_keys: ForeignKeys) {
+    let cluster = Cluster::shared();
+    let database = cluster.database("seed", foreign_keys);
+    let mut listener = listen(cluster, &database, "ae_events");
+    let mut app = cluster.connect(&database);
+    app.batch_execute(session_settings).unwrap();
+    app.batch_execute(SEED_EXAMPLE).unwrap();
+
+    let rows = outbox_rows(&mut app);
+    assert_eq!(rows.len(), 1);
+    let row = &rows[0];
+    assert_eq!(row.payload, seed_example_payload());
+    assert_eq!(row.subscription_key, "ae.test_instance.created");
+    assert_eq!(row.event_type, "ae_test_instance_created");
+    assert_eq!(row.aggregate_type, "test_instance");
+    assert_eq!(row.aggregate_id, 789);
+    assert_eq!(row.snapshot_version, 1);
+
+    let messages = notification_messages(&mut listener);
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    let message = &messages[0];
+    assert_eq!(message["payload"], seed_example_payload());
+    assert_eq!(message["id"], json!(row.id));
+    assert_eq!(message["event_id"], json!(row.event_id));
+    assert_eq!(message["aggregate_id"], json!(789));
+    assert_eq!(message["snapshot_version"], json!(1));
+    assert_eq!(
+        message["subscription_key"],
+        json!("ae.test_instance.created")
+    );
+}
+
+#[test]
+fn seed_example_gives_its_payload_in_outbox_and_notification() {
+    assert_seed_example_round_trip("", ForeignKeys::With);
+}
+
+#[test]
+fn seed_example_payload_is_independent_of_session_date_and_interval_settings() {
+    assert_seed_example_round_trip(
+        "SET TimeZone = 'Asia/Kolkata'; SET DateStyle = 'SQL, DMY'; SET IntervalStyle = 'iso_8601';",
+        ForeignKeys::With,
+    );
+}
+
+#[test]
+fn seed_example_without_cross_service_foreign_keys() {
+    assert_seed_example_round_trip("", ForeignKeys::Without);
+}
+
+#[test]
+fn notification_keys_are_in_contract_order_and_arrive_only_after_commit() {
+    let cluster = Cluster::shared();
+    let database = cluster.database("order", ForeignKeys::With);
+    let mut listener = listen(cluster, &database, "ae_events");
+    let mut app = cluster.connect(&database);
+    let seed_without_commit = SEED_EXAMPLE.replace("COMMIT;", "");
+    app.batch_execute(&seed_without_commit).unwrap();
+    assert!(drain_notifications(&mut listener, Duration::from_millis(500)).is_empty());
+    app.batch_execute("COMMIT").unwrap();
+    let received = drain_notifications(&mut listener, WAIT);
+    assert_eq!(received.len(), 1);
+    let text = &received[0].1;
+    let keys = [
+        "id",
+        "event_id",
+        "subscription_key",
+        "event_type",
+        "aggregate_type",
+        "aggregate_id",
+        "snapshot_version",
+        "occurred_at",
+        "payload",
+    ];
+    let positions: Vec<usize> = keys
+        .iter()
+        .map(|key| text.find(&format!("\"{key}\":")).expect(key))
+        .collect();
+    assert!(positions.windows(2).all(|pair| pair[0] < pair[1]), "{text}");
+    let message: Value = serde_json::from_str(text).unwrap();
+    let occurred_at = message["occurred_at"].as_str().unwrap();
+    assert!(
+        occurred_at.ends_with('Z') && occurred_at.contains('T'),
+        "{occurred_at}"
+    );
+}
+
+// --- Edge values --------------------------------------------------------------------------
+
+/// Reference data shared by the edge-value tests: two skills' worth of attributes, one ordinal.
+const EDGE_REFERENCE_DATA: &str = "
+INSERT INTO ae.assessment VALUES (1, 'A', 'basic', 'published', '2024-01-01 00:00:00.5+00', '2024-01-02 03:04:05.123456+00');
+INSERT INTO ae.catalog VALUES (1, 'C', NULL);
+INSERT INTO ae.catalog_assessment VALUES (1, 1, 1);
+INSERT INTO tcf.skill VALUES (1, 'Skill');
+INSERT INTO tcf.attribute VALUES (1, 'With skill', 'skill', true, 0, 100, 1),
+                                 (2, 'No skill', 'trait', false, 0.5, 9.75, NULL);
+INSERT INTO tcf.section_configuration_attribute VALUES (1, 'numerical', 85.50, NULL, 1),
+                                                       (2, 'ordinal', NULL, 1, 2);
+INSERT INTO tcf.ordinal VALUES (1, 'High', 'high', 3, 66.6, NULL);
+INSERT INTO can.candidate VALUES (1, NULL, 7, 'ünïcødé@example.com', 'Zoë', NULL, NULL, NULL, 'Ελλάδα',
+    false, NULL, NULL, NULL,
+    '{\"nested\": {\"list\": [1, 2.50, {\"deep\": \"naïve ☃\"}], \"null\": null}, \"emoji\": \"🎉\", \"quote\": \"\\\"q\\\"\"}');
+";
+
+fn payload_of(app: &mut Client, instance_id: i64) -> Value {
+    app.query_one(
+        "SELECT payload FROM ae_events.outbox WHERE aggregate_id = $1",
+        &[&instance_id],
+    )
+    .unwrap()
+    .get(0)
+}
+
+fn edge_database(foreign_keys: ForeignKeys) -> (String, Client) {
+    let cluster = Cluster::shared();
+    let database = cluster.database("edge", foreign_keys);
+    let mut app = cluster.connect(&database);
+    app.batch_execute(EDGE_REFERENCE_DATA).unwrap();
+    (database, app)
+}
+
+#[test]
+fn edge_values_timestamps_numerics_json_and_attributes() {
+    let (_database, mut app) = edge_database(ForeignKeys::With);
+    app.batch_execute(
+        "BEGIN;
+         INSERT INTO tcf.measurement VALUES (1, 'scored', '1 day 02:03:04.5', 'https://r/1', 9, '2024-05-06 07:08:09.000100+02', 3, 4);
+         INSERT INTO ti.instance VALUES (10, NULL, NULL, 'NaN', 'completed', 1, 1, 1, NULL, NULL,
+             '2024-05-06 07:08:09.25+00', 1, '2024-05-06 07:08:09.999999+00', 2);
+         -- inserted out of id order: the payload lists them by id
+         INSERT INTO tcf.measurement_attribute VALUES
+             (12, 1, 2, 1, 85.50, 'NaN', 'r', NULL, NULL, '2024-01-01', 1, '2024-01-01', 1),
+             (11, 1, 1, NULL, 70, 99.125, NULL, 'd', '{\"weights\": [0.25, 0.75], \"名前\": \"値\"}', '2024-01-01', 1, '2024-01-01', 1);
+         COMMIT;",
+    )
+    .unwrap();
+    let payload = payload_of(&mut app, 10);
+
+    assert_eq!(payload["score"], json!("NaN"));
+    assert_eq!(payload["external_id"], Value::Null);
+    assert_eq!(payload["created_at"], json!("2024-05-06T07:08:09.25Z"));
+    assert_eq!(payload["updated_at"], json!("2024-05-06T07:08:09.999999Z"));
+    assert_eq!(payload["instance_status"], json!("completed"));
+    assert_eq!(
+        payload["catalog_assessment"]["assessment"]["created_at"],
+        json!("2024-01-01T00:00:00.5Z")
+    );
+    assert_eq!(
+        payload["catalog_assessment"]["assessment"]["updated_at"],
+        json!("2024-01-02T03:04:05.123456Z")
+    );
+    assert_eq!(
+        payload["catalog_assessment"]["catalog"]["description"],
+        Value::Null
+    );
+
+    let candidate = &payload["candidate"];
+    assert_eq!(candidate["email"], json!("ünïcødé@example.com"));
+    assert_eq!(candidate["country"], json!("Ελλάδα"));
+    assert_eq!(candidate["is_recording_consent_accepted"], Value::Null);
+    assert_eq!(
+        candidate["cf"],
+        json!({"nested": {"list": [1, 2.50, {"deep": "naïve ☃"}], "null": null}, "emoji": "🎉", "quote": "\"q\""})
+    );
+
+    let measurement = &payload["measurement"];
+    assert_eq!(measurement["time_taken"], json!("1 day 02:03:04.5"));
+    assert_eq!(
+        measurement["measured_at"],
+        json!("2024-05-06T05:08:09.0001Z")
+    );
+    let attributes = measurement["measurement_attributes"].as_array().unwrap();
+    let ids: Vec<i64> = attributes
+        .iter()
+        .map(|a| a["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, vec![11, 12]);
+
+    let with_skill = &attributes[0];
+    assert_eq!(with_skill["numerical_score"], json!(70));
+    assert_eq!(with_skill["percentile_score"].to_string(), "99.125");
+    assert_eq!(
+        with_skill["additional_attributes"],
+        json!({"weights": [0.25, 0.75], "名前": "値"})
+    );
+    assert_eq!(with_skill["ordinal"], Value::Null);
+    assert_eq!(
+        with_skill["section_configuration_attribute"]["attribute"]["skill"],
+        json!({"id": 1, "name": "Skill"})
+    );
+
+    let with_ordinal = &attributes[1];
+    assert_eq!(with_ordinal["additional_attributes"], Value::Null);
+    assert_eq!(with_ordinal["percentile_score"], json!("NaN"));
+    assert_eq!(
+        with_ordinal["ordinal"],
+        json!({"id": 1, "label": "High", "value": "high", "sort_key": 3, "min_value": 66.6, "max_value": null})
+    );
+    let sca = &with_ordinal["section_configuration_attribute"];
+    assert_eq!(sca["type"], json!("ordinal"));
+    assert_eq!(sca["recommended_value"], Value::Null);
+    assert_eq!(sca["recommended_ordinal_id"], json!(1));
+    assert_eq!(sca["attribute"]["skill"], Value::Null);
+    assert_eq!(sca["attribute"]["min_value"].to_string(), "0.5");
+    assert_eq!(sca["attribute"]["max_value"].to_string(), "9.75");
+}
+
+/// Numeric scale survives into the stored jsonb and the notification text: `85.50`, not `85.5`.
+#[test]
+fn numeric_scale_is_kept_digit_for_digit() {
+    let cluster = Cluster::shared();
+    let (database, mut app) = edge_database(ForeignKeys::With);
+    let mut listener = listen(cluster, &database, "ae_events");
+    app.batch_execute(
+        "INSERT INTO ti.instance VALUES (20, 'x', 5, 85.50, 'in_progress', 1, 1, NULL, 1, 2, now(), 1, now(), 1)",
+    )
+    .unwrap();
+    let stored: String = app
+        .query_one(
+            "SELECT (payload->'score')::text FROM ae_events.outbox WHERE aggregate_id = 20",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, "85.50");
+    let received = drain_notifications(&mut listener, WAIT);
+    assert_eq!(received.len(), 1);
+    assert!(
+        received[0].1.contains("\"score\":85.50,"),
+        "{}",
+        received[0].1
+    );
+}
+
+#[test]
+fn measurement_null_and_measurement_without_attributes() {
+    let (_database, mut app) = edge_database(ForeignKeys::With);
+    app.batch_execute(
+        "INSERT INTO tcf.measurement VALUES (2, 'pending', NULL, NULL, NULL, '2024-01-01', NULL, NULL);
+         INSERT INTO ti.instance VALUES
+             (30, NULL, NULL, NULL, 'in_progress', 1, 1, NULL, NULL, NULL, now(), 1, now(), 1),
+             (31, NULL, NULL, NULL, 'in_progress', 1, 1, 2, NULL, NULL, now(), 1, now(), 1);",
+    )
+    .unwrap();
+    let without_measurement = payload_of(&mut app, 30);
+    assert_eq!(without_measurement["measurement_id"], Value::Null);
+    assert_eq!(without_measurement["measurement"], Value::Null);
+    let empty_measurement = payload_of(&mut app, 31);
+    assert_eq!(empty_measurement["measurement"]["time_taken"], Value::Null);
+    assert_eq!(
+        empty_measurement["measurement"]["measurement_attributes"],
+        json!([])
+    );
+}
+
+#[test]
+fn missing_candidate_without_foreign_keys_warns_and_still_writes_the_event() {
+    let (_database, mut app) = edge_database(ForeignKeys::Without);
+    let notices = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let cluster = Cluster::shared();
+    let seen = notices.clone();
+    let mut config: postgres::Config = cluster.url(&_database).parse().unwrap();
+    config.notice_callback(move |notice| {
+        seen.lock()
+            .unwrap()
+            .push(format!("{} {}", notice.severity(), notice.message()))
+    });
+    let mut app_with_notices = config.connect(postgres::NoTls).unwrap();
+    app_with_notices
+        .batch_execute(
+            "INSERT INTO ti.instance VALUES (40, NULL, NULL, NULL, 'in_progress', 999, 1, NULL, NULL, NULL, now(), 1, now(), 1)",
+        )
+        .unwrap();
+    let payload = payload_of(&mut app, 40);
+    assert_eq!(payload["candidate"], Value::Null);
+    assert_eq!(payload["candidate_id"], json!(999));
+    assert_eq!(payload["catalog_assessment"]["id"], json!(1));
+    let notices = notices.lock().unwrap();
+    assert!(
+        notices.iter().any(|n| n.starts_with("WARNING ae_events:")
+            && n.contains("ti.instance 40")
+            && n.contains("can.candidate 999")),
+        "{notices:?}"
+    );
+}
+
+// --- Transactions -------------------------------------------------------------------------
+
+#[test]
+fn rollback_leaves_no_event_and_no_notification() {
+    let cluster = Cluster::shared();
+    let (database, mut app) = edge_database(ForeignKeys::With);
+    let mut listener = listen(cluster, &database, "ae_events");
+    app.batch_execute(
+        "BEGIN;
+         INSERT INTO ti.instance VALUES (50, NULL, NULL, NULL, 'in_progress', 1, 1, NULL, NULL, NULL, now(), 1, now(), 1);
+         ROLLBACK;",
+    )
+    .unwrap();
+    assert!(outbox_rows(&mut app).is_empty());
+    assert!(drain_notifications(&mut listener, WAIT).is_empty());
+}
+
+#[test]
+fn rolled_back_savepoint_leaves_no_event_for_its_inserts() {
+    let cluster = Cluster::shared();
+    let (database, mut app) = edge_database(ForeignKeys::With);
+    let mut listener = listen(cluster, &database, "ae_events");
+    app.batch_execute(
+        "BEGIN;
+         INSERT INTO ti.instance VALUES (60, NULL, NULL, NULL, 'in_progress', 1, 1, NULL, NULL, NULL, now(), 1, now(), 1);
+         SAVEPOINT s;
+         INSERT INTO ti.instance VALUES (61, NULL, NULL, NULL, 'in_progress', 1, 1, NULL, NULL, NULL, now(), 1, now(), 1);
+         ROLLBACK TO SAVEPOINT s;
+         SAVEPOINT t;
+         INSERT INTO ti.instance VALUES (62, NULL, NULL, NULL, 'in_progress', 1, 1, NULL, NULL, NULL, now(), 1, now(), 1);
+         RELEASE SAVEPOINT t;
+         COMMIT;",
+    )
+    .unwrap();
+    let ids: Vec<i64> = outbox_rows(&mut app)
+        .iter()
+        .map(|r| r.aggregate_id)
+        .collect();
+    assert_eq!(ids, vec![60, 62]);
+    let notified: Vec<i64> = notification_messages(&mut listener)
+        .iter()
+        .map(|m| m["aggregate_id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(notified, vec![60, 62]);
+}
+
+/// Events emitted early (SET CONSTRAINTS ALL IMMEDIATE) inside a savepoint that rolls back are
+/// emitted again at commit: the instance that survives still gets exactly one event.
+#[test]
+fn events_emitted_inside_a_rolled_back_savepoint_are_emitted_again_at_commit() {
+    let (_database, mut app) = edge_database(ForeignKeys::With);
+    app.batch_execute(
+        "BEGIN;
+         INSERT INTO ti.instance VALUES (70, NULL, NULL, NULL, 'in_progress', 1, 1, NULL, NULL, NULL, now(), 1, now(), 1);
+         SAVEPOINT s;
+         SET CONSTRAINTS ALL IMMEDIATE;
+         ROLLBACK TO SAVEPOINT s;
+         COMMIT;",
+    )
+    .unwrap();
+    let rows = outbox_rows(&mut app);
+    assert_eq!(
+        rows.iter().map(|r| r.aggregate_id).collect::<Vec<_>>(),
+        vec![70]
+    );
+}
+
+#[test]
+fn insert_select_of_1000_instances_gives_1000_events_and_notifications() {
+    let cluster = Cluster::shared();
+    let (database, mut app) = edge_database(ForeignKeys::With);
+    let mut listener = listen(cluster, &database, "ae_events");
+    app.batch_execute(
+        "INSERT INTO ti.instance
+         SELECT 1000 + g, NULL, NULL, g, 'in_progress', 1, 1, NULL, NULL, NULL, now(), 1, now(), 1
+           FROM generate_series(1, 1000) AS g",
+    )
+    .unwrap();
+    let rows = outbox_rows(&mut app);
+    assert_eq!(rows.len(), 1000);
+    let distinct_event_ids: std::collections::HashSet<&str> =
+        rows.iter().map(|r| r.event_id.as_str()).collect();
+    assert_eq!(distinct_event_ids.len(), 1000);
+    let instances: std::collections::HashSet<i64> = rows.iter().map(|r| r.aggregate_id).collect();
+    assert_eq!(instances.len(), 1000);
+    assert!(rows
+        .iter()
+        .all(|r| r.payload["score"].as_i64() == Some(r.aggregate_id - 1000)));
+    assert_eq!(
+        rows.iter()
+            .map(|r| &r.txid)
+            .collect::<std::collections::HashSet<_>>()
+            .len(),
+        1
+    );
+
+    let messages = notification_messages(&mut listener);
+    assert_eq!(messages.len(), 1000);
+    let notified: std::collections::HashSet<i64> = messages
+        .iter()
+        .map(|m| m["aggregate_id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(notified, instances);
+}
+
+#[test]
+fn large_cf_is_stored_whole_and_the_notification_omits_the_payload() {
+    let cluster = Cluster::shared();
+    let (database, mut app) = edge_database(ForeignKeys::With);
+    let mut listener = listen(cluster, &database, "ae_events");
+    let big = "x".repeat(20_000);
+    app.execute(
+        "INSERT INTO can.candidate VALUES (2, NULL, 8, 'big@example.com', NULL, NULL, NULL, NULL, NULL, true, NULL, NULL, NULL, jsonb_build_object('blob', $1::text))",
+        &[&big],
+    )
+    .unwrap();
+    app.batch_execute(
+        "INSERT INTO ti.instance VALUES (80, NULL, NULL, NULL, 'in_progress', 2, 1, NULL, NULL, NULL, now(), 1, now(), 1)",
+    )
+    .unwrap();
+    let payload = payload_of(&mut app, 80);
+    assert_eq!(
+        payload["candidate"]["cf"]["blob"].as_str().unwrap().len(),
+        20_000
+    );
+
+    let received = drain_notifications(&mut listener, WAIT);
+    assert_eq!(received.len(), 1);
+    let text = &received[0].1;
+    assert!(text.len() < 8000, "{} bytes", text.len());
+    let message: Value = serde_json::from_str(text).unwrap();
+    assert_eq!(message["payload_omitted"], json!(true));
+    assert!(message.get("payload").is_none());
+    assert_eq!(message["aggregate_id"], json!(80));
+    let id = message["id"].as_i64().unwrap();
+    let stored_id: i64 = app
+        .query_one(
+            "SELECT id FROM ae_events.outbox WHERE aggregate_id = 80",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(id, stored_id);
+}
