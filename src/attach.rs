@@ -66,6 +66,34 @@ fn trigger_exists(table: &str, trigger: &str) -> bool {
     .unwrap_or(false)
 }
 
+/// CREATE EXTENSION runs its script with `client_min_messages = warning`; the NOTICE that the
+/// contract promises is raised with the client's threshold lowered to `notice` for that moment.
+fn notice_even_during_create_extension(message: &str) {
+    // SAFETY: a GUC nest level pushed and popped around one ereport; set_config_option copies
+    // its arguments.
+    unsafe {
+        let nest_level = pg_sys::NewGUCNestLevel();
+        if pg_sys::creating_extension {
+            pg_sys::set_config_option(
+                c"client_min_messages".as_ptr(),
+                c"notice".as_ptr(),
+                pg_sys::GucContext::PGC_USERSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+                pg_sys::GucAction::GUC_ACTION_SAVE,
+                true,
+                0,
+                false,
+            );
+        }
+        ereport!(
+            PgLogLevel::NOTICE,
+            PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
+            message
+        );
+        pg_sys::AtEOXact_GUC(true, nest_level);
+    }
+}
+
 fn run_ddl(statement: &str) {
     if let Err(error) = Spi::run(statement) {
         crate::errors::raise(
@@ -81,10 +109,8 @@ fn run_ddl(statement: &str) {
 #[pg_extern(volatile, parallel_unsafe)]
 fn attach() -> bool {
     if !table_exists("ti.instance") {
-        ereport!(
-            PgLogLevel::NOTICE,
-            PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
-            "ae_events: table ti.instance does not exist yet; no events until SELECT ae_events.attach(); is run after it is created"
+        notice_even_during_create_extension(
+            "ae_events: table ti.instance does not exist yet; no events until SELECT ae_events.attach(); is run after it is created",
         );
         return false;
     }

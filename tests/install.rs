@@ -1,0 +1,245 @@
+//! Install, attach, detach, dump/restore and removal (events.md §6).
+
+mod common;
+
+use common::*;
+use postgres::Client;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+
+const REFERENCE_DATA: &str = "
+INSERT INTO ae.assessment VALUES (1, 'A', 'basic', 'published', now(), now());
+INSERT INTO ae.catalog VALUES (1, 'C', NULL);
+INSERT INTO ae.catalog_assessment VALUES (1, 1, 1);
+INSERT INTO can.candidate VALUES (1, NULL, 7, 'c@example.com', NULL, NULL, NULL, NULL, NULL, true, NULL, NULL, NULL, '{}');
+";
+
+fn insert_instance(client: &mut Client, id: i64) {
+    client
+        .execute(
+            "INSERT INTO ti.instance VALUES ($1, NULL, NULL, NULL, 'in_progress', 1, 1, NULL, NULL, NULL, now(), 1, now(), 1)",
+            &[&id],
+        )
+        .unwrap();
+}
+
+fn outbox_instances(client: &mut Client) -> Vec<i64> {
+    outbox_rows(client)
+        .iter()
+        .map(|row| row.aggregate_id)
+        .collect()
+}
+
+fn extension_triggers(client: &mut Client) -> Vec<String> {
+    client
+        .query(
+            "SELECT tgname::text FROM pg_trigger WHERE tgrelid = 'ti.instance'::regclass AND tgname LIKE 'ae_events%' ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
+}
+
+fn connect_collecting_notices(
+    cluster: &Cluster,
+    database: &str,
+) -> (Client, Arc<Mutex<Vec<String>>>) {
+    let notices = Arc::new(Mutex::new(Vec::new()));
+    let seen = notices.clone();
+    let mut config: postgres::Config = cluster.url(database).parse().unwrap();
+    config.notice_callback(move |notice| {
+        seen.lock()
+            .unwrap()
+            .push(format!("{} {}", notice.severity(), notice.message()))
+    });
+    (config.connect(postgres::NoTls).unwrap(), notices)
+}
+
+#[test]
+fn create_extension_before_the_tables_then_attach() {
+    let cluster = Cluster::shared();
+    let database = cluster.empty_database("early");
+    let (mut client, notices) = connect_collecting_notices(cluster, &database);
+    client.batch_execute("CREATE EXTENSION ae_events").unwrap();
+    assert!(
+        notices
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|n| n.starts_with("NOTICE ae_events:") && n.contains("ti.instance")),
+        "{notices:?}"
+    );
+
+    load_schema(&mut client, ForeignKeys::With);
+    client.batch_execute(REFERENCE_DATA).unwrap();
+    insert_instance(&mut client, 1); // not attached yet: no event
+    assert!(outbox_instances(&mut client).is_empty());
+
+    let attached: bool = client
+        .query_one("SELECT ae_events.attach()", &[])
+        .unwrap()
+        .get(0);
+    let attached_again: bool = client
+        .query_one("SELECT ae_events.attach()", &[])
+        .unwrap()
+        .get(0);
+    assert!(attached && attached_again);
+    assert_eq!(
+        extension_triggers(&mut client),
+        vec!["ae_events_capture_created", "ae_events_emit"]
+    );
+    insert_instance(&mut client, 2);
+    assert_eq!(
+        outbox_instances(&mut client),
+        vec![2],
+        "one event: attaching twice added nothing"
+    );
+}
+
+#[test]
+fn detach_stops_events_and_attach_resumes_them() {
+    let cluster = Cluster::shared();
+    let database = cluster.database("detach", ForeignKeys::With);
+    let mut client = cluster.connect(&database);
+    client.batch_execute(REFERENCE_DATA).unwrap();
+    client.batch_execute("SELECT ae_events.detach()").unwrap();
+    assert!(extension_triggers(&mut client).is_empty());
+    insert_instance(&mut client, 1);
+    client.batch_execute("SELECT ae_events.attach()").unwrap();
+    insert_instance(&mut client, 2);
+    assert_eq!(outbox_instances(&mut client), vec![2]);
+}
+
+fn dump(cluster: &Cluster, database: &str) -> Vec<u8> {
+    let output = pg_command("pg_dump")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &cluster.port.to_string(),
+            "-U",
+            "postgres",
+            "-Fc",
+            database,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output.stdout
+}
+
+fn restore(cluster: &Cluster, database: &str, archive: &[u8]) {
+    use std::io::Write;
+    let mut child = pg_command("pg_restore")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &cluster.port.to_string(),
+            "-U",
+            "postgres",
+            "--exit-on-error",
+            "-d",
+            database,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(archive).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "pg_restore: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn dump_and_restore_bring_back_triggers_and_outbox_and_events_keep_flowing() {
+    let cluster = Cluster::shared();
+    let source = cluster.database("dumped", ForeignKeys::With);
+    let mut client = cluster.connect(&source);
+    client.batch_execute(SEED_EXAMPLE).unwrap();
+    client.batch_execute(REFERENCE_DATA).unwrap();
+    insert_instance(&mut client, 2);
+    let before = outbox_rows(&mut client);
+    assert_eq!(before.len(), 2);
+
+    let archive = dump(cluster, &source);
+    let target = cluster.empty_database("restored");
+    restore(cluster, &target, &archive);
+
+    let mut restored = cluster.connect(&target);
+    assert_eq!(
+        extension_triggers(&mut restored),
+        vec!["ae_events_capture_created", "ae_events_emit"]
+    );
+    let after = outbox_rows(&mut restored);
+    assert_eq!(after.len(), 2, "restoring the rows emitted no new events");
+    for (old, new) in before.iter().zip(&after) {
+        assert_eq!(
+            (old.id, &old.event_id, &old.payload, &old.txid),
+            (new.id, &new.event_id, &new.payload, &new.txid)
+        );
+    }
+    insert_instance(&mut restored, 3);
+    let rows = outbox_rows(&mut restored);
+    assert_eq!(
+        rows.iter().map(|r| r.aggregate_id).collect::<Vec<_>>(),
+        vec![789, 2, 3]
+    );
+    assert!(
+        rows[2].id > rows[1].id,
+        "new ids continue after the restored ones"
+    );
+}
+
+#[test]
+fn drop_extension_needs_detach_or_cascade_and_never_touches_the_application_tables() {
+    let cluster = Cluster::shared();
+    let database = cluster.database("dropped", ForeignKeys::With);
+    let mut client = cluster.connect(&database);
+    client.batch_execute(REFERENCE_DATA).unwrap();
+    insert_instance(&mut client, 1);
+
+    let refused = client
+        .batch_execute("DROP EXTENSION ae_events")
+        .unwrap_err();
+    assert_eq!(refused.code().unwrap().code(), "2BP01", "{refused:?}");
+
+    client
+        .batch_execute("SELECT ae_events.detach(); DROP EXTENSION ae_events")
+        .unwrap();
+    insert_instance(&mut client, 2);
+    let count: i64 = client
+        .query_one("SELECT count(*) FROM ti.instance", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 2);
+
+    client
+        .batch_execute("CREATE EXTENSION ae_events; DROP EXTENSION ae_events CASCADE")
+        .unwrap();
+    assert!(extension_triggers(&mut client).is_empty());
+    insert_instance(&mut client, 3);
+    let count: i64 = client
+        .query_one("SELECT count(*) FROM ti.instance", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 3);
+    // The extension's objects are gone; its schema stays, empty, for `DROP SCHEMA ae_events`.
+    let outbox_gone: bool = client
+        .query_one("SELECT to_regclass('ae_events.outbox') IS NULL", &[])
+        .unwrap()
+        .get(0);
+    assert!(outbox_gone);
+    client.batch_execute("DROP SCHEMA ae_events").unwrap();
+}
