@@ -191,6 +191,8 @@ pub fn load_schema(client: &mut Client, foreign_keys: ForeignKeys) {
 }
 
 /// A watchdog shell stops the cluster and removes its files once the test process has exited.
+// It must outlive this process (init adopts it), so it is deliberately never waited for.
+#[allow(clippy::zombie_processes)]
 fn stop_when_this_process_ends(data_dir: &Path) {
     let script = format!(
         "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; {stop}; rm -rf '{dir}'",

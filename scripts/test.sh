@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Every test: set-up (idempotent), then the Rust unit tests and the integration tests in tests/,
+# which start their own throwaway PostgreSQL 15 cluster; then formatting and lints.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+cargo test --no-fail-fast
+cargo fmt --all -- --check
+cargo clippy --all-targets --quiet -- -D warnings

@@ -1,0 +1,180 @@
+//! What callers and DBAs cannot break: a hostile search_path, and errors while building or
+//! writing an event (the transaction fails with an `ae_events:` error naming the instance, and
+//! nothing is half-written).
+
+mod common;
+
+use common::*;
+use postgres::Client;
+use std::time::Duration;
+
+const REFERENCE_DATA: &str = "
+INSERT INTO ae.assessment VALUES (1, 'A', 'basic', 'published', now(), now());
+INSERT INTO ae.catalog VALUES (1, 'C', NULL);
+INSERT INTO ae.catalog_assessment VALUES (1, 1, 1);
+INSERT INTO can.candidate VALUES (1, NULL, 7, 'c@example.com', NULL, NULL, NULL, NULL, NULL, true, NULL, NULL, NULL, '{}');
+";
+
+/// Look-alikes of everything an event's queries use, in a schema the caller puts first.
+const LOOK_ALIKES: &str = "
+CREATE SCHEMA evil;
+CREATE TABLE evil.instance (id bigint, candidate_id bigint);
+CREATE TABLE evil.candidate (id bigint, email text);
+CREATE TABLE evil.outbox (id bigint);
+CREATE FUNCTION evil.jsonb_build_object(VARIADIC text[]) RETURNS jsonb
+    LANGUAGE sql AS $$ SELECT '{\"hijacked\": true}'::jsonb $$;
+CREATE FUNCTION evil.to_jsonb(anyelement) RETURNS jsonb
+    LANGUAGE sql AS $$ SELECT '{\"hijacked\": true}'::jsonb $$;
+CREATE FUNCTION evil.never_equal(bigint, bigint) RETURNS boolean
+    LANGUAGE sql AS $$ SELECT false $$;
+CREATE OPERATOR evil.= (LEFTARG = bigint, RIGHTARG = bigint, FUNCTION = evil.never_equal);
+CREATE FUNCTION evil.pg_notify(text, text) RETURNS void
+    LANGUAGE sql AS $$ SELECT $$;
+CREATE FUNCTION evil.text(numeric) RETURNS text
+    LANGUAGE sql AS $$ SELECT 'hijacked' $$;
+CREATE FUNCTION evil.gen_random_uuid() RETURNS uuid
+    LANGUAGE sql AS $$ SELECT '00000000-0000-0000-0000-000000000000'::uuid $$;
+";
+
+fn sqlstate(error: &postgres::Error) -> String {
+    error
+        .code()
+        .map(|code| code.code().to_owned())
+        .unwrap_or_default()
+}
+
+fn message(error: &postgres::Error) -> String {
+    error
+        .as_db_error()
+        .map(|e| e.message().to_owned())
+        .unwrap_or_else(|| error.to_string())
+}
+
+#[test]
+fn a_hostile_search_path_cannot_change_the_payload_or_break_the_insert() {
+    let cluster = Cluster::shared();
+    let database = cluster.database("hijack", ForeignKeys::With);
+    let mut admin = cluster.connect(&database);
+    let app_user = format!("app_{database}");
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {app_user} LOGIN;
+             GRANT USAGE ON SCHEMA ti, can, ae, tcf TO {app_user};
+             GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA ti, can, ae, tcf TO {app_user};
+             GRANT CREATE ON DATABASE {database} TO {app_user};"
+        ))
+        .unwrap();
+    let mut listener = cluster.connect(&database);
+    listener.batch_execute("LISTEN ae_events").unwrap();
+
+    let mut app = cluster.connect_as(&database, &app_user);
+    app.batch_execute(LOOK_ALIKES).unwrap();
+    app.batch_execute("SET search_path = evil, ti, can, ae, tcf, pg_catalog")
+        .unwrap();
+    app.batch_execute(SEED_EXAMPLE).unwrap();
+
+    let rows = outbox_rows(&mut admin);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].payload, seed_example_payload());
+    assert_ne!(rows[0].event_id, "00000000-0000-0000-0000-000000000000");
+    let received = drain_notifications(&mut listener, Duration::from_millis(1500));
+    assert_eq!(received.len(), 1);
+    let notified: serde_json::Value = serde_json::from_str(&received[0].1).unwrap();
+    assert_eq!(notified["payload"], seed_example_payload());
+}
+
+fn assert_nothing_written(client: &mut Client) {
+    let instances: i64 = client
+        .query_one("SELECT count(*) FROM ti.instance", &[])
+        .unwrap()
+        .get(0);
+    let events: i64 = client
+        .query_one("SELECT count(*) FROM ae_events.outbox", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        (instances, events),
+        (0, 0),
+        "the failed transaction left rows behind"
+    );
+}
+
+#[test]
+fn an_outbox_check_constraint_that_rejects_the_row_fails_the_transaction_naming_the_instance() {
+    let cluster = Cluster::shared();
+    let database = cluster.database("check", ForeignKeys::With);
+    let mut client = cluster.connect(&database);
+    let mut listener = cluster.connect(&database);
+    listener.batch_execute("LISTEN ae_events").unwrap();
+    client
+        .batch_execute(
+            "ALTER TABLE ae_events.outbox ADD CONSTRAINT not_789 CHECK (aggregate_id <> 789)",
+        )
+        .unwrap();
+    let error = client.batch_execute(SEED_EXAMPLE).unwrap_err();
+    assert_eq!(sqlstate(&error), "23514", "{error:?}");
+    let text = message(&error);
+    assert!(
+        text.starts_with("ae_events: ") && text.contains("ti.instance 789"),
+        "{text}"
+    );
+    client.batch_execute("ROLLBACK").unwrap();
+    let instances: i64 = client
+        .query_one("SELECT count(*) FROM ti.instance", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(instances, 0);
+    assert!(outbox_rows(&mut client).is_empty());
+    assert!(drain_notifications(&mut listener, Duration::from_millis(700)).is_empty());
+}
+
+#[test]
+fn the_rejected_instance_is_named_inside_a_bulk_insert() {
+    let cluster = Cluster::shared();
+    let database = cluster.database("bulkcheck", ForeignKeys::With);
+    let mut client = cluster.connect(&database);
+    client.batch_execute(REFERENCE_DATA).unwrap();
+    client
+        .batch_execute(
+            "ALTER TABLE ae_events.outbox ADD CONSTRAINT not_1500 CHECK (aggregate_id <> 1500)",
+        )
+        .unwrap();
+    let error = client
+        .batch_execute(
+            "INSERT INTO ti.instance
+             SELECT g, NULL, NULL, NULL, 'in_progress', 1, 1, NULL, NULL, NULL, now(), 1, now(), 1
+               FROM generate_series(1001, 2000) AS g",
+        )
+        .unwrap_err();
+    assert_eq!(sqlstate(&error), "23514");
+    let text = message(&error);
+    assert!(
+        text.starts_with("ae_events: ") && text.contains("ti.instance 1500"),
+        "{text}"
+    );
+    assert_nothing_written(&mut client);
+}
+
+#[test]
+fn an_error_while_building_the_snapshot_fails_the_transaction_naming_the_instance() {
+    let cluster = Cluster::shared();
+    let database = cluster.database("buildfail", ForeignKeys::With);
+    let mut client = cluster.connect(&database);
+    client.batch_execute(REFERENCE_DATA).unwrap();
+    // A DBA's schema that differs from the contract: the snapshot query cannot run.
+    client
+        .batch_execute("ALTER TABLE can.candidate RENAME COLUMN cf TO custom_fields")
+        .unwrap();
+    let error = client
+        .batch_execute(
+            "INSERT INTO ti.instance VALUES (5, NULL, NULL, NULL, 'in_progress', 1, 1, NULL, NULL, NULL, now(), 1, now(), 1)",
+        )
+        .unwrap_err();
+    let text = message(&error);
+    assert!(
+        text.starts_with("ae_events: ") && text.contains("ti.instance 5"),
+        "{text}"
+    );
+    assert_eq!(sqlstate(&error), "42703", "{error:?}");
+    assert_nothing_written(&mut client);
+}
