@@ -69,28 +69,21 @@ fn trigger_exists(table: &str, trigger: &str) -> bool {
 /// CREATE EXTENSION runs its script with `client_min_messages = warning`; the NOTICE that the
 /// contract promises is raised with the client's threshold lowered to `notice` for that moment.
 fn notice_even_during_create_extension(message: &str) {
-    // SAFETY: a GUC nest level pushed and popped around one ereport; set_config_option copies
-    // its arguments.
-    unsafe {
-        let nest_level = pg_sys::NewGUCNestLevel();
-        if pg_sys::creating_extension {
-            pg_sys::set_config_option(
-                c"client_min_messages".as_ptr(),
-                c"notice".as_ptr(),
-                pg_sys::GucContext::PGC_USERSET,
-                pg_sys::GucSource::PGC_S_SESSION,
-                pg_sys::GucAction::GUC_ACTION_SAVE,
-                true,
-                0,
-                false,
-            );
-        }
+    // SAFETY: reads a backend global.
+    if unsafe { pg_sys::creating_extension } {
+        let lowered = settings::ScopedSetting::set(c"client_min_messages", c"notice");
         ereport!(
             PgLogLevel::NOTICE,
             PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
             message
         );
-        pg_sys::AtEOXact_GUC(true, nest_level);
+        lowered.end();
+    } else {
+        ereport!(
+            PgLogLevel::NOTICE,
+            PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
+            message
+        );
     }
 }
 

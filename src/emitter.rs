@@ -8,6 +8,7 @@
 
 use crate::errors::{self, EventError};
 use crate::outbox::{self, Event, EventKind, WriteContext};
+use crate::settings::ScopedSetting;
 use crate::{pending, settings, snapshot};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
@@ -108,7 +109,7 @@ fn describe_ids(ids: &[i64]) -> String {
 struct OwnerPrivileges {
     saved_user: pg_sys::Oid,
     saved_security_context: i32,
-    guc_nest_level: i32,
+    search_path: Option<ScopedSetting>,
 }
 
 impl OwnerPrivileges {
@@ -127,25 +128,11 @@ impl OwnerPrivileges {
                     | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
             );
         }
-        // SAFETY: a GUC nest level scoped to this pass, popped in drop (or by abort).
-        let guc_nest_level = unsafe {
-            let level = pg_sys::NewGUCNestLevel();
-            pg_sys::set_config_option(
-                c"search_path".as_ptr(),
-                c"pg_catalog, pg_temp".as_ptr(),
-                pg_sys::GucContext::PGC_USERSET,
-                pg_sys::GucSource::PGC_S_SESSION,
-                pg_sys::GucAction::GUC_ACTION_SAVE,
-                true,
-                0,
-                false,
-            );
-            level
-        };
+        let search_path = ScopedSetting::set(c"search_path", c"pg_catalog, pg_temp");
         OwnerPrivileges {
             saved_user,
             saved_security_context,
-            guc_nest_level,
+            search_path: Some(search_path),
         }
     }
 }
@@ -155,11 +142,11 @@ impl Drop for OwnerPrivileges {
         if std::thread::panicking() {
             return; // the transaction is aborting; PostgreSQL restores user and settings
         }
-        // SAFETY: restores what `enter` saved.
-        unsafe {
-            pg_sys::AtEOXact_GUC(true, self.guc_nest_level);
-            pg_sys::SetUserIdAndSecContext(self.saved_user, self.saved_security_context);
+        if let Some(search_path) = self.search_path.take() {
+            search_path.end();
         }
+        // SAFETY: restores what `enter` saved.
+        unsafe { pg_sys::SetUserIdAndSecContext(self.saved_user, self.saved_security_context) };
     }
 }
 

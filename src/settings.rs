@@ -58,6 +58,38 @@ pub fn register() {
     unsafe { pg_sys::MarkGUCPrefixReserved(c"ae_events".as_ptr()) };
 }
 
+/// A PostgreSQL setting changed for a scope of the extension's own (its GUC nest level); `end`
+/// restores it. If an error aborts the transaction first, PostgreSQL restores it.
+pub struct ScopedSetting {
+    nest_level: i32,
+}
+
+impl ScopedSetting {
+    pub fn set(name: &CStr, value: &CStr) -> ScopedSetting {
+        // SAFETY: a new GUC nest level, popped by `end` (or by transaction abort);
+        // set_config_option copies its arguments.
+        unsafe {
+            let nest_level = pg_sys::NewGUCNestLevel();
+            pg_sys::set_config_option(
+                name.as_ptr(),
+                value.as_ptr(),
+                pg_sys::GucContext::PGC_USERSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+                pg_sys::GucAction::GUC_ACTION_SAVE,
+                true,
+                0,
+                false,
+            );
+            ScopedSetting { nest_level }
+        }
+    }
+
+    pub fn end(self) {
+        // SAFETY: pops the nest level `set` pushed, restoring the previous value.
+        unsafe { pg_sys::AtEOXact_GUC(true, self.nest_level) };
+    }
+}
+
 pub fn enabled() -> bool {
     ENABLED.get()
 }

@@ -48,7 +48,7 @@ SELECT m.id, m.status, m.time_taken, m.report_url, m.report_file_id, m.measured_
  WHERE m.id OPERATOR(pg_catalog.=) ANY ($1)";
 
 const MEASUREMENT_ATTRIBUTES: &str = "
-SELECT ma.measurement_id, ma.id, ma.numerical_score::pg_catalog.text,
+SELECT ma.id, ma.measurement_id, ma.numerical_score::pg_catalog.text,
        ma.percentile_score::pg_catalog.text, ma.remarks, ma.description,
        ma.additional_attributes::pg_catalog.text, ma.created_at, ma.created_by, ma.updated_at,
        ma.updated_by, ma.section_configuration_attribute_id, ma.ordinal_id,
@@ -179,6 +179,37 @@ fn sorted_unique(mut ids: Vec<i64>) -> Vec<i64> {
     ids
 }
 
+/// Run one of the prepared queries over `ids` and hand each row, named by its id in column 1,
+/// to `read`.
+fn for_each_row<'conn>(
+    client: &SpiClient<'conn>,
+    plan: &OwnedPreparedStatement,
+    ids: Vec<i64>,
+    table: &'static str,
+    mut read: impl FnMut(i64, &Row<'_, 'conn>) -> Result<(), EventError>,
+) -> Result<(), EventError> {
+    let rows = client
+        .select(plan, None, &[ids.into()])
+        .map_err(EventError::spi(format!("cannot read {table}")))?;
+    for tuple in rows {
+        let id: i64 = Row {
+            tuple: &tuple,
+            table,
+            id: 0,
+        }
+        .req(1, "id")?;
+        read(
+            id,
+            &Row {
+                tuple: &tuple,
+                table,
+                id,
+            },
+        )?;
+    }
+    Ok(())
+}
+
 /// Build the payloads of the given instances, in ascending id order. Instances that no longer
 /// exist (deleted later in the same transaction) are left out.
 pub fn build(
@@ -188,21 +219,7 @@ pub fn build(
     let plans = plans(client)?;
     let ids = instance_ids.to_vec();
     let mut instances = Vec::with_capacity(instance_ids.len());
-    for tuple in client
-        .select(&plans.instances, None, &[ids.into()])
-        .map_err(EventError::spi("cannot read ti.instance"))?
-    {
-        let id: i64 = Row {
-            tuple: &tuple,
-            table: "ti.instance",
-            id: 0,
-        }
-        .req(1, "id")?;
-        let row = Row {
-            tuple: &tuple,
-            table: "ti.instance",
-            id,
-        };
+    for_each_row(client, &plans.instances, ids, "ti.instance", |id, row| {
         instances.push(TestInstance {
             id,
             external_id: row.opt(2)?,
@@ -222,7 +239,8 @@ pub fn build(
             catalog_assessment: None,
             measurement: None,
         });
-    }
+        Ok(())
+    })?;
     if instances.is_empty() {
         return Ok(instances);
     }
@@ -274,39 +292,32 @@ fn read_candidates(
     ids: Vec<i64>,
 ) -> Result<HashMap<i64, Rc<Candidate>>, EventError> {
     let mut candidates = HashMap::with_capacity(ids.len());
-    for tuple in client
-        .select(&plans.candidates, None, &[ids.into()])
-        .map_err(EventError::spi("cannot read can.candidate"))?
-    {
-        let id: i64 = Row {
-            tuple: &tuple,
-            table: "can.candidate",
-            id: 0,
-        }
-        .req(1, "id")?;
-        let row = Row {
-            tuple: &tuple,
-            table: "can.candidate",
-            id,
-        };
-        let candidate = Candidate {
-            id,
-            external_id: row.opt(2)?,
-            user_id: row.req(3, "can.candidate.user_id")?,
-            email: row.req(4, "can.candidate.email")?,
-            first_name: row.opt(5)?,
-            last_name: row.opt(6)?,
-            middle_name: row.opt(7)?,
-            phone_number: row.opt(8)?,
-            country: row.opt(9)?,
-            is_tnc_accepted: row.req(10, "can.candidate.is_tnc_accepted")?,
-            is_recording_consent_accepted: row.opt(11)?,
-            resume_file_id: row.opt(12)?,
-            profile_pic_file_id: row.opt(13)?,
-            cf: row.required(row.json(14, "cf")?, "cf")?,
-        };
-        candidates.insert(id, Rc::new(candidate));
-    }
+    for_each_row(
+        client,
+        &plans.candidates,
+        ids,
+        "can.candidate",
+        |id, row| {
+            let candidate = Candidate {
+                id,
+                external_id: row.opt(2)?,
+                user_id: row.req(3, "can.candidate.user_id")?,
+                email: row.req(4, "can.candidate.email")?,
+                first_name: row.opt(5)?,
+                last_name: row.opt(6)?,
+                middle_name: row.opt(7)?,
+                phone_number: row.opt(8)?,
+                country: row.opt(9)?,
+                is_tnc_accepted: row.req(10, "can.candidate.is_tnc_accepted")?,
+                is_recording_consent_accepted: row.opt(11)?,
+                resume_file_id: row.opt(12)?,
+                profile_pic_file_id: row.opt(13)?,
+                cf: row.required(row.json(14, "cf")?, "cf")?,
+            };
+            candidates.insert(id, Rc::new(candidate));
+            Ok(())
+        },
+    )?;
     Ok(candidates)
 }
 
@@ -316,65 +327,58 @@ fn read_catalog_assessments(
     ids: Vec<i64>,
 ) -> Result<HashMap<i64, Rc<CatalogAssessment>>, EventError> {
     let mut found = HashMap::with_capacity(ids.len());
-    for tuple in client
-        .select(&plans.catalog_assessments, None, &[ids.into()])
-        .map_err(EventError::spi("cannot read ae.catalog_assessment"))?
-    {
-        let id: i64 = Row {
-            tuple: &tuple,
-            table: "ae.catalog_assessment",
-            id: 0,
-        }
-        .req(1, "id")?;
-        let row = Row {
-            tuple: &tuple,
-            table: "ae.catalog_assessment",
-            id,
-        };
-        let assessment = match row.opt::<i64>(4)? {
-            Some(assessment_id) => Some(Assessment {
-                id: assessment_id,
-                name: row.req(5, "ae.assessment.name")?,
-                level: row.req(6, "ae.assessment.level")?,
-                status: row.req(7, "ae.assessment.status")?,
-                created_at: row.timestamp(8, "ae.assessment.created_at")?,
-                updated_at: row.timestamp(9, "ae.assessment.updated_at")?,
-            }),
-            None => {
-                warn_missing_reference(
-                    "ae.catalog_assessment",
-                    id,
-                    "ae.assessment",
-                    row.req(2, "assessment_id")?,
-                );
-                None
-            }
-        };
-        let catalog = match row.opt::<i64>(10)? {
-            Some(catalog_id) => Some(Catalog {
-                id: catalog_id,
-                name: row.req(11, "ae.catalog.name")?,
-                description: row.opt(12)?,
-            }),
-            None => {
-                warn_missing_reference(
-                    "ae.catalog_assessment",
-                    id,
-                    "ae.catalog",
-                    row.req(3, "catalog_id")?,
-                );
-                None
-            }
-        };
-        found.insert(
-            id,
-            Rc::new(CatalogAssessment {
+    for_each_row(
+        client,
+        &plans.catalog_assessments,
+        ids,
+        "ae.catalog_assessment",
+        |id, row| {
+            let assessment = match row.opt::<i64>(4)? {
+                Some(assessment_id) => Some(Assessment {
+                    id: assessment_id,
+                    name: row.req(5, "ae.assessment.name")?,
+                    level: row.req(6, "ae.assessment.level")?,
+                    status: row.req(7, "ae.assessment.status")?,
+                    created_at: row.timestamp(8, "ae.assessment.created_at")?,
+                    updated_at: row.timestamp(9, "ae.assessment.updated_at")?,
+                }),
+                None => {
+                    warn_missing_reference(
+                        "ae.catalog_assessment",
+                        id,
+                        "ae.assessment",
+                        row.req(2, "assessment_id")?,
+                    );
+                    None
+                }
+            };
+            let catalog = match row.opt::<i64>(10)? {
+                Some(catalog_id) => Some(Catalog {
+                    id: catalog_id,
+                    name: row.req(11, "ae.catalog.name")?,
+                    description: row.opt(12)?,
+                }),
+                None => {
+                    warn_missing_reference(
+                        "ae.catalog_assessment",
+                        id,
+                        "ae.catalog",
+                        row.req(3, "catalog_id")?,
+                    );
+                    None
+                }
+            };
+            found.insert(
                 id,
-                assessment,
-                catalog,
-            }),
-        );
-    }
+                Rc::new(CatalogAssessment {
+                    id,
+                    assessment,
+                    catalog,
+                }),
+            );
+            Ok(())
+        },
+    )?;
     Ok(found)
 }
 
@@ -398,58 +402,45 @@ fn read_measurements(
         return Ok(HashMap::new());
     }
     let mut measurements: HashMap<i64, Measurement> = HashMap::with_capacity(ids.len());
-    for tuple in client
-        .select(&plans.measurements, None, &[ids.clone().into()])
-        .map_err(EventError::spi("cannot read tcf.measurement"))?
-    {
-        let id: i64 = Row {
-            tuple: &tuple,
-            table: "tcf.measurement",
-            id: 0,
-        }
-        .req(1, "id")?;
-        let row = Row {
-            tuple: &tuple,
-            table: "tcf.measurement",
-            id,
-        };
-        let time_taken: Option<Interval> = row.opt(3)?;
-        measurements.insert(
-            id,
-            Measurement {
+    for_each_row(
+        client,
+        &plans.measurements,
+        ids.clone(),
+        "tcf.measurement",
+        |id, row| {
+            let time_taken: Option<Interval> = row.opt(3)?;
+            measurements.insert(
                 id,
-                status: row.req(2, "tcf.measurement.status")?,
-                time_taken: time_taken.as_ref().map(interval_postgres_style),
-                report_url: row.opt(4)?,
-                report_file_id: row.opt(5)?,
-                measured_at: row.timestamp(6, "tcf.measurement.measured_at")?,
-                measured_by: row.opt(7)?,
-                form_instance_id: row.opt(8)?,
-                measurement_attributes: Vec::new(),
-            },
-        );
-    }
-    for tuple in client
-        .select(&plans.measurement_attributes, None, &[ids.into()])
-        .map_err(EventError::spi("cannot read tcf.measurement_attribute"))?
-    {
-        let probe = Row {
-            tuple: &tuple,
-            table: "tcf.measurement_attribute",
-            id: 0,
-        };
-        let measurement_id: i64 = probe.req(1, "measurement_id")?;
-        let id: i64 = probe.req(2, "id")?;
-        let row = Row {
-            tuple: &tuple,
-            table: "tcf.measurement_attribute",
-            id,
-        };
-        let attribute = read_measurement_attribute(&row, id)?;
-        if let Some(measurement) = measurements.get_mut(&measurement_id) {
-            measurement.measurement_attributes.push(attribute);
-        }
-    }
+                Measurement {
+                    id,
+                    status: row.req(2, "tcf.measurement.status")?,
+                    time_taken: time_taken.as_ref().map(interval_postgres_style),
+                    report_url: row.opt(4)?,
+                    report_file_id: row.opt(5)?,
+                    measured_at: row.timestamp(6, "tcf.measurement.measured_at")?,
+                    measured_by: row.opt(7)?,
+                    form_instance_id: row.opt(8)?,
+                    measurement_attributes: Vec::new(),
+                },
+            );
+            Ok(())
+        },
+    )?;
+    let attributes = &plans.measurement_attributes;
+    for_each_row(
+        client,
+        attributes,
+        ids,
+        "tcf.measurement_attribute",
+        |id, row| {
+            let measurement_id: i64 = row.req(2, "measurement_id")?;
+            let attribute = read_measurement_attribute(row, id)?;
+            if let Some(measurement) = measurements.get_mut(&measurement_id) {
+                measurement.measurement_attributes.push(attribute);
+            }
+            Ok(())
+        },
+    )?;
     Ok(measurements
         .into_iter()
         .map(|(id, m)| (id, Rc::new(m)))

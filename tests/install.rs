@@ -7,29 +7,6 @@ use postgres::Client;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
-const REFERENCE_DATA: &str = "
-INSERT INTO ae.assessment VALUES (1, 'A', 'basic', 'published', now(), now());
-INSERT INTO ae.catalog VALUES (1, 'C', NULL);
-INSERT INTO ae.catalog_assessment VALUES (1, 1, 1);
-INSERT INTO can.candidate VALUES (1, NULL, 7, 'c@example.com', NULL, NULL, NULL, NULL, NULL, true, NULL, NULL, NULL, '{}');
-";
-
-fn insert_instance(client: &mut Client, id: i64) {
-    client
-        .execute(
-            "INSERT INTO ti.instance VALUES ($1, NULL, NULL, NULL, 'in_progress', 1, 1, NULL, NULL, NULL, now(), 1, now(), 1)",
-            &[&id],
-        )
-        .unwrap();
-}
-
-fn outbox_instances(client: &mut Client) -> Vec<i64> {
-    outbox_rows(client)
-        .iter()
-        .map(|row| row.aggregate_id)
-        .collect()
-}
-
 fn extension_triggers(client: &mut Client) -> Vec<String> {
     client
         .query(
@@ -73,7 +50,7 @@ fn create_extension_before_the_tables_then_attach() {
     );
 
     load_schema(&mut client, ForeignKeys::With);
-    client.batch_execute(REFERENCE_DATA).unwrap();
+    client.batch_execute(MINIMAL_REFERENCE_DATA).unwrap();
     insert_instance(&mut client, 1); // not attached yet: no event
     assert!(outbox_instances(&mut client).is_empty());
 
@@ -103,7 +80,7 @@ fn detach_stops_events_and_attach_resumes_them() {
     let cluster = Cluster::shared();
     let database = cluster.database("detach", ForeignKeys::With);
     let mut client = cluster.connect(&database);
-    client.batch_execute(REFERENCE_DATA).unwrap();
+    client.batch_execute(MINIMAL_REFERENCE_DATA).unwrap();
     client.batch_execute("SELECT ae_events.detach()").unwrap();
     assert!(extension_triggers(&mut client).is_empty());
     insert_instance(&mut client, 1);
@@ -168,7 +145,7 @@ fn dump_and_restore_bring_back_triggers_and_outbox_and_events_keep_flowing() {
     let source = cluster.database("dumped", ForeignKeys::With);
     let mut client = cluster.connect(&source);
     client.batch_execute(SEED_EXAMPLE).unwrap();
-    client.batch_execute(REFERENCE_DATA).unwrap();
+    client.batch_execute(MINIMAL_REFERENCE_DATA).unwrap();
     insert_instance(&mut client, 2);
     let before = outbox_rows(&mut client);
     assert_eq!(before.len(), 2);
@@ -207,7 +184,7 @@ fn drop_extension_needs_detach_or_cascade_and_never_touches_the_application_tabl
     let cluster = Cluster::shared();
     let database = cluster.database("dropped", ForeignKeys::With);
     let mut client = cluster.connect(&database);
-    client.batch_execute(REFERENCE_DATA).unwrap();
+    client.batch_execute(MINIMAL_REFERENCE_DATA).unwrap();
     insert_instance(&mut client, 1);
 
     let refused = client

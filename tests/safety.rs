@@ -8,13 +8,6 @@ use common::*;
 use postgres::Client;
 use std::time::Duration;
 
-const REFERENCE_DATA: &str = "
-INSERT INTO ae.assessment VALUES (1, 'A', 'basic', 'published', now(), now());
-INSERT INTO ae.catalog VALUES (1, 'C', NULL);
-INSERT INTO ae.catalog_assessment VALUES (1, 1, 1);
-INSERT INTO can.candidate VALUES (1, NULL, 7, 'c@example.com', NULL, NULL, NULL, NULL, NULL, true, NULL, NULL, NULL, '{}');
-";
-
 /// Look-alikes of everything an event's queries use, in a schema the caller puts first.
 const LOOK_ALIKES: &str = "
 CREATE SCHEMA evil;
@@ -35,20 +28,6 @@ CREATE FUNCTION evil.text(numeric) RETURNS text
 CREATE FUNCTION evil.gen_random_uuid() RETURNS uuid
     LANGUAGE sql AS $$ SELECT '00000000-0000-0000-0000-000000000000'::uuid $$;
 ";
-
-fn sqlstate(error: &postgres::Error) -> String {
-    error
-        .code()
-        .map(|code| code.code().to_owned())
-        .unwrap_or_default()
-}
-
-fn message(error: &postgres::Error) -> String {
-    error
-        .as_db_error()
-        .map(|e| e.message().to_owned())
-        .unwrap_or_else(|| error.to_string())
-}
 
 #[test]
 fn a_hostile_search_path_cannot_change_the_payload_or_break_the_insert() {
@@ -113,7 +92,7 @@ fn an_outbox_check_constraint_that_rejects_the_row_fails_the_transaction_naming_
         .unwrap();
     let error = client.batch_execute(SEED_EXAMPLE).unwrap_err();
     assert_eq!(sqlstate(&error), "23514", "{error:?}");
-    let text = message(&error);
+    let text = error_message(&error);
     assert!(
         text.starts_with("ae_events: ") && text.contains("ti.instance 789"),
         "{text}"
@@ -133,7 +112,7 @@ fn the_rejected_instance_is_named_inside_a_bulk_insert() {
     let cluster = Cluster::shared();
     let database = cluster.database("bulkcheck", ForeignKeys::With);
     let mut client = cluster.connect(&database);
-    client.batch_execute(REFERENCE_DATA).unwrap();
+    client.batch_execute(MINIMAL_REFERENCE_DATA).unwrap();
     client
         .batch_execute(
             "ALTER TABLE ae_events.outbox ADD CONSTRAINT not_1500 CHECK (aggregate_id <> 1500)",
@@ -147,7 +126,7 @@ fn the_rejected_instance_is_named_inside_a_bulk_insert() {
         )
         .unwrap_err();
     assert_eq!(sqlstate(&error), "23514");
-    let text = message(&error);
+    let text = error_message(&error);
     assert!(
         text.starts_with("ae_events: ") && text.contains("ti.instance 1500"),
         "{text}"
@@ -160,7 +139,7 @@ fn an_error_while_building_the_snapshot_fails_the_transaction_naming_the_instanc
     let cluster = Cluster::shared();
     let database = cluster.database("buildfail", ForeignKeys::With);
     let mut client = cluster.connect(&database);
-    client.batch_execute(REFERENCE_DATA).unwrap();
+    client.batch_execute(MINIMAL_REFERENCE_DATA).unwrap();
     // A DBA's schema that differs from the contract: the snapshot query cannot run.
     client
         .batch_execute("ALTER TABLE can.candidate RENAME COLUMN cf TO custom_fields")
@@ -170,7 +149,7 @@ fn an_error_while_building_the_snapshot_fails_the_transaction_naming_the_instanc
             "INSERT INTO ti.instance VALUES (5, NULL, NULL, NULL, 'in_progress', 1, 1, NULL, NULL, NULL, now(), 1, now(), 1)",
         )
         .unwrap_err();
-    let text = message(&error);
+    let text = error_message(&error);
     assert!(
         text.starts_with("ae_events: ") && text.contains("ti.instance 5"),
         "{text}"

@@ -4,34 +4,10 @@
 mod common;
 
 use common::*;
-use postgres::Client;
 use serde_json::{json, Value};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_millis(1500);
-
-const REFERENCE_DATA: &str = "
-INSERT INTO ae.assessment VALUES (1, 'A', 'basic', 'published', now(), now());
-INSERT INTO ae.catalog VALUES (1, 'C', NULL);
-INSERT INTO ae.catalog_assessment VALUES (1, 1, 1);
-INSERT INTO can.candidate VALUES (1, NULL, 7, 'c@example.com', NULL, NULL, NULL, NULL, NULL, true, NULL, NULL, NULL, '{}');
-";
-
-fn insert_instance(client: &mut Client, id: i64) {
-    client
-        .execute(
-            "INSERT INTO ti.instance VALUES ($1, NULL, NULL, NULL, 'in_progress', 1, 1, NULL, NULL, NULL, now(), 1, now(), 1)",
-            &[&id],
-        )
-        .unwrap();
-}
-
-fn outbox_instances(client: &mut Client) -> Vec<i64> {
-    outbox_rows(client)
-        .iter()
-        .map(|row| row.aggregate_id)
-        .collect()
-}
 
 /// A database whose sessions load the library at start (the README's recommended set-up), so
 /// that every session validates settings when they are set; plus a non-superuser `app_user`
@@ -40,7 +16,7 @@ fn settings_database() -> (String, String) {
     let cluster = Cluster::shared();
     let database = cluster.database("settings", ForeignKeys::With);
     let mut admin = cluster.connect(&database);
-    admin.batch_execute(REFERENCE_DATA).unwrap();
+    admin.batch_execute(MINIMAL_REFERENCE_DATA).unwrap();
     // Roles are cluster-wide: one per database keeps concurrent tests apart.
     let app_user = format!("app_{database}");
     admin
@@ -52,13 +28,6 @@ fn settings_database() -> (String, String) {
         ))
         .unwrap();
     (database, app_user)
-}
-
-fn sqlstate(error: &postgres::Error) -> String {
-    error
-        .code()
-        .map(|code| code.code().to_owned())
-        .unwrap_or_default()
 }
 
 #[test]
@@ -162,10 +131,7 @@ fn bad_values_are_refused_when_set() {
         .unwrap_err();
     assert_eq!(sqlstate(&error), "22023", "{error:?}");
     let channel_error = app.batch_execute("SET ae_events.channel = ''").unwrap_err();
-    let message = channel_error
-        .as_db_error()
-        .map(|e| e.message().to_owned())
-        .unwrap_or_default();
+    let message = error_message(&channel_error);
     assert!(message.starts_with("ae_events:"), "{message}");
     // The refused values left the settings as they were.
     let notify: String = app.query_one("SHOW ae_events.notify", &[]).unwrap().get(0);

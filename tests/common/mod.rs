@@ -273,6 +273,46 @@ pub fn drain_notifications(client: &mut Client, wait: Duration) -> Vec<(String, 
     received
 }
 
+/// Minimal reference rows for tests that insert bare instances (candidate 1, catalog assessment 1).
+pub const MINIMAL_REFERENCE_DATA: &str = "
+INSERT INTO ae.assessment VALUES (1, 'A', 'basic', 'published', now(), now());
+INSERT INTO ae.catalog VALUES (1, 'C', NULL);
+INSERT INTO ae.catalog_assessment VALUES (1, 1, 1);
+INSERT INTO can.candidate VALUES (1, NULL, 7, 'c@example.com', NULL, NULL, NULL, NULL, NULL, true, NULL, NULL, NULL, '{}');
+";
+
+/// Insert an instance of candidate 1 and catalog assessment 1, without a measurement.
+pub fn insert_instance(client: &mut Client, id: i64) {
+    client
+        .execute(
+            "INSERT INTO ti.instance VALUES ($1, NULL, NULL, NULL, 'in_progress', 1, 1, NULL, NULL, NULL, now(), 1, now(), 1)",
+            &[&id],
+        )
+        .unwrap();
+}
+
+/// The instances that have events, in outbox order.
+pub fn outbox_instances(client: &mut Client) -> Vec<i64> {
+    outbox_rows(client)
+        .iter()
+        .map(|row| row.aggregate_id)
+        .collect()
+}
+
+pub fn sqlstate(error: &postgres::Error) -> String {
+    error
+        .code()
+        .map(|code| code.code().to_owned())
+        .unwrap_or_default()
+}
+
+pub fn error_message(error: &postgres::Error) -> String {
+    error
+        .as_db_error()
+        .map(|e| e.message().to_owned())
+        .unwrap_or_else(|| error.to_string())
+}
+
 pub fn seed_example_payload() -> serde_json::Value {
     serde_json::from_str(SEED_EXAMPLE_PAYLOAD).unwrap()
 }
