@@ -112,12 +112,13 @@ struct Row<'a, 'conn> {
 
 impl Row<'_, '_> {
     fn opt<T: FromDatum + IntoDatum>(&self, ordinal: usize) -> Result<Option<T>, EventError> {
+        // The message is built only on failure: this runs for every column of every row.
         self.tuple
             .get::<T>(ordinal)
-            .map_err(EventError::spi(format!(
-                "cannot read column {ordinal} of {} {}",
-                self.table, self.id
-            )))
+            .map_err(|source| EventError::Spi {
+                context: format!("cannot read column {ordinal} of {} {}", self.table, self.id),
+                source,
+            })
     }
 
     fn req<T: FromDatum + IntoDatum>(&self, ordinal: usize, column: &str) -> Result<T, EventError> {
