@@ -1,5 +1,5 @@
 -- Internal functions are not for applications: the extension calls them as its owner.
-REVOKE ALL ON FUNCTION ae_events._drain_events() FROM PUBLIC;
+REVOKE ALL ON FUNCTION ae_events._pending_outbox_rows() FROM PUBLIC;
 REVOKE ALL ON FUNCTION ae_events.attach() FROM PUBLIC;
 REVOKE ALL ON FUNCTION ae_events.detach() FROM PUBLIC;
 

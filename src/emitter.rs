@@ -12,20 +12,19 @@ use crate::settings::ScopedSetting;
 use crate::{pending, settings, snapshot};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
+use std::cell::Cell;
 use std::panic::AssertUnwindSafe;
 
 /// Instances built and written per set-based pass.
 const CHUNK_SIZE: usize = 1000;
-
-const ID_SEQUENCE: &str = "
-SELECT pg_catalog.pg_get_serial_sequence('ae_events.outbox', 'id')::pg_catalog.regclass::pg_catalog.oid";
 
 /// Emit the events of every instance recorded and not yet emitted in this transaction.
 pub fn emit_pending() {
     if !pending::has_unemitted() {
         return;
     }
-    let _privileges = OwnerPrivileges::enter();
+    let catalog = ExtensionCatalog::current();
+    let _privileges = OwnerPrivileges::enter(catalog.owner);
     Spi::connect_mut(|client| {
         // A DBA's trigger on the outbox could insert instances: loop until none is left.
         loop {
@@ -35,7 +34,7 @@ pub fn emit_pending() {
             }
             for chunk in instance_ids.chunks(CHUNK_SIZE) {
                 PgTryBuilder::new(AssertUnwindSafe(|| {
-                    if let Err(error) = emit_chunk(client, chunk) {
+                    if let Err(error) = emit_chunk(client, &catalog, chunk) {
                         error.report();
                     }
                 }))
@@ -56,12 +55,23 @@ pub fn emit_pending() {
     });
 }
 
-fn emit_chunk(client: &mut SpiClient<'_>, instance_ids: &[i64]) -> Result<(), EventError> {
-    let snapshots = snapshot::build(client, instance_ids)?;
+fn emit_chunk(
+    client: &mut SpiClient<'_>,
+    catalog: &ExtensionCatalog,
+    instance_ids: &[i64],
+) -> Result<(), EventError> {
+    let snapshots = snapshot::build(instance_ids)?;
     if snapshots.is_empty() {
         return Ok(());
     }
-    let context = write_context(client)?;
+    let context = WriteContext {
+        id_sequence: catalog.id_sequence,
+        // SAFETY: reads the clock.
+        occurred_at: unsafe { pg_sys::GetCurrentTimestamp() },
+        notify: settings::notify_mode(),
+        channel: settings::channel(),
+        notify_payload_budget: settings::notify_payload_budget(),
+    };
     let events = snapshots
         .into_iter()
         .map(|snapshot| Event {
@@ -73,24 +83,49 @@ fn emit_chunk(client: &mut SpiClient<'_>, instance_ids: &[i64]) -> Result<(), Ev
     outbox::write(client, context, events)
 }
 
-fn write_context(client: &SpiClient<'_>) -> Result<WriteContext, EventError> {
-    let row = client
-        .select(ID_SEQUENCE, Some(1), &[])
-        .map_err(EventError::spi("cannot read the extension's catalog entry"))?
-        .first();
-    let id_sequence = row
-        .get::<pg_sys::Oid>(1)
-        .map_err(EventError::spi("cannot read the outbox id sequence"))?
-        .ok_or_else(|| EventError::BadValue {
-            what: "the outbox id sequence (missing)".to_owned(),
-        })?;
-    Ok(WriteContext {
-        id_sequence,
-        // SAFETY: reads the clock.
-        occurred_at: unsafe { pg_sys::GetCurrentTimestamp() },
-        notify: settings::notify_mode(),
-        channel: settings::channel(),
-    })
+/// What the pass needs to know of the installed extension: looked up in the system caches and
+/// kept per backend, keyed by the outbox's oid (which changes if the extension is re-created).
+#[derive(Clone, Copy)]
+struct ExtensionCatalog {
+    outbox: pg_sys::Oid,
+    id_sequence: pg_sys::Oid,
+    owner: pg_sys::Oid,
+}
+
+thread_local! {
+    static CATALOG: Cell<Option<ExtensionCatalog>> = const { Cell::new(None) };
+}
+
+impl ExtensionCatalog {
+    fn current() -> ExtensionCatalog {
+        // SAFETY: syscache lookups by name; missing_ok returns InvalidOid instead of raising.
+        let outbox = unsafe {
+            let namespace = pg_sys::get_namespace_oid(c"ae_events".as_ptr(), true);
+            pg_sys::get_relname_relid(c"outbox".as_ptr(), namespace)
+        };
+        if outbox == pg_sys::InvalidOid {
+            errors::raise(
+                PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+                "ae_events: the table ae_events.outbox is missing".to_owned(),
+                None,
+            );
+        }
+        if let Some(cached) = CATALOG.get().filter(|cached| cached.outbox == outbox) {
+            return cached;
+        }
+        // SAFETY: the outbox exists; its column "id" is an identity column (outbox.sql).
+        let id_sequence = unsafe {
+            let id_column = pg_sys::get_attnum(outbox, c"id".as_ptr());
+            pg_sys::getIdentitySequence(outbox, id_column, false)
+        };
+        let catalog = ExtensionCatalog {
+            outbox,
+            id_sequence,
+            owner: extension_owner(),
+        };
+        CATALOG.set(Some(catalog));
+        catalog
+    }
 }
 
 /// "789" or "1, 2, 3", or "1, 2, 3, ... (1000 instances)" for long lists.
@@ -113,8 +148,7 @@ struct OwnerPrivileges {
 }
 
 impl OwnerPrivileges {
-    fn enter() -> Self {
-        let owner = extension_owner();
+    fn enter(owner: pg_sys::Oid) -> Self {
         let mut saved_user = pg_sys::InvalidOid;
         let mut saved_security_context = 0;
         // SAFETY: the documented way to run code as another role inside a transaction, as

@@ -17,6 +17,8 @@ pub enum EventError {
     },
     /// A value read from the database cannot be rendered into the payload.
     BadValue { what: String },
+    /// The extension's own use of PostgreSQL's interfaces failed.
+    Internal { what: String },
 }
 
 impl EventError {
@@ -25,9 +27,34 @@ impl EventError {
         move |source| EventError::Spi { context, source }
     }
 
+    pub fn internal(what: impl Into<String>) -> EventError {
+        EventError::Internal { what: what.into() }
+    }
+
+    /// The same error, its message preceded by `context`.
+    pub fn context(self, context: impl std::fmt::Display) -> EventError {
+        match self {
+            EventError::Spi {
+                context: inner,
+                source,
+            } => EventError::Spi {
+                context: format!("{context}: {inner}"),
+                source,
+            },
+            EventError::BadValue { what } => EventError::BadValue {
+                what: format!("{what} ({context})"),
+            },
+            EventError::Internal { what } => EventError::Internal {
+                what: format!("{context}: {what}"),
+            },
+        }
+    }
+
     pub fn sqlstate(&self) -> PgSqlErrorCode {
         match self {
-            EventError::Spi { .. } => PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            EventError::Spi { .. } | EventError::Internal { .. } => {
+                PgSqlErrorCode::ERRCODE_INTERNAL_ERROR
+            }
             EventError::BadValue { .. } => PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
         }
     }
@@ -43,6 +70,7 @@ impl fmt::Display for EventError {
         match self {
             EventError::Spi { context, source } => write!(f, "{context}: {source}"),
             EventError::BadValue { what } => write!(f, "cannot render {what}"),
+            EventError::Internal { what } => f.write_str(what),
         }
     }
 }

@@ -1,9 +1,9 @@
 //! The notification of events.md §4: JSON text with its keys in the contract's order, the payload
 //! embedded when the whole message stays under PostgreSQL's 8000-byte limit.
 
-use crate::settings::NotifyMode;
 use pgrx::prelude::*;
 use serde::Serialize;
+use std::cell::Cell;
 
 /// PostgreSQL rejects a notification payload of this many bytes or more.
 pub const NOTIFY_PAYLOAD_LIMIT: usize = 8000;
@@ -21,22 +21,42 @@ pub struct Envelope<'a> {
     pub occurred_at: &'a str,
 }
 
-/// The message text: the envelope, then `"payload": <payload>` when the mode is `full` and the
+/// The message text: the envelope, then `"payload": <payload>` when a payload is given and the
 /// message fits, otherwise `"payload_omitted": true` (the relay reads the outbox row).
-pub fn message(envelope: &Envelope<'_>, payload_json: &str, mode: NotifyMode) -> String {
+pub fn message(envelope: &Envelope<'_>, payload_json: Option<&str>) -> String {
     let mut text = serde_json::to_string(envelope).unwrap_or_default();
     text.pop(); // the closing brace; the payload (or its absence) goes last
     const PAYLOAD_KEY: &str = ",\"payload\":";
-    if mode == NotifyMode::Full
-        && text.len() + PAYLOAD_KEY.len() + payload_json.len() + 1 < NOTIFY_PAYLOAD_LIMIT
-    {
-        text.push_str(PAYLOAD_KEY);
-        text.push_str(payload_json);
-    } else {
-        text.push_str(",\"payload_omitted\":true");
+    match payload_json {
+        Some(payload)
+            if text.len() + PAYLOAD_KEY.len() + payload.len() + 1 < NOTIFY_PAYLOAD_LIMIT =>
+        {
+            text.push_str(PAYLOAD_KEY);
+            text.push_str(payload);
+            EMBEDDED_BYTES.set(EMBEDDED_BYTES.get().saturating_add(payload.len() as u64));
+        }
+        _ => text.push_str(",\"payload_omitted\":true"),
     }
     text.push('}');
     text
+}
+
+thread_local! {
+    /// Payload bytes the current transaction's notifications carry so far.
+    static EMBEDDED_BYTES: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Whether the transaction's notifications may still carry payloads (`ae_events.notify_payload_budget`).
+/// PostgreSQL keeps every notification of a transaction in memory until commit and then copies it
+/// into the cluster-wide queue, so a bulk insert with payloads in every message would cost memory
+/// and queue space in proportion to its size.
+pub fn budget_allows(budget: Option<u64>) -> bool {
+    budget.is_none_or(|budget| EMBEDDED_BYTES.get() < budget)
+}
+
+/// Called when a transaction ends.
+pub fn transaction_ended() {
+    EMBEDDED_BYTES.set(0);
 }
 
 /// Queue the notification; PostgreSQL delivers it when the transaction commits.
@@ -69,7 +89,7 @@ mod tests {
 
     #[test]
     fn keys_follow_the_contract_order() {
-        let text = message(&envelope(), "{\"id\":789}", NotifyMode::Full);
+        let text = message(&envelope(), Some("{\"id\":789}"));
         let keys = [
             "\"id\"",
             "\"event_id\"",
@@ -88,15 +108,15 @@ mod tests {
 
     #[test]
     fn payload_left_out_at_the_limit_and_in_reference_mode() {
-        let head = message(&envelope(), "", NotifyMode::Reference);
+        let head = message(&envelope(), None);
         assert!(head.ends_with(",\"payload_omitted\":true}"));
-        let envelope_len = message(&envelope(), "0", NotifyMode::Full).len() - 1;
+        let envelope_len = message(&envelope(), Some("0")).len() - 1;
         let fits = "1".repeat(NOTIFY_PAYLOAD_LIMIT - 1 - envelope_len);
-        let full = message(&envelope(), &fits, NotifyMode::Full);
+        let full = message(&envelope(), Some(&fits));
         assert_eq!(full.len(), NOTIFY_PAYLOAD_LIMIT - 1);
         assert!(full.contains("\"payload\":"));
         let too_big = format!("{fits}1");
-        let omitted = message(&envelope(), &too_big, NotifyMode::Full);
+        let omitted = message(&envelope(), Some(&too_big));
         assert!(
             omitted.contains("\"payload_omitted\":true") && omitted.len() < NOTIFY_PAYLOAD_LIMIT
         );

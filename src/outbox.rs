@@ -1,13 +1,16 @@
 //! Writing events to `ae_events.outbox` (events.md §1) and announcing them (§4).
 //!
-//! One prepared `INSERT ... SELECT` per chunk pulls its rows from `ae_events._drain_events()`,
-//! a set-returning function fed from this backend's memory. It runs in the SELECT list, so the
-//! executor streams: each payload is serialized only when its row is inserted, and at any
-//! moment the extension knows which instance is being written, to name it if the row is refused
-//! (a DBA's CHECK constraint, say). Ids come from the outbox's identity sequence here so that
-//! the notification can carry them.
+//! One prepared `INSERT ... SELECT` per chunk pulls its rows from
+//! `ae_events._pending_outbox_rows()`, a set-returning function fed from this backend's memory.
+//! It runs in the SELECT list, so the executor streams: each payload is serialized, straight into
+//! the binary jsonb that is stored (`jsonb.rs`), only when its row is inserted, and at any moment
+//! the extension knows which instance is being written, to name it if the row is refused (a DBA's
+//! CHECK constraint, say). Ids come from the outbox's identity sequence here so that the
+//! notification can carry them; the notification's payload text is PostgreSQL's own rendering of
+//! the stored jsonb, so it is exactly what `payload::text` shows.
 
 use crate::errors::EventError;
+use crate::jsonb::{self, Encoder};
 use crate::notification::{self, Envelope};
 use crate::payload::TestInstance;
 use crate::settings::NotifyMode;
@@ -58,6 +61,8 @@ pub struct WriteContext {
     pub occurred_at: pg_sys::TimestampTz,
     pub notify: NotifyMode,
     pub channel: String,
+    /// Bytes of payload a transaction's notifications may carry (None: no limit).
+    pub notify_payload_budget: Option<u64>,
 }
 
 struct Drain {
@@ -65,6 +70,7 @@ struct Drain {
     occurred_at: TimestampWithTimeZone,
     occurred_at_text: String,
     events: VecDeque<Event>,
+    encoder: Encoder,
 }
 
 thread_local! {
@@ -79,9 +85,9 @@ INSERT INTO ae_events.outbox (id, event_id, subscription_key, event_type, aggreg
                               aggregate_id, snapshot_version, payload, occurred_at, txid)
 OVERRIDING SYSTEM VALUE
 SELECT (e).id, (e).event_id, (e).subscription_key, (e).event_type, (e).aggregate_type,
-       (e).aggregate_id, (e).snapshot_version, (e).payload::pg_catalog.jsonb, (e).occurred_at,
+       (e).aggregate_id, (e).snapshot_version, (e).payload, (e).occurred_at,
        pg_catalog.pg_current_xact_id()
-  FROM (SELECT ae_events._drain_events() AS e OFFSET 0) AS pending";
+  FROM (SELECT ae_events._pending_outbox_rows() AS e OFFSET 0) AS pending";
 
 fn insert_plan(client: &SpiClient<'_>) -> Result<Rc<OwnedPreparedStatement>, EventError> {
     if let Some(plan) = INSERT.with_borrow(|plan| plan.clone()) {
@@ -90,7 +96,9 @@ fn insert_plan(client: &SpiClient<'_>) -> Result<Rc<OwnedPreparedStatement>, Eve
     let plan = Rc::new(
         client
             .prepare_mut(INSERT_EVENTS, &[])
-            .map_err(EventError::spi("cannot prepare the outbox insert"))?
+            .map_err(EventError::spi(
+                "cannot prepare the outbox insert (after installing a new ae_events package, run ALTER EXTENSION ae_events UPDATE)",
+            ))?
             .keep(),
     );
     INSERT.with_borrow_mut(|slot| *slot = Some(Rc::clone(&plan)));
@@ -121,6 +129,7 @@ pub fn write(
             occurred_at,
             occurred_at_text,
             events: events.into(),
+            encoder: Encoder::default(),
         });
     });
     let result = client.update(&*plan, None, &[]).map(|_| ());
@@ -129,7 +138,63 @@ pub fn write(
     result.map_err(EventError::spi("cannot insert into ae_events.outbox"))
 }
 
-type DrainedRow = (
+/// A jsonb datum the extension built, palloc'd in the current memory context.
+pub struct StoredJsonb(pg_sys::Datum);
+
+impl IntoDatum for StoredJsonb {
+    fn into_datum(self) -> Option<pg_sys::Datum> {
+        Some(self.0)
+    }
+
+    fn type_oid() -> pg_sys::Oid {
+        pg_sys::JSONBOID
+    }
+}
+
+pgrx::impl_sql_translatable!(StoredJsonb, "jsonb");
+
+// SAFETY: the datum is a complete jsonb value in a memory context that outlives the call.
+unsafe impl pgrx::callconv::BoxRet for StoredJsonb {
+    unsafe fn box_into<'fcx>(
+        self,
+        fcinfo: &mut pgrx::callconv::FcInfo<'fcx>,
+    ) -> pgrx::datum::Datum<'fcx> {
+        // SAFETY: as above.
+        unsafe { fcinfo.return_raw_datum(self.0) }
+    }
+}
+
+impl StoredJsonb {
+    /// Copy an encoded root container into a new jsonb datum.
+    fn from_container(container: &[u8]) -> StoredJsonb {
+        let size = container.len() + 4;
+        // SAFETY: palloc raises an ERROR rather than returning NULL; the copy stays in bounds.
+        unsafe {
+            let datum = pg_sys::palloc(size).cast::<u8>();
+            let bytes = std::slice::from_raw_parts_mut(datum, size);
+            jsonb::set_varsize_4b(bytes, size);
+            bytes[4..].copy_from_slice(container);
+            StoredJsonb(pg_sys::Datum::from(datum))
+        }
+    }
+
+    /// PostgreSQL's text of this jsonb (what `payload::text` prints).
+    fn to_text(&self) -> String {
+        // SAFETY: a complete jsonb datum; JsonbToCString returns a palloc'd C string.
+        unsafe {
+            let value = self.0.cast_mut_ptr::<pg_sys::Jsonb>();
+            let size = pgrx::varlena::varsize_any(value.cast()) as i32;
+            let text = pg_sys::JsonbToCString(std::ptr::null_mut(), &mut (*value).root, size);
+            let owned = std::ffi::CStr::from_ptr(text)
+                .to_string_lossy()
+                .into_owned();
+            pg_sys::pfree(text.cast());
+            owned
+        }
+    }
+}
+
+type OutboxRow = (
     i64,
     pgrx::Uuid,
     &'static str,
@@ -137,14 +202,14 @@ type DrainedRow = (
     &'static str,
     i64,
     i32,
-    String,
+    StoredJsonb,
     TimestampWithTimeZone,
 );
 
 /// Internal: the rows of the write under way, one per call; empty outside of it.
 #[pg_extern(volatile, parallel_unsafe)]
 #[allow(clippy::type_complexity)]
-fn _drain_events() -> TableIterator<
+fn _pending_outbox_rows() -> TableIterator<
     'static,
     (
         name!(id, i64),
@@ -154,21 +219,21 @@ fn _drain_events() -> TableIterator<
         name!(aggregate_type, &'static str),
         name!(aggregate_id, i64),
         name!(snapshot_version, i32),
-        name!(payload, String),
+        name!(payload, StoredJsonb),
         name!(occurred_at, TimestampWithTimeZone),
     ),
 > {
     TableIterator::new(std::iter::from_fn(next_row))
 }
 
-fn next_row() -> Option<DrainedRow> {
+fn next_row() -> Option<OutboxRow> {
     DRAIN.with_borrow_mut(|drain| {
         let drain = drain.as_mut()?;
         let event = drain.events.pop_front()?;
         let instance_id = event.snapshot.id;
         WRITING.set(Some((event.kind, instance_id)));
-        let payload = match serde_json::to_string(&event.snapshot) {
-            Ok(payload) => payload,
+        let payload = match drain.encoder.encode(&event.snapshot) {
+            Ok(container) => StoredJsonb::from_container(container),
             Err(error) => EventError::BadValue {
                 what: format!("the payload of ti.instance {instance_id}: {error}"),
             }
@@ -202,7 +267,10 @@ fn next_row() -> Option<DrainedRow> {
                 snapshot_version: event.snapshot_version,
                 occurred_at: &drain.occurred_at_text,
             };
-            let message = notification::message(&envelope, &payload, drain.context.notify);
+            let embed = drain.context.notify == NotifyMode::Full
+                && notification::budget_allows(drain.context.notify_payload_budget);
+            let payload_text = embed.then(|| payload.to_text());
+            let message = notification::message(&envelope, payload_text.as_deref());
             notification::send(&drain.context.channel, &message);
         }
         Some((
@@ -217,4 +285,25 @@ fn next_row() -> Option<DrainedRow> {
             drain.occurred_at,
         ))
     })
+}
+
+/// The library of 0.1.0 had `_drain_events`; its install script still names the symbol, so it
+/// stays loadable (for `CREATE EXTENSION ae_events VERSION '0.1.0'` and the upgrade from it).
+/// Nothing calls it: 0.2.0 drops the function.
+#[pg_guard]
+#[no_mangle]
+pub unsafe extern "C-unwind" fn _drain_events_wrapper(
+    _fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    crate::errors::raise(
+        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        "ae_events: the extension's SQL objects are older than its library; run ALTER EXTENSION ae_events UPDATE".to_owned(),
+        None,
+    )
+}
+
+#[no_mangle]
+pub extern "C" fn pg_finfo__drain_events_wrapper() -> &'static pg_sys::Pg_finfo_record {
+    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1
 }

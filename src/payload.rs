@@ -1,8 +1,10 @@
 //! The payload of `ae.test_instance.created`: serde structs that mirror the seed's type showcase
 //! field for field and in its order. Rendering rules (events.md §2) live in the value types here.
 
+use crate::jsonb;
+use crate::rows::{varlena_bytes, ColumnValue};
+use pgrx::pg_sys;
 use serde::{Serialize, Serializer};
-use serde_json::value::RawValue;
 use std::rc::Rc;
 
 /// A `timestamptz` in PostgreSQL's representation; serialized as RFC 3339 UTC.
@@ -15,24 +17,99 @@ impl Serialize for UtcTimestamp {
     }
 }
 
-/// A `numeric` value: a JSON number with the digits PostgreSQL prints (`70`, `85.50`); `NaN` and
-/// the infinities as the strings `to_jsonb` gives.
-pub type NumericValue = Box<RawValue>;
+impl ColumnValue for UtcTimestamp {
+    const TYPE: pg_sys::Oid = pg_sys::TIMESTAMPTZOID;
 
-/// A `jsonb` value, embedded as stored.
-pub type JsonbValue = Box<RawValue>;
-
-/// Turn PostgreSQL's text of a numeric into its JSON form.
-pub fn numeric_from_text(text: String) -> Result<NumericValue, serde_json::Error> {
-    match text.as_str() {
-        "NaN" | "Infinity" | "-Infinity" => serde_json::value::to_raw_value(&text),
-        _ => RawValue::from_string(text),
+    unsafe fn from_datum(datum: pg_sys::Datum) -> Result<Self, String> {
+        Ok(UtcTimestamp(datum.value() as i64))
     }
 }
 
-/// Turn PostgreSQL's text of a jsonb into an embeddable JSON value.
-pub fn json_from_text(text: String) -> Result<JsonbValue, serde_json::Error> {
-    RawValue::from_string(text)
+/// A `numeric` value: a JSON number holding PostgreSQL's own value (its digits and scale, so
+/// `85.50` stays `85.50`); `NaN` and the infinities, which JSON numbers cannot hold, as the
+/// strings `to_jsonb` gives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NumericValue {
+    /// The numeric as stored, with a 4-byte varlena header.
+    Number(Vec<u8>),
+    Special(&'static str),
+}
+
+impl NumericValue {
+    /// Classify a numeric's bytes (4-byte header first) by its header word.
+    pub fn from_stored(bytes: Vec<u8>) -> Result<NumericValue, String> {
+        const NUMERIC_SIGN_MASK: u16 = 0xC000;
+        const NUMERIC_SPECIAL: u16 = 0xC000;
+        const NUMERIC_EXT_SIGN_MASK: u16 = 0xF000;
+        const NUMERIC_NAN: u16 = 0xC000;
+        const NUMERIC_PINF: u16 = 0xD000;
+        const NUMERIC_NINF: u16 = 0xF000;
+        let header = match bytes.get(4..6) {
+            Some(word) => u16::from_ne_bytes([word[0], word[1]]),
+            None => return Err("a truncated numeric".to_owned()),
+        };
+        if header & NUMERIC_SIGN_MASK != NUMERIC_SPECIAL {
+            return Ok(NumericValue::Number(bytes));
+        }
+        match header & NUMERIC_EXT_SIGN_MASK {
+            NUMERIC_NAN => Ok(NumericValue::Special("NaN")),
+            NUMERIC_PINF => Ok(NumericValue::Special("Infinity")),
+            NUMERIC_NINF => Ok(NumericValue::Special("-Infinity")),
+            other => Err(format!("a numeric with an unknown header {other:#x}")),
+        }
+    }
+}
+
+impl Serialize for NumericValue {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            NumericValue::Number(bytes) => jsonb::Numeric(bytes).serialize(serializer),
+            NumericValue::Special(text) => serializer.serialize_str(text),
+        }
+    }
+}
+
+impl ColumnValue for NumericValue {
+    const TYPE: pg_sys::Oid = pg_sys::NUMERICOID;
+
+    unsafe fn from_datum(datum: pg_sys::Datum) -> Result<Self, String> {
+        // SAFETY: a numeric datum (caller's contract).
+        NumericValue::from_stored(unsafe { varlena_bytes(datum, true) })
+    }
+}
+
+/// A `jsonb` value, embedded as stored (its root container's bytes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonbValue(pub Vec<u8>);
+
+impl Serialize for JsonbValue {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        jsonb::Container(&self.0).serialize(serializer)
+    }
+}
+
+impl ColumnValue for JsonbValue {
+    const TYPE: pg_sys::Oid = pg_sys::JSONBOID;
+
+    unsafe fn from_datum(datum: pg_sys::Datum) -> Result<Self, String> {
+        // SAFETY: a jsonb datum (caller's contract).
+        Ok(JsonbValue(unsafe { varlena_bytes(datum, false) }))
+    }
+}
+
+/// An `interval`, as PostgreSQL prints it with `IntervalStyle = postgres`.
+pub struct IntervalText(pub String);
+
+impl ColumnValue for IntervalText {
+    const TYPE: pg_sys::Oid = pg_sys::INTERVALOID;
+
+    unsafe fn from_datum(datum: pg_sys::Datum) -> Result<Self, String> {
+        // SAFETY: an interval datum points to PostgreSQL's fixed-size Interval struct.
+        let interval = unsafe { &*datum.cast_mut_ptr::<pg_sys::Interval>() };
+        Ok(IntervalText(crate::timefmt::interval_postgres_style(
+            interval,
+        )))
+    }
 }
 
 #[derive(Serialize, Debug)]
@@ -168,18 +245,34 @@ pub struct Ordinal {
 mod tests {
     use super::*;
 
+    fn numeric_with_header(header: u16) -> Vec<u8> {
+        let mut bytes = vec![0; 6];
+        jsonb::set_varsize_4b(&mut bytes, 6);
+        bytes[4..6].copy_from_slice(&header.to_ne_bytes());
+        bytes
+    }
+
     #[test]
-    fn numerics_keep_postgres_digits_and_specials_become_strings() {
+    fn special_numerics_become_strings_and_others_stay_numbers() {
         let cases = [
-            ("70", "70"),
-            ("85.50", "85.50"),
-            ("-0.001", "-0.001"),
-            ("NaN", "\"NaN\""),
-            ("Infinity", "\"Infinity\""),
-            ("-Infinity", "\"-Infinity\""),
+            (0xC000, Some("NaN")),
+            (0xD000, Some("Infinity")),
+            (0xF000, Some("-Infinity")),
+            (0x8000, None),
+            (0x0000, None),
+            (0x4000, None),
         ];
-        for (text, json) in cases {
-            assert_eq!(numeric_from_text(text.to_owned()).unwrap().get(), json);
+        for (header, special) in cases {
+            let bytes = numeric_with_header(header);
+            let expected = match special {
+                Some(text) => NumericValue::Special(text),
+                None => NumericValue::Number(bytes.clone()),
+            };
+            assert_eq!(
+                NumericValue::from_stored(bytes),
+                Ok(expected),
+                "{header:#x}"
+            );
         }
     }
 }

@@ -22,6 +22,8 @@ static ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
 static CHANNEL: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"ae_events"));
 static NOTIFY: GucSetting<NotifyMode> = GucSetting::<NotifyMode>::new(NotifyMode::Full);
+/// In kB; -1 means no limit.
+static NOTIFY_PAYLOAD_BUDGET: GucSetting<i32> = GucSetting::<i32>::new(1024);
 
 pub fn register() {
     GucRegistry::define_bool_guc(
@@ -53,6 +55,18 @@ pub fn register() {
         &NOTIFY,
         GucContext::Userset,
         GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"ae_events.notify_payload_budget",
+        c"Payload bytes that one transaction's notifications may carry (notify = full).",
+        c"Once a transaction's notifications carry this much payload, its further notifications \
+          omit the payload (\"payload_omitted\": true) and relays read the outbox row. Bounds the \
+          memory and notification-queue space of bulk inserts. -1: no limit.",
+        &NOTIFY_PAYLOAD_BUDGET,
+        -1,
+        i32::MAX,
+        GucContext::Userset,
+        GucFlags::UNIT_KB,
     );
     // SAFETY: called from _PG_init with a static, NUL-terminated prefix.
     unsafe { pg_sys::MarkGUCPrefixReserved(c"ae_events".as_ptr()) };
@@ -96,6 +110,12 @@ pub fn enabled() -> bool {
 
 pub fn notify_mode() -> NotifyMode {
     NOTIFY.get()
+}
+
+/// The notification payload budget of a transaction in bytes; None: no limit.
+pub fn notify_payload_budget() -> Option<u64> {
+    let kilobytes = NOTIFY_PAYLOAD_BUDGET.get();
+    u64::try_from(kilobytes).ok().map(|kb| kb * 1024)
 }
 
 /// The channel to notify on; the check hook guarantees it is a valid channel name.

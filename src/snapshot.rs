@@ -8,56 +8,73 @@
 
 use crate::errors::EventError;
 use crate::payload::*;
-use crate::timefmt::interval_postgres_style;
-use pgrx::datum::{Interval, TimestampWithTimeZone};
-use pgrx::pg_sys::PgOid;
+use crate::rows::{ColumnValue, KeptPlan};
 use pgrx::prelude::*;
-use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiHeapTupleData};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
+// Every column is cast to the type the extension reads (a no-op for the reference schema), so
+// that a DBA's variant (an int4 id, a varchar name) still reads correctly.
 const INSTANCES: &str = "
-SELECT i.id, i.external_id, i.old_id, i.score::pg_catalog.text, i.instance_status::pg_catalog.text,
-       i.candidate_id, i.catalog_assessment_id, i.measurement_id, i.session_instance_id,
-       i.workflow_candidate_step_id, i.created_at, i.created_by, i.updated_at, i.updated_by
+SELECT i.id::pg_catalog.int8, i.external_id::pg_catalog.text, i.old_id::pg_catalog.int8,
+       i.score::pg_catalog.numeric, i.instance_status::pg_catalog.text,
+       i.candidate_id::pg_catalog.int8, i.catalog_assessment_id::pg_catalog.int8,
+       i.measurement_id::pg_catalog.int8, i.session_instance_id::pg_catalog.int8,
+       i.workflow_candidate_step_id::pg_catalog.int8, i.created_at::pg_catalog.timestamptz,
+       i.created_by::pg_catalog.int8, i.updated_at::pg_catalog.timestamptz,
+       i.updated_by::pg_catalog.int8
   FROM ti.instance AS i
  WHERE i.id OPERATOR(pg_catalog.=) ANY ($1)
  ORDER BY i.id";
 
 const CANDIDATES: &str = "
-SELECT c.id, c.external_id, c.user_id, c.email, c.first_name, c.last_name, c.middle_name,
-       c.phone_number, c.country, c.is_tnc_accepted, c.is_recording_consent_accepted,
-       c.resume_file_id, c.profile_pic_file_id, c.cf::pg_catalog.text
+SELECT c.id::pg_catalog.int8, c.external_id::pg_catalog.text, c.user_id::pg_catalog.int8,
+       c.email::pg_catalog.text, c.first_name::pg_catalog.text, c.last_name::pg_catalog.text,
+       c.middle_name::pg_catalog.text, c.phone_number::pg_catalog.text,
+       c.country::pg_catalog.text, c.is_tnc_accepted::pg_catalog.bool,
+       c.is_recording_consent_accepted::pg_catalog.bool, c.resume_file_id::pg_catalog.int8,
+       c.profile_pic_file_id::pg_catalog.int8, c.cf::pg_catalog.jsonb
   FROM can.candidate AS c
  WHERE c.id OPERATOR(pg_catalog.=) ANY ($1)";
 
 const CATALOG_ASSESSMENTS: &str = "
-SELECT ca.id, ca.assessment_id, ca.catalog_id,
-       a.id, a.name, a.level, a.status, a.created_at, a.updated_at,
-       c.id, c.name, c.description
+SELECT ca.id::pg_catalog.int8, ca.assessment_id::pg_catalog.int8, ca.catalog_id::pg_catalog.int8,
+       a.id::pg_catalog.int8, a.name::pg_catalog.text, a.level::pg_catalog.text,
+       a.status::pg_catalog.text, a.created_at::pg_catalog.timestamptz,
+       a.updated_at::pg_catalog.timestamptz,
+       c.id::pg_catalog.int8, c.name::pg_catalog.text, c.description::pg_catalog.text
   FROM ae.catalog_assessment AS ca
   LEFT JOIN ae.assessment AS a ON a.id OPERATOR(pg_catalog.=) ca.assessment_id
   LEFT JOIN ae.catalog AS c ON c.id OPERATOR(pg_catalog.=) ca.catalog_id
  WHERE ca.id OPERATOR(pg_catalog.=) ANY ($1)";
 
 const MEASUREMENTS: &str = "
-SELECT m.id, m.status, m.time_taken, m.report_url, m.report_file_id, m.measured_at,
-       m.measured_by, m.form_instance_id
+SELECT m.id::pg_catalog.int8, m.status::pg_catalog.text, m.time_taken::pg_catalog.interval,
+       m.report_url::pg_catalog.text, m.report_file_id::pg_catalog.int8,
+       m.measured_at::pg_catalog.timestamptz, m.measured_by::pg_catalog.int8,
+       m.form_instance_id::pg_catalog.int8
   FROM tcf.measurement AS m
  WHERE m.id OPERATOR(pg_catalog.=) ANY ($1)";
 
 const MEASUREMENT_ATTRIBUTES: &str = "
-SELECT ma.id, ma.measurement_id, ma.numerical_score::pg_catalog.text,
-       ma.percentile_score::pg_catalog.text, ma.remarks, ma.description,
-       ma.additional_attributes::pg_catalog.text, ma.created_at, ma.created_by, ma.updated_at,
-       ma.updated_by, ma.section_configuration_attribute_id, ma.ordinal_id,
-       sca.id, sca.type, sca.recommended_value::pg_catalog.text, sca.recommended_ordinal_id,
-       sca.attribute_id,
-       at.id, at.name, at.attribute_type, at.is_required, at.min_value::pg_catalog.text,
-       at.max_value::pg_catalog.text, at.skill_id,
-       sk.id, sk.name,
-       o.id, o.label, o.value, o.sort_key, o.min_value::pg_catalog.text, o.max_value::pg_catalog.text
+SELECT ma.id::pg_catalog.int8, ma.measurement_id::pg_catalog.int8,
+       ma.numerical_score::pg_catalog.numeric, ma.percentile_score::pg_catalog.numeric,
+       ma.remarks::pg_catalog.text, ma.description::pg_catalog.text,
+       ma.additional_attributes::pg_catalog.jsonb, ma.created_at::pg_catalog.timestamptz,
+       ma.created_by::pg_catalog.int8, ma.updated_at::pg_catalog.timestamptz,
+       ma.updated_by::pg_catalog.int8, ma.section_configuration_attribute_id::pg_catalog.int8,
+       ma.ordinal_id::pg_catalog.int8,
+       sca.id::pg_catalog.int8, sca.type::pg_catalog.text,
+       sca.recommended_value::pg_catalog.numeric, sca.recommended_ordinal_id::pg_catalog.int8,
+       sca.attribute_id::pg_catalog.int8,
+       at.id::pg_catalog.int8, at.name::pg_catalog.text, at.attribute_type::pg_catalog.text,
+       at.is_required::pg_catalog.bool, at.min_value::pg_catalog.numeric,
+       at.max_value::pg_catalog.numeric, at.skill_id::pg_catalog.int8,
+       sk.id::pg_catalog.int8, sk.name::pg_catalog.text,
+       o.id::pg_catalog.int8, o.label::pg_catalog.text, o.value::pg_catalog.text,
+       o.sort_key::pg_catalog.int4, o.min_value::pg_catalog.numeric,
+       o.max_value::pg_catalog.numeric
   FROM tcf.measurement_attribute AS ma
   LEFT JOIN tcf.section_configuration_attribute AS sca
          ON sca.id OPERATOR(pg_catalog.=) ma.section_configuration_attribute_id
@@ -68,86 +85,68 @@ SELECT ma.id, ma.measurement_id, ma.numerical_score::pg_catalog.text,
  ORDER BY ma.measurement_id, ma.id";
 
 struct Plans {
-    instances: OwnedPreparedStatement,
-    candidates: OwnedPreparedStatement,
-    catalog_assessments: OwnedPreparedStatement,
-    measurements: OwnedPreparedStatement,
-    measurement_attributes: OwnedPreparedStatement,
+    instances: KeptPlan,
+    candidates: KeptPlan,
+    catalog_assessments: KeptPlan,
+    measurements: KeptPlan,
+    measurement_attributes: KeptPlan,
 }
 
 thread_local! {
     static PLANS: RefCell<Option<Rc<Plans>>> = const { RefCell::new(None) };
 }
 
-fn prepare(client: &SpiClient<'_>, sql: &str) -> Result<OwnedPreparedStatement, EventError> {
-    let ids = PgOid::BuiltIn(pg_sys::BuiltinOid::INT8ARRAYOID);
-    client
-        .prepare(sql, &[ids])
-        .map(|statement| statement.keep())
-        .map_err(EventError::spi("cannot prepare the snapshot queries"))
+fn prepare(sql: &str) -> Result<KeptPlan, EventError> {
+    KeptPlan::prepare(sql, &[pg_sys::INT8ARRAYOID])
 }
 
-/// The backend's prepared plans; PostgreSQL's plan cache re-plans them after DDL.
-fn plans(client: &SpiClient<'_>) -> Result<Rc<Plans>, EventError> {
+/// The backend's prepared plans (generic, kept); PostgreSQL's plan cache re-plans them after DDL.
+fn plans() -> Result<Rc<Plans>, EventError> {
     if let Some(plans) = PLANS.with_borrow(|plans| plans.clone()) {
         return Ok(plans);
     }
     let plans = Rc::new(Plans {
-        instances: prepare(client, INSTANCES)?,
-        candidates: prepare(client, CANDIDATES)?,
-        catalog_assessments: prepare(client, CATALOG_ASSESSMENTS)?,
-        measurements: prepare(client, MEASUREMENTS)?,
-        measurement_attributes: prepare(client, MEASUREMENT_ATTRIBUTES)?,
+        instances: prepare(INSTANCES)?,
+        candidates: prepare(CANDIDATES)?,
+        catalog_assessments: prepare(CATALOG_ASSESSMENTS)?,
+        measurements: prepare(MEASUREMENTS)?,
+        measurement_attributes: prepare(MEASUREMENT_ATTRIBUTES)?,
     });
     PLANS.with_borrow_mut(|slot| *slot = Some(Rc::clone(&plans)));
     Ok(plans)
 }
 
 /// Typed access to one result row; `table` and `id` name the row in error messages.
-struct Row<'a, 'conn> {
-    tuple: &'a SpiHeapTupleData<'conn>,
+struct Row<'a> {
+    row: &'a crate::rows::Row,
     table: &'static str,
     id: i64,
 }
 
-impl Row<'_, '_> {
-    fn opt<T: FromDatum + IntoDatum>(&self, ordinal: usize) -> Result<Option<T>, EventError> {
+impl Row<'_> {
+    fn opt<T: ColumnValue>(&self, ordinal: usize) -> Result<Option<T>, EventError> {
         // The message is built only on failure: this runs for every column of every row.
-        self.tuple
+        self.row
             .get::<T>(ordinal)
-            .map_err(|source| EventError::Spi {
-                context: format!("cannot read column {ordinal} of {} {}", self.table, self.id),
-                source,
+            .map_err(|error| EventError::BadValue {
+                what: format!("column {ordinal} of {} {}: {error}", self.table, self.id),
             })
     }
 
-    fn req<T: FromDatum + IntoDatum>(&self, ordinal: usize, column: &str) -> Result<T, EventError> {
+    fn req<T: ColumnValue>(&self, ordinal: usize, column: &str) -> Result<T, EventError> {
         self.opt(ordinal)?.ok_or_else(|| self.null_value(column))
     }
 
     fn timestamp(&self, ordinal: usize, column: &str) -> Result<UtcTimestamp, EventError> {
-        let value: TimestampWithTimeZone = self.req(ordinal, column)?;
-        Ok(UtcTimestamp(value.into_inner()))
+        self.req(ordinal, column)
     }
 
-    fn numeric(&self, ordinal: usize, column: &str) -> Result<Option<NumericValue>, EventError> {
-        self.opt::<String>(ordinal)?
-            .map(numeric_from_text)
-            .transpose()
-            .map_err(|error| self.bad_value(column, error))
+    fn numeric(&self, ordinal: usize, _column: &str) -> Result<Option<NumericValue>, EventError> {
+        self.opt(ordinal)
     }
 
-    fn json(&self, ordinal: usize, column: &str) -> Result<Option<JsonbValue>, EventError> {
-        self.opt::<String>(ordinal)?
-            .map(json_from_text)
-            .transpose()
-            .map_err(|error| self.bad_value(column, error))
-    }
-
-    fn bad_value(&self, column: &str, error: serde_json::Error) -> EventError {
-        EventError::BadValue {
-            what: format!("{column} of {} {}: {error}", self.table, self.id),
-        }
+    fn json(&self, ordinal: usize, _column: &str) -> Result<Option<JsonbValue>, EventError> {
+        self.opt(ordinal)
     }
 
     fn null_value(&self, column: &str) -> EventError {
@@ -182,45 +181,32 @@ fn sorted_unique(mut ids: Vec<i64>) -> Vec<i64> {
 
 /// Run one of the prepared queries over `ids` and hand each row, named by its id in column 1,
 /// to `read`.
-fn for_each_row<'conn>(
-    client: &SpiClient<'conn>,
-    plan: &OwnedPreparedStatement,
+fn for_each_row(
+    plan: &KeptPlan,
     ids: Vec<i64>,
     table: &'static str,
-    mut read: impl FnMut(i64, &Row<'_, 'conn>) -> Result<(), EventError>,
+    mut read: impl FnMut(i64, &Row<'_>) -> Result<(), EventError>,
 ) -> Result<(), EventError> {
-    let rows = client
-        .select(plan, None, &[ids.into()])
-        .map_err(EventError::spi(format!("cannot read {table}")))?;
-    for tuple in rows {
-        let id: i64 = Row {
-            tuple: &tuple,
-            table,
-            id: 0,
-        }
-        .req(1, "id")?;
-        read(
-            id,
-            &Row {
-                tuple: &tuple,
-                table,
-                id,
-            },
-        )?;
-    }
-    Ok(())
+    let Some(array) = ids.into_datum() else {
+        return Ok(());
+    };
+    let rows = plan.run(&mut [array]);
+    // SAFETY: the array was palloc'd above and nothing else refers to it.
+    unsafe { pg_sys::pfree(array.cast_mut_ptr()) };
+    rows.map_err(|error| error.context(format!("cannot read {table}")))?
+        .for_each(|row| {
+            let id: i64 = Row { row, table, id: 0 }.req(1, "id")?;
+            read(id, &Row { row, table, id })
+        })
 }
 
 /// Build the payloads of the given instances, in ascending id order. Instances that no longer
 /// exist (deleted later in the same transaction) are left out.
-pub fn build(
-    client: &SpiClient<'_>,
-    instance_ids: &[i64],
-) -> Result<Vec<TestInstance>, EventError> {
-    let plans = plans(client)?;
+pub fn build(instance_ids: &[i64]) -> Result<Vec<TestInstance>, EventError> {
+    let plans = plans()?;
     let ids = instance_ids.to_vec();
     let mut instances = Vec::with_capacity(instance_ids.len());
-    for_each_row(client, &plans.instances, ids, "ti.instance", |id, row| {
+    for_each_row(&plans.instances, ids, "ti.instance", |id, row| {
         instances.push(TestInstance {
             id,
             external_id: row.opt(2)?,
@@ -247,17 +233,14 @@ pub fn build(
     }
 
     let candidates = read_candidates(
-        client,
         &plans,
         sorted_unique(instances.iter().map(|i| i.candidate_id).collect()),
     )?;
     let catalog_assessments = read_catalog_assessments(
-        client,
         &plans,
         sorted_unique(instances.iter().map(|i| i.catalog_assessment_id).collect()),
     )?;
     let measurements = read_measurements(
-        client,
         &plans,
         sorted_unique(instances.iter().filter_map(|i| i.measurement_id).collect()),
     )?;
@@ -288,48 +271,39 @@ pub fn build(
 }
 
 fn read_candidates(
-    client: &SpiClient<'_>,
     plans: &Plans,
     ids: Vec<i64>,
 ) -> Result<HashMap<i64, Rc<Candidate>>, EventError> {
     let mut candidates = HashMap::with_capacity(ids.len());
-    for_each_row(
-        client,
-        &plans.candidates,
-        ids,
-        "can.candidate",
-        |id, row| {
-            let candidate = Candidate {
-                id,
-                external_id: row.opt(2)?,
-                user_id: row.req(3, "can.candidate.user_id")?,
-                email: row.req(4, "can.candidate.email")?,
-                first_name: row.opt(5)?,
-                last_name: row.opt(6)?,
-                middle_name: row.opt(7)?,
-                phone_number: row.opt(8)?,
-                country: row.opt(9)?,
-                is_tnc_accepted: row.req(10, "can.candidate.is_tnc_accepted")?,
-                is_recording_consent_accepted: row.opt(11)?,
-                resume_file_id: row.opt(12)?,
-                profile_pic_file_id: row.opt(13)?,
-                cf: row.required(row.json(14, "cf")?, "cf")?,
-            };
-            candidates.insert(id, Rc::new(candidate));
-            Ok(())
-        },
-    )?;
+    for_each_row(&plans.candidates, ids, "can.candidate", |id, row| {
+        let candidate = Candidate {
+            id,
+            external_id: row.opt(2)?,
+            user_id: row.req(3, "can.candidate.user_id")?,
+            email: row.req(4, "can.candidate.email")?,
+            first_name: row.opt(5)?,
+            last_name: row.opt(6)?,
+            middle_name: row.opt(7)?,
+            phone_number: row.opt(8)?,
+            country: row.opt(9)?,
+            is_tnc_accepted: row.req(10, "can.candidate.is_tnc_accepted")?,
+            is_recording_consent_accepted: row.opt(11)?,
+            resume_file_id: row.opt(12)?,
+            profile_pic_file_id: row.opt(13)?,
+            cf: row.required(row.json(14, "cf")?, "cf")?,
+        };
+        candidates.insert(id, Rc::new(candidate));
+        Ok(())
+    })?;
     Ok(candidates)
 }
 
 fn read_catalog_assessments(
-    client: &SpiClient<'_>,
     plans: &Plans,
     ids: Vec<i64>,
 ) -> Result<HashMap<i64, Rc<CatalogAssessment>>, EventError> {
     let mut found = HashMap::with_capacity(ids.len());
     for_each_row(
-        client,
         &plans.catalog_assessments,
         ids,
         "ae.catalog_assessment",
@@ -395,7 +369,6 @@ fn warn_missing_reference(table: &str, id: i64, reference: &str, reference_id: i
 }
 
 fn read_measurements(
-    client: &SpiClient<'_>,
     plans: &Plans,
     ids: Vec<i64>,
 ) -> Result<HashMap<i64, Rc<Measurement>>, EventError> {
@@ -404,18 +377,17 @@ fn read_measurements(
     }
     let mut measurements: HashMap<i64, Measurement> = HashMap::with_capacity(ids.len());
     for_each_row(
-        client,
         &plans.measurements,
         ids.clone(),
         "tcf.measurement",
         |id, row| {
-            let time_taken: Option<Interval> = row.opt(3)?;
+            let time_taken: Option<IntervalText> = row.opt(3)?;
             measurements.insert(
                 id,
                 Measurement {
                     id,
                     status: row.req(2, "tcf.measurement.status")?,
-                    time_taken: time_taken.as_ref().map(interval_postgres_style),
+                    time_taken: time_taken.map(|text| text.0),
                     report_url: row.opt(4)?,
                     report_file_id: row.opt(5)?,
                     measured_at: row.timestamp(6, "tcf.measurement.measured_at")?,
@@ -428,30 +400,21 @@ fn read_measurements(
         },
     )?;
     let attributes = &plans.measurement_attributes;
-    for_each_row(
-        client,
-        attributes,
-        ids,
-        "tcf.measurement_attribute",
-        |id, row| {
-            let measurement_id: i64 = row.req(2, "measurement_id")?;
-            let attribute = read_measurement_attribute(row, id)?;
-            if let Some(measurement) = measurements.get_mut(&measurement_id) {
-                measurement.measurement_attributes.push(attribute);
-            }
-            Ok(())
-        },
-    )?;
+    for_each_row(attributes, ids, "tcf.measurement_attribute", |id, row| {
+        let measurement_id: i64 = row.req(2, "measurement_id")?;
+        let attribute = read_measurement_attribute(row, id)?;
+        if let Some(measurement) = measurements.get_mut(&measurement_id) {
+            measurement.measurement_attributes.push(attribute);
+        }
+        Ok(())
+    })?;
     Ok(measurements
         .into_iter()
         .map(|(id, m)| (id, Rc::new(m)))
         .collect())
 }
 
-fn read_measurement_attribute(
-    row: &Row<'_, '_>,
-    id: i64,
-) -> Result<MeasurementAttribute, EventError> {
+fn read_measurement_attribute(row: &Row<'_>, id: i64) -> Result<MeasurementAttribute, EventError> {
     let section_configuration_attribute = match row.opt::<i64>(14)? {
         Some(sca_id) => {
             let attribute = match row.opt::<i64>(19)? {

@@ -71,12 +71,8 @@ fn civil_from_unix_days(days: i64) -> (i64, u32, u32) {
 /// An `interval` as PostgreSQL prints it with `IntervalStyle = postgres` (`00:00:00`,
 /// `1 day 02:03:04.5`), whatever the session's `IntervalStyle`: PostgreSQL's own encoder is
 /// called with the style given explicitly.
-pub fn interval_postgres_style(interval: &Interval) -> String {
-    let raw = pg_sys::Interval {
-        time: interval.micros(),
-        day: interval.days(),
-        month: interval.months(),
-    };
+pub fn interval_postgres_style(interval: &pg_sys::Interval) -> String {
+    let raw = *interval;
     let mut itm = pg_sys::pg_itm::default();
     let mut buffer = [0 as std::ffi::c_char; pg_sys::MAXDATELEN as usize + 1];
     // SAFETY: interval2itm only reads the interval; EncodeInterval writes at most MAXDATELEN

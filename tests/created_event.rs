@@ -256,7 +256,7 @@ fn numeric_scale_is_kept_digit_for_digit() {
     let received = drain_notifications(&mut listener, WAIT);
     assert_eq!(received.len(), 1);
     assert!(
-        received[0].1.contains("\"score\":85.50,"),
+        received[0].1.contains("\"score\": 85.50,"),
         "{}",
         received[0].1
     );

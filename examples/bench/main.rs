@@ -1,0 +1,590 @@
+//! The side-by-side benchmark behind `scripts/bench.sh`: one throwaway cluster, one run, ratios.
+//!
+//! Variants, each in its own copy of one template database (same rows, same instances):
+//! - bare: the application's insert, no trigger;
+//! - floor: the bare insert plus writing the same, precomputed outbox rows in the same
+//!   transaction (what any outbox costs at least);
+//! - ae_events (notify=full, and notify=off);
+//! - PL/pgSQL: a hand-written deferred trigger building the same payload with jsonb_build_object
+//!   (examples/bench/plpgsql_trigger.sql). Its payloads are checked equal to ae_events'.
+//!
+//! Workloads: a bulk INSERT ... SELECT in one transaction, pgbench single-row transactions with 2
+//! clients, and one transaction of 10k / 50k / 100k instances (time and the backend's peak
+//! memory). `--smoke` runs everything at a tiny size (part of the test command, so the benchmark
+//! cannot rot); the payload check fails the run in either mode.
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
+use common::*;
+use postgres::Client;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const DATA: &str = include_str!("data.sql");
+const PLPGSQL_TRIGGER: &str = include_str!("plpgsql_trigger.sql");
+
+struct Sizes {
+    bulk: i64,
+    rounds: usize,
+    pgbench_seconds: u32,
+    scale: Vec<i64>,
+}
+
+impl Sizes {
+    fn from_args() -> (Sizes, bool) {
+        let smoke = std::env::args().any(|arg| arg == "--smoke");
+        let sizes = if smoke {
+            Sizes {
+                bulk: 200,
+                rounds: 1,
+                pgbench_seconds: 2,
+                scale: vec![100, 500, 1000],
+            }
+        } else {
+            Sizes {
+                bulk: 20_000,
+                rounds: 3,
+                pgbench_seconds: 30,
+                scale: vec![10_000, 50_000, 100_000],
+            }
+        };
+        (sizes, smoke)
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    Bare,
+    Floor,
+    AeEventsFull,
+    AeEventsOff,
+    PlPgSql,
+}
+
+impl Variant {
+    fn label(self) -> &'static str {
+        match self {
+            Variant::Bare => "bare insert",
+            Variant::Floor => "floor (bare + precomputed outbox rows)",
+            Variant::AeEventsFull => "ae_events, notify=full",
+            Variant::AeEventsOff => "ae_events, notify=off",
+            Variant::PlPgSql => "PL/pgSQL trigger (jsonb_build_object)",
+        }
+    }
+}
+
+fn instances_sql(first: i64, last: i64) -> String {
+    format!(
+        "INSERT INTO ti.instance (id, external_id, old_id, score, instance_status, candidate_id,
+             catalog_assessment_id, measurement_id, session_instance_id,
+             workflow_candidate_step_id, created_at, created_by, updated_at, updated_by)
+         SELECT g, 'ext_ti_' || g, NULL, CASE WHEN g % 4 = 0 THEN NULL ELSE (g % 1000) / 10.0 END,
+                'in_progress', g, 1 + g % 20, g, 5000000 + g, 6000000 + g,
+                timestamptz '2024-03-01 00:00:00Z' + g * interval '1 second', 77,
+                timestamptz '2024-03-01 00:00:00Z' + g * interval '1 second', 77
+           FROM generate_series({first}, {last}) AS g"
+    )
+}
+
+const FLOOR_OUTBOX_ROWS: &str = "
+INSERT INTO ae_events.outbox (event_id, subscription_key, event_type, aggregate_type, aggregate_id,
+                              snapshot_version, payload, occurred_at, txid)
+SELECT gen_random_uuid(), 'ae.test_instance.created', 'ae_test_instance_created', 'test_instance',
+       p.id, 1, p.payload, clock_timestamp(), pg_current_xact_id()
+  FROM bench.precomputed AS p
+ WHERE p.id BETWEEN $FIRST AND $LAST
+ ORDER BY p.id";
+
+struct Bench {
+    cluster: Cluster,
+    sizes: Sizes,
+}
+
+impl Bench {
+    fn connect(&self, database: &str) -> Client {
+        self.cluster.connect(database)
+    }
+
+    fn clone_database(&self, template: &str, name: &str) -> String {
+        self.connect("postgres")
+            .batch_execute(&format!(
+                "CREATE DATABASE {name} TEMPLATE {template} STRATEGY FILE_COPY"
+            ))
+            .unwrap();
+        name.to_owned()
+    }
+
+    fn database_of(&self, variant: Variant) -> &'static str {
+        match variant {
+            Variant::Bare => "bench_bare",
+            Variant::Floor => "bench_floor",
+            Variant::AeEventsFull | Variant::AeEventsOff => "bench_ae_events",
+            Variant::PlPgSql => "bench_plpgsql",
+        }
+    }
+
+    fn session(&self, variant: Variant) -> Client {
+        let mut client = self.connect(self.database_of(variant));
+        if variant == Variant::AeEventsOff {
+            client
+                .batch_execute("LOAD 'ae_events'; SET ae_events.notify = off")
+                .unwrap();
+        }
+        client
+    }
+
+    /// Empty the instance and outbox tables and flush dirty pages, so rounds start alike.
+    fn reset(&self, client: &mut Client, variant: Variant) {
+        let tables = if variant == Variant::Bare {
+            "ti.instance"
+        } else {
+            "ti.instance, ae_events.outbox"
+        };
+        client
+            .batch_execute(&format!("TRUNCATE {tables}; CHECKPOINT"))
+            .unwrap();
+    }
+
+    /// One transaction inserting instances `first..=last`; its wall-clock time in seconds.
+    fn timed_insert(&self, client: &mut Client, variant: Variant, first: i64, last: i64) -> f64 {
+        let mut sql = format!("BEGIN; {};", instances_sql(first, last));
+        if variant == Variant::Floor {
+            sql.push_str(
+                &FLOOR_OUTBOX_ROWS
+                    .replace("$FIRST", &first.to_string())
+                    .replace("$LAST", &last.to_string()),
+            );
+            sql.push(';');
+        }
+        sql.push_str("COMMIT");
+        let started = Instant::now();
+        client.batch_execute(&sql).unwrap();
+        started.elapsed().as_secs_f64()
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn main() {
+    let (sizes, smoke) = Sizes::from_args();
+    let largest = sizes.bulk.max(*sizes.scale.iter().max().unwrap());
+    println!("Starting a throwaway PostgreSQL 15 cluster under /tmp ...");
+    let cluster = Cluster::start(&[
+        "shared_buffers = 1GB",
+        "max_wal_size = 16GB",
+        "checkpoint_timeout = 1h",
+        "autovacuum = off",
+    ]);
+    let bench = Bench { cluster, sizes };
+
+    println!("Loading {largest} candidates and measurements (5 attributes each) ...");
+    let template = "bench_template";
+    {
+        let mut admin = bench.connect("postgres");
+        admin
+            .batch_execute(&format!("CREATE DATABASE {template}"))
+            .unwrap();
+        let mut client = bench.connect(template);
+        load_schema(&mut client, ForeignKeys::With);
+        client
+            .batch_execute(&DATA.replace("@N@", &largest.to_string()))
+            .unwrap();
+        client
+            .batch_execute("CREATE SEQUENCE public.bench_instance_id START 100000001")
+            .unwrap();
+    }
+    for variant in [
+        Variant::Bare,
+        Variant::Floor,
+        Variant::AeEventsFull,
+        Variant::PlPgSql,
+    ] {
+        bench.clone_database(template, bench.database_of(variant));
+    }
+    {
+        let mut client = bench.connect("bench_ae_events");
+        client.batch_execute("CREATE EXTENSION ae_events").unwrap();
+        let mut client = bench.connect("bench_plpgsql");
+        client
+            .batch_execute(&format!(
+                "CREATE EXTENSION ae_events; SELECT ae_events.detach(); {PLPGSQL_TRIGGER};
+                 CREATE CONSTRAINT TRIGGER bench_emit_created AFTER INSERT ON ti.instance
+                 DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION bench.emit_created()"
+            ))
+            .unwrap();
+        // The floor's rows: the same payloads, computed ahead of the timed transaction.
+        let mut client = bench.connect("bench_floor");
+        client
+            .batch_execute(&format!(
+                "CREATE EXTENSION ae_events; SELECT ae_events.detach(); {PLPGSQL_TRIGGER};
+                 {};
+                 CREATE TABLE bench.precomputed AS
+                 SELECT i.id, bench.payload(i.id) AS payload FROM ti.instance AS i;
+                 CREATE UNIQUE INDEX ON bench.precomputed (id);
+                 TRUNCATE ti.instance",
+                instances_sql(1, bench.sizes.bulk)
+            ))
+            .unwrap();
+        client.batch_execute("VACUUM ANALYZE").unwrap();
+    }
+    let machine = machine_description(&mut bench.connect("postgres"));
+
+    let bulk = bulk_workload(&bench);
+    let payload_check = check_payloads(&bench);
+    let single_row = single_row_workload(&bench);
+    let scale = scale_workload(&bench);
+
+    println!("\n## Results\n\n{machine}\n");
+    print_bulk(&bench, &bulk, &payload_check);
+    print_single_row(&bench, &single_row);
+    print_scale(&scale);
+    if smoke {
+        println!("\n(smoke run: sizes too small for the figures to mean anything)");
+    }
+}
+
+struct PayloadCheck {
+    events: i64,
+    average_bytes: f64,
+}
+
+/// The PL/pgSQL payloads (and the floor's precomputed ones) must equal ae_events' on the same
+/// rows, or the comparison is not honest: fail the run otherwise.
+fn check_payloads(bench: &Bench) -> PayloadCheck {
+    const DIGEST: &str = "SELECT count(*), coalesce(md5(string_agg(payload::text, E'\\n' ORDER BY aggregate_id)), ''),
+                                 coalesce(avg(octet_length(payload::text)), 0)::float8
+                            FROM ae_events.outbox";
+    let digest = |database: &str, sql: &str| {
+        let row = bench.connect(database).query_one(sql, &[]).unwrap();
+        (
+            row.get::<_, i64>(0),
+            row.get::<_, String>(1),
+            row.get::<_, f64>(2),
+        )
+    };
+    let ours = digest("bench_ae_events", DIGEST);
+    let plpgsql = digest("bench_plpgsql", DIGEST);
+    let floor = digest(
+        "bench_floor",
+        &format!(
+            "SELECT count(*), md5(string_agg(payload::text, E'\\n' ORDER BY id)), 0::float8
+               FROM bench.precomputed WHERE id <= {}",
+            bench.sizes.bulk
+        ),
+    );
+    if ours.0 != bench.sizes.bulk || ours.1 != plpgsql.1 || ours.1 != floor.1 {
+        let mut ae = bench.connect("bench_ae_events");
+        let mut pl = bench.connect("bench_plpgsql");
+        let first = |client: &mut Client| -> Vec<(i64, String)> {
+            client
+                .query(
+                    "SELECT aggregate_id, payload::text FROM ae_events.outbox ORDER BY aggregate_id LIMIT 1000",
+                    &[],
+                )
+                .unwrap()
+                .iter()
+                .map(|row| (row.get(0), row.get(1)))
+                .collect()
+        };
+        let (ours_rows, theirs_rows) = (first(&mut ae), first(&mut pl));
+        if let Some((a, b)) = ours_rows.iter().zip(&theirs_rows).find(|(a, b)| a != b) {
+            eprintln!("ae_events: {a:?}\nPL/pgSQL:  {b:?}");
+        }
+        eprintln!(
+            "payload check FAILED: ae_events {} events, PL/pgSQL {}, floor {}; digests {} / {} / {}",
+            ours.0, plpgsql.0, floor.0, ours.1, plpgsql.1, floor.1
+        );
+        std::process::exit(1);
+    }
+    println!(
+        "Payload check: the {} PL/pgSQL payloads and the floor's rows equal ae_events' (md5 {}).",
+        ours.0, ours.1
+    );
+    PayloadCheck {
+        events: ours.0,
+        average_bytes: ours.2,
+    }
+}
+
+fn bulk_workload(bench: &Bench) -> Vec<(Variant, f64)> {
+    let variants = [
+        Variant::Bare,
+        Variant::Floor,
+        Variant::AeEventsFull,
+        Variant::AeEventsOff,
+        Variant::PlPgSql,
+    ];
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+    for round in 1..=bench.sizes.rounds {
+        for (index, &variant) in variants.iter().enumerate() {
+            let mut client = bench.session(variant);
+            bench.reset(&mut client, variant);
+            let seconds = bench.timed_insert(&mut client, variant, 1, bench.sizes.bulk);
+            println!(
+                "bulk round {round}: {:<40} {seconds:>8.3} s",
+                variant.label()
+            );
+            times[index].push(seconds);
+        }
+    }
+    variants
+        .iter()
+        .zip(times)
+        .map(|(&variant, seconds)| (variant, median(seconds)))
+        .collect()
+}
+
+/// pgbench, 2 clients, one instance per transaction; tps per variant.
+fn single_row_workload(bench: &Bench) -> Vec<(Variant, f64)> {
+    let script = bench.cluster.data_dir.join("single_row.sql");
+    std::fs::write(
+        &script,
+        format!(
+            "\\set n random(1, {})\n\
+             INSERT INTO ti.instance (id, external_id, old_id, score, instance_status, candidate_id, \
+             catalog_assessment_id, measurement_id, session_instance_id, workflow_candidate_step_id, \
+             created_at, created_by, updated_at, updated_by) \
+             VALUES (nextval('public.bench_instance_id'), 'ext', NULL, 70.5, 'in_progress', :n, \
+             1 + :n % 20, :n, NULL, NULL, now(), 77, now(), 77);\n",
+            bench.sizes.bulk
+        ),
+    )
+    .unwrap();
+    let mut results = Vec::new();
+    for variant in [Variant::Bare, Variant::AeEventsFull, Variant::PlPgSql] {
+        let mut client = bench.session(variant);
+        bench.reset(&mut client, variant);
+        drop(client);
+        let output = Command::new(format!("{PG_BIN}/pgbench"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &bench.cluster.port.to_string(),
+                "-U",
+                "postgres",
+                "-n",
+                "-c",
+                "2",
+                "-j",
+                "2",
+                "-M",
+                "prepared",
+                "-T",
+                &bench.sizes.pgbench_seconds.to_string(),
+                "-f",
+                script.to_str().unwrap(),
+                bench.database_of(variant),
+            ])
+            .output()
+            .expect("run pgbench");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "pgbench failed: {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let tps = stdout
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix("tps = ")?
+                    .split_whitespace()
+                    .next()?
+                    .parse::<f64>()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no tps in pgbench output: {stdout}"));
+        println!("single-row: {:<40} {tps:>8.0} tps", variant.label());
+        results.push((variant, tps));
+    }
+    // Every committed transaction has its event (nothing lost under concurrency).
+    let mut client = bench.connect("bench_ae_events");
+    let row = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM ti.instance), (SELECT count(*) FROM ae_events.outbox)",
+            &[],
+        )
+        .unwrap();
+    let (instances, events): (i64, i64) = (row.get(0), row.get(1));
+    assert_eq!(
+        instances, events,
+        "single-row: every instance has its event"
+    );
+    results
+}
+
+struct ScalePoint {
+    instances: i64,
+    bare_seconds: f64,
+    seconds: f64,
+    peak_memory_bytes: u64,
+}
+
+/// One transaction of n instances with ae_events: time and the backend's peak private memory
+/// (RssAnon sampled from /proc every 2 ms, minus its value before the transaction).
+fn scale_workload(bench: &Bench) -> Vec<ScalePoint> {
+    let mut points = Vec::new();
+    for &instances in &bench.sizes.scale {
+        let mut bare = bench.session(Variant::Bare);
+        bench.reset(&mut bare, Variant::Bare);
+        let bare_seconds = bench.timed_insert(&mut bare, Variant::Bare, 1, instances);
+
+        let mut client = bench.session(Variant::AeEventsFull);
+        bench.reset(&mut client, Variant::AeEventsFull);
+        let pid: i32 = client
+            .query_one("SELECT pg_backend_pid()", &[])
+            .unwrap()
+            .get(0);
+        let before = rss_anon_bytes(pid);
+        let running = Arc::new(AtomicBool::new(true));
+        let sampler = {
+            let running = Arc::clone(&running);
+            std::thread::spawn(move || {
+                let mut peak = 0;
+                while running.load(Ordering::Relaxed) {
+                    peak = peak.max(rss_anon_bytes(pid));
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                peak
+            })
+        };
+        let seconds = bench.timed_insert(&mut client, Variant::AeEventsFull, 1, instances);
+        running.store(false, Ordering::Relaxed);
+        let peak = sampler.join().unwrap();
+        let row = client
+            .query_one("SELECT count(*) FROM ae_events.outbox", &[])
+            .unwrap();
+        assert_eq!(row.get::<_, i64>(0), instances, "scale: one event each");
+        println!(
+            "scale {instances:>7}: bare {bare_seconds:.3} s, ae_events {seconds:.3} s, peak +{:.1} MiB",
+            peak.saturating_sub(before) as f64 / 1048576.0
+        );
+        points.push(ScalePoint {
+            instances,
+            bare_seconds,
+            seconds,
+            peak_memory_bytes: peak.saturating_sub(before),
+        });
+    }
+    points
+}
+
+fn rss_anon_bytes(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status.lines().find_map(|line| {
+                let kib = line.strip_prefix("RssAnon:")?.trim().strip_suffix("kB")?;
+                kib.trim().parse::<u64>().ok()
+            })
+        })
+        .unwrap_or(0)
+        * 1024
+}
+
+fn machine_description(client: &mut Client) -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|line| line.strip_prefix("model name")?.split(':').nth(1))
+        .map(str::trim)
+        .unwrap_or("unknown CPU");
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let memory_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|meminfo| {
+            let kib = meminfo.lines().next()?.split_whitespace().nth(1)?;
+            kib.parse::<f64>().ok()
+        })
+        .map_or(0.0, |kib| kib / 1048576.0);
+    let version: String = client
+        .query_one("SELECT current_setting('server_version')", &[])
+        .unwrap()
+        .get(0);
+    format!(
+        "Machine: {model}, {cores} cores, {memory_gib:.0} GiB. PostgreSQL {version}, throwaway \
+         cluster (fsync=off, synchronous_commit=off, shared_buffers=1GB), no listener."
+    )
+}
+
+fn print_bulk(bench: &Bench, bulk: &[(Variant, f64)], check: &PayloadCheck) {
+    let time = |wanted: Variant| {
+        bulk.iter()
+            .find(|(variant, _)| *variant == wanted)
+            .map_or(f64::NAN, |(_, seconds)| *seconds)
+    };
+    let (bare, floor) = (time(Variant::Bare), time(Variant::Floor));
+    println!(
+        "### Bulk: one INSERT ... SELECT of {} instances in one transaction (median of {} rounds; \
+         payload {:.0} bytes on average, {} payloads checked equal)\n",
+        bench.sizes.bulk, bench.sizes.rounds, check.average_bytes, check.events
+    );
+    println!("| variant | seconds | x bare | x floor |\n|---|---:|---:|---:|");
+    for (variant, seconds) in bulk {
+        println!(
+            "| {} | {seconds:.3} | {:.2} | {:.2} |",
+            variant.label(),
+            seconds / bare,
+            seconds / floor
+        );
+    }
+    let ours = time(Variant::AeEventsFull);
+    println!(
+        "\nae_events (notify=full) / floor = {:.2} (target <= 2.0, stretch 1.5); \
+         PL/pgSQL / ae_events = {:.1} (target >= 10)\n",
+        ours / floor,
+        time(Variant::PlPgSql) / ours
+    );
+}
+
+fn print_single_row(bench: &Bench, results: &[(Variant, f64)]) {
+    let tps = |wanted: Variant| {
+        results
+            .iter()
+            .find(|(variant, _)| *variant == wanted)
+            .map_or(f64::NAN, |(_, tps)| *tps)
+    };
+    println!(
+        "### Single-row transactions: pgbench, 2 clients, {} s per variant\n",
+        bench.sizes.pgbench_seconds
+    );
+    println!("| variant | tps | of bare |\n|---|---:|---:|");
+    let bare = tps(Variant::Bare);
+    for (variant, value) in results {
+        println!(
+            "| {} | {value:.0} | {:.0}% |",
+            variant.label(),
+            100.0 * value / bare
+        );
+    }
+    let ours = tps(Variant::AeEventsFull);
+    println!(
+        "\nae_events / bare = {:.0}% (target >= 75%); ae_events / PL/pgSQL = {:.1}x (target >= 3)\n",
+        100.0 * ours / bare,
+        ours / tps(Variant::PlPgSql)
+    );
+}
+
+fn print_scale(points: &[ScalePoint]) {
+    println!("### Scale: one transaction, ae_events (notify=full)\n");
+    println!(
+        "| instances | bare s | ae_events s | ae_events us per instance | backend peak memory (MiB) |\n\
+         |---:|---:|---:|---:|---:|"
+    );
+    for point in points {
+        println!(
+            "| {} | {:.3} | {:.3} | {:.1} | {:.1} |",
+            point.instances,
+            point.bare_seconds,
+            point.seconds,
+            point.seconds * 1e6 / point.instances as f64,
+            point.peak_memory_bytes as f64 / 1048576.0
+        );
+    }
+}

@@ -1,0 +1,227 @@
+//! The extension's SPI plans and typed access to their result rows.
+//!
+//! Plans are prepared once per backend as generic plans (`CURSOR_OPT_GENERIC_PLAN`): the
+//! queries run at every commit with different id arrays, and PostgreSQL's default would re-plan
+//! them for every execution because a custom plan for a one-element array looks cheaper. Result
+//! rows are deformed once each (`heap_deform_tuple`) rather than column by column, and values
+//! are read as the types the queries cast them to, checked once per result.
+
+use crate::errors::EventError;
+use pgrx::prelude::*;
+use std::ffi::CString;
+use std::ptr::NonNull;
+
+/// A plan kept for the life of the backend (PostgreSQL's plan cache re-plans it after DDL).
+pub struct KeptPlan {
+    plan: NonNull<pg_sys::_SPI_plan>,
+}
+
+impl KeptPlan {
+    /// Prepare `sql` (inside an SPI connection) as a generic plan and keep it.
+    pub fn prepare(sql: &str, argument_types: &[pg_sys::Oid]) -> Result<KeptPlan, EventError> {
+        let sql =
+            CString::new(sql).map_err(|_| EventError::internal("a query holds a NUL byte"))?;
+        let mut types = argument_types.to_vec();
+        // SAFETY: called inside an SPI connection; PostgreSQL raises an ERROR on a bad query.
+        let plan = unsafe {
+            pg_sys::SPI_prepare_cursor(
+                sql.as_ptr(),
+                types.len() as i32,
+                types.as_mut_ptr(),
+                pg_sys::CURSOR_OPT_GENERIC_PLAN as i32,
+            )
+        };
+        let plan = NonNull::new(plan).ok_or_else(|| {
+            // SAFETY: reads SPI's last result code.
+            EventError::internal(format!("SPI_prepare failed ({})", unsafe {
+                pg_sys::SPI_result
+            }))
+        })?;
+        // SAFETY: the plan was just prepared in this SPI connection.
+        let kept = unsafe { pg_sys::SPI_keepplan(plan.as_ptr()) };
+        if kept != 0 {
+            return Err(EventError::internal(format!(
+                "SPI_keepplan failed ({kept})"
+            )));
+        }
+        Ok(KeptPlan { plan })
+    }
+
+    /// Run the plan with the given (non-null) arguments; a SELECT's rows, or none.
+    pub fn run(&self, arguments: &mut [pg_sys::Datum]) -> Result<ResultRows, EventError> {
+        let nulls = vec![b' ' as std::ffi::c_char; arguments.len()];
+        // SAFETY: inside an SPI connection; the plan is kept; arguments match its types.
+        let status = unsafe {
+            pg_sys::SPI_tuptable = std::ptr::null_mut();
+            pg_sys::SPI_execute_plan(
+                self.plan.as_ptr(),
+                arguments.as_mut_ptr(),
+                nulls.as_ptr(),
+                false,
+                0,
+            )
+        };
+        if status < 0 {
+            return Err(EventError::internal(format!(
+                "SPI_execute_plan failed ({status})"
+            )));
+        }
+        // SAFETY: SPI sets these after every execution.
+        let (table, count) = unsafe { (pg_sys::SPI_tuptable, pg_sys::SPI_processed as usize) };
+        Ok(ResultRows { table, count })
+    }
+}
+
+/// The rows of one execution; freed when dropped.
+pub struct ResultRows {
+    table: *mut pg_sys::SPITupleTable,
+    count: usize,
+}
+
+impl Drop for ResultRows {
+    fn drop(&mut self) {
+        if !self.table.is_null() && !std::thread::panicking() {
+            // SAFETY: the table came from the last SPI execution and is freed once.
+            unsafe { pg_sys::SPI_freetuptable(self.table) };
+        }
+    }
+}
+
+impl ResultRows {
+    /// Hand each row to `read`.
+    pub fn for_each(
+        &self,
+        mut read: impl FnMut(&Row) -> Result<(), EventError>,
+    ) -> Result<(), EventError> {
+        if self.table.is_null() || self.count == 0 {
+            return Ok(());
+        }
+        // SAFETY: a tuple table of `count` rows with its descriptor, valid until dropped.
+        let (tupdesc, tuples) = unsafe { ((*self.table).tupdesc, (*self.table).vals) };
+        // SAFETY: as above.
+        let natts = unsafe { (*tupdesc).natts } as usize;
+        let types = (0..natts)
+            // SAFETY: index < natts.
+            .map(|index| unsafe { (*(*tupdesc).attrs.as_ptr().add(index)).atttypid })
+            .collect();
+        let mut row = Row {
+            values: vec![pg_sys::Datum::from(0); natts],
+            nulls: vec![false; natts],
+            types,
+        };
+        for i in 0..self.count {
+            // SAFETY: i < count; the tuple matches tupdesc; the arrays hold natts entries.
+            unsafe {
+                pg_sys::heap_deform_tuple(
+                    *tuples.add(i),
+                    tupdesc,
+                    row.values.as_mut_ptr(),
+                    row.nulls.as_mut_ptr(),
+                );
+            }
+            read(&row)?;
+        }
+        Ok(())
+    }
+}
+
+/// One deformed result row; columns are numbered from 1 as in SQL.
+pub struct Row {
+    values: Vec<pg_sys::Datum>,
+    nulls: Vec<bool>,
+    types: Vec<pg_sys::Oid>,
+}
+
+impl Row {
+    /// The value of a column, or an error message if the column is not of `T`'s SQL type (the
+    /// queries cast every column, so that is a bug, reported rather than misread).
+    pub fn get<T: ColumnValue>(&self, ordinal: usize) -> Result<Option<T>, String> {
+        let index = ordinal - 1;
+        match self.types.get(index) {
+            Some(actual) if *actual == T::TYPE => {}
+            actual => {
+                return Err(format!(
+                    "column {ordinal} has type {actual:?}, expected {:?}",
+                    T::TYPE
+                ))
+            }
+        }
+        if self.nulls[index] {
+            return Ok(None);
+        }
+        // SAFETY: a non-null value of T's type.
+        unsafe { T::from_datum(self.values[index]) }.map(Some)
+    }
+}
+
+/// A Rust value read from a column of one SQL type.
+pub trait ColumnValue: Sized {
+    /// The SQL type (pg_type oid) this reads.
+    const TYPE: pg_sys::Oid;
+    /// # Safety
+    /// `datum` must be a non-null value of the type this reads.
+    unsafe fn from_datum(datum: pg_sys::Datum) -> Result<Self, String>;
+}
+
+impl ColumnValue for i64 {
+    const TYPE: pg_sys::Oid = pg_sys::INT8OID;
+
+    unsafe fn from_datum(datum: pg_sys::Datum) -> Result<Self, String> {
+        Ok(datum.value() as i64)
+    }
+}
+
+impl ColumnValue for i32 {
+    const TYPE: pg_sys::Oid = pg_sys::INT4OID;
+
+    unsafe fn from_datum(datum: pg_sys::Datum) -> Result<Self, String> {
+        Ok(datum.value() as i32)
+    }
+}
+
+impl ColumnValue for bool {
+    const TYPE: pg_sys::Oid = pg_sys::BOOLOID;
+
+    unsafe fn from_datum(datum: pg_sys::Datum) -> Result<Self, String> {
+        Ok(datum.value() & 0xFF != 0)
+    }
+}
+
+impl ColumnValue for String {
+    const TYPE: pg_sys::Oid = pg_sys::TEXTOID;
+
+    unsafe fn from_datum(datum: pg_sys::Datum) -> Result<Self, String> {
+        // SAFETY: a text datum (caller's contract).
+        let bytes = unsafe { varlena_bytes(datum, false) };
+        String::from_utf8(bytes)
+            .map_err(|_| "text that is not UTF-8 (the database must use UTF8)".to_owned())
+    }
+}
+
+/// A varlena value's bytes: its data after the header (`with_header` false) or the whole
+/// value with a 4-byte header (`with_header` true), detoasted and copied; the detoasted copy is
+/// freed at once so that memory does not grow with the number of rows read.
+///
+/// # Safety
+/// `datum` must be a non-null varlena datum.
+pub unsafe fn varlena_bytes(datum: pg_sys::Datum, with_header: bool) -> Vec<u8> {
+    let original = datum.cast_mut_ptr::<pg_sys::varlena>();
+    // SAFETY: a varlena datum; pg_detoast_datum_packed returns it or a palloc'd copy.
+    unsafe {
+        let value = pg_sys::pg_detoast_datum_packed(original);
+        let data = pgrx::varlena::vardata_any(value) as *const u8;
+        let len = pgrx::varlena::varsize_any_exhdr(value);
+        let mut out = Vec::with_capacity(len + if with_header { 4 } else { 0 });
+        if with_header {
+            out.extend_from_slice(&[0; 4]);
+        }
+        out.extend_from_slice(std::slice::from_raw_parts(data, len));
+        if with_header {
+            crate::jsonb::set_varsize_4b(&mut out, len + 4);
+        }
+        if value != original {
+            pg_sys::pfree(value.cast());
+        }
+        out
+    }
+}
