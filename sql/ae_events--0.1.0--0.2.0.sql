@@ -21,7 +21,15 @@ AS 'MODULE_PATHNAME', '_pending_outbox_rows_wrapper';
 
 REVOKE ALL ON FUNCTION ae_events._pending_outbox_rows() FROM PUBLIC;
 
--- Rows written from now on are compressed with lz4; existing rows keep pglz until rewritten.
+-- Rows written from now on stay in the row and are compressed with lz4; existing rows keep
+-- their storage until rewritten.
+-- The short text columns are MAIN too: otherwise PostgreSQL, shrinking a row over its 2 kB
+-- target, moves them (24 bytes and more) to the TOAST table, one TOAST row and index entry each.
+ALTER TABLE ae_events.outbox
+    ALTER COLUMN payload SET STORAGE MAIN,
+    ALTER COLUMN subscription_key SET STORAGE MAIN,
+    ALTER COLUMN event_type SET STORAGE MAIN,
+    ALTER COLUMN aggregate_type SET STORAGE MAIN;
 DO $$
 BEGIN
     ALTER TABLE ae_events.outbox ALTER COLUMN payload SET COMPRESSION lz4;

@@ -23,8 +23,17 @@ CREATE INDEX outbox_aggregate_idx ON ae_events.outbox (aggregate_type, aggregate
 SELECT pg_catalog.pg_extension_config_dump('ae_events.outbox', '');
 SELECT pg_catalog.pg_extension_config_dump('ae_events.outbox_id_seq', '');
 
--- Payloads are a few kB each and compressed when written: lz4 is several times faster than the
--- default pglz, to write and to read. A server built without lz4 keeps its default.
+-- Payloads are a few kB each. They stay in the row (MAIN: compressed, moved to the TOAST table
+-- only if the row would not fit a page, so most events are one heap tuple) and are compressed
+-- with lz4, several times faster than the default pglz, to write and to read. A server built
+-- without lz4 keeps its default method.
+-- The short text columns are MAIN too: otherwise PostgreSQL, shrinking a row over its 2 kB
+-- target, moves them (24 bytes and more) to the TOAST table, one TOAST row and index entry each.
+ALTER TABLE ae_events.outbox
+    ALTER COLUMN payload SET STORAGE MAIN,
+    ALTER COLUMN subscription_key SET STORAGE MAIN,
+    ALTER COLUMN event_type SET STORAGE MAIN,
+    ALTER COLUMN aggregate_type SET STORAGE MAIN;
 DO $$
 BEGIN
     ALTER TABLE ae_events.outbox ALTER COLUMN payload SET COMPRESSION lz4;

@@ -19,6 +19,8 @@ pub enum EventError {
     BadValue { what: String },
     /// The extension's own use of PostgreSQL's interfaces failed.
     Internal { what: String },
+    /// The installation is not in a state to emit events (a DBA must act).
+    Prerequisite { what: String },
 }
 
 impl EventError {
@@ -47,6 +49,9 @@ impl EventError {
             EventError::Internal { what } => EventError::Internal {
                 what: format!("{context}: {what}"),
             },
+            EventError::Prerequisite { what } => EventError::Prerequisite {
+                what: format!("{context}: {what}"),
+            },
         }
     }
 
@@ -56,6 +61,9 @@ impl EventError {
                 PgSqlErrorCode::ERRCODE_INTERNAL_ERROR
             }
             EventError::BadValue { .. } => PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
+            EventError::Prerequisite { .. } => {
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
+            }
         }
     }
 
@@ -70,7 +78,7 @@ impl fmt::Display for EventError {
         match self {
             EventError::Spi { context, source } => write!(f, "{context}: {source}"),
             EventError::BadValue { what } => write!(f, "cannot render {what}"),
-            EventError::Internal { what } => f.write_str(what),
+            EventError::Internal { what } | EventError::Prerequisite { what } => f.write_str(what),
         }
     }
 }

@@ -93,6 +93,9 @@ pub struct Value {
 #[derive(Default)]
 pub struct Encoder {
     scratch: Vec<u8>,
+    /// The children of the containers being built, innermost last (keys for objects), kept in
+    /// one reused stack rather than a vector per container.
+    children: Vec<(&'static str, Value)>,
     /// Set while serializing the bytes of a `Numeric` or `Container`.
     raw_kind: Option<&'static str>,
 }
@@ -102,6 +105,7 @@ impl Encoder {
     /// 4-byte varlena header.
     pub fn encode<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<&[u8], EncodeError> {
         self.scratch.clear();
+        self.children.clear();
         let root = value.serialize(&mut *self)?;
         if root.kind != JENTRY_ISCONTAINER {
             return Err(unsupported("a scalar at the root"));
@@ -128,64 +132,65 @@ impl Encoder {
         }
     }
 
-    fn pad_from(&mut self, container_start: usize) {
-        while (self.scratch.len() - container_start) % 4 != 0 {
-            self.scratch.push(0);
-        }
-    }
-
-    /// Lay out a container after the children written so far: header, JEntries, then (for an
-    /// object) the keys and (always) the values, each numeric or container 4-byte aligned.
-    fn container(
-        &mut self,
-        header: u32,
-        keys: &[&str],
-        values: &[Value],
-    ) -> Result<Value, EncodeError> {
-        // Children are aligned relative to the container's start, itself placed 4-aligned.
-        self.pad_from(0);
-        let start_aligned = self.scratch.len();
-        let entries = keys.len() + values.len();
-        self.scratch.extend_from_slice(&header.to_ne_bytes());
-        let entries_at = self.scratch.len();
-        self.scratch.resize(entries_at + 4 * entries, 0);
-        let data_start = self.scratch.len();
+    /// Lay out the container whose children are `children[first..]` (an object's sorted by key)
+    /// after the children's own bytes: header, JEntries, then (for an object) the keys and
+    /// (always) the values, each numeric or container 4-byte aligned. Pops the children.
+    fn container(&mut self, first: usize, is_object: bool) -> Result<Value, EncodeError> {
+        let scratch = &mut self.scratch;
+        let children = &mut self.children[first..];
+        let count = children.len();
+        let header = if is_object {
+            children.sort_unstable_by(|a, b| key_order(a.0, b.0));
+            count as u32 & JB_CMASK | JB_FOBJECT
+        } else {
+            count as u32 & JB_CMASK | JB_FARRAY
+        };
+        // The container starts 4-aligned; its children are aligned relative to that start.
+        pad(scratch, 0);
+        let start = scratch.len();
+        let entries = if is_object { 2 * count } else { count };
+        scratch.extend_from_slice(&header.to_ne_bytes());
+        let entries_at = scratch.len();
+        scratch.resize(entries_at + 4 * entries, 0);
+        let data_start = scratch.len();
         let mut index = 0;
-        let mut set_entry = |scratch: &mut Vec<u8>, kind: u32, end: usize, length: usize| {
-            let end = u32::try_from(end - data_start).unwrap_or(u32::MAX);
-            let length = length as u32;
+        let mut set_entry = |scratch: &mut Vec<u8>, kind: u32, begin: usize| {
+            let end = scratch.len();
             let entry = if index % JB_OFFSET_STRIDE == 0 {
-                kind | (end & JENTRY_OFFLENMASK) | JENTRY_HAS_OFF
+                kind | ((end - data_start) as u32 & JENTRY_OFFLENMASK) | JENTRY_HAS_OFF
             } else {
-                kind | (length & JENTRY_OFFLENMASK)
+                kind | ((end - begin) as u32 & JENTRY_OFFLENMASK)
             };
             let at = entries_at + 4 * index;
             scratch[at..at + 4].copy_from_slice(&entry.to_ne_bytes());
             index += 1;
         };
-        for key in keys {
-            self.scratch.extend_from_slice(key.as_bytes());
-            let end = self.scratch.len();
-            set_entry(&mut self.scratch, JENTRY_ISSTRING, end, key.len());
-        }
-        for value in values {
-            let before = self.scratch.len();
-            if value.kind == JENTRY_ISNUMERIC || value.kind == JENTRY_ISCONTAINER {
-                self.pad_from(start_aligned);
+        if is_object {
+            for (key, _) in children.iter() {
+                let begin = scratch.len();
+                scratch.extend_from_slice(key.as_bytes());
+                set_entry(scratch, JENTRY_ISSTRING, begin);
             }
-            self.scratch.extend_from_within(value.start..value.end);
-            let end = self.scratch.len();
-            set_entry(&mut self.scratch, value.kind, end, end - before);
         }
-        if self.scratch.len() - data_start > JENTRY_OFFLENMASK as usize {
+        for (_, value) in children.iter() {
+            let begin = scratch.len();
+            if value.kind == JENTRY_ISNUMERIC || value.kind == JENTRY_ISCONTAINER {
+                pad(scratch, start);
+            }
+            scratch.extend_from_within(value.start..value.end);
+            set_entry(scratch, value.kind, begin);
+        }
+        if scratch.len() - data_start > JENTRY_OFFLENMASK as usize {
             return Err(EncodeError(
                 "a jsonb container larger than 255 MB".to_owned(),
             ));
         }
+        let end = scratch.len();
+        self.children.truncate(first);
         Ok(Value {
             kind: JENTRY_ISCONTAINER,
-            start: start_aligned,
-            end: self.scratch.len(),
+            start,
+            end,
         })
     }
 
@@ -208,6 +213,13 @@ impl Encoder {
             .get(8..8 + length)
             .ok_or_else(|| EncodeError("a truncated jsonb scalar".to_owned()))?;
         Ok(self.push(entry & JENTRY_TYPEMASK, data))
+    }
+}
+
+/// Pad with zero bytes to a multiple of 4 from `from`.
+fn pad(scratch: &mut Vec<u8>, from: usize) {
+    while !(scratch.len() - from).is_multiple_of(4) {
+        scratch.push(0);
     }
 }
 
@@ -394,9 +406,9 @@ impl<'a> ser::Serializer for &'a mut Encoder {
         Err(unsupported("an enum variant with data"))
     }
 
-    fn serialize_seq(self, len: Option<usize>) -> Result<SeqEncoder<'a>, EncodeError> {
+    fn serialize_seq(self, _len: Option<usize>) -> Result<SeqEncoder<'a>, EncodeError> {
         Ok(SeqEncoder {
-            elements: Vec::with_capacity(len.unwrap_or(0)),
+            first: self.children.len(),
             encoder: self,
         })
     }
@@ -430,10 +442,10 @@ impl<'a> ser::Serializer for &'a mut Encoder {
     fn serialize_struct(
         self,
         _name: &'static str,
-        len: usize,
+        _len: usize,
     ) -> Result<StructEncoder<'a>, EncodeError> {
         Ok(StructEncoder {
-            fields: Vec::with_capacity(len),
+            first: self.children.len(),
             encoder: self,
         })
     }
@@ -451,7 +463,7 @@ impl<'a> ser::Serializer for &'a mut Encoder {
 
 pub struct SeqEncoder<'a> {
     encoder: &'a mut Encoder,
-    elements: Vec<Value>,
+    first: usize,
 }
 
 impl ser::SerializeSeq for SeqEncoder<'_> {
@@ -460,19 +472,18 @@ impl ser::SerializeSeq for SeqEncoder<'_> {
 
     fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), EncodeError> {
         let element = value.serialize(&mut *self.encoder)?;
-        self.elements.push(element);
+        self.encoder.children.push(("", element));
         Ok(())
     }
 
     fn end(self) -> Result<Value, EncodeError> {
-        let header = self.elements.len() as u32 & JB_CMASK | JB_FARRAY;
-        self.encoder.container(header, &[], &self.elements)
+        self.encoder.container(self.first, false)
     }
 }
 
 pub struct StructEncoder<'a> {
     encoder: &'a mut Encoder,
-    fields: Vec<(&'static str, Value)>,
+    first: usize,
 }
 
 impl ser::SerializeStruct for StructEncoder<'_> {
@@ -485,16 +496,12 @@ impl ser::SerializeStruct for StructEncoder<'_> {
         value: &T,
     ) -> Result<(), EncodeError> {
         let value = value.serialize(&mut *self.encoder)?;
-        self.fields.push((key, value));
+        self.encoder.children.push((key, value));
         Ok(())
     }
 
-    fn end(mut self) -> Result<Value, EncodeError> {
-        self.fields.sort_unstable_by(|a, b| key_order(a.0, b.0));
-        let keys: Vec<&str> = self.fields.iter().map(|(key, _)| *key).collect();
-        let values: Vec<Value> = self.fields.iter().map(|(_, value)| *value).collect();
-        let header = self.fields.len() as u32 & JB_CMASK | JB_FOBJECT;
-        self.encoder.container(header, &keys, &values)
+    fn end(self) -> Result<Value, EncodeError> {
+        self.encoder.container(self.first, true)
     }
 }
 

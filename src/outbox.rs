@@ -89,16 +89,27 @@ SELECT (e).id, (e).event_id, (e).subscription_key, (e).event_type, (e).aggregate
        pg_catalog.pg_current_xact_id()
   FROM (SELECT ae_events._pending_outbox_rows() AS e OFFSET 0) AS pending";
 
+const ROW_SOURCE_EXISTS: &str =
+    "SELECT pg_catalog.to_regprocedure('ae_events._pending_outbox_rows()') IS NOT NULL";
+
 fn insert_plan(client: &SpiClient<'_>) -> Result<Rc<OwnedPreparedStatement>, EventError> {
     if let Some(plan) = INSERT.with_borrow(|plan| plan.clone()) {
         return Ok(plan);
     }
+    // The library may be newer than the extension's SQL objects until the DBA runs the update.
+    let row_source_exists = client
+        .select(ROW_SOURCE_EXISTS, Some(1), &[])
+        .and_then(|rows| rows.first().get_one::<bool>())
+        .map_err(EventError::spi("cannot look up the outbox row source"))?;
+    if row_source_exists != Some(true) {
+        return Err(EventError::Prerequisite {
+            what: "the extension's SQL objects are older than its library: run ALTER EXTENSION ae_events UPDATE".to_owned(),
+        });
+    }
     let plan = Rc::new(
         client
             .prepare_mut(INSERT_EVENTS, &[])
-            .map_err(EventError::spi(
-                "cannot prepare the outbox insert (after installing a new ae_events package, run ALTER EXTENSION ae_events UPDATE)",
-            ))?
+            .map_err(EventError::spi("cannot prepare the outbox insert"))?
             .keep(),
     );
     INSERT.with_borrow_mut(|slot| *slot = Some(Rc::clone(&plan)));

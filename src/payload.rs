@@ -13,7 +13,8 @@ pub struct UtcTimestamp(pub i64);
 
 impl Serialize for UtcTimestamp {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&crate::timefmt::rfc3339_utc(self.0))
+        let mut buffer = crate::timefmt::TimestampBuffer::default();
+        serializer.serialize_str(crate::timefmt::rfc3339_utc_in(self.0, &mut buffer))
     }
 }
 

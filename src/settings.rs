@@ -80,20 +80,27 @@ pub struct ScopedSetting {
 
 impl ScopedSetting {
     pub fn set(name: &CStr, value: &CStr) -> ScopedSetting {
+        Self::set_many(&[(name, value)])
+    }
+
+    /// Several settings in one scope.
+    pub fn set_many(settings: &[(&CStr, &CStr)]) -> ScopedSetting {
         // SAFETY: a new GUC nest level, popped by `end` (or by transaction abort);
         // set_config_option copies its arguments.
         unsafe {
             let nest_level = pg_sys::NewGUCNestLevel();
-            pg_sys::set_config_option(
-                name.as_ptr(),
-                value.as_ptr(),
-                pg_sys::GucContext::PGC_USERSET,
-                pg_sys::GucSource::PGC_S_SESSION,
-                pg_sys::GucAction::GUC_ACTION_SAVE,
-                true,
-                0,
-                false,
-            );
+            for (name, value) in settings {
+                pg_sys::set_config_option(
+                    name.as_ptr(),
+                    value.as_ptr(),
+                    pg_sys::GucContext::PGC_USERSET,
+                    pg_sys::GucSource::PGC_S_SESSION,
+                    pg_sys::GucAction::GUC_ACTION_SAVE,
+                    true,
+                    0,
+                    false,
+                );
+            }
             ScopedSetting { nest_level }
         }
     }

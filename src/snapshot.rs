@@ -9,6 +9,7 @@
 use crate::errors::EventError;
 use crate::payload::*;
 use crate::rows::{ColumnValue, KeptPlan};
+use crate::settings::ScopedSetting;
 use pgrx::prelude::*;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -25,8 +26,7 @@ SELECT i.id::pg_catalog.int8, i.external_id::pg_catalog.text, i.old_id::pg_catal
        i.created_by::pg_catalog.int8, i.updated_at::pg_catalog.timestamptz,
        i.updated_by::pg_catalog.int8
   FROM ti.instance AS i
- WHERE i.id OPERATOR(pg_catalog.=) ANY ($1)
- ORDER BY i.id";
+ WHERE i.id OPERATOR(pg_catalog.=) ANY ($1)";
 
 const CANDIDATES: &str = "
 SELECT c.id::pg_catalog.int8, c.external_id::pg_catalog.text, c.user_id::pg_catalog.int8,
@@ -81,8 +81,7 @@ SELECT ma.id::pg_catalog.int8, ma.measurement_id::pg_catalog.int8,
   LEFT JOIN tcf.attribute AS at ON at.id OPERATOR(pg_catalog.=) sca.attribute_id
   LEFT JOIN tcf.skill AS sk ON sk.id OPERATOR(pg_catalog.=) at.skill_id
   LEFT JOIN tcf.ordinal AS o ON o.id OPERATOR(pg_catalog.=) ma.ordinal_id
- WHERE ma.measurement_id OPERATOR(pg_catalog.=) ANY ($1)
- ORDER BY ma.measurement_id, ma.id";
+ WHERE ma.measurement_id OPERATOR(pg_catalog.=) ANY ($1)";
 
 struct Plans {
     instances: KeptPlan,
@@ -92,25 +91,43 @@ struct Plans {
     measurement_attributes: KeptPlan,
 }
 
-thread_local! {
-    static PLANS: RefCell<Option<Rc<Plans>>> = const { RefCell::new(None) };
+/// Up to this many instances, the pass uses plans made for few rows.
+const FEW_INSTANCES: usize = 16;
+
+/// Two generic plan sets of the same queries. A generic plan cannot know how many ids the array
+/// holds: left alone, PostgreSQL plans hash joins that read every reference table whole, right
+/// for a chunk of 1000 instances and several times too slow for a single-row transaction. The
+/// set for few instances is planned and run with hash and merge joins off, so it probes indexes.
+struct PlanSets {
+    few: Plans,
+    many: Plans,
 }
 
-fn prepare(sql: &str) -> Result<KeptPlan, EventError> {
-    KeptPlan::prepare(sql, &[pg_sys::INT8ARRAYOID])
+thread_local! {
+    static PLANS: RefCell<Option<Rc<PlanSets>>> = const { RefCell::new(None) };
+}
+
+impl Plans {
+    fn prepare() -> Result<Plans, EventError> {
+        let prepare = |sql| KeptPlan::prepare(sql, &[pg_sys::INT8ARRAYOID]);
+        Ok(Plans {
+            instances: prepare(INSTANCES)?,
+            candidates: prepare(CANDIDATES)?,
+            catalog_assessments: prepare(CATALOG_ASSESSMENTS)?,
+            measurements: prepare(MEASUREMENTS)?,
+            measurement_attributes: prepare(MEASUREMENT_ATTRIBUTES)?,
+        })
+    }
 }
 
 /// The backend's prepared plans (generic, kept); PostgreSQL's plan cache re-plans them after DDL.
-fn plans() -> Result<Rc<Plans>, EventError> {
+fn plan_sets() -> Result<Rc<PlanSets>, EventError> {
     if let Some(plans) = PLANS.with_borrow(|plans| plans.clone()) {
         return Ok(plans);
     }
-    let plans = Rc::new(Plans {
-        instances: prepare(INSTANCES)?,
-        candidates: prepare(CANDIDATES)?,
-        catalog_assessments: prepare(CATALOG_ASSESSMENTS)?,
-        measurements: prepare(MEASUREMENTS)?,
-        measurement_attributes: prepare(MEASUREMENT_ATTRIBUTES)?,
+    let plans = Rc::new(PlanSets {
+        few: Plans::prepare()?,
+        many: Plans::prepare()?,
     });
     PLANS.with_borrow_mut(|slot| *slot = Some(Rc::clone(&plans)));
     Ok(plans)
@@ -203,7 +220,19 @@ fn for_each_row(
 /// Build the payloads of the given instances, in ascending id order. Instances that no longer
 /// exist (deleted later in the same transaction) are left out.
 pub fn build(instance_ids: &[i64]) -> Result<Vec<TestInstance>, EventError> {
-    let plans = plans()?;
+    let plan_sets = plan_sets()?;
+    if instance_ids.len() <= FEW_INSTANCES {
+        let index_probes =
+            ScopedSetting::set_many(&[(c"enable_hashjoin", c"off"), (c"enable_mergejoin", c"off")]);
+        let built = build_with(&plan_sets.few, instance_ids);
+        index_probes.end();
+        built
+    } else {
+        build_with(&plan_sets.many, instance_ids)
+    }
+}
+
+fn build_with(plans: &Plans, instance_ids: &[i64]) -> Result<Vec<TestInstance>, EventError> {
     let ids = instance_ids.to_vec();
     let mut instances = Vec::with_capacity(instance_ids.len());
     for_each_row(&plans.instances, ids, "ti.instance", |id, row| {
@@ -231,17 +260,18 @@ pub fn build(instance_ids: &[i64]) -> Result<Vec<TestInstance>, EventError> {
     if instances.is_empty() {
         return Ok(instances);
     }
+    instances.sort_unstable_by_key(|instance| instance.id);
 
     let candidates = read_candidates(
-        &plans,
+        plans,
         sorted_unique(instances.iter().map(|i| i.candidate_id).collect()),
     )?;
     let catalog_assessments = read_catalog_assessments(
-        &plans,
+        plans,
         sorted_unique(instances.iter().map(|i| i.catalog_assessment_id).collect()),
     )?;
     let measurements = read_measurements(
-        &plans,
+        plans,
         sorted_unique(instances.iter().filter_map(|i| i.measurement_id).collect()),
     )?;
 
@@ -410,7 +440,12 @@ fn read_measurements(
     })?;
     Ok(measurements
         .into_iter()
-        .map(|(id, m)| (id, Rc::new(m)))
+        .map(|(id, mut measurement)| {
+            measurement
+                .measurement_attributes
+                .sort_unstable_by_key(|attribute| attribute.id);
+            (id, Rc::new(measurement))
+        })
         .collect())
 }
 

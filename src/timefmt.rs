@@ -2,7 +2,6 @@
 //! `TimeZone`, `DateStyle` and `IntervalStyle`.
 
 use pgrx::prelude::*;
-use std::fmt::Write;
 
 const MICROS_PER_SECOND: i64 = 1_000_000;
 const MICROS_PER_DAY: i64 = 86_400 * MICROS_PER_SECOND;
@@ -13,39 +12,88 @@ const POSTGRES_EPOCH_DAYS_AFTER_UNIX: i64 = 10_957;
 /// RFC 3339 in UTC with `Z`; a non-zero fraction keeps its digits, trailing zeros trimmed.
 /// The infinities render as PostgreSQL's `to_jsonb` renders them.
 pub fn rfc3339_utc(postgres_micros: i64) -> String {
+    let mut buffer = TimestampBuffer::default();
+    rfc3339_utc_in(postgres_micros, &mut buffer).to_owned()
+}
+
+/// Room for the longest rendering (a signed expanded year, micros and `Z`), and how much is used.
+pub struct TimestampBuffer {
+    bytes: [u8; 40],
+    len: usize,
+}
+
+impl Default for TimestampBuffer {
+    fn default() -> Self {
+        TimestampBuffer {
+            bytes: [0; 40],
+            len: 0,
+        }
+    }
+}
+
+impl TimestampBuffer {
+    fn digits(&mut self, value: u64, width: usize) {
+        let mut rest = value;
+        for i in (0..width).rev() {
+            self.bytes[self.len + i] = b'0' + (rest % 10) as u8;
+            rest /= 10;
+        }
+        self.len += width;
+    }
+
+    fn byte(&mut self, byte: u8) {
+        self.bytes[self.len] = byte;
+        self.len += 1;
+    }
+}
+
+/// `rfc3339_utc` without allocating: digits are written straight into `buffer` (this runs for
+/// every timestamp of every payload).
+pub fn rfc3339_utc_in(postgres_micros: i64, out: &mut TimestampBuffer) -> &str {
     if postgres_micros == i64::MAX {
-        return "infinity".to_owned();
+        return "infinity";
     }
     if postgres_micros == i64::MIN {
-        return "-infinity".to_owned();
+        return "-infinity";
     }
     let days = postgres_micros.div_euclid(MICROS_PER_DAY) + POSTGRES_EPOCH_DAYS_AFTER_UNIX;
     let micros_of_day = postgres_micros.rem_euclid(MICROS_PER_DAY);
     let (year, month, day) = civil_from_unix_days(days);
-    let seconds_of_day = micros_of_day / MICROS_PER_SECOND;
-    let fraction = micros_of_day % MICROS_PER_SECOND;
+    let seconds_of_day = (micros_of_day / MICROS_PER_SECOND) as u64;
+    let fraction = (micros_of_day % MICROS_PER_SECOND) as u64;
 
-    let mut out = String::with_capacity(27);
+    out.len = 0;
     if (0..=9999).contains(&year) {
-        let _ = write!(out, "{year:04}");
+        out.digits(year as u64, 4);
     } else {
-        // Outside RFC 3339's range: ISO 8601's expanded, signed year.
-        let _ = write!(out, "{year:+05}");
+        // Outside RFC 3339's range: ISO 8601's expanded, signed year (at least 4 digits).
+        out.byte(if year < 0 { b'-' } else { b'+' });
+        let magnitude = year.unsigned_abs();
+        let width = magnitude.checked_ilog10().map_or(1, |log| log as usize + 1);
+        out.digits(magnitude, width.max(4));
     }
-    let _ = write!(
-        out,
-        "-{month:02}-{day:02}T{:02}:{:02}:{:02}",
-        seconds_of_day / 3600,
-        seconds_of_day / 60 % 60,
-        seconds_of_day % 60
-    );
+    out.byte(b'-');
+    out.digits(u64::from(month), 2);
+    out.byte(b'-');
+    out.digits(u64::from(day), 2);
+    out.byte(b'T');
+    out.digits(seconds_of_day / 3600, 2);
+    out.byte(b':');
+    out.digits(seconds_of_day / 60 % 60, 2);
+    out.byte(b':');
+    out.digits(seconds_of_day % 60, 2);
     if fraction != 0 {
-        let digits = format!("{fraction:06}");
-        out.push('.');
-        out.push_str(digits.trim_end_matches('0'));
+        out.byte(b'.');
+        let (mut trimmed, mut width) = (fraction, 6);
+        while trimmed % 10 == 0 {
+            trimmed /= 10;
+            width -= 1;
+        }
+        out.digits(trimmed, width);
     }
-    out.push('Z');
-    out
+    out.byte(b'Z');
+    // Only ASCII digits and separators were written.
+    std::str::from_utf8(&out.bytes[..out.len]).unwrap_or("")
 }
 
 /// Proleptic Gregorian (year, month, day) of a count of days since 1970-01-01
@@ -116,6 +164,8 @@ mod tests {
             (micros(0, 0), "1970-01-01T00:00:00Z"),
             (micros(253_402_300_799, 0), "9999-12-31T23:59:59Z"),
             (micros(-62_135_596_800, 0), "0001-01-01T00:00:00Z"),
+            (micros(-62_198_755_200, 0), "-0001-01-01T00:00:00Z"),
+            (micros(253_402_300_800, 500_000), "+10000-01-01T00:00:00.5Z"),
             (i64::MAX, "infinity"),
             (i64::MIN, "-infinity"),
         ];

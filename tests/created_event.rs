@@ -458,3 +458,158 @@ fn large_cf_is_stored_whole_and_the_notification_omits_the_payload() {
         .get(0);
     assert_eq!(id, stored_id);
 }
+
+/// The payload is written as binary jsonb by the extension: PostgreSQL must read it as the same
+/// value it builds from the payload's own text (equality, containment and hashing all walk the
+/// binary structure), and the notification carries exactly the text of the stored value.
+#[test]
+fn stored_binary_payload_is_what_postgres_parses_from_its_text() {
+    let cluster = Cluster::shared();
+    let (database, mut app) = edge_database(ForeignKeys::With);
+    let mut listener = listen(cluster, &database, "ae_events");
+    app.batch_execute(
+        "BEGIN;
+         INSERT INTO tcf.measurement VALUES (1, 'scored', '1 day 02:03:04.5', 'https://r/1', 9, '2024-05-06', 3, 4);
+         INSERT INTO ti.instance VALUES (10, 'ext', -9223372036854775807, 'NaN', 'completed', 1, 1, 1, 0, 10000,
+             '2024-05-06 07:08:09.25+00', 1, '2024-05-06 07:08:09.999999+00', 2);
+         INSERT INTO tcf.measurement_attribute VALUES
+             (12, 1, 2, 1, 85.50, '-Infinity', 'r', NULL, '[1, \"two\", {\"3\": null}]', '2024-01-01', 1, '2024-01-01', 1),
+             (11, 1, 1, NULL, 0.000001, 100, NULL, 'd', '\"just a string\"', '2024-01-01', 1, '2024-01-01', 1),
+             (13, 1, 1, NULL, -123456789.123456789, 1e20, NULL, NULL, '12.5', '2024-01-01', 1, '2024-01-01', 1);
+         INSERT INTO ti.instance
+         SELECT 100 + g, repeat('x', g), g * 10007, g / 7.0, 'in_progress', 1, 1, 1, NULL, NULL, now(), 1, now(), 1
+           FROM generate_series(1, 40) AS g;
+         COMMIT;",
+    )
+    .unwrap();
+    let row = app
+        .query_one(
+            "SELECT count(*),
+                    count(*) FILTER (WHERE payload = payload::text::jsonb
+                                       AND payload @> payload::text::jsonb
+                                       AND payload::text::jsonb @> payload
+                                       AND jsonb_hash(payload) = jsonb_hash(payload::text::jsonb)
+                                       AND jsonb_hash_extended(payload, 7) = jsonb_hash_extended(payload::text::jsonb, 7)),
+                    count(*) FILTER (WHERE jsonb_path_query_array(payload, '$.measurement.measurement_attributes[*].id')
+                                           = '[11, 12, 13]'::jsonb)
+               FROM ae_events.outbox",
+            &[],
+        )
+        .unwrap();
+    let (events, same_value, attributes_in_order): (i64, i64, i64) =
+        (row.get(0), row.get(1), row.get(2));
+    assert_eq!(events, 41);
+    assert_eq!(same_value, 41);
+    assert_eq!(attributes_in_order, 41);
+
+    let payload = payload_of(&mut app, 10);
+    let attributes = &payload["measurement"]["measurement_attributes"];
+    assert_eq!(
+        attributes[0]["additional_attributes"],
+        json!("just a string")
+    );
+    assert_eq!(attributes[1]["percentile_score"], json!("-Infinity"));
+    assert_eq!(
+        attributes[1]["additional_attributes"],
+        json!([1, "two", {"3": null}])
+    );
+    assert_eq!(attributes[2]["additional_attributes"], json!(12.5));
+    assert_eq!(payload["old_id"], json!(-9223372036854775807i64));
+    assert_eq!(payload["session_instance_id"], json!(0));
+    let texts: Vec<String> = app
+        .query(
+            "SELECT attributes::text FROM ae_events.outbox,
+                    jsonb_path_query(payload, '$.measurement.measurement_attributes[*].numerical_score') AS attributes
+              WHERE aggregate_id = 10",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(texts, ["0.000001", "85.50", "-123456789.123456789"]);
+
+    // The notification's payload is the stored value's own text, byte for byte.
+    let stored: Vec<(i64, String)> = app
+        .query(
+            "SELECT aggregate_id, payload::text FROM ae_events.outbox ORDER BY id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let received = drain_notifications(&mut listener, WAIT);
+    assert_eq!(received.len(), stored.len());
+    for ((_, message), (instance, text)) in received.iter().zip(&stored) {
+        assert!(
+            message.ends_with(&format!(",\"payload\":{text}}}")),
+            "instance {instance}: {message}"
+        );
+    }
+}
+
+/// `ae_events.notify_payload_budget`: a transaction's notifications carry payloads until that
+/// many bytes are used; the rest say `payload_omitted` (every event is still notified and
+/// stored); the next transaction starts with a full budget; -1 removes the limit.
+#[test]
+fn notification_payload_budget_per_transaction() {
+    let cluster = Cluster::shared();
+    let (database, mut app) = edge_database(ForeignKeys::With);
+    let mut listener = listen(cluster, &database, "ae_events");
+    let insert = |app: &mut Client, first: i64| {
+        app.batch_execute(&format!(
+            "INSERT INTO ti.instance
+             SELECT g, NULL, NULL, NULL, 'in_progress', 1, 1, NULL, NULL, NULL, now(), 1, now(), 1
+               FROM generate_series({first}, {first} + 9) AS g"
+        ))
+        .unwrap();
+    };
+    let payload_size = |app: &mut Client| -> usize {
+        let size: i32 = app
+            .query_one(
+                "SELECT octet_length(payload::text) FROM ae_events.outbox ORDER BY id DESC LIMIT 1",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        size as usize
+    };
+    let carried = |messages: &[Value]| -> Vec<bool> {
+        messages
+            .iter()
+            .map(|m| {
+                assert!(m.get("payload").is_some() != (m["payload_omitted"] == json!(true)));
+                m.get("payload").is_some()
+            })
+            .collect()
+    };
+
+    // Default (1 MB): ten small payloads all fit.
+    insert(&mut app, 1);
+    assert_eq!(carried(&notification_messages(&mut listener)), [true; 10]);
+
+    // A budget of 1 kB: payloads are carried while less than that was used, then omitted.
+    app.batch_execute("SET ae_events.notify_payload_budget = '1kB'")
+        .unwrap();
+    insert(&mut app, 11);
+    let size = payload_size(&mut app);
+    let expected_with_payload = 1024_usize.div_ceil(size);
+    let expected: Vec<bool> = (0..10).map(|i| i < expected_with_payload).collect();
+    assert!(expected_with_payload < 10, "payloads of {size} bytes");
+    assert_eq!(carried(&notification_messages(&mut listener)), expected);
+    // The next transaction has the whole budget again.
+    insert(&mut app, 21);
+    assert_eq!(carried(&notification_messages(&mut listener)), expected);
+
+    // 0: never a payload; -1: no limit.
+    app.batch_execute("SET ae_events.notify_payload_budget = 0")
+        .unwrap();
+    insert(&mut app, 31);
+    assert_eq!(carried(&notification_messages(&mut listener)), [false; 10]);
+    app.batch_execute("SET ae_events.notify_payload_budget = -1")
+        .unwrap();
+    insert(&mut app, 41);
+    assert_eq!(carried(&notification_messages(&mut listener)), [true; 10]);
+    assert_eq!(outbox_rows(&mut app).len(), 50);
+}

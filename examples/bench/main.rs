@@ -60,6 +60,7 @@ enum Variant {
     Bare,
     Floor,
     AeEventsFull,
+    AeEventsFullUnlimited,
     AeEventsOff,
     PlPgSql,
 }
@@ -69,7 +70,8 @@ impl Variant {
         match self {
             Variant::Bare => "bare insert",
             Variant::Floor => "floor (bare + precomputed outbox rows)",
-            Variant::AeEventsFull => "ae_events, notify=full",
+            Variant::AeEventsFull => "ae_events, notify=full (default 1 MB payload budget)",
+            Variant::AeEventsFullUnlimited => "ae_events, notify=full, no payload budget",
             Variant::AeEventsOff => "ae_events, notify=off",
             Variant::PlPgSql => "PL/pgSQL trigger (jsonb_build_object)",
         }
@@ -121,16 +123,23 @@ impl Bench {
         match variant {
             Variant::Bare => "bench_bare",
             Variant::Floor => "bench_floor",
-            Variant::AeEventsFull | Variant::AeEventsOff => "bench_ae_events",
+            Variant::AeEventsFull | Variant::AeEventsFullUnlimited | Variant::AeEventsOff => {
+                "bench_ae_events"
+            }
             Variant::PlPgSql => "bench_plpgsql",
         }
     }
 
     fn session(&self, variant: Variant) -> Client {
         let mut client = self.connect(self.database_of(variant));
-        if variant == Variant::AeEventsOff {
+        let setting = match variant {
+            Variant::AeEventsOff => "SET ae_events.notify = off",
+            Variant::AeEventsFullUnlimited => "SET ae_events.notify_payload_budget = -1",
+            _ => "",
+        };
+        if !setting.is_empty() {
             client
-                .batch_execute("LOAD 'ae_events'; SET ae_events.notify = off")
+                .batch_execute(&format!("LOAD 'ae_events'; {setting}"))
                 .unwrap();
         }
         client
@@ -175,7 +184,11 @@ fn main() {
     let (sizes, smoke) = Sizes::from_args();
     let largest = sizes.bulk.max(*sizes.scale.iter().max().unwrap());
     println!("Starting a throwaway PostgreSQL 15 cluster under /tmp ...");
+    // Durable commits, as in production: the test harness's defaults turn fsync off.
     let cluster = Cluster::start(&[
+        "fsync = on",
+        "synchronous_commit = on",
+        "full_page_writes = on",
         "shared_buffers = 1GB",
         "max_wal_size = 16GB",
         "checkpoint_timeout = 1h",
@@ -224,8 +237,10 @@ fn main() {
             .batch_execute(&format!(
                 "CREATE EXTENSION ae_events; SELECT ae_events.detach(); {PLPGSQL_TRIGGER};
                  {};
-                 CREATE TABLE bench.precomputed AS
-                 SELECT i.id, bench.payload(i.id) AS payload FROM ti.instance AS i;
+                 CREATE TABLE bench.precomputed (id bigint, payload jsonb);
+                 -- Stored uncompressed, so that the floor pays the outbox's compression as we do.
+                 ALTER TABLE bench.precomputed ALTER COLUMN payload SET STORAGE PLAIN;
+                 INSERT INTO bench.precomputed SELECT i.id, bench.payload(i.id) FROM ti.instance AS i;
                  CREATE UNIQUE INDEX ON bench.precomputed (id);
                  TRUNCATE ti.instance",
                 instances_sql(1, bench.sizes.bulk)
@@ -317,6 +332,7 @@ fn bulk_workload(bench: &Bench) -> Vec<(Variant, f64)> {
         Variant::Bare,
         Variant::Floor,
         Variant::AeEventsFull,
+        Variant::AeEventsFullUnlimited,
         Variant::AeEventsOff,
         Variant::PlPgSql,
     ];
@@ -424,6 +440,8 @@ struct ScalePoint {
     bare_seconds: f64,
     seconds: f64,
     peak_memory_bytes: u64,
+    /// With notify=off: without PostgreSQL's queue of the transaction's notifications.
+    peak_memory_without_notify_bytes: u64,
 }
 
 /// One transaction of n instances with ae_events: time and the backend's peak private memory
@@ -435,44 +453,54 @@ fn scale_workload(bench: &Bench) -> Vec<ScalePoint> {
         bench.reset(&mut bare, Variant::Bare);
         let bare_seconds = bench.timed_insert(&mut bare, Variant::Bare, 1, instances);
 
-        let mut client = bench.session(Variant::AeEventsFull);
-        bench.reset(&mut client, Variant::AeEventsFull);
-        let pid: i32 = client
-            .query_one("SELECT pg_backend_pid()", &[])
-            .unwrap()
-            .get(0);
-        let before = rss_anon_bytes(pid);
-        let running = Arc::new(AtomicBool::new(true));
-        let sampler = {
-            let running = Arc::clone(&running);
-            std::thread::spawn(move || {
-                let mut peak = 0;
-                while running.load(Ordering::Relaxed) {
-                    peak = peak.max(rss_anon_bytes(pid));
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-                peak
-            })
-        };
-        let seconds = bench.timed_insert(&mut client, Variant::AeEventsFull, 1, instances);
-        running.store(false, Ordering::Relaxed);
-        let peak = sampler.join().unwrap();
-        let row = client
-            .query_one("SELECT count(*) FROM ae_events.outbox", &[])
-            .unwrap();
-        assert_eq!(row.get::<_, i64>(0), instances, "scale: one event each");
+        let (seconds, peak) = measure_transaction(bench, Variant::AeEventsFull, instances);
+        let (_, peak_without_notify) = measure_transaction(bench, Variant::AeEventsOff, instances);
         println!(
-            "scale {instances:>7}: bare {bare_seconds:.3} s, ae_events {seconds:.3} s, peak +{:.1} MiB",
-            peak.saturating_sub(before) as f64 / 1048576.0
+            "scale {instances:>7}: bare {bare_seconds:.3} s, ae_events {seconds:.3} s, peak +{:.1} MiB (notify=off +{:.1} MiB)",
+            peak as f64 / 1048576.0,
+            peak_without_notify as f64 / 1048576.0
         );
         points.push(ScalePoint {
             instances,
             bare_seconds,
             seconds,
-            peak_memory_bytes: peak.saturating_sub(before),
+            peak_memory_bytes: peak,
+            peak_memory_without_notify_bytes: peak_without_notify,
         });
     }
     points
+}
+
+/// Time one transaction of `instances` and the growth of the backend's private memory (RssAnon
+/// sampled every 2 ms, minus its value before the transaction).
+fn measure_transaction(bench: &Bench, variant: Variant, instances: i64) -> (f64, u64) {
+    let mut client = bench.session(variant);
+    bench.reset(&mut client, variant);
+    let pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    let before = rss_anon_bytes(pid);
+    let running = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let running = Arc::clone(&running);
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while running.load(Ordering::Relaxed) {
+                peak = peak.max(rss_anon_bytes(pid));
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            peak
+        })
+    };
+    let seconds = bench.timed_insert(&mut client, variant, 1, instances);
+    running.store(false, Ordering::Relaxed);
+    let peak = sampler.join().unwrap();
+    let row = client
+        .query_one("SELECT count(*) FROM ae_events.outbox", &[])
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), instances, "scale: one event each");
+    (seconds, peak.saturating_sub(before))
 }
 
 fn rss_anon_bytes(pid: i32) -> u64 {
@@ -509,7 +537,7 @@ fn machine_description(client: &mut Client) -> String {
         .get(0);
     format!(
         "Machine: {model}, {cores} cores, {memory_gib:.0} GiB. PostgreSQL {version}, throwaway \
-         cluster (fsync=off, synchronous_commit=off, shared_buffers=1GB), no listener."
+         cluster (fsync=on, synchronous_commit=on, shared_buffers=1GB), no listener."
     )
 }
 
@@ -574,17 +602,18 @@ fn print_single_row(bench: &Bench, results: &[(Variant, f64)]) {
 fn print_scale(points: &[ScalePoint]) {
     println!("### Scale: one transaction, ae_events (notify=full)\n");
     println!(
-        "| instances | bare s | ae_events s | ae_events us per instance | backend peak memory (MiB) |\n\
-         |---:|---:|---:|---:|---:|"
+        "| instances | bare s | ae_events s | ae_events us per instance | backend peak memory (MiB) | same, notify=off (MiB) |\n\
+         |---:|---:|---:|---:|---:|---:|"
     );
     for point in points {
         println!(
-            "| {} | {:.3} | {:.3} | {:.1} | {:.1} |",
+            "| {} | {:.3} | {:.3} | {:.1} | {:.1} | {:.1} |",
             point.instances,
             point.bare_seconds,
             point.seconds,
             point.seconds * 1e6 / point.instances as f64,
-            point.peak_memory_bytes as f64 / 1048576.0
+            point.peak_memory_bytes as f64 / 1048576.0,
+            point.peak_memory_without_notify_bytes as f64 / 1048576.0
         );
     }
 }

@@ -1,0 +1,109 @@
+//! `ALTER EXTENSION ae_events UPDATE` from every earlier release (events.md §6): the upgraded
+//! database has the same objects as a fresh install, keeps its events, and events keep flowing.
+
+mod common;
+
+use common::*;
+use postgres::Client;
+
+const EARLIER_RELEASES: &[&str] = &["0.1.0"];
+
+/// The extension's objects as the catalog describes them, for comparing two databases.
+fn extension_objects(client: &mut Client) -> Vec<String> {
+    client
+        .query(
+            "SELECT pg_describe_object(classid, objid, 0) ||
+                    CASE WHEN classid = 'pg_proc'::regclass
+                         THEN ' returns ' || pg_get_function_result(objid) ELSE '' END
+               FROM pg_depend
+              WHERE refclassid = 'pg_extension'::regclass AND deptype = 'e'
+                AND refobjid = (SELECT oid FROM pg_extension WHERE extname = 'ae_events')
+             UNION ALL
+             SELECT 'column ' || attname || ' ' || format_type(atttypid, atttypmod) ||
+                    ' compression ' || attcompression::text || ' storage ' || attstorage::text
+               FROM pg_attribute
+              WHERE attrelid = 'ae_events.outbox'::regclass AND attnum > 0 AND NOT attisdropped
+             UNION ALL
+             SELECT 'grant ' || p.oid::regprocedure::text || ' ' || coalesce(p.proacl::text, 'default')
+               FROM pg_proc AS p WHERE p.pronamespace = 'ae_events'::regnamespace
+             ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| row.get::<_, Option<String>>(0).unwrap_or_default())
+        .collect()
+}
+
+fn current_version(client: &mut Client) -> String {
+    client
+        .query_one(
+            "SELECT extversion FROM pg_extension WHERE extname = 'ae_events'",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+}
+
+#[test]
+fn update_from_each_earlier_release_matches_a_fresh_install_and_keeps_events() {
+    let cluster = Cluster::shared();
+    let fresh_database = cluster.database("fresh", ForeignKeys::With);
+    let mut fresh = cluster.connect(&fresh_database);
+    let expected_objects = extension_objects(&mut fresh);
+    let newest = current_version(&mut fresh);
+
+    for release in EARLIER_RELEASES {
+        let database = cluster.empty_database("upgrade");
+        let mut client = cluster.connect(&database);
+        load_schema(&mut client, ForeignKeys::With);
+        client
+            .batch_execute(&format!("CREATE EXTENSION ae_events VERSION '{release}'"))
+            .unwrap();
+        client.batch_execute(MINIMAL_REFERENCE_DATA).unwrap();
+        // Events the earlier release wrote (rows as it stored them).
+        client
+            .batch_execute(
+                "INSERT INTO ae_events.outbox (event_id, subscription_key, event_type, aggregate_type,
+                                               aggregate_id, snapshot_version, payload, occurred_at, txid)
+                 VALUES (gen_random_uuid(), 'ae.test_instance.created', 'ae_test_instance_created',
+                         'test_instance', 1, 1, '{\"id\": 1}', now(), pg_current_xact_id())",
+            )
+            .unwrap();
+
+        // Installed package newer than the catalog: an insert fails loudly, nothing is committed.
+        let error = client
+            .batch_execute(
+                "INSERT INTO ti.instance VALUES (2, NULL, NULL, NULL, 'in_progress', 1, 1, NULL, NULL, NULL, now(), 1, now(), 1)",
+            )
+            .unwrap_err();
+        assert!(
+            error_message(&error).contains("ALTER EXTENSION ae_events UPDATE"),
+            "{error:?}"
+        );
+        assert_eq!(sqlstate(&error), "55000");
+        let committed: i64 = client
+            .query_one("SELECT count(*) FROM ti.instance", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(committed, 0);
+
+        client
+            .batch_execute("ALTER EXTENSION ae_events UPDATE")
+            .unwrap();
+        assert_eq!(current_version(&mut client), newest, "from {release}");
+        assert_eq!(
+            extension_objects(&mut client),
+            expected_objects,
+            "objects after the update from {release}"
+        );
+
+        insert_instance(&mut client, 2);
+        let rows = outbox_rows(&mut client);
+        assert_eq!(rows.len(), 2, "from {release}");
+        assert_eq!(rows[0].payload, serde_json::json!({"id": 1}));
+        assert_eq!(rows[1].aggregate_id, 2);
+        assert!(rows[1].id > rows[0].id);
+        assert_eq!(rows[1].payload["candidate"]["id"], serde_json::json!(1));
+    }
+}
