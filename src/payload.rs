@@ -201,8 +201,9 @@ pub struct MeasurementAttribute {
     pub created_by: i64,
     pub updated_at: UtcTimestamp,
     pub updated_by: i64,
-    pub section_configuration_attribute: Option<SectionConfigurationAttribute>,
-    pub ordinal: Option<Ordinal>,
+    /// Shared by every attribute of the chunk that refers to the same row (read and built once).
+    pub section_configuration_attribute: Option<Rc<SectionConfigurationAttribute>>,
+    pub ordinal: Option<Rc<Ordinal>>,
 }
 
 #[derive(Serialize, Debug)]

@@ -13,6 +13,7 @@ use crate::settings::ScopedSetting;
 use pgrx::prelude::*;
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::ffi::CStr;
 use std::rc::Rc;
 
 // Every column is cast to the type the extension reads (a no-op for the reference schema), so
@@ -94,10 +95,14 @@ struct Plans {
 /// Up to this many instances, the pass uses plans made for few rows.
 const FEW_INSTANCES: usize = 16;
 
-/// Two generic plan sets of the same queries. A generic plan cannot know how many ids the array
-/// holds: left alone, PostgreSQL plans hash joins that read every reference table whole, right
-/// for a chunk of 1000 instances and several times too slow for a single-row transaction. The
-/// set for few instances is planned and run with hash and merge joins off, so it probes indexes.
+/// Two generic plan sets of the same queries, each planned and run with its own planner settings
+/// (in effect whenever PostgreSQL re-plans them too). A generic plan cannot know how many ids the
+/// array holds, and it is kept for the life of the session: it must not depend on statistics
+/// taken when the tables were small (a plan made when `ti.instance` was empty would scan the
+/// whole table at every commit once it has grown). So lookups by id always use their index
+/// (`enable_seqscan = off`); the set for few instances also probes the reference tables' indexes
+/// instead of hash-joining them whole (right for a chunk of 1000, several times too slow for a
+/// single-row transaction).
 struct PlanSets {
     few: Plans,
     many: Plans,
@@ -221,15 +226,23 @@ fn for_each_row(
 /// exist (deleted later in the same transaction) are left out.
 pub fn build(instance_ids: &[i64]) -> Result<Vec<TestInstance>, EventError> {
     let plan_sets = plan_sets()?;
-    if instance_ids.len() <= FEW_INSTANCES {
-        let index_probes =
-            ScopedSetting::set_many(&[(c"enable_hashjoin", c"off"), (c"enable_mergejoin", c"off")]);
-        let built = build_with(&plan_sets.few, instance_ids);
-        index_probes.end();
-        built
-    } else {
-        build_with(&plan_sets.many, instance_ids)
-    }
+    let (plans, planner_settings): (&Plans, &[(&CStr, &CStr)]) =
+        if instance_ids.len() <= FEW_INSTANCES {
+            (
+                &plan_sets.few,
+                &[
+                    (c"enable_seqscan", c"off"),
+                    (c"enable_hashjoin", c"off"),
+                    (c"enable_mergejoin", c"off"),
+                ],
+            )
+        } else {
+            (&plan_sets.many, &[(c"enable_seqscan", c"off")])
+        };
+    let settings = ScopedSetting::set_many(planner_settings);
+    let built = build_with(plans, instance_ids);
+    settings.end();
+    built
 }
 
 fn build_with(plans: &Plans, instance_ids: &[i64]) -> Result<Vec<TestInstance>, EventError> {
@@ -430,9 +443,10 @@ fn read_measurements(
         },
     )?;
     let attributes = &plans.measurement_attributes;
+    let mut shared = SharedReferences::default();
     for_each_row(attributes, ids, "tcf.measurement_attribute", |id, row| {
         let measurement_id: i64 = row.req(2, "measurement_id")?;
-        let attribute = read_measurement_attribute(row, id)?;
+        let attribute = read_measurement_attribute(row, id, &mut shared)?;
         if let Some(measurement) = measurements.get_mut(&measurement_id) {
             measurement.measurement_attributes.push(attribute);
         }
@@ -449,8 +463,29 @@ fn read_measurements(
         .collect())
 }
 
-fn read_measurement_attribute(row: &Row<'_>, id: i64) -> Result<MeasurementAttribute, EventError> {
+/// Reference rows already built in this chunk: many attributes share a handful of them.
+#[derive(Default)]
+struct SharedReferences {
+    section_configuration_attributes: HashMap<i64, Rc<SectionConfigurationAttribute>>,
+    ordinals: HashMap<i64, Rc<Ordinal>>,
+}
+
+fn read_measurement_attribute(
+    row: &Row<'_>,
+    id: i64,
+    shared: &mut SharedReferences,
+) -> Result<MeasurementAttribute, EventError> {
     let section_configuration_attribute = match row.opt::<i64>(14)? {
+        Some(sca_id)
+            if shared
+                .section_configuration_attributes
+                .contains_key(&sca_id) =>
+        {
+            shared
+                .section_configuration_attributes
+                .get(&sca_id)
+                .cloned()
+        }
         Some(sca_id) => {
             let attribute = match row.opt::<i64>(19)? {
                 Some(attribute_id) => Some(Attribute {
@@ -493,13 +528,17 @@ fn read_measurement_attribute(row: &Row<'_>, id: i64) -> Result<MeasurementAttri
                     None
                 }
             };
-            Some(SectionConfigurationAttribute {
+            let built = Rc::new(SectionConfigurationAttribute {
                 id: sca_id,
                 kind: row.req(15, "tcf.section_configuration_attribute.type")?,
                 recommended_value: row.numeric(16, "recommended_value")?,
                 recommended_ordinal_id: row.opt(17)?,
                 attribute,
-            })
+            });
+            shared
+                .section_configuration_attributes
+                .insert(sca_id, Rc::clone(&built));
+            Some(built)
         }
         None => {
             warn_missing_reference(
@@ -512,14 +551,21 @@ fn read_measurement_attribute(row: &Row<'_>, id: i64) -> Result<MeasurementAttri
         }
     };
     let ordinal = match (row.opt::<i64>(28)?, row.opt::<i64>(13)?) {
-        (Some(ordinal_id), _) => Some(Ordinal {
-            id: ordinal_id,
-            label: row.req(29, "tcf.ordinal.label")?,
-            value: row.req(30, "tcf.ordinal.value")?,
-            sort_key: row.req(31, "tcf.ordinal.sort_key")?,
-            min_value: row.numeric(32, "tcf.ordinal.min_value")?,
-            max_value: row.numeric(33, "tcf.ordinal.max_value")?,
-        }),
+        (Some(ordinal_id), _) if shared.ordinals.contains_key(&ordinal_id) => {
+            shared.ordinals.get(&ordinal_id).cloned()
+        }
+        (Some(ordinal_id), _) => {
+            let built = Rc::new(Ordinal {
+                id: ordinal_id,
+                label: row.req(29, "tcf.ordinal.label")?,
+                value: row.req(30, "tcf.ordinal.value")?,
+                sort_key: row.req(31, "tcf.ordinal.sort_key")?,
+                min_value: row.numeric(32, "tcf.ordinal.min_value")?,
+                max_value: row.numeric(33, "tcf.ordinal.max_value")?,
+            });
+            shared.ordinals.insert(ordinal_id, Rc::clone(&built));
+            Some(built)
+        }
         (None, Some(missing)) => {
             warn_missing_reference("tcf.measurement_attribute", id, "tcf.ordinal", missing);
             None

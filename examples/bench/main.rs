@@ -250,15 +250,36 @@ fn main() {
     }
     let machine = machine_description(&mut bench.connect("postgres"));
 
-    let bulk = bulk_workload(&bench);
-    let payload_check = check_payloads(&bench);
-    let single_row = single_row_workload(&bench);
-    let scale = scale_workload(&bench);
+    // `--only bulk|single-row|scale` runs one workload (the bulk one always checks payloads).
+    let only = std::env::args().skip_while(|arg| arg != "--only").nth(1);
+    let runs = |workload: &str| only.as_deref().is_none_or(|only| only == workload);
+    let (bulk, payload_check) = if runs("bulk") {
+        let bulk = bulk_workload(&bench);
+        (bulk, Some(check_payloads(&bench)))
+    } else {
+        (Vec::new(), None)
+    };
+    let single_row = if runs("single-row") {
+        single_row_workload(&bench)
+    } else {
+        Vec::new()
+    };
+    let scale = if runs("scale") {
+        scale_workload(&bench)
+    } else {
+        Vec::new()
+    };
 
     println!("\n## Results\n\n{machine}\n");
-    print_bulk(&bench, &bulk, &payload_check);
-    print_single_row(&bench, &single_row);
-    print_scale(&scale);
+    if let Some(check) = &payload_check {
+        print_bulk(&bench, &bulk, check);
+    }
+    if !single_row.is_empty() {
+        print_single_row(&bench, &single_row);
+    }
+    if !scale.is_empty() {
+        print_scale(&scale);
+    }
     if smoke {
         println!("\n(smoke run: sizes too small for the figures to mean anything)");
     }
@@ -372,53 +393,31 @@ fn single_row_workload(bench: &Bench) -> Vec<(Variant, f64)> {
         ),
     )
     .unwrap();
-    let mut results = Vec::new();
-    for variant in [Variant::Bare, Variant::AeEventsFull, Variant::PlPgSql] {
+    // The variants take turns (rounds of equal length), so that drift in the machine's fsync
+    // latency, which dominates single-row commits, falls on all of them alike.
+    let variants = [Variant::Bare, Variant::AeEventsFull, Variant::PlPgSql];
+    for variant in variants {
         let mut client = bench.session(variant);
         bench.reset(&mut client, variant);
-        drop(client);
-        let output = Command::new(format!("{PG_BIN}/pgbench"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &bench.cluster.port.to_string(),
-                "-U",
-                "postgres",
-                "-n",
-                "-c",
-                "2",
-                "-j",
-                "2",
-                "-M",
-                "prepared",
-                "-T",
-                &bench.sizes.pgbench_seconds.to_string(),
-                "-f",
-                script.to_str().unwrap(),
-                bench.database_of(variant),
-            ])
-            .output()
-            .expect("run pgbench");
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(
-            output.status.success(),
-            "pgbench failed: {stdout}{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let tps = stdout
-            .lines()
-            .find_map(|line| {
-                line.strip_prefix("tps = ")?
-                    .split_whitespace()
-                    .next()?
-                    .parse::<f64>()
-                    .ok()
-            })
-            .unwrap_or_else(|| panic!("no tps in pgbench output: {stdout}"));
-        println!("single-row: {:<40} {tps:>8.0} tps", variant.label());
-        results.push((variant, tps));
     }
+    let rounds = bench.sizes.rounds as u32;
+    let seconds = (bench.sizes.pgbench_seconds / rounds).max(1);
+    let mut sums = [0.0; 3];
+    for round in 1..=rounds {
+        for (index, &variant) in variants.iter().enumerate() {
+            let tps = pgbench(bench, &script, variant, seconds);
+            println!(
+                "single-row round {round}: {:<40} {tps:>8.0} tps",
+                variant.label()
+            );
+            sums[index] += tps;
+        }
+    }
+    let results: Vec<(Variant, f64)> = variants
+        .iter()
+        .zip(sums)
+        .map(|(&variant, sum)| (variant, sum / f64::from(rounds)))
+        .collect();
     // Every committed transaction has its event (nothing lost under concurrency).
     let mut client = bench.connect("bench_ae_events");
     let row = client
@@ -433,6 +432,49 @@ fn single_row_workload(bench: &Bench) -> Vec<(Variant, f64)> {
         "single-row: every instance has its event"
     );
     results
+}
+
+/// One pgbench run of `seconds` against the variant's database: its tps.
+fn pgbench(bench: &Bench, script: &std::path::Path, variant: Variant, seconds: u32) -> f64 {
+    let output = Command::new(format!("{PG_BIN}/pgbench"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &bench.cluster.port.to_string(),
+            "-U",
+            "postgres",
+            "-n",
+            "-c",
+            "2",
+            "-j",
+            "2",
+            "-M",
+            "prepared",
+            "-T",
+            &seconds.to_string(),
+            "-f",
+            script.to_str().unwrap(),
+            bench.database_of(variant),
+        ])
+        .output()
+        .expect("run pgbench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "pgbench failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("tps = ")?
+                .split_whitespace()
+                .next()?
+                .parse::<f64>()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no tps in pgbench output: {stdout}"))
 }
 
 struct ScalePoint {
@@ -579,8 +621,8 @@ fn print_single_row(bench: &Bench, results: &[(Variant, f64)]) {
             .map_or(f64::NAN, |(_, tps)| *tps)
     };
     println!(
-        "### Single-row transactions: pgbench, 2 clients, {} s per variant\n",
-        bench.sizes.pgbench_seconds
+        "### Single-row transactions: pgbench, 2 clients, {} s per variant ({} interleaved rounds, mean tps)\n",
+        bench.sizes.pgbench_seconds, bench.sizes.rounds
     );
     println!("| variant | tps | of bare |\n|---|---:|---:|");
     let bare = tps(Variant::Bare);
