@@ -18,45 +18,122 @@ use std::rc::Rc;
 
 // Every column is cast to the type the extension reads (a no-op for the reference schema), so
 // that a DBA's variant (an int4 id, a varchar name) still reads correctly.
-const INSTANCES: &str = "
-SELECT i.id::pg_catalog.int8, i.external_id::pg_catalog.text, i.old_id::pg_catalog.int8,
+// Every column is cast to the type the extension reads (a no-op for the reference schema), so
+// that a DBA's variant (an int4 id, a varchar name) still reads correctly. Each table's columns
+// are one macro, so that the combined query below reads them in the same order.
+macro_rules! instance_columns {
+    () => {
+        "i.id::pg_catalog.int8, i.external_id::pg_catalog.text, i.old_id::pg_catalog.int8,
        i.score::pg_catalog.numeric, i.instance_status::pg_catalog.text,
        i.candidate_id::pg_catalog.int8, i.catalog_assessment_id::pg_catalog.int8,
        i.measurement_id::pg_catalog.int8, i.session_instance_id::pg_catalog.int8,
        i.workflow_candidate_step_id::pg_catalog.int8, i.created_at::pg_catalog.timestamptz,
        i.created_by::pg_catalog.int8, i.updated_at::pg_catalog.timestamptz,
-       i.updated_by::pg_catalog.int8
-  FROM ti.instance AS i
- WHERE i.id OPERATOR(pg_catalog.=) ANY ($1)";
+       i.updated_by::pg_catalog.int8"
+    };
+}
 
-const CANDIDATES: &str = "
-SELECT c.id::pg_catalog.int8, c.external_id::pg_catalog.text, c.user_id::pg_catalog.int8,
+macro_rules! candidate_columns {
+    () => {
+        "c.id::pg_catalog.int8, c.external_id::pg_catalog.text, c.user_id::pg_catalog.int8,
        c.email::pg_catalog.text, c.first_name::pg_catalog.text, c.last_name::pg_catalog.text,
        c.middle_name::pg_catalog.text, c.phone_number::pg_catalog.text,
        c.country::pg_catalog.text, c.is_tnc_accepted::pg_catalog.bool,
        c.is_recording_consent_accepted::pg_catalog.bool, c.resume_file_id::pg_catalog.int8,
-       c.profile_pic_file_id::pg_catalog.int8, c.cf::pg_catalog.jsonb
-  FROM can.candidate AS c
- WHERE c.id OPERATOR(pg_catalog.=) ANY ($1)";
+       c.profile_pic_file_id::pg_catalog.int8, c.cf::pg_catalog.jsonb"
+    };
+}
 
-const CATALOG_ASSESSMENTS: &str = "
-SELECT ca.id::pg_catalog.int8, ca.assessment_id::pg_catalog.int8, ca.catalog_id::pg_catalog.int8,
+macro_rules! catalog_assessment_columns {
+    () => {
+        "ca.id::pg_catalog.int8, ca.assessment_id::pg_catalog.int8, ca.catalog_id::pg_catalog.int8,
        a.id::pg_catalog.int8, a.name::pg_catalog.text, a.level::pg_catalog.text,
        a.status::pg_catalog.text, a.created_at::pg_catalog.timestamptz,
        a.updated_at::pg_catalog.timestamptz,
-       c.id::pg_catalog.int8, c.name::pg_catalog.text, c.description::pg_catalog.text
-  FROM ae.catalog_assessment AS ca
-  LEFT JOIN ae.assessment AS a ON a.id OPERATOR(pg_catalog.=) ca.assessment_id
-  LEFT JOIN ae.catalog AS c ON c.id OPERATOR(pg_catalog.=) ca.catalog_id
- WHERE ca.id OPERATOR(pg_catalog.=) ANY ($1)";
+       cat.id::pg_catalog.int8, cat.name::pg_catalog.text, cat.description::pg_catalog.text"
+    };
+}
 
-const MEASUREMENTS: &str = "
-SELECT m.id::pg_catalog.int8, m.status::pg_catalog.text, m.time_taken::pg_catalog.interval,
+macro_rules! catalog_assessment_joins {
+    () => {
+        "LEFT JOIN ae.assessment AS a ON a.id OPERATOR(pg_catalog.=) ca.assessment_id
+  LEFT JOIN ae.catalog AS cat ON cat.id OPERATOR(pg_catalog.=) ca.catalog_id"
+    };
+}
+
+macro_rules! measurement_columns {
+    () => {
+        "m.id::pg_catalog.int8, m.status::pg_catalog.text, m.time_taken::pg_catalog.interval,
        m.report_url::pg_catalog.text, m.report_file_id::pg_catalog.int8,
        m.measured_at::pg_catalog.timestamptz, m.measured_by::pg_catalog.int8,
-       m.form_instance_id::pg_catalog.int8
+       m.form_instance_id::pg_catalog.int8"
+    };
+}
+
+const INSTANCES: &str = concat!(
+    "SELECT ",
+    instance_columns!(),
+    "
+  FROM ti.instance AS i
+ WHERE i.id OPERATOR(pg_catalog.=) ANY ($1)"
+);
+
+const CANDIDATES: &str = concat!(
+    "SELECT ",
+    candidate_columns!(),
+    "
+  FROM can.candidate AS c
+ WHERE c.id OPERATOR(pg_catalog.=) ANY ($1)"
+);
+
+const CATALOG_ASSESSMENTS: &str = concat!(
+    "SELECT ",
+    catalog_assessment_columns!(),
+    "
+  FROM ae.catalog_assessment AS ca
+  ",
+    catalog_assessment_joins!(),
+    "
+ WHERE ca.id OPERATOR(pg_catalog.=) ANY ($1)"
+);
+
+const MEASUREMENTS: &str = concat!(
+    "SELECT ",
+    measurement_columns!(),
+    "
   FROM tcf.measurement AS m
- WHERE m.id OPERATOR(pg_catalog.=) ANY ($1)";
+ WHERE m.id OPERATOR(pg_catalog.=) ANY ($1)"
+);
+
+/// For few instances: the four queries above as one (each instance's row, then its candidate's,
+/// catalog assessment's and measurement's columns), saving three executions per commit.
+const INSTANCES_WITH_REFERENCES: &str = concat!(
+    "SELECT ",
+    instance_columns!(),
+    ",
+       ",
+    candidate_columns!(),
+    ",
+       ",
+    catalog_assessment_columns!(),
+    ",
+       ",
+    measurement_columns!(),
+    "
+  FROM ti.instance AS i
+  LEFT JOIN can.candidate AS c ON c.id OPERATOR(pg_catalog.=) i.candidate_id
+  LEFT JOIN ae.catalog_assessment AS ca ON ca.id OPERATOR(pg_catalog.=) i.catalog_assessment_id
+  ",
+    catalog_assessment_joins!(),
+    "
+  LEFT JOIN tcf.measurement AS m ON m.id OPERATOR(pg_catalog.=) i.measurement_id
+ WHERE i.id OPERATOR(pg_catalog.=) ANY ($1)"
+);
+
+/// Where each table's columns start in a row of `INSTANCES_WITH_REFERENCES`.
+const CANDIDATE_OFFSET: usize = 14;
+const CATALOG_ASSESSMENT_OFFSET: usize = 28;
+const MEASUREMENT_OFFSET: usize = 40;
 
 const MEASUREMENT_ATTRIBUTES: &str = "
 SELECT ma.id::pg_catalog.int8, ma.measurement_id::pg_catalog.int8,
@@ -85,6 +162,7 @@ SELECT ma.id::pg_catalog.int8, ma.measurement_id::pg_catalog.int8,
  WHERE ma.measurement_id OPERATOR(pg_catalog.=) ANY ($1)";
 
 struct Plans {
+    instances_with_references: KeptPlan,
     instances: KeptPlan,
     candidates: KeptPlan,
     catalog_assessments: KeptPlan,
@@ -102,7 +180,8 @@ const FEW_INSTANCES: usize = 16;
 /// whole table at every commit once it has grown). So lookups by id always use their index
 /// (`enable_seqscan = off`); the set for few instances also probes the reference tables' indexes
 /// instead of hash-joining them whole (right for a chunk of 1000, several times too slow for a
-/// single-row transaction).
+/// single-row transaction), with plain nested loops (no memoize or materialize node to set up
+/// for a handful of rows).
 struct PlanSets {
     few: Plans,
     many: Plans,
@@ -116,6 +195,7 @@ impl Plans {
     fn prepare() -> Result<Plans, EventError> {
         let prepare = |sql| KeptPlan::prepare(sql, &[pg_sys::INT8ARRAYOID]);
         Ok(Plans {
+            instances_with_references: prepare(INSTANCES_WITH_REFERENCES)?,
             instances: prepare(INSTANCES)?,
             candidates: prepare(CANDIDATES)?,
             catalog_assessments: prepare(CATALOG_ASSESSMENTS)?,
@@ -138,18 +218,20 @@ fn plan_sets() -> Result<Rc<PlanSets>, EventError> {
     Ok(plans)
 }
 
-/// Typed access to one result row; `table` and `id` name the row in error messages.
+/// Typed access to one table's columns in a result row (from `offset`); `table` and `id` name the
+/// row in error messages.
 struct Row<'a> {
     row: &'a crate::rows::Row,
     table: &'static str,
     id: i64,
+    offset: usize,
 }
 
-impl Row<'_> {
+impl<'a> Row<'a> {
     fn opt<T: ColumnValue>(&self, ordinal: usize) -> Result<Option<T>, EventError> {
         // The message is built only on failure: this runs for every column of every row.
         self.row
-            .get::<T>(ordinal)
+            .get::<T>(ordinal + self.offset)
             .map_err(|error| EventError::BadValue {
                 what: format!("column {ordinal} of {} {}: {error}", self.table, self.id),
             })
@@ -169,6 +251,22 @@ impl Row<'_> {
 
     fn json(&self, ordinal: usize, _column: &str) -> Result<Option<JsonbValue>, EventError> {
         self.opt(ordinal)
+    }
+
+    /// Another table's columns in the same row, from `offset` (its id first); None when the
+    /// LEFT JOIN found no row.
+    fn joined(
+        &self,
+        table: &'static str,
+        offset: usize,
+    ) -> Result<Option<(i64, Row<'a>)>, EventError> {
+        let part = Row {
+            row: self.row,
+            table,
+            id: 0,
+            offset,
+        };
+        Ok(part.opt::<i64>(1)?.map(|id| (id, Row { id, ..part })))
     }
 
     fn null_value(&self, column: &str) -> EventError {
@@ -217,8 +315,14 @@ fn for_each_row(
     unsafe { pg_sys::pfree(array.cast_mut_ptr()) };
     rows.map_err(|error| error.context(format!("cannot read {table}")))?
         .for_each(|row| {
-            let id: i64 = Row { row, table, id: 0 }.req(1, "id")?;
-            read(id, &Row { row, table, id })
+            let first = Row {
+                row,
+                table,
+                id: 0,
+                offset: 0,
+            };
+            let id: i64 = first.req(1, "id")?;
+            read(id, &Row { id, ..first })
         })
 }
 
@@ -226,74 +330,148 @@ fn for_each_row(
 /// exist (deleted later in the same transaction) are left out.
 pub fn build(instance_ids: &[i64]) -> Result<Vec<TestInstance>, EventError> {
     let plan_sets = plan_sets()?;
-    let (plans, planner_settings): (&Plans, &[(&CStr, &CStr)]) =
-        if instance_ids.len() <= FEW_INSTANCES {
-            (
-                &plan_sets.few,
-                &[
-                    (c"enable_seqscan", c"off"),
-                    (c"enable_hashjoin", c"off"),
-                    (c"enable_mergejoin", c"off"),
-                ],
-            )
-        } else {
-            (&plan_sets.many, &[(c"enable_seqscan", c"off")])
-        };
+    let few = instance_ids.len() <= FEW_INSTANCES;
+    let (plans, planner_settings): (&Plans, &[(&CStr, &CStr)]) = if few {
+        (
+            &plan_sets.few,
+            &[
+                (c"enable_seqscan", c"off"),
+                (c"enable_hashjoin", c"off"),
+                (c"enable_mergejoin", c"off"),
+                (c"enable_memoize", c"off"),
+                (c"enable_material", c"off"),
+            ],
+        )
+    } else {
+        (&plan_sets.many, &[(c"enable_seqscan", c"off")])
+    };
     let settings = ScopedSetting::set_many(planner_settings);
-    let built = build_with(plans, instance_ids);
+    let rows = if few {
+        read_together(plans, instance_ids)
+    } else {
+        read_table_by_table(plans, instance_ids)
+    };
+    let built = rows.and_then(|rows| assemble(plans, rows));
     settings.end();
     built
 }
 
-fn build_with(plans: &Plans, instance_ids: &[i64]) -> Result<Vec<TestInstance>, EventError> {
-    let ids = instance_ids.to_vec();
-    let mut instances = Vec::with_capacity(instance_ids.len());
-    for_each_row(&plans.instances, ids, "ti.instance", |id, row| {
-        instances.push(TestInstance {
-            id,
-            external_id: row.opt(2)?,
-            old_id: row.opt(3)?,
-            score: row.numeric(4, "score")?,
-            instance_status: row.req(5, "instance_status")?,
-            candidate_id: row.req(6, "candidate_id")?,
-            catalog_assessment_id: row.req(7, "catalog_assessment_id")?,
-            measurement_id: row.opt(8)?,
-            session_instance_id: row.opt(9)?,
-            workflow_candidate_step_id: row.opt(10)?,
-            created_at: row.timestamp(11, "created_at")?,
-            created_by: row.req(12, "created_by")?,
-            updated_at: row.timestamp(13, "updated_at")?,
-            updated_by: row.req(14, "updated_by")?,
-            candidate: None,
-            catalog_assessment: None,
-            measurement: None,
-        });
+/// The rows behind a chunk of instances, each referenced row once.
+#[derive(Default)]
+struct ChunkRows {
+    instances: Vec<TestInstance>,
+    candidates: HashMap<i64, Rc<Candidate>>,
+    catalog_assessments: HashMap<i64, Rc<CatalogAssessment>>,
+    measurements: HashMap<i64, Measurement>,
+}
+
+/// Few instances: one query for the instances and the rows they refer to.
+fn read_together(plans: &Plans, instance_ids: &[i64]) -> Result<ChunkRows, EventError> {
+    let mut chunk = ChunkRows::default();
+    let query = &plans.instances_with_references;
+    for_each_row(query, instance_ids.to_vec(), "ti.instance", |id, row| {
+        chunk.instances.push(instance_from(id, row)?);
+        if let Some((id, part)) = row.joined("can.candidate", CANDIDATE_OFFSET)? {
+            chunk
+                .candidates
+                .insert(id, Rc::new(candidate_from(id, &part)?));
+        }
+        if let Some((id, part)) = row.joined("ae.catalog_assessment", CATALOG_ASSESSMENT_OFFSET)? {
+            let catalog_assessment = catalog_assessment_from(id, &part)?;
+            chunk
+                .catalog_assessments
+                .insert(id, Rc::new(catalog_assessment));
+        }
+        if let Some((id, part)) = row.joined("tcf.measurement", MEASUREMENT_OFFSET)? {
+            chunk.measurements.insert(id, measurement_from(id, &part)?);
+        }
         Ok(())
     })?;
-    if instances.is_empty() {
-        return Ok(instances);
+    Ok(chunk)
+}
+
+/// Many instances: one query per table, each over the distinct ids the chunk refers to.
+fn read_table_by_table(plans: &Plans, instance_ids: &[i64]) -> Result<ChunkRows, EventError> {
+    let mut chunk = ChunkRows::default();
+    for_each_row(
+        &plans.instances,
+        instance_ids.to_vec(),
+        "ti.instance",
+        |id, row| {
+            chunk.instances.push(instance_from(id, row)?);
+            Ok(())
+        },
+    )?;
+    if chunk.instances.is_empty() {
+        return Ok(chunk);
     }
+    let instances = &chunk.instances;
+    let ids = sorted_unique(instances.iter().map(|i| i.candidate_id).collect());
+    for_each_row(&plans.candidates, ids, "can.candidate", |id, row| {
+        chunk
+            .candidates
+            .insert(id, Rc::new(candidate_from(id, row)?));
+        Ok(())
+    })?;
+    let ids = sorted_unique(instances.iter().map(|i| i.catalog_assessment_id).collect());
+    let table = "ae.catalog_assessment";
+    for_each_row(&plans.catalog_assessments, ids, table, |id, row| {
+        let catalog_assessment = catalog_assessment_from(id, row)?;
+        chunk
+            .catalog_assessments
+            .insert(id, Rc::new(catalog_assessment));
+        Ok(())
+    })?;
+    let ids = sorted_unique(instances.iter().filter_map(|i| i.measurement_id).collect());
+    if !ids.is_empty() {
+        for_each_row(&plans.measurements, ids, "tcf.measurement", |id, row| {
+            chunk.measurements.insert(id, measurement_from(id, row)?);
+            Ok(())
+        })?;
+    }
+    Ok(chunk)
+}
+
+/// Attach the measurements' attributes, then each instance's referenced rows.
+fn assemble(plans: &Plans, mut chunk: ChunkRows) -> Result<Vec<TestInstance>, EventError> {
+    let measurement_ids = sorted_unique(chunk.measurements.keys().copied().collect());
+    if !measurement_ids.is_empty() {
+        let mut shared = SharedReferences::default();
+        let query = &plans.measurement_attributes;
+        for_each_row(
+            query,
+            measurement_ids,
+            "tcf.measurement_attribute",
+            |id, row| {
+                let measurement_id: i64 = row.req(2, "measurement_id")?;
+                let attribute = read_measurement_attribute(row, id, &mut shared)?;
+                if let Some(measurement) = chunk.measurements.get_mut(&measurement_id) {
+                    measurement.measurement_attributes.push(attribute);
+                }
+                Ok(())
+            },
+        )?;
+    }
+    let measurements: HashMap<i64, Rc<Measurement>> = chunk
+        .measurements
+        .into_iter()
+        .map(|(id, mut measurement)| {
+            measurement
+                .measurement_attributes
+                .sort_unstable_by_key(|attribute| attribute.id);
+            (id, Rc::new(measurement))
+        })
+        .collect();
+
+    let mut instances = chunk.instances;
     instances.sort_unstable_by_key(|instance| instance.id);
-
-    let candidates = read_candidates(
-        plans,
-        sorted_unique(instances.iter().map(|i| i.candidate_id).collect()),
-    )?;
-    let catalog_assessments = read_catalog_assessments(
-        plans,
-        sorted_unique(instances.iter().map(|i| i.catalog_assessment_id).collect()),
-    )?;
-    let measurements = read_measurements(
-        plans,
-        sorted_unique(instances.iter().filter_map(|i| i.measurement_id).collect()),
-    )?;
-
     for instance in &mut instances {
-        instance.candidate = candidates.get(&instance.candidate_id).cloned();
+        instance.candidate = chunk.candidates.get(&instance.candidate_id).cloned();
         if instance.candidate.is_none() {
             warn_missing(instance.id, "can.candidate", instance.candidate_id);
         }
-        instance.catalog_assessment = catalog_assessments
+        instance.catalog_assessment = chunk
+            .catalog_assessments
             .get(&instance.catalog_assessment_id)
             .cloned();
         if instance.catalog_assessment.is_none() {
@@ -313,91 +491,95 @@ fn build_with(plans: &Plans, instance_ids: &[i64]) -> Result<Vec<TestInstance>, 
     Ok(instances)
 }
 
-fn read_candidates(
-    plans: &Plans,
-    ids: Vec<i64>,
-) -> Result<HashMap<i64, Rc<Candidate>>, EventError> {
-    let mut candidates = HashMap::with_capacity(ids.len());
-    for_each_row(&plans.candidates, ids, "can.candidate", |id, row| {
-        let candidate = Candidate {
-            id,
-            external_id: row.opt(2)?,
-            user_id: row.req(3, "can.candidate.user_id")?,
-            email: row.req(4, "can.candidate.email")?,
-            first_name: row.opt(5)?,
-            last_name: row.opt(6)?,
-            middle_name: row.opt(7)?,
-            phone_number: row.opt(8)?,
-            country: row.opt(9)?,
-            is_tnc_accepted: row.req(10, "can.candidate.is_tnc_accepted")?,
-            is_recording_consent_accepted: row.opt(11)?,
-            resume_file_id: row.opt(12)?,
-            profile_pic_file_id: row.opt(13)?,
-            cf: row.required(row.json(14, "cf")?, "cf")?,
-        };
-        candidates.insert(id, Rc::new(candidate));
-        Ok(())
-    })?;
-    Ok(candidates)
+fn instance_from(id: i64, row: &Row<'_>) -> Result<TestInstance, EventError> {
+    Ok(TestInstance {
+        id,
+        external_id: row.opt(2)?,
+        old_id: row.opt(3)?,
+        score: row.numeric(4, "score")?,
+        instance_status: row.req(5, "instance_status")?,
+        candidate_id: row.req(6, "candidate_id")?,
+        catalog_assessment_id: row.req(7, "catalog_assessment_id")?,
+        measurement_id: row.opt(8)?,
+        session_instance_id: row.opt(9)?,
+        workflow_candidate_step_id: row.opt(10)?,
+        created_at: row.timestamp(11, "created_at")?,
+        created_by: row.req(12, "created_by")?,
+        updated_at: row.timestamp(13, "updated_at")?,
+        updated_by: row.req(14, "updated_by")?,
+        candidate: None,
+        catalog_assessment: None,
+        measurement: None,
+    })
 }
 
-fn read_catalog_assessments(
-    plans: &Plans,
-    ids: Vec<i64>,
-) -> Result<HashMap<i64, Rc<CatalogAssessment>>, EventError> {
-    let mut found = HashMap::with_capacity(ids.len());
-    for_each_row(
-        &plans.catalog_assessments,
-        ids,
-        "ae.catalog_assessment",
-        |id, row| {
-            let assessment = match row.opt::<i64>(4)? {
-                Some(assessment_id) => Some(Assessment {
-                    id: assessment_id,
-                    name: row.req(5, "ae.assessment.name")?,
-                    level: row.req(6, "ae.assessment.level")?,
-                    status: row.req(7, "ae.assessment.status")?,
-                    created_at: row.timestamp(8, "ae.assessment.created_at")?,
-                    updated_at: row.timestamp(9, "ae.assessment.updated_at")?,
-                }),
-                None => {
-                    warn_missing_reference(
-                        "ae.catalog_assessment",
-                        id,
-                        "ae.assessment",
-                        row.req(2, "assessment_id")?,
-                    );
-                    None
-                }
-            };
-            let catalog = match row.opt::<i64>(10)? {
-                Some(catalog_id) => Some(Catalog {
-                    id: catalog_id,
-                    name: row.req(11, "ae.catalog.name")?,
-                    description: row.opt(12)?,
-                }),
-                None => {
-                    warn_missing_reference(
-                        "ae.catalog_assessment",
-                        id,
-                        "ae.catalog",
-                        row.req(3, "catalog_id")?,
-                    );
-                    None
-                }
-            };
-            found.insert(
-                id,
-                Rc::new(CatalogAssessment {
-                    id,
-                    assessment,
-                    catalog,
-                }),
-            );
-            Ok(())
-        },
-    )?;
-    Ok(found)
+fn candidate_from(id: i64, row: &Row<'_>) -> Result<Candidate, EventError> {
+    Ok(Candidate {
+        id,
+        external_id: row.opt(2)?,
+        user_id: row.req(3, "can.candidate.user_id")?,
+        email: row.req(4, "can.candidate.email")?,
+        first_name: row.opt(5)?,
+        last_name: row.opt(6)?,
+        middle_name: row.opt(7)?,
+        phone_number: row.opt(8)?,
+        country: row.opt(9)?,
+        is_tnc_accepted: row.req(10, "can.candidate.is_tnc_accepted")?,
+        is_recording_consent_accepted: row.opt(11)?,
+        resume_file_id: row.opt(12)?,
+        profile_pic_file_id: row.opt(13)?,
+        cf: row.required(row.json(14, "cf")?, "cf")?,
+    })
+}
+
+fn catalog_assessment_from(id: i64, row: &Row<'_>) -> Result<CatalogAssessment, EventError> {
+    let assessment = match row.opt::<i64>(4)? {
+        Some(assessment_id) => Some(Assessment {
+            id: assessment_id,
+            name: row.req(5, "ae.assessment.name")?,
+            level: row.req(6, "ae.assessment.level")?,
+            status: row.req(7, "ae.assessment.status")?,
+            created_at: row.timestamp(8, "ae.assessment.created_at")?,
+            updated_at: row.timestamp(9, "ae.assessment.updated_at")?,
+        }),
+        None => {
+            let missing = row.req(2, "assessment_id")?;
+            warn_missing_reference("ae.catalog_assessment", id, "ae.assessment", missing);
+            None
+        }
+    };
+    let catalog = match row.opt::<i64>(10)? {
+        Some(catalog_id) => Some(Catalog {
+            id: catalog_id,
+            name: row.req(11, "ae.catalog.name")?,
+            description: row.opt(12)?,
+        }),
+        None => {
+            let missing = row.req(3, "catalog_id")?;
+            warn_missing_reference("ae.catalog_assessment", id, "ae.catalog", missing);
+            None
+        }
+    };
+    Ok(CatalogAssessment {
+        id,
+        assessment,
+        catalog,
+    })
+}
+
+fn measurement_from(id: i64, row: &Row<'_>) -> Result<Measurement, EventError> {
+    let time_taken: Option<IntervalText> = row.opt(3)?;
+    Ok(Measurement {
+        id,
+        status: row.req(2, "tcf.measurement.status")?,
+        time_taken: time_taken.map(|text| text.0),
+        report_url: row.opt(4)?,
+        report_file_id: row.opt(5)?,
+        measured_at: row.timestamp(6, "tcf.measurement.measured_at")?,
+        measured_by: row.opt(7)?,
+        form_instance_id: row.opt(8)?,
+        measurement_attributes: Vec::new(),
+    })
 }
 
 /// A row inside another service's data refers to a row that does not exist.
@@ -409,58 +591,6 @@ fn warn_missing_reference(table: &str, id: i64, reference: &str, reference_id: i
             "ae_events: {table} {id} refers to {reference} {reference_id}, which does not exist; events carry null there"
         )
     );
-}
-
-fn read_measurements(
-    plans: &Plans,
-    ids: Vec<i64>,
-) -> Result<HashMap<i64, Rc<Measurement>>, EventError> {
-    if ids.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let mut measurements: HashMap<i64, Measurement> = HashMap::with_capacity(ids.len());
-    for_each_row(
-        &plans.measurements,
-        ids.clone(),
-        "tcf.measurement",
-        |id, row| {
-            let time_taken: Option<IntervalText> = row.opt(3)?;
-            measurements.insert(
-                id,
-                Measurement {
-                    id,
-                    status: row.req(2, "tcf.measurement.status")?,
-                    time_taken: time_taken.map(|text| text.0),
-                    report_url: row.opt(4)?,
-                    report_file_id: row.opt(5)?,
-                    measured_at: row.timestamp(6, "tcf.measurement.measured_at")?,
-                    measured_by: row.opt(7)?,
-                    form_instance_id: row.opt(8)?,
-                    measurement_attributes: Vec::new(),
-                },
-            );
-            Ok(())
-        },
-    )?;
-    let attributes = &plans.measurement_attributes;
-    let mut shared = SharedReferences::default();
-    for_each_row(attributes, ids, "tcf.measurement_attribute", |id, row| {
-        let measurement_id: i64 = row.req(2, "measurement_id")?;
-        let attribute = read_measurement_attribute(row, id, &mut shared)?;
-        if let Some(measurement) = measurements.get_mut(&measurement_id) {
-            measurement.measurement_attributes.push(attribute);
-        }
-        Ok(())
-    })?;
-    Ok(measurements
-        .into_iter()
-        .map(|(id, mut measurement)| {
-            measurement
-                .measurement_attributes
-                .sort_unstable_by_key(|attribute| attribute.id);
-            (id, Rc::new(measurement))
-        })
-        .collect())
 }
 
 /// Reference rows already built in this chunk: many attributes share a handful of them.

@@ -613,3 +613,77 @@ fn notification_payload_budget_per_transaction() {
     assert_eq!(carried(&notification_messages(&mut listener)), [true; 10]);
     assert_eq!(outbox_rows(&mut app).len(), 50);
 }
+
+/// Few instances are read with one joined query, many table by table: both give the same
+/// payloads, with the same nulls and warnings for rows that do not exist.
+#[test]
+fn few_and_many_instances_read_alike_including_missing_rows() {
+    let cluster = Cluster::shared();
+    let mut payloads_by_size = Vec::new();
+    for count in [3_i64, 40] {
+        let (database, _app) = edge_database(ForeignKeys::Without);
+        let notices = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let seen = notices.clone();
+        let mut config: postgres::Config = cluster.url(&database).parse().unwrap();
+        config.notice_callback(move |notice| {
+            seen.lock()
+                .unwrap()
+                .push(format!("{} {}", notice.severity(), notice.message()))
+        });
+        let mut app = config.connect(postgres::NoTls).unwrap();
+        app.batch_execute(&format!(
+            "ALTER TABLE tcf.measurement_attribute
+                 DROP CONSTRAINT measurement_attribute_section_configuration_attribute_id_fkey,
+                 DROP CONSTRAINT measurement_attribute_ordinal_id_fkey;
+             BEGIN;
+             INSERT INTO tcf.measurement VALUES (1, 'scored', NULL, NULL, NULL, '2024-01-01', NULL, NULL);
+             INSERT INTO tcf.measurement_attribute VALUES
+                 (1, 1, 1, NULL, 1, NULL, NULL, NULL, NULL, '2024-01-01', 1, '2024-01-01', 1),
+                 (2, 1, 77, 88, 2, NULL, NULL, NULL, NULL, '2024-01-01', 1, '2024-01-01', 1);
+             -- instance 1 is whole; 2 has a missing candidate, catalog assessment and measurement;
+             -- the rest alternate between the two
+             INSERT INTO ti.instance
+             SELECT g, NULL, NULL, NULL, 'in_progress',
+                    CASE WHEN g % 2 = 0 THEN 999 ELSE 1 END, CASE WHEN g % 2 = 0 THEN 998 ELSE 1 END,
+                    CASE WHEN g % 2 = 0 THEN 997 ELSE 1 END, NULL, NULL,
+                    '2024-01-01', 1, '2024-01-01', 1
+               FROM generate_series(1, {count}) AS g;
+             COMMIT;"
+        ))
+        .unwrap();
+        let whole = payload_of(&mut app, 1);
+        let missing = payload_of(&mut app, 2);
+        assert_eq!(whole["candidate"]["id"], json!(1), "{count}");
+        assert_eq!(whole["catalog_assessment"]["catalog"]["id"], json!(1));
+        let attributes = &whole["measurement"]["measurement_attributes"];
+        assert_eq!(
+            attributes[0]["section_configuration_attribute"]["id"],
+            json!(1)
+        );
+        assert_eq!(
+            attributes[1]["section_configuration_attribute"],
+            Value::Null
+        );
+        assert_eq!(attributes[1]["ordinal"], Value::Null);
+        for key in ["candidate", "catalog_assessment", "measurement"] {
+            assert_eq!(missing[key], Value::Null, "{count} instances: {key}");
+        }
+        let notices = notices.lock().unwrap();
+        for expected in [
+            "ti.instance 2 refers to can.candidate 999",
+            "ti.instance 2 refers to ae.catalog_assessment 998",
+            "ti.instance 2 refers to tcf.measurement 997",
+            "tcf.measurement_attribute 2 refers to tcf.section_configuration_attribute 77",
+            "tcf.measurement_attribute 2 refers to tcf.ordinal 88",
+        ] {
+            assert!(
+                notices
+                    .iter()
+                    .any(|n| n.starts_with("WARNING ae_events:") && n.contains(expected)),
+                "{count} instances: {expected}: {notices:?}"
+            );
+        }
+        payloads_by_size.push((whole, missing));
+    }
+    assert_eq!(payloads_by_size[0], payloads_by_size[1]);
+}

@@ -58,6 +58,8 @@ impl Sizes {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Variant {
     Bare,
+    /// The bare insert plus one small NOTIFY per transaction (single-row workload only).
+    BareWithNotify,
     Floor,
     AeEventsFull,
     AeEventsFullUnlimited,
@@ -69,6 +71,7 @@ impl Variant {
     fn label(self) -> &'static str {
         match self {
             Variant::Bare => "bare insert",
+            Variant::BareWithNotify => "bare insert + one empty NOTIFY",
             Variant::Floor => "floor (bare + precomputed outbox rows)",
             Variant::AeEventsFull => "ae_events, notify=full (default 1 MB payload budget)",
             Variant::AeEventsFullUnlimited => "ae_events, notify=full, no payload budget",
@@ -121,7 +124,7 @@ impl Bench {
 
     fn database_of(&self, variant: Variant) -> &'static str {
         match variant {
-            Variant::Bare => "bench_bare",
+            Variant::Bare | Variant::BareWithNotify => "bench_bare",
             Variant::Floor => "bench_floor",
             Variant::AeEventsFull | Variant::AeEventsFullUnlimited | Variant::AeEventsOff => {
                 "bench_ae_events"
@@ -147,7 +150,7 @@ impl Bench {
 
     /// Empty the instance and outbox tables and flush dirty pages, so rounds start alike.
     fn reset(&self, client: &mut Client, variant: Variant) {
-        let tables = if variant == Variant::Bare {
+        let tables = if matches!(variant, Variant::Bare | Variant::BareWithNotify) {
             "ti.instance"
         } else {
             "ti.instance, ae_events.outbox"
@@ -379,33 +382,52 @@ fn bulk_workload(bench: &Bench) -> Vec<(Variant, f64)> {
 
 /// pgbench, 2 clients, one instance per transaction; tps per variant.
 fn single_row_workload(bench: &Bench) -> Vec<(Variant, f64)> {
+    let insert = format!(
+        "\\set n random(1, {})\n\
+         INSERT INTO ti.instance (id, external_id, old_id, score, instance_status, candidate_id, \
+         catalog_assessment_id, measurement_id, session_instance_id, workflow_candidate_step_id, \
+         created_at, created_by, updated_at, updated_by) \
+         VALUES (nextval('public.bench_instance_id'), 'ext', NULL, 70.5, 'in_progress', :n, \
+         1 + :n % 20, :n, NULL, NULL, now(), 77, now(), 77);\n",
+        bench.sizes.bulk
+    );
     let script = bench.cluster.data_dir.join("single_row.sql");
+    std::fs::write(&script, &insert).unwrap();
+    // PostgreSQL serializes the commits of transactions that notified (a cluster-wide lock held
+    // through the commit's WAL flush): this variant shows that ceiling for any design that notifies.
+    let script_with_notify = bench.cluster.data_dir.join("single_row_notify.sql");
     std::fs::write(
-        &script,
+        &script_with_notify,
         format!(
-            "\\set n random(1, {})\n\
-             INSERT INTO ti.instance (id, external_id, old_id, score, instance_status, candidate_id, \
-             catalog_assessment_id, measurement_id, session_instance_id, workflow_candidate_step_id, \
-             created_at, created_by, updated_at, updated_by) \
-             VALUES (nextval('public.bench_instance_id'), 'ext', NULL, 70.5, 'in_progress', :n, \
-             1 + :n % 20, :n, NULL, NULL, now(), 77, now(), 77);\n",
-            bench.sizes.bulk
+            "BEGIN;\n{}SELECT pg_notify('bench', '');\nCOMMIT;\n",
+            insert
         ),
     )
     .unwrap();
     // The variants take turns (rounds of equal length), so that drift in the machine's fsync
     // latency, which dominates single-row commits, falls on all of them alike.
-    let variants = [Variant::Bare, Variant::AeEventsFull, Variant::PlPgSql];
+    let variants = [
+        Variant::Bare,
+        Variant::BareWithNotify,
+        Variant::AeEventsFull,
+        Variant::AeEventsOff,
+        Variant::PlPgSql,
+    ];
     for variant in variants {
         let mut client = bench.session(variant);
         bench.reset(&mut client, variant);
     }
     let rounds = bench.sizes.rounds as u32;
     let seconds = (bench.sizes.pgbench_seconds / rounds).max(1);
-    let mut sums = [0.0; 3];
+    let mut sums = [0.0; 5];
     for round in 1..=rounds {
         for (index, &variant) in variants.iter().enumerate() {
-            let tps = pgbench(bench, &script, variant, seconds);
+            let chosen = if variant == Variant::BareWithNotify {
+                &script_with_notify
+            } else {
+                &script
+            };
+            let tps = pgbench(bench, chosen, variant, seconds);
             println!(
                 "single-row round {round}: {:<40} {tps:>8.0} tps",
                 variant.label()
@@ -436,7 +458,11 @@ fn single_row_workload(bench: &Bench) -> Vec<(Variant, f64)> {
 
 /// One pgbench run of `seconds` against the variant's database: its tps.
 fn pgbench(bench: &Bench, script: &std::path::Path, variant: Variant, seconds: u32) -> f64 {
-    let output = Command::new(format!("{PG_BIN}/pgbench"))
+    let mut command = Command::new(format!("{PG_BIN}/pgbench"));
+    if variant == Variant::AeEventsOff {
+        command.env("PGOPTIONS", "-c ae_events.notify=off");
+    }
+    let output = command
         .args([
             "-h",
             "127.0.0.1",
