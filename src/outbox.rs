@@ -13,6 +13,7 @@ use crate::errors::EventError;
 use crate::jsonb::{self, Encoder};
 use crate::notification::{self, Envelope};
 use crate::payload::TestInstance;
+use crate::rows::KeptPlan;
 use crate::settings::NotifyMode;
 use crate::timefmt::rfc3339_utc;
 use pgrx::datum::TimestampWithTimeZone;
@@ -78,6 +79,42 @@ thread_local! {
     /// The instance whose row is being inserted, to name it in an error.
     static WRITING: Cell<Option<(EventKind, i64)>> = const { Cell::new(None) };
     static INSERT: RefCell<Option<Rc<OwnedPreparedStatement>>> = const { RefCell::new(None) };
+    static INSERT_ONE: RefCell<Option<Rc<KeptPlan>>> = const { RefCell::new(None) };
+}
+
+/// Up to this many events, rows are inserted one by one with a plain `INSERT ... VALUES`: it
+/// starts faster than the streaming `INSERT ... SELECT`, which pays off in single-row
+/// transactions.
+const FEW_EVENTS: usize = 16;
+
+const INSERT_EVENT: &str = "
+INSERT INTO ae_events.outbox (id, event_id, subscription_key, event_type, aggregate_type,
+                              aggregate_id, snapshot_version, payload, occurred_at, txid)
+OVERRIDING SYSTEM VALUE
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, pg_catalog.pg_current_xact_id())";
+
+fn insert_one_plan(client: &SpiClient<'_>) -> Result<Rc<KeptPlan>, EventError> {
+    if let Some(plan) = INSERT_ONE.with_borrow(|plan| plan.clone()) {
+        return Ok(plan);
+    }
+    ensure_current_sql_objects(client)?;
+    let types = [
+        pg_sys::INT8OID,
+        pg_sys::UUIDOID,
+        pg_sys::TEXTOID,
+        pg_sys::TEXTOID,
+        pg_sys::TEXTOID,
+        pg_sys::INT8OID,
+        pg_sys::INT4OID,
+        pg_sys::JSONBOID,
+        pg_sys::TIMESTAMPTZOID,
+    ];
+    let plan = Rc::new(
+        KeptPlan::prepare(INSERT_EVENT, &types)
+            .map_err(|error| error.context("cannot prepare the outbox insert"))?,
+    );
+    INSERT_ONE.with_borrow_mut(|slot| *slot = Some(Rc::clone(&plan)));
+    Ok(plan)
 }
 
 const INSERT_EVENTS: &str = "
@@ -92,11 +129,9 @@ SELECT (e).id, (e).event_id, (e).subscription_key, (e).event_type, (e).aggregate
 const ROW_SOURCE_EXISTS: &str =
     "SELECT pg_catalog.to_regprocedure('ae_events._pending_outbox_rows()') IS NOT NULL";
 
-fn insert_plan(client: &SpiClient<'_>) -> Result<Rc<OwnedPreparedStatement>, EventError> {
-    if let Some(plan) = INSERT.with_borrow(|plan| plan.clone()) {
-        return Ok(plan);
-    }
-    // The library may be newer than the extension's SQL objects until the DBA runs the update.
+/// The library may be newer than the extension's SQL objects until the DBA runs the update:
+/// refuse to write events then (checked once per session, when the plans are prepared).
+fn ensure_current_sql_objects(client: &SpiClient<'_>) -> Result<(), EventError> {
     let row_source_exists = client
         .select(ROW_SOURCE_EXISTS, Some(1), &[])
         .and_then(|rows| rows.first().get_one::<bool>())
@@ -106,6 +141,14 @@ fn insert_plan(client: &SpiClient<'_>) -> Result<Rc<OwnedPreparedStatement>, Eve
             what: "the extension's SQL objects are older than its library: run ALTER EXTENSION ae_events UPDATE".to_owned(),
         });
     }
+    Ok(())
+}
+
+fn insert_plan(client: &SpiClient<'_>) -> Result<Rc<OwnedPreparedStatement>, EventError> {
+    if let Some(plan) = INSERT.with_borrow(|plan| plan.clone()) {
+        return Ok(plan);
+    }
+    ensure_current_sql_objects(client)?;
     let plan = Rc::new(
         client
             .prepare_mut(INSERT_EVENTS, &[])
@@ -121,13 +164,14 @@ pub fn event_being_written() -> Option<(EventKind, i64)> {
     WRITING.get()
 }
 
-/// Write the events (and queue their notifications) with one INSERT.
+/// Write the events (and queue their notifications): one streaming INSERT, or for a few
+/// events one plain INSERT each.
 pub fn write(
     client: &mut SpiClient<'_>,
     context: WriteContext,
     events: Vec<Event>,
 ) -> Result<(), EventError> {
-    let plan = insert_plan(client)?;
+    let few = events.len() <= FEW_EVENTS;
     let occurred_at_text = rfc3339_utc(context.occurred_at);
     let occurred_at = TimestampWithTimeZone::try_from(context.occurred_at).map_err(|error| {
         EventError::BadValue {
@@ -143,10 +187,45 @@ pub fn write(
             encoder: Encoder::default(),
         });
     });
-    let result = client.update(&*plan, None, &[]).map(|_| ());
+    let result = if few {
+        insert_one_by_one(client)
+    } else {
+        insert_plan(client).and_then(|plan| {
+            client
+                .update(&*plan, None, &[])
+                .map(|_| ())
+                .map_err(EventError::spi("cannot insert into ae_events.outbox"))
+        })
+    };
     DRAIN.with_borrow_mut(|drain| *drain = None);
     WRITING.set(None);
-    result.map_err(EventError::spi("cannot insert into ae_events.outbox"))
+    result
+}
+
+fn insert_one_by_one(client: &SpiClient<'_>) -> Result<(), EventError> {
+    let plan = insert_one_plan(client)?;
+    while let Some(row) = next_row() {
+        let (id, event_id, subscription_key, event_type, aggregate_type, aggregate_id, version) =
+            (row.0, row.1, row.2, row.3, row.4, row.5, row.6);
+        let (payload, occurred_at) = (row.7, row.8);
+        let datum = |value: Option<pg_sys::Datum>| {
+            value.ok_or_else(|| EventError::internal("a null outbox value"))
+        };
+        let mut arguments = [
+            datum(id.into_datum())?,
+            datum(event_id.into_datum())?,
+            datum(subscription_key.into_datum())?,
+            datum(event_type.into_datum())?,
+            datum(aggregate_type.into_datum())?,
+            datum(aggregate_id.into_datum())?,
+            datum(version.into_datum())?,
+            payload.0,
+            datum(occurred_at.into_datum())?,
+        ];
+        plan.run(&mut arguments)
+            .map_err(|error| error.context("cannot insert into ae_events.outbox"))?;
+    }
+    Ok(())
 }
 
 /// A jsonb datum the extension built, palloc'd in the current memory context.
