@@ -5,6 +5,7 @@ use crate::jsonb;
 use crate::rows::{varlena_bytes, ColumnValue};
 use pgrx::pg_sys;
 use serde::{Serialize, Serializer};
+use std::cell::OnceCell;
 use std::rc::Rc;
 
 /// A `timestamptz` in PostgreSQL's representation; serialized as RFC 3339 UTC.
@@ -98,6 +99,43 @@ impl ColumnValue for JsonbValue {
     }
 }
 
+/// A part of the payload that many payloads of a chunk share (the same reference row): encoded
+/// to jsonb once, then copied in as bytes.
+#[derive(Debug)]
+pub struct Shared<T> {
+    value: T,
+    encoded: OnceCell<Vec<u8>>,
+}
+
+impl<T> Shared<T> {
+    pub fn new(value: T) -> Self {
+        Shared {
+            value,
+            encoded: OnceCell::new(),
+        }
+    }
+}
+
+impl<T: Serialize> Serialize for Shared<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            return self.value.serialize(serializer);
+        }
+        let encoded = match self.encoded.get() {
+            Some(encoded) => encoded,
+            None => {
+                let mut encoder = jsonb::Encoder::default();
+                let bytes = encoder
+                    .encode(&self.value)
+                    .map_err(serde::ser::Error::custom)?
+                    .to_vec();
+                self.encoded.get_or_init(|| bytes)
+            }
+        };
+        jsonb::Container(encoded).serialize(serializer)
+    }
+}
+
 /// An `interval`, as PostgreSQL prints it with `IntervalStyle = postgres`.
 pub struct IntervalText(pub String);
 
@@ -130,7 +168,7 @@ pub struct TestInstance {
     pub updated_at: UtcTimestamp,
     pub updated_by: i64,
     pub candidate: Option<Rc<Candidate>>,
-    pub catalog_assessment: Option<Rc<CatalogAssessment>>,
+    pub catalog_assessment: Option<Rc<Shared<CatalogAssessment>>>,
     pub measurement: Option<Rc<Measurement>>,
 }
 
@@ -202,8 +240,8 @@ pub struct MeasurementAttribute {
     pub updated_at: UtcTimestamp,
     pub updated_by: i64,
     /// Shared by every attribute of the chunk that refers to the same row (read and built once).
-    pub section_configuration_attribute: Option<Rc<SectionConfigurationAttribute>>,
-    pub ordinal: Option<Rc<Ordinal>>,
+    pub section_configuration_attribute: Option<Rc<Shared<SectionConfigurationAttribute>>>,
+    pub ordinal: Option<Rc<Shared<Ordinal>>>,
 }
 
 #[derive(Serialize, Debug)]
@@ -252,6 +290,44 @@ mod tests {
         jsonb::set_varsize_4b(&mut bytes, 6);
         bytes[4..6].copy_from_slice(&header.to_ne_bytes());
         bytes
+    }
+
+    #[test]
+    fn shared_parts_encode_to_the_same_bytes_as_inline_ones() {
+        #[derive(Serialize)]
+        struct Part {
+            name: &'static str,
+            n: i64,
+        }
+        #[derive(Serialize)]
+        struct WithShared {
+            a: Rc<Shared<Part>>,
+            b: Option<Rc<Shared<Part>>>,
+            id: i64,
+        }
+        #[derive(Serialize)]
+        struct Inline {
+            a: Part,
+            b: Option<Part>,
+            id: i64,
+        }
+        let part = || Part { name: "x", n: 12345 };
+        let shared_part = Rc::new(Shared::new(part()));
+        let shared = WithShared {
+            a: Rc::clone(&shared_part),
+            b: Some(shared_part),
+            id: 1,
+        };
+        let inline = Inline {
+            a: part(),
+            b: Some(part()),
+            id: 1,
+        };
+        let mut encoder = jsonb::Encoder::default();
+        let expected = encoder.encode(&inline).unwrap().to_vec();
+        // Twice: the first encodes the part, the second copies the kept bytes.
+        assert_eq!(encoder.encode(&shared).unwrap(), expected.as_slice());
+        assert_eq!(encoder.encode(&shared).unwrap(), expected.as_slice());
     }
 
     #[test]

@@ -361,7 +361,7 @@ pub fn build(instance_ids: &[i64]) -> Result<Vec<TestInstance>, EventError> {
 struct ChunkRows {
     instances: Vec<TestInstance>,
     candidates: HashMap<i64, Rc<Candidate>>,
-    catalog_assessments: HashMap<i64, Rc<CatalogAssessment>>,
+    catalog_assessments: HashMap<i64, Rc<Shared<CatalogAssessment>>>,
     measurements: HashMap<i64, Measurement>,
 }
 
@@ -380,7 +380,7 @@ fn read_together(plans: &Plans, instance_ids: &[i64]) -> Result<ChunkRows, Event
             let catalog_assessment = catalog_assessment_from(id, &part)?;
             chunk
                 .catalog_assessments
-                .insert(id, Rc::new(catalog_assessment));
+                .insert(id, Rc::new(Shared::new(catalog_assessment)));
         }
         if let Some((id, part)) = row.joined("tcf.measurement", MEASUREMENT_OFFSET)? {
             chunk.measurements.insert(id, measurement_from(id, &part)?);
@@ -419,7 +419,7 @@ fn read_table_by_table(plans: &Plans, instance_ids: &[i64]) -> Result<ChunkRows,
         let catalog_assessment = catalog_assessment_from(id, row)?;
         chunk
             .catalog_assessments
-            .insert(id, Rc::new(catalog_assessment));
+            .insert(id, Rc::new(Shared::new(catalog_assessment)));
         Ok(())
     })?;
     let ids = sorted_unique(instances.iter().filter_map(|i| i.measurement_id).collect());
@@ -596,8 +596,8 @@ fn warn_missing_reference(table: &str, id: i64, reference: &str, reference_id: i
 /// Reference rows already built in this chunk: many attributes share a handful of them.
 #[derive(Default)]
 struct SharedReferences {
-    section_configuration_attributes: HashMap<i64, Rc<SectionConfigurationAttribute>>,
-    ordinals: HashMap<i64, Rc<Ordinal>>,
+    section_configuration_attributes: HashMap<i64, Rc<Shared<SectionConfigurationAttribute>>>,
+    ordinals: HashMap<i64, Rc<Shared<Ordinal>>>,
 }
 
 fn read_measurement_attribute(
@@ -658,13 +658,13 @@ fn read_measurement_attribute(
                     None
                 }
             };
-            let built = Rc::new(SectionConfigurationAttribute {
+            let built = Rc::new(Shared::new(SectionConfigurationAttribute {
                 id: sca_id,
                 kind: row.req(15, "tcf.section_configuration_attribute.type")?,
                 recommended_value: row.numeric(16, "recommended_value")?,
                 recommended_ordinal_id: row.opt(17)?,
                 attribute,
-            });
+            }));
             shared
                 .section_configuration_attributes
                 .insert(sca_id, Rc::clone(&built));
@@ -685,14 +685,14 @@ fn read_measurement_attribute(
             shared.ordinals.get(&ordinal_id).cloned()
         }
         (Some(ordinal_id), _) => {
-            let built = Rc::new(Ordinal {
+            let built = Rc::new(Shared::new(Ordinal {
                 id: ordinal_id,
                 label: row.req(29, "tcf.ordinal.label")?,
                 value: row.req(30, "tcf.ordinal.value")?,
                 sort_key: row.req(31, "tcf.ordinal.sort_key")?,
                 min_value: row.numeric(32, "tcf.ordinal.min_value")?,
                 max_value: row.numeric(33, "tcf.ordinal.max_value")?,
-            });
+            }));
             shared.ordinals.insert(ordinal_id, Rc::clone(&built));
             Some(built)
         }

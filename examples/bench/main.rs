@@ -46,8 +46,9 @@ impl Sizes {
         } else {
             Sizes {
                 bulk: 20_000,
-                rounds: 3,
+                rounds: 5,
                 pgbench_seconds: 30,
+                // (single-row: 5 interleaved rounds of 6 s)
                 scale: vec![10_000, 50_000, 100_000],
             }
         };
@@ -148,7 +149,8 @@ impl Bench {
         client
     }
 
-    /// Empty the instance and outbox tables and flush dirty pages, so rounds start alike.
+    /// Empty the instance and outbox tables and flush dirty pages (PostgreSQL's and the
+    /// kernel's), so that rounds start alike.
     fn reset(&self, client: &mut Client, variant: Variant) {
         let tables = if matches!(variant, Variant::Bare | Variant::BareWithNotify) {
             "ti.instance"
@@ -158,6 +160,8 @@ impl Bench {
         client
             .batch_execute(&format!("TRUNCATE {tables}; CHECKPOINT"))
             .unwrap();
+        // Let the kernel write the checkpoint's pages now, not during the next timed run.
+        let _ = Command::new("sync").status();
     }
 
     /// One transaction inserting instances `first..=last`; its wall-clock time in seconds.
