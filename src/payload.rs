@@ -311,7 +311,10 @@ mod tests {
             b: Option<Part>,
             id: i64,
         }
-        let part = || Part { name: "x", n: 12345 };
+        let part = || Part {
+            name: "x",
+            n: 12345,
+        };
         let shared_part = Rc::new(Shared::new(part()));
         let shared = WithShared {
             a: Rc::clone(&shared_part),

@@ -285,17 +285,8 @@ fn measurement_null_and_measurement_without_attributes() {
 
 #[test]
 fn missing_candidate_without_foreign_keys_warns_and_still_writes_the_event() {
-    let (_database, mut app) = edge_database(ForeignKeys::Without);
-    let notices = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let cluster = Cluster::shared();
-    let seen = notices.clone();
-    let mut config: postgres::Config = cluster.url(&_database).parse().unwrap();
-    config.notice_callback(move |notice| {
-        seen.lock()
-            .unwrap()
-            .push(format!("{} {}", notice.severity(), notice.message()))
-    });
-    let mut app_with_notices = config.connect(postgres::NoTls).unwrap();
+    let (database, mut app) = edge_database(ForeignKeys::Without);
+    let (mut app_with_notices, notices) = connect_collecting_notices(Cluster::shared(), &database);
     app_with_notices
         .batch_execute(
             "INSERT INTO ti.instance VALUES (40, NULL, NULL, NULL, 'in_progress', 999, 1, NULL, NULL, NULL, now(), 1, now(), 1)",
@@ -622,15 +613,7 @@ fn few_and_many_instances_read_alike_including_missing_rows() {
     let mut payloads_by_size = Vec::new();
     for count in [3_i64, 40] {
         let (database, _app) = edge_database(ForeignKeys::Without);
-        let notices = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-        let seen = notices.clone();
-        let mut config: postgres::Config = cluster.url(&database).parse().unwrap();
-        config.notice_callback(move |notice| {
-            seen.lock()
-                .unwrap()
-                .push(format!("{} {}", notice.severity(), notice.message()))
-        });
-        let mut app = config.connect(postgres::NoTls).unwrap();
+        let (mut app, notices) = connect_collecting_notices(cluster, &database);
         app.batch_execute(&format!(
             "ALTER TABLE tcf.measurement_attribute
                  DROP CONSTRAINT measurement_attribute_section_configuration_attribute_id_fkey,

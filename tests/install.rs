@@ -5,7 +5,6 @@ mod common;
 use common::*;
 use postgres::Client;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 
 fn extension_triggers(client: &mut Client) -> Vec<String> {
     client
@@ -17,21 +16,6 @@ fn extension_triggers(client: &mut Client) -> Vec<String> {
         .iter()
         .map(|row| row.get(0))
         .collect()
-}
-
-fn connect_collecting_notices(
-    cluster: &Cluster,
-    database: &str,
-) -> (Client, Arc<Mutex<Vec<String>>>) {
-    let notices = Arc::new(Mutex::new(Vec::new()));
-    let seen = notices.clone();
-    let mut config: postgres::Config = cluster.url(database).parse().unwrap();
-    config.notice_callback(move |notice| {
-        seen.lock()
-            .unwrap()
-            .push(format!("{} {}", notice.severity(), notice.message()))
-    });
-    (config.connect(postgres::NoTls).unwrap(), notices)
 }
 
 #[test]

@@ -316,3 +316,19 @@ pub fn error_message(error: &postgres::Error) -> String {
 pub fn seed_example_payload() -> serde_json::Value {
     serde_json::from_str(SEED_EXAMPLE_PAYLOAD).unwrap()
 }
+
+/// A connection whose notices and warnings are collected as "SEVERITY message".
+pub fn connect_collecting_notices(
+    cluster: &Cluster,
+    database: &str,
+) -> (Client, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let notices = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = notices.clone();
+    let mut config: postgres::Config = cluster.url(database).parse().unwrap();
+    config.notice_callback(move |notice| {
+        seen.lock()
+            .unwrap()
+            .push(format!("{} {}", notice.severity(), notice.message()))
+    });
+    (config.connect(postgres::NoTls).unwrap(), notices)
+}
