@@ -120,6 +120,8 @@ fn bad_values_are_refused_when_set() {
         ("SET ae_events.channel = ''", "22023"),
         (long_channel.as_str(), "22023"),
         ("SET ae_events.no_such_setting = 1", "42602"),
+        ("SET ae_events.notify_payload_budget = 'lots'", "22023"),
+        ("SET ae_events.notify_payload_budget = -2", "22023"),
     ];
     for (statement, expected) in cases {
         let error = app.batch_execute(statement).unwrap_err();
@@ -137,4 +139,9 @@ fn bad_values_are_refused_when_set() {
     let notify: String = app.query_one("SHOW ae_events.notify", &[]).unwrap().get(0);
     let channel: String = app.query_one("SHOW ae_events.channel", &[]).unwrap().get(0);
     assert_eq!((notify.as_str(), channel.as_str()), ("full", "ae_events"));
+    let budget: String = app
+        .query_one("SHOW ae_events.notify_payload_budget", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(budget, "1MB");
 }
