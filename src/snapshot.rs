@@ -135,31 +135,98 @@ const CANDIDATE_OFFSET: usize = 14;
 const CATALOG_ASSESSMENT_OFFSET: usize = 28;
 const MEASUREMENT_OFFSET: usize = 40;
 
-const MEASUREMENT_ATTRIBUTES: &str = "
-SELECT ma.id::pg_catalog.int8, ma.measurement_id::pg_catalog.int8,
+macro_rules! measurement_attribute_columns {
+    () => {
+        "ma.id::pg_catalog.int8, ma.measurement_id::pg_catalog.int8,
        ma.numerical_score::pg_catalog.numeric, ma.percentile_score::pg_catalog.numeric,
        ma.remarks::pg_catalog.text, ma.description::pg_catalog.text,
        ma.additional_attributes::pg_catalog.jsonb, ma.created_at::pg_catalog.timestamptz,
        ma.created_by::pg_catalog.int8, ma.updated_at::pg_catalog.timestamptz,
        ma.updated_by::pg_catalog.int8, ma.section_configuration_attribute_id::pg_catalog.int8,
-       ma.ordinal_id::pg_catalog.int8,
-       sca.id::pg_catalog.int8, sca.type::pg_catalog.text,
+       ma.ordinal_id::pg_catalog.int8"
+    };
+}
+
+macro_rules! section_configuration_attribute_columns {
+    () => {
+        "sca.id::pg_catalog.int8, sca.type::pg_catalog.text,
        sca.recommended_value::pg_catalog.numeric, sca.recommended_ordinal_id::pg_catalog.int8,
        sca.attribute_id::pg_catalog.int8,
        at.id::pg_catalog.int8, at.name::pg_catalog.text, at.attribute_type::pg_catalog.text,
        at.is_required::pg_catalog.bool, at.min_value::pg_catalog.numeric,
        at.max_value::pg_catalog.numeric, at.skill_id::pg_catalog.int8,
-       sk.id::pg_catalog.int8, sk.name::pg_catalog.text,
-       o.id::pg_catalog.int8, o.label::pg_catalog.text, o.value::pg_catalog.text,
+       sk.id::pg_catalog.int8, sk.name::pg_catalog.text"
+    };
+}
+
+macro_rules! section_configuration_attribute_joins {
+    () => {
+        "LEFT JOIN tcf.attribute AS at ON at.id OPERATOR(pg_catalog.=) sca.attribute_id
+  LEFT JOIN tcf.skill AS sk ON sk.id OPERATOR(pg_catalog.=) at.skill_id"
+    };
+}
+
+macro_rules! ordinal_columns {
+    () => {
+        "o.id::pg_catalog.int8, o.label::pg_catalog.text, o.value::pg_catalog.text,
        o.sort_key::pg_catalog.int4, o.min_value::pg_catalog.numeric,
-       o.max_value::pg_catalog.numeric
+       o.max_value::pg_catalog.numeric"
+    };
+}
+
+/// For many instances: the attributes alone; the reference rows they share are read once each
+/// (`SECTION_CONFIGURATION_ATTRIBUTES`, `ORDINALS`) instead of repeated on every attribute row.
+const MEASUREMENT_ATTRIBUTES: &str = concat!(
+    "SELECT ",
+    measurement_attribute_columns!(),
+    "
+  FROM tcf.measurement_attribute AS ma
+ WHERE ma.measurement_id OPERATOR(pg_catalog.=) ANY ($1)"
+);
+
+const SECTION_CONFIGURATION_ATTRIBUTES: &str = concat!(
+    "SELECT ",
+    section_configuration_attribute_columns!(),
+    "
+  FROM tcf.section_configuration_attribute AS sca
+  ",
+    section_configuration_attribute_joins!(),
+    "
+ WHERE sca.id OPERATOR(pg_catalog.=) ANY ($1)"
+);
+
+const ORDINALS: &str = concat!(
+    "SELECT ",
+    ordinal_columns!(),
+    "
+  FROM tcf.ordinal AS o
+ WHERE o.id OPERATOR(pg_catalog.=) ANY ($1)"
+);
+
+/// For few instances: the attributes with their reference rows, in one query.
+const MEASUREMENT_ATTRIBUTES_WITH_REFERENCES: &str = concat!(
+    "SELECT ",
+    measurement_attribute_columns!(),
+    ",
+       ",
+    section_configuration_attribute_columns!(),
+    ",
+       ",
+    ordinal_columns!(),
+    "
   FROM tcf.measurement_attribute AS ma
   LEFT JOIN tcf.section_configuration_attribute AS sca
          ON sca.id OPERATOR(pg_catalog.=) ma.section_configuration_attribute_id
-  LEFT JOIN tcf.attribute AS at ON at.id OPERATOR(pg_catalog.=) sca.attribute_id
-  LEFT JOIN tcf.skill AS sk ON sk.id OPERATOR(pg_catalog.=) at.skill_id
+  ",
+    section_configuration_attribute_joins!(),
+    "
   LEFT JOIN tcf.ordinal AS o ON o.id OPERATOR(pg_catalog.=) ma.ordinal_id
- WHERE ma.measurement_id OPERATOR(pg_catalog.=) ANY ($1)";
+ WHERE ma.measurement_id OPERATOR(pg_catalog.=) ANY ($1)"
+);
+
+/// Where the reference rows' columns start in a row of `MEASUREMENT_ATTRIBUTES_WITH_REFERENCES`.
+const SECTION_CONFIGURATION_ATTRIBUTE_OFFSET: usize = 13;
+const ORDINAL_OFFSET: usize = 27;
 
 struct Plans {
     instances_with_references: KeptPlan,
@@ -168,6 +235,9 @@ struct Plans {
     catalog_assessments: KeptPlan,
     measurements: KeptPlan,
     measurement_attributes: KeptPlan,
+    section_configuration_attributes: KeptPlan,
+    ordinals: KeptPlan,
+    measurement_attributes_with_references: KeptPlan,
 }
 
 /// Up to this many instances, the pass uses plans made for few rows.
@@ -201,6 +271,11 @@ impl Plans {
             catalog_assessments: prepare(CATALOG_ASSESSMENTS)?,
             measurements: prepare(MEASUREMENTS)?,
             measurement_attributes: prepare(MEASUREMENT_ATTRIBUTES)?,
+            section_configuration_attributes: prepare(SECTION_CONFIGURATION_ATTRIBUTES)?,
+            ordinals: prepare(ORDINALS)?,
+            measurement_attributes_with_references: prepare(
+                MEASUREMENT_ATTRIBUTES_WITH_REFERENCES,
+            )?,
         })
     }
 }
@@ -351,7 +426,7 @@ pub fn build(instance_ids: &[i64]) -> Result<Vec<TestInstance>, EventError> {
     } else {
         read_table_by_table(plans, instance_ids)
     };
-    let built = rows.and_then(|rows| assemble(plans, rows));
+    let built = rows.and_then(|rows| assemble(plans, rows, few));
     settings.end();
     built
 }
@@ -433,24 +508,23 @@ fn read_table_by_table(plans: &Plans, instance_ids: &[i64]) -> Result<ChunkRows,
 }
 
 /// Attach the measurements' attributes, then each instance's referenced rows.
-fn assemble(plans: &Plans, mut chunk: ChunkRows) -> Result<Vec<TestInstance>, EventError> {
+fn assemble(
+    plans: &Plans,
+    mut chunk: ChunkRows,
+    few: bool,
+) -> Result<Vec<TestInstance>, EventError> {
     let measurement_ids = sorted_unique(chunk.measurements.keys().copied().collect());
     if !measurement_ids.is_empty() {
-        let mut shared = SharedReferences::default();
-        let query = &plans.measurement_attributes;
-        for_each_row(
-            query,
-            measurement_ids,
-            "tcf.measurement_attribute",
-            |id, row| {
-                let measurement_id: i64 = row.req(2, "measurement_id")?;
-                let attribute = read_measurement_attribute(row, id, &mut shared)?;
-                if let Some(measurement) = chunk.measurements.get_mut(&measurement_id) {
-                    measurement.measurement_attributes.push(attribute);
-                }
-                Ok(())
-            },
-        )?;
+        let attributes = if few {
+            read_attributes_together(plans, measurement_ids)?
+        } else {
+            read_attributes_table_by_table(plans, measurement_ids)?
+        };
+        for (measurement_id, attribute) in attributes {
+            if let Some(measurement) = chunk.measurements.get_mut(&measurement_id) {
+                measurement.measurement_attributes.push(attribute);
+            }
+        }
     }
     let measurements: HashMap<i64, Rc<Measurement>> = chunk
         .measurements
@@ -593,115 +667,200 @@ fn warn_missing_reference(table: &str, id: i64, reference: &str, reference_id: i
     );
 }
 
-/// Reference rows already built in this chunk: many attributes share a handful of them.
-#[derive(Default)]
-struct SharedReferences {
-    section_configuration_attributes: HashMap<i64, Rc<Shared<SectionConfigurationAttribute>>>,
-    ordinals: HashMap<i64, Rc<Shared<Ordinal>>>,
+/// Few instances: the attributes with their reference rows in one query; each reference row is
+/// built once (later rows share it).
+fn read_attributes_together(
+    plans: &Plans,
+    measurement_ids: Vec<i64>,
+) -> Result<Vec<(i64, MeasurementAttribute)>, EventError> {
+    let mut scas: HashMap<i64, Rc<Shared<SectionConfigurationAttribute>>> = HashMap::new();
+    let mut ordinals: HashMap<i64, Rc<Shared<Ordinal>>> = HashMap::new();
+    let mut attributes = Vec::new();
+    let query = &plans.measurement_attributes_with_references;
+    for_each_row(
+        query,
+        measurement_ids,
+        "tcf.measurement_attribute",
+        |id, row| {
+            let table = "tcf.section_configuration_attribute";
+            let sca = match row.joined(table, SECTION_CONFIGURATION_ATTRIBUTE_OFFSET)? {
+                Some((sca_id, part)) => Some(match scas.get(&sca_id) {
+                    Some(built) => Rc::clone(built),
+                    None => {
+                        let built = Rc::new(Shared::new(sca_from(sca_id, &part)?));
+                        scas.insert(sca_id, Rc::clone(&built));
+                        built
+                    }
+                }),
+                None => None,
+            };
+            let ordinal = match row.joined("tcf.ordinal", ORDINAL_OFFSET)? {
+                Some((ordinal_id, part)) => Some(match ordinals.get(&ordinal_id) {
+                    Some(built) => Rc::clone(built),
+                    None => {
+                        let built = Rc::new(Shared::new(ordinal_from(ordinal_id, &part)?));
+                        ordinals.insert(ordinal_id, Rc::clone(&built));
+                        built
+                    }
+                }),
+                None => None,
+            };
+            let sca_id: i64 = row.req(12, "section_configuration_attribute_id")?;
+            let ordinal_id: Option<i64> = row.opt(13)?;
+            warn_missing_attribute_references(
+                id,
+                sca.is_none().then_some(sca_id),
+                ordinal_id.filter(|_| ordinal.is_none()),
+            );
+            let measurement_id: i64 = row.req(2, "measurement_id")?;
+            attributes.push((measurement_id, attribute_from(id, row, sca, ordinal)?));
+            Ok(())
+        },
+    )?;
+    Ok(attributes)
 }
 
-fn read_measurement_attribute(
-    row: &Row<'_>,
-    id: i64,
-    shared: &mut SharedReferences,
-) -> Result<MeasurementAttribute, EventError> {
-    let section_configuration_attribute = match row.opt::<i64>(14)? {
-        Some(sca_id)
-            if shared
-                .section_configuration_attributes
-                .contains_key(&sca_id) =>
-        {
-            shared
-                .section_configuration_attributes
-                .get(&sca_id)
-                .cloned()
-        }
-        Some(sca_id) => {
-            let attribute = match row.opt::<i64>(19)? {
-                Some(attribute_id) => Some(Attribute {
-                    id: attribute_id,
-                    name: row.req(20, "tcf.attribute.name")?,
-                    attribute_type: row.req(21, "tcf.attribute.attribute_type")?,
-                    is_required: row.req(22, "tcf.attribute.is_required")?,
-                    min_value: row.required(
-                        row.numeric(23, "tcf.attribute.min_value")?,
-                        "tcf.attribute.min_value",
-                    )?,
-                    max_value: row.required(
-                        row.numeric(24, "tcf.attribute.max_value")?,
-                        "tcf.attribute.max_value",
-                    )?,
-                    skill: match (row.opt::<i64>(26)?, row.opt::<i64>(25)?) {
-                        (Some(skill_id), _) => Some(Skill {
-                            id: skill_id,
-                            name: row.req(27, "tcf.skill.name")?,
-                        }),
-                        (None, Some(missing)) => {
-                            warn_missing_reference(
-                                "tcf.attribute",
-                                attribute_id,
-                                "tcf.skill",
-                                missing,
-                            );
-                            None
-                        }
-                        (None, None) => None,
-                    },
+/// Many instances: the attributes, then the reference rows they use, each read once.
+fn read_attributes_table_by_table(
+    plans: &Plans,
+    measurement_ids: Vec<i64>,
+) -> Result<Vec<(i64, MeasurementAttribute)>, EventError> {
+    struct Unresolved {
+        measurement_id: i64,
+        id: i64,
+        attribute: MeasurementAttribute,
+        sca_id: i64,
+        ordinal_id: Option<i64>,
+    }
+    let mut unresolved = Vec::new();
+    let query = &plans.measurement_attributes;
+    for_each_row(
+        query,
+        measurement_ids,
+        "tcf.measurement_attribute",
+        |id, row| {
+            unresolved.push(Unresolved {
+                measurement_id: row.req(2, "measurement_id")?,
+                id,
+                attribute: attribute_from(id, row, None, None)?,
+                sca_id: row.req(12, "section_configuration_attribute_id")?,
+                ordinal_id: row.opt(13)?,
+            });
+            Ok(())
+        },
+    )?;
+    let mut scas = HashMap::new();
+    let ids = sorted_unique(unresolved.iter().map(|a| a.sca_id).collect());
+    let query = &plans.section_configuration_attributes;
+    for_each_row(
+        query,
+        ids,
+        "tcf.section_configuration_attribute",
+        |id, row| {
+            scas.insert(id, Rc::new(Shared::new(sca_from(id, row)?)));
+            Ok(())
+        },
+    )?;
+    let mut ordinals = HashMap::new();
+    let ids = sorted_unique(unresolved.iter().filter_map(|a| a.ordinal_id).collect());
+    if !ids.is_empty() {
+        for_each_row(&plans.ordinals, ids, "tcf.ordinal", |id, row| {
+            ordinals.insert(id, Rc::new(Shared::new(ordinal_from(id, row)?)));
+            Ok(())
+        })?;
+    }
+    Ok(unresolved
+        .into_iter()
+        .map(|mut pending| {
+            let sca = scas.get(&pending.sca_id).cloned();
+            let ordinal = pending.ordinal_id.and_then(|id| ordinals.get(&id).cloned());
+            warn_missing_attribute_references(
+                pending.id,
+                sca.is_none().then_some(pending.sca_id),
+                pending.ordinal_id.filter(|_| ordinal.is_none()),
+            );
+            pending.attribute.section_configuration_attribute = sca;
+            pending.attribute.ordinal = ordinal;
+            (pending.measurement_id, pending.attribute)
+        })
+        .collect())
+}
+
+/// Warn about reference rows a measurement attribute names and that do not exist.
+fn warn_missing_attribute_references(id: i64, sca_id: Option<i64>, ordinal_id: Option<i64>) {
+    let table = "tcf.measurement_attribute";
+    if let Some(missing) = sca_id {
+        warn_missing_reference(table, id, "tcf.section_configuration_attribute", missing);
+    }
+    if let Some(missing) = ordinal_id {
+        warn_missing_reference(table, id, "tcf.ordinal", missing);
+    }
+}
+
+/// A section configuration attribute with its attribute and skill (14 columns, from `row`'s
+/// offset).
+fn sca_from(id: i64, row: &Row<'_>) -> Result<SectionConfigurationAttribute, EventError> {
+    let attribute = match row.opt::<i64>(6)? {
+        Some(attribute_id) => Some(Attribute {
+            id: attribute_id,
+            name: row.req(7, "tcf.attribute.name")?,
+            attribute_type: row.req(8, "tcf.attribute.attribute_type")?,
+            is_required: row.req(9, "tcf.attribute.is_required")?,
+            min_value: row.required(
+                row.numeric(10, "tcf.attribute.min_value")?,
+                "tcf.attribute.min_value",
+            )?,
+            max_value: row.required(
+                row.numeric(11, "tcf.attribute.max_value")?,
+                "tcf.attribute.max_value",
+            )?,
+            skill: match (row.opt::<i64>(13)?, row.opt::<i64>(12)?) {
+                (Some(skill_id), _) => Some(Skill {
+                    id: skill_id,
+                    name: row.req(14, "tcf.skill.name")?,
                 }),
-                None => {
-                    warn_missing_reference(
-                        "tcf.section_configuration_attribute",
-                        sca_id,
-                        "tcf.attribute",
-                        row.req(18, "attribute_id")?,
-                    );
+                (None, Some(missing)) => {
+                    warn_missing_reference("tcf.attribute", attribute_id, "tcf.skill", missing);
                     None
                 }
-            };
-            let built = Rc::new(Shared::new(SectionConfigurationAttribute {
-                id: sca_id,
-                kind: row.req(15, "tcf.section_configuration_attribute.type")?,
-                recommended_value: row.numeric(16, "recommended_value")?,
-                recommended_ordinal_id: row.opt(17)?,
-                attribute,
-            }));
-            shared
-                .section_configuration_attributes
-                .insert(sca_id, Rc::clone(&built));
-            Some(built)
-        }
+                (None, None) => None,
+            },
+        }),
         None => {
-            warn_missing_reference(
-                "tcf.measurement_attribute",
-                id,
-                "tcf.section_configuration_attribute",
-                row.req(12, "section_configuration_attribute_id")?,
-            );
+            let missing = row.req(5, "attribute_id")?;
+            let table = "tcf.section_configuration_attribute";
+            warn_missing_reference(table, id, "tcf.attribute", missing);
             None
         }
     };
-    let ordinal = match (row.opt::<i64>(28)?, row.opt::<i64>(13)?) {
-        (Some(ordinal_id), _) if shared.ordinals.contains_key(&ordinal_id) => {
-            shared.ordinals.get(&ordinal_id).cloned()
-        }
-        (Some(ordinal_id), _) => {
-            let built = Rc::new(Shared::new(Ordinal {
-                id: ordinal_id,
-                label: row.req(29, "tcf.ordinal.label")?,
-                value: row.req(30, "tcf.ordinal.value")?,
-                sort_key: row.req(31, "tcf.ordinal.sort_key")?,
-                min_value: row.numeric(32, "tcf.ordinal.min_value")?,
-                max_value: row.numeric(33, "tcf.ordinal.max_value")?,
-            }));
-            shared.ordinals.insert(ordinal_id, Rc::clone(&built));
-            Some(built)
-        }
-        (None, Some(missing)) => {
-            warn_missing_reference("tcf.measurement_attribute", id, "tcf.ordinal", missing);
-            None
-        }
-        (None, None) => None,
-    };
+    Ok(SectionConfigurationAttribute {
+        id,
+        kind: row.req(2, "tcf.section_configuration_attribute.type")?,
+        recommended_value: row.numeric(3, "recommended_value")?,
+        recommended_ordinal_id: row.opt(4)?,
+        attribute,
+    })
+}
+
+/// An ordinal (6 columns, from `row`'s offset).
+fn ordinal_from(id: i64, row: &Row<'_>) -> Result<Ordinal, EventError> {
+    Ok(Ordinal {
+        id,
+        label: row.req(2, "tcf.ordinal.label")?,
+        value: row.req(3, "tcf.ordinal.value")?,
+        sort_key: row.req(4, "tcf.ordinal.sort_key")?,
+        min_value: row.numeric(5, "tcf.ordinal.min_value")?,
+        max_value: row.numeric(6, "tcf.ordinal.max_value")?,
+    })
+}
+
+/// A measurement attribute (its 13 columns) with the reference rows found for it.
+fn attribute_from(
+    id: i64,
+    row: &Row<'_>,
+    sca: Option<Rc<Shared<SectionConfigurationAttribute>>>,
+    ordinal: Option<Rc<Shared<Ordinal>>>,
+) -> Result<MeasurementAttribute, EventError> {
     Ok(MeasurementAttribute {
         id,
         numerical_score: row.numeric(3, "numerical_score")?,
@@ -713,7 +872,7 @@ fn read_measurement_attribute(
         created_by: row.req(9, "tcf.measurement_attribute.created_by")?,
         updated_at: row.timestamp(10, "tcf.measurement_attribute.updated_at")?,
         updated_by: row.req(11, "tcf.measurement_attribute.updated_by")?,
-        section_configuration_attribute,
+        section_configuration_attribute: sca,
         ordinal,
     })
 }
