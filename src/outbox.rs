@@ -319,7 +319,12 @@ fn _pending_outbox_rows() -> TableIterator<
 fn next_row() -> Option<OutboxRow> {
     DRAIN.with_borrow_mut(|drain| {
         let drain = drain.as_mut()?;
-        let event = drain.events.pop_front()?;
+        let Some(event) = drain.events.pop_front() else {
+            // Every row is produced; what fails now (the statement's AFTER triggers on the
+            // outbox) belongs to the whole chunk, not to the last row.
+            WRITING.set(None);
+            return None;
+        };
         let instance_id = event.snapshot.id;
         WRITING.set(Some((event.kind, instance_id)));
         let payload = match drain.encoder.encode(&event.snapshot) {

@@ -157,3 +157,52 @@ fn an_error_while_building_the_snapshot_fails_the_transaction_naming_the_instanc
     assert_eq!(sqlstate(&error), "42703", "{error:?}");
     assert_nothing_written(&mut client);
 }
+
+/// A DBA's trigger on the outbox that inserts another instance while events are being written:
+/// the pass runs as a security-restricted operation (as the extension's owner), inside which
+/// PostgreSQL refuses to queue the new instance's deferred trigger event. The transaction fails
+/// with an `ae_events:` error naming the instance, and nothing is committed (never an instance
+/// without its event), for a single-row transaction and a bulk one alike.
+#[test]
+fn an_instance_inserted_by_a_trigger_on_the_outbox_fails_the_transaction_cleanly() {
+    let cluster = Cluster::shared();
+    for count in [1_i64, 40] {
+        let database = cluster.database("outbox_trigger", ForeignKeys::With);
+        let mut app = cluster.connect(&database);
+        app.batch_execute(MINIMAL_REFERENCE_DATA).unwrap();
+        app.batch_execute(
+            "CREATE FUNCTION public.follow_up() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF NEW.aggregate_id < 1000 THEN
+                     INSERT INTO ti.instance VALUES (NEW.aggregate_id + 1000, NULL, NULL, NULL,
+                         'in_progress', 1, 1, NULL, NULL, NULL, now(), 1, now(), 1);
+                 END IF;
+                 RETURN NULL;
+             END $$;
+             CREATE TRIGGER follow_up AFTER INSERT ON ae_events.outbox
+                 FOR EACH ROW EXECUTE FUNCTION public.follow_up();",
+        )
+        .unwrap();
+        let error = app
+            .batch_execute(&format!(
+                "INSERT INTO ti.instance
+                 SELECT g, NULL, NULL, NULL, 'in_progress', 1, 1, NULL, NULL, NULL, now(), 1, now(), 1
+                   FROM generate_series(1, {count}) AS g"
+            ))
+            .unwrap_err();
+        assert_eq!(sqlstate(&error), "42501", "{error:?}");
+        // Single row: that instance's event; bulk: the statement-end trigger belongs to the
+        // chunk, which is named.
+        let named = if count == 1 {
+            "the created event of ti.instance 1:".to_owned()
+        } else {
+            format!("the created events of ti.instance 1, 2, 3, 4, 5, ... ({count} instances):")
+        };
+        let message = error_message(&error);
+        assert!(
+            message.starts_with(&format!("ae_events: cannot write {named}")),
+            "{message}"
+        );
+        assert_nothing_written(&mut app);
+    }
+}
