@@ -228,8 +228,15 @@ const MEASUREMENT_ATTRIBUTES_WITH_REFERENCES: &str = concat!(
 const SECTION_CONFIGURATION_ATTRIBUTE_OFFSET: usize = 13;
 const ORDINAL_OFFSET: usize = 27;
 
-struct Plans {
+/// The plans for few instances: each instance with its referenced rows, and the attributes with
+/// theirs, in one query each.
+struct FewPlans {
     instances_with_references: KeptPlan,
+    measurement_attributes_with_references: KeptPlan,
+}
+
+/// The plans for many instances: one query per table, over the distinct ids of a chunk.
+struct ManyPlans {
     instances: KeptPlan,
     candidates: KeptPlan,
     catalog_assessments: KeptPlan,
@@ -237,7 +244,6 @@ struct Plans {
     measurement_attributes: KeptPlan,
     section_configuration_attributes: KeptPlan,
     ordinals: KeptPlan,
-    measurement_attributes_with_references: KeptPlan,
 }
 
 /// Up to this many instances, the pass uses plans made for few rows.
@@ -253,31 +259,26 @@ const FEW_INSTANCES: usize = 16;
 /// single-row transaction), with plain nested loops (no memoize or materialize node to set up
 /// for a handful of rows).
 struct PlanSets {
-    few: Plans,
-    many: Plans,
+    few: FewPlans,
+    many: ManyPlans,
 }
+
+/// The planner settings each set is planned and run with.
+const FEW_PLANNER_SETTINGS: &[(&CStr, &CStr)] = &[
+    (c"enable_seqscan", c"off"),
+    (c"enable_hashjoin", c"off"),
+    (c"enable_mergejoin", c"off"),
+    (c"enable_memoize", c"off"),
+    (c"enable_material", c"off"),
+];
+const MANY_PLANNER_SETTINGS: &[(&CStr, &CStr)] = &[(c"enable_seqscan", c"off")];
 
 thread_local! {
     static PLANS: RefCell<Option<Rc<PlanSets>>> = const { RefCell::new(None) };
 }
 
-impl Plans {
-    fn prepare() -> Result<Plans, EventError> {
-        let prepare = |sql| KeptPlan::prepare(sql, &[pg_sys::INT8ARRAYOID]);
-        Ok(Plans {
-            instances_with_references: prepare(INSTANCES_WITH_REFERENCES)?,
-            instances: prepare(INSTANCES)?,
-            candidates: prepare(CANDIDATES)?,
-            catalog_assessments: prepare(CATALOG_ASSESSMENTS)?,
-            measurements: prepare(MEASUREMENTS)?,
-            measurement_attributes: prepare(MEASUREMENT_ATTRIBUTES)?,
-            section_configuration_attributes: prepare(SECTION_CONFIGURATION_ATTRIBUTES)?,
-            ordinals: prepare(ORDINALS)?,
-            measurement_attributes_with_references: prepare(
-                MEASUREMENT_ATTRIBUTES_WITH_REFERENCES,
-            )?,
-        })
-    }
+fn prepare(sql: &str) -> Result<KeptPlan, EventError> {
+    KeptPlan::prepare(sql, &[pg_sys::INT8ARRAYOID])
 }
 
 /// The backend's prepared plans (generic, kept); PostgreSQL's plan cache re-plans them after DDL.
@@ -286,8 +287,21 @@ fn plan_sets() -> Result<Rc<PlanSets>, EventError> {
         return Ok(plans);
     }
     let plans = Rc::new(PlanSets {
-        few: Plans::prepare()?,
-        many: Plans::prepare()?,
+        few: FewPlans {
+            instances_with_references: prepare(INSTANCES_WITH_REFERENCES)?,
+            measurement_attributes_with_references: prepare(
+                MEASUREMENT_ATTRIBUTES_WITH_REFERENCES,
+            )?,
+        },
+        many: ManyPlans {
+            instances: prepare(INSTANCES)?,
+            candidates: prepare(CANDIDATES)?,
+            catalog_assessments: prepare(CATALOG_ASSESSMENTS)?,
+            measurements: prepare(MEASUREMENTS)?,
+            measurement_attributes: prepare(MEASUREMENT_ATTRIBUTES)?,
+            section_configuration_attributes: prepare(SECTION_CONFIGURATION_ATTRIBUTES)?,
+            ordinals: prepare(ORDINALS)?,
+        },
     });
     PLANS.with_borrow_mut(|slot| *slot = Some(Rc::clone(&plans)));
     Ok(plans)
@@ -316,18 +330,6 @@ impl<'a> Row<'a> {
         self.opt(ordinal)?.ok_or_else(|| self.null_value(column))
     }
 
-    fn timestamp(&self, ordinal: usize, column: &str) -> Result<UtcTimestamp, EventError> {
-        self.req(ordinal, column)
-    }
-
-    fn numeric(&self, ordinal: usize, _column: &str) -> Result<Option<NumericValue>, EventError> {
-        self.opt(ordinal)
-    }
-
-    fn json(&self, ordinal: usize, _column: &str) -> Result<Option<JsonbValue>, EventError> {
-        self.opt(ordinal)
-    }
-
     /// Another table's columns in the same row, from `offset` (its id first); None when the
     /// LEFT JOIN found no row.
     fn joined(
@@ -348,11 +350,6 @@ impl<'a> Row<'a> {
         EventError::BadValue {
             what: format!("{column} of {} {} is null", self.table, self.id),
         }
-    }
-
-    /// A column the contract declares NOT NULL, read through a LEFT JOIN.
-    fn required<T>(&self, value: Option<T>, column: &str) -> Result<T, EventError> {
-        value.ok_or_else(|| self.null_value(column))
     }
 }
 
@@ -406,29 +403,18 @@ fn for_each_row(
 pub fn build(instance_ids: &[i64]) -> Result<Vec<TestInstance>, EventError> {
     let plan_sets = plan_sets()?;
     let few = instance_ids.len() <= FEW_INSTANCES;
-    let (plans, planner_settings): (&Plans, &[(&CStr, &CStr)]) = if few {
-        (
-            &plan_sets.few,
-            &[
-                (c"enable_seqscan", c"off"),
-                (c"enable_hashjoin", c"off"),
-                (c"enable_mergejoin", c"off"),
-                (c"enable_memoize", c"off"),
-                (c"enable_material", c"off"),
-            ],
-        )
+    let settings = ScopedSetting::set_many(if few {
+        FEW_PLANNER_SETTINGS
     } else {
-        (&plan_sets.many, &[(c"enable_seqscan", c"off")])
-    };
-    let settings = ScopedSetting::set_many(planner_settings);
-    let rows = if few {
-        read_together(plans, instance_ids)
+        MANY_PLANNER_SETTINGS
+    });
+    let chunk = if few {
+        read_together(&plan_sets.few, instance_ids)
     } else {
-        read_table_by_table(plans, instance_ids)
+        read_table_by_table(&plan_sets.many, instance_ids)
     };
-    let built = rows.and_then(|rows| assemble(plans, rows, few));
     settings.end();
-    built
+    chunk.map(assemble)
 }
 
 /// The rows behind a chunk of instances, each referenced row once.
@@ -440,8 +426,27 @@ struct ChunkRows {
     measurements: HashMap<i64, Measurement>,
 }
 
+impl ChunkRows {
+    /// Read the attributes of the chunk's measurements with `read` and attach them.
+    fn with_attributes(
+        mut self,
+        read: impl FnOnce(Vec<i64>) -> Result<Vec<(i64, MeasurementAttribute)>, EventError>,
+    ) -> Result<ChunkRows, EventError> {
+        let measurement_ids = sorted_unique(self.measurements.keys().copied().collect());
+        if measurement_ids.is_empty() {
+            return Ok(self);
+        }
+        for (measurement_id, attribute) in read(measurement_ids)? {
+            if let Some(measurement) = self.measurements.get_mut(&measurement_id) {
+                measurement.measurement_attributes.push(attribute);
+            }
+        }
+        Ok(self)
+    }
+}
+
 /// Few instances: one query for the instances and the rows they refer to.
-fn read_together(plans: &Plans, instance_ids: &[i64]) -> Result<ChunkRows, EventError> {
+fn read_together(plans: &FewPlans, instance_ids: &[i64]) -> Result<ChunkRows, EventError> {
     let mut chunk = ChunkRows::default();
     let query = &plans.instances_with_references;
     for_each_row(query, instance_ids.to_vec(), "ti.instance", |id, row| {
@@ -462,11 +467,11 @@ fn read_together(plans: &Plans, instance_ids: &[i64]) -> Result<ChunkRows, Event
         }
         Ok(())
     })?;
-    Ok(chunk)
+    chunk.with_attributes(|ids| read_attributes_together(plans, ids))
 }
 
 /// Many instances: one query per table, each over the distinct ids the chunk refers to.
-fn read_table_by_table(plans: &Plans, instance_ids: &[i64]) -> Result<ChunkRows, EventError> {
+fn read_table_by_table(plans: &ManyPlans, instance_ids: &[i64]) -> Result<ChunkRows, EventError> {
     let mut chunk = ChunkRows::default();
     for_each_row(
         &plans.instances,
@@ -504,28 +509,11 @@ fn read_table_by_table(plans: &Plans, instance_ids: &[i64]) -> Result<ChunkRows,
             Ok(())
         })?;
     }
-    Ok(chunk)
+    chunk.with_attributes(|ids| read_attributes_table_by_table(plans, ids))
 }
 
-/// Attach the measurements' attributes, then each instance's referenced rows.
-fn assemble(
-    plans: &Plans,
-    mut chunk: ChunkRows,
-    few: bool,
-) -> Result<Vec<TestInstance>, EventError> {
-    let measurement_ids = sorted_unique(chunk.measurements.keys().copied().collect());
-    if !measurement_ids.is_empty() {
-        let attributes = if few {
-            read_attributes_together(plans, measurement_ids)?
-        } else {
-            read_attributes_table_by_table(plans, measurement_ids)?
-        };
-        for (measurement_id, attribute) in attributes {
-            if let Some(measurement) = chunk.measurements.get_mut(&measurement_id) {
-                measurement.measurement_attributes.push(attribute);
-            }
-        }
-    }
+/// Give each instance its referenced rows (a WARNING for each that does not exist).
+fn assemble(chunk: ChunkRows) -> Vec<TestInstance> {
     let measurements: HashMap<i64, Rc<Measurement>> = chunk
         .measurements
         .into_iter()
@@ -562,7 +550,7 @@ fn assemble(
             }
         }
     }
-    Ok(instances)
+    instances
 }
 
 fn instance_from(id: i64, row: &Row<'_>) -> Result<TestInstance, EventError> {
@@ -570,16 +558,16 @@ fn instance_from(id: i64, row: &Row<'_>) -> Result<TestInstance, EventError> {
         id,
         external_id: row.opt(2)?,
         old_id: row.opt(3)?,
-        score: row.numeric(4, "score")?,
+        score: row.opt(4)?,
         instance_status: row.req(5, "instance_status")?,
         candidate_id: row.req(6, "candidate_id")?,
         catalog_assessment_id: row.req(7, "catalog_assessment_id")?,
         measurement_id: row.opt(8)?,
         session_instance_id: row.opt(9)?,
         workflow_candidate_step_id: row.opt(10)?,
-        created_at: row.timestamp(11, "created_at")?,
+        created_at: row.req(11, "created_at")?,
         created_by: row.req(12, "created_by")?,
-        updated_at: row.timestamp(13, "updated_at")?,
+        updated_at: row.req(13, "updated_at")?,
         updated_by: row.req(14, "updated_by")?,
         candidate: None,
         catalog_assessment: None,
@@ -602,7 +590,7 @@ fn candidate_from(id: i64, row: &Row<'_>) -> Result<Candidate, EventError> {
         is_recording_consent_accepted: row.opt(11)?,
         resume_file_id: row.opt(12)?,
         profile_pic_file_id: row.opt(13)?,
-        cf: row.required(row.json(14, "cf")?, "cf")?,
+        cf: row.req(14, "cf")?,
     })
 }
 
@@ -613,8 +601,8 @@ fn catalog_assessment_from(id: i64, row: &Row<'_>) -> Result<CatalogAssessment, 
             name: row.req(5, "ae.assessment.name")?,
             level: row.req(6, "ae.assessment.level")?,
             status: row.req(7, "ae.assessment.status")?,
-            created_at: row.timestamp(8, "ae.assessment.created_at")?,
-            updated_at: row.timestamp(9, "ae.assessment.updated_at")?,
+            created_at: row.req(8, "ae.assessment.created_at")?,
+            updated_at: row.req(9, "ae.assessment.updated_at")?,
         }),
         None => {
             let missing = row.req(2, "assessment_id")?;
@@ -649,7 +637,7 @@ fn measurement_from(id: i64, row: &Row<'_>) -> Result<Measurement, EventError> {
         time_taken: time_taken.map(|text| text.0),
         report_url: row.opt(4)?,
         report_file_id: row.opt(5)?,
-        measured_at: row.timestamp(6, "tcf.measurement.measured_at")?,
+        measured_at: row.req(6, "tcf.measurement.measured_at")?,
         measured_by: row.opt(7)?,
         form_instance_id: row.opt(8)?,
         measurement_attributes: Vec::new(),
@@ -670,7 +658,7 @@ fn warn_missing_reference(table: &str, id: i64, reference: &str, reference_id: i
 /// Few instances: the attributes with their reference rows in one query; each reference row is
 /// built once (later rows share it).
 fn read_attributes_together(
-    plans: &Plans,
+    plans: &FewPlans,
     measurement_ids: Vec<i64>,
 ) -> Result<Vec<(i64, MeasurementAttribute)>, EventError> {
     let mut scas: HashMap<i64, Rc<Shared<SectionConfigurationAttribute>>> = HashMap::new();
@@ -722,7 +710,7 @@ fn read_attributes_together(
 
 /// Many instances: the attributes, then the reference rows they use, each read once.
 fn read_attributes_table_by_table(
-    plans: &Plans,
+    plans: &ManyPlans,
     measurement_ids: Vec<i64>,
 ) -> Result<Vec<(i64, MeasurementAttribute)>, EventError> {
     struct Unresolved {
@@ -806,14 +794,8 @@ fn sca_from(id: i64, row: &Row<'_>) -> Result<SectionConfigurationAttribute, Eve
             name: row.req(7, "tcf.attribute.name")?,
             attribute_type: row.req(8, "tcf.attribute.attribute_type")?,
             is_required: row.req(9, "tcf.attribute.is_required")?,
-            min_value: row.required(
-                row.numeric(10, "tcf.attribute.min_value")?,
-                "tcf.attribute.min_value",
-            )?,
-            max_value: row.required(
-                row.numeric(11, "tcf.attribute.max_value")?,
-                "tcf.attribute.max_value",
-            )?,
+            min_value: row.req(10, "tcf.attribute.min_value")?,
+            max_value: row.req(11, "tcf.attribute.max_value")?,
             skill: match (row.opt::<i64>(13)?, row.opt::<i64>(12)?) {
                 (Some(skill_id), _) => Some(Skill {
                     id: skill_id,
@@ -836,7 +818,7 @@ fn sca_from(id: i64, row: &Row<'_>) -> Result<SectionConfigurationAttribute, Eve
     Ok(SectionConfigurationAttribute {
         id,
         kind: row.req(2, "tcf.section_configuration_attribute.type")?,
-        recommended_value: row.numeric(3, "recommended_value")?,
+        recommended_value: row.opt(3)?,
         recommended_ordinal_id: row.opt(4)?,
         attribute,
     })
@@ -849,8 +831,8 @@ fn ordinal_from(id: i64, row: &Row<'_>) -> Result<Ordinal, EventError> {
         label: row.req(2, "tcf.ordinal.label")?,
         value: row.req(3, "tcf.ordinal.value")?,
         sort_key: row.req(4, "tcf.ordinal.sort_key")?,
-        min_value: row.numeric(5, "tcf.ordinal.min_value")?,
-        max_value: row.numeric(6, "tcf.ordinal.max_value")?,
+        min_value: row.opt(5)?,
+        max_value: row.opt(6)?,
     })
 }
 
@@ -863,14 +845,14 @@ fn attribute_from(
 ) -> Result<MeasurementAttribute, EventError> {
     Ok(MeasurementAttribute {
         id,
-        numerical_score: row.numeric(3, "numerical_score")?,
-        percentile_score: row.numeric(4, "percentile_score")?,
+        numerical_score: row.opt(3)?,
+        percentile_score: row.opt(4)?,
         remarks: row.opt(5)?,
         description: row.opt(6)?,
-        additional_attributes: row.json(7, "additional_attributes")?,
-        created_at: row.timestamp(8, "tcf.measurement_attribute.created_at")?,
+        additional_attributes: row.opt(7)?,
+        created_at: row.req(8, "tcf.measurement_attribute.created_at")?,
         created_by: row.req(9, "tcf.measurement_attribute.created_by")?,
-        updated_at: row.timestamp(10, "tcf.measurement_attribute.updated_at")?,
+        updated_at: row.req(10, "tcf.measurement_attribute.updated_at")?,
         updated_by: row.req(11, "tcf.measurement_attribute.updated_by")?,
         section_configuration_attribute: sca,
         ordinal,
