@@ -56,7 +56,7 @@ pub fn emit_pending() {
 }
 
 fn emit_chunk(
-    client: &mut SpiClient<'_>,
+    client: &SpiClient<'_>,
     catalog: &ExtensionCatalog,
     instance_ids: &[i64],
 ) -> Result<(), EventError> {

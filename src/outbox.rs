@@ -18,7 +18,7 @@ use crate::settings::NotifyMode;
 use crate::timefmt::rfc3339_utc;
 use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
-use pgrx::spi::{OwnedPreparedStatement, SpiClient};
+use pgrx::spi::SpiClient;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -78,8 +78,15 @@ thread_local! {
     static DRAIN: RefCell<Option<Drain>> = const { RefCell::new(None) };
     /// The instance whose row is being inserted, to name it in an error.
     static WRITING: Cell<Option<(EventKind, i64)>> = const { Cell::new(None) };
-    static INSERT: RefCell<Option<Rc<OwnedPreparedStatement>>> = const { RefCell::new(None) };
-    static INSERT_ONE: RefCell<Option<Rc<KeptPlan>>> = const { RefCell::new(None) };
+    static INSERTS: RefCell<Option<Rc<InsertPlans>>> = const { RefCell::new(None) };
+}
+
+/// The backend's two outbox inserts, prepared together once per session.
+struct InsertPlans {
+    /// `INSERT_EVENTS`: the chunk's rows streamed from `_pending_outbox_rows()`.
+    streaming: KeptPlan,
+    /// `INSERT_EVENT`: one row from parameters.
+    one: KeptPlan,
 }
 
 /// Up to this many events, rows are inserted one by one with a plain `INSERT ... VALUES`: it
@@ -92,30 +99,6 @@ INSERT INTO ae_events.outbox (id, event_id, subscription_key, event_type, aggreg
                               aggregate_id, snapshot_version, payload, occurred_at, txid)
 OVERRIDING SYSTEM VALUE
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, pg_catalog.pg_current_xact_id())";
-
-fn insert_one_plan(client: &SpiClient<'_>) -> Result<Rc<KeptPlan>, EventError> {
-    if let Some(plan) = INSERT_ONE.with_borrow(|plan| plan.clone()) {
-        return Ok(plan);
-    }
-    ensure_current_sql_objects(client)?;
-    let types = [
-        pg_sys::INT8OID,
-        pg_sys::UUIDOID,
-        pg_sys::TEXTOID,
-        pg_sys::TEXTOID,
-        pg_sys::TEXTOID,
-        pg_sys::INT8OID,
-        pg_sys::INT4OID,
-        pg_sys::JSONBOID,
-        pg_sys::TIMESTAMPTZOID,
-    ];
-    let plan = Rc::new(
-        KeptPlan::prepare(INSERT_EVENT, &types)
-            .map_err(|error| error.context("cannot prepare the outbox insert"))?,
-    );
-    INSERT_ONE.with_borrow_mut(|slot| *slot = Some(Rc::clone(&plan)));
-    Ok(plan)
-}
 
 const INSERT_EVENTS: &str = "
 INSERT INTO ae_events.outbox (id, event_id, subscription_key, event_type, aggregate_type,
@@ -137,26 +120,40 @@ fn ensure_current_sql_objects(client: &SpiClient<'_>) -> Result<(), EventError> 
         .and_then(|rows| rows.first().get_one::<bool>())
         .map_err(EventError::spi("cannot look up the outbox row source"))?;
     if row_source_exists != Some(true) {
-        return Err(EventError::Prerequisite {
-            what: "the extension's SQL objects are older than its library: run ALTER EXTENSION ae_events UPDATE".to_owned(),
-        });
+        return Err(sql_objects_out_of_date());
     }
     Ok(())
 }
 
-fn insert_plan(client: &SpiClient<'_>) -> Result<Rc<OwnedPreparedStatement>, EventError> {
-    if let Some(plan) = INSERT.with_borrow(|plan| plan.clone()) {
-        return Ok(plan);
+fn sql_objects_out_of_date() -> EventError {
+    EventError::Prerequisite {
+        what: "the extension's SQL objects are older than its library: run ALTER EXTENSION ae_events UPDATE".to_owned(),
+    }
+}
+
+fn insert_plans(client: &SpiClient<'_>) -> Result<Rc<InsertPlans>, EventError> {
+    if let Some(plans) = INSERTS.with_borrow(|plans| plans.clone()) {
+        return Ok(plans);
     }
     ensure_current_sql_objects(client)?;
-    let plan = Rc::new(
-        client
-            .prepare_mut(INSERT_EVENTS, &[])
-            .map_err(EventError::spi("cannot prepare the outbox insert"))?
-            .keep(),
-    );
-    INSERT.with_borrow_mut(|slot| *slot = Some(Rc::clone(&plan)));
-    Ok(plan)
+    let one_types = [
+        pg_sys::INT8OID,
+        pg_sys::UUIDOID,
+        pg_sys::TEXTOID,
+        pg_sys::TEXTOID,
+        pg_sys::TEXTOID,
+        pg_sys::INT8OID,
+        pg_sys::INT4OID,
+        pg_sys::JSONBOID,
+        pg_sys::TIMESTAMPTZOID,
+    ];
+    let context = |error: EventError| error.context("cannot prepare the outbox insert");
+    let plans = Rc::new(InsertPlans {
+        streaming: KeptPlan::prepare(INSERT_EVENTS, &[]).map_err(context)?,
+        one: KeptPlan::prepare(INSERT_EVENT, &one_types).map_err(context)?,
+    });
+    INSERTS.with_borrow_mut(|slot| *slot = Some(Rc::clone(&plans)));
+    Ok(plans)
 }
 
 /// The event being written when an error interrupts `write`.
@@ -167,10 +164,11 @@ pub fn event_being_written() -> Option<(EventKind, i64)> {
 /// Write the events (and queue their notifications): one streaming INSERT, or for a few
 /// events one plain INSERT each.
 pub fn write(
-    client: &mut SpiClient<'_>,
+    client: &SpiClient<'_>,
     context: WriteContext,
     events: Vec<Event>,
 ) -> Result<(), EventError> {
+    let plans = insert_plans(client)?;
     let few = events.len() <= FEW_EVENTS;
     let occurred_at_text = rfc3339_utc(context.occurred_at);
     let occurred_at = TimestampWithTimeZone::try_from(context.occurred_at).map_err(|error| {
@@ -188,26 +186,29 @@ pub fn write(
         });
     });
     let result = if few {
-        insert_one_by_one(client)
+        insert_one_by_one(&plans.one)
     } else {
-        insert_plan(client).and_then(|plan| {
-            client
-                .update(&*plan, None, &[])
-                .map(|_| ())
-                .map_err(EventError::spi("cannot insert into ae_events.outbox"))
-        })
-    };
+        plans.streaming.run(&mut []).map(drop)
+    }
+    .map_err(|error| error.context("cannot insert into ae_events.outbox"));
     DRAIN.with_borrow_mut(|drain| *drain = None);
     WRITING.set(None);
     result
 }
 
-fn insert_one_by_one(client: &SpiClient<'_>) -> Result<(), EventError> {
-    let plan = insert_one_plan(client)?;
+fn insert_one_by_one(plan: &KeptPlan) -> Result<(), EventError> {
     while let Some(row) = next_row() {
-        let (id, event_id, subscription_key, event_type, aggregate_type, aggregate_id, version) =
-            (row.0, row.1, row.2, row.3, row.4, row.5, row.6);
-        let (payload, occurred_at) = (row.7, row.8);
+        let (
+            id,
+            event_id,
+            subscription_key,
+            event_type,
+            aggregate_type,
+            aggregate_id,
+            version,
+            payload,
+            occurred_at,
+        ) = row;
         let datum = |value: Option<pg_sys::Datum>| {
             value.ok_or_else(|| EventError::internal("a null outbox value"))
         };
@@ -222,8 +223,7 @@ fn insert_one_by_one(client: &SpiClient<'_>) -> Result<(), EventError> {
             payload.0,
             datum(occurred_at.into_datum())?,
         ];
-        plan.run(&mut arguments)
-            .map_err(|error| error.context("cannot insert into ae_events.outbox"))?;
+        plan.run(&mut arguments)?;
     }
     Ok(())
 }
@@ -390,11 +390,7 @@ fn next_row() -> Option<OutboxRow> {
 pub unsafe extern "C-unwind" fn _drain_events_wrapper(
     _fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
-    crate::errors::raise(
-        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-        "ae_events: the extension's SQL objects are older than its library; run ALTER EXTENSION ae_events UPDATE".to_owned(),
-        None,
-    )
+    sql_objects_out_of_date().report()
 }
 
 #[no_mangle]
