@@ -120,13 +120,12 @@ fn civil_from_unix_days(days: i64) -> (i64, u32, u32) {
 /// `1 day 02:03:04.5`), whatever the session's `IntervalStyle`: PostgreSQL's own encoder is
 /// called with the style given explicitly.
 pub fn interval_postgres_style(interval: &pg_sys::Interval) -> String {
-    let raw = *interval;
     let mut itm = pg_sys::pg_itm::default();
     let mut buffer = [0 as std::ffi::c_char; pg_sys::MAXDATELEN as usize + 1];
     // SAFETY: interval2itm only reads the interval; EncodeInterval writes at most MAXDATELEN
     // bytes plus the terminator into the buffer.
     unsafe {
-        pg_sys::interval2itm(raw, &mut itm);
+        pg_sys::interval2itm(*interval, &mut itm);
         pg_sys::EncodeInterval(
             &mut itm,
             pg_sys::INTSTYLE_POSTGRES as i32,

@@ -4,7 +4,9 @@
 //! - bare: the application's insert, no trigger;
 //! - floor: the bare insert plus writing the same, precomputed outbox rows in the same
 //!   transaction (what any outbox costs at least);
-//! - ae_events (notify=full, and notify=off);
+//! - ae_events: notify=full with the default payload budget, without a budget, notify=off;
+//! - (single-row only) the bare insert plus one empty NOTIFY: the ceiling for any design that
+//!   notifies per transaction;
 //! - PL/pgSQL: a hand-written deferred trigger building the same payload with jsonb_build_object
 //!   (examples/bench/plpgsql_trigger.sql). Its payloads are checked equal to ae_events'.
 //!
@@ -613,12 +615,16 @@ fn machine_description(client: &mut Client) -> String {
     )
 }
 
+/// The figure measured for `wanted` (NaN if that variant did not run).
+fn figure(results: &[(Variant, f64)], wanted: Variant) -> f64 {
+    results
+        .iter()
+        .find(|(variant, _)| *variant == wanted)
+        .map_or(f64::NAN, |(_, value)| *value)
+}
+
 fn print_bulk(bench: &Bench, bulk: &[(Variant, f64)], check: &PayloadCheck) {
-    let time = |wanted: Variant| {
-        bulk.iter()
-            .find(|(variant, _)| *variant == wanted)
-            .map_or(f64::NAN, |(_, seconds)| *seconds)
-    };
+    let time = |wanted: Variant| figure(bulk, wanted);
     let (bare, floor) = (time(Variant::Bare), time(Variant::Floor));
     println!(
         "### Bulk: one INSERT ... SELECT of {} instances in one transaction (median of {} rounds; \
@@ -644,12 +650,7 @@ fn print_bulk(bench: &Bench, bulk: &[(Variant, f64)], check: &PayloadCheck) {
 }
 
 fn print_single_row(bench: &Bench, results: &[(Variant, f64)]) {
-    let tps = |wanted: Variant| {
-        results
-            .iter()
-            .find(|(variant, _)| *variant == wanted)
-            .map_or(f64::NAN, |(_, tps)| *tps)
-    };
+    let tps = |wanted: Variant| figure(results, wanted);
     println!(
         "### Single-row transactions: pgbench, 2 clients, {} s per variant ({} interleaved rounds, mean tps)\n",
         bench.sizes.pgbench_seconds, bench.sizes.rounds
