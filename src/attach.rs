@@ -1,17 +1,24 @@
-//! Install and attach: the triggers on `ti.instance`, and `attach()` / `detach()` (events.md §6).
+//! Install and attach: the triggers on `ti.instance` and the other source tables, and
+//! `attach()` / `detach()` (events.md §6).
 //!
-//! Two triggers per table: an immediate row trigger records each inserted instance (cheap: no
-//! query), and a deferred constraint trigger builds and writes every recorded instance of the
-//! transaction at commit, in one set-based pass, so that rows written after the instance in the
-//! same transaction are in its snapshot.
+//! Two kinds of trigger: immediate row triggers record each change (cheap: no query; the created
+//! one here, the others in `sources.rs`), and deferred constraint triggers build and write every
+//! recorded change of the transaction at commit, in one set-based pass, so that rows written
+//! after the change in the same transaction are in the snapshot.
 
-use crate::{emitter, pending, settings};
+use crate::pending::{self, Change};
+use crate::sources::{Source, SOURCES};
+use crate::{emitter, settings};
 use pgrx::heap_tuple::PgHeapTuple;
 use pgrx::pgbox::AllocatedByPostgres;
 use pgrx::prelude::*;
 
-const CAPTURE_TRIGGER: &str = "ae_events_capture_created";
-const EMIT_TRIGGER: &str = "ae_events_emit";
+/// On `ti.instance`: records inserts, and emits at commit (created events).
+const CAPTURE_CREATED_TRIGGER: &str = "ae_events_capture_created";
+const EMIT_CREATED_TRIGGER: &str = "ae_events_emit";
+/// On every source table: records changes, and emits at commit (updated events).
+const CAPTURE_CHANGED_TRIGGER: &str = "ae_events_capture_changed";
+const EMIT_CHANGED_TRIGGER: &str = "ae_events_emit_changed";
 
 type TriggerResult<'a> =
     Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, std::convert::Infallible>;
@@ -26,7 +33,7 @@ fn capture_instance_insert<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> 
         .new()
         .and_then(|row| row.get_by_name::<i64>("id").ok().flatten());
     match instance_id {
-        Some(instance_id) => pending::capture_created(instance_id),
+        Some(instance_id) => pending::capture(Change::Created(instance_id)),
         None => crate::errors::raise(
             PgSqlErrorCode::ERRCODE_TRIGGERED_ACTION_EXCEPTION,
             "ae_events: the inserted ti.instance row has no bigint \"id\"".to_owned(),
@@ -36,7 +43,7 @@ fn capture_instance_insert<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> 
     Ok(None)
 }
 
-/// Deferred constraint trigger: at commit, the first firing emits the events of every instance
+/// Deferred constraint trigger: at commit, the first firing emits the events of every change
 /// recorded in the transaction; the later firings find nothing left to do.
 #[pg_trigger]
 fn emit_pending_events<'a>(_trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
@@ -87,18 +94,27 @@ fn notice_even_during_create_extension(message: &str) {
     }
 }
 
-fn run_ddl(statement: &str) {
+fn run_ddl(table: &str, statement: &str) {
     if let Err(error) = Spi::run(statement) {
         crate::errors::raise(
             PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-            format!("ae_events: cannot change the triggers of ti.instance: {error}"),
+            format!("ae_events: cannot change the triggers of {table}: {error}"),
             Some(statement.to_owned()),
         );
     }
 }
 
-/// Attach the triggers to `ti.instance`. Idempotent. When the table does not exist yet, a NOTICE
-/// says so and nothing changes; returns whether the triggers are attached.
+/// Create a trigger unless one of that name is on the table.
+fn ensure_trigger(table: &str, name: &str, definition: impl FnOnce() -> String) {
+    if !trigger_exists(table, name) {
+        run_ddl(table, &definition());
+    }
+}
+
+/// Attach the triggers to `ti.instance` and to every other source table that exists.
+/// Idempotent. When `ti.instance` does not exist yet, a NOTICE says so and nothing changes;
+/// returns whether the triggers are attached to it. A NOTICE names other source tables that do
+/// not exist (their changes emit nothing until `attach()` runs again after they are created).
 #[pg_extern(volatile, parallel_unsafe)]
 fn attach() -> bool {
     if !table_exists("ti.instance") {
@@ -107,33 +123,70 @@ fn attach() -> bool {
         );
         return false;
     }
-    if !trigger_exists("ti.instance", CAPTURE_TRIGGER) {
-        run_ddl(&format!(
-            "CREATE TRIGGER {CAPTURE_TRIGGER} AFTER INSERT ON ti.instance
+    ensure_trigger("ti.instance", CAPTURE_CREATED_TRIGGER, || {
+        format!(
+            "CREATE TRIGGER {CAPTURE_CREATED_TRIGGER} AFTER INSERT ON ti.instance
                  FOR EACH ROW EXECUTE FUNCTION ae_events.capture_instance_insert()"
-        ));
-    }
-    if !trigger_exists("ti.instance", EMIT_TRIGGER) {
-        run_ddl(&format!(
-            "CREATE CONSTRAINT TRIGGER {EMIT_TRIGGER} AFTER INSERT ON ti.instance
+        )
+    });
+    ensure_trigger("ti.instance", EMIT_CREATED_TRIGGER, || {
+        format!(
+            "CREATE CONSTRAINT TRIGGER {EMIT_CREATED_TRIGGER} AFTER INSERT ON ti.instance
                  DEFERRABLE INITIALLY DEFERRED
                  FOR EACH ROW EXECUTE FUNCTION ae_events.emit_pending_events()"
+        )
+    });
+    let mut missing = Vec::new();
+    for source in SOURCES {
+        let table = source.table();
+        if !table_exists(table) {
+            missing.push(table);
+            continue;
+        }
+        // Deleting an instance drops its version state, so ti.instance also reports DELETEs.
+        let operations = match source {
+            Source::Instance => "UPDATE OR DELETE",
+            _ => source.operations(),
+        };
+        ensure_trigger(table, CAPTURE_CHANGED_TRIGGER, || {
+            format!(
+                "CREATE TRIGGER {CAPTURE_CHANGED_TRIGGER} AFTER {operations} ON {table}
+                     FOR EACH ROW EXECUTE FUNCTION ae_events.capture_change('{table}')"
+            )
+        });
+        ensure_trigger(table, EMIT_CHANGED_TRIGGER, || {
+            format!(
+                "CREATE CONSTRAINT TRIGGER {EMIT_CHANGED_TRIGGER} AFTER {operations} ON {table}
+                     DEFERRABLE INITIALLY DEFERRED
+                     FOR EACH ROW EXECUTE FUNCTION ae_events.emit_pending_events()"
+            )
+        });
+    }
+    if !missing.is_empty() {
+        notice_even_during_create_extension(&format!(
+            "ae_events: source tables {} do not exist; their changes emit no updated events until SELECT ae_events.attach(); is run after they are created",
+            missing.join(", ")
         ));
     }
     true
 }
 
-/// Remove the triggers from `ti.instance` (no events from then on). Idempotent.
+/// Remove the triggers from `ti.instance` and the other source tables (no events from then on).
+/// Idempotent; returns whether `ti.instance` exists.
 #[pg_extern(volatile, parallel_unsafe)]
 fn detach() -> bool {
-    if !table_exists("ti.instance") {
-        return false;
+    for source in SOURCES {
+        let table = source.table();
+        if !table_exists(table) {
+            continue;
+        }
+        let mut names = vec![CAPTURE_CHANGED_TRIGGER, EMIT_CHANGED_TRIGGER];
+        if source == Source::Instance {
+            names.extend([CAPTURE_CREATED_TRIGGER, EMIT_CREATED_TRIGGER]);
+        }
+        for name in names {
+            run_ddl(table, &format!("DROP TRIGGER IF EXISTS {name} ON {table}"));
+        }
     }
-    run_ddl(&format!(
-        "DROP TRIGGER IF EXISTS {CAPTURE_TRIGGER} ON ti.instance"
-    ));
-    run_ddl(&format!(
-        "DROP TRIGGER IF EXISTS {EMIT_TRIGGER} ON ti.instance"
-    ));
-    true
+    table_exists("ti.instance")
 }

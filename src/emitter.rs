@@ -1,24 +1,34 @@
-//! The commit-time pass: builds the snapshots of every instance recorded in the transaction and
-//! writes their events, chunk by chunk so that memory stays bounded however many instances one
-//! transaction inserts.
+//! The commit-time pass: turns the transaction's recorded changes into events. Created instances
+//! get their created event (version 1); changes to the rows of existing instances bubble up to
+//! those instances, which get one updated event each if their snapshot changed. Instances are
+//! built and written chunk by chunk so that memory stays bounded however many instances one
+//! transaction reaches.
 //!
-//! The pass runs as the extension's owner, with `search_path` set to `pg_catalog, pg_temp`: the
-//! application's role needs no privilege on `ae_events`, and nothing the caller defines can change
-//! what the extension reads or writes.
+//! The pass runs as the extension's owner, with `search_path` set to `pg_catalog, pg_temp`
+//! (`privileges.rs`).
 
 use crate::errors::{self, EventError};
+use crate::jsonb::Encoder;
 use crate::outbox::{self, Event, EventKind, WriteContext};
-use crate::settings::ScopedSetting;
-use crate::{pending, settings, snapshot};
+use crate::payload::TestInstance;
+use crate::privileges::{ExtensionCatalog, OwnerPrivileges};
+use crate::versions::{self, NewState};
+use crate::{pending, settings, snapshot, sources};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
-use std::cell::Cell;
 use std::panic::AssertUnwindSafe;
 
 /// Instances built and written per set-based pass.
 const CHUNK_SIZE: usize = 1000;
 
-/// Emit the events of every instance recorded and not yet emitted in this transaction.
+/// Whether an updated event is written when the snapshot equals the last event's.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Unchanged {
+    Skip,
+    Emit,
+}
+
+/// Emit the events of every change recorded and not yet emitted in this transaction.
 pub fn emit_pending() {
     if !pending::has_unemitted() {
         return;
@@ -26,106 +36,205 @@ pub fn emit_pending() {
     let catalog = ExtensionCatalog::current();
     let _privileges = OwnerPrivileges::enter(catalog.owner);
     Spi::connect_mut(|client| {
-        // A DBA's trigger on the outbox could insert instances: loop until none is left.
+        let client = &*client;
+        // A DBA's trigger on the outbox could change sources: loop until nothing is left.
         loop {
-            let instance_ids = pending::take_unemitted();
-            if instance_ids.is_empty() {
+            let changes = pending::take_unemitted();
+            if changes.is_empty() {
                 break;
             }
-            for chunk in instance_ids.chunks(CHUNK_SIZE) {
-                PgTryBuilder::new(AssertUnwindSafe(|| {
-                    if let Err(error) = emit_chunk(client, &catalog, chunk) {
-                        error.report();
-                    }
-                }))
-                .catch_others(|caught| {
-                    let what = match outbox::event_being_written() {
-                        Some((kind, instance_id)) => {
-                            format!("the {} event of ti.instance {instance_id}", kind.noun())
-                        }
-                        None => {
-                            format!("the created events of ti.instance {}", describe_ids(chunk))
-                        }
-                    };
-                    errors::raise_naming(caught, &what)
-                })
-                .execute();
+            for chunk in changes.created.chunks(CHUNK_SIZE) {
+                guarded(EventKind::Created, chunk, || {
+                    emit_created(client, &catalog, chunk)
+                });
+            }
+            // Re-inserted ids were created again: their created event resets the state.
+            let gone = difference(&changes.deleted, &changes.created);
+            guarded(EventKind::Updated, &gone, || versions::forget(&gone));
+            if changes.touched.is_empty() {
+                continue;
+            }
+            let touched = match sources::affected_instances(&changes.touched) {
+                Ok(instances) => instances,
+                Err(error) => error.report(),
+            };
+            // An instance created in this pass already shows the final state in its created
+            // event; a deleted one has nothing to show.
+            let updated = difference(&difference(&touched, &changes.created), &gone);
+            for chunk in updated.chunks(CHUNK_SIZE) {
+                guarded(EventKind::Updated, chunk, || {
+                    emit_updated(client, &catalog, chunk, Unchanged::Skip).map(drop)
+                });
             }
         }
     });
 }
 
-fn emit_chunk(
-    client: &SpiClient<'_>,
-    catalog: &ExtensionCatalog,
-    instance_ids: &[i64],
-) -> Result<(), EventError> {
-    let snapshots = snapshot::build(instance_ids)?;
-    if snapshots.is_empty() {
-        return Ok(());
+/// Write an updated event for each instance that exists, even if its snapshot is unchanged;
+/// returns how many were written. (For `ae_events.resend`.)
+pub fn resend(instance_ids: Vec<i64>) -> i64 {
+    let instance_ids = pending::sorted_unique(instance_ids);
+    let catalog = ExtensionCatalog::current();
+    let _privileges = OwnerPrivileges::enter(catalog.owner);
+    Spi::connect_mut(|client| {
+        let client = &*client;
+        let mut written = 0;
+        for chunk in instance_ids.chunks(CHUNK_SIZE) {
+            guarded(EventKind::Updated, chunk, || {
+                written += emit_updated(client, &catalog, chunk, Unchanged::Emit)? as i64;
+                Ok(())
+            });
+        }
+        written
+    })
+}
+
+/// Run one chunk's work; any error fails the transaction with a message naming the chunk's
+/// instances (or the one whose row was being written).
+fn guarded(kind: EventKind, chunk: &[i64], work: impl FnOnce() -> Result<(), EventError>) {
+    if chunk.is_empty() {
+        return;
     }
-    let context = WriteContext {
+    let mut work = Some(work);
+    PgTryBuilder::new(AssertUnwindSafe(|| {
+        if let Some(work) = work.take() {
+            if let Err(error) = work() {
+                error.report();
+            }
+        }
+    }))
+    .catch_others(|caught| {
+        let what = match outbox::event_being_written() {
+            Some((kind, instance_id)) => {
+                format!("the {} event of ti.instance {instance_id}", kind.noun())
+            }
+            None => format!(
+                "the {} events of ti.instance {}",
+                kind.noun(),
+                describe_ids(chunk)
+            ),
+        };
+        errors::raise_naming(caught, &what)
+    })
+    .execute();
+}
+
+/// `left` without the ids in `right` (both ascending).
+fn difference(left: &[i64], right: &[i64]) -> Vec<i64> {
+    left.iter()
+        .copied()
+        .filter(|id| right.binary_search(id).is_err())
+        .collect()
+}
+
+/// An instance's payload encoded as stored, with its digest.
+struct Encoded {
+    instance_id: i64,
+    payload: Vec<u8>,
+    digest: Vec<u8>,
+}
+
+fn encode(snapshots: Vec<TestInstance>) -> Result<Vec<Encoded>, EventError> {
+    let mut encoder = Encoder::default();
+    snapshots
+        .into_iter()
+        .map(|snapshot| {
+            let payload = encoder
+                .encode(&snapshot)
+                .map_err(|error| EventError::BadValue {
+                    what: format!("the payload of ti.instance {}: {error}", snapshot.id),
+                })?
+                .to_vec();
+            let digest = versions::digest(&payload)?;
+            Ok(Encoded {
+                instance_id: snapshot.id,
+                payload,
+                digest,
+            })
+        })
+        .collect()
+}
+
+fn write_context(catalog: &ExtensionCatalog) -> WriteContext {
+    WriteContext {
         id_sequence: catalog.id_sequence,
         // SAFETY: reads the clock.
         occurred_at: unsafe { pg_sys::GetCurrentTimestamp() },
         notify: settings::notify_mode(),
         channel: settings::channel(),
         notify_payload_budget: settings::notify_payload_budget(),
-    };
-    let events = snapshots
+    }
+}
+
+/// Write the events, then record their versions.
+fn write(
+    client: &SpiClient<'_>,
+    catalog: &ExtensionCatalog,
+    kind: EventKind,
+    events: Vec<(Encoded, i32)>,
+) -> Result<usize, EventError> {
+    if events.is_empty() {
+        return Ok(0);
+    }
+    let mut states = Vec::with_capacity(events.len());
+    let events: Vec<Event> = events
         .into_iter()
-        .map(|snapshot| Event {
-            kind: EventKind::Created,
-            snapshot_version: 1,
-            snapshot,
+        .map(|(encoded, version)| {
+            states.push(NewState {
+                instance_id: encoded.instance_id,
+                version,
+                digest: encoded.digest,
+            });
+            Event {
+                kind,
+                instance_id: encoded.instance_id,
+                snapshot_version: version,
+                payload: encoded.payload,
+            }
         })
         .collect();
-    outbox::write(client, context, events)
+    outbox::write(client, write_context(catalog), events)?;
+    versions::record(&states)?;
+    Ok(states.len())
 }
 
-/// What the pass needs to know of the installed extension: looked up in the system caches and
-/// kept per backend, keyed by the outbox's oid (which changes if the extension is re-created).
-#[derive(Clone, Copy)]
-struct ExtensionCatalog {
-    outbox: pg_sys::Oid,
-    id_sequence: pg_sys::Oid,
-    owner: pg_sys::Oid,
+fn emit_created(
+    client: &SpiClient<'_>,
+    catalog: &ExtensionCatalog,
+    instance_ids: &[i64],
+) -> Result<(), EventError> {
+    let encoded = encode(snapshot::build(instance_ids)?)?;
+    let events = encoded.into_iter().map(|encoded| (encoded, 1)).collect();
+    write(client, catalog, EventKind::Created, events).map(drop)
 }
 
-thread_local! {
-    static CATALOG: Cell<Option<ExtensionCatalog>> = const { Cell::new(None) };
-}
-
-impl ExtensionCatalog {
-    fn current() -> ExtensionCatalog {
-        // SAFETY: syscache lookups by name; missing_ok returns InvalidOid instead of raising.
-        let outbox = unsafe {
-            let namespace = pg_sys::get_namespace_oid(c"ae_events".as_ptr(), true);
-            pg_sys::get_relname_relid(c"outbox".as_ptr(), namespace)
+/// Lock the instances' versions, then read their snapshots (so that they include what a
+/// concurrent transaction holding the lock committed) and write those that changed.
+fn emit_updated(
+    client: &SpiClient<'_>,
+    catalog: &ExtensionCatalog,
+    instance_ids: &[i64],
+    unchanged: Unchanged,
+) -> Result<usize, EventError> {
+    let mut states = versions::lock(instance_ids)?;
+    let encoded = encode(snapshot::build(instance_ids)?)?;
+    let mut events = Vec::with_capacity(encoded.len());
+    for encoded in encoded {
+        let Some(state) = states.remove(&encoded.instance_id) else {
+            return Err(EventError::internal(format!(
+                "ti.instance {} has no locked state",
+                encoded.instance_id
+            )));
         };
-        if outbox == pg_sys::InvalidOid {
-            errors::raise(
-                PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
-                "ae_events: the table ae_events.outbox is missing".to_owned(),
-                None,
-            );
+        if unchanged == Unchanged::Skip && state.digest.as_ref() == Some(&encoded.digest) {
+            continue;
         }
-        if let Some(cached) = CATALOG.get().filter(|cached| cached.outbox == outbox) {
-            return cached;
-        }
-        // SAFETY: the outbox exists; its column "id" is an identity column (outbox.sql).
-        let id_sequence = unsafe {
-            let id_column = pg_sys::get_attnum(outbox, c"id".as_ptr());
-            pg_sys::getIdentitySequence(outbox, id_column, false)
-        };
-        let catalog = ExtensionCatalog {
-            outbox,
-            id_sequence,
-            owner: extension_owner(),
-        };
-        CATALOG.set(Some(catalog));
-        catalog
+        events.push((encoded, state.version + 1));
     }
+    // What is left was not built: the instance no longer exists (deleted concurrently).
+    let vanished: Vec<i64> = pending::sorted_unique(states.into_keys().collect());
+    versions::forget(&vanished)?;
+    write(client, catalog, EventKind::Updated, events)
 }
 
 /// "789" or "1, 2, 3", or "1, 2, 3, ... (1000 instances)" for long lists.
@@ -136,65 +245,5 @@ fn describe_ids(ids: &[i64]) -> String {
         format!("{}, ... ({} instances)", shown.join(", "), ids.len())
     } else {
         shown.join(", ")
-    }
-}
-
-/// Runs the pass as the extension's owner with a safe `search_path`; restores both on drop.
-/// (On error, PostgreSQL's transaction abort restores them.)
-struct OwnerPrivileges {
-    saved_user: pg_sys::Oid,
-    saved_security_context: i32,
-    search_path: Option<ScopedSetting>,
-}
-
-impl OwnerPrivileges {
-    fn enter(owner: pg_sys::Oid) -> Self {
-        let mut saved_user = pg_sys::InvalidOid;
-        let mut saved_security_context = 0;
-        // SAFETY: the documented way to run code as another role inside a transaction, as
-        // PostgreSQL does for REFRESH MATERIALIZED VIEW and maintenance commands.
-        unsafe {
-            pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_security_context);
-            pg_sys::SetUserIdAndSecContext(
-                owner,
-                saved_security_context
-                    | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
-                    | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
-            );
-        }
-        let search_path = ScopedSetting::set(c"search_path", c"pg_catalog, pg_temp");
-        OwnerPrivileges {
-            saved_user,
-            saved_security_context,
-            search_path: Some(search_path),
-        }
-    }
-}
-
-impl Drop for OwnerPrivileges {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            return; // the transaction is aborting; PostgreSQL restores user and settings
-        }
-        if let Some(search_path) = self.search_path.take() {
-            search_path.end();
-        }
-        // SAFETY: restores what `enter` saved.
-        unsafe { pg_sys::SetUserIdAndSecContext(self.saved_user, self.saved_security_context) };
-    }
-}
-
-/// The role that owns the extension (its installer); the pass runs with its privileges.
-fn extension_owner() -> pg_sys::Oid {
-    let owner = Spi::get_one::<pg_sys::Oid>(
-        "SELECT e.extowner FROM pg_catalog.pg_extension AS e WHERE e.extname OPERATOR(pg_catalog.=) 'ae_events'",
-    );
-    match owner {
-        Ok(Some(owner)) => owner,
-        _ => errors::raise(
-            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
-            "ae_events: the extension's catalog entry is missing".to_owned(),
-            None,
-        ),
     }
 }

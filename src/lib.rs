@@ -1,5 +1,5 @@
-//! ae_events: enriched `ae.test_instance.created` events, built in the inserting transaction,
-//! written to `ae_events.outbox` and announced with `pg_notify`.
+//! ae_events: enriched `ae.test_instance.created` and `ae.test_instance.updated` events, built
+//! in the changing transaction, written to `ae_events.outbox` and announced with `pg_notify`.
 //!
 //! This file only wires the modules and the SQL files together; each module owns one concern.
 
@@ -13,14 +13,20 @@ mod notification;
 mod outbox;
 mod payload;
 mod pending;
+mod privileges;
+mod replay;
 mod rows;
 mod settings;
 mod snapshot;
+mod sources;
 mod timefmt;
+mod versions;
 
 ::pgrx::pg_module_magic!(name, version);
 
 extension_sql_file!("../sql/outbox.sql", name = "outbox", bootstrap);
+extension_sql_file!("../sql/instance_state.sql", name = "instance_state");
+extension_sql_file!("../sql/bubble_up.sql", name = "bubble_up");
 extension_sql_file!("../sql/install.sql", name = "install", finalize);
 
 #[pg_guard]

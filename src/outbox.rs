@@ -2,17 +2,16 @@
 //!
 //! One prepared `INSERT ... SELECT` per chunk pulls its rows from
 //! `ae_events._pending_outbox_rows()`, a set-returning function fed from this backend's memory.
-//! It runs in the SELECT list, so the executor streams: each payload is serialized, straight into
-//! the binary jsonb that is stored (`jsonb.rs`), only when its row is inserted, and at any moment
+//! It runs in the SELECT list, so the executor streams: each payload (already encoded as binary
+//! jsonb, `jsonb.rs`) is copied into a datum only when its row is inserted, and at any moment
 //! the extension knows which instance is being written, to name it if the row is refused (a DBA's
 //! CHECK constraint, say). Ids come from the outbox's identity sequence here so that the
 //! notification can carry them; the notification's payload text is PostgreSQL's own rendering of
 //! the stored jsonb, so it is exactly what `payload::text` shows.
 
 use crate::errors::EventError;
-use crate::jsonb::{self, Encoder};
+use crate::jsonb;
 use crate::notification::{self, Envelope};
-use crate::payload::TestInstance;
 use crate::rows::KeptPlan;
 use crate::settings::NotifyMode;
 use crate::timefmt::rfc3339_utc;
@@ -28,32 +27,38 @@ pub const AGGREGATE_TYPE: &str = "test_instance";
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventKind {
     Created,
+    Updated,
 }
 
 impl EventKind {
     pub fn subscription_key(self) -> &'static str {
         match self {
             EventKind::Created => "ae.test_instance.created",
+            EventKind::Updated => "ae.test_instance.updated",
         }
     }
 
     pub fn event_type(self) -> &'static str {
         match self {
             EventKind::Created => "ae_test_instance_created",
+            EventKind::Updated => "ae_test_instance_updated",
         }
     }
 
     pub fn noun(self) -> &'static str {
         match self {
             EventKind::Created => "created",
+            EventKind::Updated => "updated",
         }
     }
 }
 
 pub struct Event {
     pub kind: EventKind,
+    pub instance_id: i64,
     pub snapshot_version: i32,
-    pub snapshot: TestInstance,
+    /// The payload, encoded as the root container of a jsonb value (`jsonb.rs`).
+    pub payload: Vec<u8>,
 }
 
 /// What the draining function needs besides the events: fixed for one write.
@@ -71,7 +76,6 @@ struct Drain {
     occurred_at: TimestampWithTimeZone,
     occurred_at_text: String,
     events: VecDeque<Event>,
-    encoder: Encoder,
 }
 
 thread_local! {
@@ -182,7 +186,6 @@ pub fn write(
             occurred_at,
             occurred_at_text,
             events: events.into(),
-            encoder: Encoder::default(),
         });
     });
     let result = if few {
@@ -256,7 +259,7 @@ unsafe impl pgrx::callconv::BoxRet for StoredJsonb {
 
 impl StoredJsonb {
     /// Copy an encoded root container into a new jsonb datum.
-    fn from_container(container: &[u8]) -> StoredJsonb {
+    pub fn from_container(container: &[u8]) -> StoredJsonb {
         let size = container.len() + 4;
         // SAFETY: palloc raises an ERROR rather than returning NULL; the copy stays in bounds.
         unsafe {
@@ -325,15 +328,9 @@ fn next_row() -> Option<OutboxRow> {
             WRITING.set(None);
             return None;
         };
-        let instance_id = event.snapshot.id;
+        let instance_id = event.instance_id;
         WRITING.set(Some((event.kind, instance_id)));
-        let payload = match drain.encoder.encode(&event.snapshot) {
-            Ok(container) => StoredJsonb::from_container(container),
-            Err(error) => EventError::BadValue {
-                what: format!("the payload of ti.instance {instance_id}: {error}"),
-            }
-            .report(),
-        };
+        let payload = StoredJsonb::from_container(&event.payload);
         // SAFETY: nextval_oid takes the sequence's regclass; gen_random_uuid takes no argument.
         let (id, event_id) = unsafe {
             (

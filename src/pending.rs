@@ -1,21 +1,35 @@
-//! The instances that await their event in the current transaction.
+//! The changes that await their events in the current transaction.
 //!
-//! The capture trigger records each inserted instance here as the statement ends; the deferred
-//! trigger then builds all of them in one set-based pass at commit. Entries remember the
-//! subtransaction that recorded (and emitted) them, so that a rolled-back savepoint forgets its
-//! inserts and, if it had already emitted events (`SET CONSTRAINTS ... IMMEDIATE`), makes the
-//! surviving instances pending again: PostgreSQL re-fires their deferred trigger events at commit.
+//! The capture triggers record each change here as it happens (an inserted instance, a deleted
+//! one, or the key of a changed source row); the deferred trigger then turns all of them into
+//! events in one set-based pass at commit. Entries remember the subtransaction that recorded (and
+//! emitted) them, so that a rolled-back savepoint forgets its changes and, if it had already
+//! emitted events (`SET CONSTRAINTS ... IMMEDIATE`), makes the surviving changes pending again:
+//! PostgreSQL re-fires their deferred trigger events at commit.
 
+use crate::sources::{EnabledSources, Key};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 
 /// The subtransaction id of the top-level transaction.
 const TOP_SUBTRANSACTION: pg_sys::SubTransactionId = 1;
 
+/// One recorded change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// A row inserted into `ti.instance`.
+    Created(i64),
+    /// A row deleted from `ti.instance`.
+    Deleted(i64),
+    /// A row that is part of the snapshots of some instances changed; the key says which.
+    Touched(Key, i64),
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Captured {
-    instance_id: i64,
+    change: Change,
     captured_in: pg_sys::SubTransactionId,
 }
 
@@ -32,19 +46,21 @@ struct TransactionEvents {
     /// Emitted inside a subtransaction that may still roll back; emissions at top level are
     /// final and not kept.
     emitted_in_subtransactions: Vec<Emitted>,
+    /// The bubble-up settings, read once per transaction (when it first changes a source).
+    enabled_sources: Option<EnabledSources>,
 }
 
 thread_local! {
     static CURRENT: RefCell<TransactionEvents> = RefCell::new(TransactionEvents::default());
 }
 
-/// Record an inserted instance; called by the capture trigger.
-pub fn capture_created(instance_id: i64) {
+/// Record a change; called by the capture triggers.
+pub fn capture(change: Change) {
     // SAFETY: plain read of the transaction state.
     let captured_in = unsafe { pg_sys::GetCurrentSubTransactionId() };
     CURRENT.with_borrow_mut(|events| {
         events.unemitted.push(Captured {
-            instance_id,
+            change,
             captured_in,
         })
     });
@@ -54,12 +70,42 @@ pub fn has_unemitted() -> bool {
     CURRENT.with_borrow(|events| !events.unemitted.is_empty())
 }
 
-/// Take the instances to emit now, ascending and without duplicates (an id inserted, deleted and
-/// inserted again in one transaction has one row at commit, so one event).
-pub fn take_unemitted() -> Vec<i64> {
+/// The transaction's bubble-up settings, read with `load` the first time they are needed.
+pub fn enabled_sources(load: impl FnOnce() -> EnabledSources) -> EnabledSources {
+    if let Some(sources) = CURRENT.with_borrow(|events| events.enabled_sources) {
+        return sources;
+    }
+    let sources = load();
+    CURRENT.with_borrow_mut(|events| events.enabled_sources = Some(sources));
+    sources
+}
+
+/// The changes taken for one pass, each list ascending and without duplicates (an id inserted,
+/// deleted and inserted again in one transaction has one row at commit, so one event).
+#[derive(Debug, Default)]
+pub struct Changes {
+    pub created: Vec<i64>,
+    pub deleted: Vec<i64>,
+    pub touched: BTreeMap<Key, Vec<i64>>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.created.is_empty() && self.deleted.is_empty() && self.touched.is_empty()
+    }
+}
+
+pub fn sorted_unique(mut ids: Vec<i64>) -> Vec<i64> {
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// Take the changes to emit now.
+pub fn take_unemitted() -> Changes {
     // SAFETY: plain read of the transaction state.
     let emitted_in = unsafe { pg_sys::GetCurrentSubTransactionId() };
-    CURRENT.with_borrow_mut(|events| {
+    let taken = CURRENT.with_borrow_mut(|events| {
         let taken = std::mem::take(&mut events.unemitted);
         if emitted_in != TOP_SUBTRANSACTION {
             events
@@ -69,14 +115,22 @@ pub fn take_unemitted() -> Vec<i64> {
                     emitted_in,
                 }));
         }
-        let mut ids: Vec<i64> = taken
-            .into_iter()
-            .map(|captured| captured.instance_id)
-            .collect();
-        ids.sort_unstable();
-        ids.dedup();
-        ids
-    })
+        taken
+    });
+    let mut changes = Changes::default();
+    for captured in taken {
+        match captured.change {
+            Change::Created(id) => changes.created.push(id),
+            Change::Deleted(id) => changes.deleted.push(id),
+            Change::Touched(key, id) => changes.touched.entry(key).or_default().push(id),
+        }
+    }
+    changes.created = sorted_unique(changes.created);
+    changes.deleted = sorted_unique(changes.deleted);
+    for ids in changes.touched.values_mut() {
+        *ids = sorted_unique(std::mem::take(ids));
+    }
+    changes
 }
 
 fn forget_subtransaction(aborted: pg_sys::SubTransactionId) {

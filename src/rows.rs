@@ -19,6 +19,24 @@ pub struct KeptPlan {
 impl KeptPlan {
     /// Prepare `sql` (inside an SPI connection) as a generic plan and keep it.
     pub fn prepare(sql: &str, argument_types: &[pg_sys::Oid]) -> Result<KeptPlan, EventError> {
+        Self::prepare_with(sql, argument_types, pg_sys::CURSOR_OPT_GENERIC_PLAN as i32)
+    }
+
+    /// Prepare and keep `sql`, letting PostgreSQL's plan cache choose custom or generic plans
+    /// (for queries whose best plan depends on how many ids they get, such as bubble-up lookups
+    /// that fan out from one reference row to thousands of instances).
+    pub fn prepare_planned_per_call(
+        sql: &str,
+        argument_types: &[pg_sys::Oid],
+    ) -> Result<KeptPlan, EventError> {
+        Self::prepare_with(sql, argument_types, 0)
+    }
+
+    fn prepare_with(
+        sql: &str,
+        argument_types: &[pg_sys::Oid],
+        cursor_options: i32,
+    ) -> Result<KeptPlan, EventError> {
         let sql =
             CString::new(sql).map_err(|_| EventError::internal("a query holds a NUL byte"))?;
         let mut types = argument_types.to_vec();
@@ -28,7 +46,7 @@ impl KeptPlan {
                 sql.as_ptr(),
                 types.len() as i32,
                 types.as_mut_ptr(),
-                pg_sys::CURSOR_OPT_GENERIC_PLAN as i32,
+                cursor_options,
             )
         };
         let plan = NonNull::new(plan).ok_or_else(|| {
@@ -70,6 +88,26 @@ impl KeptPlan {
         let (table, count) = unsafe { (pg_sys::SPI_tuptable, pg_sys::SPI_processed as usize) };
         Ok(ResultRows { table, count })
     }
+}
+
+impl KeptPlan {
+    /// Run with argument values palloc'd for this run (arrays, bytea), freed right after it so
+    /// that a pass over many chunks does not accumulate them.
+    pub fn run_freeing(&self, mut arguments: Vec<pg_sys::Datum>) -> Result<ResultRows, EventError> {
+        let result = self.run(&mut arguments);
+        for argument in arguments {
+            // SAFETY: each argument was palloc'd by the caller for this run only.
+            unsafe { pg_sys::pfree(argument.cast_mut_ptr()) };
+        }
+        result
+    }
+}
+
+/// An `int8[]` argument (palloc'd; pass it to `run_freeing`).
+pub fn int8_array(ids: &[i64]) -> Result<pg_sys::Datum, EventError> {
+    ids.to_vec()
+        .into_datum()
+        .ok_or_else(|| EventError::internal("an int8[] argument is null"))
 }
 
 /// The rows of one execution; freed when dropped.
@@ -195,6 +233,15 @@ impl ColumnValue for String {
         let bytes = unsafe { varlena_bytes(datum, false) };
         String::from_utf8(bytes)
             .map_err(|_| "text that is not UTF-8 (the database must use UTF8)".to_owned())
+    }
+}
+
+impl ColumnValue for Vec<u8> {
+    const TYPE: pg_sys::Oid = pg_sys::BYTEAOID;
+
+    unsafe fn from_datum(datum: pg_sys::Datum) -> Result<Self, String> {
+        // SAFETY: a bytea datum (caller's contract).
+        Ok(unsafe { varlena_bytes(datum, false) })
     }
 }
 

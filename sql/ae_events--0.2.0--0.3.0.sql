@@ -1,0 +1,89 @@
+-- ae_events 0.2.0 -> 0.3.0: the updated event. Per-instance version state, the bubble-up
+-- settings table, the capture trigger of source tables, snapshot() and resend(); attach() then
+-- adds the new triggers to ti.instance and the other source tables.
+\echo Use "ALTER EXTENSION ae_events UPDATE TO '0.3.0'" to load this file. \quit
+
+-- Versioned snapshots: per instance, the version of its last event and the SHA-256 of that
+-- event's payload (to tell an unchanged snapshot). Its rows are locked while a transaction writes
+-- an instance's event, which orders versions by commit. Dumped with the database, so versions
+-- continue after pg_restore.
+CREATE TABLE ae_events.instance_state (
+    instance_id bigint PRIMARY KEY,
+    snapshot_version integer NOT NULL CHECK (snapshot_version >= 0),
+    snapshot_digest bytea
+);
+
+COMMENT ON TABLE ae_events.instance_state IS
+    'ae_events: per instance, the snapshot_version and payload digest of its last event (0/NULL: none yet)';
+
+SELECT pg_catalog.pg_extension_config_dump('ae_events.instance_state', '');
+
+-- Bubble-up settings: which source tables' changes emit ae.test_instance.updated events for the
+-- instances whose snapshots they are part of. Instance-specific tables are on, reference data is
+-- off (a renamed catalog would otherwise reach every instance ever taken). Read once per
+-- transaction, when it first changes a source table; the triggers stay attached either way.
+CREATE TABLE ae_events.bubble_up (
+    source_table text PRIMARY KEY CHECK (source_table IN (
+        'ti.instance', 'can.candidate', 'tcf.measurement', 'tcf.measurement_attribute',
+        'ae.catalog_assessment', 'ae.assessment', 'ae.catalog',
+        'tcf.section_configuration_attribute', 'tcf.attribute', 'tcf.skill', 'tcf.ordinal')),
+    enabled boolean NOT NULL
+);
+
+COMMENT ON TABLE ae_events.bubble_up IS
+    'ae_events: per source table, whether its changes emit updated events (applies from the next transaction)';
+
+INSERT INTO ae_events.bubble_up (source_table, enabled) VALUES
+    ('ti.instance', true),
+    ('can.candidate', true),
+    ('tcf.measurement', true),
+    ('tcf.measurement_attribute', true),
+    ('ae.catalog_assessment', false),
+    ('ae.assessment', false),
+    ('ae.catalog', false),
+    ('tcf.section_configuration_attribute', false),
+    ('tcf.attribute', false),
+    ('tcf.skill', false),
+    ('tcf.ordinal', false);
+
+-- pg_restore runs CREATE EXTENSION (which inserts the rows above) and then restores the dumped
+-- rows: an INSERT of a table that has a row sets its setting instead of failing.
+CREATE FUNCTION ae_events._bubble_up_insert_sets() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    UPDATE ae_events.bubble_up AS b
+       SET enabled = NEW.enabled
+     WHERE b.source_table OPERATOR(pg_catalog.=) NEW.source_table;
+    IF FOUND THEN
+        RETURN NULL;
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER insert_sets_existing BEFORE INSERT ON ae_events.bubble_up
+    FOR EACH ROW EXECUTE FUNCTION ae_events._bubble_up_insert_sets();
+
+SELECT pg_catalog.pg_extension_config_dump('ae_events.bubble_up', '');
+
+CREATE FUNCTION ae_events.capture_change() RETURNS trigger
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'capture_change_wrapper';
+
+CREATE FUNCTION ae_events.snapshot(instance_id bigint) RETURNS jsonb
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'snapshot_wrapper';
+
+CREATE FUNCTION ae_events.resend(instance_ids bigint[]) RETURNS bigint
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'resend_wrapper';
+
+REVOKE ALL ON FUNCTION ae_events._bubble_up_insert_sets() FROM PUBLIC;
+REVOKE ALL ON FUNCTION ae_events.resend(bigint[]) FROM PUBLIC;
+
+-- The new triggers on ti.instance and the other source tables that exist.
+SELECT ae_events.attach();

@@ -1,0 +1,55 @@
+//! On-demand snapshots and replay: `ae_events.snapshot(instance_id)` returns what an event
+//! would carry now, and `ae_events.resend(instance_ids)` writes updated events with the current
+//! snapshots, for a relay that lost data.
+
+use crate::emitter;
+use crate::errors::{self, EventError};
+use crate::jsonb::Encoder;
+use crate::outbox::StoredJsonb;
+use crate::snapshot;
+use pgrx::prelude::*;
+
+/// The current snapshot of an instance, the same jsonb (to the byte) that an event written now
+/// would carry; NULL when the instance does not exist. Reads with the caller's privileges.
+#[pg_extern(volatile, strict, parallel_unsafe)]
+fn snapshot(instance_id: i64) -> Option<StoredJsonb> {
+    let encoded: Result<Option<Vec<u8>>, EventError> = Spi::connect(|_| {
+        let Some(snapshot) = snapshot::build(&[instance_id])?.pop() else {
+            return Ok(None);
+        };
+        Encoder::default()
+            .encode(&snapshot)
+            .map(|container| Some(container.to_vec()))
+            .map_err(|error| EventError::BadValue {
+                what: format!("the payload of ti.instance {instance_id}: {error}"),
+            })
+    });
+    match encoded {
+        // Built outside the SPI connection, whose memory is freed when it ends.
+        Ok(container) => container.map(|container| StoredJsonb::from_container(&container)),
+        Err(error) => error
+            .context(format!(
+                "cannot build the snapshot of ti.instance {instance_id}"
+            ))
+            .report(),
+    }
+}
+
+/// Write an `ae.test_instance.updated` event with the current snapshot of each instance, even
+/// if it is unchanged (the next version each); ids that do not exist are skipped. Returns the
+/// number of events written; they commit with the calling transaction.
+#[pg_extern(volatile, strict, parallel_unsafe)]
+fn resend(instance_ids: Array<'_, i64>) -> i64 {
+    let mut ids = Vec::with_capacity(instance_ids.len());
+    for id in instance_ids.iter() {
+        match id {
+            Some(id) => ids.push(id),
+            None => errors::raise(
+                PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+                "ae_events: resend() needs instance ids; the array holds a NULL".to_owned(),
+                None,
+            ),
+        }
+    }
+    emitter::resend(ids)
+}

@@ -1,0 +1,179 @@
+//! Versioned snapshots: `ae_events.instance_state` keeps, per instance, the version of its last
+//! event and a digest of that event's payload. The digest tells a change that leaves the snapshot
+//! identical (no event); the row lock taken on it before a snapshot is read orders the events of
+//! one instance: a second transaction waits for the first to commit, then reads the newer rows
+//! and takes the next version, so versions grow by one, without gaps, in commit order.
+//! The table is in `pg_extension_config_dump`, so the state survives `pg_dump`/`pg_restore`.
+
+use crate::errors::EventError;
+use crate::rows::{int8_array, KeptPlan};
+use pgrx::prelude::*;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+/// The last event of an instance, as recorded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct State {
+    /// 0: no event yet (an instance that existed before the extension was installed).
+    pub version: i32,
+    pub digest: Option<Vec<u8>>,
+}
+
+/// A new event's state, to record once it is written.
+pub struct NewState {
+    pub instance_id: i64,
+    pub version: i32,
+    pub digest: Vec<u8>,
+}
+
+const LOCK_STATES: &str = "
+SELECT s.instance_id::pg_catalog.int8, s.snapshot_version::pg_catalog.int4,
+       s.snapshot_digest::pg_catalog.bytea
+  FROM ae_events.instance_state AS s
+ WHERE s.instance_id OPERATOR(pg_catalog.=) ANY ($1)
+ ORDER BY s.instance_id
+   FOR UPDATE";
+
+/// Rows for instances without one, so that there is a row to lock; a concurrent transaction
+/// adding the same row makes this wait for it and then do nothing.
+const ADD_MISSING_STATES: &str = "
+INSERT INTO ae_events.instance_state (instance_id, snapshot_version, snapshot_digest)
+SELECT m.id, 0, NULL FROM pg_catalog.unnest($1) AS m(id) ORDER BY m.id
+    ON CONFLICT (instance_id) DO NOTHING";
+
+const RECORD_STATES: &str = "
+INSERT INTO ae_events.instance_state (instance_id, snapshot_version, snapshot_digest)
+SELECT n.id, n.version, n.digest
+  FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3))
+       AS n(id, version, digest)
+    ON CONFLICT (instance_id) DO UPDATE
+   SET snapshot_version = excluded.snapshot_version, snapshot_digest = excluded.snapshot_digest";
+
+const FORGET_STATES: &str = "
+DELETE FROM ae_events.instance_state AS s WHERE s.instance_id OPERATOR(pg_catalog.=) ANY ($1)";
+
+struct Plans {
+    lock: KeptPlan,
+    add_missing: KeptPlan,
+    record: KeptPlan,
+    forget: KeptPlan,
+}
+
+thread_local! {
+    static PLANS: RefCell<Option<Rc<Plans>>> = const { RefCell::new(None) };
+}
+
+fn plans() -> Result<Rc<Plans>, EventError> {
+    if let Some(plans) = PLANS.with_borrow(|plans| plans.clone()) {
+        return Ok(plans);
+    }
+    let ids = [pg_sys::INT8ARRAYOID];
+    let context = |error: EventError| error.context("cannot prepare the instance state queries");
+    let plans = Rc::new(Plans {
+        lock: KeptPlan::prepare(LOCK_STATES, &ids).map_err(context)?,
+        add_missing: KeptPlan::prepare(ADD_MISSING_STATES, &ids).map_err(context)?,
+        record: KeptPlan::prepare(
+            RECORD_STATES,
+            &[
+                pg_sys::INT8ARRAYOID,
+                pg_sys::INT4ARRAYOID,
+                pg_sys::BYTEAARRAYOID,
+            ],
+        )
+        .map_err(context)?,
+        forget: KeptPlan::prepare(FORGET_STATES, &ids).map_err(context)?,
+    });
+    PLANS.with_borrow_mut(|slot| *slot = Some(Rc::clone(&plans)));
+    Ok(plans)
+}
+
+fn read_locked(
+    plan: &KeptPlan,
+    instance_ids: &[i64],
+    states: &mut HashMap<i64, State>,
+) -> Result<(), EventError> {
+    plan.run_freeing(vec![int8_array(instance_ids)?])?
+        .for_each(|row| {
+            let id = row.get::<i64>(1).map_err(EventError::internal)?;
+            let version = row.get::<i32>(2).map_err(EventError::internal)?;
+            let digest = row.get::<Vec<u8>>(3).map_err(EventError::internal)?;
+            if let (Some(id), Some(version)) = (id, version) {
+                states.insert(id, State { version, digest });
+            }
+            Ok(())
+        })
+}
+
+/// Lock the state rows of these instances (ascending, so that two passes cannot deadlock) and
+/// return them; instances without a row get one at version 0. Under READ COMMITTED a lock held
+/// by a concurrent transaction makes this wait until it commits, and the rows returned are the
+/// newest; the snapshots read after this see that transaction's changes.
+pub fn lock(instance_ids: &[i64]) -> Result<HashMap<i64, State>, EventError> {
+    let plans = plans()?;
+    let context = |error: EventError| error.context("cannot lock ae_events.instance_state");
+    let mut states = HashMap::with_capacity(instance_ids.len());
+    read_locked(&plans.lock, instance_ids, &mut states).map_err(context)?;
+    let missing: Vec<i64> = instance_ids
+        .iter()
+        .copied()
+        .filter(|id| !states.contains_key(id))
+        .collect();
+    if !missing.is_empty() {
+        plans
+            .add_missing
+            .run_freeing(vec![int8_array(&missing)?])
+            .map_err(context)?;
+        read_locked(&plans.lock, &missing, &mut states).map_err(context)?;
+    }
+    Ok(states)
+}
+
+/// Record the versions and digests of the events just written.
+pub fn record(new_states: &[NewState]) -> Result<(), EventError> {
+    if new_states.is_empty() {
+        return Ok(());
+    }
+    let plans = plans()?;
+    let ids: Vec<i64> = new_states.iter().map(|state| state.instance_id).collect();
+    let versions: Vec<i32> = new_states.iter().map(|state| state.version).collect();
+    let digests: Vec<&[u8]> = new_states
+        .iter()
+        .map(|state| state.digest.as_slice())
+        .collect();
+    let arguments = [versions.into_datum(), digests.into_datum()];
+    let [Some(versions), Some(digests)] = arguments else {
+        return Err(EventError::internal("a null state argument"));
+    };
+    plans
+        .record
+        .run_freeing(vec![int8_array(&ids)?, versions, digests])
+        .map(drop)
+        .map_err(|error| error.context("cannot record the versions in ae_events.instance_state"))
+}
+
+/// Drop the state of instances that no longer exist.
+pub fn forget(instance_ids: &[i64]) -> Result<(), EventError> {
+    if instance_ids.is_empty() {
+        return Ok(());
+    }
+    plans()?
+        .forget
+        .run_freeing(vec![int8_array(instance_ids)?])
+        .map(drop)
+        .map_err(|error| error.context("cannot drop states from ae_events.instance_state"))
+}
+
+/// SHA-256 of an encoded payload (PostgreSQL's own implementation, as `sha256(bytea)`).
+pub fn digest(payload: &[u8]) -> Result<Vec<u8>, EventError> {
+    let Some(argument) = payload.into_datum() else {
+        return Err(EventError::internal("a null payload to digest"));
+    };
+    // SAFETY: sha256_bytea takes one bytea and returns a bytea.
+    let digest = unsafe {
+        pgrx::fcinfo::direct_function_call::<Vec<u8>>(pg_sys::sha256_bytea, &[Some(argument)])
+    };
+    // SAFETY: the argument was palloc'd above for this call only.
+    unsafe { pg_sys::pfree(argument.cast_mut_ptr()) };
+    digest.ok_or_else(|| EventError::internal("sha256 returned null"))
+}
