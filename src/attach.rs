@@ -61,6 +61,16 @@ fn table_exists(name: &str) -> bool {
     .unwrap_or(false)
 }
 
+fn function_exists(signature: &str) -> bool {
+    Spi::get_one_with_args::<bool>(
+        "SELECT pg_catalog.to_regprocedure($1) IS NOT NULL",
+        &[signature.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false)
+}
+
 fn trigger_exists(table: &str, trigger: &str) -> bool {
     Spi::get_one_with_args::<bool>(
         "SELECT EXISTS (SELECT FROM pg_catalog.pg_trigger AS t
@@ -136,6 +146,11 @@ fn attach() -> bool {
                  FOR EACH ROW EXECUTE FUNCTION ae_events.emit_pending_events()"
         )
     });
+    // The install script of an earlier release (run with this library by CREATE EXTENSION ...
+    // VERSION or an update path) has no capture_change(): its triggers come with the update.
+    if !function_exists("ae_events.capture_change()") {
+        return true;
+    }
     let mut missing = Vec::new();
     for source in SOURCES {
         let table = source.table();

@@ -15,7 +15,6 @@ use crate::privileges::{ExtensionCatalog, OwnerPrivileges};
 use crate::versions::{self, NewState};
 use crate::{pending, settings, snapshot, sources};
 use pgrx::prelude::*;
-use pgrx::spi::SpiClient;
 use std::panic::AssertUnwindSafe;
 
 /// Instances built and written per set-based pass.
@@ -35,8 +34,7 @@ pub fn emit_pending() {
     }
     let catalog = ExtensionCatalog::current();
     let _privileges = OwnerPrivileges::enter(catalog.owner);
-    Spi::connect_mut(|client| {
-        let client = &*client;
+    Spi::connect_mut(|_| {
         // A DBA's trigger on the outbox could change sources: loop until nothing is left.
         loop {
             let changes = pending::take_unemitted();
@@ -44,9 +42,7 @@ pub fn emit_pending() {
                 break;
             }
             for chunk in changes.created.chunks(CHUNK_SIZE) {
-                guarded(EventKind::Created, chunk, || {
-                    emit_created(client, &catalog, chunk)
-                });
+                guarded(EventKind::Created, chunk, || emit_created(&catalog, chunk));
             }
             // Re-inserted ids were created again: their created event resets the state.
             let gone = difference(&changes.deleted, &changes.created);
@@ -63,7 +59,7 @@ pub fn emit_pending() {
             let updated = difference(&difference(&touched, &changes.created), &gone);
             for chunk in updated.chunks(CHUNK_SIZE) {
                 guarded(EventKind::Updated, chunk, || {
-                    emit_updated(client, &catalog, chunk, Unchanged::Skip).map(drop)
+                    emit_updated(&catalog, chunk, Unchanged::Skip).map(drop)
                 });
             }
         }
@@ -76,12 +72,11 @@ pub fn resend(instance_ids: Vec<i64>) -> i64 {
     let instance_ids = pending::sorted_unique(instance_ids);
     let catalog = ExtensionCatalog::current();
     let _privileges = OwnerPrivileges::enter(catalog.owner);
-    Spi::connect_mut(|client| {
-        let client = &*client;
+    Spi::connect_mut(|_| {
         let mut written = 0;
         for chunk in instance_ids.chunks(CHUNK_SIZE) {
             guarded(EventKind::Updated, chunk, || {
-                written += emit_updated(client, &catalog, chunk, Unchanged::Emit)? as i64;
+                written += emit_updated(&catalog, chunk, Unchanged::Emit)? as i64;
                 Ok(())
             });
         }
@@ -168,7 +163,6 @@ fn write_context(catalog: &ExtensionCatalog) -> WriteContext {
 
 /// Write the events, then record their versions.
 fn write(
-    client: &SpiClient<'_>,
     catalog: &ExtensionCatalog,
     kind: EventKind,
     events: Vec<(Encoded, i32)>,
@@ -193,25 +187,20 @@ fn write(
             }
         })
         .collect();
-    outbox::write(client, write_context(catalog), events)?;
+    outbox::write(write_context(catalog), events)?;
     versions::record(&states)?;
     Ok(states.len())
 }
 
-fn emit_created(
-    client: &SpiClient<'_>,
-    catalog: &ExtensionCatalog,
-    instance_ids: &[i64],
-) -> Result<(), EventError> {
+fn emit_created(catalog: &ExtensionCatalog, instance_ids: &[i64]) -> Result<(), EventError> {
     let encoded = encode(snapshot::build(instance_ids)?)?;
     let events = encoded.into_iter().map(|encoded| (encoded, 1)).collect();
-    write(client, catalog, EventKind::Created, events).map(drop)
+    write(catalog, EventKind::Created, events).map(drop)
 }
 
 /// Lock the instances' versions, then read their snapshots (so that they include what a
 /// concurrent transaction holding the lock committed) and write those that changed.
 fn emit_updated(
-    client: &SpiClient<'_>,
     catalog: &ExtensionCatalog,
     instance_ids: &[i64],
     unchanged: Unchanged,
@@ -234,7 +223,7 @@ fn emit_updated(
     // What is left was not built: the instance no longer exists (deleted concurrently).
     let vanished: Vec<i64> = pending::sorted_unique(states.into_keys().collect());
     versions::forget(&vanished)?;
-    write(client, catalog, EventKind::Updated, events)
+    write(catalog, EventKind::Updated, events)
 }
 
 /// "789" or "1, 2, 3", or "1, 2, 3, ... (1000 instances)" for long lists.

@@ -17,7 +17,6 @@ use crate::settings::NotifyMode;
 use crate::timefmt::rfc3339_utc;
 use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
-use pgrx::spi::SpiClient;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -113,17 +112,18 @@ SELECT (e).id, (e).event_id, (e).subscription_key, (e).event_type, (e).aggregate
        pg_catalog.pg_current_xact_id()
   FROM (SELECT ae_events._pending_outbox_rows() AS e OFFSET 0) AS pending";
 
-const ROW_SOURCE_EXISTS: &str =
-    "SELECT pg_catalog.to_regprocedure('ae_events._pending_outbox_rows()') IS NOT NULL";
+/// The newest SQL objects the library needs (the row source of 0.2.0, the state of 0.3.0).
+const CURRENT_OBJECTS_EXIST: &str =
+    "SELECT pg_catalog.to_regprocedure('ae_events._pending_outbox_rows()') IS NOT NULL
+        AND pg_catalog.to_regclass('ae_events.instance_state') IS NOT NULL";
 
 /// The library may be newer than the extension's SQL objects until the DBA runs the update:
 /// refuse to write events then (checked once per session, when the plans are prepared).
-fn ensure_current_sql_objects(client: &SpiClient<'_>) -> Result<(), EventError> {
-    let row_source_exists = client
-        .select(ROW_SOURCE_EXISTS, Some(1), &[])
-        .and_then(|rows| rows.first().get_one::<bool>())
-        .map_err(EventError::spi("cannot look up the outbox row source"))?;
-    if row_source_exists != Some(true) {
+pub fn ensure_current_sql_objects() -> Result<(), EventError> {
+    let objects_exist = Spi::get_one::<bool>(CURRENT_OBJECTS_EXIST).map_err(EventError::spi(
+        "cannot look up the extension's SQL objects",
+    ))?;
+    if objects_exist != Some(true) {
         return Err(sql_objects_out_of_date());
     }
     Ok(())
@@ -135,11 +135,11 @@ fn sql_objects_out_of_date() -> EventError {
     }
 }
 
-fn insert_plans(client: &SpiClient<'_>) -> Result<Rc<InsertPlans>, EventError> {
+fn insert_plans() -> Result<Rc<InsertPlans>, EventError> {
     if let Some(plans) = INSERTS.with_borrow(|plans| plans.clone()) {
         return Ok(plans);
     }
-    ensure_current_sql_objects(client)?;
+    ensure_current_sql_objects()?;
     let one_types = [
         pg_sys::INT8OID,
         pg_sys::UUIDOID,
@@ -167,12 +167,8 @@ pub fn event_being_written() -> Option<(EventKind, i64)> {
 
 /// Write the events (and queue their notifications): one streaming INSERT, or for a few
 /// events one plain INSERT each.
-pub fn write(
-    client: &SpiClient<'_>,
-    context: WriteContext,
-    events: Vec<Event>,
-) -> Result<(), EventError> {
-    let plans = insert_plans(client)?;
+pub fn write(context: WriteContext, events: Vec<Event>) -> Result<(), EventError> {
+    let plans = insert_plans()?;
     let few = events.len() <= FEW_EVENTS;
     let occurred_at_text = rfc3339_utc(context.occurred_at);
     let occurred_at = TimestampWithTimeZone::try_from(context.occurred_at).map_err(|error| {

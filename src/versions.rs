@@ -68,6 +68,7 @@ fn plans() -> Result<Rc<Plans>, EventError> {
     if let Some(plans) = PLANS.with_borrow(|plans| plans.clone()) {
         return Ok(plans);
     }
+    crate::outbox::ensure_current_sql_objects()?;
     let ids = [pg_sys::INT8ARRAYOID];
     let context = |error: EventError| error.context("cannot prepare the instance state queries");
     let plans = Rc::new(Plans {

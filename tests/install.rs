@@ -6,6 +6,14 @@ use common::*;
 use postgres::Client;
 use std::process::Stdio;
 
+/// The triggers attach() puts on ti.instance.
+const EXTENSION_TRIGGERS: [&str; 4] = [
+    "ae_events_capture_changed",
+    "ae_events_capture_created",
+    "ae_events_emit",
+    "ae_events_emit_changed",
+];
+
 fn extension_triggers(client: &mut Client) -> Vec<String> {
     client
         .query(
@@ -47,10 +55,7 @@ fn create_extension_before_the_tables_then_attach() {
         .unwrap()
         .get(0);
     assert!(attached && attached_again);
-    assert_eq!(
-        extension_triggers(&mut client),
-        vec!["ae_events_capture_created", "ae_events_emit"]
-    );
+    assert_eq!(extension_triggers(&mut client), EXTENSION_TRIGGERS);
     insert_instance(&mut client, 2);
     assert_eq!(
         outbox_instances(&mut client),
@@ -131,34 +136,71 @@ fn dump_and_restore_bring_back_triggers_and_outbox_and_events_keep_flowing() {
     client.batch_execute(SEED_EXAMPLE).unwrap();
     client.batch_execute(MINIMAL_REFERENCE_DATA).unwrap();
     insert_instance(&mut client, 2);
+    // Versions and the bubble-up choice are state that must survive too.
+    client
+        .batch_execute(
+            "UPDATE ti.instance SET score = 1 WHERE id = 789;
+             UPDATE ae_events.bubble_up SET enabled = true WHERE source_table = 'ae.catalog';
+             UPDATE ae_events.bubble_up SET enabled = false WHERE source_table = 'can.candidate';",
+        )
+        .unwrap();
     let before = outbox_rows(&mut client);
-    assert_eq!(before.len(), 2);
+    assert_eq!(before.len(), 3);
 
     let archive = dump(cluster, &source);
     let target = cluster.empty_database("restored");
     restore(cluster, &target, &archive);
 
     let mut restored = cluster.connect(&target);
-    assert_eq!(
-        extension_triggers(&mut restored),
-        vec!["ae_events_capture_created", "ae_events_emit"]
-    );
+    assert_eq!(extension_triggers(&mut restored), EXTENSION_TRIGGERS);
     let after = outbox_rows(&mut restored);
-    assert_eq!(after.len(), 2, "restoring the rows emitted no new events");
+    assert_eq!(after.len(), 3, "restoring the rows emitted no new events");
     for (old, new) in before.iter().zip(&after) {
         assert_eq!(
             (old.id, &old.event_id, &old.payload, &old.txid),
             (new.id, &new.event_id, &new.payload, &new.txid)
         );
     }
+    let settings: Vec<(String, bool)> = restored
+        .query(
+            "SELECT source_table, enabled FROM ae_events.bubble_up
+              WHERE source_table IN ('ae.catalog', 'can.candidate', 'ti.instance') ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    assert_eq!(
+        settings,
+        [
+            ("ae.catalog".to_owned(), true),
+            ("can.candidate".to_owned(), false),
+            ("ti.instance".to_owned(), true)
+        ]
+    );
+    let settings_rows: i64 = restored
+        .query_one("SELECT count(*) FROM ae_events.bubble_up", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(settings_rows, 11);
     insert_instance(&mut restored, 3);
+    restored
+        .batch_execute(
+            "UPDATE ti.instance SET score = 2 WHERE id = 789;
+             UPDATE can.candidate SET first_name = 'Not bubbled' WHERE id = 101;",
+        )
+        .unwrap();
     let rows = outbox_rows(&mut restored);
     assert_eq!(
-        rows.iter().map(|r| r.aggregate_id).collect::<Vec<_>>(),
-        vec![789, 2, 3]
+        rows.iter()
+            .map(|r| (r.aggregate_id, r.snapshot_version))
+            .collect::<Vec<_>>(),
+        vec![(789, 1), (2, 1), (789, 2), (3, 1), (789, 3)],
+        "versions continue after the restored state; can.candidate stays off"
     );
     assert!(
-        rows[2].id > rows[1].id,
+        rows[3].id > rows[2].id,
         "new ids continue after the restored ones"
     );
 }

@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use postgres::Client;
 
-const EARLIER_RELEASES: &[&str] = &["0.1.0"];
+const EARLIER_RELEASES: &[&str] = &["0.1.0", "0.2.0"];
 
 /// The extension's objects as the catalog describes them, for comparing two databases.
 fn extension_objects(client: &mut Client) -> Vec<String> {
@@ -19,10 +19,21 @@ fn extension_objects(client: &mut Client) -> Vec<String> {
               WHERE refclassid = 'pg_extension'::regclass AND deptype = 'e'
                 AND refobjid = (SELECT oid FROM pg_extension WHERE extname = 'ae_events')
              UNION ALL
-             SELECT 'column ' || attname || ' ' || format_type(atttypid, atttypmod) ||
+             SELECT 'column ' || attrelid::regclass::text || '.' || attname || ' ' ||
+                    format_type(atttypid, atttypmod) || ' not null ' || attnotnull::text ||
                     ' compression ' || attcompression::text || ' storage ' || attstorage::text
                FROM pg_attribute
-              WHERE attrelid = 'ae_events.outbox'::regclass AND attnum > 0 AND NOT attisdropped
+              WHERE attrelid IN (SELECT oid FROM pg_class
+                                  WHERE relnamespace = 'ae_events'::regnamespace AND relkind = 'r')
+                AND attnum > 0 AND NOT attisdropped
+             UNION ALL
+             SELECT 'constraint ' || conrelid::regclass::text || ' ' || pg_get_constraintdef(oid)
+               FROM pg_constraint WHERE connamespace = 'ae_events'::regnamespace
+             UNION ALL
+             SELECT 'trigger ' || pg_get_triggerdef(oid) FROM pg_trigger WHERE tgname LIKE 'ae_events%'
+                 OR tgrelid IN (SELECT oid FROM pg_class WHERE relnamespace = 'ae_events'::regnamespace)
+             UNION ALL
+             SELECT 'bubble_up ' || source_table || ' ' || enabled::text FROM ae_events.bubble_up
              UNION ALL
              SELECT 'grant ' || p.oid::regprocedure::text || ' ' || coalesce(p.proacl::text, 'default')
                FROM pg_proc AS p WHERE p.pronamespace = 'ae_events'::regnamespace
@@ -105,5 +116,15 @@ fn update_from_each_earlier_release_matches_a_fresh_install_and_keeps_events() {
         assert_eq!(rows[1].aggregate_id, 2);
         assert!(rows[1].id > rows[0].id);
         assert_eq!(rows[1].payload["candidate"]["id"], serde_json::json!(1));
+
+        // Updated events flow after the update, continuing the created event's version.
+        client
+            .batch_execute("UPDATE ti.instance SET score = 5 WHERE id = 2")
+            .unwrap();
+        let rows = outbox_rows(&mut client);
+        assert_eq!(rows.len(), 3, "from {release}");
+        assert_eq!(rows[2].subscription_key, "ae.test_instance.updated");
+        assert_eq!(rows[2].snapshot_version, 2);
+        assert_eq!(rows[2].payload["score"], serde_json::json!(5));
     }
 }
