@@ -14,6 +14,10 @@ CREATE SCHEMA evil;
 CREATE TABLE evil.instance (id bigint, candidate_id bigint);
 CREATE TABLE evil.candidate (id bigint, email text);
 CREATE TABLE evil.outbox (id bigint);
+CREATE TABLE evil.instance_state (instance_id bigint, snapshot_version integer, snapshot_digest bytea);
+CREATE TABLE evil.bubble_up (source_table text, enabled boolean);
+CREATE FUNCTION evil.unnest(bigint[]) RETURNS SETOF bigint
+    LANGUAGE sql AS $$ SELECT 0::bigint $$;
 CREATE FUNCTION evil.jsonb_build_object(VARIADIC text[]) RETURNS jsonb
     LANGUAGE sql AS $$ SELECT '{\"hijacked\": true}'::jsonb $$;
 CREATE FUNCTION evil.to_jsonb(anyelement) RETURNS jsonb
@@ -39,7 +43,7 @@ fn a_hostile_search_path_cannot_change_the_payload_or_break_the_insert() {
         .batch_execute(&format!(
             "CREATE ROLE {app_user} LOGIN;
              GRANT USAGE ON SCHEMA ti, can, ae, tcf TO {app_user};
-             GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA ti, can, ae, tcf TO {app_user};
+             GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA ti, can, ae, tcf TO {app_user};
              GRANT CREATE ON DATABASE {database} TO {app_user};"
         ))
         .unwrap();
@@ -60,6 +64,31 @@ fn a_hostile_search_path_cannot_change_the_payload_or_break_the_insert() {
     assert_eq!(received.len(), 1);
     let notified: serde_json::Value = serde_json::from_str(&received[0].1).unwrap();
     assert_eq!(notified["payload"], seed_example_payload());
+
+    // Changes by the same role, with the same search_path, bubble up as they should (the role
+    // has no privilege on ae_events: the settings and versions are read as the owner).
+    app.batch_execute(
+        "BEGIN;
+         UPDATE can.candidate SET first_name = 'Jill' WHERE id = 101;
+         DELETE FROM tcf.measurement_attribute WHERE id = 1;
+         COMMIT;",
+    )
+    .unwrap();
+    let rows = outbox_rows(&mut admin);
+    assert_eq!(rows.len(), 2);
+    let mut expected = seed_example_payload();
+    expected["candidate"]["first_name"] = serde_json::json!("Jill");
+    expected["measurement"]["measurement_attributes"] = serde_json::json!([]);
+    assert_eq!(rows[1].payload, expected);
+    assert_eq!(rows[1].subscription_key, "ae.test_instance.updated");
+    assert_eq!(rows[1].snapshot_version, 2);
+    app.batch_execute("DELETE FROM ti.instance WHERE id = 789")
+        .unwrap();
+    let states: i64 = admin
+        .query_one("SELECT count(*) FROM ae_events.instance_state", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(states, 0, "the deleted instance's state is dropped");
 }
 
 fn assert_nothing_written(client: &mut Client) {
@@ -205,4 +234,39 @@ fn an_instance_inserted_by_a_trigger_on_the_outbox_fails_the_transaction_cleanly
         );
         assert_nothing_written(&mut app);
     }
+}
+
+#[test]
+fn a_failing_updated_event_fails_the_changing_transaction_and_keeps_the_change_out() {
+    let cluster = Cluster::shared();
+    let database = cluster.database("updatefail", ForeignKeys::With);
+    let mut client = cluster.connect(&database);
+    client.batch_execute(SEED_EXAMPLE).unwrap();
+    client
+        .batch_execute(
+            "ALTER TABLE ae_events.outbox ADD CONSTRAINT no_updates
+                 CHECK (subscription_key <> 'ae.test_instance.updated')",
+        )
+        .unwrap();
+    let error = client
+        .batch_execute("UPDATE can.candidate SET first_name = 'Kept out' WHERE id = 101")
+        .unwrap_err();
+    assert_eq!(sqlstate(&error), "23514", "{error:?}");
+    let text = error_message(&error);
+    assert!(
+        text.starts_with("ae_events: ") && text.contains("updated event of ti.instance 789"),
+        "{text}"
+    );
+    let first_name: String = client
+        .query_one("SELECT first_name FROM can.candidate WHERE id = 101", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(first_name, "Jane", "the change rolled back with its event");
+    let versions: Vec<i32> = client
+        .query("SELECT snapshot_version FROM ae_events.instance_state", &[])
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(versions, [1], "the version did not move");
 }
