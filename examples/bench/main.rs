@@ -11,8 +11,10 @@
 //!   (examples/bench/plpgsql_trigger.sql). Its payloads are checked equal to ae_events'.
 //!
 //! Workloads: a bulk INSERT ... SELECT in one transaction, pgbench single-row transactions with 2
-//! clients, and one transaction of 10k / 50k / 100k instances (time and the backend's peak
-//! memory). `--smoke` runs everything at a tiny size (part of the test command, so the benchmark
+//! clients, one transaction of 10k / 50k / 100k instances (time and the backend's peak
+//! memory), one transaction updating 10,000 measurement attributes of 2,000 instances (updated
+//! events; the PL/pgSQL comparator is a statement trigger), and one reference-data change that
+//! fans out to 50,000 instances (time and peak memory). `--smoke` runs everything at a tiny size (part of the test command, so the benchmark
 //! cannot rot); the payload check fails the run in either mode.
 
 #[path = "../../tests/common/mod.rs"]
@@ -33,6 +35,10 @@ struct Sizes {
     rounds: usize,
     pgbench_seconds: u32,
     scale: Vec<i64>,
+    /// Workload 4: instances whose 5 attributes each one transaction updates.
+    updated_instances: i64,
+    /// Instances a reference-data change reaches.
+    fan_out: i64,
 }
 
 impl Sizes {
@@ -44,6 +50,8 @@ impl Sizes {
                 rounds: 1,
                 pgbench_seconds: 2,
                 scale: vec![100, 500, 1000],
+                updated_instances: 20,
+                fan_out: 300,
             }
         } else {
             Sizes {
@@ -52,6 +60,8 @@ impl Sizes {
                 pgbench_seconds: 30,
                 // (single-row: 5 interleaved rounds of 6 s)
                 scale: vec![10_000, 50_000, 100_000],
+                updated_instances: 2_000,
+                fan_out: 50_000,
             }
         };
         (sizes, smoke)
@@ -157,7 +167,7 @@ impl Bench {
         let tables = if matches!(variant, Variant::Bare | Variant::BareWithNotify) {
             "ti.instance"
         } else {
-            "ti.instance, ae_events.outbox"
+            "ti.instance, ae_events.outbox, ae_events.instance_state"
         };
         client
             .batch_execute(&format!("TRUNCATE {tables}; CHECKPOINT"))
@@ -237,7 +247,10 @@ fn main() {
             .batch_execute(&format!(
                 "CREATE EXTENSION ae_events; SELECT ae_events.detach(); {PLPGSQL_TRIGGER};
                  CREATE CONSTRAINT TRIGGER bench_emit_created AFTER INSERT ON ti.instance
-                 DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION bench.emit_created()"
+                 DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION bench.emit_created();
+                 CREATE TRIGGER bench_emit_updated AFTER UPDATE ON tcf.measurement_attribute
+                 REFERENCING NEW TABLE AS changed
+                 FOR EACH STATEMENT EXECUTE FUNCTION bench.emit_updated_attributes()"
             ))
             .unwrap();
         // The floor's rows: the same payloads, computed ahead of the timed transaction.
@@ -259,7 +272,7 @@ fn main() {
     }
     let machine = machine_description(&mut bench.connect("postgres"));
 
-    // `--only bulk|single-row|scale` runs one workload (the bulk one always checks payloads).
+    // `--only bulk|single-row|scale|updates` runs one workload (the bulk one always checks payloads).
     let only = std::env::args().skip_while(|arg| arg != "--only").nth(1);
     let runs = |workload: &str| only.as_deref().is_none_or(|only| only == workload);
     let (bulk, payload_check) = if runs("bulk") {
@@ -278,6 +291,7 @@ fn main() {
     } else {
         Vec::new()
     };
+    let updates = runs("updates").then(|| update_workload(&bench));
 
     println!("\n## Results\n\n{machine}\n");
     if let Some(check) = &payload_check {
@@ -288,6 +302,9 @@ fn main() {
     }
     if !scale.is_empty() {
         print_scale(&scale);
+    }
+    if let Some(updates) = &updates {
+        print_updates(&bench, updates);
     }
     if smoke {
         println!("\n(smoke run: sizes too small for the figures to mean anything)");
@@ -545,11 +562,23 @@ fn scale_workload(bench: &Bench) -> Vec<ScalePoint> {
     points
 }
 
-/// Time one transaction of `instances` and the growth of the backend's private memory (RssAnon
-/// sampled every 2 ms, minus its value before the transaction).
+/// Time one transaction of `instances` and the growth of the backend's private memory.
 fn measure_transaction(bench: &Bench, variant: Variant, instances: i64) -> (f64, u64) {
     let mut client = bench.session(variant);
     bench.reset(&mut client, variant);
+    let (seconds, peak) = with_peak_memory(&mut client, |client| {
+        bench.timed_insert(client, variant, 1, instances)
+    });
+    let row = client
+        .query_one("SELECT count(*) FROM ae_events.outbox", &[])
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), instances, "scale: one event each");
+    (seconds, peak)
+}
+
+/// Run `work` on the session and sample its backend's private memory (RssAnon from /proc every
+/// 2 ms): the result and the peak growth over the value before.
+fn with_peak_memory<T>(client: &mut Client, work: impl FnOnce(&mut Client) -> T) -> (T, u64) {
     let pid: i32 = client
         .query_one("SELECT pg_backend_pid()", &[])
         .unwrap()
@@ -567,14 +596,138 @@ fn measure_transaction(bench: &Bench, variant: Variant, instances: i64) -> (f64,
             peak
         })
     };
-    let seconds = bench.timed_insert(&mut client, variant, 1, instances);
+    let result = work(client);
     running.store(false, Ordering::Relaxed);
     let peak = sampler.join().unwrap();
-    let row = client
-        .query_one("SELECT count(*) FROM ae_events.outbox", &[])
+    (result, peak.saturating_sub(before))
+}
+
+struct UpdateResults {
+    /// Workload 4: median seconds per variant.
+    attributes: Vec<(Variant, f64)>,
+    /// The fan-out: seconds and the backend's peak memory growth per variant.
+    fan_out: Vec<(Variant, f64, u64)>,
+}
+
+/// The updated events in the session's database (0 where there is no outbox: bare).
+fn updated_events(client: &mut Client) -> i64 {
+    let has_outbox: bool = client
+        .query_one("SELECT to_regclass('ae_events.outbox') IS NOT NULL", &[])
+        .unwrap()
+        .get(0);
+    if !has_outbox {
+        return 0;
+    }
+    client
+        .query_one(
+            "SELECT count(*) FROM ae_events.outbox WHERE subscription_key = 'ae.test_instance.updated'",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+}
+
+/// Workload 4 (one transaction updating the 5 attributes of each of N instances) and the
+/// fan-out (one reference-data change reaching every instance, ae.test_instance.updated for each).
+fn update_workload(bench: &Bench) -> UpdateResults {
+    let sizes = &bench.sizes;
+    for (variant, instances) in [
+        (Variant::Bare, sizes.fan_out),
+        (Variant::AeEventsFull, sizes.fan_out),
+        (Variant::PlPgSql, sizes.updated_instances),
+    ] {
+        let mut client = bench.session(variant);
+        bench.reset(&mut client, variant);
+        client.batch_execute(&instances_sql(1, instances)).unwrap();
+    }
+    let mut client = bench.connect("bench_ae_events");
+    client
+        .batch_execute(
+            "UPDATE ae_events.bubble_up SET enabled = true WHERE source_table = 'tcf.skill'",
+        )
         .unwrap();
-    assert_eq!(row.get::<_, i64>(0), instances, "scale: one event each");
-    (seconds, peak.saturating_sub(before))
+    client.batch_execute("VACUUM ANALYZE").unwrap();
+
+    let update_attributes = format!(
+        "UPDATE tcf.measurement_attribute SET numerical_score = numerical_score + 1,
+                updated_at = updated_at + interval '1 second'
+          WHERE measurement_id BETWEEN 1 AND {}",
+        sizes.updated_instances
+    );
+    let variants = [
+        Variant::Bare,
+        Variant::AeEventsFull,
+        Variant::AeEventsOff,
+        Variant::PlPgSql,
+    ];
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+    for round in 1..=sizes.rounds {
+        for (index, &variant) in variants.iter().enumerate() {
+            let mut client = bench.session(variant);
+            client.batch_execute("CHECKPOINT").unwrap();
+            let _ = Command::new("sync").status();
+            let before = updated_events(&mut client);
+            let started = Instant::now();
+            client.batch_execute(&update_attributes).unwrap();
+            let seconds = started.elapsed().as_secs_f64();
+            if variant != Variant::Bare {
+                assert_eq!(
+                    updated_events(&mut client) - before,
+                    sizes.updated_instances,
+                    "{}: one updated event per instance",
+                    variant.label()
+                );
+            }
+            println!(
+                "updates round {round}: {:<40} {seconds:>8.3} s",
+                label(variant)
+            );
+            times[index].push(seconds);
+        }
+    }
+    let attributes = variants
+        .iter()
+        .zip(times)
+        .map(|(&variant, seconds)| (variant, median(seconds)))
+        .collect();
+
+    let mut fan_out = Vec::new();
+    for (round, variant) in [Variant::Bare, Variant::AeEventsFull, Variant::AeEventsOff]
+        .into_iter()
+        .enumerate()
+    {
+        let mut client = bench.session(variant);
+        client.batch_execute("CHECKPOINT").unwrap();
+        let _ = Command::new("sync").status();
+        let before = updated_events(&mut client);
+        let (seconds, peak) = with_peak_memory(&mut client, |client| {
+            let started = Instant::now();
+            client
+                .batch_execute(&format!(
+                    "UPDATE tcf.skill SET name = 'Skill 2, renamed {round}' WHERE id = 2"
+                ))
+                .unwrap();
+            started.elapsed().as_secs_f64()
+        });
+        if variant != Variant::Bare {
+            assert_eq!(
+                updated_events(&mut client) - before,
+                sizes.fan_out,
+                "fan-out: one updated event per instance"
+            );
+        }
+        println!(
+            "fan-out {}: {:<40} {seconds:>8.3} s, peak +{:.1} MiB",
+            sizes.fan_out,
+            label(variant),
+            peak as f64 / 1048576.0
+        );
+        fan_out.push((variant, seconds, peak));
+    }
+    UpdateResults {
+        attributes,
+        fan_out,
+    }
 }
 
 fn rss_anon_bytes(pid: i32) -> u64 {
@@ -687,6 +840,54 @@ fn print_scale(points: &[ScalePoint]) {
             point.seconds * 1e6 / point.instances as f64,
             point.peak_memory_bytes as f64 / 1048576.0,
             point.peak_memory_without_notify_bytes as f64 / 1048576.0
+        );
+    }
+}
+
+/// Variant names in the update workloads (the bare variant updates, it does not insert).
+fn label(variant: Variant) -> &'static str {
+    match variant {
+        Variant::Bare => "bare update (no trigger)",
+        _ => variant.label(),
+    }
+}
+
+fn print_updates(bench: &Bench, updates: &UpdateResults) {
+    let sizes = &bench.sizes;
+    println!(
+        "### Updates: one transaction updating the 5 attributes of each of {} instances ({} rows; median of {} rounds)\n",
+        sizes.updated_instances,
+        sizes.updated_instances * 5,
+        sizes.rounds
+    );
+    println!("| variant | seconds | x bare | us per instance |\n|---|---:|---:|---:|");
+    let bare = figure(&updates.attributes, Variant::Bare);
+    for (variant, seconds) in &updates.attributes {
+        println!(
+            "| {} | {seconds:.3} | {:.2} | {:.1} |",
+            label(*variant),
+            seconds / bare,
+            seconds * 1e6 / sizes.updated_instances as f64
+        );
+    }
+    println!(
+        "\nPL/pgSQL (statement trigger) / ae_events = {:.1}\n",
+        figure(&updates.attributes, Variant::PlPgSql)
+            / figure(&updates.attributes, Variant::AeEventsFull)
+    );
+    println!(
+        "### Fan-out: one UPDATE of a skill that is part of all {} instances' snapshots (tcf.skill bubble-up on)\n",
+        sizes.fan_out
+    );
+    println!(
+        "| variant | seconds | us per instance | backend peak memory (MiB) |\n|---|---:|---:|---:|"
+    );
+    for (variant, seconds, peak) in &updates.fan_out {
+        println!(
+            "| {} | {seconds:.3} | {:.1} | {:.1} |",
+            label(*variant),
+            seconds * 1e6 / sizes.fan_out as f64,
+            *peak as f64 / 1048576.0
         );
     }
 }

@@ -123,3 +123,53 @@ BEGIN
     RETURN NULL;
 END
 $$;
+
+-- The hand-written comparator of the updated event (benchmark workload 4): a statement-level
+-- trigger on tcf.measurement_attribute that writes one event per instance the statement touched,
+-- version = the instance's last version + 1. Simpler than ae_events (no commit-time snapshot, no
+-- coalescing across statements, no unchanged-snapshot check), as a DBA would first write it.
+CREATE FUNCTION bench.emit_updated(instance_id bigint) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    snapshot jsonb := bench.payload(instance_id);
+    new_event_id uuid := gen_random_uuid();
+    taken_at timestamptz := clock_timestamp();
+    version integer;
+    outbox_id bigint;
+    message text;
+BEGIN
+    SELECT coalesce(max(o.snapshot_version), 0) + 1 INTO version
+      FROM ae_events.outbox AS o
+     WHERE o.aggregate_type = 'test_instance' AND o.aggregate_id = instance_id;
+    INSERT INTO ae_events.outbox (event_id, subscription_key, event_type, aggregate_type,
+                                  aggregate_id, snapshot_version, payload, occurred_at, txid)
+    VALUES (new_event_id, 'ae.test_instance.updated', 'ae_test_instance_updated', 'test_instance',
+            instance_id, version, snapshot, taken_at, pg_current_xact_id())
+    RETURNING id INTO outbox_id;
+    message := json_build_object(
+        'id', outbox_id, 'event_id', new_event_id, 'subscription_key', 'ae.test_instance.updated',
+        'event_type', 'ae_test_instance_updated', 'aggregate_type', 'test_instance',
+        'aggregate_id', instance_id, 'snapshot_version', version,
+        'occurred_at', bench.rfc3339(taken_at), 'payload', snapshot)::text;
+    IF octet_length(message) >= 8000 THEN
+        message := json_build_object(
+            'id', outbox_id, 'event_id', new_event_id,
+            'subscription_key', 'ae.test_instance.updated',
+            'event_type', 'ae_test_instance_updated', 'aggregate_type', 'test_instance',
+            'aggregate_id', instance_id, 'snapshot_version', version,
+            'occurred_at', bench.rfc3339(taken_at), 'payload_omitted', true)::text;
+    END IF;
+    PERFORM pg_notify('ae_events', message);
+END
+$$;
+
+CREATE FUNCTION bench.emit_updated_attributes() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM bench.emit_updated(i.id)
+       FROM ti.instance AS i
+      WHERE i.measurement_id IN (SELECT DISTINCT c.measurement_id FROM changed AS c)
+      ORDER BY i.id;
+    RETURN NULL;
+END
+$$;
