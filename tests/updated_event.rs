@@ -665,3 +665,54 @@ fn a_reference_data_change_fans_out_to_every_instance_in_chunks() {
     assert!(summary.get::<_, bool>(4));
     assert!(summary.get::<_, bool>(5));
 }
+
+#[test]
+fn under_repeatable_read_a_concurrent_change_of_the_same_instance_fails_with_40001() {
+    let cluster = Cluster::shared();
+    let (database, mut first) = three_instances("repeatable");
+    first
+        .batch_execute(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ;
+             UPDATE can.candidate SET first_name = 'First' WHERE id = 101;
+             SET CONSTRAINTS ALL IMMEDIATE;",
+        )
+        .unwrap();
+    let mut second = cluster.connect(&database);
+    second
+        .batch_execute(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ;
+             UPDATE tcf.measurement SET status = 'second' WHERE id = 505;",
+        )
+        .unwrap();
+    let committing = std::thread::spawn(move || second.batch_execute("COMMIT"));
+    let mut observer = cluster.connect(&database);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !observer
+        .query_one(
+            "SELECT EXISTS (SELECT FROM pg_stat_activity
+                             WHERE datname = current_database() AND wait_event_type = 'Lock')",
+            &[],
+        )
+        .unwrap()
+        .get::<_, bool>(0)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the second transaction never waited"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    first.batch_execute("COMMIT").unwrap();
+    let error = committing.join().unwrap().unwrap_err();
+    assert_eq!(sqlstate(&error), "40001", "{error:?}");
+    assert!(error_message(&error).starts_with("ae_events:"));
+    let status: String = first
+        .query_one("SELECT status FROM tcf.measurement WHERE id = 505", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        status, "pending",
+        "the failed transaction's change is not committed"
+    );
+    assert_eq!(state_version(&mut first, 789), Some(2));
+}
