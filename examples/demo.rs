@@ -83,5 +83,39 @@ fn main() {
         stored == seed_example_payload()
     };
     println!("\nPayload equals the seed's example JSON: {matches}");
+
+    println!(
+        "\nUpdating the instance's score and its candidate's first name in one transaction ..."
+    );
+    app.batch_execute(
+        "BEGIN;
+         UPDATE ti.instance SET score = 88.5 WHERE id = 789;
+         UPDATE can.candidate SET first_name = 'Janet' WHERE id = 101;
+         COMMIT;",
+    )
+    .unwrap();
+    let received = drain_notifications(&mut listener, Duration::from_secs(2));
+    println!("{} notification(s), one per instance:", received.len());
+    for (_, text) in &received {
+        let mut message: serde_json::Value = serde_json::from_str(text).unwrap();
+        if let Some(payload) = message.get_mut("payload") {
+            *payload = serde_json::json!("(the snapshot, as above with the two changes)");
+        }
+        println!("{message}");
+    }
+    let updated = app
+        .query_one(
+            "SELECT subscription_key, snapshot_version, payload->'score', payload#>'{candidate,first_name}'
+               FROM ae_events.outbox ORDER BY id DESC LIMIT 1",
+            &[],
+        )
+        .unwrap();
+    println!(
+        "Outbox: {} version {}: score {}, candidate.first_name {}",
+        updated.get::<_, String>(0),
+        updated.get::<_, i32>(1),
+        updated.get::<_, serde_json::Value>(2),
+        updated.get::<_, serde_json::Value>(3)
+    );
     println!("The cluster stops and its files are removed when this program exits.");
 }

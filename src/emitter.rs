@@ -34,36 +34,34 @@ pub fn emit_pending() {
     }
     let catalog = ExtensionCatalog::current();
     let _privileges = OwnerPrivileges::enter(catalog.owner);
-    Spi::connect_mut(|_| {
-        // A DBA's trigger on the outbox could change sources: loop until nothing is left.
-        loop {
-            let changes = pending::take_unemitted();
-            if changes.is_empty() {
-                break;
-            }
-            for chunk in changes.created.chunks(CHUNK_SIZE) {
-                guarded(EventKind::Created, chunk, || emit_created(&catalog, chunk));
-            }
-            // Re-inserted ids were created again: their created event resets the state.
-            let gone = difference(&changes.deleted, &changes.created);
-            guarded(EventKind::Updated, &gone, || versions::forget(&gone));
-            if changes.touched.is_empty() {
-                continue;
-            }
-            let touched = match sources::affected_instances(&changes.touched) {
-                Ok(instances) => instances,
-                Err(error) => error.report(),
-            };
-            // An instance created in this pass already shows the final state in its created
-            // event; a deleted one has nothing to show.
-            let updated = difference(&difference(&touched, &changes.created), &gone);
-            for chunk in updated.chunks(CHUNK_SIZE) {
-                guarded(EventKind::Updated, chunk, || {
-                    emit_updated(&catalog, chunk, Unchanged::Skip).map(drop)
-                });
-            }
+    // A DBA's trigger on the outbox could change sources: loop until nothing is left.
+    loop {
+        let changes = pending::take_unemitted();
+        if changes.is_empty() {
+            break;
         }
-    });
+        for chunk in changes.created.chunks(CHUNK_SIZE) {
+            guarded(EventKind::Created, chunk, || emit_created(&catalog, chunk));
+        }
+        // Re-inserted ids were created again: their created event resets the state.
+        let gone = difference(&changes.deleted, &changes.created);
+        guarded(EventKind::Updated, &gone, || versions::forget(&gone));
+        if changes.touched.is_empty() {
+            continue;
+        }
+        let touched = match Spi::connect(|_| sources::affected_instances(&changes.touched)) {
+            Ok(instances) => instances,
+            Err(error) => error.report(),
+        };
+        // An instance created in this pass already shows the final state in its created
+        // event; a deleted one has nothing to show.
+        let updated = difference(&difference(&touched, &changes.created), &gone);
+        for chunk in updated.chunks(CHUNK_SIZE) {
+            guarded(EventKind::Updated, chunk, || {
+                emit_updated(&catalog, chunk, Unchanged::Skip).map(drop)
+            });
+        }
+    }
 }
 
 /// Write an updated event for each instance that exists, even if its snapshot is unchanged;
@@ -72,19 +70,17 @@ pub fn resend(instance_ids: Vec<i64>) -> i64 {
     let instance_ids = pending::sorted_unique(instance_ids);
     let catalog = ExtensionCatalog::current();
     let _privileges = OwnerPrivileges::enter(catalog.owner);
-    Spi::connect_mut(|_| {
-        let mut written = 0;
-        for chunk in instance_ids.chunks(CHUNK_SIZE) {
-            guarded(EventKind::Updated, chunk, || {
-                written += emit_updated(&catalog, chunk, Unchanged::Emit)? as i64;
-                Ok(())
-            });
-        }
-        written
-    })
+    let mut written = 0;
+    for chunk in instance_ids.chunks(CHUNK_SIZE) {
+        guarded(EventKind::Updated, chunk, || {
+            written += emit_updated(&catalog, chunk, Unchanged::Emit)? as i64;
+            Ok(())
+        });
+    }
+    written
 }
 
-/// Run one chunk's work; any error fails the transaction with a message naming the chunk's
+/// Run one chunk's work in its own SPI connection; any error fails the transaction with a message naming the chunk's
 /// instances (or the one whose row was being written).
 fn guarded(kind: EventKind, chunk: &[i64], work: impl FnOnce() -> Result<(), EventError>) {
     if chunk.is_empty() {
@@ -92,10 +88,12 @@ fn guarded(kind: EventKind, chunk: &[i64], work: impl FnOnce() -> Result<(), Eve
     }
     let mut work = Some(work);
     PgTryBuilder::new(AssertUnwindSafe(|| {
-        if let Some(work) = work.take() {
-            if let Err(error) = work() {
-                error.report();
-            }
+        // One SPI connection per chunk: what the chunk pallocs in SPI's procedure context
+        // (digests, array elements, values read) is freed when the chunk ends, not at the end of
+        // the pass, so memory stays bounded over any number of chunks.
+        let result = Spi::connect_mut(|_| work.take().map(|work| work()));
+        if let Some(Err(error)) = result {
+            error.report();
         }
     }))
     .catch_others(|caught| {
