@@ -99,10 +99,13 @@ fn guarded(kind: EventKind, chunk: &[i64], work: impl FnOnce() -> Result<(), Eve
     .catch_others(|caught| {
         let what = match outbox::event_being_written() {
             Some((kind, instance_id)) => {
-                format!("the {} event of ti.instance {instance_id}", kind.noun())
+                format!(
+                    "write the {} event of ti.instance {instance_id}",
+                    kind.noun()
+                )
             }
             None => format!(
-                "the {} events of ti.instance {}",
+                "write the {} events of ti.instance {}",
                 kind.noun(),
                 describe_ids(chunk)
             ),

@@ -95,9 +95,9 @@ pub fn raise(code: PgSqlErrorCode, message: String, detail: Option<String>) -> !
     unreachable!("ereport(ERROR) does not return")
 }
 
-/// Raise an error caught while emitting events again, its message saying which event failed
-/// (`what`, e.g. "the created event of ti.instance 789"). The SQLSTATE and detail are kept.
-pub fn raise_naming(caught: CaughtError, what: &str) -> ! {
+/// Raise a caught error again, its message saying what failed (`action`, e.g. "write the
+/// created event of ti.instance 789"). The SQLSTATE and detail are kept.
+pub fn raise_naming(caught: CaughtError, action: &str) -> ! {
     let report = match &caught {
         CaughtError::PostgresError(report) | CaughtError::ErrorReport(report) => report,
         CaughtError::RustPanic { ereport, .. } => ereport,
@@ -106,7 +106,7 @@ pub fn raise_naming(caught: CaughtError, what: &str) -> ! {
     let message = message.strip_prefix(PREFIX).unwrap_or(message);
     raise(
         report.sql_error_code(),
-        format!("{PREFIX}cannot write {what}: {message}"),
+        format!("{PREFIX}cannot {action}: {message}"),
         report.detail().map(str::to_owned),
     )
 }

@@ -13,26 +13,26 @@ use pgrx::prelude::*;
 /// would carry; NULL when the instance does not exist. Reads with the caller's privileges.
 #[pg_extern(volatile, strict, parallel_unsafe)]
 fn snapshot(instance_id: i64) -> Option<StoredJsonb> {
-    let encoded: Result<Option<Vec<u8>>, EventError> = Spi::connect(|_| {
-        let Some(snapshot) = snapshot::build(&[instance_id])?.pop() else {
-            return Ok(None);
-        };
-        Encoder::default()
-            .encode(&snapshot)
-            .map(|container| Some(container.to_vec()))
-            .map_err(|error| EventError::BadValue {
-                what: format!("the payload of ti.instance {instance_id}: {error}"),
-            })
-    });
-    match encoded {
-        // Built outside the SPI connection, whose memory is freed when it ends.
-        Ok(container) => container.map(|container| StoredJsonb::from_container(&container)),
-        Err(error) => error
-            .context(format!(
-                "cannot build the snapshot of ti.instance {instance_id}"
-            ))
-            .report(),
-    }
+    let action = format!("build the snapshot of ti.instance {instance_id}");
+    let encoded = PgTryBuilder::new(|| {
+        Spi::connect(|_| {
+            let Some(snapshot) = snapshot::build(&[instance_id])?.pop() else {
+                return Ok(None);
+            };
+            Encoder::default()
+                .encode(&snapshot)
+                .map(|container| Some(container.to_vec()))
+                .map_err(|error| EventError::BadValue {
+                    what: format!("the payload of ti.instance {instance_id}: {error}"),
+                })
+        })
+        .unwrap_or_else(|error: EventError| error.report())
+    })
+    // A caller without SELECT on a source table, say: the error says what was asked.
+    .catch_others(|caught| errors::raise_naming(caught, &action))
+    .execute();
+    // Built outside the SPI connection, whose memory is freed when it ends.
+    encoded.map(|container| StoredJsonb::from_container(&container))
 }
 
 /// Write an `ae.test_instance.updated` event with the current snapshot of each instance, even

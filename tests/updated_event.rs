@@ -543,6 +543,17 @@ fn snapshot_returns_what_an_event_carries_and_resend_replays_it() {
         .batch_execute("SELECT ae_events.resend(ARRAY[789])")
         .unwrap_err();
     assert_eq!(sqlstate(&error), "42501");
+    // snapshot() reads with the caller's privileges: a role that cannot read the application's
+    // tables gets a clear error, not a payload.
+    let error = app
+        .batch_execute("SELECT ae_events.snapshot(789)")
+        .unwrap_err();
+    assert_eq!(sqlstate(&error), "42501");
+    assert!(
+        error_message(&error)
+            .starts_with("ae_events: cannot build the snapshot of ti.instance 789"),
+        "{error:?}"
+    );
     let error = client
         .batch_execute("SELECT ae_events.resend(ARRAY[789, NULL])")
         .unwrap_err();
