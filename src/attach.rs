@@ -51,36 +51,35 @@ fn emit_pending_events<'a>(_trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
     Ok(None)
 }
 
+/// A yes/no question to the catalog (no answer counts as no).
+fn catalog_says(query: &str, arguments: &[pgrx::datum::DatumWithOid<'_>]) -> bool {
+    Spi::get_one_with_args::<bool>(query, arguments)
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
+
 fn table_exists(name: &str) -> bool {
-    Spi::get_one_with_args::<bool>(
+    catalog_says(
         "SELECT pg_catalog.to_regclass($1) IS NOT NULL",
         &[name.into()],
     )
-    .ok()
-    .flatten()
-    .unwrap_or(false)
 }
 
 fn function_exists(signature: &str) -> bool {
-    Spi::get_one_with_args::<bool>(
+    catalog_says(
         "SELECT pg_catalog.to_regprocedure($1) IS NOT NULL",
         &[signature.into()],
     )
-    .ok()
-    .flatten()
-    .unwrap_or(false)
 }
 
 fn trigger_exists(table: &str, trigger: &str) -> bool {
-    Spi::get_one_with_args::<bool>(
+    catalog_says(
         "SELECT EXISTS (SELECT FROM pg_catalog.pg_trigger AS t
                          WHERE t.tgrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($1)
                            AND t.tgname OPERATOR(pg_catalog.=) $2)",
         &[table.into(), trigger.into()],
     )
-    .ok()
-    .flatten()
-    .unwrap_or(false)
 }
 
 /// CREATE EXTENSION runs its script with `client_min_messages = warning`; the NOTICE that the

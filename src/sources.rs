@@ -120,6 +120,49 @@ impl Source {
     }
 }
 
+/// The instances whose column `$column` is one of the keys.
+macro_rules! instances_by_column {
+    ($column:literal) => {
+        concat!(
+            "SELECT i.id::pg_catalog.int8 FROM ti.instance AS i WHERE i.",
+            $column,
+            " OPERATOR(pg_catalog.=) ANY ($1)"
+        )
+    };
+}
+
+/// The instances of the catalog assessments whose `$key_column` is one of the keys.
+macro_rules! instances_by_catalog_assessment {
+    ($key_column:literal) => {
+        concat!(
+            "SELECT i.id::pg_catalog.int8
+               FROM ae.catalog_assessment AS ca
+               JOIN ti.instance AS i ON i.catalog_assessment_id OPERATOR(pg_catalog.=) ca.id
+              WHERE ",
+            $key_column,
+            " OPERATOR(pg_catalog.=) ANY ($1)"
+        )
+    };
+}
+
+/// The instances of the measurements of the attributes (`ma`, reached from `$from`) whose
+/// `$key_column` is one of the keys.
+macro_rules! instances_by_attributes {
+    ($from:literal, $key_column:literal) => {
+        concat!(
+            "SELECT i.id::pg_catalog.int8
+               FROM ",
+            $from,
+            "
+               JOIN ti.instance AS i
+                 ON i.measurement_id OPERATOR(pg_catalog.=) ma.measurement_id
+              WHERE ",
+            $key_column,
+            " OPERATOR(pg_catalog.=) ANY ($1)"
+        )
+    };
+}
+
 /// What the key of a changed row identifies; each kind has one lookup to instance ids.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Key {
@@ -156,65 +199,31 @@ impl Key {
     fn instances_query(self) -> Option<&'static str> {
         Some(match self {
             Key::Instance => return None,
-            Key::Candidate => {
-                "SELECT i.id::pg_catalog.int8 FROM ti.instance AS i
-                  WHERE i.candidate_id OPERATOR(pg_catalog.=) ANY ($1)"
-            }
-            Key::Measurement => {
-                "SELECT i.id::pg_catalog.int8 FROM ti.instance AS i
-                  WHERE i.measurement_id OPERATOR(pg_catalog.=) ANY ($1)"
-            }
-            Key::CatalogAssessment => {
-                "SELECT i.id::pg_catalog.int8 FROM ti.instance AS i
-                  WHERE i.catalog_assessment_id OPERATOR(pg_catalog.=) ANY ($1)"
-            }
-            Key::Assessment => {
-                "SELECT i.id::pg_catalog.int8
-                   FROM ae.catalog_assessment AS ca
-                   JOIN ti.instance AS i
-                     ON i.catalog_assessment_id OPERATOR(pg_catalog.=) ca.id
-                  WHERE ca.assessment_id OPERATOR(pg_catalog.=) ANY ($1)"
-            }
-            Key::Catalog => {
-                "SELECT i.id::pg_catalog.int8
-                   FROM ae.catalog_assessment AS ca
-                   JOIN ti.instance AS i
-                     ON i.catalog_assessment_id OPERATOR(pg_catalog.=) ca.id
-                  WHERE ca.catalog_id OPERATOR(pg_catalog.=) ANY ($1)"
-            }
-            Key::SectionConfigurationAttribute => {
-                "SELECT i.id::pg_catalog.int8
-                   FROM tcf.measurement_attribute AS ma
-                   JOIN ti.instance AS i
-                     ON i.measurement_id OPERATOR(pg_catalog.=) ma.measurement_id
-                  WHERE ma.section_configuration_attribute_id OPERATOR(pg_catalog.=) ANY ($1)"
-            }
-            Key::Attribute => {
-                "SELECT i.id::pg_catalog.int8
-                   FROM tcf.section_configuration_attribute AS sca
+            Key::Candidate => instances_by_column!("candidate_id"),
+            Key::Measurement => instances_by_column!("measurement_id"),
+            Key::CatalogAssessment => instances_by_column!("catalog_assessment_id"),
+            Key::Assessment => instances_by_catalog_assessment!("ca.assessment_id"),
+            Key::Catalog => instances_by_catalog_assessment!("ca.catalog_id"),
+            Key::SectionConfigurationAttribute => instances_by_attributes!(
+                "tcf.measurement_attribute AS ma",
+                "ma.section_configuration_attribute_id"
+            ),
+            Key::Attribute => instances_by_attributes!(
+                "tcf.section_configuration_attribute AS sca
                    JOIN tcf.measurement_attribute AS ma
-                     ON ma.section_configuration_attribute_id OPERATOR(pg_catalog.=) sca.id
-                   JOIN ti.instance AS i
-                     ON i.measurement_id OPERATOR(pg_catalog.=) ma.measurement_id
-                  WHERE sca.attribute_id OPERATOR(pg_catalog.=) ANY ($1)"
-            }
-            Key::Skill => {
-                "SELECT i.id::pg_catalog.int8
-                   FROM tcf.attribute AS a
+                     ON ma.section_configuration_attribute_id OPERATOR(pg_catalog.=) sca.id",
+                "sca.attribute_id"
+            ),
+            Key::Skill => instances_by_attributes!(
+                "tcf.attribute AS a
                    JOIN tcf.section_configuration_attribute AS sca
                      ON sca.attribute_id OPERATOR(pg_catalog.=) a.id
                    JOIN tcf.measurement_attribute AS ma
-                     ON ma.section_configuration_attribute_id OPERATOR(pg_catalog.=) sca.id
-                   JOIN ti.instance AS i
-                     ON i.measurement_id OPERATOR(pg_catalog.=) ma.measurement_id
-                  WHERE a.skill_id OPERATOR(pg_catalog.=) ANY ($1)"
-            }
+                     ON ma.section_configuration_attribute_id OPERATOR(pg_catalog.=) sca.id",
+                "a.skill_id"
+            ),
             Key::Ordinal => {
-                "SELECT i.id::pg_catalog.int8
-                   FROM tcf.measurement_attribute AS ma
-                   JOIN ti.instance AS i
-                     ON i.measurement_id OPERATOR(pg_catalog.=) ma.measurement_id
-                  WHERE ma.ordinal_id OPERATOR(pg_catalog.=) ANY ($1)"
+                instances_by_attributes!("tcf.measurement_attribute AS ma", "ma.ordinal_id")
             }
         })
     }
