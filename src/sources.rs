@@ -417,3 +417,109 @@ pub fn affected_instances(
     }
     Ok(pending::sorted_unique(instances))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_source_is_found_by_its_table_name_and_nothing_else_is() {
+        for source in SOURCES {
+            assert_eq!(Source::from_table(source.table().as_bytes()), Some(source));
+        }
+        for other in [
+            "",
+            "ti.instances",
+            "public.instance",
+            "TI.INSTANCE",
+            "instance",
+        ] {
+            assert_eq!(Source::from_table(other.as_bytes()), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn instance_specific_tables_are_on_by_default_and_reference_data_off() {
+        let defaults = EnabledSources::defaults();
+        let expected = [
+            (Source::Instance, true, "UPDATE", Key::Instance),
+            (Source::Candidate, true, "UPDATE", Key::Candidate),
+            (Source::Measurement, true, "UPDATE", Key::Measurement),
+            (
+                Source::MeasurementAttribute,
+                true,
+                "INSERT OR UPDATE OR DELETE",
+                Key::Measurement,
+            ),
+            (
+                Source::CatalogAssessment,
+                false,
+                "UPDATE",
+                Key::CatalogAssessment,
+            ),
+            (Source::Assessment, false, "UPDATE", Key::Assessment),
+            (Source::Catalog, false, "UPDATE", Key::Catalog),
+            (
+                Source::SectionConfigurationAttribute,
+                false,
+                "UPDATE",
+                Key::SectionConfigurationAttribute,
+            ),
+            (Source::Attribute, false, "UPDATE", Key::Attribute),
+            (Source::Skill, false, "UPDATE", Key::Skill),
+            (Source::Ordinal, false, "UPDATE", Key::Ordinal),
+        ];
+        assert_eq!(expected.len(), SOURCES.len());
+        for (source, on, operations, key) in expected {
+            assert_eq!(defaults.contains(source), on, "{source:?}");
+            assert_eq!(source.operations(), operations, "{source:?}");
+            assert_eq!(source.key(), key, "{source:?}");
+        }
+    }
+
+    #[test]
+    fn a_setting_switches_only_its_own_table() {
+        let mut enabled = EnabledSources::defaults();
+        enabled.set(Source::Catalog, true);
+        enabled.set(Source::Candidate, false);
+        for source in SOURCES {
+            let expected = match source {
+                Source::Catalog => true,
+                Source::Candidate => false,
+                other => other.enabled_by_default(),
+            };
+            assert_eq!(enabled.contains(source), expected, "{source:?}");
+        }
+    }
+
+    #[test]
+    fn every_key_but_the_instance_has_a_schema_qualified_lookup() {
+        let keys = [
+            Key::Candidate,
+            Key::Measurement,
+            Key::CatalogAssessment,
+            Key::Assessment,
+            Key::Catalog,
+            Key::SectionConfigurationAttribute,
+            Key::Attribute,
+            Key::Skill,
+            Key::Ordinal,
+        ];
+        assert_eq!(Key::Instance.instances_query(), None);
+        for key in keys {
+            let sql = key.instances_query().unwrap_or_default();
+            assert!(
+                sql.starts_with("SELECT i.id::pg_catalog.int8"),
+                "{key:?}: {sql}"
+            );
+            assert!(
+                sql.ends_with("OPERATOR(pg_catalog.=) ANY ($1)"),
+                "{key:?}: {sql}"
+            );
+            assert!(
+                !sql.contains(" = "),
+                "unqualified operator in {key:?}: {sql}"
+            );
+        }
+    }
+}
