@@ -12,6 +12,7 @@ use crate::jsonb::Encoder;
 use crate::outbox::{self, Event, EventKind, WriteContext};
 use crate::payload::TestInstance;
 use crate::privileges::{ExtensionCatalog, OwnerPrivileges};
+use crate::redaction::Rules;
 use crate::versions::{self, NewState};
 use crate::{pending, settings, snapshot, sources};
 use pgrx::prelude::*;
@@ -34,6 +35,7 @@ pub fn emit_pending() {
     }
     let catalog = ExtensionCatalog::current();
     let _privileges = OwnerPrivileges::enter(catalog.owner);
+    let rules = payload_rules();
     // A DBA's trigger on the outbox could change sources: loop until nothing is left.
     loop {
         let changes = pending::take_unemitted();
@@ -41,7 +43,9 @@ pub fn emit_pending() {
             break;
         }
         for chunk in changes.created.chunks(CHUNK_SIZE) {
-            guarded(EventKind::Created, chunk, || emit_created(&catalog, chunk));
+            guarded(EventKind::Created, chunk, || {
+                emit_created(&catalog, &rules, chunk)
+            });
         }
         // Re-inserted ids were created again: their created event resets the state.
         let gone = difference(&changes.deleted, &changes.created);
@@ -58,7 +62,7 @@ pub fn emit_pending() {
         let updated = difference(&difference(&touched, &changes.created), &gone);
         for chunk in updated.chunks(CHUNK_SIZE) {
             guarded(EventKind::Updated, chunk, || {
-                emit_updated(&catalog, chunk, Unchanged::Skip).map(drop)
+                emit_updated(&catalog, &rules, chunk, Unchanged::Skip).map(drop)
             });
         }
     }
@@ -70,10 +74,11 @@ pub fn resend(instance_ids: Vec<i64>) -> i64 {
     let instance_ids = pending::sorted_unique(instance_ids);
     let catalog = ExtensionCatalog::current();
     let _privileges = OwnerPrivileges::enter(catalog.owner);
+    let rules = payload_rules();
     let mut written = 0;
     for chunk in instance_ids.chunks(CHUNK_SIZE) {
         guarded(EventKind::Updated, chunk, || {
-            written += emit_updated(&catalog, chunk, Unchanged::Emit)? as i64;
+            written += emit_updated(&catalog, &rules, chunk, Unchanged::Emit)? as i64;
             Ok(())
         });
     }
@@ -130,17 +135,39 @@ struct Encoded {
     digest: Vec<u8>,
 }
 
-fn encode(snapshots: Vec<TestInstance>) -> Result<Vec<Encoded>, EventError> {
+/// The payload rules in force for this pass (read as the owner; an error fails the transaction).
+pub fn payload_rules() -> Rules {
+    match Spi::connect(|_| Rules::load()) {
+        Ok(rules) => rules,
+        Err(error) => error.report(),
+    }
+}
+
+/// Encode a snapshot as stored: binary jsonb with the payload rules applied.
+pub fn encode_one(
+    encoder: &mut Encoder,
+    rules: &Rules,
+    snapshot: &TestInstance,
+) -> Result<Vec<u8>, EventError> {
+    let container = encoder
+        .encode(snapshot)
+        .map_err(|error| EventError::BadValue {
+            what: format!("the payload of ti.instance {}: {error}", snapshot.id),
+        })?
+        .to_vec();
+    let attributes = snapshot
+        .measurement
+        .as_ref()
+        .map_or(0, |measurement| measurement.measurement_attributes.len());
+    rules.apply(container, attributes)
+}
+
+fn encode(snapshots: Vec<TestInstance>, rules: &Rules) -> Result<Vec<Encoded>, EventError> {
     let mut encoder = Encoder::default();
     snapshots
         .into_iter()
         .map(|snapshot| {
-            let payload = encoder
-                .encode(&snapshot)
-                .map_err(|error| EventError::BadValue {
-                    what: format!("the payload of ti.instance {}: {error}", snapshot.id),
-                })?
-                .to_vec();
+            let payload = encode_one(&mut encoder, rules, &snapshot)?;
             let digest = versions::digest(&payload)?;
             Ok(Encoded {
                 instance_id: snapshot.id,
@@ -193,8 +220,12 @@ fn write(
     Ok(states.len())
 }
 
-fn emit_created(catalog: &ExtensionCatalog, instance_ids: &[i64]) -> Result<(), EventError> {
-    let encoded = encode(snapshot::build(instance_ids)?)?;
+fn emit_created(
+    catalog: &ExtensionCatalog,
+    rules: &Rules,
+    instance_ids: &[i64],
+) -> Result<(), EventError> {
+    let encoded = encode(snapshot::build(instance_ids)?, rules)?;
     let events = encoded.into_iter().map(|encoded| (encoded, 1)).collect();
     write(catalog, EventKind::Created, events).map(drop)
 }
@@ -203,11 +234,12 @@ fn emit_created(catalog: &ExtensionCatalog, instance_ids: &[i64]) -> Result<(), 
 /// concurrent transaction holding the lock committed) and write those that changed.
 fn emit_updated(
     catalog: &ExtensionCatalog,
+    rules: &Rules,
     instance_ids: &[i64],
     unchanged: Unchanged,
 ) -> Result<usize, EventError> {
     let mut states = versions::lock(instance_ids)?;
-    let encoded = encode(snapshot::build(instance_ids)?)?;
+    let encoded = encode(snapshot::build(instance_ids)?, rules)?;
     let mut events = Vec::with_capacity(encoded.len());
     for encoded in encoded {
         let Some(state) = states.remove(&encoded.instance_id) else {

@@ -14,6 +14,7 @@ mod outbox;
 mod payload;
 mod pending;
 mod privileges;
+mod redaction;
 mod replay;
 mod rows;
 mod settings;
@@ -27,6 +28,11 @@ mod versions;
 extension_sql_file!("../sql/outbox.sql", name = "outbox", bootstrap);
 extension_sql_file!("../sql/instance_state.sql", name = "instance_state");
 extension_sql_file!("../sql/bubble_up.sql", name = "bubble_up");
+extension_sql_file!(
+    "../sql/payload_rules.sql",
+    name = "payload_rules",
+    requires = [redaction::check_payload_rule]
+);
 extension_sql_file!("../sql/install.sql", name = "install", finalize);
 
 #[pg_guard]

@@ -112,10 +112,12 @@ SELECT (e).id, (e).event_id, (e).subscription_key, (e).event_type, (e).aggregate
        pg_catalog.pg_current_xact_id()
   FROM (SELECT ae_events._pending_outbox_rows() AS e OFFSET 0) AS pending";
 
-/// The newest SQL objects the library needs (the row source of 0.2.0, the state of 0.3.0).
+/// The newest SQL objects the library needs (the row source of 0.2.0, the state of 0.3.0, the
+/// payload rules of 0.4.0).
 const CURRENT_OBJECTS_EXIST: &str =
     "SELECT pg_catalog.to_regprocedure('ae_events._pending_outbox_rows()') IS NOT NULL
-        AND pg_catalog.to_regclass('ae_events.instance_state') IS NOT NULL";
+        AND pg_catalog.to_regclass('ae_events.instance_state') IS NOT NULL
+        AND pg_catalog.to_regclass('ae_events.payload_rules') IS NOT NULL";
 
 /// The library may be newer than the extension's SQL objects until the DBA runs the update:
 /// refuse to write events then (checked once per session, when the plans are prepared).
@@ -254,6 +256,10 @@ unsafe impl pgrx::callconv::BoxRet for StoredJsonb {
 }
 
 impl StoredJsonb {
+    pub fn datum(&self) -> pg_sys::Datum {
+        self.0
+    }
+
     /// Copy an encoded root container into a new jsonb datum.
     pub fn from_container(container: &[u8]) -> StoredJsonb {
         let size = container.len() + 4;

@@ -6,25 +6,28 @@ use crate::emitter;
 use crate::errors::{self, EventError};
 use crate::jsonb::Encoder;
 use crate::outbox::StoredJsonb;
+use crate::privileges::{ExtensionCatalog, OwnerPrivileges};
 use crate::snapshot;
 use pgrx::prelude::*;
 
 /// The current snapshot of an instance, the same jsonb (to the byte) that an event written now
-/// would carry; NULL when the instance does not exist. Reads with the caller's privileges.
+/// would carry, payload rules applied; NULL when the instance does not exist. Reads the rows
+/// with the caller's privileges.
 #[pg_extern(volatile, strict, parallel_unsafe)]
 fn snapshot(instance_id: i64) -> Option<StoredJsonb> {
     let action = format!("build the snapshot of ti.instance {instance_id}");
     let encoded = PgTryBuilder::new(|| {
+        // The rules are the owner's to read; the rows are read with the caller's privileges.
+        let rules = {
+            let catalog = ExtensionCatalog::current();
+            let _privileges = OwnerPrivileges::enter(catalog.owner);
+            emitter::payload_rules()
+        };
         Spi::connect(|_| {
             let Some(snapshot) = snapshot::build(&[instance_id])?.pop() else {
                 return Ok(None);
             };
-            Encoder::default()
-                .encode(&snapshot)
-                .map(|container| Some(container.to_vec()))
-                .map_err(|error| EventError::BadValue {
-                    what: format!("the payload of ti.instance {instance_id}: {error}"),
-                })
+            emitter::encode_one(&mut Encoder::default(), &rules, &snapshot).map(Some)
         })
         .unwrap_or_else(|error: EventError| error.report())
     })

@@ -141,7 +141,8 @@ fn dump_and_restore_bring_back_triggers_and_outbox_and_events_keep_flowing() {
         .batch_execute(
             "UPDATE ti.instance SET score = 1 WHERE id = 789;
              UPDATE ae_events.bubble_up SET enabled = true WHERE source_table = 'ae.catalog';
-             UPDATE ae_events.bubble_up SET enabled = false WHERE source_table = 'can.candidate';",
+             UPDATE ae_events.bubble_up SET enabled = false WHERE source_table = 'can.candidate';
+             INSERT INTO ae_events.payload_rules VALUES ('candidate.email', 'remove');",
         )
         .unwrap();
     let before = outbox_rows(&mut client);
@@ -202,6 +203,10 @@ fn dump_and_restore_bring_back_triggers_and_outbox_and_events_keep_flowing() {
     assert!(
         rows[3].id > rows[2].id,
         "new ids continue after the restored ones"
+    );
+    assert!(
+        rows[3].payload["candidate"].get("email").is_none(),
+        "the payload rules were restored"
     );
 }
 

@@ -1,0 +1,210 @@
+//! Payload visibility rules: each action, at the top level, inside every measurement attribute
+//! and inside free-form jsonb, applied before the event is stored or notified.
+
+mod common;
+
+use common::*;
+use postgres::Client;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+/// The seed's instance with two attributes that have remarks and additional attributes, and a
+/// candidate `cf` with a key to remove.
+const SEED_WITH_DETAILS: &str = "
+UPDATE can.candidate SET cf = '{\"team\": \"platform\", \"source\": \"referral\"}' WHERE id = 101;
+UPDATE tcf.measurement_attribute
+   SET remarks = 'Strong on loops', additional_attributes = '{\"rubric\": \"v2\"}' WHERE id = 1;
+INSERT INTO tcf.measurement_attribute VALUES
+    (2, 505, 10, NULL, 80, 90, 'Weak on recursion', 'second', '{\"rubric\": \"v3\"}', now(), 1, now(), 1);
+";
+
+const RULES: &str = "
+INSERT INTO ae_events.payload_rules (path, action) VALUES
+    ('candidate.email', 'sha256'),
+    ('candidate.phone_number', 'remove'),
+    ('candidate.first_name', 'null'),
+    ('candidate.cf.team', 'remove'),
+    ('measurement.measurement_attributes.*.remarks', 'sha256'),
+    ('measurement.measurement_attributes.*.additional_attributes', 'remove'),
+    ('measurement.measurement_attributes.*.percentile_score', 'null');
+";
+
+fn sha256_hex(client: &mut Client, text: &str) -> String {
+    client
+        .query_one(
+            "SELECT encode(sha256(convert_to($1, 'UTF8')), 'hex')",
+            &[&text],
+        )
+        .unwrap()
+        .get(0)
+}
+
+fn database_with_rules(name: &str) -> (String, Client) {
+    let cluster = Cluster::shared();
+    let database = cluster.database(name, ForeignKeys::Without);
+    let mut client = cluster.connect(&database);
+    client.batch_execute(RULES).unwrap();
+    (database, client)
+}
+
+#[test]
+fn each_action_applies_before_the_event_is_stored_and_notified() {
+    let cluster = Cluster::shared();
+    let (database, mut client) = database_with_rules("rules");
+    let mut listener = cluster.connect(&database);
+    listener.batch_execute("LISTEN ae_events").unwrap();
+    client
+        .batch_execute(&SEED_EXAMPLE.replace("COMMIT;", &format!("{SEED_WITH_DETAILS} COMMIT;")))
+        .unwrap();
+
+    let rows = outbox_rows(&mut client);
+    assert_eq!(rows.len(), 1);
+    let payload = &rows[0].payload;
+    let candidate = &payload["candidate"];
+    assert_eq!(
+        candidate["email"],
+        json!(sha256_hex(&mut client, "candidate@example.com"))
+    );
+    assert!(candidate.get("phone_number").is_none(), "{candidate}");
+    assert_eq!(candidate["first_name"], Value::Null);
+    assert_eq!(
+        candidate["last_name"],
+        json!("Doe"),
+        "other fields untouched"
+    );
+    assert_eq!(candidate["cf"], json!({"source": "referral"}));
+    let attributes = payload["measurement"]["measurement_attributes"]
+        .as_array()
+        .unwrap();
+    assert_eq!(attributes.len(), 2);
+    for (attribute, remarks) in attributes
+        .iter()
+        .zip(["Strong on loops", "Weak on recursion"])
+    {
+        assert_eq!(
+            attribute["remarks"],
+            json!(sha256_hex(&mut client, remarks))
+        );
+        assert!(
+            attribute.get("additional_attributes").is_none(),
+            "{attribute}"
+        );
+        assert_eq!(attribute["percentile_score"], Value::Null);
+        assert!(attribute.get("description").is_some());
+    }
+    assert_eq!(attributes[1]["numerical_score"], json!(80));
+
+    // The notification carries the same redacted payload; no raw value anywhere.
+    let received = drain_notifications(&mut listener, Duration::from_millis(1500));
+    assert_eq!(received.len(), 1);
+    let message: Value = serde_json::from_str(&received[0].1).unwrap();
+    assert_eq!(&message["payload"], payload);
+    for raw in [
+        "candidate@example.com",
+        "+19876543210",
+        "Jane",
+        "platform",
+        "Strong on loops",
+        "v2",
+    ] {
+        assert!(!received[0].1.contains(raw), "{raw} in the notification");
+        let stored: bool = client
+            .query_one(
+                "SELECT strpos(payload::text, $1) > 0 FROM ae_events.outbox",
+                &[&raw],
+            )
+            .unwrap()
+            .get(0);
+        assert!(!stored, "{raw} in the outbox");
+    }
+
+    // snapshot() applies the same rules.
+    let snapshot: Value = client
+        .query_one("SELECT ae_events.snapshot(789)", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(&snapshot, payload);
+}
+
+#[test]
+fn updated_events_compare_the_redacted_payload() {
+    let (_, mut client) = database_with_rules("rulesupdated");
+    client.batch_execute(SEED_EXAMPLE).unwrap();
+    // Only a removed field changes: the stored snapshot is the same, so no event.
+    client
+        .batch_execute("UPDATE can.candidate SET phone_number = '+100' WHERE id = 101")
+        .unwrap();
+    assert_eq!(outbox_rows(&mut client).len(), 1);
+    // A hashed field changes: an event with the new digest.
+    client
+        .batch_execute("UPDATE can.candidate SET email = 'new@example.com' WHERE id = 101")
+        .unwrap();
+    let rows = outbox_rows(&mut client);
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[1].snapshot_version, 2);
+    assert_eq!(
+        rows[1].payload["candidate"]["email"],
+        json!(sha256_hex(&mut client, "new@example.com"))
+    );
+}
+
+#[test]
+fn a_rule_applies_from_the_next_commit_and_bad_rules_are_refused() {
+    let cluster = Cluster::shared();
+    let database = cluster.database("rulesnext", ForeignKeys::Without);
+    let mut client = cluster.connect(&database);
+    client.batch_execute(SEED_EXAMPLE).unwrap();
+    client
+        .batch_execute(
+            "INSERT INTO ae_events.payload_rules VALUES ('candidate.email', 'remove');
+             UPDATE ti.instance SET score = 1 WHERE id = 789;",
+        )
+        .unwrap();
+    let rows = outbox_rows(&mut client);
+    assert_eq!(
+        rows[0].payload["candidate"]["email"],
+        json!("candidate@example.com"),
+        "events written before the rule keep their payload"
+    );
+    assert!(rows[1].payload["candidate"].get("email").is_none());
+
+    for (rule, fragment) in [
+        (
+            "('candidate.emial', 'remove')",
+            "names nothing in the payload",
+        ),
+        (
+            "('measurement.measurement_attributes.0.remarks', 'null')",
+            "names nothing",
+        ),
+        (
+            "('candidate.email', 'mask')",
+            "is not remove, null or sha256",
+        ),
+    ] {
+        let error = client
+            .batch_execute(&format!(
+                "INSERT INTO ae_events.payload_rules VALUES {rule} ON CONFLICT (path) DO UPDATE SET action = excluded.action"
+            ))
+            .unwrap_err();
+        assert_eq!(sqlstate(&error), "23514", "{rule}");
+        let message = error_message(&error);
+        assert!(
+            message.starts_with("ae_events: ") && message.contains(fragment),
+            "{rule}: {message}"
+        );
+    }
+
+    // The application's role cannot read or change the rules.
+    client
+        .batch_execute("CREATE ROLE rules_app LOGIN; GRANT USAGE ON SCHEMA ae_events TO rules_app")
+        .unwrap();
+    let mut app = cluster.connect_as(&database, "rules_app");
+    for statement in [
+        "SELECT * FROM ae_events.payload_rules",
+        "DELETE FROM ae_events.payload_rules",
+    ] {
+        let error = app.batch_execute(statement).unwrap_err();
+        assert_eq!(sqlstate(&error), "42501", "{statement}");
+    }
+}
