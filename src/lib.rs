@@ -28,6 +28,7 @@ mod versions;
 extension_sql_file!("../sql/outbox.sql", name = "outbox", bootstrap);
 extension_sql_file!("../sql/instance_state.sql", name = "instance_state");
 extension_sql_file!("../sql/bubble_up.sql", name = "bubble_up");
+extension_sql_file!("../sql/consumers.sql", name = "consumers");
 extension_sql_file!(
     "../sql/payload_rules.sql",
     name = "payload_rules",

@@ -82,6 +82,8 @@ thread_local! {
     /// The instance whose row is being inserted, to name it in an error.
     static WRITING: Cell<Option<(EventKind, i64)>> = const { Cell::new(None) };
     static INSERTS: RefCell<Option<Rc<InsertPlans>>> = const { RefCell::new(None) };
+    /// The id sequence whose outbox is known to be in this cluster's delivery epoch.
+    static EPOCH_CONFIRMED: Cell<Option<pg_sys::Oid>> = const { Cell::new(None) };
 }
 
 /// The backend's two outbox inserts, prepared together once per session.
@@ -113,11 +115,12 @@ SELECT (e).id, (e).event_id, (e).subscription_key, (e).event_type, (e).aggregate
   FROM (SELECT ae_events._pending_outbox_rows() AS e OFFSET 0) AS pending";
 
 /// The newest SQL objects the library needs (the row source of 0.2.0, the state of 0.3.0, the
-/// payload rules of 0.4.0).
+/// payload rules and delivery epochs of 0.4.0).
 const CURRENT_OBJECTS_EXIST: &str =
     "SELECT pg_catalog.to_regprocedure('ae_events._pending_outbox_rows()') IS NOT NULL
         AND pg_catalog.to_regclass('ae_events.instance_state') IS NOT NULL
-        AND pg_catalog.to_regclass('ae_events.payload_rules') IS NOT NULL";
+        AND pg_catalog.to_regclass('ae_events.payload_rules') IS NOT NULL
+        AND pg_catalog.to_regprocedure('ae_events._ensure_epoch()') IS NOT NULL";
 
 /// The library may be newer than the extension's SQL objects until the DBA runs the update:
 /// refuse to write events then (checked once per session, when the plans are prepared).
@@ -167,10 +170,28 @@ pub fn event_being_written() -> Option<(EventKind, i64)> {
     WRITING.get()
 }
 
+/// Before this backend draws outbox ids for the first time, make sure the latest delivery epoch
+/// is this cluster's (`ae_events._ensure_epoch()`, sql/consumers.sql): after `pg_restore` into
+/// another cluster, transaction ids start over, and relays order events by epoch first.
+/// Remembered per id sequence once the epoch was there before this transaction (an epoch this
+/// transaction creates is asked for again until it has committed).
+fn ensure_epoch(id_sequence: pg_sys::Oid) -> Result<(), EventError> {
+    if EPOCH_CONFIRMED.get() == Some(id_sequence) {
+        return Ok(());
+    }
+    let existed = Spi::get_one::<bool>("SELECT ae_events._ensure_epoch()")
+        .map_err(EventError::spi("cannot start the delivery epoch"))?;
+    if existed == Some(true) {
+        EPOCH_CONFIRMED.set(Some(id_sequence));
+    }
+    Ok(())
+}
+
 /// Write the events (and queue their notifications): one streaming INSERT, or for a few
 /// events one plain INSERT each.
 pub fn write(context: WriteContext, events: Vec<Event>) -> Result<(), EventError> {
     let plans = insert_plans()?;
+    ensure_epoch(context.id_sequence)?;
     let few = events.len() <= FEW_EVENTS;
     let occurred_at_text = rfc3339_utc(context.occurred_at);
     let occurred_at = TimestampWithTimeZone::try_from(context.occurred_at).map_err(|error| {

@@ -4,7 +4,6 @@ mod common;
 
 use common::*;
 use postgres::Client;
-use std::process::Stdio;
 
 /// The triggers attach() puts on ti.instance.
 const EXTENSION_TRIGGERS: [&str; 4] = [
@@ -76,56 +75,6 @@ fn detach_stops_events_and_attach_resumes_them() {
     client.batch_execute("SELECT ae_events.attach()").unwrap();
     insert_instance(&mut client, 2);
     assert_eq!(outbox_instances(&mut client), vec![2]);
-}
-
-fn dump(cluster: &Cluster, database: &str) -> Vec<u8> {
-    let output = pg_command("pg_dump")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &cluster.port.to_string(),
-            "-U",
-            "postgres",
-            "-Fc",
-            database,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output.stdout
-}
-
-fn restore(cluster: &Cluster, database: &str, archive: &[u8]) {
-    use std::io::Write;
-    let mut child = pg_command("pg_restore")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &cluster.port.to_string(),
-            "-U",
-            "postgres",
-            "--exit-on-error",
-            "-d",
-            database,
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(archive).unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "pg_restore: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 #[test]

@@ -332,3 +332,55 @@ pub fn connect_collecting_notices(
     });
     (config.connect(postgres::NoTls).unwrap(), notices)
 }
+
+/// `pg_dump -Fc` of a database.
+pub fn dump(cluster: &Cluster, database: &str) -> Vec<u8> {
+    let output = pg_command("pg_dump")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &cluster.port.to_string(),
+            "-U",
+            "postgres",
+            "-Fc",
+            database,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output.stdout
+}
+
+/// `pg_restore` of an archive into an existing (empty) database, stopping at the first error.
+pub fn restore(cluster: &Cluster, database: &str, archive: &[u8]) {
+    use std::io::Write;
+    let mut child = pg_command("pg_restore")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &cluster.port.to_string(),
+            "-U",
+            "postgres",
+            "--exit-on-error",
+            "-d",
+            database,
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(archive).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "pg_restore: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
