@@ -1,5 +1,6 @@
 -- ae_events 0.3.0 -> 0.4.0: payload visibility rules (ae_events.payload_rules), applied before
--- events are stored or notified; the gap-free consumer API for relays and its roles.
+-- events are stored or notified; the gap-free consumer API for relays and its roles; the
+-- analysts' view, retention (prune) and stats.
 \echo Use "ALTER EXTENSION ae_events UPDATE TO '0.4.0'" to load this file. \quit
 
 CREATE FUNCTION ae_events.check_payload_rule(path text, action text) RETURNS boolean
@@ -352,3 +353,132 @@ GRANT USAGE ON SCHEMA ae_events TO ae_events_relay, ae_events_reader;
 GRANT SELECT ON ae_events.outbox TO ae_events_relay, ae_events_reader;
 GRANT EXECUTE ON FUNCTION ae_events.create_consumer(text, boolean), ae_events.poll(text, integer),
     ae_events.ack(text, bigint), ae_events.drop_consumer(text) TO ae_events_relay;
+
+-- For analysts: one row per event with the columns they filter on, an index for time ranges;
+-- for DBAs: retention (prune) and stats.
+
+-- occurred_at grows with the outbox (append-only), so a BRIN index finds a time range in a
+-- million-row outbox with a few index pages and costs writers almost nothing; one instance's
+-- history uses outbox_aggregate_idx.
+CREATE INDEX outbox_occurred_at_idx ON ae_events.outbox USING brin (occurred_at)
+    WITH (pages_per_range = 32, autosummarize = on);
+
+CREATE VIEW ae_events.events AS
+SELECT o.id,
+       o.event_id,
+       o.subscription_key AS event,
+       o.aggregate_id AS instance_id,
+       o.snapshot_version,
+       o.occurred_at,
+       o.payload OPERATOR(pg_catalog.->>) 'instance_status' AS instance_status,
+       (o.payload OPERATOR(pg_catalog.->>) 'candidate_id')::bigint AS candidate_id,
+       pg_catalog.concat_ws(' ',
+           o.payload OPERATOR(pg_catalog.#>>) '{candidate,first_name}',
+           o.payload OPERATOR(pg_catalog.#>>) '{candidate,last_name}') AS candidate_name,
+       (o.payload OPERATOR(pg_catalog.->>) 'catalog_assessment_id')::bigint AS catalog_assessment_id,
+       o.payload OPERATOR(pg_catalog.#>>) '{catalog_assessment,assessment,name}' AS assessment_name,
+       o.payload OPERATOR(pg_catalog.#>>) '{catalog_assessment,assessment,status}' AS assessment_status,
+       o.payload OPERATOR(pg_catalog.#>>) '{catalog_assessment,catalog,name}' AS catalog_name,
+       (o.payload OPERATOR(pg_catalog.->>) 'measurement_id')::bigint AS measurement_id,
+       o.payload OPERATOR(pg_catalog.#>>) '{measurement,status}' AS measurement_status,
+       pg_catalog.jsonb_array_length(coalesce(
+           o.payload OPERATOR(pg_catalog.#>) '{measurement,measurement_attributes}',
+           '[]'::jsonb)) AS attribute_count,
+       (o.payload OPERATOR(pg_catalog.->>) 'score')::numeric AS score,
+       o.txid
+  FROM ae_events.outbox AS o
+ WHERE o.aggregate_type OPERATOR(pg_catalog.=) 'test_instance';
+
+COMMENT ON VIEW ae_events.events IS
+    'ae_events: one row per event with the columns analysts filter on (payload fields as columns)';
+
+-- Events after a consumer's cursor (not yet acknowledged), in delivery order.
+CREATE FUNCTION ae_events._unacked(consumer ae_events.consumers)
+RETURNS SETOF ae_events.outbox
+LANGUAGE sql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT o.*
+      FROM ae_events._epochs() AS e
+      JOIN ae_events.outbox AS o
+        ON o.id OPERATOR(pg_catalog.>=) e.first_id
+       AND (e.next_first_id IS NULL OR o.id OPERATOR(pg_catalog.<) e.next_first_id)
+     WHERE (e.first_id, o.txid, o.id) OPERATOR(pg_catalog.>)
+           (consumer.cursor_epoch, consumer.cursor_txid, consumer.cursor_id)
+$$;
+
+-- Delete events older than older_than, batch_size at a time, never one that a consumer has not
+-- acknowledged. Returns how many were deleted.
+CREATE FUNCTION ae_events.prune(older_than interval, batch_size integer DEFAULT 10000)
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cutoff timestamptz := pg_catalog.now() OPERATOR(pg_catalog.-) older_than;
+    deleted bigint := 0;
+    batch bigint;
+BEGIN
+    IF older_than IS NULL OR older_than OPERATOR(pg_catalog.<) interval '0' THEN
+        RAISE EXCEPTION 'ae_events: prune needs an age of zero or more, not %', older_than
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF batch_size IS NULL OR batch_size OPERATOR(pg_catalog.<) 1 THEN
+        RAISE EXCEPTION 'ae_events: batch_size must be at least 1, not %', batch_size
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    LOOP
+        DELETE FROM ae_events.outbox AS d
+         WHERE d.id OPERATOR(pg_catalog.=) ANY (ARRAY(
+                   SELECT o.id
+                     FROM ae_events._epochs() AS e
+                     JOIN ae_events.outbox AS o
+                       ON o.id OPERATOR(pg_catalog.>=) e.first_id
+                      AND (e.next_first_id IS NULL OR o.id OPERATOR(pg_catalog.<) e.next_first_id)
+                    WHERE o.occurred_at OPERATOR(pg_catalog.<) cutoff
+                      AND NOT EXISTS (
+                              SELECT FROM ae_events.consumers AS c
+                               WHERE (e.first_id, o.txid, o.id) OPERATOR(pg_catalog.>)
+                                     (c.cursor_epoch, c.cursor_txid, c.cursor_id))
+                    ORDER BY o.id
+                    LIMIT batch_size));
+        GET DIAGNOSTICS batch = ROW_COUNT;
+        deleted := deleted OPERATOR(pg_catalog.+) batch;
+        EXIT WHEN batch OPERATOR(pg_catalog.<) batch_size;
+    END LOOP;
+    RETURN deleted;
+END
+$$;
+
+CREATE VIEW ae_events.stats AS
+SELECT 'subscription'::text AS kind,
+       o.subscription_key AS name,
+       pg_catalog.count(*) AS events,
+       pg_catalog.max(o.occurred_at) AS newest_event_at,
+       NULL::bigint AS lag_events,
+       NULL::interval AS lag_age,
+       NULL::timestamptz AS last_ack_at,
+       pg_catalog.pg_notification_queue_usage() AS notification_queue_usage
+  FROM ae_events.outbox AS o
+ GROUP BY o.subscription_key
+UNION ALL
+SELECT 'consumer'::text,
+       c.consumer,
+       NULL::bigint,
+       NULL::timestamptz,
+       lag.events,
+       pg_catalog.now() OPERATOR(pg_catalog.-) lag.oldest,
+       c.acked_at,
+       pg_catalog.pg_notification_queue_usage()
+  FROM ae_events.consumers AS c
+ CROSS JOIN LATERAL (SELECT pg_catalog.count(*) AS events, pg_catalog.min(u.occurred_at) AS oldest
+                       FROM ae_events._unacked(c) AS u) AS lag;
+
+COMMENT ON VIEW ae_events.stats IS
+    'ae_events: per subscription key its events and the newest one''s time; per consumer its unacknowledged events (lag_events), the age of the oldest (lag_age) and its last ack; the notification queue''s usage';
+
+REVOKE ALL ON FUNCTION ae_events._unacked(ae_events.consumers) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION ae_events._unacked(ae_events.consumers) TO ae_events_reader;
+REVOKE ALL ON FUNCTION ae_events.prune(interval, integer) FROM PUBLIC;
+GRANT SELECT ON ae_events.events, ae_events.stats TO ae_events_reader;

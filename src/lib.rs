@@ -30,6 +30,11 @@ extension_sql_file!("../sql/instance_state.sql", name = "instance_state");
 extension_sql_file!("../sql/bubble_up.sql", name = "bubble_up");
 extension_sql_file!("../sql/consumers.sql", name = "consumers");
 extension_sql_file!(
+    "../sql/analytics.sql",
+    name = "analytics",
+    requires = ["consumers"]
+);
+extension_sql_file!(
     "../sql/payload_rules.sql",
     name = "payload_rules",
     requires = [redaction::check_payload_rule]
