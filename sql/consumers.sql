@@ -182,8 +182,9 @@ BEGIN
         ELSE
             SELECT o.txid, o.id INTO last_txid, last_id
               FROM ae_events.outbox AS o
-             WHERE o.id OPERATOR(pg_catalog.>=) epoch_first_id
-               AND (NOT epoch_open OR o.txid OPERATOR(pg_catalog.<) horizon)
+             WHERE o.txid OPERATOR(pg_catalog.<)
+                   CASE WHEN epoch_open THEN horizon ELSE '18446744073709551615'::xid8 END
+               AND o.id OPERATOR(pg_catalog.>=) epoch_first_id
              ORDER BY o.txid DESC, o.id DESC
              LIMIT 1;
         END IF;
@@ -209,6 +210,9 @@ DECLARE
     cursor_row ae_events.consumers := ae_events._consumer(consumer);
     horizon xid8 := ae_events._delivery_horizon();
     epoch record;
+    after_txid xid8;
+    after_id bigint;
+    below_txid xid8;
     remaining integer := max_events;
     returned integer;
 BEGIN
@@ -217,20 +221,28 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     FOR epoch IN SELECT * FROM ae_events._epochs() AS e
-                  WHERE e.next_first_id IS NULL
+                  WHERE e.first_id OPERATOR(pg_catalog.>=) cursor_row.cursor_epoch
+                     OR e.next_first_id IS NULL
                      OR e.next_first_id OPERATOR(pg_catalog.>) cursor_row.cursor_epoch
                   ORDER BY e.first_id LOOP
-        CONTINUE WHEN epoch.first_id OPERATOR(pg_catalog.<) cursor_row.cursor_epoch;
+        -- Bounds as plain comparisons, so that the scan of outbox_delivery_idx starts at the
+        -- cursor and stops at the horizon.
+        IF epoch.first_id OPERATOR(pg_catalog.<=) cursor_row.cursor_epoch THEN
+            after_txid := cursor_row.cursor_txid;
+            after_id := cursor_row.cursor_id;
+        ELSE
+            after_txid := '0';
+            after_id := -1;
+        END IF;
+        below_txid := CASE WHEN epoch.open THEN horizon ELSE '18446744073709551615'::xid8 END;
         RETURN QUERY
             SELECT o.*
               FROM ae_events.outbox AS o
-             WHERE o.id OPERATOR(pg_catalog.>=) epoch.first_id
-               AND (epoch.next_first_id IS NULL
-                    OR o.id OPERATOR(pg_catalog.<) epoch.next_first_id)
-               AND (epoch.first_id OPERATOR(pg_catalog.>) cursor_row.cursor_epoch
-                    OR (o.txid, o.id) OPERATOR(pg_catalog.>)
-                       (cursor_row.cursor_txid, cursor_row.cursor_id))
-               AND (NOT epoch.open OR o.txid OPERATOR(pg_catalog.<) horizon)
+             WHERE (o.txid, o.id) OPERATOR(pg_catalog.>) (after_txid, after_id)
+               AND o.txid OPERATOR(pg_catalog.<) below_txid
+               AND o.id OPERATOR(pg_catalog.>=) epoch.first_id
+               AND o.id OPERATOR(pg_catalog.<)
+                   coalesce(epoch.next_first_id, 9223372036854775807)
              ORDER BY o.txid, o.id
              LIMIT remaining;
         GET DIAGNOSTICS returned = ROW_COUNT;
