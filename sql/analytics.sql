@@ -7,6 +7,8 @@
 CREATE INDEX outbox_occurred_at_idx ON ae_events.outbox USING brin (occurred_at)
     WITH (pages_per_range = 32, autosummarize = on);
 
+-- Numbers are read only where the payload has a number (a payload rule may have hashed or
+-- removed the field: the column is NULL then, not an error).
 CREATE VIEW ae_events.events AS
 SELECT o.id,
        o.event_id,
@@ -15,20 +17,24 @@ SELECT o.id,
        o.snapshot_version,
        o.occurred_at,
        o.payload OPERATOR(pg_catalog.->>) 'instance_status' AS instance_status,
-       (o.payload OPERATOR(pg_catalog.->>) 'candidate_id')::bigint AS candidate_id,
+       CASE WHEN pg_catalog.jsonb_typeof(o.payload OPERATOR(pg_catalog.->) 'candidate_id') OPERATOR(pg_catalog.=) 'number'
+            THEN (o.payload OPERATOR(pg_catalog.->>) 'candidate_id')::bigint END AS candidate_id,
        pg_catalog.concat_ws(' ',
            o.payload OPERATOR(pg_catalog.#>>) '{candidate,first_name}',
            o.payload OPERATOR(pg_catalog.#>>) '{candidate,last_name}') AS candidate_name,
-       (o.payload OPERATOR(pg_catalog.->>) 'catalog_assessment_id')::bigint AS catalog_assessment_id,
+       CASE WHEN pg_catalog.jsonb_typeof(o.payload OPERATOR(pg_catalog.->) 'catalog_assessment_id') OPERATOR(pg_catalog.=) 'number'
+            THEN (o.payload OPERATOR(pg_catalog.->>) 'catalog_assessment_id')::bigint END AS catalog_assessment_id,
        o.payload OPERATOR(pg_catalog.#>>) '{catalog_assessment,assessment,name}' AS assessment_name,
        o.payload OPERATOR(pg_catalog.#>>) '{catalog_assessment,assessment,status}' AS assessment_status,
        o.payload OPERATOR(pg_catalog.#>>) '{catalog_assessment,catalog,name}' AS catalog_name,
-       (o.payload OPERATOR(pg_catalog.->>) 'measurement_id')::bigint AS measurement_id,
+       CASE WHEN pg_catalog.jsonb_typeof(o.payload OPERATOR(pg_catalog.->) 'measurement_id') OPERATOR(pg_catalog.=) 'number'
+            THEN (o.payload OPERATOR(pg_catalog.->>) 'measurement_id')::bigint END AS measurement_id,
        o.payload OPERATOR(pg_catalog.#>>) '{measurement,status}' AS measurement_status,
        pg_catalog.jsonb_array_length(coalesce(
            o.payload OPERATOR(pg_catalog.#>) '{measurement,measurement_attributes}',
            '[]'::jsonb)) AS attribute_count,
-       (o.payload OPERATOR(pg_catalog.->>) 'score')::numeric AS score,
+       CASE WHEN pg_catalog.jsonb_typeof(o.payload OPERATOR(pg_catalog.->) 'score') OPERATOR(pg_catalog.=) 'number'
+            THEN (o.payload OPERATOR(pg_catalog.->>) 'score')::numeric END AS score,
        o.txid
   FROM ae_events.outbox AS o
  WHERE o.aggregate_type OPERATOR(pg_catalog.=) 'test_instance';

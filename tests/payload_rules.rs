@@ -124,6 +124,30 @@ fn each_action_applies_before_the_event_is_stored_and_notified() {
         .unwrap()
         .get(0);
     assert_eq!(&snapshot, payload);
+
+    // The analysts' view reads what the rules left (a hashed number is no number: NULL).
+    client
+        .batch_execute("INSERT INTO ae_events.payload_rules VALUES ('candidate_id', 'sha256')")
+        .unwrap();
+    client
+        .batch_execute("UPDATE ti.instance SET score = 12.5 WHERE id = 789")
+        .unwrap();
+    let view: Vec<(Option<i64>, Option<String>, i32)> = client
+        .query(
+            "SELECT candidate_id, candidate_name, attribute_count FROM ae_events.events ORDER BY id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2)))
+        .collect();
+    assert_eq!(
+        view,
+        [
+            (Some(101), Some("Doe".to_owned()), 2),
+            (None, Some("Doe".to_owned()), 2)
+        ]
+    );
 }
 
 #[test]
