@@ -7,10 +7,8 @@
 //! after the change in the same transaction are in the snapshot.
 
 use crate::pending::{self, Change};
-use crate::sources::{Source, SOURCES};
+use crate::sources::{key_of, Source, TriggerResult, SOURCES};
 use crate::{emitter, settings};
-use pgrx::heap_tuple::PgHeapTuple;
-use pgrx::pgbox::AllocatedByPostgres;
 use pgrx::prelude::*;
 
 /// On `ti.instance`: records inserts, and emits at commit (created events).
@@ -20,19 +18,13 @@ const EMIT_CREATED_TRIGGER: &str = "ae_events_emit";
 const CAPTURE_CHANGED_TRIGGER: &str = "ae_events_capture_changed";
 const EMIT_CHANGED_TRIGGER: &str = "ae_events_emit_changed";
 
-type TriggerResult<'a> =
-    Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, std::convert::Infallible>;
-
 /// AFTER INSERT ... FOR EACH ROW: record the new instance for the commit-time pass.
 #[pg_trigger]
 fn capture_instance_insert<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
     if !settings::enabled() {
         return Ok(None);
     }
-    let instance_id = trigger
-        .new()
-        .and_then(|row| row.get_by_name::<i64>("id").ok().flatten());
-    match instance_id {
+    match key_of(Source::Instance, trigger.new()) {
         Some(instance_id) => pending::capture(Change::Created(instance_id)),
         None => crate::errors::raise(
             PgSqlErrorCode::ERRCODE_TRIGGERED_ACTION_EXCEPTION,

@@ -13,6 +13,7 @@ use crate::outbox::{self, Event, EventKind, WriteContext};
 use crate::payload::TestInstance;
 use crate::privileges::{ExtensionCatalog, OwnerPrivileges};
 use crate::redaction::Rules;
+use crate::rows::sorted_unique;
 use crate::versions::{self, NewState};
 use crate::{pending, settings, snapshot, sources};
 use pgrx::prelude::*;
@@ -71,7 +72,7 @@ pub fn emit_pending() {
 /// Write an updated event for each instance that exists, even if its snapshot is unchanged;
 /// returns how many were written. (For `ae_events.resend`.)
 pub fn resend(instance_ids: Vec<i64>) -> i64 {
-    let instance_ids = pending::sorted_unique(instance_ids);
+    let instance_ids = sorted_unique(instance_ids);
     let catalog = ExtensionCatalog::current();
     let _privileges = OwnerPrivileges::enter(catalog.owner);
     let rules = payload_rules();
@@ -254,7 +255,7 @@ fn emit_updated(
         events.push((encoded, state.version + 1));
     }
     // What is left was not built: the instance no longer exists (deleted concurrently).
-    let vanished: Vec<i64> = pending::sorted_unique(states.into_keys().collect());
+    let vanished = sorted_unique(states.into_keys().collect());
     versions::forget(&vanished)?;
     write(catalog, EventKind::Updated, events)
 }

@@ -82,6 +82,8 @@ thread_local! {
     /// The instance whose row is being inserted, to name it in an error.
     static WRITING: Cell<Option<(EventKind, i64)>> = const { Cell::new(None) };
     static INSERTS: RefCell<Option<Rc<InsertPlans>>> = const { RefCell::new(None) };
+    /// Whether the extension's SQL objects were found current in this session.
+    static SQL_OBJECTS_CURRENT: Cell<bool> = const { Cell::new(false) };
     /// The id sequence whose outbox is known to be in this cluster's delivery epoch.
     static EPOCH_CONFIRMED: Cell<Option<pg_sys::Oid>> = const { Cell::new(None) };
 }
@@ -123,14 +125,19 @@ const CURRENT_OBJECTS_EXIST: &str =
         AND pg_catalog.to_regprocedure('ae_events._ensure_epoch()') IS NOT NULL";
 
 /// The library may be newer than the extension's SQL objects until the DBA runs the update:
-/// refuse to write events then (checked once per session, when the plans are prepared).
+/// refuse to write events then. Asked by each set of plans before it is prepared; checked once
+/// per session.
 pub fn ensure_current_sql_objects() -> Result<(), EventError> {
+    if SQL_OBJECTS_CURRENT.get() {
+        return Ok(());
+    }
     let objects_exist = Spi::get_one::<bool>(CURRENT_OBJECTS_EXIST).map_err(EventError::spi(
         "cannot look up the extension's SQL objects",
     ))?;
     if objects_exist != Some(true) {
         return Err(sql_objects_out_of_date());
     }
+    SQL_OBJECTS_CURRENT.set(true);
     Ok(())
 }
 

@@ -7,6 +7,7 @@
 //! emitted events (`SET CONSTRAINTS ... IMMEDIATE`), makes the surviving changes pending again:
 //! PostgreSQL re-fires their deferred trigger events at commit.
 
+use crate::rows::sorted_unique;
 use crate::sources::{EnabledSources, Key};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -93,12 +94,6 @@ impl Changes {
     pub fn is_empty(&self) -> bool {
         self.created.is_empty() && self.deleted.is_empty() && self.touched.is_empty()
     }
-}
-
-pub fn sorted_unique(mut ids: Vec<i64>) -> Vec<i64> {
-    ids.sort_unstable();
-    ids.dedup();
-    ids
 }
 
 /// Take the changes to emit now.

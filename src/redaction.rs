@@ -10,7 +10,7 @@
 //! `payload #>> path` shows; with no rules the payload is not touched.
 
 use crate::errors::EventError;
-use crate::rows::{varlena_bytes, KeptPlan};
+use crate::rows::{varlena_bytes, with_kept_plan, KeptPlan};
 use pgrx::prelude::*;
 use std::cell::RefCell;
 
@@ -181,40 +181,33 @@ thread_local! {
 impl Rules {
     /// Read the rules (inside an SPI connection, as the extension's owner).
     pub fn load() -> Result<Rules, EventError> {
+        crate::outbox::ensure_current_sql_objects()?;
         let mut rules = Vec::new();
-        QUERY
-            .with_borrow_mut(|slot| {
-                if slot.is_none() {
-                    crate::outbox::ensure_current_sql_objects()?;
-                    *slot = Some(KeptPlan::prepare(RULES_QUERY, &[])?);
-                }
-                let Some(query) = slot.as_ref() else {
-                    return Err(EventError::internal("the payload rules query is missing"));
+        with_kept_plan(&QUERY, RULES_QUERY, |query| {
+            query.run(&mut [])?.for_each(|row| {
+                let path: Option<String> = row.get(1).map_err(EventError::internal)?;
+                let action: Option<String> = row.get(2).map_err(EventError::internal)?;
+                let (Some(path), Some(action)) = (path, action) else {
+                    return Ok(());
                 };
-                query.run(&mut [])?.for_each(|row| {
-                    let path: Option<String> = row.get(1).map_err(EventError::internal)?;
-                    let action: Option<String> = row.get(2).map_err(EventError::internal)?;
-                    let (Some(path), Some(action)) = (path, action) else {
-                        return Ok(());
-                    };
-                    let action = match action.as_str() {
-                        "remove" => Action::Remove,
-                        "null" => Action::Null,
-                        "sha256" => Action::Sha256,
-                        other => {
-                            return Err(EventError::BadValue {
-                                what: format!("the payload rule for {path}: action {other}"),
-                            })
-                        }
-                    };
-                    rules.push(Rule {
-                        segments: path.split('.').map(str::to_owned).collect(),
-                        action,
-                    });
-                    Ok(())
-                })
+                let action = match action.as_str() {
+                    "remove" => Action::Remove,
+                    "null" => Action::Null,
+                    "sha256" => Action::Sha256,
+                    other => {
+                        return Err(EventError::BadValue {
+                            what: format!("the payload rule for {path}: action {other}"),
+                        })
+                    }
+                };
+                rules.push(Rule {
+                    segments: path.split('.').map(str::to_owned).collect(),
+                    action,
+                });
+                Ok(())
             })
-            .map_err(|error| error.context("cannot read ae_events.payload_rules"))?;
+        })
+        .map_err(|error| error.context("cannot read ae_events.payload_rules"))?;
         Ok(Rules(rules))
     }
 
@@ -317,14 +310,7 @@ fn apply_one(
                 // Missing or JSON null: nothing to hide.
                 None => Some(payload),
                 Some(text) => {
-                    // SAFETY: sha256 takes one bytea; a text datum has the same layout.
-                    let digest = unsafe {
-                        pgrx::fcinfo::direct_function_call::<Vec<u8>>(
-                            pg_sys::sha256_bytea,
-                            &[Some(text)],
-                        )
-                    }
-                    .ok_or_else(|| EventError::internal("sha256 returned null"))?;
+                    let digest = crate::versions::sha256(text)?;
                     let hex: String = digest.iter().map(|byte| format!("{byte:02x}")).collect();
                     set(jsonb_from_text(&format!("\"{hex}\""))?)
                 }

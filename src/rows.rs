@@ -88,9 +88,7 @@ impl KeptPlan {
         let (table, count) = unsafe { (pg_sys::SPI_tuptable, pg_sys::SPI_processed as usize) };
         Ok(ResultRows { table, count })
     }
-}
 
-impl KeptPlan {
     /// Run with argument values palloc'd for this run (arrays, bytea), freed right after it so
     /// that a pass over many chunks does not accumulate them.
     pub fn run_freeing(&self, mut arguments: Vec<pg_sys::Datum>) -> Result<ResultRows, EventError> {
@@ -101,6 +99,29 @@ impl KeptPlan {
         }
         result
     }
+}
+
+/// Run `use_plan` with the plan kept in `slot`, preparing `sql` (no arguments) there on first
+/// use in the session.
+pub fn with_kept_plan<R>(
+    slot: &'static std::thread::LocalKey<std::cell::RefCell<Option<KeptPlan>>>,
+    sql: &str,
+    use_plan: impl FnOnce(&KeptPlan) -> Result<R, EventError>,
+) -> Result<R, EventError> {
+    slot.with_borrow_mut(|slot| {
+        let plan = match slot {
+            Some(plan) => plan,
+            None => slot.insert(KeptPlan::prepare(sql, &[])?),
+        };
+        use_plan(plan)
+    })
+}
+
+/// Ids ascending and without duplicates, as every id list the extension queries with.
+pub fn sorted_unique(mut ids: Vec<i64>) -> Vec<i64> {
+    ids.sort_unstable();
+    ids.dedup();
+    ids
 }
 
 /// An `int8[]` argument (palloc'd; pass it to `run_freeing`).

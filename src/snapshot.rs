@@ -8,7 +8,7 @@
 
 use crate::errors::EventError;
 use crate::payload::*;
-use crate::rows::{ColumnValue, KeptPlan};
+use crate::rows::{int8_array, sorted_unique, ColumnValue, KeptPlan};
 use crate::settings::ScopedSetting;
 use pgrx::prelude::*;
 use std::cell::RefCell;
@@ -365,27 +365,16 @@ fn warn_missing(instance_id: i64, reference: &str, id: i64) {
     );
 }
 
-fn sorted_unique(mut ids: Vec<i64>) -> Vec<i64> {
-    ids.sort_unstable();
-    ids.dedup();
-    ids
-}
-
 /// Run one of the prepared queries over `ids` and hand each row, named by its id in column 1,
 /// to `read`.
 fn for_each_row(
     plan: &KeptPlan,
-    ids: Vec<i64>,
+    ids: &[i64],
     table: &'static str,
     mut read: impl FnMut(i64, &Row<'_>) -> Result<(), EventError>,
 ) -> Result<(), EventError> {
-    let Some(array) = ids.into_datum() else {
-        return Ok(());
-    };
-    let rows = plan.run(&mut [array]);
-    // SAFETY: the array was palloc'd above and nothing else refers to it.
-    unsafe { pg_sys::pfree(array.cast_mut_ptr()) };
-    rows.map_err(|error| error.context(format!("cannot read {table}")))?
+    plan.run_freeing(vec![int8_array(ids)?])
+        .map_err(|error| error.context(format!("cannot read {table}")))?
         .for_each(|row| {
             let first = Row {
                 row,
@@ -449,7 +438,7 @@ impl ChunkRows {
 fn read_together(plans: &FewPlans, instance_ids: &[i64]) -> Result<ChunkRows, EventError> {
     let mut chunk = ChunkRows::default();
     let query = &plans.instances_with_references;
-    for_each_row(query, instance_ids.to_vec(), "ti.instance", |id, row| {
+    for_each_row(query, instance_ids, "ti.instance", |id, row| {
         chunk.instances.push(instance_from(id, row)?);
         if let Some((id, part)) = row.joined("can.candidate", CANDIDATE_OFFSET)? {
             chunk
@@ -473,21 +462,16 @@ fn read_together(plans: &FewPlans, instance_ids: &[i64]) -> Result<ChunkRows, Ev
 /// Many instances: one query per table, each over the distinct ids the chunk refers to.
 fn read_table_by_table(plans: &ManyPlans, instance_ids: &[i64]) -> Result<ChunkRows, EventError> {
     let mut chunk = ChunkRows::default();
-    for_each_row(
-        &plans.instances,
-        instance_ids.to_vec(),
-        "ti.instance",
-        |id, row| {
-            chunk.instances.push(instance_from(id, row)?);
-            Ok(())
-        },
-    )?;
+    for_each_row(&plans.instances, instance_ids, "ti.instance", |id, row| {
+        chunk.instances.push(instance_from(id, row)?);
+        Ok(())
+    })?;
     if chunk.instances.is_empty() {
         return Ok(chunk);
     }
     let instances = &chunk.instances;
     let ids = sorted_unique(instances.iter().map(|i| i.candidate_id).collect());
-    for_each_row(&plans.candidates, ids, "can.candidate", |id, row| {
+    for_each_row(&plans.candidates, &ids, "can.candidate", |id, row| {
         chunk
             .candidates
             .insert(id, Rc::new(candidate_from(id, row)?));
@@ -495,7 +479,7 @@ fn read_table_by_table(plans: &ManyPlans, instance_ids: &[i64]) -> Result<ChunkR
     })?;
     let ids = sorted_unique(instances.iter().map(|i| i.catalog_assessment_id).collect());
     let table = "ae.catalog_assessment";
-    for_each_row(&plans.catalog_assessments, ids, table, |id, row| {
+    for_each_row(&plans.catalog_assessments, &ids, table, |id, row| {
         let catalog_assessment = catalog_assessment_from(id, row)?;
         chunk
             .catalog_assessments
@@ -504,7 +488,7 @@ fn read_table_by_table(plans: &ManyPlans, instance_ids: &[i64]) -> Result<ChunkR
     })?;
     let ids = sorted_unique(instances.iter().filter_map(|i| i.measurement_id).collect());
     if !ids.is_empty() {
-        for_each_row(&plans.measurements, ids, "tcf.measurement", |id, row| {
+        for_each_row(&plans.measurements, &ids, "tcf.measurement", |id, row| {
             chunk.measurements.insert(id, measurement_from(id, row)?);
             Ok(())
         })?;
@@ -667,7 +651,7 @@ fn read_attributes_together(
     let query = &plans.measurement_attributes_with_references;
     for_each_row(
         query,
-        measurement_ids,
+        &measurement_ids,
         "tcf.measurement_attribute",
         |id, row| {
             let table = "tcf.section_configuration_attribute";
@@ -724,7 +708,7 @@ fn read_attributes_table_by_table(
     let query = &plans.measurement_attributes;
     for_each_row(
         query,
-        measurement_ids,
+        &measurement_ids,
         "tcf.measurement_attribute",
         |id, row| {
             unresolved.push(Unresolved {
@@ -742,7 +726,7 @@ fn read_attributes_table_by_table(
     let query = &plans.section_configuration_attributes;
     for_each_row(
         query,
-        ids,
+        &ids,
         "tcf.section_configuration_attribute",
         |id, row| {
             scas.insert(id, Rc::new(Shared::new(sca_from(id, row)?)));
@@ -752,7 +736,7 @@ fn read_attributes_table_by_table(
     let mut ordinals = HashMap::new();
     let ids = sorted_unique(unresolved.iter().filter_map(|a| a.ordinal_id).collect());
     if !ids.is_empty() {
-        for_each_row(&plans.ordinals, ids, "tcf.ordinal", |id, row| {
+        for_each_row(&plans.ordinals, &ids, "tcf.ordinal", |id, row| {
             ordinals.insert(id, Rc::new(Shared::new(ordinal_from(id, row)?)));
             Ok(())
         })?;

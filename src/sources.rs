@@ -6,7 +6,7 @@
 use crate::errors::{self, EventError};
 use crate::pending::{self, Change};
 use crate::privileges::{ExtensionCatalog, OwnerPrivileges};
-use crate::rows::{int8_array, KeptPlan};
+use crate::rows::{int8_array, sorted_unique, with_kept_plan, KeptPlan};
 use crate::settings;
 use pgrx::heap_tuple::PgHeapTuple;
 use pgrx::pgbox::AllocatedByPostgres;
@@ -272,15 +272,7 @@ fn read_enabled_sources() -> Result<EnabledSources, EventError> {
     let _privileges = OwnerPrivileges::enter(catalog.owner);
     let mut enabled = EnabledSources::defaults();
     Spi::connect(|_| {
-        SETTINGS_QUERY.with_borrow_mut(|slot| {
-            if slot.is_none() {
-                *slot = Some(KeptPlan::prepare(BUBBLE_UP_SETTINGS, &[])?);
-            }
-            let Some(query) = slot.as_ref() else {
-                return Err(EventError::internal(
-                    "the bubble-up settings query is missing",
-                ));
-            };
+        with_kept_plan(&SETTINGS_QUERY, BUBBLE_UP_SETTINGS, |query| {
             query.run(&mut [])?.for_each(|row| {
                 let table: Option<String> = row.get(1).map_err(EventError::internal)?;
                 let on: Option<bool> = row.get(2).map_err(EventError::internal)?;
@@ -305,7 +297,8 @@ fn bubbles_up(source: Source) -> bool {
     .contains(source)
 }
 
-type TriggerResult<'a> =
+/// What the extension's row triggers return: nothing (they are AFTER triggers).
+pub type TriggerResult<'a> =
     Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, std::convert::Infallible>;
 
 /// The source table named by the trigger's argument.
@@ -325,7 +318,9 @@ fn trigger_source(trigger: &PgTrigger<'_>) -> Source {
     }
 }
 
-fn key_of(source: Source, row: Option<PgHeapTuple<'_, AllocatedByPostgres>>) -> Option<i64> {
+/// The key of a trigger's row (`None` without a row, or for a NULL key); an error if the column
+/// is missing or not a bigint.
+pub fn key_of(source: Source, row: Option<PgHeapTuple<'_, AllocatedByPostgres>>) -> Option<i64> {
     let row = row?;
     match row.get_by_name::<i64>(source.key_column()) {
         Ok(key) => key,
@@ -415,7 +410,7 @@ pub fn affected_instances(
             })
             .map_err(context)?;
     }
-    Ok(pending::sorted_unique(instances))
+    Ok(sorted_unique(instances))
 }
 
 #[cfg(test)]

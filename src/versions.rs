@@ -165,16 +165,21 @@ pub fn forget(instance_ids: &[i64]) -> Result<(), EventError> {
         .map_err(|error| error.context("cannot drop states from ae_events.instance_state"))
 }
 
-/// SHA-256 of an encoded payload (PostgreSQL's own implementation, as `sha256(bytea)`).
+/// SHA-256 of an encoded payload.
 pub fn digest(payload: &[u8]) -> Result<Vec<u8>, EventError> {
     let Some(argument) = payload.into_datum() else {
         return Err(EventError::internal("a null payload to digest"));
     };
-    // SAFETY: sha256_bytea takes one bytea and returns a bytea.
-    let digest = unsafe {
-        pgrx::fcinfo::direct_function_call::<Vec<u8>>(pg_sys::sha256_bytea, &[Some(argument)])
-    };
+    let digest = sha256(argument);
     // SAFETY: the argument was palloc'd above for this call only.
     unsafe { pg_sys::pfree(argument.cast_mut_ptr()) };
-    digest.ok_or_else(|| EventError::internal("sha256 returned null"))
+    digest
+}
+
+/// SHA-256 of a bytea or text value's data: PostgreSQL's own implementation, as
+/// `sha256(bytea)` (a text datum has the same layout).
+pub fn sha256(value: pg_sys::Datum) -> Result<Vec<u8>, EventError> {
+    // SAFETY: sha256_bytea takes one varlena and returns a bytea.
+    unsafe { pgrx::fcinfo::direct_function_call::<Vec<u8>>(pg_sys::sha256_bytea, &[Some(value)]) }
+        .ok_or_else(|| EventError::internal("sha256 returned null"))
 }

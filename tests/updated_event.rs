@@ -416,6 +416,31 @@ fn the_bubble_up_setting_switches_a_table_on_and_off_from_the_next_transaction()
     assert_eq!(sqlstate(&error), "23514");
 }
 
+/// Wait until a session of the database waits for a lock (the second of two transactions
+/// changing one instance, waiting for the first one's version row).
+fn wait_until_a_session_waits_for_a_lock(cluster: &Cluster, database: &str) {
+    let mut observer = cluster.connect(database);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let waiting: bool = observer
+            .query_one(
+                "SELECT EXISTS (SELECT FROM pg_stat_activity
+                                 WHERE datname = current_database() AND wait_event_type = 'Lock')",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        if waiting {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the second transaction never waited"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn concurrent_changes_of_one_instance_get_versions_in_commit_order_and_the_later_snapshot_wins() {
     let cluster = Cluster::shared();
@@ -437,27 +462,7 @@ fn concurrent_changes_of_one_instance_get_versions_in_commit_order_and_the_later
             .batch_execute("UPDATE tcf.measurement SET status = 'second' WHERE id = 505")
             .unwrap();
     });
-    // Wait until the second transaction waits for the first one's lock.
-    let mut observer = cluster.connect(&database);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let waiting: bool = observer
-            .query_one(
-                "SELECT EXISTS (SELECT FROM pg_stat_activity
-                                 WHERE datname = current_database() AND wait_event_type = 'Lock')",
-                &[],
-            )
-            .unwrap()
-            .get(0);
-        if waiting {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the second transaction never waited"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until_a_session_waits_for_a_lock(cluster, &database);
     first.batch_execute("COMMIT").unwrap();
     second.join().unwrap();
 
@@ -696,23 +701,7 @@ fn under_repeatable_read_a_concurrent_change_of_the_same_instance_fails_with_400
         )
         .unwrap();
     let committing = std::thread::spawn(move || second.batch_execute("COMMIT"));
-    let mut observer = cluster.connect(&database);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !observer
-        .query_one(
-            "SELECT EXISTS (SELECT FROM pg_stat_activity
-                             WHERE datname = current_database() AND wait_event_type = 'Lock')",
-            &[],
-        )
-        .unwrap()
-        .get::<_, bool>(0)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the second transaction never waited"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until_a_session_waits_for_a_lock(cluster, &database);
     first.batch_execute("COMMIT").unwrap();
     let error = committing.join().unwrap().unwrap_err();
     assert_eq!(sqlstate(&error), "40001", "{error:?}");
