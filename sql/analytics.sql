@@ -128,6 +128,36 @@ SELECT 'consumer'::text,
 COMMENT ON VIEW ae_events.stats IS
     'ae_events: per subscription key its events and the newest one''s time; per consumer its unacknowledged events (lag_events), the age of the oldest (lag_age) and its last ack; the notification queue''s usage';
 
+-- The transactions of this database that hold delivery back: poll returns only events of
+-- transactions older than every transaction still running here that has a transaction id
+-- (_delivery_horizon), so one left open (idle in transaction) stalls every consumer. Oldest
+-- first; holds_horizon marks the one at the horizon now. SECURITY DEFINER so that a relay or a
+-- reader sees other roles' sessions; it shows no query text.
+CREATE FUNCTION ae_events.delivery_blockers()
+RETURNS TABLE (pid integer, role name, application_name text, backend_xid xid,
+               transaction_started_at timestamptz, transaction_age interval, state text,
+               holds_horizon boolean)
+LANGUAGE sql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT a.pid, a.usename, a.application_name, a.backend_xid, a.xact_start,
+           pg_catalog.now() OPERATOR(pg_catalog.-) a.xact_start, a.state,
+           pg_catalog.row_number() OVER (ORDER BY pg_catalog.age(a.backend_xid) DESC)
+               OPERATOR(pg_catalog.=) 1
+      FROM pg_catalog.pg_stat_activity AS a
+     WHERE a.datname OPERATOR(pg_catalog.=) pg_catalog.current_database()
+       AND a.backend_xid IS NOT NULL
+       AND a.pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid()
+     ORDER BY pg_catalog.age(a.backend_xid) DESC
+$$;
+
+COMMENT ON FUNCTION ae_events.delivery_blockers() IS
+    'ae_events: transactions of this database that hold consumers back (oldest first); set idle_in_transaction_session_timeout so that none stays open for long';
+
+REVOKE ALL ON FUNCTION ae_events.delivery_blockers() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION ae_events.delivery_blockers() TO ae_events_reader, ae_events_relay;
+
 REVOKE ALL ON FUNCTION ae_events._unacked(ae_events.consumers) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION ae_events._unacked(ae_events.consumers) TO ae_events_reader;
 REVOKE ALL ON FUNCTION ae_events.prune(interval, integer) FROM PUBLIC;

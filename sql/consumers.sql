@@ -25,6 +25,9 @@ COMMENT ON TABLE ae_events.epochs IS
 
 CREATE TABLE ae_events.consumers (
     consumer text PRIMARY KEY CHECK (consumer OPERATOR(pg_catalog.<>) ''),
+    -- The role that created it: it and its members may poll, ack and drop it (and superusers).
+    -- A name, not an oid, so that it survives pg_restore into another cluster.
+    owner name NOT NULL,
     -- The position of the last acknowledged event: epoch (its first_id; -1 before everything),
     -- then txid and id.
     cursor_epoch bigint NOT NULL,
@@ -137,19 +140,58 @@ BEGIN
 END
 $$;
 
+-- The role that called the API: the role set by SET ROLE, else the session's user. (Inside a
+-- SECURITY DEFINER function current_user is the definer; SET ROLE is checked by PostgreSQL.)
+CREATE FUNCTION ae_events._calling_role() RETURNS name
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce(NULLIF(pg_catalog.current_setting('role'), 'none')::name,
+                    SESSION_USER)
+$$;
+
+-- A consumer name given to the API: NULL is refused with a clear error.
+CREATE FUNCTION ae_events._require_consumer_name(consumer text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF consumer IS NULL THEN
+        RAISE EXCEPTION 'ae_events: a consumer name is needed, not NULL'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+END
+$$;
+
+-- The consumer, if the calling role may act on it: its owner, a member of its owner, or a
+-- superuser. Others get 42501 (they learn that the name is taken, nothing more).
 CREATE FUNCTION ae_events._consumer(consumer text) RETURNS ae_events.consumers
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     found_consumer ae_events.consumers;
+    caller name := ae_events._calling_role();
 BEGIN
+    PERFORM ae_events._require_consumer_name(consumer);
     SELECT * INTO found_consumer FROM ae_events.consumers AS c
      WHERE c.consumer OPERATOR(pg_catalog.=) _consumer.consumer;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'ae_events: there is no consumer "%"', consumer
+        RAISE EXCEPTION 'ae_events: there is no consumer %', pg_catalog.quote_literal(consumer)
             USING ERRCODE = 'undefined_object',
-                  HINT = 'Create it with SELECT ae_events.create_consumer(''' || consumer || ''');';
+                  HINT = pg_catalog.format('Create it with SELECT ae_events.create_consumer(%L);',
+                                           consumer);
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles AS r
+                    WHERE r.rolname OPERATOR(pg_catalog.=) caller AND r.rolsuper)
+       AND NOT (EXISTS (SELECT FROM pg_catalog.pg_roles AS r
+                         WHERE r.rolname OPERATOR(pg_catalog.=) found_consumer.owner)
+                AND pg_catalog.pg_has_role(caller, found_consumer.owner, 'MEMBER')) THEN
+        RAISE EXCEPTION 'ae_events: the consumer % belongs to role %, not to %',
+                pg_catalog.quote_literal(consumer), pg_catalog.quote_ident(found_consumer.owner),
+                pg_catalog.quote_ident(caller)
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Its owner, a member of its owner or a superuser may use it.';
     END IF;
     RETURN found_consumer;
 END
@@ -170,9 +212,14 @@ DECLARE
     last_txid xid8;
     last_id bigint;
 BEGIN
-    IF consumer IS NULL OR consumer OPERATOR(pg_catalog.=) '' THEN
+    PERFORM ae_events._require_consumer_name(consumer);
+    IF consumer OPERATOR(pg_catalog.=) '' THEN
         RAISE EXCEPTION 'ae_events: a consumer needs a non-empty name'
             USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF from_start IS NULL THEN
+        RAISE EXCEPTION 'ae_events: from_start must be true or false, not NULL'
+            USING ERRCODE = 'null_value_not_allowed';
     END IF;
     IF NOT from_start THEN
         SELECT e.first_id, e.open INTO epoch_first_id, epoch_open
@@ -189,10 +236,11 @@ BEGIN
              LIMIT 1;
         END IF;
     END IF;
-    INSERT INTO ae_events.consumers (consumer, cursor_epoch, cursor_txid, cursor_id)
-    VALUES (consumer, epoch_first_id, coalesce(last_txid, '0'), coalesce(last_id, 0));
+    INSERT INTO ae_events.consumers (consumer, owner, cursor_epoch, cursor_txid, cursor_id)
+    VALUES (consumer, ae_events._calling_role(), epoch_first_id, coalesce(last_txid, '0'),
+            coalesce(last_id, 0));
 EXCEPTION WHEN unique_violation THEN
-    RAISE EXCEPTION 'ae_events: the consumer "%" exists already', consumer
+    RAISE EXCEPTION 'ae_events: the consumer % exists already', pg_catalog.quote_literal(consumer)
         USING ERRCODE = 'duplicate_object';
 END
 $$;
@@ -269,6 +317,10 @@ DECLARE
     epoch_first_id bigint := -1;
     epoch_open boolean := false;
 BEGIN
+    IF through_id IS NULL THEN
+        RAISE EXCEPTION 'ae_events: ack needs the id of an event, not NULL'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
     SELECT o.txid INTO event_txid FROM ae_events.outbox AS o
      WHERE o.id OPERATOR(pg_catalog.=) through_id;
     IF NOT FOUND THEN
@@ -303,6 +355,12 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    PERFORM ae_events._require_consumer_name(consumer);
+    IF NOT EXISTS (SELECT FROM ae_events.consumers AS c
+                    WHERE c.consumer OPERATOR(pg_catalog.=) drop_consumer.consumer) THEN
+        RETURN false;
+    END IF;
+    PERFORM ae_events._consumer(consumer);  -- refuses a role that may not act on it
     DELETE FROM ae_events.consumers AS c WHERE c.consumer OPERATOR(pg_catalog.=) drop_consumer.consumer;
     RETURN FOUND;
 END
@@ -330,6 +388,8 @@ REVOKE ALL ON FUNCTION ae_events._epoch_insert_replaces() FROM PUBLIC;
 REVOKE ALL ON FUNCTION ae_events._epochs() FROM PUBLIC;
 REVOKE ALL ON FUNCTION ae_events._delivery_horizon() FROM PUBLIC;
 REVOKE ALL ON FUNCTION ae_events._consumer(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ae_events._calling_role() FROM PUBLIC;
+REVOKE ALL ON FUNCTION ae_events._require_consumer_name(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ae_events.create_consumer(text, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ae_events.poll(text, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ae_events.ack(text, bigint) FROM PUBLIC;

@@ -6,6 +6,46 @@ REVOKE ALL ON FUNCTION ae_events.detach() FROM PUBLIC;
 -- resend() writes events as the extension's owner: only roles the DBA grants it to.
 REVOKE ALL ON FUNCTION ae_events.resend(bigint[]) FROM PUBLIC;
 
+-- The trigger functions record changes that the pass turns into events as the extension's owner:
+-- only attach() may put them on a table (it runs as the DBA). Each also refuses to run on a table
+-- other than its own (src/sources.rs, require_trigger_on).
+REVOKE ALL ON FUNCTION ae_events.capture_instance_insert() FROM PUBLIC;
+REVOKE ALL ON FUNCTION ae_events.capture_change() FROM PUBLIC;
+REVOKE ALL ON FUNCTION ae_events.emit_pending_events() FROM PUBLIC;
+
+-- The role the pass reads the application's tables as (src/privileges.rs): NOLOGIN, no
+-- attributes, no members; attach() grants it SELECT on the source tables and nothing else holds
+-- it. Cluster-wide like the other roles: created once, kept when the extension is dropped.
+DO $$
+BEGIN
+    BEGIN
+        CREATE ROLE ae_events_snapshot NOLOGIN NOINHERIT;
+    EXCEPTION WHEN duplicate_object OR unique_violation THEN
+        NULL;
+    END;
+END
+$$;
+-- A role of that name made by someone else before: stripped of what it must not have. (Only
+-- when needed: installs in other databases may run at the same moment.)
+DO $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_catalog.pg_authid AS a
+                WHERE a.rolname OPERATOR(pg_catalog.=) 'ae_events_snapshot'
+                  AND (a.rolcanlogin OR a.rolsuper OR a.rolcreatedb OR a.rolcreaterole
+                       OR a.rolinherit OR a.rolreplication OR a.rolbypassrls
+                       OR a.rolpassword IS NOT NULL)) THEN
+        ALTER ROLE ae_events_snapshot NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT
+            NOREPLICATION NOBYPASSRLS PASSWORD NULL;
+    END IF;
+    IF EXISTS (SELECT FROM pg_catalog.pg_auth_members AS m
+                WHERE m.roleid OPERATOR(pg_catalog.=) 'ae_events_snapshot'::pg_catalog.regrole) THEN
+        RAISE EXCEPTION 'ae_events: the role ae_events_snapshot has members'
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'The extension reads the application''s tables as this role; no other role may hold it. REVOKE ae_events_snapshot FROM each member, then try again.';
+    END IF;
+END
+$$;
+
 -- Attach to the application's tables that exist now; if ti.instance does not, attach() reports
 -- a NOTICE and the DBA calls it once the application's tables are there (events.md §6).
 SELECT ae_events.attach();

@@ -7,7 +7,7 @@
 //! after the change in the same transaction are in the snapshot.
 
 use crate::pending::{self, Change};
-use crate::sources::{key_of, Source, TriggerResult, SOURCES};
+use crate::sources::{key_of, require_trigger_on, Source, TriggerResult, SOURCES};
 use crate::{emitter, settings};
 use pgrx::prelude::*;
 
@@ -24,6 +24,11 @@ fn capture_instance_insert<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> 
     if !settings::enabled() {
         return Ok(None);
     }
+    require_trigger_on(
+        trigger,
+        "ae_events.capture_instance_insert()",
+        &[Source::Instance],
+    );
     match key_of(Source::Instance, trigger.new()) {
         Some(instance_id) => pending::capture(Change::Created(instance_id)),
         None => crate::errors::raise(
@@ -38,7 +43,8 @@ fn capture_instance_insert<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> 
 /// Deferred constraint trigger: at commit, the first firing emits the events of every change
 /// recorded in the transaction; the later firings find nothing left to do.
 #[pg_trigger]
-fn emit_pending_events<'a>(_trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
+fn emit_pending_events<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
+    require_trigger_on(trigger, "ae_events.emit_pending_events()", &SOURCES);
     emitter::emit_pending();
     Ok(None)
 }
@@ -168,6 +174,7 @@ fn attach() -> bool {
             )
         });
     }
+    grant_reads_to_snapshot_role(true);
     if !missing.is_empty() {
         notice_even_during_create_extension(&format!(
             "ae_events: source tables {} do not exist; their changes emit no updated events until SELECT ae_events.attach(); is run after they are created",
@@ -177,8 +184,46 @@ fn attach() -> bool {
     true
 }
 
-/// Remove the triggers from `ti.instance` and the other source tables (no events from then on).
-/// Idempotent; returns whether `ti.instance` exists.
+/// The role the pass reads the source tables as (`privileges.rs`) gets SELECT on each that exists
+/// and USAGE on its schema (`grant`), or loses them again (detach).
+fn grant_reads_to_snapshot_role(grant: bool) {
+    if !catalog_says(
+        "SELECT pg_catalog.to_regrole('ae_events_snapshot') IS NOT NULL",
+        &[],
+    ) {
+        return; // the install script of an earlier release: its update creates the role
+    }
+    // GRANTs run by an extension script are recorded as the extension's initial privileges,
+    // which pg_dump leaves out; these are ordinary grants on the application's tables, to be
+    // dumped with them (pg_restore runs CREATE EXTENSION before the tables exist).
+    // SAFETY: a backend global, restored below; an error aborts the script, which resets it.
+    let creating_extension = unsafe { pg_sys::creating_extension };
+    unsafe { pg_sys::creating_extension = false };
+    for source in SOURCES {
+        let table = source.table();
+        if !table_exists(table) {
+            continue;
+        }
+        let schema = table.split('.').next().unwrap_or(table);
+        let statement = if grant {
+            format!(
+                "GRANT USAGE ON SCHEMA {schema} TO ae_events_snapshot;
+                 GRANT SELECT ON {table} TO ae_events_snapshot"
+            )
+        } else {
+            format!(
+                "REVOKE SELECT ON {table} FROM ae_events_snapshot;
+                 REVOKE USAGE ON SCHEMA {schema} FROM ae_events_snapshot"
+            )
+        };
+        run_ddl(table, &statement);
+    }
+    // SAFETY: as above.
+    unsafe { pg_sys::creating_extension = creating_extension };
+}
+
+/// Remove the triggers from `ti.instance` and the other source tables (no events from then on),
+/// and the snapshot role's SELECT on them. Idempotent; returns whether `ti.instance` exists.
 #[pg_extern(volatile, parallel_unsafe)]
 fn detach() -> bool {
     for source in SOURCES {
@@ -194,5 +239,6 @@ fn detach() -> bool {
             run_ddl(table, &format!("DROP TRIGGER IF EXISTS {name} ON {table}"));
         }
     }
+    grant_reads_to_snapshot_role(false);
     table_exists("ti.instance")
 }

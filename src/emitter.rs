@@ -4,14 +4,14 @@
 //! built and written chunk by chunk so that memory stays bounded however many instances one
 //! transaction reaches.
 //!
-//! The pass runs as the extension's owner, with `search_path` set to `pg_catalog, pg_temp`
-//! (`privileges.rs`).
+//! The pass writes as the extension's owner and reads the application's tables as
+//! `ae_events_snapshot`, with `search_path` set to `pg_catalog, pg_temp` (`privileges.rs`).
 
 use crate::errors::{self, EventError};
 use crate::jsonb::Encoder;
 use crate::outbox::{self, Event, EventKind, WriteContext};
 use crate::payload::TestInstance;
-use crate::privileges::{ExtensionCatalog, OwnerPrivileges};
+use crate::privileges::{ExtensionCatalog, OwnerPrivileges, SnapshotReader};
 use crate::redaction::Rules;
 use crate::rows::sorted_unique;
 use crate::versions::{self, NewState};
@@ -21,6 +21,9 @@ use std::panic::AssertUnwindSafe;
 
 /// Instances built and written per set-based pass.
 const CHUNK_SIZE: usize = 1000;
+/// Measurement attributes built and written per set-based pass, at most (unless one instance has
+/// more): memory is bounded per attribute as well as per instance.
+const CHUNK_ATTRIBUTES: i64 = 20_000;
 
 /// Whether an updated event is written when the snapshot equals the last event's.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -43,7 +46,7 @@ pub fn emit_pending() {
         if changes.is_empty() {
             break;
         }
-        for chunk in changes.created.chunks(CHUNK_SIZE) {
+        for chunk in chunks(&catalog, &changes.created) {
             guarded(EventKind::Created, chunk, || {
                 emit_created(&catalog, &rules, chunk)
             });
@@ -54,14 +57,17 @@ pub fn emit_pending() {
         if changes.touched.is_empty() {
             continue;
         }
-        let touched = match Spi::connect(|_| sources::affected_instances(&changes.touched)) {
+        let touched = match Spi::connect(|_| {
+            let _reader = SnapshotReader::enter(&catalog);
+            sources::affected_instances(&changes.touched)
+        }) {
             Ok(instances) => instances,
             Err(error) => error.report(),
         };
         // An instance created in this pass already shows the final state in its created
         // event; a deleted one has nothing to show.
         let updated = difference(&difference(&touched, &changes.created), &gone);
-        for chunk in updated.chunks(CHUNK_SIZE) {
+        for chunk in chunks(&catalog, &updated) {
             guarded(EventKind::Updated, chunk, || {
                 emit_updated(&catalog, &rules, chunk, Unchanged::Skip).map(drop)
             });
@@ -77,13 +83,30 @@ pub fn resend(instance_ids: Vec<i64>) -> i64 {
     let _privileges = OwnerPrivileges::enter(catalog.owner);
     let rules = payload_rules();
     let mut written = 0;
-    for chunk in instance_ids.chunks(CHUNK_SIZE) {
+    for chunk in chunks(&catalog, &instance_ids) {
         guarded(EventKind::Updated, chunk, || {
             written += emit_updated(&catalog, &rules, chunk, Unchanged::Emit)? as i64;
             Ok(())
         });
     }
     written
+}
+
+/// Ascending instance ids cut into chunks of at most `CHUNK_SIZE` instances and (unless one
+/// instance has more) `CHUNK_ATTRIBUTES` attributes.
+fn chunks<'a>(catalog: &ExtensionCatalog, instance_ids: &'a [i64]) -> Vec<&'a [i64]> {
+    let mut chunks = Vec::new();
+    for chunk in instance_ids.chunks(CHUNK_SIZE) {
+        let groups = Spi::connect(|_| {
+            let _reader = SnapshotReader::enter(catalog);
+            snapshot::group_by_attributes(chunk, CHUNK_ATTRIBUTES)
+        });
+        match groups {
+            Ok(groups) => chunks.extend(groups),
+            Err(error) => error.report(),
+        }
+    }
+    chunks
 }
 
 /// Run one chunk's work in its own SPI connection; any error fails the transaction with a message naming the chunk's
@@ -156,11 +179,9 @@ pub fn encode_one(
             what: format!("the payload of ti.instance {}: {error}", snapshot.id),
         })?
         .to_vec();
-    let attributes = snapshot
-        .measurement
-        .as_ref()
-        .map_or(0, |measurement| measurement.measurement_attributes.len());
-    rules.apply(container, attributes)
+    rules
+        .apply(container)
+        .map_err(|error| error.context(format!("ti.instance {}", snapshot.id)))
 }
 
 fn encode(snapshots: Vec<TestInstance>, rules: &Rules) -> Result<Vec<Encoded>, EventError> {
@@ -221,12 +242,21 @@ fn write(
     Ok(states.len())
 }
 
+/// The instances' snapshots, read as `ae_events_snapshot`.
+fn read_snapshots(
+    catalog: &ExtensionCatalog,
+    instance_ids: &[i64],
+) -> Result<Vec<TestInstance>, EventError> {
+    let _reader = SnapshotReader::enter(catalog);
+    snapshot::build(instance_ids)
+}
+
 fn emit_created(
     catalog: &ExtensionCatalog,
     rules: &Rules,
     instance_ids: &[i64],
 ) -> Result<(), EventError> {
-    let encoded = encode(snapshot::build(instance_ids)?, rules)?;
+    let encoded = encode(read_snapshots(catalog, instance_ids)?, rules)?;
     let events = encoded.into_iter().map(|encoded| (encoded, 1)).collect();
     write(catalog, EventKind::Created, events).map(drop)
 }
@@ -240,7 +270,7 @@ fn emit_updated(
     unchanged: Unchanged,
 ) -> Result<usize, EventError> {
     let mut states = versions::lock(instance_ids)?;
-    let encoded = encode(snapshot::build(instance_ids)?, rules)?;
+    let encoded = encode(read_snapshots(catalog, instance_ids)?, rules)?;
     let mut events = Vec::with_capacity(encoded.len());
     for encoded in encoded {
         let Some(state) = states.remove(&encoded.instance_id) else {

@@ -70,6 +70,12 @@ impl fmt::Display for EncodeError {
 
 impl std::error::Error for EncodeError {}
 
+impl EncodeError {
+    pub fn new(message: impl Into<String>) -> EncodeError {
+        EncodeError(message.into())
+    }
+}
+
 impl ser::Error for EncodeError {
     fn custom<T: fmt::Display>(message: T) -> Self {
         EncodeError(message.to_string())
@@ -89,13 +95,30 @@ pub struct Value {
     end: usize,
 }
 
+/// An object key: a field name, or bytes copied into the scratch buffer (keys read from a stored
+/// container, see `rewrite`).
+#[derive(Clone, Copy)]
+enum Key {
+    Field(&'static str),
+    Scratch(usize, usize),
+}
+
+impl Key {
+    fn bytes<'s>(&self, scratch: &'s [u8]) -> &'s [u8] {
+        match *self {
+            Key::Field(name) => name.as_bytes(),
+            Key::Scratch(start, end) => &scratch[start..end],
+        }
+    }
+}
+
 /// Encodes values into a reusable scratch buffer.
 #[derive(Default)]
 pub struct Encoder {
     scratch: Vec<u8>,
     /// The children of the containers being built, innermost last (keys for objects), kept in
     /// one reused stack rather than a vector per container.
-    children: Vec<(&'static str, Value)>,
+    children: Vec<(Key, Value)>,
     /// Set while serializing the bytes of a `Numeric` or `Container`.
     raw_kind: Option<&'static str>,
 }
@@ -140,7 +163,8 @@ impl Encoder {
         let children = &mut self.children[first..];
         let count = children.len();
         let header = if is_object {
-            children.sort_unstable_by(|a, b| key_order(a.0, b.0));
+            let keys: &[u8] = scratch;
+            children.sort_unstable_by(|a, b| key_order(a.0.bytes(keys), b.0.bytes(keys)));
             count as u32 & JB_CMASK | JB_FOBJECT
         } else {
             count as u32 & JB_CMASK | JB_FARRAY
@@ -168,7 +192,10 @@ impl Encoder {
         if is_object {
             for (key, _) in children.iter() {
                 let begin = scratch.len();
-                scratch.extend_from_slice(key.as_bytes());
+                match *key {
+                    Key::Field(name) => scratch.extend_from_slice(name.as_bytes()),
+                    Key::Scratch(start, end) => scratch.extend_from_within(start..end),
+                }
                 set_entry(scratch, JENTRY_ISSTRING, begin);
             }
         }
@@ -216,6 +243,148 @@ impl Encoder {
     }
 }
 
+/// The kind of a stored child (its JEntry type bits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    String,
+    Numeric,
+    False,
+    True,
+    Null,
+    Container,
+}
+
+impl Kind {
+    fn from_entry(entry: u32) -> Result<Kind, EncodeError> {
+        Ok(match entry & JENTRY_TYPEMASK {
+            JENTRY_ISSTRING => Kind::String,
+            JENTRY_ISNUMERIC => Kind::Numeric,
+            JENTRY_ISBOOL_FALSE => Kind::False,
+            JENTRY_ISBOOL_TRUE => Kind::True,
+            JENTRY_ISNULL => Kind::Null,
+            JENTRY_ISCONTAINER => Kind::Container,
+            other => {
+                return Err(EncodeError(format!(
+                    "an unknown jsonb entry type {other:#x}"
+                )))
+            }
+        })
+    }
+
+    fn entry_type(self) -> u32 {
+        match self {
+            Kind::String => JENTRY_ISSTRING,
+            Kind::Numeric => JENTRY_ISNUMERIC,
+            Kind::False => JENTRY_ISBOOL_FALSE,
+            Kind::True => JENTRY_ISBOOL_TRUE,
+            Kind::Null => JENTRY_ISNULL,
+            Kind::Container => JENTRY_ISCONTAINER,
+        }
+    }
+}
+
+/// One child of a stored container: its key (empty in an array), kind and bytes (a numeric's
+/// varlena or a container from its aligned start; a string's UTF-8).
+pub struct Child<'a> {
+    pub key: &'a [u8],
+    pub kind: Kind,
+    pub bytes: &'a [u8],
+}
+
+/// The children of a stored container (a jsonb datum's bytes after its varlena header), read as
+/// PostgreSQL reads them (`getJsonbOffset`, `fillJsonbValue`); whether it is an object.
+pub fn read_container(container: &[u8]) -> Result<(bool, Vec<Child<'_>>), EncodeError> {
+    let truncated = || EncodeError("a truncated jsonb container".to_owned());
+    let word = |at: usize| -> Result<u32, EncodeError> {
+        container
+            .get(at..at + 4)
+            .map(|w| u32::from_ne_bytes([w[0], w[1], w[2], w[3]]))
+            .ok_or_else(truncated)
+    };
+    let header = word(0)?;
+    let count = (header & JB_CMASK) as usize;
+    let is_object = header & JB_FOBJECT != 0;
+    let entries = if is_object { 2 * count } else { count };
+    let data_start = 4 + 4 * entries;
+    let mut ends = Vec::with_capacity(entries);
+    let mut offset = 0usize;
+    for index in 0..entries {
+        let entry = word(4 + 4 * index)?;
+        let offlen = (entry & JENTRY_OFFLENMASK) as usize;
+        let end = if entry & JENTRY_HAS_OFF != 0 {
+            offlen
+        } else {
+            offset + offlen
+        };
+        ends.push((offset, end, entry));
+        offset = end;
+    }
+    let slice = |index: usize| -> Result<(Kind, &[u8]), EncodeError> {
+        let (start, end, entry) = ends[index];
+        let kind = Kind::from_entry(entry)?;
+        let start = match kind {
+            Kind::Numeric | Kind::Container => start.next_multiple_of(4),
+            _ => start,
+        };
+        let bytes = container
+            .get(data_start + start..data_start + end)
+            .ok_or_else(truncated)?;
+        Ok((kind, bytes))
+    };
+    let mut children = Vec::with_capacity(count);
+    for index in 0..count {
+        let (key, value) = if is_object {
+            (slice(index)?.1, slice(count + index)?)
+        } else {
+            (&[][..], slice(index)?)
+        };
+        children.push(Child {
+            key,
+            kind: value.0,
+            bytes: value.1,
+        });
+    }
+    Ok((is_object, children))
+}
+
+impl Encoder {
+    /// Start a container built child by child (`add`, then `end_container`); returns its mark.
+    pub fn begin_container(&mut self) -> usize {
+        self.children.len()
+    }
+
+    /// Add a child to the container being built: a scalar's or stored container's bytes as
+    /// `read_container` gives them, under `key` (ignored in an array).
+    pub fn add(&mut self, key: &[u8], kind: Kind, bytes: &[u8]) {
+        let value = self.push(kind.entry_type(), bytes);
+        self.add_value(key, value);
+    }
+
+    /// Add a child built with `begin_container` / `end_container`.
+    pub fn add_value(&mut self, key: &[u8], value: Value) {
+        let start = self.scratch.len();
+        self.scratch.extend_from_slice(key);
+        let key = Key::Scratch(start, self.scratch.len());
+        self.children.push((key, value));
+    }
+
+    /// Lay out the container begun at `mark`.
+    pub fn end_container(&mut self, mark: usize, is_object: bool) -> Result<Value, EncodeError> {
+        self.container(mark, is_object)
+    }
+
+    /// Clear the buffers before building a new root with `begin_container`.
+    pub fn reset(&mut self) {
+        self.scratch.clear();
+        self.children.clear();
+    }
+
+    /// The bytes of a root container built with `end_container`.
+    pub fn root(&self, value: Value) -> &[u8] {
+        &self.scratch[value.start..value.end]
+    }
+}
+
 /// Pad with zero bytes to a multiple of 4 from `from`.
 fn pad(scratch: &mut Vec<u8>, from: usize) {
     while !(scratch.len() - from).is_multiple_of(4) {
@@ -224,10 +393,8 @@ fn pad(scratch: &mut Vec<u8>, from: usize) {
 }
 
 /// jsonb orders object keys by length, then bytewise.
-fn key_order(a: &str, b: &str) -> std::cmp::Ordering {
-    a.len()
-        .cmp(&b.len())
-        .then_with(|| a.as_bytes().cmp(b.as_bytes()))
+fn key_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    a.len().cmp(&b.len()).then_with(|| a.cmp(b))
 }
 
 /// `numeric` bytes (4-byte varlena header, short format) of an integer, as PostgreSQL's
@@ -472,7 +639,7 @@ impl ser::SerializeSeq for SeqEncoder<'_> {
 
     fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), EncodeError> {
         let element = value.serialize(&mut *self.encoder)?;
-        self.encoder.children.push(("", element));
+        self.encoder.children.push((Key::Field(""), element));
         Ok(())
     }
 
@@ -496,7 +663,7 @@ impl ser::SerializeStruct for StructEncoder<'_> {
         value: &T,
     ) -> Result<(), EncodeError> {
         let value = value.serialize(&mut *self.encoder)?;
-        self.encoder.children.push((key, value));
+        self.encoder.children.push((Key::Field(key), value));
         Ok(())
     }
 
@@ -593,7 +760,7 @@ mod tests {
                 };
                 if let Some(previous) = &previous {
                     assert_eq!(
-                        key_order(previous, &key),
+                        key_order(previous.as_bytes(), key.as_bytes()),
                         std::cmp::Ordering::Less,
                         "keys sorted"
                     );

@@ -122,7 +122,9 @@ const CURRENT_OBJECTS_EXIST: &str =
     "SELECT pg_catalog.to_regprocedure('ae_events._pending_outbox_rows()') IS NOT NULL
         AND pg_catalog.to_regclass('ae_events.instance_state') IS NOT NULL
         AND pg_catalog.to_regclass('ae_events.payload_rules') IS NOT NULL
-        AND pg_catalog.to_regprocedure('ae_events._ensure_epoch()') IS NOT NULL";
+        AND pg_catalog.to_regprocedure('ae_events._ensure_epoch()') IS NOT NULL
+        AND pg_catalog.to_regprocedure('ae_events.delivery_blockers()') IS NOT NULL
+        AND pg_catalog.to_regrole('ae_events_snapshot') IS NOT NULL";
 
 /// The library may be newer than the extension's SQL objects until the DBA runs the update:
 /// refuse to write events then. Asked by each set of plans before it is prepared; checked once
@@ -141,7 +143,7 @@ pub fn ensure_current_sql_objects() -> Result<(), EventError> {
     Ok(())
 }
 
-fn sql_objects_out_of_date() -> EventError {
+pub fn sql_objects_out_of_date() -> EventError {
     EventError::Prerequisite {
         what: "the extension's SQL objects are older than its library: run ALTER EXTENSION ae_events UPDATE".to_owned(),
     }
@@ -284,10 +286,6 @@ unsafe impl pgrx::callconv::BoxRet for StoredJsonb {
 }
 
 impl StoredJsonb {
-    pub fn datum(&self) -> pg_sys::Datum {
-        self.0
-    }
-
     /// Copy an encoded root container into a new jsonb datum.
     pub fn from_container(container: &[u8]) -> StoredJsonb {
         let size = container.len() + 4;

@@ -1,7 +1,15 @@
 //! Who the extension's own work runs as: the installed extension's catalog facts (outbox,
-//! its id sequence, the owner) and a guard that runs code as the owner with a safe
-//! `search_path`, so that the application's role needs no privilege on `ae_events` and nothing
-//! a caller defines can change what the extension reads or writes.
+//! its id sequence, the owner, the snapshot role) and guards that switch the current role.
+//!
+//! - The pass writes the extension's own tables as the owner (`OwnerPrivileges`), with a safe
+//!   `search_path`, so that the application's role needs no privilege on `ae_events`. No code a
+//!   non-superuser controls is reachable there: the outbox, its indexes and the state tables
+//!   belong to the owner.
+//! - Every read of the application's tables (snapshots, bubble-up lookups) runs as
+//!   `ae_events_snapshot` (`SnapshotReader`): a NOLOGIN role that holds SELECT on the source
+//!   tables (granted by `attach()`) and nothing else. A source table's owner controls code that
+//!   runs while those tables are planned and read (index predicates and expressions, operators,
+//!   policies, views); it runs with the rights of that role, so owning a table gains nothing.
 
 use crate::errors;
 use crate::settings::ScopedSetting;
@@ -15,6 +23,8 @@ pub struct ExtensionCatalog {
     outbox: pg_sys::Oid,
     pub id_sequence: pg_sys::Oid,
     pub owner: pg_sys::Oid,
+    /// `ae_events_snapshot`: the role the application's tables are read as.
+    pub snapshot_role: pg_sys::Oid,
 }
 
 thread_local! {
@@ -47,6 +57,7 @@ impl ExtensionCatalog {
             outbox,
             id_sequence,
             owner: extension_owner(),
+            snapshot_role: snapshot_role(),
         };
         CATALOG.set(Some(catalog));
         catalog
@@ -56,13 +67,41 @@ impl ExtensionCatalog {
 /// Runs the pass as the extension's owner with a safe `search_path`; restores both on drop.
 /// (On error, PostgreSQL's transaction abort restores them.)
 pub struct OwnerPrivileges {
+    _switch: RoleSwitch,
+}
+
+impl OwnerPrivileges {
+    pub fn enter(owner: pg_sys::Oid) -> Self {
+        OwnerPrivileges {
+            _switch: RoleSwitch::enter(owner),
+        }
+    }
+}
+
+/// Reads the application's tables as `ae_events_snapshot` (see the module's comment); restores
+/// the previous role on drop.
+pub struct SnapshotReader {
+    _switch: RoleSwitch,
+}
+
+impl SnapshotReader {
+    pub fn enter(catalog: &ExtensionCatalog) -> Self {
+        SnapshotReader {
+            _switch: RoleSwitch::enter(catalog.snapshot_role),
+        }
+    }
+}
+
+/// The current role switched to `role` for a scope, as a security-restricted operation, with
+/// `search_path` set to `pg_catalog, pg_temp`.
+struct RoleSwitch {
     saved_user: pg_sys::Oid,
     saved_security_context: i32,
     search_path: Option<ScopedSetting>,
 }
 
-impl OwnerPrivileges {
-    pub fn enter(owner: pg_sys::Oid) -> Self {
+impl RoleSwitch {
+    fn enter(role: pg_sys::Oid) -> Self {
         let mut saved_user = pg_sys::InvalidOid;
         let mut saved_security_context = 0;
         // SAFETY: the documented way to run code as another role inside a transaction, as
@@ -70,14 +109,14 @@ impl OwnerPrivileges {
         unsafe {
             pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_security_context);
             pg_sys::SetUserIdAndSecContext(
-                owner,
+                role,
                 saved_security_context
                     | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
                     | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
             );
         }
         let search_path = ScopedSetting::set(c"search_path", c"pg_catalog, pg_temp");
-        OwnerPrivileges {
+        RoleSwitch {
             saved_user,
             saved_security_context,
             search_path: Some(search_path),
@@ -85,7 +124,7 @@ impl OwnerPrivileges {
     }
 }
 
-impl Drop for OwnerPrivileges {
+impl Drop for RoleSwitch {
     fn drop(&mut self) {
         if std::thread::panicking() {
             return; // the transaction is aborting; PostgreSQL restores user and settings
@@ -111,4 +150,14 @@ fn extension_owner() -> pg_sys::Oid {
             None,
         ),
     }
+}
+
+/// The oid of `ae_events_snapshot` (created by the install or update script).
+fn snapshot_role() -> pg_sys::Oid {
+    // SAFETY: a syscache lookup by name; missing_ok returns InvalidOid instead of raising.
+    let role = unsafe { pg_sys::get_role_oid(c"ae_events_snapshot".as_ptr(), true) };
+    if role == pg_sys::InvalidOid {
+        crate::outbox::sql_objects_out_of_date().report();
+    }
+    role
 }

@@ -5,12 +5,18 @@
 //! element of `measurement.measurement_attributes`; below `candidate.cf` and an attribute's
 //! `additional_attributes` (free-form jsonb) any key path is allowed.
 //!
-//! The rules are applied with PostgreSQL's own jsonb functions (`jsonb_delete_path`,
-//! `jsonb_set`, `jsonb_extract_path_text`, `sha256`), so "the value's text" is exactly what
-//! `payload #>> path` shows; with no rules the payload is not touched.
+//! The rules are applied in one pass over the encoded payload (`Rules::apply`): a tree of the
+//! rules' paths is walked beside the jsonb, subtrees no rule reaches are copied as they are, so
+//! the cost is linear in the payload's size however many attributes a `*` rule reaches. A rule
+//! applies where its path exists; where the data has another shape (a key path into an array or
+//! a scalar, say) it is skipped, so a rule never fails a write because of what a row holds.
+//! "The value's text" for `sha256` is what `payload #>> path` shows (strings unquoted,
+//! containers as jsonb prints them); a JSON null stays null. With no rules the payload is not
+//! touched.
 
 use crate::errors::EventError;
-use crate::rows::{varlena_bytes, with_kept_plan, KeptPlan};
+use crate::jsonb::{read_container, Child, EncodeError, Encoder, Kind};
+use crate::rows::{with_kept_plan, KeptPlan};
 use pgrx::prelude::*;
 use std::cell::RefCell;
 
@@ -109,9 +115,6 @@ const FREE_FORM: &[&str] = &[
     "measurement.measurement_attributes.*.additional_attributes",
 ];
 
-/// The segments before the one `*` may stand in.
-const ATTRIBUTES: [&str; 2] = ["measurement", "measurement_attributes"];
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Action {
     Remove,
@@ -119,15 +122,61 @@ enum Action {
     Sha256,
 }
 
-#[derive(Debug)]
-struct Rule {
-    segments: Vec<String>,
-    action: Action,
+/// The rules as a tree of path segments: a node's action applies to the value at its path
+/// (a rule's action wins over rules below it); `*` stands for every element of an array.
+#[derive(Debug, Default)]
+struct Node {
+    action: Option<Action>,
+    children: Vec<(String, Node)>,
 }
 
-/// The rules in force for one pass (read once per pass, in path order).
+/// The rules in force for one pass (read once per pass).
 #[derive(Debug, Default)]
-pub struct Rules(Vec<Rule>);
+pub struct Rules {
+    root: Node,
+}
+
+impl Node {
+    fn insert(&mut self, segments: &[&str], action: Action) {
+        let Some((first, rest)) = segments.split_first() else {
+            self.action = Some(action);
+            return;
+        };
+        let position = match self.children.iter().position(|(key, _)| key == first) {
+            Some(position) => position,
+            None => {
+                self.children.push(((*first).to_owned(), Node::default()));
+                self.children.len() - 1
+            }
+        };
+        self.children[position].1.insert(rest, action);
+    }
+
+    /// The node for an object's member `key`.
+    fn member(&self, key: &[u8]) -> Option<&Node> {
+        self.children
+            .iter()
+            .find(|(segment, _)| segment.as_bytes() == key)
+            .map(|(_, node)| node)
+    }
+
+    /// The node for element `index` of an array of `len`: `*`, or an integer segment (negative
+    /// counts from the end, as `jsonb_set` reads it).
+    fn element(&self, index: usize, len: usize) -> Option<&Node> {
+        self.children.iter().find_map(|(segment, node)| {
+            let matches = segment == "*"
+                || segment.parse::<i64>().is_ok_and(|wanted| {
+                    let wanted = if wanted < 0 {
+                        len as i64 + wanted
+                    } else {
+                        wanted
+                    };
+                    wanted == index as i64
+                });
+            matches.then_some(node)
+        })
+    }
+}
 
 /// Whether `path` names a field of the payload (or a key path inside its free-form jsonb).
 pub fn path_is_valid(path: &str) -> bool {
@@ -182,7 +231,7 @@ impl Rules {
     /// Read the rules (inside an SPI connection, as the extension's owner).
     pub fn load() -> Result<Rules, EventError> {
         crate::outbox::ensure_current_sql_objects()?;
-        let mut rules = Vec::new();
+        let mut rules = Rules::default();
         with_kept_plan(&QUERY, RULES_QUERY, |query| {
             query.run(&mut [])?.for_each(|row| {
                 let path: Option<String> = row.get(1).map_err(EventError::internal)?;
@@ -200,126 +249,146 @@ impl Rules {
                         })
                     }
                 };
-                rules.push(Rule {
-                    segments: path.split('.').map(str::to_owned).collect(),
-                    action,
-                });
+                rules.add(&path, action);
                 Ok(())
             })
         })
         .map_err(|error| error.context("cannot read ae_events.payload_rules"))?;
-        Ok(Rules(rules))
+        Ok(rules)
+    }
+
+    fn add(&mut self, path: &str, action: Action) {
+        let segments: Vec<&str> = path.split('.').collect();
+        self.root.insert(&segments, action);
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.root.children.is_empty() && self.root.action.is_none()
     }
 
-    /// Apply the rules to an encoded payload (a jsonb root container) of an instance with
-    /// `attributes` measurement attributes; returns the new container.
-    pub fn apply(&self, container: Vec<u8>, attributes: usize) -> Result<Vec<u8>, EventError> {
+    /// Apply the rules to an encoded payload (a jsonb root container); returns the new
+    /// container. One pass: linear in the payload's size.
+    pub fn apply(&self, container: Vec<u8>) -> Result<Vec<u8>, EventError> {
         if self.is_empty() {
             return Ok(container);
         }
-        let mut payload = crate::outbox::StoredJsonb::from_container(&container).datum();
-        for rule in &self.0 {
-            for path in rule.paths(attributes) {
-                payload = apply_one(payload, &path, rule.action)?;
-            }
-        }
-        // SAFETY: a complete jsonb datum.
-        Ok(unsafe { varlena_bytes(payload, false) })
+        let mut encoder = Encoder::default();
+        let mut path = Vec::new();
+        let root = rewrite(&mut encoder, &container, &self.root, &mut path, &pg_text).map_err(
+            |error| EventError::BadValue {
+                what: format!("the payload rule at {}: {error}", path.join(".")),
+            },
+        )?;
+        Ok(encoder.root(root).to_vec())
     }
 }
 
-impl Rule {
-    /// The concrete paths: `*` expanded to every attribute index, last first (so that removing
-    /// one element does not shift the ones still to visit).
-    fn paths(&self, attributes: usize) -> Vec<Vec<String>> {
-        let each =
-            self.segments.len() > 2 && self.segments[..2] == ATTRIBUTES && self.segments[2] == "*";
-        if !each {
-            return vec![self.segments.clone()];
-        }
-        (0..attributes)
-            .rev()
-            .map(|index| {
-                let mut path = self.segments.clone();
-                path[2] = index.to_string();
-                path
-            })
-            .collect()
-    }
-}
+/// The text of a stored value as `#>>` shows it (None for a JSON null); numerics and containers
+/// are printed by PostgreSQL.
+type TextOf<'t> = dyn Fn(&Child<'_>) -> Result<Option<String>, EncodeError> + 't;
 
-fn text_array(path: &[String]) -> Result<pg_sys::Datum, EventError> {
-    path.to_vec()
-        .into_datum()
-        .ok_or_else(|| EventError::internal("a null path"))
-}
-
-fn call(
-    function: unsafe fn(pg_sys::FunctionCallInfo) -> pg_sys::Datum,
-    arguments: &[Option<pg_sys::Datum>],
-) -> Option<pg_sys::Datum> {
-    // SAFETY: each call site passes the arguments the function's SQL signature takes.
-    unsafe { pgrx::fcinfo::direct_function_call_as_datum(function, arguments) }
-}
-
-fn jsonb_from_text(json: &str) -> Result<pg_sys::Datum, EventError> {
-    let text = std::ffi::CString::new(json)
-        .map_err(|_| EventError::internal("a JSON literal holds a NUL byte"))?;
-    call(
-        pg_sys::jsonb_in,
-        &[Some(pg_sys::Datum::from(text.as_ptr()))],
-    )
-    .ok_or_else(|| EventError::internal("jsonb_in returned null"))
-}
-
-fn apply_one(
-    payload: pg_sys::Datum,
-    path: &[String],
-    action: Action,
-) -> Result<pg_sys::Datum, EventError> {
-    let path_datum = text_array(path)?;
-    let set = |value: pg_sys::Datum| {
-        call(
-            pg_sys::jsonb_set,
-            &[
-                Some(payload),
-                Some(path_datum),
-                Some(value),
-                false.into_datum(),
-            ],
-        )
-    };
-    let result = match action {
-        Action::Remove => call(
-            pg_sys::jsonb_delete_path,
-            &[Some(payload), Some(path_datum)],
-        ),
-        Action::Null => {
-            // jsonb_set replaces only what exists (create_missing = false).
-            set(jsonb_from_text("null")?)
-        }
-        Action::Sha256 => {
-            match call(
-                pg_sys::jsonb_extract_path_text,
-                &[Some(payload), Some(path_datum)],
-            ) {
-                // Missing or JSON null: nothing to hide.
-                None => Some(payload),
+/// Copy `container` into `encoder` with the rules below `node` applied; `path` names where the
+/// walk is (for an error message).
+fn rewrite(
+    encoder: &mut Encoder,
+    container: &[u8],
+    node: &Node,
+    path: &mut Vec<String>,
+    text_of: &TextOf<'_>,
+) -> Result<crate::jsonb::Value, EncodeError> {
+    let (is_object, children) = read_container(container)?;
+    let mark = encoder.begin_container();
+    let len = children.len();
+    for (index, child) in children.iter().enumerate() {
+        let rule = if is_object {
+            node.member(child.key)
+        } else {
+            node.element(index, len)
+        };
+        let Some(rule) = rule else {
+            encoder.add(child.key, child.kind, child.bytes);
+            continue;
+        };
+        path.push(if is_object {
+            String::from_utf8_lossy(child.key).into_owned()
+        } else {
+            index.to_string()
+        });
+        match rule.action {
+            Some(Action::Remove) => {}
+            Some(Action::Null) => encoder.add(child.key, Kind::Null, &[]),
+            Some(Action::Sha256) => match text_of(child)? {
                 Some(text) => {
-                    let digest = crate::versions::sha256(text)?;
-                    let hex: String = digest.iter().map(|byte| format!("{byte:02x}")).collect();
-                    set(jsonb_from_text(&format!("\"{hex}\""))?)
+                    let hex = sha256_hex(text.as_bytes())?;
+                    encoder.add(child.key, Kind::String, hex.as_bytes());
                 }
+                None => encoder.add(child.key, child.kind, child.bytes),
+            },
+            None if child.kind == Kind::Container && !rule.children.is_empty() => {
+                let value = rewrite(encoder, child.bytes, rule, path, text_of)?;
+                encoder.add_value(child.key, value);
+            }
+            // A path into a scalar: this data has another shape; nothing to do.
+            None => encoder.add(child.key, child.kind, child.bytes),
+        }
+        path.pop();
+    }
+    encoder.end_container(mark, is_object)
+}
+
+/// The hex SHA-256 of bytes (PostgreSQL's implementation).
+fn sha256_hex(bytes: &[u8]) -> Result<String, EncodeError> {
+    let digest =
+        crate::versions::digest(bytes).map_err(|error| EncodeError::new(error.to_string()))?;
+    Ok(digest.iter().map(|byte| format!("{byte:02x}")).collect())
+}
+
+/// `TextOf` in the backend: numerics through `numeric_out`, containers through `JsonbToCString`.
+fn pg_text(child: &Child<'_>) -> Result<Option<String>, EncodeError> {
+    Ok(Some(match child.kind {
+        Kind::Null => return Ok(None),
+        Kind::String => String::from_utf8_lossy(child.bytes).into_owned(),
+        Kind::True => "true".to_owned(),
+        Kind::False => "false".to_owned(),
+        Kind::Numeric => {
+            let numeric = aligned_copy(child.bytes);
+            // SAFETY: a numeric varlena (4-byte header) in a 4-aligned buffer that outlives the
+            // call; numeric_out returns a palloc'd C string.
+            unsafe {
+                let out = pgrx::fcinfo::direct_function_call_as_datum(
+                    pg_sys::numeric_out,
+                    &[Some(pg_sys::Datum::from(numeric.as_ptr()))],
+                )
+                .ok_or_else(|| EncodeError::new("numeric_out returned null"))?;
+                std::ffi::CStr::from_ptr(out.cast_mut_ptr::<std::ffi::c_char>())
+                    .to_string_lossy()
+                    .into_owned()
             }
         }
-    };
-    result.ok_or_else(|| EventError::BadValue {
-        what: format!("the payload rule for {}", path.join(".")),
-    })
+        Kind::Container => {
+            let container = aligned_copy(child.bytes);
+            // SAFETY: a jsonb container in a 4-aligned buffer that outlives the call;
+            // JsonbToCString returns a palloc'd C string.
+            unsafe {
+                let out = pg_sys::JsonbToCString(
+                    std::ptr::null_mut(),
+                    container.as_ptr().cast_mut().cast(),
+                    child.bytes.len() as i32,
+                );
+                std::ffi::CStr::from_ptr(out).to_string_lossy().into_owned()
+            }
+        }
+    }))
+}
+
+/// `bytes` in a 4-byte aligned buffer (jsonb's numerics and containers are read in place).
+fn aligned_copy(bytes: &[u8]) -> Vec<u32> {
+    let mut words = vec![0u32; bytes.len().div_ceil(4)];
+    // SAFETY: the buffer holds at least bytes.len() bytes.
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), words.as_mut_ptr().cast(), bytes.len());
+    }
+    words
 }
 
 #[cfg(test)]
@@ -395,27 +464,32 @@ mod tests {
     }
 
     #[test]
-    fn a_star_expands_to_every_attribute_last_first() {
-        let rule = Rule {
-            segments: ["measurement", "measurement_attributes", "*", "remarks"]
-                .map(str::to_owned)
-                .to_vec(),
-            action: Action::Null,
-        };
-        let paths: Vec<String> = rule.paths(3).iter().map(|p| p.join(".")).collect();
-        assert_eq!(
-            paths,
-            [
-                "measurement.measurement_attributes.2.remarks",
-                "measurement.measurement_attributes.1.remarks",
-                "measurement.measurement_attributes.0.remarks"
-            ]
-        );
-        assert!(rule.paths(0).is_empty());
-        let plain = Rule {
-            segments: ["candidate", "email"].map(str::to_owned).to_vec(),
-            action: Action::Sha256,
-        };
-        assert_eq!(plain.paths(5), vec![plain.segments.clone()]);
+    fn a_star_matches_every_element_and_integers_match_their_index() {
+        let mut rules = Rules::default();
+        rules.add("measurement.measurement_attributes.*.remarks", Action::Null);
+        rules.add("candidate.cf.tags.-1", Action::Remove);
+        rules.add("candidate.cf.ssn", Action::Remove);
+        let attributes = rules
+            .root
+            .member(b"measurement")
+            .and_then(|node| node.member(b"measurement_attributes"))
+            .unwrap();
+        for index in [0, 1, 499] {
+            let element = attributes.element(index, 500).unwrap();
+            assert_eq!(
+                element.member(b"remarks").unwrap().action,
+                Some(Action::Null)
+            );
+        }
+        let cf = rules
+            .root
+            .member(b"candidate")
+            .and_then(|n| n.member(b"cf"))
+            .unwrap();
+        let tags = cf.member(b"tags").unwrap();
+        assert!(tags.element(2, 3).is_some());
+        assert!(tags.element(1, 3).is_none());
+        // "ssn" is no index: where cf is an array, the rule does not apply (no error).
+        assert!(cf.element(0, 1).is_none());
     }
 }

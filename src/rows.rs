@@ -99,6 +99,66 @@ impl KeptPlan {
         }
         result
     }
+
+    /// Run the plan through a cursor, handing the rows to `read` `batch` at a time and freeing
+    /// each batch before the next is fetched, so that the memory the result rows take stays
+    /// bounded however many rows match (an instance may have any number of attributes). Frees
+    /// the arguments.
+    pub fn for_each_batched(
+        &self,
+        mut arguments: Vec<pg_sys::Datum>,
+        batch: usize,
+        read: impl FnMut(&Row) -> Result<(), EventError>,
+    ) -> Result<(), EventError> {
+        let nulls = vec![b' ' as std::ffi::c_char; arguments.len()];
+        // SAFETY: a kept plan and arguments of its parameter types; the portal copies them.
+        let portal = unsafe {
+            pg_sys::SPI_cursor_open(
+                std::ptr::null(),
+                self.plan.as_ptr(),
+                arguments.as_mut_ptr(),
+                nulls.as_ptr(),
+                false,
+            )
+        };
+        let result = if portal.is_null() {
+            Err(EventError::internal("SPI_cursor_open failed"))
+        } else {
+            Self::fetch_all(portal, batch, read)
+        };
+        // SAFETY: the portal was opened above; the arguments were palloc'd for this call.
+        unsafe {
+            if !portal.is_null() {
+                pg_sys::SPI_cursor_close(portal);
+            }
+            for argument in arguments {
+                pg_sys::pfree(argument.cast_mut_ptr());
+            }
+        }
+        result
+    }
+
+    fn fetch_all(
+        portal: pg_sys::Portal,
+        batch: usize,
+        mut read: impl FnMut(&Row) -> Result<(), EventError>,
+    ) -> Result<(), EventError> {
+        loop {
+            // SAFETY: an open portal; the fetched rows are in SPI_tuptable, freed with `rows`.
+            let rows = unsafe {
+                pg_sys::SPI_tuptable = std::ptr::null_mut();
+                pg_sys::SPI_cursor_fetch(portal, true, batch as std::ffi::c_long);
+                ResultRows {
+                    table: pg_sys::SPI_tuptable,
+                    count: pg_sys::SPI_processed as usize,
+                }
+            };
+            if rows.count == 0 {
+                return Ok(());
+            }
+            rows.for_each(&mut read)?;
+        }
+    }
 }
 
 /// Run `use_plan` with the plan kept in `slot`, preparing `sql` (no arguments) there on first

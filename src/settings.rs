@@ -1,5 +1,8 @@
 //! The settings of events.md §5. Each is validated by PostgreSQL when it is set: `notify` is an
-//! enum, `channel` has a check hook, `enabled` may only be changed by a superuser.
+//! enum, `channel` has a check hook. Every one may only be changed by a superuser (or the DBA
+//! through `ALTER SYSTEM`, `ALTER DATABASE ... SET`, `ALTER ROLE ... SET`): the application's
+//! role must not turn events off, move them to another channel, or make notifications carry
+//! payloads (which any role that can connect may LISTEN to).
 
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::prelude::*;
@@ -21,15 +24,15 @@ pub enum NotifyMode {
 static ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
 static CHANNEL: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"ae_events"));
-static NOTIFY: GucSetting<NotifyMode> = GucSetting::<NotifyMode>::new(NotifyMode::Full);
+static NOTIFY: GucSetting<NotifyMode> = GucSetting::<NotifyMode>::new(NotifyMode::Reference);
 /// In kB; -1 means no limit.
 static NOTIFY_PAYLOAD_BUDGET: GucSetting<i32> = GucSetting::<i32>::new(1024);
 
 pub fn register() {
     GucRegistry::define_bool_guc(
         c"ae_events.enabled",
-        c"Emit events for inserts into ti.instance.",
-        c"When off, inserts into ti.instance yield no event. Only a superuser may change it.",
+        c"Emit created and updated events for changes to ti.instance and its source tables.",
+        c"When off, changes yield no event at all. Only a superuser may change it.",
         &ENABLED,
         GucContext::Suset,
         GucFlags::default(),
@@ -39,9 +42,9 @@ pub fn register() {
         GucRegistry::define_string_guc_with_hooks(
             c"ae_events.channel",
             c"The channel that pg_notify announces events on.",
-            c"A non-empty name shorter than 64 bytes, as LISTEN accepts it.",
+            c"A non-empty name shorter than 64 bytes, as LISTEN accepts it. Only a superuser may change it.",
             &CHANNEL,
-            GucContext::Userset,
+            GucContext::Suset,
             GucFlags::default(),
             Some(check_channel),
             None,
@@ -50,10 +53,11 @@ pub fn register() {
     }
     GucRegistry::define_enum_guc(
         c"ae_events.notify",
-        c"What the notification carries: full, reference or off.",
-        c"full: the message with the payload when it fits; reference: never the payload; off: no NOTIFY.",
+        c"What the notification carries: reference (default), full or off.",
+        c"reference: a wake-up without the payload; full: the message with the payload when it fits \
+          (any role that can connect may LISTEN); off: no NOTIFY. Only a superuser may change it.",
         &NOTIFY,
-        GucContext::Userset,
+        GucContext::Suset,
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(
@@ -61,11 +65,12 @@ pub fn register() {
         c"Payload bytes that one transaction's notifications may carry (notify = full).",
         c"Once a transaction's notifications carry this much payload, its further notifications \
           omit the payload (\"payload_omitted\": true) and relays read the outbox row. Bounds the \
-          memory and notification-queue space of bulk inserts. -1: no limit.",
+          memory and notification-queue space of bulk inserts. -1: no limit. Only a superuser may \
+          change it.",
         &NOTIFY_PAYLOAD_BUDGET,
         -1,
         i32::MAX,
-        GucContext::Userset,
+        GucContext::Suset,
         GucFlags::UNIT_KB,
     );
     // SAFETY: called from _PG_init with a static, NUL-terminated prefix.

@@ -375,16 +375,93 @@ fn for_each_row(
 ) -> Result<(), EventError> {
     plan.run_freeing(vec![int8_array(ids)?])
         .map_err(|error| error.context(format!("cannot read {table}")))?
-        .for_each(|row| {
-            let first = Row {
-                row,
-                table,
-                id: 0,
-                offset: 0,
-            };
-            let id: i64 = first.req(1, "id")?;
-            read(id, &Row { id, ..first })
-        })
+        .for_each(|row| read_named(row, table, &mut read))
+}
+
+/// Attribute rows: any number per instance, so they are fetched through a cursor in batches and
+/// each batch is freed before the next (memory bounded per attribute, not per query).
+const ATTRIBUTE_BATCH: usize = 1000;
+
+/// `for_each_row` for the attribute queries: batched.
+fn for_each_attribute_row(
+    plan: &KeptPlan,
+    measurement_ids: &[i64],
+    mut read: impl FnMut(i64, &Row<'_>) -> Result<(), EventError>,
+) -> Result<(), EventError> {
+    let table = "tcf.measurement_attribute";
+    plan.for_each_batched(vec![int8_array(measurement_ids)?], ATTRIBUTE_BATCH, |row| {
+        read_named(row, table, &mut read)
+    })
+    .map_err(|error| error.context(format!("cannot read {table}")))
+}
+
+fn read_named(
+    row: &crate::rows::Row,
+    table: &'static str,
+    read: &mut impl FnMut(i64, &Row<'_>) -> Result<(), EventError>,
+) -> Result<(), EventError> {
+    let first = Row {
+        row,
+        table,
+        id: 0,
+        offset: 0,
+    };
+    let id: i64 = first.req(1, "id")?;
+    read(id, &Row { id, ..first })
+}
+
+/// How many measurement attributes each instance has, to cut a chunk of instances into groups
+/// whose attributes fit a budget.
+const ATTRIBUTE_COUNTS: &str = "
+SELECT i.id::pg_catalog.int8,
+       (SELECT pg_catalog.count(*) FROM tcf.measurement_attribute AS ma
+         WHERE ma.measurement_id OPERATOR(pg_catalog.=) i.measurement_id)::pg_catalog.int8
+  FROM ti.instance AS i
+ WHERE i.id OPERATOR(pg_catalog.=) ANY ($1)";
+
+thread_local! {
+    static ATTRIBUTE_COUNTS_PLAN: RefCell<Option<KeptPlan>> = const { RefCell::new(None) };
+}
+
+/// Cut ascending instance ids into consecutive groups whose instances have at most `budget`
+/// measurement attributes together (an instance with more is a group of its own), so that the
+/// memory a group takes is bounded by attributes as well as by instances. One instance needs no
+/// question.
+pub fn group_by_attributes(instance_ids: &[i64], budget: i64) -> Result<Vec<&[i64]>, EventError> {
+    if instance_ids.len() <= 1 {
+        return Ok(vec![instance_ids]);
+    }
+    let mut counts = HashMap::with_capacity(instance_ids.len());
+    let settings = ScopedSetting::set_many(MANY_PLANNER_SETTINGS);
+    let read = ATTRIBUTE_COUNTS_PLAN.with_borrow_mut(|slot| {
+        let plan = match slot {
+            Some(plan) => plan,
+            None => slot.insert(prepare(ATTRIBUTE_COUNTS)?),
+        };
+        plan.run_freeing(vec![int8_array(instance_ids)?])?
+            .for_each(|row| {
+                let id: Option<i64> = row.get(1).map_err(EventError::internal)?;
+                let count: Option<i64> = row.get(2).map_err(EventError::internal)?;
+                if let (Some(id), Some(count)) = (id, count) {
+                    counts.insert(id, count);
+                }
+                Ok(())
+            })
+    });
+    settings.end();
+    read.map_err(|error| error.context("cannot count the attributes of ti.instance rows"))?;
+    let mut groups = Vec::new();
+    let (mut start, mut attributes) = (0, 0);
+    for (index, id) in instance_ids.iter().enumerate() {
+        let count = counts.get(id).copied().unwrap_or(0);
+        if index > start && attributes + count > budget {
+            groups.push(&instance_ids[start..index]);
+            (start, attributes) = (index, 0);
+        }
+        attributes += count;
+    }
+    groups.push(&instance_ids[start..]);
+    Ok(groups)
 }
 
 /// Build the payloads of the given instances, in ascending id order. Instances that no longer
@@ -649,46 +726,41 @@ fn read_attributes_together(
     let mut ordinals: HashMap<i64, Rc<Shared<Ordinal>>> = HashMap::new();
     let mut attributes = Vec::new();
     let query = &plans.measurement_attributes_with_references;
-    for_each_row(
-        query,
-        &measurement_ids,
-        "tcf.measurement_attribute",
-        |id, row| {
-            let table = "tcf.section_configuration_attribute";
-            let sca = match row.joined(table, SECTION_CONFIGURATION_ATTRIBUTE_OFFSET)? {
-                Some((sca_id, part)) => Some(match scas.get(&sca_id) {
-                    Some(built) => Rc::clone(built),
-                    None => {
-                        let built = Rc::new(Shared::new(sca_from(sca_id, &part)?));
-                        scas.insert(sca_id, Rc::clone(&built));
-                        built
-                    }
-                }),
-                None => None,
-            };
-            let ordinal = match row.joined("tcf.ordinal", ORDINAL_OFFSET)? {
-                Some((ordinal_id, part)) => Some(match ordinals.get(&ordinal_id) {
-                    Some(built) => Rc::clone(built),
-                    None => {
-                        let built = Rc::new(Shared::new(ordinal_from(ordinal_id, &part)?));
-                        ordinals.insert(ordinal_id, Rc::clone(&built));
-                        built
-                    }
-                }),
-                None => None,
-            };
-            let sca_id: i64 = row.req(12, "section_configuration_attribute_id")?;
-            let ordinal_id: Option<i64> = row.opt(13)?;
-            warn_missing_attribute_references(
-                id,
-                sca.is_none().then_some(sca_id),
-                ordinal_id.filter(|_| ordinal.is_none()),
-            );
-            let measurement_id: i64 = row.req(2, "measurement_id")?;
-            attributes.push((measurement_id, attribute_from(id, row, sca, ordinal)?));
-            Ok(())
-        },
-    )?;
+    for_each_attribute_row(query, &measurement_ids, |id, row| {
+        let table = "tcf.section_configuration_attribute";
+        let sca = match row.joined(table, SECTION_CONFIGURATION_ATTRIBUTE_OFFSET)? {
+            Some((sca_id, part)) => Some(match scas.get(&sca_id) {
+                Some(built) => Rc::clone(built),
+                None => {
+                    let built = Rc::new(Shared::new(sca_from(sca_id, &part)?));
+                    scas.insert(sca_id, Rc::clone(&built));
+                    built
+                }
+            }),
+            None => None,
+        };
+        let ordinal = match row.joined("tcf.ordinal", ORDINAL_OFFSET)? {
+            Some((ordinal_id, part)) => Some(match ordinals.get(&ordinal_id) {
+                Some(built) => Rc::clone(built),
+                None => {
+                    let built = Rc::new(Shared::new(ordinal_from(ordinal_id, &part)?));
+                    ordinals.insert(ordinal_id, Rc::clone(&built));
+                    built
+                }
+            }),
+            None => None,
+        };
+        let sca_id: i64 = row.req(12, "section_configuration_attribute_id")?;
+        let ordinal_id: Option<i64> = row.opt(13)?;
+        warn_missing_attribute_references(
+            id,
+            sca.is_none().then_some(sca_id),
+            ordinal_id.filter(|_| ordinal.is_none()),
+        );
+        let measurement_id: i64 = row.req(2, "measurement_id")?;
+        attributes.push((measurement_id, attribute_from(id, row, sca, ordinal)?));
+        Ok(())
+    })?;
     Ok(attributes)
 }
 
@@ -706,21 +778,16 @@ fn read_attributes_table_by_table(
     }
     let mut unresolved = Vec::new();
     let query = &plans.measurement_attributes;
-    for_each_row(
-        query,
-        &measurement_ids,
-        "tcf.measurement_attribute",
-        |id, row| {
-            unresolved.push(Unresolved {
-                measurement_id: row.req(2, "measurement_id")?,
-                id,
-                attribute: attribute_from(id, row, None, None)?,
-                sca_id: row.req(12, "section_configuration_attribute_id")?,
-                ordinal_id: row.opt(13)?,
-            });
-            Ok(())
-        },
-    )?;
+    for_each_attribute_row(query, &measurement_ids, |id, row| {
+        unresolved.push(Unresolved {
+            measurement_id: row.req(2, "measurement_id")?,
+            id,
+            attribute: attribute_from(id, row, None, None)?,
+            sca_id: row.req(12, "section_configuration_attribute_id")?,
+            ordinal_id: row.opt(13)?,
+        });
+        Ok(())
+    })?;
     let mut scas = HashMap::new();
     let ids = sorted_unique(unresolved.iter().map(|a| a.sca_id).collect());
     let query = &plans.section_configuration_attributes;

@@ -318,6 +318,49 @@ fn trigger_source(trigger: &PgTrigger<'_>) -> Source {
     }
 }
 
+/// Whether `relation` is the source table: its name, then its schema (one syscache lookup, only
+/// when the name matches: this runs for every row a trigger sees).
+fn is_table(relation: &pgrx::PgRelation, source: Source) -> bool {
+    let Some((schema, name)) = source.table().split_once('.') else {
+        return false;
+    };
+    if relation.name() != name {
+        return false;
+    }
+    let Ok(schema) = std::ffi::CString::new(schema) else {
+        return false;
+    };
+    // SAFETY: rd_rel is the open relation's pg_class row; a syscache lookup by name, missing_ok.
+    unsafe { (*relation.rd_rel).relnamespace == pg_sys::get_namespace_oid(schema.as_ptr(), true) }
+}
+
+/// The extension's trigger functions record changes for the pass, which writes events as the
+/// extension's owner: each runs only on the table `attach()` attached it to (`allowed`), so that
+/// nobody can forge a change by attaching it to a table of their own (42501 otherwise).
+pub fn require_trigger_on(trigger: &PgTrigger<'_>, function: &str, allowed: &[Source]) {
+    let relation = match trigger.relation() {
+        Ok(relation) => relation,
+        Err(error) => errors::raise(
+            PgSqlErrorCode::ERRCODE_TRIGGERED_ACTION_EXCEPTION,
+            format!("ae_events: {function} cannot read its trigger's table: {error}"),
+            None,
+        ),
+    };
+    if allowed.iter().any(|source| is_table(&relation, *source)) {
+        return;
+    }
+    let expected: Vec<&str> = allowed.iter().map(|source| source.table()).collect();
+    errors::raise(
+        PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+        format!(
+            "ae_events: {function} runs only on {}, where ae_events.attach() puts it, not on \"{}\"",
+            expected.join(", "),
+            relation.name()
+        ),
+        None,
+    )
+}
+
 /// The key of a trigger's row (`None` without a row, or for a NULL key); an error if the column
 /// is missing or not a bigint.
 pub fn key_of(source: Source, row: Option<PgHeapTuple<'_, AllocatedByPostgres>>) -> Option<i64> {
@@ -345,6 +388,7 @@ fn capture_change<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
         return Ok(None);
     }
     let source = trigger_source(trigger);
+    require_trigger_on(trigger, "ae_events.capture_change()", &[source]);
     let old_key = key_of(source, trigger.old());
     let new_key = key_of(source, trigger.new());
     if source == Source::Instance {

@@ -9,6 +9,19 @@ use std::time::Duration;
 
 const WAIT: Duration = Duration::from_millis(1500);
 
+/// A test database whose notifications carry payloads: these tests are about `notify = full`
+/// (the DBA's choice; 0.5.0's default is `reference`, tests/security.rs).
+fn database_notifying_full(cluster: &Cluster, name: &str, foreign_keys: ForeignKeys) -> String {
+    let database = cluster.database(name, foreign_keys);
+    cluster
+        .connect(&database)
+        .batch_execute(&format!(
+            "ALTER DATABASE {database} SET ae_events.notify = full"
+        ))
+        .unwrap();
+    database
+}
+
 fn listen(cluster: &Cluster, database: &str, channel: &str) -> Client {
     let mut listener = cluster.connect(database);
     listener
@@ -29,7 +42,7 @@ fn notification_messages(listener: &mut Client) -> Vec<Value> {
 /// both equal the seed's example JSON.
 fn assert_seed_example_round_trip(session_settings: &str, foreign_keys: ForeignKeys) {
     let cluster = Cluster::shared();
-    let database = cluster.database("seed", foreign_keys);
+    let database = database_notifying_full(cluster, "seed", foreign_keys);
     let mut listener = listen(cluster, &database, "ae_events");
     let mut app = cluster.connect(&database);
     app.batch_execute(session_settings).unwrap();
@@ -80,7 +93,7 @@ fn seed_example_without_cross_service_foreign_keys() {
 #[test]
 fn notification_keys_are_in_contract_order_and_arrive_only_after_commit() {
     let cluster = Cluster::shared();
-    let database = cluster.database("order", ForeignKeys::With);
+    let database = database_notifying_full(cluster, "order", ForeignKeys::With);
     let mut listener = listen(cluster, &database, "ae_events");
     let mut app = cluster.connect(&database);
     let seed_without_commit = SEED_EXAMPLE.replace("COMMIT;", "");
@@ -143,7 +156,7 @@ fn payload_of(app: &mut Client, instance_id: i64) -> Value {
 
 fn edge_database(foreign_keys: ForeignKeys) -> (String, Client) {
     let cluster = Cluster::shared();
-    let database = cluster.database("edge", foreign_keys);
+    let database = database_notifying_full(cluster, "edge", foreign_keys);
     let mut app = cluster.connect(&database);
     app.batch_execute(EDGE_REFERENCE_DATA).unwrap();
     (database, app)

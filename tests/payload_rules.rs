@@ -53,6 +53,8 @@ fn each_action_applies_before_the_event_is_stored_and_notified() {
     let (database, mut client) = database_with_rules("rules");
     let mut listener = cluster.connect(&database);
     listener.batch_execute("LISTEN ae_events").unwrap();
+    // The rules apply to what a notification carries too: with notify = full, the DBA's choice.
+    client.batch_execute("SET ae_events.notify = full").unwrap();
     client
         .batch_execute(&SEED_EXAMPLE.replace("COMMIT;", &format!("{SEED_WITH_DETAILS} COMMIT;")))
         .unwrap();

@@ -44,7 +44,8 @@ fn a_hostile_search_path_cannot_change_the_payload_or_break_the_insert() {
             "CREATE ROLE {app_user} LOGIN;
              GRANT USAGE ON SCHEMA ti, can, ae, tcf TO {app_user};
              GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA ti, can, ae, tcf TO {app_user};
-             GRANT CREATE ON DATABASE {database} TO {app_user};"
+             GRANT CREATE ON DATABASE {database} TO {app_user};
+             ALTER DATABASE {database} SET ae_events.notify = full;"
         ))
         .unwrap();
     let mut listener = cluster.connect(&database);

@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use postgres::Client;
 
-const EARLIER_RELEASES: &[&str] = &["0.1.0", "0.2.0", "0.3.0"];
+const EARLIER_RELEASES: &[&str] = &["0.1.0", "0.2.0", "0.3.0", "0.4.0"];
 
 /// The extension's objects as the catalog describes them, for comparing two databases.
 fn extension_objects(client: &mut Client) -> Vec<String> {
@@ -37,6 +37,17 @@ fn extension_objects(client: &mut Client) -> Vec<String> {
              UNION ALL
              SELECT 'grant ' || p.oid::regprocedure::text || ' ' || coalesce(p.proacl::text, 'default')
                FROM pg_proc AS p WHERE p.pronamespace = 'ae_events'::regnamespace
+             UNION ALL
+             -- The upgrade scripts repeat the sources' definitions: they must stay the same.
+             SELECT 'definition ' || p.oid::regprocedure::text || ' ' || md5(p.prosrc) || ' '
+                    || p.prosecdef::text || ' ' || coalesce(p.proconfig::text, '')
+               FROM pg_proc AS p WHERE p.pronamespace = 'ae_events'::regnamespace
+             UNION ALL
+             SELECT 'table grant ' || c.oid::regclass::text || ' ' || coalesce(c.relacl::text, 'default')
+               FROM pg_class AS c
+              WHERE c.relnamespace IN ('ae_events'::regnamespace, 'ti'::regnamespace,
+                                       'can'::regnamespace, 'ae'::regnamespace, 'tcf'::regnamespace)
+                AND c.relkind IN ('r', 'v')
              ORDER BY 1",
             &[],
         )

@@ -14,7 +14,9 @@
 //! clients, one transaction of 10k / 50k / 100k instances (time and the backend's peak
 //! memory), one transaction updating 10,000 measurement attributes of 2,000 instances (updated
 //! events; the PL/pgSQL comparator is a statement trigger), and one reference-data change that
-//! fans out to 50,000 instances (time and peak memory). `--smoke` runs everything at a tiny size (part of the test command, so the benchmark
+//! fans out to 50,000 instances (time and peak memory), one instance whose measurement has 10,000
+//! and 100,000 attributes, with and without a `*` payload rule (time and peak memory: both
+//! linear in the attributes). `--smoke` runs everything at a tiny size (part of the test command, so the benchmark
 //! cannot rot); the payload check fails the run in either mode.
 
 #[path = "../../tests/common/mod.rs"]
@@ -39,6 +41,8 @@ struct Sizes {
     updated_instances: i64,
     /// Instances a reference-data change reaches.
     fan_out: i64,
+    /// Attributes of the one instance of the attributes workload (and a tenth of it).
+    attributes: i64,
 }
 
 impl Sizes {
@@ -52,6 +56,7 @@ impl Sizes {
                 scale: vec![100, 500, 1000],
                 updated_instances: 20,
                 fan_out: 300,
+                attributes: 2_000,
             }
         } else {
             Sizes {
@@ -62,6 +67,7 @@ impl Sizes {
                 scale: vec![10_000, 50_000, 100_000],
                 updated_instances: 2_000,
                 fan_out: 50_000,
+                attributes: 100_000,
             }
         };
         (sizes, smoke)
@@ -241,7 +247,13 @@ fn main() {
     }
     {
         let mut client = bench.connect("bench_ae_events");
-        client.batch_execute("CREATE EXTENSION ae_events").unwrap();
+        // The notify=full variants: the database's default (0.5.0's default is reference).
+        client
+            .batch_execute(
+                "CREATE EXTENSION ae_events;
+                 ALTER DATABASE bench_ae_events SET ae_events.notify = full",
+            )
+            .unwrap();
         let mut client = bench.connect("bench_plpgsql");
         client
             .batch_execute(&format!(
@@ -272,7 +284,7 @@ fn main() {
     }
     let machine = machine_description(&mut bench.connect("postgres"));
 
-    // `--only bulk|single-row|scale|updates` runs one workload (the bulk one always checks payloads).
+    // `--only bulk|single-row|scale|updates|attributes` runs one workload (the bulk one always checks payloads).
     let only = std::env::args().skip_while(|arg| arg != "--only").nth(1);
     let runs = |workload: &str| only.as_deref().is_none_or(|only| only == workload);
     let (bulk, payload_check) = if runs("bulk") {
@@ -292,6 +304,11 @@ fn main() {
         Vec::new()
     };
     let updates = runs("updates").then(|| update_workload(&bench));
+    let attributes = if runs("attributes") {
+        attributes_workload(&bench)
+    } else {
+        Vec::new()
+    };
 
     println!("\n## Results\n\n{machine}\n");
     if let Some(check) = &payload_check {
@@ -305,6 +322,9 @@ fn main() {
     }
     if let Some(updates) = &updates {
         print_updates(&bench, updates);
+    }
+    if !attributes.is_empty() {
+        print_attributes(&attributes);
     }
     if smoke {
         println!("\n(smoke run: sizes too small for the figures to mean anything)");
@@ -888,6 +908,112 @@ fn print_updates(bench: &Bench, updates: &UpdateResults) {
             label(*variant),
             seconds * 1e6 / sizes.fan_out as f64,
             *peak as f64 / 1048576.0
+        );
+    }
+}
+
+/// One point of the attributes workload.
+struct AttributesPoint {
+    attributes: i64,
+    star_rule: bool,
+    seconds: f64,
+    peak_memory_bytes: u64,
+}
+
+/// One instance whose measurement has many attributes, inserted in its own transaction (its
+/// created event carries them all), without rules and with `*.remarks -> null`: before 0.5.0
+/// the rule cost grew with the square of the attributes and memory with ~17 kB each.
+fn attributes_workload(bench: &Bench) -> Vec<AttributesPoint> {
+    let mut points = Vec::new();
+    let mut client = bench.session(Variant::AeEventsOff);
+    client
+        .batch_execute("TRUNCATE ae_events.outbox, ae_events.instance_state")
+        .unwrap();
+    for (round, attributes) in [bench.sizes.attributes / 10, bench.sizes.attributes]
+        .into_iter()
+        .enumerate()
+    {
+        for star_rule in [false, true] {
+            let id = 900_000_000 + 10 * round as i64 + star_rule as i64;
+            client
+                .batch_execute(&format!(
+                    "DELETE FROM ae_events.payload_rules;
+                     {rule};
+                     INSERT INTO tcf.measurement VALUES ({id}, 'pending', '00:00:00', NULL, NULL, now(), NULL, NULL);
+                     INSERT INTO tcf.measurement_attribute
+                     SELECT {id}::bigint * 1000000 + n, {id}, (SELECT min(id) FROM tcf.section_configuration_attribute),
+                            NULL, n, NULL, 'remark ' || n, NULL, '{{}}', now(), 1, now(), 1
+                       FROM generate_series(1, {attributes}) AS n;
+                     CHECKPOINT",
+                    rule = if star_rule {
+                        "INSERT INTO ae_events.payload_rules VALUES ('measurement.measurement_attributes.*.remarks', 'null')"
+                    } else {
+                        "SELECT 1"
+                    }
+                ))
+                .unwrap();
+            let (seconds, peak) = with_peak_memory(&mut client, |client| {
+                let started = Instant::now();
+                client
+                    .batch_execute(&format!(
+                        "INSERT INTO ti.instance SELECT {id}, NULL, NULL, NULL, 'in_progress',
+                                c.id, ca.id, {id}, NULL, NULL, now(), 1, now(), 1
+                           FROM (SELECT min(id) AS id FROM can.candidate) AS c,
+                                (SELECT min(id) AS id FROM ae.catalog_assessment) AS ca"
+                    ))
+                    .unwrap();
+                started.elapsed().as_secs_f64()
+            });
+            let carried: i64 = client
+                .query_one(
+                    "SELECT jsonb_array_length(payload #> '{measurement,measurement_attributes}')::int8
+                       FROM ae_events.outbox WHERE aggregate_id = $1",
+                    &[&id],
+                )
+                .unwrap()
+                .get(0);
+            assert_eq!(
+                carried, attributes,
+                "attributes: one event with every attribute"
+            );
+            println!(
+                "attributes {attributes:>7}{}: {seconds:.3} s, peak +{:.1} MiB",
+                if star_rule { " with a * rule" } else { "" },
+                peak as f64 / 1048576.0
+            );
+            points.push(AttributesPoint {
+                attributes,
+                star_rule,
+                seconds,
+                peak_memory_bytes: peak,
+            });
+        }
+    }
+    client
+        .batch_execute("DELETE FROM ae_events.payload_rules")
+        .unwrap();
+    points
+}
+
+fn print_attributes(points: &[AttributesPoint]) {
+    println!(
+        "\n### One instance with many attributes (notify=off)\n\n\
+         | attributes | payload rule | seconds | us per attribute | backend peak memory (MiB) | bytes per attribute |\n\
+         |---:|---|---:|---:|---:|---:|"
+    );
+    for point in points {
+        println!(
+            "| {} | {} | {:.3} | {:.1} | {:.1} | {:.0} |",
+            point.attributes,
+            if point.star_rule {
+                "`measurement.measurement_attributes.*.remarks` -> null"
+            } else {
+                "none"
+            },
+            point.seconds,
+            point.seconds * 1e6 / point.attributes as f64,
+            point.peak_memory_bytes as f64 / 1048576.0,
+            point.peak_memory_bytes as f64 / point.attributes as f64
         );
     }
 }
