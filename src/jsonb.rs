@@ -841,6 +841,58 @@ mod tests {
         }
     }
 
+    /// Rebuild a stored container child by child, as `redaction::rewrite` does.
+    fn rebuild(encoder: &mut Encoder, container: &[u8]) -> Value {
+        let (is_object, children) = read_container(container).unwrap();
+        let mark = encoder.begin_container();
+        for child in &children {
+            if child.kind == Kind::Container {
+                let value = rebuild(encoder, child.bytes);
+                encoder.add_value(child.key, value);
+            } else {
+                encoder.add(child.key, child.kind, child.bytes);
+            }
+        }
+        encoder.end_container(mark, is_object).unwrap()
+    }
+
+    #[test]
+    fn a_container_read_and_rebuilt_child_by_child_is_the_same_bytes() {
+        let outers: Vec<Outer> = (0..70)
+            .map(|i| Outer {
+                zeta: "z",
+                id: i * 1_000_003,
+                a: Inner {
+                    flag: i % 2 == 0,
+                    nothing: (i % 3 == 0).then_some(i),
+                    list: (0..i % 40).collect(),
+                },
+                kind: "k".repeat(i as usize % 9),
+                empty: Vec::new(),
+            })
+            .collect();
+        #[derive(Serialize)]
+        struct Root {
+            outers: Vec<Outer>,
+            name: &'static str,
+        }
+        let mut encoder = Encoder::default();
+        let original = encoder
+            .encode(&Root {
+                outers,
+                name: "root",
+            })
+            .unwrap()
+            .to_vec();
+        let mut rebuilder = Encoder::default();
+        let root = rebuild(&mut rebuilder, &original);
+        assert_eq!(rebuilder.root(root), &original[..]);
+        let (is_object, children) = read_container(&original).unwrap();
+        assert!(is_object);
+        let keys: Vec<&[u8]> = children.iter().map(|child| child.key).collect();
+        assert_eq!(keys, [&b"name"[..], &b"outers"[..]]);
+    }
+
     #[test]
     fn many_keys_use_stored_offsets_every_32_entries() {
         #[derive(Serialize)]

@@ -139,3 +139,45 @@ fn update_from_each_earlier_release_matches_a_fresh_install_and_keeps_events() {
         assert_eq!(rows[2].payload["score"], serde_json::json!(5));
     }
 }
+
+/// 0.4.0's consumers had no owner and every relay could use any of them: after the update they
+/// belong to `ae_events_relay`, so every relay keeps its access; new ones belong to their creator.
+#[test]
+fn update_from_0_4_0_gives_existing_consumers_to_every_relay() {
+    let cluster = Cluster::shared();
+    let database = cluster.empty_database("upgrade_consumers");
+    let mut client = cluster.connect(&database);
+    load_schema(&mut client, ForeignKeys::With);
+    let relay = format!("{database}_relay");
+    client
+        .batch_execute(&format!(
+            "CREATE EXTENSION ae_events VERSION '0.4.0';
+             SELECT ae_events.create_consumer('old', true);
+             ALTER EXTENSION ae_events UPDATE;
+             CREATE ROLE {relay} LOGIN IN ROLE ae_events_relay;"
+        ))
+        .unwrap();
+    let owner: String = client
+        .query_one(
+            "SELECT owner::text FROM ae_events.consumers WHERE consumer = 'old'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(owner, "ae_events_relay");
+    let mut relay_client = cluster.connect_as(&database, &relay);
+    relay_client
+        .batch_execute("SELECT * FROM ae_events.poll('old')")
+        .unwrap();
+    relay_client
+        .batch_execute("SELECT ae_events.create_consumer('new')")
+        .unwrap();
+    let owner: String = client
+        .query_one(
+            "SELECT owner::text FROM ae_events.consumers WHERE consumer = 'new'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(owner, relay);
+}
