@@ -8,6 +8,7 @@
 //! `ae_events_snapshot`, with `search_path` set to `pg_catalog, pg_temp` (`privileges.rs`).
 
 use crate::errors::{self, EventError};
+use crate::interlock::Sweep;
 use crate::jsonb::Encoder;
 use crate::outbox::{self, Event, EventKind, WriteContext};
 use crate::payload::TestInstance;
@@ -46,6 +47,7 @@ pub fn emit_pending() {
         if changes.is_empty() {
             break;
         }
+        lock_against_concurrent_changes(&catalog, &changes);
         for chunk in chunks(&catalog, &changes.created) {
             guarded(EventKind::Created, chunk, || {
                 emit_created(&catalog, &rules, chunk)
@@ -72,6 +74,23 @@ pub fn emit_pending() {
                 emit_updated(&catalog, &rules, chunk, Unchanged::Skip).map(drop)
             });
         }
+    }
+}
+
+/// Before this pass reads anything: wait for the transactions that change rows our new
+/// instances refer to, and make later ones wait for us (`interlock.rs`).
+fn lock_against_concurrent_changes(catalog: &ExtensionCatalog, changes: &pending::Changes) {
+    if changes.created.is_empty() && changes.touched.is_empty() {
+        return;
+    }
+    let enabled = sources::enabled_sources();
+    let sweep = Spi::connect(|_| {
+        let _reader = SnapshotReader::enter(catalog);
+        Sweep::for_changes(changes, enabled)
+    });
+    match sweep {
+        Ok(sweep) => sweep.acquire(),
+        Err(error) => error.report(),
     }
 }
 

@@ -8,6 +8,7 @@ use pgrx::prelude::*;
 mod attach;
 mod emitter;
 mod errors;
+mod interlock;
 mod jsonb;
 mod notification;
 mod outbox;

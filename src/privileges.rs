@@ -78,15 +78,18 @@ impl OwnerPrivileges {
     }
 }
 
-/// Reads the application's tables as `ae_events_snapshot` (see the module's comment); restores
-/// the previous role on drop.
+/// Reads the application's tables as `ae_events_snapshot` (see the module's comment), each
+/// statement with the latest committed state (`rows::LatestSnapshots`); restores the previous
+/// role on drop.
 pub struct SnapshotReader {
+    _latest: crate::rows::LatestSnapshots,
     _switch: RoleSwitch,
 }
 
 impl SnapshotReader {
     pub fn enter(catalog: &ExtensionCatalog) -> Self {
         SnapshotReader {
+            _latest: crate::rows::LatestSnapshots::enter(),
             _switch: RoleSwitch::enter(catalog.snapshot_role),
         }
     }

@@ -69,15 +69,23 @@ impl KeptPlan {
     pub fn run(&self, arguments: &mut [pg_sys::Datum]) -> Result<ResultRows, EventError> {
         let nulls = vec![b' ' as std::ffi::c_char; arguments.len()];
         // SAFETY: inside an SPI connection; the plan is kept; arguments match its types.
+        let latest = LatestSnapshots::active();
         let status = unsafe {
             pg_sys::SPI_tuptable = std::ptr::null_mut();
-            pg_sys::SPI_execute_plan(
+            if latest {
+                pg_sys::PushActiveSnapshot(pg_sys::GetLatestSnapshot());
+            }
+            let status = pg_sys::SPI_execute_plan(
                 self.plan.as_ptr(),
                 arguments.as_mut_ptr(),
                 nulls.as_ptr(),
-                false,
+                latest,
                 0,
-            )
+            );
+            if latest {
+                pg_sys::PopActiveSnapshot();
+            }
+            status
         };
         if status < 0 {
             return Err(EventError::internal(format!(
@@ -111,15 +119,24 @@ impl KeptPlan {
         read: impl FnMut(&Row) -> Result<(), EventError>,
     ) -> Result<(), EventError> {
         let nulls = vec![b' ' as std::ffi::c_char; arguments.len()];
-        // SAFETY: a kept plan and arguments of its parameter types; the portal copies them.
+        let latest = LatestSnapshots::active();
+        // SAFETY: a kept plan and arguments of its parameter types; the portal copies them and
+        // keeps the snapshot it was opened with.
         let portal = unsafe {
-            pg_sys::SPI_cursor_open(
+            if latest {
+                pg_sys::PushActiveSnapshot(pg_sys::GetLatestSnapshot());
+            }
+            let portal = pg_sys::SPI_cursor_open(
                 std::ptr::null(),
                 self.plan.as_ptr(),
                 arguments.as_mut_ptr(),
                 nulls.as_ptr(),
-                false,
-            )
+                latest,
+            );
+            if latest {
+                pg_sys::PopActiveSnapshot();
+            }
+            portal
         };
         let result = if portal.is_null() {
             Err(EventError::internal("SPI_cursor_open failed"))
@@ -158,6 +175,38 @@ impl KeptPlan {
             }
             rows.for_each(&mut read)?;
         }
+    }
+}
+
+thread_local! {
+    static READ_LATEST: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// While one is alive, kept plans read (they must be plain SELECTs) with a snapshot of the latest
+/// committed state taken just before each statement, whatever the transaction's isolation level:
+/// what READ COMMITTED does anyway. The commit-time pass reads the application's tables so
+/// (`privileges::SnapshotReader`): an event shows the rows as they are when it is written, and
+/// the interlock (`interlock.rs`) relies on reads that follow its waits seeing what committed
+/// meanwhile.
+pub struct LatestSnapshots {
+    previous: bool,
+}
+
+impl LatestSnapshots {
+    pub fn enter() -> LatestSnapshots {
+        LatestSnapshots {
+            previous: READ_LATEST.replace(true),
+        }
+    }
+
+    fn active() -> bool {
+        READ_LATEST.get()
+    }
+}
+
+impl Drop for LatestSnapshots {
+    fn drop(&mut self) {
+        READ_LATEST.set(self.previous);
     }
 }
 

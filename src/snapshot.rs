@@ -410,6 +410,42 @@ fn read_named(
     read(id, &Row { id, ..first })
 }
 
+/// The candidate and measurement that instances refer to (for the interlock, `interlock.rs`).
+const REFERENCES: &str = "
+SELECT i.candidate_id::pg_catalog.int8, i.measurement_id::pg_catalog.int8
+  FROM ti.instance AS i
+ WHERE i.id OPERATOR(pg_catalog.=) ANY ($1)";
+
+thread_local! {
+    static REFERENCES_PLAN: RefCell<Option<KeptPlan>> = const { RefCell::new(None) };
+}
+
+/// The candidates and measurements that the instances refer to.
+pub fn references(instance_ids: &[i64]) -> Result<(Vec<i64>, Vec<i64>), EventError> {
+    let mut candidates = Vec::with_capacity(instance_ids.len());
+    let mut measurements = Vec::with_capacity(instance_ids.len());
+    let settings = ScopedSetting::set_many(MANY_PLANNER_SETTINGS);
+    let read = REFERENCES_PLAN.with_borrow_mut(|slot| {
+        let plan = match slot {
+            Some(plan) => plan,
+            None => slot.insert(prepare(REFERENCES)?),
+        };
+        plan.run_freeing(vec![int8_array(instance_ids)?])?
+            .for_each(|row| {
+                if let Some(candidate) = row.get::<i64>(1).map_err(EventError::internal)? {
+                    candidates.push(candidate);
+                }
+                if let Some(measurement) = row.get::<i64>(2).map_err(EventError::internal)? {
+                    measurements.push(measurement);
+                }
+                Ok(())
+            })
+    });
+    settings.end();
+    read.map_err(|error| error.context("cannot read the references of ti.instance rows"))?;
+    Ok((candidates, measurements))
+}
+
 /// How many measurement attributes each instance has, to cut a chunk of instances into groups
 /// whose attributes fit a budget.
 const ATTRIBUTE_COUNTS: &str = "

@@ -289,12 +289,16 @@ fn read_enabled_sources() -> Result<EnabledSources, EventError> {
     Ok(enabled)
 }
 
-fn bubbles_up(source: Source) -> bool {
+/// The bubble-up settings of this transaction (read once, when first needed).
+pub fn enabled_sources() -> EnabledSources {
     pending::enabled_sources(|| match read_enabled_sources() {
         Ok(enabled) => enabled,
         Err(error) => error.report(),
     })
-    .contains(source)
+}
+
+fn bubbles_up(source: Source) -> bool {
+    enabled_sources().contains(source)
 }
 
 /// What the extension's row triggers return: nothing (they are AFTER triggers).
@@ -315,6 +319,22 @@ fn trigger_source(trigger: &PgTrigger<'_>) -> Source {
                 .to_owned(),
             None,
         ),
+    }
+}
+
+/// The oid of a source table (InvalidOid when it does not exist), from the system caches.
+pub fn table_oid(source: Source) -> pg_sys::Oid {
+    let Some((schema, name)) = source.table().split_once('.') else {
+        return pg_sys::InvalidOid;
+    };
+    let (Ok(schema), Ok(name)) = (std::ffi::CString::new(schema), std::ffi::CString::new(name))
+    else {
+        return pg_sys::InvalidOid;
+    };
+    // SAFETY: syscache lookups by name; missing_ok returns InvalidOid instead of raising.
+    unsafe {
+        let namespace = pg_sys::get_namespace_oid(schema.as_ptr(), true);
+        pg_sys::get_relname_relid(name.as_ptr(), namespace)
     }
 }
 

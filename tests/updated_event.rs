@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use postgres::Client;
 use serde_json::{json, Value};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Beside the seed's instance 789 (candidate 101, catalog assessment 202 = assessment 303 +
 /// catalog 404, measurement 505 with attribute 1 -> configuration 10 -> attribute 10 -> skill 5):
@@ -414,31 +414,6 @@ fn the_bubble_up_setting_switches_a_table_on_and_off_from_the_next_transaction()
         .batch_execute("INSERT INTO ae_events.bubble_up VALUES ('public.other', true)")
         .unwrap_err();
     assert_eq!(sqlstate(&error), "23514");
-}
-
-/// Wait until a session of the database waits for a lock (the second of two transactions
-/// changing one instance, waiting for the first one's version row).
-fn wait_until_a_session_waits_for_a_lock(cluster: &Cluster, database: &str) {
-    let mut observer = cluster.connect(database);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let waiting: bool = observer
-            .query_one(
-                "SELECT EXISTS (SELECT FROM pg_stat_activity
-                                 WHERE datname = current_database() AND wait_event_type = 'Lock')",
-                &[],
-            )
-            .unwrap()
-            .get(0);
-        if waiting {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the second transaction never waited"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]

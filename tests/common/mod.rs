@@ -384,3 +384,28 @@ pub fn restore(cluster: &Cluster, database: &str, archive: &[u8]) {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// Wait until a session of the database waits for a heavyweight lock (a row, or an advisory lock
+/// of the interlock): the second of two transactions is then known to be blocked by the first.
+pub fn wait_until_a_session_waits_for_a_lock(cluster: &Cluster, database: &str) {
+    let mut observer = cluster.connect(database);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let waiting: bool = observer
+            .query_one(
+                "SELECT EXISTS (SELECT FROM pg_stat_activity
+                                 WHERE datname = current_database() AND wait_event_type = 'Lock')",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        if waiting {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the second transaction never waited"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
