@@ -8,7 +8,7 @@
 //! `ae_events_snapshot`, with `search_path` set to `pg_catalog, pg_temp` (`privileges.rs`).
 
 use crate::errors::{self, EventError};
-use crate::interlock::Sweep;
+use crate::interlock::Locks;
 use crate::jsonb::Encoder;
 use crate::outbox::{self, Event, EventKind, WriteContext};
 use crate::payload::TestInstance;
@@ -47,7 +47,7 @@ pub fn emit_pending() {
         if changes.is_empty() {
             break;
         }
-        lock_against_concurrent_changes(&catalog, &changes);
+        interlock_locks(&catalog, &changes).acquire(&catalog);
         for chunk in chunks(&catalog, &changes.created) {
             guarded(EventKind::Created, chunk, || {
                 emit_created(&catalog, &rules, chunk)
@@ -77,19 +77,18 @@ pub fn emit_pending() {
     }
 }
 
-/// Before this pass reads anything: wait for the transactions that change rows our new
-/// instances refer to, and make later ones wait for us (`interlock.rs`).
-fn lock_against_concurrent_changes(catalog: &ExtensionCatalog, changes: &pending::Changes) {
+/// The interlock's locks for this pass (`interlock.rs`).
+fn interlock_locks(catalog: &ExtensionCatalog, changes: &pending::Changes) -> Locks {
     if changes.created.is_empty() && changes.touched.is_empty() {
-        return;
+        return Locks::default();
     }
     let enabled = sources::enabled_sources();
-    let sweep = Spi::connect(|_| {
+    let locks = Spi::connect(|_| {
         let _reader = SnapshotReader::enter(catalog);
-        Sweep::for_changes(changes, enabled)
+        Locks::for_changes(changes, enabled)
     });
-    match sweep {
-        Ok(sweep) => sweep.acquire(),
+    match locks {
+        Ok(locks) => locks,
         Err(error) => error.report(),
     }
 }

@@ -6,56 +6,59 @@
 //! them updated events. While T1 has not committed, T2's lookup cannot see 790; if T1 read the
 //! candidate before T2 committed, 790's last event would show the old candidate for good.
 //!
-//! So both take transaction-level advisory locks on the rows concerned, at commit, before they
-//! read anything: a builder a shared lock on each row its new (or re-pointed) instances refer
-//! to, a changer an exclusive lock on each row it changed. Whichever comes second waits until the
+//! So both take transaction-level locks on the rows concerned, at commit, before they read
+//! anything: a builder a shared lock on each row its new (or re-pointed) instances refer to, a
+//! changer an exclusive lock on each row it changed. Whichever comes second waits until the
 //! first has committed, and then reads with a new snapshot (the pass reads the latest committed
 //! state, `rows::LatestSnapshots`): a changer's lookup then finds the builder's instance, or the
-//! builder reads the changer's row. Instances reached only through bubble-up are committed and
+//! builder reads the changer's row. A changer holds its locks while it gives the instances it
+//! found their events, so a creation waits for the end of a change's fan-out: taking them after
+//! the fan-out and looking again was tried, and deadlocked with the version locks the fan-out
+//! holds. Instances reached only through bubble-up are committed and
 //! visible to every lookup: they need no lock (their passes are ordered by the version lock).
 //!
-//! Keys: (the table's oid, the row's id modulo `BUCKETS`) for the instance-specific tables
+//! Keys (`acquire` says what kind of lock): (the table's oid, the row's id modulo `BUCKETS`) for the instance-specific tables
 //! (candidates, and measurements, which also stand for their attributes: an inserted or deleted
 //! attribute has no row to lock before it exists); (the table's oid, `WHOLE_TABLE`) for
 //! reference tables, which change rarely. Bucketing bounds the locks one transaction holds (a
 //! bulk insert of any size takes at most `BUCKETS` per table), at the price of an occasional wait
-//! for an unrelated row in the same bucket, for the length of a commit. Every transaction takes
-//! its locks in one ascending sweep, so the interlock cannot deadlock with itself. Only sources
-//! whose bubble-up is enabled take part: a reference table that is off costs nothing.
+//! for an unrelated row in the same bucket, for the length of a commit. Every pass takes its
+//! locks in one ascending sweep before any other lock of the pass, so passes cannot deadlock on
+//! them. Only sources whose bubble-up is enabled take part: a reference table that is off costs
+//! nothing.
 
 use crate::errors::EventError;
 use crate::pending::Changes;
+use crate::privileges::ExtensionCatalog;
 use crate::snapshot;
 use crate::sources::{table_oid, EnabledSources, Key, Source};
 use pgrx::prelude::*;
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 
 /// Buckets per instance-specific table.
-const BUCKETS: i64 = 256;
+const BUCKETS: i64 = 128;
 /// The key of a whole reference table.
-const WHOLE_TABLE: i32 = -1;
+const WHOLE_TABLE: u16 = u16::MAX;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Mode {
-    Shared,
-    Exclusive,
-}
-
-/// The locks one pass takes, the strongest mode per key.
+/// The locks of one pass: shared for the rows that instances this transaction created or
+/// re-pointed refer to, exclusive for the rows it changed.
 #[derive(Default, Debug)]
-pub struct Sweep {
-    keys: BTreeMap<(u32, i32), Mode>,
+pub struct Locks {
+    referenced: BTreeSet<LockKey>,
+    changed: BTreeSet<LockKey>,
 }
 
-impl Sweep {
+/// (the table's oid, the bucket)
+type LockKey = (u32, u16);
+
+impl Locks {
     /// The locks for one pass over `changes` (inside an SPI connection, reading as the snapshot
-    /// role): exclusive for the changed rows, shared for the rows that the instances this
-    /// transaction created or re-pointed refer to.
-    pub fn for_changes(changes: &Changes, enabled: EnabledSources) -> Result<Sweep, EventError> {
-        let mut sweep = Sweep::default();
+    /// role).
+    pub fn for_changes(changes: &Changes, enabled: EnabledSources) -> Result<Locks, EventError> {
+        let mut locks = Locks::default();
         for (&key, ids) in &changes.touched {
             if let Some(source) = key_source(key) {
-                sweep.add(source, ids, Mode::Exclusive);
+                add(&mut locks.changed, source, ids);
             }
         }
         let written: Vec<i64> = {
@@ -66,7 +69,7 @@ impl Sweep {
             crate::rows::sorted_unique(ids)
         };
         if written.is_empty() {
-            return Ok(sweep);
+            return Ok(locks);
         }
         let candidates_on = enabled.contains(Source::Candidate);
         let measurements_on =
@@ -74,56 +77,65 @@ impl Sweep {
         if candidates_on || measurements_on {
             let (candidates, measurements) = snapshot::references(&written)?;
             if candidates_on {
-                sweep.add(Source::Candidate, &candidates, Mode::Shared);
+                add(&mut locks.referenced, Source::Candidate, &candidates);
             }
             if measurements_on {
-                sweep.add(Source::Measurement, &measurements, Mode::Shared);
+                add(&mut locks.referenced, Source::Measurement, &measurements);
             }
         }
         for source in REFERENCE_SOURCES {
             if enabled.contains(source) {
-                sweep.add(source, &[], Mode::Shared);
+                add(&mut locks.referenced, source, &[]);
             }
         }
-        Ok(sweep)
+        Ok(locks)
     }
 
-    fn add(&mut self, source: Source, ids: &[i64], mode: Mode) {
-        let class = table_oid(source);
-        if class == pg_sys::InvalidOid {
-            return; // the table does not exist: nothing to change or read there
-        }
-        let class = class.to_u32();
-        let mut insert = |bucket: i32| {
-            let entry = self.keys.entry((class, bucket)).or_insert(mode);
-            *entry = (*entry).max(mode);
-        };
-        if REFERENCE_SOURCES.contains(&source) {
-            insert(WHOLE_TABLE);
-        } else {
-            for id in ids {
-                insert(id.rem_euclid(BUCKETS) as i32);
-            }
-        }
-    }
-
-    /// Take the locks, in ascending order of key; each is held until the transaction ends.
-    pub fn acquire(self) {
-        for ((class, bucket), mode) in self.keys {
-            let function = match mode {
-                Mode::Shared => pg_sys::pg_advisory_xact_lock_shared_int4,
-                Mode::Exclusive => pg_sys::pg_advisory_xact_lock_int4,
+    /// Take the locks, before the pass reads anything, in one ascending sweep (so that two
+    /// passes cannot deadlock on them): exclusive for changed rows, shared for the others.
+    pub fn acquire(&self, catalog: &ExtensionCatalog) {
+        for key in self.referenced.union(&self.changed) {
+            let mode = if self.changed.contains(key) {
+                pg_sys::ExclusiveLock
+            } else {
+                pg_sys::ShareLock
             };
-            // SAFETY: the SQL functions pg_advisory_xact_lock[_shared](int4, int4), called with
-            // two int4 arguments; they return void.
-            unsafe {
-                pgrx::fcinfo::direct_function_call_as_datum(
-                    function,
-                    &[(class as i32).into_datum(), bucket.into_datum()],
-                );
-            }
+            lock(catalog, *key, mode);
         }
     }
+}
+
+/// The key(s) of rows of `source`: one per bucket of the ids, or the whole table.
+fn add(keys: &mut BTreeSet<LockKey>, source: Source, ids: &[i64]) {
+    let class = table_oid(source);
+    if class == pg_sys::InvalidOid {
+        return; // the table does not exist: nothing to change or read there
+    }
+    let class = class.to_u32();
+    if REFERENCE_SOURCES.contains(&source) {
+        keys.insert((class, WHOLE_TABLE));
+    } else {
+        keys.extend(ids.iter().map(|id| (class, id.rem_euclid(BUCKETS) as u16)));
+    }
+}
+
+/// Take one lock until the transaction ends. It is a heavyweight lock of PostgreSQL's lock
+/// manager (deadlocks are detected) on an object tag that no SQL command can take: the class is
+/// the outbox's oid, which no DDL locks as a catalog. Advisory locks would do the same, but any
+/// role that can connect could take them and hold every commit up.
+fn lock(catalog: &ExtensionCatalog, (class, bucket): LockKey, mode: u32) {
+    let tag = pg_sys::LOCKTAG {
+        // SAFETY: a backend global, set once the backend has connected.
+        locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
+        locktag_field2: catalog.lock_class().to_u32(),
+        locktag_field3: class,
+        locktag_field4: bucket,
+        locktag_type: pg_sys::LockTagType::LOCKTAG_OBJECT as u8,
+        locktag_lockmethodid: pg_sys::DEFAULT_LOCKMETHOD as u8,
+    };
+    // SAFETY: a transaction-level lock (released at commit or abort); waits, and raises an ERROR
+    // on deadlock, like any lock PostgreSQL takes.
+    unsafe { pg_sys::LockAcquire(&tag, mode as pg_sys::LOCKMODE, false, false) };
 }
 
 /// The reference tables: one lock for each whole table.

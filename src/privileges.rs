@@ -32,6 +32,11 @@ thread_local! {
 }
 
 impl ExtensionCatalog {
+    /// The class of the interlock's lock tags (`interlock.rs`): the outbox's oid.
+    pub fn lock_class(&self) -> pg_sys::Oid {
+        self.outbox
+    }
+
     pub fn current() -> ExtensionCatalog {
         // SAFETY: syscache lookups by name; missing_ok returns InvalidOid instead of raising.
         let outbox = unsafe {

@@ -610,3 +610,48 @@ fn timestamps_outside_rfc_3339_years_use_iso_8601_expanded_years() {
     assert_eq!(payload(796)["created_at"], "infinity");
     assert_eq!(payload(796)["updated_at"], "0000-01-01T00:00:00Z");
 }
+
+#[test]
+fn a_role_that_can_only_connect_cannot_hold_up_commits() {
+    let (database, mut dba) = seeded("stall_commits");
+    let nobody = format!("{database}_nobody");
+    dba.batch_execute(&format!("CREATE ROLE {nobody} LOGIN"))
+        .unwrap();
+    // Every key an advisory-lock interlock would use: (source table oid, bucket), exclusive,
+    // held in an open transaction.
+    let mut attacker = Cluster::shared().connect_as(&database, &nobody);
+    attacker
+        .batch_execute(
+            "BEGIN;
+             SELECT pg_advisory_xact_lock(c.oid::int4, b)
+               FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace,
+                    generate_series(-1, 255) AS b
+              WHERE n.nspname IN ('ti', 'can', 'ae', 'tcf') AND c.relkind = 'r';",
+        )
+        .unwrap();
+    let (done, finished) = std::sync::mpsc::channel();
+    let application = {
+        let database = database.clone();
+        std::thread::spawn(move || {
+            let mut client = Cluster::shared().connect(&database);
+            client
+                .batch_execute(
+                    "INSERT INTO ti.instance (id, external_id, old_id, score, instance_status,
+                         candidate_id, catalog_assessment_id, measurement_id, session_instance_id,
+                         workflow_candidate_step_id, created_at, created_by, updated_at, updated_by)
+                     VALUES (798, NULL, NULL, NULL, 'in_progress', 101, 202, 505, NULL, NULL,
+                             now(), 1, now(), 1);
+                     UPDATE can.candidate SET first_name = 'Still' WHERE id = 101;",
+                )
+                .unwrap();
+            done.send(()).unwrap();
+        })
+    };
+    let committed = finished.recv_timeout(Duration::from_secs(20)).is_ok();
+    attacker.batch_execute("ROLLBACK").unwrap();
+    application.join().unwrap();
+    assert!(
+        committed,
+        "the application's commit waited for the attacker's locks"
+    );
+}

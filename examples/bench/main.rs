@@ -43,6 +43,8 @@ struct Sizes {
     fan_out: i64,
     /// Attributes of the one instance of the attributes workload (and a tenth of it).
     attributes: i64,
+    /// Seconds the concurrency workload runs per variant.
+    concurrency_seconds: u64,
 }
 
 impl Sizes {
@@ -57,6 +59,7 @@ impl Sizes {
                 updated_instances: 20,
                 fan_out: 300,
                 attributes: 2_000,
+                concurrency_seconds: 2,
             }
         } else {
             Sizes {
@@ -68,6 +71,7 @@ impl Sizes {
                 updated_instances: 2_000,
                 fan_out: 50_000,
                 attributes: 100_000,
+                concurrency_seconds: 20,
             }
         };
         (sizes, smoke)
@@ -284,9 +288,12 @@ fn main() {
     }
     let machine = machine_description(&mut bench.connect("postgres"));
 
-    // `--only bulk|single-row|scale|updates|attributes` runs one workload (the bulk one always checks payloads).
+    // `--only bulk|single-row|scale|updates|concurrency|attributes` (comma-separated) runs one workload (the bulk one always checks payloads).
     let only = std::env::args().skip_while(|arg| arg != "--only").nth(1);
-    let runs = |workload: &str| only.as_deref().is_none_or(|only| only == workload);
+    let runs = |workload: &str| {
+        only.as_deref()
+            .is_none_or(|only| only.split(',').any(|wanted| wanted == workload))
+    };
     let (bulk, payload_check) = if runs("bulk") {
         let bulk = bulk_workload(&bench);
         (bulk, Some(check_payloads(&bench)))
@@ -304,6 +311,11 @@ fn main() {
         Vec::new()
     };
     let updates = runs("updates").then(|| update_workload(&bench));
+    let concurrency = if runs("concurrency") {
+        concurrency_workload(&bench)
+    } else {
+        Vec::new()
+    };
     let attributes = if runs("attributes") {
         attributes_workload(&bench)
     } else {
@@ -322,6 +334,9 @@ fn main() {
     }
     if let Some(updates) = &updates {
         print_updates(&bench, updates);
+    }
+    if !concurrency.is_empty() {
+        print_concurrency(&bench, &concurrency);
     }
     if !attributes.is_empty() {
         print_attributes(&attributes);
@@ -1014,6 +1029,123 @@ fn print_attributes(points: &[AttributesPoint]) {
             point.seconds * 1e6 / point.attributes as f64,
             point.peak_memory_bytes as f64 / 1048576.0,
             point.peak_memory_bytes as f64 / point.attributes as f64
+        );
+    }
+}
+
+/// The concurrency workload of one variant: transactions per second and, where there are events,
+/// the instances whose last event differs from their snapshot (missed updates).
+struct ConcurrencyResult {
+    variant: Variant,
+    transactions_per_second: f64,
+    missed: Option<i64>,
+}
+
+/// 2 writers create instances of 10 shared candidates and measurements (one transaction each)
+/// while 2 others change those candidates, measurements and their attributes, for a fixed time.
+fn concurrency_workload(bench: &Bench) -> Vec<ConcurrencyResult> {
+    let mut results = Vec::new();
+    for variant in [Variant::Bare, Variant::AeEventsFull] {
+        let mut client = bench.session(variant);
+        bench.reset(&mut client, variant);
+        let database = bench.database_of(variant);
+        let deadline = Instant::now() + Duration::from_secs(bench.sizes.concurrency_seconds);
+        let writers: Vec<_> = (0..4u64)
+            .map(|writer| {
+                let client = bench.connect(database);
+                std::thread::spawn(move || concurrent_writer(client, writer, deadline))
+            })
+            .collect();
+        let transactions: u64 = writers.into_iter().map(|w| w.join().unwrap()).sum();
+        let seconds = bench.sizes.concurrency_seconds as f64;
+        let missed = (variant != Variant::Bare).then(|| {
+            client
+                .query_one(
+                    "SELECT count(*) FROM ti.instance AS i
+                      WHERE (SELECT o.payload FROM ae_events.outbox AS o
+                              WHERE o.aggregate_id = i.id ORDER BY o.id DESC LIMIT 1)
+                            IS DISTINCT FROM ae_events.snapshot(i.id)",
+                    &[],
+                )
+                .unwrap()
+                .get::<_, i64>(0)
+        });
+        println!(
+            "concurrency {:<40} {:>8.0} transactions/s, missed {}",
+            label(variant),
+            transactions as f64 / seconds,
+            missed.map_or("-".to_owned(), |m| m.to_string())
+        );
+        results.push(ConcurrencyResult {
+            variant,
+            transactions_per_second: transactions as f64 / seconds,
+            missed,
+        });
+    }
+    results
+}
+
+/// One writer of the concurrency workload: even writers create instances, odd ones change the
+/// rows they refer to; returns the transactions committed (deadlocks are retried).
+fn concurrent_writer(mut client: Client, writer: u64, deadline: Instant) -> u64 {
+    let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ ((writer + 1) * 7919);
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut committed = 0;
+    while Instant::now() < deadline {
+        let shared = 1 + next() % 10;
+        let statement = if writer.is_multiple_of(2) {
+            format!(
+                "INSERT INTO ti.instance SELECT nextval('public.bench_instance_id'), NULL, NULL, NULL,
+                     'in_progress', {shared}, 1, {shared}, NULL, NULL, now(), 77, now(), 77"
+            )
+        } else {
+            match next() % 3 {
+                0 => format!(
+                    "UPDATE can.candidate SET first_name = 'n' || nextval('public.bench_instance_id')
+                      WHERE id = {shared}"
+                ),
+                1 => format!(
+                    "INSERT INTO tcf.measurement_attribute
+                     SELECT nextval('public.bench_instance_id'), {shared}, 1, NULL, 1, NULL, 'r',
+                            NULL, '{{}}', now(), 77, now(), 77"
+                ),
+                _ => format!(
+                    "UPDATE tcf.measurement SET status = 's' || nextval('public.bench_instance_id')
+                      WHERE id = {shared}"
+                ),
+            }
+        };
+        match client.batch_execute(&statement) {
+            Ok(()) => committed += 1,
+            Err(error) if error.code().is_some_and(|c| c.code() == "40P01") => {}
+            Err(error) => panic!("{statement}: {error}"),
+        }
+    }
+    committed
+}
+
+fn print_concurrency(bench: &Bench, results: &[ConcurrencyResult]) {
+    println!(
+        "\n### Concurrency: 2 writers create instances of 10 shared candidates and measurements while 2 change them ({} s per variant)\n\n\
+         | variant | transactions/s | vs bare | instances whose last event is not their snapshot |\n|---|---:|---:|---:|",
+        bench.sizes.concurrency_seconds
+    );
+    let bare = results
+        .iter()
+        .find(|r| r.variant == Variant::Bare)
+        .map_or(f64::NAN, |r| r.transactions_per_second);
+    for result in results {
+        println!(
+            "| {} | {:.0} | {:.2} | {} |",
+            label(result.variant),
+            result.transactions_per_second,
+            result.transactions_per_second / bare,
+            result.missed.map_or("-".to_owned(), |m| m.to_string())
         );
     }
 }
