@@ -33,7 +33,7 @@ fn capture_instance_insert<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> 
         Some(instance_id) => pending::capture(Change::Created(instance_id)),
         None => crate::errors::raise(
             PgSqlErrorCode::ERRCODE_TRIGGERED_ACTION_EXCEPTION,
-            "ae_events: the inserted ti.instance row has no bigint \"id\"".to_owned(),
+            "the inserted ti.instance row has no bigint \"id\"".to_owned(),
             None,
         ),
     }
@@ -83,20 +83,21 @@ fn trigger_exists(table: &str, trigger: &str) -> bool {
 /// CREATE EXTENSION runs its script with `client_min_messages = warning`; the NOTICE that the
 /// contract promises is raised with the client's threshold lowered to `notice` for that moment.
 fn notice_even_during_create_extension(message: &str) {
+    let message = crate::errors::prefixed(message);
     // SAFETY: reads a backend global.
     if unsafe { pg_sys::creating_extension } {
         let lowered = settings::ScopedSetting::set(c"client_min_messages", c"notice");
         ereport!(
             PgLogLevel::NOTICE,
             PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
-            message
+            message.as_str()
         );
         lowered.end();
     } else {
         ereport!(
             PgLogLevel::NOTICE,
             PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
-            message
+            message.as_str()
         );
     }
 }
@@ -105,7 +106,7 @@ fn run_ddl(table: &str, statement: &str) {
     if let Err(error) = Spi::run(statement) {
         crate::errors::raise(
             PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-            format!("ae_events: cannot change the triggers of {table}: {error}"),
+            format!("cannot change the triggers of {table}: {error}"),
             Some(statement.to_owned()),
         );
     }
@@ -126,7 +127,7 @@ fn ensure_trigger(table: &str, name: &str, definition: impl FnOnce() -> String) 
 fn attach() -> bool {
     if !table_exists("ti.instance") {
         notice_even_during_create_extension(
-            "ae_events: table ti.instance does not exist yet; no events until SELECT ae_events.attach(); is run after it is created",
+            "table ti.instance does not exist yet; no events until SELECT ae_events.attach(); is run after it is created",
         );
         return false;
     }
@@ -177,7 +178,7 @@ fn attach() -> bool {
     grant_reads_to_snapshot_role(true);
     if !missing.is_empty() {
         notice_even_during_create_extension(&format!(
-            "ae_events: source tables {} do not exist; their changes emit no updated events until SELECT ae_events.attach(); is run after they are created",
+            "source tables {} do not exist; their changes emit no updated events until SELECT ae_events.attach(); is run after they are created",
             missing.join(", ")
         ));
     }

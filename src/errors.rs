@@ -69,7 +69,7 @@ impl EventError {
 
     /// Raise this error in PostgreSQL, which aborts the current transaction.
     pub fn report(self) -> ! {
-        raise(self.sqlstate(), format!("{PREFIX}{self}"), None)
+        raise(self.sqlstate(), self.to_string(), None)
     }
 }
 
@@ -85,14 +85,29 @@ impl fmt::Display for EventError {
 
 impl std::error::Error for EventError {}
 
-/// Raise an ERROR with the given SQLSTATE, message and detail.
+/// `message` with the `ae_events:` prefix, so that a DBA can tell the extension's messages from
+/// the application's own. Every message the extension reports goes through here.
+pub fn prefixed(message: impl fmt::Display) -> String {
+    format!("{PREFIX}{message}")
+}
+
+/// Raise an ERROR with the given SQLSTATE, message (prefixed here) and detail.
 pub fn raise(code: PgSqlErrorCode, message: String, detail: Option<String>) -> ! {
-    let mut report = ErrorReport::new(code, message, "ae_events");
+    let mut report = ErrorReport::new(code, prefixed(message), "ae_events");
     if let Some(detail) = detail {
         report = report.set_detail(detail);
     }
     report.report(PgLogLevel::ERROR);
     unreachable!("ereport(ERROR) does not return")
+}
+
+/// Report a WARNING (prefixed).
+pub fn warn(message: impl fmt::Display) {
+    ereport!(
+        PgLogLevel::WARNING,
+        PgSqlErrorCode::ERRCODE_WARNING,
+        prefixed(message)
+    );
 }
 
 /// Raise a caught error again, its message saying what failed (`action`, e.g. "write the
@@ -106,7 +121,7 @@ pub fn raise_naming(caught: CaughtError, action: &str) -> ! {
     let message = message.strip_prefix(PREFIX).unwrap_or(message);
     raise(
         report.sql_error_code(),
-        format!("{PREFIX}cannot {action}: {message}"),
+        format!("cannot {action}: {message}"),
         report.detail().map(str::to_owned),
     )
 }

@@ -46,7 +46,7 @@ impl ExtensionCatalog {
         if outbox == pg_sys::InvalidOid {
             errors::raise(
                 PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
-                "ae_events: the table ae_events.outbox is missing".to_owned(),
+                "the table ae_events.outbox is missing".to_owned(),
                 None,
             );
         }
@@ -154,7 +154,7 @@ fn extension_owner() -> pg_sys::Oid {
         Ok(Some(owner)) => owner,
         _ => errors::raise(
             PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
-            "ae_events: the extension's catalog entry is missing".to_owned(),
+            "the extension's catalog entry is missing".to_owned(),
             None,
         ),
     }

@@ -197,7 +197,7 @@ fn check_payload_rule(path: &str, action: &str) -> bool {
     if !path_is_valid(path) {
         crate::errors::raise(
             PgSqlErrorCode::ERRCODE_CHECK_VIOLATION,
-            format!("ae_events: the payload rule path \"{path}\" names nothing in the payload"),
+            format!("the payload rule path \"{path}\" names nothing in the payload"),
             Some(
                 "A path is field names joined by '.', with '*' for every element of \
                  measurement.measurement_attributes, e.g. candidate.email, \
@@ -209,9 +209,7 @@ fn check_payload_rule(path: &str, action: &str) -> bool {
     if !matches!(action, "remove" | "null" | "sha256") {
         crate::errors::raise(
             PgSqlErrorCode::ERRCODE_CHECK_VIOLATION,
-            format!(
-                "ae_events: the payload rule action \"{action}\" is not remove, null or sha256"
-            ),
+            format!("the payload rule action \"{action}\" is not remove, null or sha256"),
             None,
         );
     }

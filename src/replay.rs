@@ -49,7 +49,7 @@ fn resend(instance_ids: Array<'_, i64>) -> i64 {
             Some(id) => ids.push(id),
             None => errors::raise(
                 PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
-                "ae_events: resend() needs instance ids; the array holds a NULL".to_owned(),
+                "resend() needs instance ids; the array holds a NULL".to_owned(),
                 None,
             ),
         }

@@ -172,7 +172,7 @@ unsafe extern "C-unwind" fn check_channel(
                     pg_sys::errcodes::PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE as i32,
                 );
                 pg_sys::GUC_check_errmsg_string = pg_sys::pstrdup(
-                    CString::new(format!("ae_events: {problem}"))
+                    CString::new(crate::errors::prefixed(problem))
                         .unwrap_or_default()
                         .as_ptr(),
                 );

@@ -130,10 +130,26 @@ const INSTANCES_WITH_REFERENCES: &str = concat!(
  WHERE i.id OPERATOR(pg_catalog.=) ANY ($1)"
 );
 
-/// Where each table's columns start in a row of `INSTANCES_WITH_REFERENCES`.
-const CANDIDATE_OFFSET: usize = 14;
-const CATALOG_ASSESSMENT_OFFSET: usize = 28;
-const MEASUREMENT_OFFSET: usize = 40;
+/// The number of columns in a column list: its commas plus one (a list holds no other comma).
+const fn column_count(list: &str) -> usize {
+    let bytes = list.as_bytes();
+    let mut count = 1;
+    let mut index = 0;
+    while index < bytes.len() {
+        if bytes[index] == b',' {
+            count += 1;
+        }
+        index += 1;
+    }
+    count
+}
+
+/// Where each table's columns start in a row of `INSTANCES_WITH_REFERENCES`, derived from the
+/// column lists it is made of.
+const CANDIDATE_OFFSET: usize = column_count(instance_columns!());
+const CATALOG_ASSESSMENT_OFFSET: usize = CANDIDATE_OFFSET + column_count(candidate_columns!());
+const MEASUREMENT_OFFSET: usize =
+    CATALOG_ASSESSMENT_OFFSET + column_count(catalog_assessment_columns!());
 
 macro_rules! measurement_attribute_columns {
     () => {
@@ -225,8 +241,10 @@ const MEASUREMENT_ATTRIBUTES_WITH_REFERENCES: &str = concat!(
 );
 
 /// Where the reference rows' columns start in a row of `MEASUREMENT_ATTRIBUTES_WITH_REFERENCES`.
-const SECTION_CONFIGURATION_ATTRIBUTE_OFFSET: usize = 13;
-const ORDINAL_OFFSET: usize = 27;
+const SECTION_CONFIGURATION_ATTRIBUTE_OFFSET: usize =
+    column_count(measurement_attribute_columns!());
+const ORDINAL_OFFSET: usize = SECTION_CONFIGURATION_ATTRIBUTE_OFFSET
+    + column_count(section_configuration_attribute_columns!());
 
 /// The plans for few instances: each instance with its referenced rows, and the attributes with
 /// theirs, in one query each.
@@ -356,13 +374,9 @@ impl<'a> Row<'a> {
 /// Warn that a referenced row is missing (the services' foreign keys are optional); the object
 /// is `null` in the payload and the event is still written (events.md §2).
 fn warn_missing(instance_id: i64, reference: &str, id: i64) {
-    ereport!(
-        PgLogLevel::WARNING,
-        PgSqlErrorCode::ERRCODE_WARNING,
-        format!(
-            "ae_events: ti.instance {instance_id} refers to {reference} {id}, which does not exist; its event carries null there"
-        )
-    );
+    crate::errors::warn(format!(
+        "ti.instance {instance_id} refers to {reference} {id}, which does not exist; its event carries null there"
+    ));
 }
 
 /// Run one of the prepared queries over `ids` and hand each row, named by its id in column 1,
@@ -743,13 +757,9 @@ fn measurement_from(id: i64, row: &Row<'_>) -> Result<Measurement, EventError> {
 
 /// A row inside another service's data refers to a row that does not exist.
 fn warn_missing_reference(table: &str, id: i64, reference: &str, reference_id: i64) {
-    ereport!(
-        PgLogLevel::WARNING,
-        PgSqlErrorCode::ERRCODE_WARNING,
-        format!(
-            "ae_events: {table} {id} refers to {reference} {reference_id}, which does not exist; events carry null there"
-        )
-    );
+    crate::errors::warn(format!(
+        "{table} {id} refers to {reference} {reference_id}, which does not exist; events carry null there"
+    ));
 }
 
 /// Few instances: the attributes with their reference rows in one query; each reference row is
@@ -944,4 +954,32 @@ fn attribute_from(
         section_configuration_attribute: sca,
         ordinal,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn column_offsets_follow_the_column_lists() {
+        // The readers take each table's columns by position: instance 14, candidate 14,
+        // catalog assessment 12, measurement 8; attribute 13, section configuration attribute
+        // 14, ordinal 6.
+        assert_eq!(
+            (
+                CANDIDATE_OFFSET,
+                CATALOG_ASSESSMENT_OFFSET,
+                MEASUREMENT_OFFSET
+            ),
+            (14, 28, 40)
+        );
+        assert_eq!(column_count(measurement_columns!()), 8);
+        assert_eq!(
+            (SECTION_CONFIGURATION_ATTRIBUTE_OFFSET, ORDINAL_OFFSET),
+            (13, 27)
+        );
+        assert_eq!(column_count(ordinal_columns!()), 6);
+        assert_eq!(column_count("a"), 1);
+        assert_eq!(column_count("a, b,\n c"), 3);
+    }
 }

@@ -315,8 +315,7 @@ fn trigger_source(trigger: &PgTrigger<'_>) -> Source {
         Some(source) => source,
         None => errors::raise(
             PgSqlErrorCode::ERRCODE_TRIGGERED_ACTION_EXCEPTION,
-            "ae_events: capture_change() needs the name of a source table as its argument"
-                .to_owned(),
+            "capture_change() needs the name of a source table as its argument".to_owned(),
             None,
         ),
     }
@@ -362,7 +361,7 @@ pub fn require_trigger_on(trigger: &PgTrigger<'_>, function: &str, allowed: &[So
         Ok(relation) => relation,
         Err(error) => errors::raise(
             PgSqlErrorCode::ERRCODE_TRIGGERED_ACTION_EXCEPTION,
-            format!("ae_events: {function} cannot read its trigger's table: {error}"),
+            format!("{function} cannot read its trigger's table: {error}"),
             None,
         ),
     };
@@ -373,7 +372,7 @@ pub fn require_trigger_on(trigger: &PgTrigger<'_>, function: &str, allowed: &[So
     errors::raise(
         PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
         format!(
-            "ae_events: {function} runs only on {}, where ae_events.attach() puts it, not on \"{}\"",
+            "{function} runs only on {}, where ae_events.attach() puts it, not on \"{}\"",
             expected.join(", "),
             relation.name()
         ),
@@ -390,7 +389,7 @@ pub fn key_of(source: Source, row: Option<PgHeapTuple<'_, AllocatedByPostgres>>)
         Err(error) => errors::raise(
             PgSqlErrorCode::ERRCODE_TRIGGERED_ACTION_EXCEPTION,
             format!(
-                "ae_events: cannot read the bigint \"{}\" of a {} row: {error}",
+                "cannot read the bigint \"{}\" of a {} row: {error}",
                 source.key_column(),
                 source.table()
             ),

@@ -192,47 +192,51 @@ fn re_pointing_an_instance_races_a_change_of_its_new_candidate() {
     }
 }
 
-/// Under REPEATABLE READ a change whose snapshot is older than a creation it races cannot be
-/// given the new instance's updated event in its own snapshot: it fails with 40001 (and retried,
-/// succeeds) instead of missing it. Without the race it commits as usual.
+/// Under REPEATABLE READ and SERIALIZABLE a change whose snapshot is older than a creation it
+/// races cannot be given the new instance's updated event in its own snapshot: it fails with
+/// 40001 (and retried, succeeds) instead of missing it. A creation whose snapshot predates a
+/// committed change reads the change (the pass reads the latest committed rows).
 #[test]
-fn under_repeatable_read_a_racing_change_fails_with_40001_instead_of_missing_the_instance() {
-    let cluster = Cluster::shared();
-    let (database, mut t2) = seeded("repeatable_read");
-    t2.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1;")
-        .unwrap();
-    cluster
-        .connect(&database)
-        .batch_execute(INSERT_790)
-        .unwrap();
-    let error = t2
-        .batch_execute("UPDATE can.candidate SET first_name = 'Changed' WHERE id = 101; COMMIT;")
-        .unwrap_err();
-    assert_eq!(sqlstate(&error), "40001", "{error}");
-    t2.batch_execute("ROLLBACK").ok();
-    let mut client = cluster.connect(&database);
-    assert_last_event_is_the_snapshot(&mut client, 790);
-    // Retried, it succeeds and 790 gets its updated event.
-    client
-        .batch_execute(
-            "BEGIN ISOLATION LEVEL REPEATABLE READ;
-             UPDATE can.candidate SET first_name = 'Changed' WHERE id = 101; COMMIT;",
-        )
-        .unwrap();
-    let payload = assert_last_event_is_the_snapshot(&mut client, 790);
-    assert_eq!(payload["candidate"]["first_name"], "Changed");
-    // A creation under REPEATABLE READ whose snapshot predates a committed change reads the
-    // change (the pass reads the latest committed rows).
-    let mut t1 = cluster.connect(&database);
-    t1.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1;")
-        .unwrap();
-    client
-        .batch_execute("UPDATE can.candidate SET first_name = 'Later' WHERE id = 101")
-        .unwrap();
-    t1.batch_execute(&format!("{}; COMMIT;", INSERT_790.replace("790", "791")))
-        .unwrap();
-    let payload = assert_last_event_is_the_snapshot(&mut client, 791);
-    assert_eq!(payload["candidate"]["first_name"], "Later");
+fn under_repeatable_read_and_serializable_a_racing_change_fails_with_40001_instead_of_missing_the_instance(
+) {
+    for (index, level) in ["REPEATABLE READ", "SERIALIZABLE"].iter().enumerate() {
+        let cluster = Cluster::shared();
+        let (database, mut t2) = seeded(&format!("isolation_{index}"));
+        t2.batch_execute(&format!("BEGIN ISOLATION LEVEL {level}; SELECT 1;"))
+            .unwrap();
+        cluster
+            .connect(&database)
+            .batch_execute(INSERT_790)
+            .unwrap();
+        let error = t2
+            .batch_execute(
+                "UPDATE can.candidate SET first_name = 'Changed' WHERE id = 101; COMMIT;",
+            )
+            .unwrap_err();
+        assert_eq!(sqlstate(&error), "40001", "{level}: {error}");
+        t2.batch_execute("ROLLBACK").ok();
+        let mut client = cluster.connect(&database);
+        assert_last_event_is_the_snapshot(&mut client, 790);
+        // Retried, it succeeds and 790 gets its updated event.
+        client
+            .batch_execute(&format!(
+                "BEGIN ISOLATION LEVEL {level};
+                 UPDATE can.candidate SET first_name = 'Changed' WHERE id = 101; COMMIT;"
+            ))
+            .unwrap();
+        let payload = assert_last_event_is_the_snapshot(&mut client, 790);
+        assert_eq!(payload["candidate"]["first_name"], "Changed");
+        let mut t1 = cluster.connect(&database);
+        t1.batch_execute(&format!("BEGIN ISOLATION LEVEL {level}; SELECT 1;"))
+            .unwrap();
+        client
+            .batch_execute("UPDATE can.candidate SET first_name = 'Later' WHERE id = 101")
+            .unwrap();
+        t1.batch_execute(&format!("{}; COMMIT;", INSERT_790.replace("790", "791")))
+            .unwrap();
+        let payload = assert_last_event_is_the_snapshot(&mut client, 791);
+        assert_eq!(payload["candidate"]["first_name"], "Later", "{level}");
+    }
 }
 
 /// A tiny deterministic generator (no dependency for a test).
