@@ -1,14 +1,13 @@
 //! Install and attach: the triggers on `ti.instance` and the other source tables, and
 //! `attach()` / `detach()` (events.md §6).
 //!
-//! Two kinds of trigger: immediate row triggers record each change (cheap: no query; the created
-//! one here, the others in `sources.rs`), and deferred constraint triggers build and write every
-//! recorded change of the transaction at commit, in one set-based pass, so that rows written
-//! after the change in the same transaction are in the snapshot.
+//! Two kinds of trigger: immediate row triggers record each change (cheap: no query;
+//! `capture.rs`), and deferred constraint triggers build and write every recorded change of the
+//! transaction at commit, in one set-based pass (`emitter.rs`), so that rows written after the
+//! change in the same transaction are in the snapshot.
 
-use crate::pending::{self, Change};
-use crate::sources::{key_of, require_trigger_on, Source, TriggerResult, SOURCES};
-use crate::{emitter, settings};
+use crate::settings;
+use crate::sources::{Source, SOURCES};
 use pgrx::prelude::*;
 
 /// On `ti.instance`: records inserts, and emits at commit (created events).
@@ -17,37 +16,6 @@ const EMIT_CREATED_TRIGGER: &str = "ae_events_emit";
 /// On every source table: records changes, and emits at commit (updated events).
 const CAPTURE_CHANGED_TRIGGER: &str = "ae_events_capture_changed";
 const EMIT_CHANGED_TRIGGER: &str = "ae_events_emit_changed";
-
-/// AFTER INSERT ... FOR EACH ROW: record the new instance for the commit-time pass.
-#[pg_trigger]
-fn capture_instance_insert<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
-    if !settings::enabled() {
-        return Ok(None);
-    }
-    require_trigger_on(
-        trigger,
-        "ae_events.capture_instance_insert()",
-        &[Source::Instance],
-    );
-    match key_of(Source::Instance, trigger.new()) {
-        Some(instance_id) => pending::capture(Change::Created(instance_id)),
-        None => crate::errors::raise(
-            PgSqlErrorCode::ERRCODE_TRIGGERED_ACTION_EXCEPTION,
-            "the inserted ti.instance row has no bigint \"id\"".to_owned(),
-            None,
-        ),
-    }
-    Ok(None)
-}
-
-/// Deferred constraint trigger: at commit, the first firing emits the events of every change
-/// recorded in the transaction; the later firings find nothing left to do.
-#[pg_trigger]
-fn emit_pending_events<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
-    require_trigger_on(trigger, "ae_events.emit_pending_events()", &SOURCES);
-    emitter::emit_pending();
-    Ok(None)
-}
 
 /// A yes/no question to the catalog (no answer counts as no).
 fn catalog_says(query: &str, arguments: &[pgrx::datum::DatumWithOid<'_>]) -> bool {

@@ -7,6 +7,7 @@
 //! The pass writes as the extension's owner and reads the application's tables as
 //! `ae_events_snapshot`, with `search_path` set to `pg_catalog, pg_temp` (`privileges.rs`).
 
+use crate::capture::{require_trigger_on, TriggerResult};
 use crate::errors::{self, EventError};
 use crate::interlock::Locks;
 use crate::jsonb::Encoder;
@@ -15,8 +16,9 @@ use crate::payload::TestInstance;
 use crate::privileges::{ExtensionCatalog, OwnerPrivileges, SnapshotReader};
 use crate::redaction::Rules;
 use crate::rows::sorted_unique;
+use crate::sources::SOURCES;
 use crate::versions::{self, NewState};
-use crate::{pending, settings, snapshot, sources};
+use crate::{capture, lookup, pending, settings, snapshot};
 use pgrx::prelude::*;
 use std::panic::AssertUnwindSafe;
 
@@ -31,6 +33,15 @@ const CHUNK_ATTRIBUTES: i64 = 20_000;
 pub enum Unchanged {
     Skip,
     Emit,
+}
+
+/// Deferred constraint trigger: at commit, the first firing emits the events of every change
+/// recorded in the transaction; the later firings find nothing left to do.
+#[pg_trigger]
+pub fn emit_pending_events<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
+    require_trigger_on(trigger, "ae_events.emit_pending_events()", &SOURCES);
+    emit_pending();
+    Ok(None)
 }
 
 /// Emit the events of every change recorded and not yet emitted in this transaction.
@@ -61,7 +72,7 @@ pub fn emit_pending() {
         }
         let touched = match Spi::connect(|_| {
             let _reader = SnapshotReader::enter(&catalog);
-            sources::affected_instances(&changes.touched)
+            lookup::affected_instances(&changes.touched)
         }) {
             Ok(instances) => instances,
             Err(error) => error.report(),
@@ -82,7 +93,7 @@ fn interlock_locks(catalog: &ExtensionCatalog, changes: &pending::Changes) -> Lo
     if changes.created.is_empty() && changes.touched.is_empty() {
         return Locks::default();
     }
-    let enabled = sources::enabled_sources();
+    let enabled = capture::enabled_sources();
     let locks = Spi::connect(|_| {
         let _reader = SnapshotReader::enter(catalog);
         Locks::for_changes(changes, enabled)
@@ -208,7 +219,7 @@ fn encode(snapshots: Vec<TestInstance>, rules: &Rules) -> Result<Vec<Encoded>, E
         .into_iter()
         .map(|snapshot| {
             let payload = encode_one(&mut encoder, rules, &snapshot)?;
-            let digest = versions::digest(&payload)?;
+            let digest = crate::digest::digest(&payload)?;
             Ok(Encoded {
                 instance_id: snapshot.id,
                 payload,

@@ -10,6 +10,7 @@
 //! `tests` below decodes the output again, and the integration tests compare what PostgreSQL
 //! reads back.
 
+use pgrx::{pg_sys, IntoDatum};
 use serde::ser::{self, Serialize};
 use std::fmt;
 
@@ -240,6 +241,67 @@ impl Encoder {
             .get(8..8 + length)
             .ok_or_else(|| EncodeError("a truncated jsonb scalar".to_owned()))?;
         Ok(self.push(entry & JENTRY_TYPEMASK, data))
+    }
+}
+
+/// A jsonb datum the extension built, palloc'd in the current memory context.
+pub struct StoredJsonb(pg_sys::Datum);
+
+impl IntoDatum for StoredJsonb {
+    fn into_datum(self) -> Option<pg_sys::Datum> {
+        Some(self.0)
+    }
+
+    fn type_oid() -> pg_sys::Oid {
+        pg_sys::JSONBOID
+    }
+}
+
+pgrx::impl_sql_translatable!(StoredJsonb, "jsonb");
+
+// SAFETY: the datum is a complete jsonb value in a memory context that outlives the call.
+unsafe impl pgrx::callconv::BoxRet for StoredJsonb {
+    unsafe fn box_into<'fcx>(
+        self,
+        fcinfo: &mut pgrx::callconv::FcInfo<'fcx>,
+    ) -> pgrx::datum::Datum<'fcx> {
+        // SAFETY: as above.
+        unsafe { fcinfo.return_raw_datum(self.0) }
+    }
+}
+
+impl StoredJsonb {
+    /// The datum (owned by the current memory context).
+    pub fn datum(&self) -> pg_sys::Datum {
+        self.0
+    }
+
+    /// Copy an encoded root container into a new jsonb datum.
+    pub fn from_container(container: &[u8]) -> StoredJsonb {
+        let size = container.len() + 4;
+        // SAFETY: palloc raises an ERROR rather than returning NULL; the copy stays in bounds.
+        unsafe {
+            let datum = pg_sys::palloc(size).cast::<u8>();
+            let bytes = std::slice::from_raw_parts_mut(datum, size);
+            set_varsize_4b(bytes, size);
+            bytes[4..].copy_from_slice(container);
+            StoredJsonb(pg_sys::Datum::from(datum))
+        }
+    }
+
+    /// PostgreSQL's text of this jsonb (what `payload::text` prints).
+    pub fn to_text(&self) -> String {
+        // SAFETY: a complete jsonb datum; JsonbToCString returns a palloc'd C string.
+        unsafe {
+            let value = self.0.cast_mut_ptr::<pg_sys::Jsonb>();
+            let size = pgrx::varlena::varsize_any(value.cast()) as i32;
+            let text = pg_sys::JsonbToCString(std::ptr::null_mut(), &mut (*value).root, size);
+            let owned = std::ffi::CStr::from_ptr(text)
+                .to_string_lossy()
+                .into_owned();
+            pg_sys::pfree(text.cast());
+            owned
+        }
     }
 }
 

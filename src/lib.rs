@@ -1,28 +1,45 @@
 //! ae_events: enriched `ae.test_instance.created` and `ae.test_instance.updated` events, built
 //! in the changing transaction, written to `ae_events.outbox` and announced with `pg_notify`.
 //!
-//! This file only wires the modules and the SQL files together; each module owns one concern.
+//! This file only wires the modules and the SQL files together. The modules are grouped by
+//! stage of the pipeline (docs/architecture.md); a module uses only modules of its own group or
+//! of the groups above it (tests/architecture.rs).
 
 use pgrx::prelude::*;
 
-mod attach;
-mod emitter;
+// Shared infrastructure: errors and the `ae_events:` prefix, the GUCs, PostgreSQL's binary
+// jsonb, SPI plans and typed rows, SHA-256, time formats, who the pass runs as.
+mod digest;
 mod errors;
-mod interlock;
 mod jsonb;
-mod notification;
-mod outbox;
-mod payload;
-mod pending;
 mod privileges;
-mod redaction;
-mod replay;
 mod rows;
 mod settings;
-mod snapshot;
-mod sources;
 mod timefmt;
+
+// The model: which tables bubble up, and what their keys identify.
+mod sources;
+
+// Capture: immediate row triggers record changes in the transaction's memory.
+mod capture;
+mod pending;
+
+// Build: changed rows -> instance ids -> rows -> payloads (encoded as jsonb, rules applied).
+mod lookup;
+mod payload;
+mod redaction;
+mod snapshot;
+
+// Write: the commit-time pass: interlock, outbox, versions, notifications.
+mod emitter;
+mod interlock;
+mod notification;
+mod outbox;
 mod versions;
+
+// Install and on demand: attach()/detach(), snapshot()/resend().
+mod attach;
+mod replay;
 
 ::pgrx::pg_module_magic!(name, version);
 
@@ -46,6 +63,7 @@ extension_sql_file!("../sql/install.sql", name = "install", finalize);
 pub extern "C-unwind" fn _PG_init() {
     settings::register();
     pending::register_transaction_callbacks();
+    notification::register_transaction_callback();
 }
 
 /// Required by `cargo pgrx test`.

@@ -10,7 +10,7 @@
 //! the stored jsonb, so it is exactly what `payload::text` shows.
 
 use crate::errors::EventError;
-use crate::jsonb;
+use crate::jsonb::StoredJsonb;
 use crate::notification::{self, Envelope};
 use crate::rows::KeptPlan;
 use crate::settings::NotifyMode;
@@ -82,8 +82,6 @@ thread_local! {
     /// The instance whose row is being inserted, to name it in an error.
     static WRITING: Cell<Option<(EventKind, i64)>> = const { Cell::new(None) };
     static INSERTS: RefCell<Option<Rc<InsertPlans>>> = const { RefCell::new(None) };
-    /// Whether the extension's SQL objects were found current in this session.
-    static SQL_OBJECTS_CURRENT: Cell<bool> = const { Cell::new(false) };
     /// The id sequence whose outbox is known to be in this cluster's delivery epoch.
     static EPOCH_CONFIRMED: Cell<Option<pg_sys::Oid>> = const { Cell::new(None) };
 }
@@ -116,44 +114,11 @@ SELECT (e).id, (e).event_id, (e).subscription_key, (e).event_type, (e).aggregate
        pg_catalog.pg_current_xact_id()
   FROM (SELECT ae_events._pending_outbox_rows() AS e OFFSET 0) AS pending";
 
-/// The newest SQL objects the library needs (the row source of 0.2.0, the state of 0.3.0, the
-/// payload rules and delivery epochs of 0.4.0).
-const CURRENT_OBJECTS_EXIST: &str =
-    "SELECT pg_catalog.to_regprocedure('ae_events._pending_outbox_rows()') IS NOT NULL
-        AND pg_catalog.to_regclass('ae_events.instance_state') IS NOT NULL
-        AND pg_catalog.to_regclass('ae_events.payload_rules') IS NOT NULL
-        AND pg_catalog.to_regprocedure('ae_events._ensure_epoch()') IS NOT NULL
-        AND pg_catalog.to_regprocedure('ae_events.delivery_blockers()') IS NOT NULL
-        AND pg_catalog.to_regrole('ae_events_snapshot') IS NOT NULL";
-
-/// The library may be newer than the extension's SQL objects until the DBA runs the update:
-/// refuse to write events then. Asked by each set of plans before it is prepared; checked once
-/// per session.
-pub fn ensure_current_sql_objects() -> Result<(), EventError> {
-    if SQL_OBJECTS_CURRENT.get() {
-        return Ok(());
-    }
-    let objects_exist = Spi::get_one::<bool>(CURRENT_OBJECTS_EXIST).map_err(EventError::spi(
-        "cannot look up the extension's SQL objects",
-    ))?;
-    if objects_exist != Some(true) {
-        return Err(sql_objects_out_of_date());
-    }
-    SQL_OBJECTS_CURRENT.set(true);
-    Ok(())
-}
-
-pub fn sql_objects_out_of_date() -> EventError {
-    EventError::Prerequisite {
-        what: "the extension's SQL objects are older than its library: run ALTER EXTENSION ae_events UPDATE".to_owned(),
-    }
-}
-
 fn insert_plans() -> Result<Rc<InsertPlans>, EventError> {
     if let Some(plans) = INSERTS.with_borrow(|plans| plans.clone()) {
         return Ok(plans);
     }
-    ensure_current_sql_objects()?;
+    crate::privileges::ensure_current_sql_objects()?;
     let one_types = [
         pg_sys::INT8OID,
         pg_sys::UUIDOID,
@@ -251,68 +216,12 @@ fn insert_one_by_one(plan: &KeptPlan) -> Result<(), EventError> {
             datum(aggregate_type.into_datum())?,
             datum(aggregate_id.into_datum())?,
             datum(version.into_datum())?,
-            payload.0,
+            payload.datum(),
             datum(occurred_at.into_datum())?,
         ];
         plan.run(&mut arguments)?;
     }
     Ok(())
-}
-
-/// A jsonb datum the extension built, palloc'd in the current memory context.
-pub struct StoredJsonb(pg_sys::Datum);
-
-impl IntoDatum for StoredJsonb {
-    fn into_datum(self) -> Option<pg_sys::Datum> {
-        Some(self.0)
-    }
-
-    fn type_oid() -> pg_sys::Oid {
-        pg_sys::JSONBOID
-    }
-}
-
-pgrx::impl_sql_translatable!(StoredJsonb, "jsonb");
-
-// SAFETY: the datum is a complete jsonb value in a memory context that outlives the call.
-unsafe impl pgrx::callconv::BoxRet for StoredJsonb {
-    unsafe fn box_into<'fcx>(
-        self,
-        fcinfo: &mut pgrx::callconv::FcInfo<'fcx>,
-    ) -> pgrx::datum::Datum<'fcx> {
-        // SAFETY: as above.
-        unsafe { fcinfo.return_raw_datum(self.0) }
-    }
-}
-
-impl StoredJsonb {
-    /// Copy an encoded root container into a new jsonb datum.
-    pub fn from_container(container: &[u8]) -> StoredJsonb {
-        let size = container.len() + 4;
-        // SAFETY: palloc raises an ERROR rather than returning NULL; the copy stays in bounds.
-        unsafe {
-            let datum = pg_sys::palloc(size).cast::<u8>();
-            let bytes = std::slice::from_raw_parts_mut(datum, size);
-            jsonb::set_varsize_4b(bytes, size);
-            bytes[4..].copy_from_slice(container);
-            StoredJsonb(pg_sys::Datum::from(datum))
-        }
-    }
-
-    /// PostgreSQL's text of this jsonb (what `payload::text` prints).
-    fn to_text(&self) -> String {
-        // SAFETY: a complete jsonb datum; JsonbToCString returns a palloc'd C string.
-        unsafe {
-            let value = self.0.cast_mut_ptr::<pg_sys::Jsonb>();
-            let size = pgrx::varlena::varsize_any(value.cast()) as i32;
-            let text = pg_sys::JsonbToCString(std::ptr::null_mut(), &mut (*value).root, size);
-            let owned = std::ffi::CStr::from_ptr(text)
-                .to_string_lossy()
-                .into_owned();
-            pg_sys::pfree(text.cast());
-            owned
-        }
-    }
 }
 
 type OutboxRow = (
@@ -415,7 +324,7 @@ fn next_row() -> Option<OutboxRow> {
 pub unsafe extern "C-unwind" fn _drain_events_wrapper(
     _fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
-    sql_objects_out_of_date().report()
+    crate::privileges::sql_objects_out_of_date().report()
 }
 
 #[no_mangle]

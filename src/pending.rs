@@ -165,7 +165,6 @@ unsafe extern "C-unwind" fn on_transaction_event(
         XACT_EVENT_COMMIT | XACT_EVENT_ABORT | XACT_EVENT_PREPARE
     ) {
         forget_transaction();
-        crate::notification::transaction_ended();
     }
 }
 

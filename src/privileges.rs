@@ -11,7 +11,7 @@
 //!   runs while those tables are planned and read (index predicates and expressions, operators,
 //!   policies, views); it runs with the rights of that role, so owning a table gains nothing.
 
-use crate::errors;
+use crate::errors::{self, EventError};
 use crate::settings::ScopedSetting;
 use pgrx::prelude::*;
 use std::cell::Cell;
@@ -165,7 +165,45 @@ fn snapshot_role() -> pg_sys::Oid {
     // SAFETY: a syscache lookup by name; missing_ok returns InvalidOid instead of raising.
     let role = unsafe { pg_sys::get_role_oid(c"ae_events_snapshot".as_ptr(), true) };
     if role == pg_sys::InvalidOid {
-        crate::outbox::sql_objects_out_of_date().report();
+        sql_objects_out_of_date().report();
     }
     role
+}
+
+thread_local! {
+    /// Whether the extension's SQL objects were found current in this session.
+    static SQL_OBJECTS_CURRENT: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The newest SQL objects the library needs (the row source of 0.2.0, the state of 0.3.0, the
+/// payload rules and delivery epochs of 0.4.0).
+const CURRENT_OBJECTS_EXIST: &str =
+    "SELECT pg_catalog.to_regprocedure('ae_events._pending_outbox_rows()') IS NOT NULL
+        AND pg_catalog.to_regclass('ae_events.instance_state') IS NOT NULL
+        AND pg_catalog.to_regclass('ae_events.payload_rules') IS NOT NULL
+        AND pg_catalog.to_regprocedure('ae_events._ensure_epoch()') IS NOT NULL
+        AND pg_catalog.to_regprocedure('ae_events.delivery_blockers()') IS NOT NULL
+        AND pg_catalog.to_regrole('ae_events_snapshot') IS NOT NULL";
+
+/// The library may be newer than the extension's SQL objects until the DBA runs the update:
+/// refuse to write events then. Asked by each set of plans before it is prepared; checked once
+/// per session.
+pub fn ensure_current_sql_objects() -> Result<(), EventError> {
+    if SQL_OBJECTS_CURRENT.get() {
+        return Ok(());
+    }
+    let objects_exist = Spi::get_one::<bool>(CURRENT_OBJECTS_EXIST).map_err(EventError::spi(
+        "cannot look up the extension's SQL objects",
+    ))?;
+    if objects_exist != Some(true) {
+        return Err(sql_objects_out_of_date());
+    }
+    SQL_OBJECTS_CURRENT.set(true);
+    Ok(())
+}
+
+pub fn sql_objects_out_of_date() -> EventError {
+    EventError::Prerequisite {
+        what: "the extension's SQL objects are older than its library: run ALTER EXTENSION ae_events UPDATE".to_owned(),
+    }
 }

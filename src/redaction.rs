@@ -228,7 +228,7 @@ thread_local! {
 impl Rules {
     /// Read the rules (inside an SPI connection, as the extension's owner).
     pub fn load() -> Result<Rules, EventError> {
-        crate::outbox::ensure_current_sql_objects()?;
+        crate::privileges::ensure_current_sql_objects()?;
         let mut rules = Rules::default();
         with_kept_plan(&QUERY, RULES_QUERY, |query| {
             query.run(&mut [])?.for_each(|row| {
@@ -337,7 +337,7 @@ fn rewrite(
 /// The hex SHA-256 of bytes (PostgreSQL's implementation).
 fn sha256_hex(bytes: &[u8]) -> Result<String, EncodeError> {
     let digest =
-        crate::versions::digest(bytes).map_err(|error| EncodeError::new(error.to_string()))?;
+        crate::digest::digest(bytes).map_err(|error| EncodeError::new(error.to_string()))?;
     Ok(digest.iter().map(|byte| format!("{byte:02x}")).collect())
 }
 

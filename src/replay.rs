@@ -5,7 +5,7 @@
 use crate::emitter;
 use crate::errors::{self, EventError};
 use crate::jsonb::Encoder;
-use crate::outbox::StoredJsonb;
+use crate::jsonb::StoredJsonb;
 use crate::privileges::{ExtensionCatalog, OwnerPrivileges};
 use crate::snapshot;
 use pgrx::prelude::*;

@@ -68,7 +68,7 @@ fn plans() -> Result<Rc<Plans>, EventError> {
     if let Some(plans) = PLANS.with_borrow(|plans| plans.clone()) {
         return Ok(plans);
     }
-    crate::outbox::ensure_current_sql_objects()?;
+    crate::privileges::ensure_current_sql_objects()?;
     let ids = [pg_sys::INT8ARRAYOID];
     let context = |error: EventError| error.context("cannot prepare the instance state queries");
     let plans = Rc::new(Plans {
@@ -163,23 +163,4 @@ pub fn forget(instance_ids: &[i64]) -> Result<(), EventError> {
         .run_freeing(vec![int8_array(instance_ids)?])
         .map(drop)
         .map_err(|error| error.context("cannot drop states from ae_events.instance_state"))
-}
-
-/// SHA-256 of an encoded payload.
-pub fn digest(payload: &[u8]) -> Result<Vec<u8>, EventError> {
-    let Some(argument) = payload.into_datum() else {
-        return Err(EventError::internal("a null payload to digest"));
-    };
-    let digest = sha256(argument);
-    // SAFETY: the argument was palloc'd above for this call only.
-    unsafe { pg_sys::pfree(argument.cast_mut_ptr()) };
-    digest
-}
-
-/// SHA-256 of a bytea or text value's data: PostgreSQL's own implementation, as
-/// `sha256(bytea)` (a text datum has the same layout).
-pub fn sha256(value: pg_sys::Datum) -> Result<Vec<u8>, EventError> {
-    // SAFETY: sha256_bytea takes one varlena and returns a bytea.
-    unsafe { pgrx::fcinfo::direct_function_call::<Vec<u8>>(pg_sys::sha256_bytea, &[Some(value)]) }
-        .ok_or_else(|| EventError::internal("sha256 returned null"))
 }
