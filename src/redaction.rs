@@ -435,6 +435,63 @@ mod tests {
         }
     }
 
+    /// Every field path of the contract's type showcase (`ae.test_instance.created.txt`, the
+    /// source of truth for the payload), arrays as `*`.
+    fn contract_paths() -> Vec<String> {
+        let page = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/contract/ae.test_instance.created.txt");
+        let text = std::fs::read_to_string(&page)
+            .unwrap_or_else(|e| panic!("the contract page {}: {e}", page.display()));
+        let showcase = &text[text.find("\n{\n  id: number;").expect("the type showcase")..];
+        let mut paths: Vec<String> = Vec::new();
+        // The open objects: (field name, index of their first child path).
+        let mut open: Vec<(String, usize)> = Vec::new();
+        for line in showcase.lines().skip(2) {
+            let line = line.trim();
+            if line.starts_with('}') {
+                let Some((name, first)) = open.pop() else { break };
+                if line.starts_with("}[]") {
+                    // An array of objects: its children are under `*`.
+                    let prefix: String = open
+                        .iter()
+                        .map(|(n, _)| format!("{n}."))
+                        .chain([format!("{name}.")])
+                        .collect();
+                    for path in &mut paths[first..] {
+                        *path = format!("{prefix}*.{}", &path[prefix.len()..]);
+                    }
+                    paths.insert(first, format!("{prefix}*"));
+                }
+                continue;
+            }
+            let Some((name, rest)) = line.split_once(':') else { continue };
+            let prefix: String = open.iter().map(|(n, _)| format!("{n}.")).collect();
+            paths.push(format!("{prefix}{name}"));
+            if rest.trim() == "{" {
+                open.push((name.to_owned(), paths.len()));
+            }
+        }
+        paths
+    }
+
+    #[test]
+    fn the_rule_paths_are_exactly_the_contracts_fields() {
+        let contract: std::collections::BTreeSet<String> = contract_paths().into_iter().collect();
+        let known: std::collections::BTreeSet<String> =
+            PAYLOAD_PATHS.iter().map(|p| p.to_string()).collect();
+        assert!(contract.len() > 70, "{contract:?}");
+        assert_eq!(
+            contract.difference(&known).collect::<Vec<_>>(),
+            Vec::<&String>::new(),
+            "fields of the contract a rule cannot name"
+        );
+        assert_eq!(
+            known.difference(&contract).collect::<Vec<_>>(),
+            Vec::<&String>::new(),
+            "rule paths the contract does not have"
+        );
+    }
+
     #[test]
     fn paths_outside_the_payload_are_refused() {
         for (path, valid) in [
