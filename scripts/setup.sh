@@ -37,10 +37,10 @@ else
     cargo pgrx install "${profile_flag[@]}" --pg-config "$PG_CONFIG"
 fi
 
-# The install scripts of earlier releases, so that `CREATE EXTENSION ae_events VERSION '0.1.0'`
-# (and the tested upgrade from it) works with this library.
+# The upgrade scripts (sql/upgrade/), and the install scripts of earlier releases
+# (sql/released/), so that `ALTER EXTENSION ae_events UPDATE` and
+# `CREATE EXTENSION ae_events VERSION '0.1.0'` (and the tested upgrades) work with this library.
 extension_dir="$("$PG_CONFIG" --sharedir)/extension"
-for script in sql/ae_events--[0-9]*.sql; do
-    case "$script" in *--*--*) continue ;; esac  # upgrade scripts: cargo pgrx install copies them
+for script in sql/upgrade/ae_events--*.sql sql/released/ae_events--*.sql; do
     $SUDO install -m 644 "$script" "$extension_dir/"
 done

@@ -1,5 +1,5 @@
 //! Install and attach: the triggers on `ti.instance` and the other source tables, and
-//! `attach()` / `detach()` (events.md §6).
+//! `attach()` / `detach()` (shared/contract/events.md §6).
 //!
 //! Two kinds of trigger: immediate row triggers record each change (cheap: no query;
 //! `capture.rs`), and deferred constraint triggers build and write every recorded change of the

@@ -43,21 +43,21 @@ mod replay;
 
 ::pgrx::pg_module_magic!(name, version);
 
-extension_sql_file!("../sql/outbox.sql", name = "outbox", bootstrap);
-extension_sql_file!("../sql/instance_state.sql", name = "instance_state");
-extension_sql_file!("../sql/bubble_up.sql", name = "bubble_up");
-extension_sql_file!("../sql/consumers.sql", name = "consumers");
+extension_sql_file!("../sql/src/outbox.sql", name = "outbox", bootstrap);
+extension_sql_file!("../sql/src/instance_state.sql", name = "instance_state");
+extension_sql_file!("../sql/src/bubble_up.sql", name = "bubble_up");
+extension_sql_file!("../sql/src/consumers.sql", name = "consumers");
 extension_sql_file!(
-    "../sql/analytics.sql",
+    "../sql/src/analytics.sql",
     name = "analytics",
     requires = ["consumers"]
 );
 extension_sql_file!(
-    "../sql/payload_rules.sql",
+    "../sql/src/payload_rules.sql",
     name = "payload_rules",
     requires = [redaction::check_payload_rule]
 );
-extension_sql_file!("../sql/install.sql", name = "install", finalize);
+extension_sql_file!("../sql/src/install.sql", name = "install", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {

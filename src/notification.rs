@@ -1,4 +1,4 @@
-//! The notification of events.md §4: JSON text with its keys in the contract's order, the payload
+//! The notification of shared/contract/events.md §4: JSON text with its keys in the contract's order, the payload
 //! embedded when the whole message stays under PostgreSQL's 8000-byte limit.
 
 use pgrx::prelude::*;

@@ -1,4 +1,4 @@
-//! Writing events to `ae_events.outbox` (events.md §1) and announcing them (§4).
+//! Writing events to `ae_events.outbox` (shared/contract/events.md §1) and announcing them (§4).
 //!
 //! One prepared `INSERT ... SELECT` per chunk pulls its rows from
 //! `ae_events._pending_outbox_rows()`, a set-returning function fed from this backend's memory.
@@ -145,7 +145,7 @@ pub fn event_being_written() -> Option<(EventKind, i64)> {
 }
 
 /// Before this backend draws outbox ids for the first time, make sure the latest delivery epoch
-/// is this cluster's (`ae_events._ensure_epoch()`, sql/consumers.sql): after `pg_restore` into
+/// is this cluster's (`ae_events._ensure_epoch()`, sql/src/consumers.sql): after `pg_restore` into
 /// another cluster, transaction ids start over, and relays order events by epoch first.
 /// Remembered per id sequence once the epoch was there before this transaction (an epoch this
 /// transaction creates is asked for again until it has committed).

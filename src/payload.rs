@@ -1,5 +1,5 @@
 //! The payload of `ae.test_instance.created`: serde structs that mirror the seed's type showcase
-//! field for field and in its order. Rendering rules (events.md §2) live in the value types here.
+//! field for field and in its order. Rendering rules (shared/contract/events.md §2) live in the value types here.
 
 use crate::jsonb;
 use crate::rows::{varlena_bytes, ColumnValue};

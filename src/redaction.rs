@@ -449,7 +449,9 @@ mod tests {
         for line in showcase.lines().skip(2) {
             let line = line.trim();
             if line.starts_with('}') {
-                let Some((name, first)) = open.pop() else { break };
+                let Some((name, first)) = open.pop() else {
+                    break;
+                };
                 if line.starts_with("}[]") {
                     // An array of objects: its children are under `*`.
                     let prefix: String = open
@@ -464,7 +466,9 @@ mod tests {
                 }
                 continue;
             }
-            let Some((name, rest)) = line.split_once(':') else { continue };
+            let Some((name, rest)) = line.split_once(':') else {
+                continue;
+            };
             let prefix: String = open.iter().map(|(n, _)| format!("{n}.")).collect();
             paths.push(format!("{prefix}{name}"));
             if rest.trim() == "{" {

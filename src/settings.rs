@@ -1,4 +1,4 @@
-//! The settings of events.md §5. Each is validated by PostgreSQL when it is set: `notify` is an
+//! The settings of shared/contract/events.md §5. Each is validated by PostgreSQL when it is set: `notify` is an
 //! enum, `channel` has a check hook. Every one may only be changed by a superuser (or the DBA
 //! through `ALTER SYSTEM`, `ALTER DATABASE ... SET`, `ALTER ROLE ... SET`): the application's
 //! role must not turn events off, move them to another channel, or make notifications carry

@@ -372,7 +372,7 @@ impl<'a> Row<'a> {
 }
 
 /// Warn that a referenced row is missing (the services' foreign keys are optional); the object
-/// is `null` in the payload and the event is still written (events.md §2).
+/// is `null` in the payload and the event is still written (shared/contract/events.md §2).
 fn warn_missing(instance_id: i64, reference: &str, id: i64) {
     crate::errors::warn(format!(
         "ti.instance {instance_id} refers to {reference} {id}, which does not exist; its event carries null there"

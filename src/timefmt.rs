@@ -1,4 +1,4 @@
-//! Rendering of date/time values into the payload (events.md §2), independent of the session's
+//! Rendering of date/time values into the payload (shared/contract/events.md §2), independent of the session's
 //! `TimeZone`, `DateStyle` and `IntervalStyle`.
 
 use pgrx::prelude::*;

@@ -1,4 +1,4 @@
-//! Install, attach, detach, dump/restore and removal (events.md §6).
+//! Install, attach, detach, dump/restore and removal (shared/contract/events.md §6).
 
 mod common;
 

@@ -1,15 +1,22 @@
-//! Released SQL scripts are frozen: an installed database was made by exactly those bytes, and
-//! `ALTER EXTENSION ... UPDATE` replays them. A change belongs in a new upgrade script.
-//! `sql/released.sha256` lists every versioned script with its SHA-256 (the output of
-//! `sha256sum`); a new release adds its lines there.
+//! SQL by kind: `sql/src/` holds the sources of the current version (loaded by `src/lib.rs`),
+//! `sql/released/` the full install scripts of earlier releases and `sql/upgrade/` the upgrade
+//! scripts. Released scripts are frozen: an installed database was made by exactly those bytes,
+//! and `ALTER EXTENSION ... UPDATE` replays them; a change belongs in a new upgrade script.
+//! `sql/checksums.sha256` lists every released and upgrade script with its SHA-256 (in
+//! `sha256sum`'s format); a release adds its lines there. That upgrade scripts stay in step with
+//! the sources is checked by `tests/upgrade.rs` (objects and function definitions compared with a
+//! fresh install).
 
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+fn sql() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("sql")
+}
 
 fn listed() -> BTreeMap<String, String> {
-    let sql = Path::new(env!("CARGO_MANIFEST_DIR")).join("sql");
-    std::fs::read_to_string(sql.join("released.sha256"))
+    std::fs::read_to_string(sql().join("checksums.sha256"))
         .unwrap()
         .lines()
         .filter(|line| !line.trim().is_empty())
@@ -22,9 +29,8 @@ fn listed() -> BTreeMap<String, String> {
 
 #[test]
 fn released_scripts_never_change() {
-    let sql = Path::new(env!("CARGO_MANIFEST_DIR")).join("sql");
     for (name, expected) in listed() {
-        let bytes = std::fs::read(sql.join(&name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let bytes = std::fs::read(sql().join(&name)).unwrap_or_else(|e| panic!("{name}: {e}"));
         let actual: String = Sha256::digest(&bytes)
             .iter()
             .map(|byte| format!("{byte:02x}"))
@@ -37,16 +43,32 @@ fn released_scripts_never_change() {
 }
 
 #[test]
-fn every_versioned_script_is_listed() {
-    let sql = Path::new(env!("CARGO_MANIFEST_DIR")).join("sql");
+fn every_script_is_in_its_place_and_listed() {
     let listed = listed();
-    for entry in std::fs::read_dir(sql).unwrap() {
-        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
-        if name.starts_with("ae_events--") && name.ends_with(".sql") {
+    for (folder, is_upgrade) in [("released", false), ("upgrade", true)] {
+        for entry in std::fs::read_dir(sql().join(folder)).unwrap() {
+            let name = entry.unwrap().file_name().to_string_lossy().into_owned();
             assert!(
-                listed.contains_key(&name),
-                "{name} is not in sql/released.sha256 (add it when its release is made)"
+                name.starts_with("ae_events--") && name.ends_with(".sql"),
+                "sql/{folder}/{name}"
+            );
+            assert_eq!(
+                name.matches("--").count() == 2,
+                is_upgrade,
+                "sql/{folder}/{name} is in the wrong folder"
+            );
+            let path = format!("{folder}/{name}");
+            assert!(
+                listed.contains_key(&path),
+                "{path} is not in sql/checksums.sha256 (add it when its release is made)"
             );
         }
+    }
+    for entry in std::fs::read_dir(sql().join("src")).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(
+            !name.starts_with("ae_events--"),
+            "sql/src/{name}: versioned scripts go to sql/released/ or sql/upgrade/"
+        );
     }
 }

@@ -1,4 +1,4 @@
-//! The settings of events.md §5: enabled (superuser only), channel, notify; bad values refused
+//! The settings of shared/contract/events.md §5: enabled (superuser only), channel, notify; bad values refused
 //! when they are set.
 
 mod common;

@@ -1,4 +1,4 @@
-//! `ALTER EXTENSION ae_events UPDATE` from every earlier release (events.md §6): the upgraded
+//! `ALTER EXTENSION ae_events UPDATE` from every earlier release (shared/contract/events.md §6): the upgraded
 //! database has the same objects as a fresh install, keeps its events, and events keep flowing.
 
 mod common;

@@ -3,7 +3,7 @@
 -- sends the same notification. The benchmark checks that its payloads equal ae_events' own.
 CREATE SCHEMA bench;
 
--- RFC 3339 in UTC, fraction trimmed (events.md §2).
+-- RFC 3339 in UTC, fraction trimmed (shared/contract/events.md §2).
 CREATE FUNCTION bench.rfc3339(t timestamptz) RETURNS text
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
 RETURN to_char(t AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS')

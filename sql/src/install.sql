@@ -47,5 +47,5 @@ END
 $$;
 
 -- Attach to the application's tables that exist now; if ti.instance does not, attach() reports
--- a NOTICE and the DBA calls it once the application's tables are there (events.md §6).
+-- a NOTICE and the DBA calls it once the application's tables are there (shared/contract/events.md §6).
 SELECT ae_events.attach();

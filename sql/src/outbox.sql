@@ -1,4 +1,4 @@
--- The append-only outbox (contract: events.md §1). Column names are fixed: relays, analysts and
+-- The append-only outbox (shared/contract/events.md §1). Column names are fixed: relays, analysts and
 -- Debezium's outbox event router depend on them.
 CREATE TABLE ae_events.outbox (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
