@@ -65,13 +65,3 @@ pub extern "C-unwind" fn _PG_init() {
     pending::register_transaction_callbacks();
     notification::register_transaction_callback();
 }
-
-/// Required by `cargo pgrx test`.
-#[cfg(test)]
-pub mod pg_test {
-    pub fn setup(_options: Vec<&str>) {}
-
-    pub fn postgresql_conf_options() -> Vec<&'static str> {
-        vec![]
-    }
-}
