@@ -31,7 +31,7 @@ use crate::errors::EventError;
 use crate::pending::Changes;
 use crate::privileges::ExtensionCatalog;
 use crate::snapshot;
-use crate::sources::{table_oid, EnabledSources, Key, Source};
+use crate::sources::{table_oid, EnabledSources, Key, Source, SOURCES};
 use pgrx::prelude::*;
 use std::collections::BTreeSet;
 
@@ -83,7 +83,7 @@ impl Locks {
                 add(&mut locks.referenced, Source::Measurement, &measurements);
             }
         }
-        for source in REFERENCE_SOURCES {
+        for source in SOURCES.into_iter().filter(|source| source.is_reference()) {
             if enabled.contains(source) {
                 add(&mut locks.referenced, source, &[]);
             }
@@ -112,7 +112,7 @@ fn add(keys: &mut BTreeSet<LockKey>, source: Source, ids: &[i64]) {
         return; // the table does not exist: nothing to change or read there
     }
     let class = class.to_u32();
-    if REFERENCE_SOURCES.contains(&source) {
+    if source.is_reference() {
         keys.insert((class, WHOLE_TABLE));
     } else {
         keys.extend(ids.iter().map(|id| (class, id.rem_euclid(BUCKETS) as u16)));
@@ -137,17 +137,6 @@ fn lock(catalog: &ExtensionCatalog, (class, bucket): LockKey, mode: u32) {
     // on deadlock, like any lock PostgreSQL takes.
     unsafe { pg_sys::LockAcquire(&tag, mode as pg_sys::LOCKMODE, false, false) };
 }
-
-/// The reference tables: one lock for each whole table.
-const REFERENCE_SOURCES: [Source; 7] = [
-    Source::CatalogAssessment,
-    Source::Assessment,
-    Source::Catalog,
-    Source::SectionConfigurationAttribute,
-    Source::Attribute,
-    Source::Skill,
-    Source::Ordinal,
-];
 
 /// The table whose rows a changed key names (measurements stand for their attributes); none
 /// for instances (their passes are ordered by the version lock).

@@ -69,24 +69,16 @@ impl KeptPlan {
     pub fn run(&self, arguments: &mut [pg_sys::Datum]) -> Result<ResultRows, EventError> {
         let nulls = vec![b' ' as std::ffi::c_char; arguments.len()];
         // SAFETY: inside an SPI connection; the plan is kept; arguments match its types.
-        let latest = LatestSnapshots::active();
-        let status = unsafe {
+        let status = LatestSnapshots::reading(|read_only| unsafe {
             pg_sys::SPI_tuptable = std::ptr::null_mut();
-            if latest {
-                pg_sys::PushActiveSnapshot(pg_sys::GetLatestSnapshot());
-            }
-            let status = pg_sys::SPI_execute_plan(
+            pg_sys::SPI_execute_plan(
                 self.plan.as_ptr(),
                 arguments.as_mut_ptr(),
                 nulls.as_ptr(),
-                latest,
+                read_only,
                 0,
-            );
-            if latest {
-                pg_sys::PopActiveSnapshot();
-            }
-            status
-        };
+            )
+        });
         if status < 0 {
             return Err(EventError::internal(format!(
                 "SPI_execute_plan failed ({status})"
@@ -119,25 +111,17 @@ impl KeptPlan {
         read: impl FnMut(&Row) -> Result<(), EventError>,
     ) -> Result<(), EventError> {
         let nulls = vec![b' ' as std::ffi::c_char; arguments.len()];
-        let latest = LatestSnapshots::active();
         // SAFETY: a kept plan and arguments of its parameter types; the portal copies them and
         // keeps the snapshot it was opened with.
-        let portal = unsafe {
-            if latest {
-                pg_sys::PushActiveSnapshot(pg_sys::GetLatestSnapshot());
-            }
-            let portal = pg_sys::SPI_cursor_open(
+        let portal = LatestSnapshots::reading(|read_only| unsafe {
+            pg_sys::SPI_cursor_open(
                 std::ptr::null(),
                 self.plan.as_ptr(),
                 arguments.as_mut_ptr(),
                 nulls.as_ptr(),
-                latest,
-            );
-            if latest {
-                pg_sys::PopActiveSnapshot();
-            }
-            portal
-        };
+                read_only,
+            )
+        });
         let result = if portal.is_null() {
             Err(EventError::internal("SPI_cursor_open failed"))
         } else {
@@ -199,8 +183,20 @@ impl LatestSnapshots {
         }
     }
 
-    fn active() -> bool {
-        READ_LATEST.get()
+    /// Run an SPI call that reads: while a `LatestSnapshots` is alive, with a snapshot of the
+    /// latest committed state pushed and `read_only` true (SPI then uses that snapshot);
+    /// otherwise as SPI does by default (`read_only` false).
+    fn reading<T>(call: impl FnOnce(bool) -> T) -> T {
+        if !READ_LATEST.get() {
+            return call(false);
+        }
+        // SAFETY: pushes a copy of a fresh snapshot and pops it after the call (an error aborts
+        // the transaction, which resets the active snapshot stack).
+        unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetLatestSnapshot()) };
+        let result = call(true);
+        // SAFETY: pops what was pushed above.
+        unsafe { pg_sys::PopActiveSnapshot() };
+        result
     }
 }
 

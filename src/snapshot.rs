@@ -438,26 +438,37 @@ thread_local! {
 pub fn references(instance_ids: &[i64]) -> Result<(Vec<i64>, Vec<i64>), EventError> {
     let mut candidates = Vec::with_capacity(instance_ids.len());
     let mut measurements = Vec::with_capacity(instance_ids.len());
+    read_by_ids(&REFERENCES_PLAN, REFERENCES, instance_ids, |row| {
+        if let Some(candidate) = row.get::<i64>(1).map_err(EventError::internal)? {
+            candidates.push(candidate);
+        }
+        if let Some(measurement) = row.get::<i64>(2).map_err(EventError::internal)? {
+            measurements.push(measurement);
+        }
+        Ok(())
+    })
+    .map_err(|error| error.context("cannot read the references of ti.instance rows"))?;
+    Ok((candidates, measurements))
+}
+
+/// Run a query over ids, prepared once in `slot` and planned and run with the settings for many
+/// instances; each result row goes to `read`.
+fn read_by_ids(
+    slot: &'static std::thread::LocalKey<RefCell<Option<KeptPlan>>>,
+    sql: &str,
+    ids: &[i64],
+    read: impl FnMut(&crate::rows::Row) -> Result<(), EventError>,
+) -> Result<(), EventError> {
     let settings = ScopedSetting::set_many(MANY_PLANNER_SETTINGS);
-    let read = REFERENCES_PLAN.with_borrow_mut(|slot| {
+    let result = slot.with_borrow_mut(|slot| {
         let plan = match slot {
             Some(plan) => plan,
-            None => slot.insert(prepare(REFERENCES)?),
+            None => slot.insert(prepare(sql)?),
         };
-        plan.run_freeing(vec![int8_array(instance_ids)?])?
-            .for_each(|row| {
-                if let Some(candidate) = row.get::<i64>(1).map_err(EventError::internal)? {
-                    candidates.push(candidate);
-                }
-                if let Some(measurement) = row.get::<i64>(2).map_err(EventError::internal)? {
-                    measurements.push(measurement);
-                }
-                Ok(())
-            })
+        plan.run_freeing(vec![int8_array(ids)?])?.for_each(read)
     });
     settings.end();
-    read.map_err(|error| error.context("cannot read the references of ti.instance rows"))?;
-    Ok((candidates, measurements))
+    result
 }
 
 /// How many measurement attributes each instance has, to cut a chunk of instances into groups
@@ -482,24 +493,20 @@ pub fn group_by_attributes(instance_ids: &[i64], budget: i64) -> Result<Vec<&[i6
         return Ok(vec![instance_ids]);
     }
     let mut counts = HashMap::with_capacity(instance_ids.len());
-    let settings = ScopedSetting::set_many(MANY_PLANNER_SETTINGS);
-    let read = ATTRIBUTE_COUNTS_PLAN.with_borrow_mut(|slot| {
-        let plan = match slot {
-            Some(plan) => plan,
-            None => slot.insert(prepare(ATTRIBUTE_COUNTS)?),
-        };
-        plan.run_freeing(vec![int8_array(instance_ids)?])?
-            .for_each(|row| {
-                let id: Option<i64> = row.get(1).map_err(EventError::internal)?;
-                let count: Option<i64> = row.get(2).map_err(EventError::internal)?;
-                if let (Some(id), Some(count)) = (id, count) {
-                    counts.insert(id, count);
-                }
-                Ok(())
-            })
-    });
-    settings.end();
-    read.map_err(|error| error.context("cannot count the attributes of ti.instance rows"))?;
+    read_by_ids(
+        &ATTRIBUTE_COUNTS_PLAN,
+        ATTRIBUTE_COUNTS,
+        instance_ids,
+        |row| {
+            let id: Option<i64> = row.get(1).map_err(EventError::internal)?;
+            let count: Option<i64> = row.get(2).map_err(EventError::internal)?;
+            if let (Some(id), Some(count)) = (id, count) {
+                counts.insert(id, count);
+            }
+            Ok(())
+        },
+    )
+    .map_err(|error| error.context("cannot count the attributes of ti.instance rows"))?;
     let mut groups = Vec::new();
     let (mut start, mut attributes) = (0, 0);
     for (index, id) in instance_ids.iter().enumerate() {

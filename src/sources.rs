@@ -93,17 +93,23 @@ impl Source {
         }
     }
 
-    /// Whether bubble-up from this table is on when `ae_events.bubble_up` has no row for it:
-    /// instance-specific tables on, reference data off (renaming a catalog would otherwise fan
-    /// out to every instance ever taken).
-    pub fn enabled_by_default(self) -> bool {
-        matches!(
+    /// Whether the table holds reference data, shared by many instances (catalogs, skills, ...),
+    /// rather than rows of one instance or candidate.
+    pub fn is_reference(self) -> bool {
+        !matches!(
             self,
             Source::Instance
                 | Source::Candidate
                 | Source::Measurement
                 | Source::MeasurementAttribute
         )
+    }
+
+    /// Whether bubble-up from this table is on when `ae_events.bubble_up` has no row for it:
+    /// instance-specific tables on, reference data off (renaming a catalog would otherwise fan
+    /// out to every instance ever taken).
+    pub fn enabled_by_default(self) -> bool {
+        !self.is_reference()
     }
 
     fn bit(self) -> u16 {
