@@ -6,7 +6,7 @@
 use crate::errors::{self, EventError};
 use crate::pending::{self, Change};
 use crate::privileges::{ExtensionCatalog, OwnerPrivileges};
-use crate::rows::{with_kept_plan, KeptPlan};
+use crate::rows::{with_kept_plan, Connection, KeptPlan};
 use crate::settings;
 use crate::sources::{EnabledSources, Key, Source};
 use pgrx::heap_tuple::PgHeapTuple;
@@ -147,9 +147,10 @@ fn read_enabled_sources() -> Result<EnabledSources, EventError> {
     let catalog = ExtensionCatalog::current();
     let _privileges = OwnerPrivileges::enter(catalog.owner);
     let mut enabled = EnabledSources::defaults();
-    Spi::connect(|_| {
-        with_kept_plan(&SETTINGS_QUERY, BUBBLE_UP_SETTINGS, |query| {
-            query.run(&mut [])?.for_each(|row| {
+    Spi::connect(|client| {
+        let connection = Connection::of(client);
+        with_kept_plan(connection, &SETTINGS_QUERY, BUBBLE_UP_SETTINGS, |query| {
+            query.run(connection, &mut [])?.for_each(|row| {
                 let table: Option<String> = row.get(1).map_err(EventError::internal)?;
                 let on: Option<bool> = row.get(2).map_err(EventError::internal)?;
                 if let (Some(source), Some(on)) =

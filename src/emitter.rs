@@ -15,7 +15,7 @@ use crate::outbox::{self, Event, EventKind, WriteContext};
 use crate::payload::TestInstance;
 use crate::privileges::{ExtensionCatalog, OwnerPrivileges, SnapshotReader};
 use crate::redaction::Rules;
-use crate::rows::sorted_unique;
+use crate::rows::{sorted_unique, Connection};
 use crate::sources::SOURCES;
 use crate::versions::{self, NewState};
 use crate::{capture, lookup, pending, settings, snapshot};
@@ -60,19 +60,21 @@ pub fn emit_pending() {
         }
         interlock_locks(&catalog, &changes).acquire(&catalog);
         for chunk in chunks(&catalog, &changes.created) {
-            guarded(EventKind::Created, chunk, || {
-                emit_created(&catalog, &rules, chunk)
+            guarded(EventKind::Created, chunk, |connection| {
+                emit_created(connection, &catalog, &rules, chunk)
             });
         }
         // Re-inserted ids were created again: their created event resets the state.
         let gone = difference(&changes.deleted, &changes.created);
-        guarded(EventKind::Updated, &gone, || versions::forget(&gone));
+        guarded(EventKind::Updated, &gone, |connection| {
+            versions::forget(connection, &gone)
+        });
         if changes.touched.is_empty() {
             continue;
         }
-        let touched = match Spi::connect(|_| {
+        let touched = match Spi::connect(|client| {
             let _reader = SnapshotReader::enter(&catalog);
-            lookup::affected_instances(&changes.touched)
+            lookup::affected_instances(Connection::of(client), &changes.touched)
         }) {
             Ok(instances) => instances,
             Err(error) => error.report(),
@@ -81,8 +83,8 @@ pub fn emit_pending() {
         // event; a deleted one has nothing to show.
         let updated = difference(&difference(&touched, &changes.created), &gone);
         for chunk in chunks(&catalog, &updated) {
-            guarded(EventKind::Updated, chunk, || {
-                emit_updated(&catalog, &rules, chunk, Unchanged::Skip).map(drop)
+            guarded(EventKind::Updated, chunk, |connection| {
+                emit_updated(connection, &catalog, &rules, chunk, Unchanged::Skip).map(drop)
             });
         }
     }
@@ -94,9 +96,9 @@ fn interlock_locks(catalog: &ExtensionCatalog, changes: &pending::Changes) -> Lo
         return Locks::default();
     }
     let enabled = capture::enabled_sources();
-    let locks = Spi::connect(|_| {
+    let locks = Spi::connect(|client| {
         let _reader = SnapshotReader::enter(catalog);
-        Locks::for_changes(changes, enabled)
+        Locks::for_changes(Connection::of(client), changes, enabled)
     });
     match locks {
         Ok(locks) => locks,
@@ -113,8 +115,8 @@ pub fn resend(instance_ids: Vec<i64>) -> i64 {
     let rules = payload_rules();
     let mut written = 0;
     for chunk in chunks(&catalog, &instance_ids) {
-        guarded(EventKind::Updated, chunk, || {
-            written += emit_updated(&catalog, &rules, chunk, Unchanged::Emit)? as i64;
+        guarded(EventKind::Updated, chunk, |connection| {
+            written += emit_updated(connection, &catalog, &rules, chunk, Unchanged::Emit)? as i64;
             Ok(())
         });
     }
@@ -126,9 +128,9 @@ pub fn resend(instance_ids: Vec<i64>) -> i64 {
 fn chunks<'a>(catalog: &ExtensionCatalog, instance_ids: &'a [i64]) -> Vec<&'a [i64]> {
     let mut chunks = Vec::new();
     for chunk in instance_ids.chunks(CHUNK_SIZE) {
-        let groups = Spi::connect(|_| {
+        let groups = Spi::connect(|client| {
             let _reader = SnapshotReader::enter(catalog);
-            snapshot::group_by_attributes(chunk, CHUNK_ATTRIBUTES)
+            snapshot::group_by_attributes(Connection::of(client), chunk, CHUNK_ATTRIBUTES)
         });
         match groups {
             Ok(groups) => chunks.extend(groups),
@@ -140,7 +142,11 @@ fn chunks<'a>(catalog: &ExtensionCatalog, instance_ids: &'a [i64]) -> Vec<&'a [i
 
 /// Run one chunk's work in its own SPI connection; any error fails the transaction with a message naming the chunk's
 /// instances (or the one whose row was being written).
-fn guarded(kind: EventKind, chunk: &[i64], work: impl FnOnce() -> Result<(), EventError>) {
+fn guarded(
+    kind: EventKind,
+    chunk: &[i64],
+    work: impl FnOnce(Connection<'_>) -> Result<(), EventError>,
+) {
     if chunk.is_empty() {
         return;
     }
@@ -149,7 +155,10 @@ fn guarded(kind: EventKind, chunk: &[i64], work: impl FnOnce() -> Result<(), Eve
         // One SPI connection per chunk: what the chunk pallocs in SPI's procedure context
         // (digests, array elements, values read) is freed when the chunk ends, not at the end of
         // the pass, so memory stays bounded over any number of chunks.
-        let result = Spi::connect_mut(|_| work.take().map(|work| work()));
+        let result = Spi::connect_mut(|client| {
+            let connection = Connection::of(client);
+            work.take().map(|work| work(connection))
+        });
         if let Some(Err(error)) = result {
             error.report();
         }
@@ -190,7 +199,7 @@ struct Encoded {
 
 /// The payload rules in force for this pass (read as the owner; an error fails the transaction).
 pub fn payload_rules() -> Rules {
-    match Spi::connect(|_| Rules::load()) {
+    match Spi::connect(|client| Rules::load(Connection::of(client))) {
         Ok(rules) => rules,
         Err(error) => error.report(),
     }
@@ -242,6 +251,7 @@ fn write_context(catalog: &ExtensionCatalog) -> WriteContext {
 
 /// Write the events, then record their versions.
 fn write(
+    connection: Connection<'_>,
     catalog: &ExtensionCatalog,
     kind: EventKind,
     events: Vec<(Encoded, i32)>,
@@ -266,40 +276,43 @@ fn write(
             }
         })
         .collect();
-    outbox::write(write_context(catalog), events)?;
-    versions::record(&states)?;
+    outbox::write(connection, write_context(catalog), events)?;
+    versions::record(connection, &states)?;
     Ok(states.len())
 }
 
 /// The instances' snapshots, read as `ae_events_snapshot`.
 fn read_snapshots(
+    connection: Connection<'_>,
     catalog: &ExtensionCatalog,
     instance_ids: &[i64],
 ) -> Result<Vec<TestInstance>, EventError> {
     let _reader = SnapshotReader::enter(catalog);
-    snapshot::build(instance_ids)
+    snapshot::build(connection, instance_ids)
 }
 
 fn emit_created(
+    connection: Connection<'_>,
     catalog: &ExtensionCatalog,
     rules: &Rules,
     instance_ids: &[i64],
 ) -> Result<(), EventError> {
-    let encoded = encode(read_snapshots(catalog, instance_ids)?, rules)?;
+    let encoded = encode(read_snapshots(connection, catalog, instance_ids)?, rules)?;
     let events = encoded.into_iter().map(|encoded| (encoded, 1)).collect();
-    write(catalog, EventKind::Created, events).map(drop)
+    write(connection, catalog, EventKind::Created, events).map(drop)
 }
 
 /// Lock the instances' versions, then read their snapshots (so that they include what a
 /// concurrent transaction holding the lock committed) and write those that changed.
 fn emit_updated(
+    connection: Connection<'_>,
     catalog: &ExtensionCatalog,
     rules: &Rules,
     instance_ids: &[i64],
     unchanged: Unchanged,
 ) -> Result<usize, EventError> {
-    let mut states = versions::lock(instance_ids)?;
-    let encoded = encode(read_snapshots(catalog, instance_ids)?, rules)?;
+    let mut states = versions::lock(connection, instance_ids)?;
+    let encoded = encode(read_snapshots(connection, catalog, instance_ids)?, rules)?;
     let mut events = Vec::with_capacity(encoded.len());
     for encoded in encoded {
         let Some(state) = states.remove(&encoded.instance_id) else {
@@ -315,8 +328,8 @@ fn emit_updated(
     }
     // What is left was not built: the instance no longer exists (deleted concurrently).
     let vanished = sorted_unique(states.into_keys().collect());
-    versions::forget(&vanished)?;
-    write(catalog, EventKind::Updated, events)
+    versions::forget(connection, &vanished)?;
+    write(connection, catalog, EventKind::Updated, events)
 }
 
 /// "789" or "1, 2, 3", or "1, 2, 3, ... (1000 instances)" for long lists.

@@ -30,6 +30,7 @@
 use crate::errors::EventError;
 use crate::pending::Changes;
 use crate::privileges::ExtensionCatalog;
+use crate::rows::Connection;
 use crate::snapshot;
 use crate::sources::{table_oid, EnabledSources, Key, Source, SOURCES};
 use pgrx::prelude::*;
@@ -52,9 +53,12 @@ pub struct Locks {
 type LockKey = (u32, u16);
 
 impl Locks {
-    /// The locks for one pass over `changes` (inside an SPI connection, reading as the snapshot
-    /// role).
-    pub fn for_changes(changes: &Changes, enabled: EnabledSources) -> Result<Locks, EventError> {
+    /// The locks for one pass over `changes` (reading as the snapshot role).
+    pub fn for_changes(
+        connection: Connection<'_>,
+        changes: &Changes,
+        enabled: EnabledSources,
+    ) -> Result<Locks, EventError> {
         let mut locks = Locks::default();
         for (&key, ids) in &changes.touched {
             if let Some(source) = key_source(key) {
@@ -75,7 +79,7 @@ impl Locks {
         let measurements_on =
             enabled.contains(Source::Measurement) || enabled.contains(Source::MeasurementAttribute);
         if candidates_on || measurements_on {
-            let (candidates, measurements) = snapshot::references(&written)?;
+            let (candidates, measurements) = snapshot::references(connection, &written)?;
             if candidates_on {
                 add(&mut locks.referenced, Source::Candidate, &candidates);
             }

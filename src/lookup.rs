@@ -3,7 +3,7 @@
 //! reading as `ae_events_snapshot`.
 
 use crate::errors::EventError;
-use crate::rows::{int8_array, sorted_unique, KeptPlan};
+use crate::rows::{int8_array, sorted_unique, Connection, KeptPlan};
 use crate::sources::Key;
 use pgrx::prelude::*;
 use std::cell::RefCell;
@@ -90,8 +90,9 @@ fn instances_query(key: Key) -> Option<&'static str> {
 }
 
 /// The instances whose snapshots include the touched rows, ascending, without duplicates.
-/// (Runs inside the pass: as the owner, in an SPI connection.)
+/// (Runs inside the pass, reading as `ae_events_snapshot`.)
 pub fn affected_instances(
+    connection: Connection<'_>,
     touched: &std::collections::BTreeMap<Key, Vec<i64>>,
 ) -> Result<Vec<i64>, EventError> {
     let mut instances = Vec::new();
@@ -111,15 +112,18 @@ pub fn affected_instances(
                 let position = match queries.iter().position(|(known, _)| *known == key) {
                     Some(position) => position,
                     None => {
-                        let plan =
-                            KeptPlan::prepare_planned_per_call(sql, &[pg_sys::INT8ARRAYOID])?;
+                        let plan = KeptPlan::prepare_planned_per_call(
+                            connection,
+                            sql,
+                            &[pg_sys::INT8ARRAYOID],
+                        )?;
                         queries.push((key, plan));
                         queries.len() - 1
                     }
                 };
                 queries[position]
                     .1
-                    .run_freeing(vec![int8_array(ids)?])?
+                    .run_freeing(connection, vec![int8_array(ids)?])?
                     .for_each(|row| {
                         if let Some(id) = row.get::<i64>(1).map_err(EventError::internal)? {
                             instances.push(id);

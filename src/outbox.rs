@@ -12,7 +12,7 @@
 use crate::errors::EventError;
 use crate::jsonb::StoredJsonb;
 use crate::notification::{self, Envelope};
-use crate::rows::KeptPlan;
+use crate::rows::{Connection, KeptPlan};
 use crate::settings::NotifyMode;
 use crate::timefmt::rfc3339_utc;
 use pgrx::datum::TimestampWithTimeZone;
@@ -114,7 +114,7 @@ SELECT (e).id, (e).event_id, (e).subscription_key, (e).event_type, (e).aggregate
        pg_catalog.pg_current_xact_id()
   FROM (SELECT ae_events._pending_outbox_rows() AS e OFFSET 0) AS pending";
 
-fn insert_plans() -> Result<Rc<InsertPlans>, EventError> {
+fn insert_plans(connection: Connection<'_>) -> Result<Rc<InsertPlans>, EventError> {
     if let Some(plans) = INSERTS.with_borrow(|plans| plans.clone()) {
         return Ok(plans);
     }
@@ -132,8 +132,8 @@ fn insert_plans() -> Result<Rc<InsertPlans>, EventError> {
     ];
     let context = |error: EventError| error.context("cannot prepare the outbox insert");
     let plans = Rc::new(InsertPlans {
-        streaming: KeptPlan::prepare(INSERT_EVENTS, &[]).map_err(context)?,
-        one: KeptPlan::prepare(INSERT_EVENT, &one_types).map_err(context)?,
+        streaming: KeptPlan::prepare(connection, INSERT_EVENTS, &[]).map_err(context)?,
+        one: KeptPlan::prepare(connection, INSERT_EVENT, &one_types).map_err(context)?,
     });
     INSERTS.with_borrow_mut(|slot| *slot = Some(Rc::clone(&plans)));
     Ok(plans)
@@ -163,8 +163,12 @@ fn ensure_epoch(id_sequence: pg_sys::Oid) -> Result<(), EventError> {
 
 /// Write the events (and queue their notifications): one streaming INSERT, or for a few
 /// events one plain INSERT each.
-pub fn write(context: WriteContext, events: Vec<Event>) -> Result<(), EventError> {
-    let plans = insert_plans()?;
+pub fn write(
+    connection: Connection<'_>,
+    context: WriteContext,
+    events: Vec<Event>,
+) -> Result<(), EventError> {
+    let plans = insert_plans(connection)?;
     ensure_epoch(context.id_sequence)?;
     let few = events.len() <= FEW_EVENTS;
     let occurred_at_text = rfc3339_utc(context.occurred_at);
@@ -182,9 +186,9 @@ pub fn write(context: WriteContext, events: Vec<Event>) -> Result<(), EventError
         });
     });
     let result = if few {
-        insert_one_by_one(&plans.one)
+        insert_one_by_one(connection, &plans.one)
     } else {
-        plans.streaming.run(&mut []).map(drop)
+        plans.streaming.run(connection, &mut []).map(drop)
     }
     .map_err(|error| error.context("cannot insert into ae_events.outbox"));
     DRAIN.with_borrow_mut(|drain| *drain = None);
@@ -192,7 +196,7 @@ pub fn write(context: WriteContext, events: Vec<Event>) -> Result<(), EventError
     result
 }
 
-fn insert_one_by_one(plan: &KeptPlan) -> Result<(), EventError> {
+fn insert_one_by_one(connection: Connection<'_>, plan: &KeptPlan) -> Result<(), EventError> {
     while let Some(row) = next_row() {
         let (
             id,
@@ -219,7 +223,7 @@ fn insert_one_by_one(plan: &KeptPlan) -> Result<(), EventError> {
             payload.datum(),
             datum(occurred_at.into_datum())?,
         ];
-        plan.run(&mut arguments)?;
+        plan.run(connection, &mut arguments)?;
     }
     Ok(())
 }

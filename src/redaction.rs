@@ -16,7 +16,7 @@
 
 use crate::errors::EventError;
 use crate::jsonb::{read_container, Child, EncodeError, Encoder, Kind};
-use crate::rows::{with_kept_plan, KeptPlan};
+use crate::rows::{with_kept_plan, Connection, KeptPlan};
 use pgrx::prelude::*;
 use std::cell::RefCell;
 
@@ -226,12 +226,12 @@ thread_local! {
 }
 
 impl Rules {
-    /// Read the rules (inside an SPI connection, as the extension's owner).
-    pub fn load() -> Result<Rules, EventError> {
+    /// Read the rules (as the extension's owner).
+    pub fn load(connection: Connection<'_>) -> Result<Rules, EventError> {
         crate::privileges::ensure_current_sql_objects()?;
         let mut rules = Rules::default();
-        with_kept_plan(&QUERY, RULES_QUERY, |query| {
-            query.run(&mut [])?.for_each(|row| {
+        with_kept_plan(connection, &QUERY, RULES_QUERY, |query| {
+            query.run(connection, &mut [])?.for_each(|row| {
                 let path: Option<String> = row.get(1).map_err(EventError::internal)?;
                 let action: Option<String> = row.get(2).map_err(EventError::internal)?;
                 let (Some(path), Some(action)) = (path, action) else {

@@ -7,6 +7,7 @@ use crate::errors::{self, EventError};
 use crate::jsonb::Encoder;
 use crate::jsonb::StoredJsonb;
 use crate::privileges::{ExtensionCatalog, OwnerPrivileges};
+use crate::rows::Connection;
 use crate::snapshot;
 use pgrx::prelude::*;
 
@@ -23,8 +24,9 @@ fn snapshot(instance_id: i64) -> Option<StoredJsonb> {
             let _privileges = OwnerPrivileges::enter(catalog.owner);
             emitter::payload_rules()
         };
-        Spi::connect(|_| {
-            let Some(snapshot) = snapshot::build(&[instance_id])?.pop() else {
+        Spi::connect(|client| {
+            let connection = Connection::of(client);
+            let Some(snapshot) = snapshot::build(connection, &[instance_id])?.pop() else {
                 return Ok(None);
             };
             emitter::encode_one(&mut Encoder::default(), &rules, &snapshot).map(Some)

@@ -9,7 +9,23 @@
 use crate::errors::EventError;
 use pgrx::prelude::*;
 use std::ffi::CString;
+use std::marker::PhantomData;
 use std::ptr::NonNull;
+
+/// An open SPI connection, as a value: what needs one takes it as an argument (instead of a
+/// comment saying "inside an SPI connection"), and the rows a query returns borrow it, so that
+/// they cannot outlive the connection whose memory holds them.
+#[derive(Clone, Copy)]
+pub struct Connection<'conn> {
+    _open: PhantomData<&'conn ()>,
+}
+
+impl<'conn> Connection<'conn> {
+    /// The connection pgrx opened (`Spi::connect`).
+    pub fn of(_client: &'conn pgrx::spi::SpiClient<'_>) -> Connection<'conn> {
+        Connection { _open: PhantomData }
+    }
+}
 
 /// A plan kept for the life of the backend (PostgreSQL's plan cache re-plans it after DDL).
 pub struct KeptPlan {
@@ -17,8 +33,12 @@ pub struct KeptPlan {
 }
 
 impl KeptPlan {
-    /// Prepare `sql` (inside an SPI connection) as a generic plan and keep it.
-    pub fn prepare(sql: &str, argument_types: &[pg_sys::Oid]) -> Result<KeptPlan, EventError> {
+    /// Prepare `sql` as a generic plan and keep it.
+    pub fn prepare(
+        _connection: Connection<'_>,
+        sql: &str,
+        argument_types: &[pg_sys::Oid],
+    ) -> Result<KeptPlan, EventError> {
         Self::prepare_with(sql, argument_types, pg_sys::CURSOR_OPT_GENERIC_PLAN as i32)
     }
 
@@ -26,6 +46,7 @@ impl KeptPlan {
     /// (for queries whose best plan depends on how many ids they get, such as bubble-up lookups
     /// that fan out from one reference row to thousands of instances).
     pub fn prepare_planned_per_call(
+        _connection: Connection<'_>,
         sql: &str,
         argument_types: &[pg_sys::Oid],
     ) -> Result<KeptPlan, EventError> {
@@ -40,7 +61,7 @@ impl KeptPlan {
         let sql =
             CString::new(sql).map_err(|_| EventError::internal("a query holds a NUL byte"))?;
         let mut types = argument_types.to_vec();
-        // SAFETY: called inside an SPI connection; PostgreSQL raises an ERROR on a bad query.
+        // SAFETY: callers hold a `Connection`; PostgreSQL raises an ERROR on a bad query.
         let plan = unsafe {
             pg_sys::SPI_prepare_cursor(
                 sql.as_ptr(),
@@ -66,7 +87,11 @@ impl KeptPlan {
     }
 
     /// Run the plan with the given (non-null) arguments; a SELECT's rows, or none.
-    pub fn run(&self, arguments: &mut [pg_sys::Datum]) -> Result<ResultRows, EventError> {
+    pub fn run<'conn>(
+        &self,
+        _connection: Connection<'conn>,
+        arguments: &mut [pg_sys::Datum],
+    ) -> Result<ResultRows<'conn>, EventError> {
         let nulls = vec![b' ' as std::ffi::c_char; arguments.len()];
         // SAFETY: inside an SPI connection; the plan is kept; arguments match its types.
         let status = LatestSnapshots::reading(|read_only| unsafe {
@@ -86,13 +111,21 @@ impl KeptPlan {
         }
         // SAFETY: SPI sets these after every execution.
         let (table, count) = unsafe { (pg_sys::SPI_tuptable, pg_sys::SPI_processed as usize) };
-        Ok(ResultRows { table, count })
+        Ok(ResultRows {
+            table,
+            count,
+            _connection: PhantomData,
+        })
     }
 
     /// Run with argument values palloc'd for this run (arrays, bytea), freed right after it so
     /// that a pass over many chunks does not accumulate them.
-    pub fn run_freeing(&self, mut arguments: Vec<pg_sys::Datum>) -> Result<ResultRows, EventError> {
-        let result = self.run(&mut arguments);
+    pub fn run_freeing<'conn>(
+        &self,
+        connection: Connection<'conn>,
+        mut arguments: Vec<pg_sys::Datum>,
+    ) -> Result<ResultRows<'conn>, EventError> {
+        let result = self.run(connection, &mut arguments);
         for argument in arguments {
             // SAFETY: each argument was palloc'd by the caller for this run only.
             unsafe { pg_sys::pfree(argument.cast_mut_ptr()) };
@@ -106,6 +139,7 @@ impl KeptPlan {
     /// the arguments.
     pub fn for_each_batched(
         &self,
+        _connection: Connection<'_>,
         mut arguments: Vec<pg_sys::Datum>,
         batch: usize,
         read: impl FnMut(&Row) -> Result<(), EventError>,
@@ -152,6 +186,7 @@ impl KeptPlan {
                 ResultRows {
                     table: pg_sys::SPI_tuptable,
                     count: pg_sys::SPI_processed as usize,
+                    _connection: PhantomData,
                 }
             };
             if rows.count == 0 {
@@ -209,6 +244,7 @@ impl Drop for LatestSnapshots {
 /// Run `use_plan` with the plan kept in `slot`, preparing `sql` (no arguments) there on first
 /// use in the session.
 pub fn with_kept_plan<R>(
+    connection: Connection<'_>,
     slot: &'static std::thread::LocalKey<std::cell::RefCell<Option<KeptPlan>>>,
     sql: &str,
     use_plan: impl FnOnce(&KeptPlan) -> Result<R, EventError>,
@@ -216,7 +252,7 @@ pub fn with_kept_plan<R>(
     slot.with_borrow_mut(|slot| {
         let plan = match slot {
             Some(plan) => plan,
-            None => slot.insert(KeptPlan::prepare(sql, &[])?),
+            None => slot.insert(KeptPlan::prepare(connection, sql, &[])?),
         };
         use_plan(plan)
     })
@@ -236,13 +272,15 @@ pub fn int8_array(ids: &[i64]) -> Result<pg_sys::Datum, EventError> {
         .ok_or_else(|| EventError::internal("an int8[] argument is null"))
 }
 
-/// The rows of one execution; freed when dropped.
-pub struct ResultRows {
+/// The rows of one execution, in the memory of the SPI connection they borrow; freed when
+/// dropped.
+pub struct ResultRows<'conn> {
     table: *mut pg_sys::SPITupleTable,
     count: usize,
+    _connection: PhantomData<Connection<'conn>>,
 }
 
-impl Drop for ResultRows {
+impl Drop for ResultRows<'_> {
     fn drop(&mut self) {
         if !self.table.is_null() && !std::thread::panicking() {
             // SAFETY: the table came from the last SPI execution and is freed once.
@@ -251,7 +289,7 @@ impl Drop for ResultRows {
     }
 }
 
-impl ResultRows {
+impl ResultRows<'_> {
     /// Hand each row to `read`.
     pub fn for_each(
         &self,

@@ -8,7 +8,7 @@
 
 use crate::errors::EventError;
 use crate::payload::*;
-use crate::rows::{int8_array, sorted_unique, ColumnValue, KeptPlan};
+use crate::rows::{int8_array, sorted_unique, ColumnValue, Connection, KeptPlan};
 use crate::settings::ScopedSetting;
 use pgrx::prelude::*;
 use std::cell::RefCell;
@@ -295,30 +295,34 @@ thread_local! {
     static PLANS: RefCell<Option<Rc<PlanSets>>> = const { RefCell::new(None) };
 }
 
-fn prepare(sql: &str) -> Result<KeptPlan, EventError> {
-    KeptPlan::prepare(sql, &[pg_sys::INT8ARRAYOID])
+fn prepare(connection: Connection<'_>, sql: &str) -> Result<KeptPlan, EventError> {
+    KeptPlan::prepare(connection, sql, &[pg_sys::INT8ARRAYOID])
 }
 
 /// The backend's prepared plans (generic, kept); PostgreSQL's plan cache re-plans them after DDL.
-fn plan_sets() -> Result<Rc<PlanSets>, EventError> {
+fn plan_sets(connection: Connection<'_>) -> Result<Rc<PlanSets>, EventError> {
     if let Some(plans) = PLANS.with_borrow(|plans| plans.clone()) {
         return Ok(plans);
     }
     let plans = Rc::new(PlanSets {
         few: FewPlans {
-            instances_with_references: prepare(INSTANCES_WITH_REFERENCES)?,
+            instances_with_references: prepare(connection, INSTANCES_WITH_REFERENCES)?,
             measurement_attributes_with_references: prepare(
+                connection,
                 MEASUREMENT_ATTRIBUTES_WITH_REFERENCES,
             )?,
         },
         many: ManyPlans {
-            instances: prepare(INSTANCES)?,
-            candidates: prepare(CANDIDATES)?,
-            catalog_assessments: prepare(CATALOG_ASSESSMENTS)?,
-            measurements: prepare(MEASUREMENTS)?,
-            measurement_attributes: prepare(MEASUREMENT_ATTRIBUTES)?,
-            section_configuration_attributes: prepare(SECTION_CONFIGURATION_ATTRIBUTES)?,
-            ordinals: prepare(ORDINALS)?,
+            instances: prepare(connection, INSTANCES)?,
+            candidates: prepare(connection, CANDIDATES)?,
+            catalog_assessments: prepare(connection, CATALOG_ASSESSMENTS)?,
+            measurements: prepare(connection, MEASUREMENTS)?,
+            measurement_attributes: prepare(connection, MEASUREMENT_ATTRIBUTES)?,
+            section_configuration_attributes: prepare(
+                connection,
+                SECTION_CONFIGURATION_ATTRIBUTES,
+            )?,
+            ordinals: prepare(connection, ORDINALS)?,
         },
     });
     PLANS.with_borrow_mut(|slot| *slot = Some(Rc::clone(&plans)));
@@ -382,12 +386,13 @@ fn warn_missing(instance_id: i64, reference: &str, id: i64) {
 /// Run one of the prepared queries over `ids` and hand each row, named by its id in column 1,
 /// to `read`.
 fn for_each_row(
+    connection: Connection<'_>,
     plan: &KeptPlan,
     ids: &[i64],
     table: &'static str,
     mut read: impl FnMut(i64, &Row<'_>) -> Result<(), EventError>,
 ) -> Result<(), EventError> {
-    plan.run_freeing(vec![int8_array(ids)?])
+    plan.run_freeing(connection, vec![int8_array(ids)?])
         .map_err(|error| error.context(format!("cannot read {table}")))?
         .for_each(|row| read_named(row, table, &mut read))
 }
@@ -398,14 +403,18 @@ const ATTRIBUTE_BATCH: usize = 1000;
 
 /// `for_each_row` for the attribute queries: batched.
 fn for_each_attribute_row(
+    connection: Connection<'_>,
     plan: &KeptPlan,
     measurement_ids: &[i64],
     mut read: impl FnMut(i64, &Row<'_>) -> Result<(), EventError>,
 ) -> Result<(), EventError> {
     let table = "tcf.measurement_attribute";
-    plan.for_each_batched(vec![int8_array(measurement_ids)?], ATTRIBUTE_BATCH, |row| {
-        read_named(row, table, &mut read)
-    })
+    plan.for_each_batched(
+        connection,
+        vec![int8_array(measurement_ids)?],
+        ATTRIBUTE_BATCH,
+        |row| read_named(row, table, &mut read),
+    )
     .map_err(|error| error.context(format!("cannot read {table}")))
 }
 
@@ -435,18 +444,27 @@ thread_local! {
 }
 
 /// The candidates and measurements that the instances refer to.
-pub fn references(instance_ids: &[i64]) -> Result<(Vec<i64>, Vec<i64>), EventError> {
+pub fn references(
+    connection: Connection<'_>,
+    instance_ids: &[i64],
+) -> Result<(Vec<i64>, Vec<i64>), EventError> {
     let mut candidates = Vec::with_capacity(instance_ids.len());
     let mut measurements = Vec::with_capacity(instance_ids.len());
-    read_by_ids(&REFERENCES_PLAN, REFERENCES, instance_ids, |row| {
-        if let Some(candidate) = row.get::<i64>(1).map_err(EventError::internal)? {
-            candidates.push(candidate);
-        }
-        if let Some(measurement) = row.get::<i64>(2).map_err(EventError::internal)? {
-            measurements.push(measurement);
-        }
-        Ok(())
-    })
+    read_by_ids(
+        connection,
+        &REFERENCES_PLAN,
+        REFERENCES,
+        instance_ids,
+        |row| {
+            if let Some(candidate) = row.get::<i64>(1).map_err(EventError::internal)? {
+                candidates.push(candidate);
+            }
+            if let Some(measurement) = row.get::<i64>(2).map_err(EventError::internal)? {
+                measurements.push(measurement);
+            }
+            Ok(())
+        },
+    )
     .map_err(|error| error.context("cannot read the references of ti.instance rows"))?;
     Ok((candidates, measurements))
 }
@@ -454,6 +472,7 @@ pub fn references(instance_ids: &[i64]) -> Result<(Vec<i64>, Vec<i64>), EventErr
 /// Run a query over ids, prepared once in `slot` and planned and run with the settings for many
 /// instances; each result row goes to `read`.
 fn read_by_ids(
+    connection: Connection<'_>,
     slot: &'static std::thread::LocalKey<RefCell<Option<KeptPlan>>>,
     sql: &str,
     ids: &[i64],
@@ -463,9 +482,10 @@ fn read_by_ids(
     let result = slot.with_borrow_mut(|slot| {
         let plan = match slot {
             Some(plan) => plan,
-            None => slot.insert(prepare(sql)?),
+            None => slot.insert(prepare(connection, sql)?),
         };
-        plan.run_freeing(vec![int8_array(ids)?])?.for_each(read)
+        plan.run_freeing(connection, vec![int8_array(ids)?])?
+            .for_each(read)
     });
     settings.end();
     result
@@ -488,12 +508,17 @@ thread_local! {
 /// measurement attributes together (an instance with more is a group of its own), so that the
 /// memory a group takes is bounded by attributes as well as by instances. One instance needs no
 /// question.
-pub fn group_by_attributes(instance_ids: &[i64], budget: i64) -> Result<Vec<&[i64]>, EventError> {
+pub fn group_by_attributes<'ids>(
+    connection: Connection<'_>,
+    instance_ids: &'ids [i64],
+    budget: i64,
+) -> Result<Vec<&'ids [i64]>, EventError> {
     if instance_ids.len() <= 1 {
         return Ok(vec![instance_ids]);
     }
     let mut counts = HashMap::with_capacity(instance_ids.len());
     read_by_ids(
+        connection,
         &ATTRIBUTE_COUNTS_PLAN,
         ATTRIBUTE_COUNTS,
         instance_ids,
@@ -523,8 +548,11 @@ pub fn group_by_attributes(instance_ids: &[i64], budget: i64) -> Result<Vec<&[i6
 
 /// Build the payloads of the given instances, in ascending id order. Instances that no longer
 /// exist (deleted later in the same transaction) are left out.
-pub fn build(instance_ids: &[i64]) -> Result<Vec<TestInstance>, EventError> {
-    let plan_sets = plan_sets()?;
+pub fn build(
+    connection: Connection<'_>,
+    instance_ids: &[i64],
+) -> Result<Vec<TestInstance>, EventError> {
+    let plan_sets = plan_sets(connection)?;
     let few = instance_ids.len() <= FEW_INSTANCES;
     let settings = ScopedSetting::set_many(if few {
         FEW_PLANNER_SETTINGS
@@ -532,9 +560,9 @@ pub fn build(instance_ids: &[i64]) -> Result<Vec<TestInstance>, EventError> {
         MANY_PLANNER_SETTINGS
     });
     let chunk = if few {
-        read_together(&plan_sets.few, instance_ids)
+        read_together(connection, &plan_sets.few, instance_ids)
     } else {
-        read_table_by_table(&plan_sets.many, instance_ids)
+        read_table_by_table(connection, &plan_sets.many, instance_ids)
     };
     settings.end();
     chunk.map(assemble)
@@ -569,10 +597,14 @@ impl ChunkRows {
 }
 
 /// Few instances: one query for the instances and the rows they refer to.
-fn read_together(plans: &FewPlans, instance_ids: &[i64]) -> Result<ChunkRows, EventError> {
+fn read_together(
+    connection: Connection<'_>,
+    plans: &FewPlans,
+    instance_ids: &[i64],
+) -> Result<ChunkRows, EventError> {
     let mut chunk = ChunkRows::default();
     let query = &plans.instances_with_references;
-    for_each_row(query, instance_ids, "ti.instance", |id, row| {
+    for_each_row(connection, query, instance_ids, "ti.instance", |id, row| {
         chunk.instances.push(instance_from(id, row)?);
         if let Some((id, part)) = row.joined("can.candidate", CANDIDATE_OFFSET)? {
             chunk
@@ -590,44 +622,72 @@ fn read_together(plans: &FewPlans, instance_ids: &[i64]) -> Result<ChunkRows, Ev
         }
         Ok(())
     })?;
-    chunk.with_attributes(|ids| read_attributes_together(plans, ids))
+    chunk.with_attributes(|ids| read_attributes_together(connection, plans, ids))
 }
 
 /// Many instances: one query per table, each over the distinct ids the chunk refers to.
-fn read_table_by_table(plans: &ManyPlans, instance_ids: &[i64]) -> Result<ChunkRows, EventError> {
+fn read_table_by_table(
+    connection: Connection<'_>,
+    plans: &ManyPlans,
+    instance_ids: &[i64],
+) -> Result<ChunkRows, EventError> {
     let mut chunk = ChunkRows::default();
-    for_each_row(&plans.instances, instance_ids, "ti.instance", |id, row| {
-        chunk.instances.push(instance_from(id, row)?);
-        Ok(())
-    })?;
+    for_each_row(
+        connection,
+        &plans.instances,
+        instance_ids,
+        "ti.instance",
+        |id, row| {
+            chunk.instances.push(instance_from(id, row)?);
+            Ok(())
+        },
+    )?;
     if chunk.instances.is_empty() {
         return Ok(chunk);
     }
     let instances = &chunk.instances;
     let ids = sorted_unique(instances.iter().map(|i| i.candidate_id).collect());
-    for_each_row(&plans.candidates, &ids, "can.candidate", |id, row| {
-        chunk
-            .candidates
-            .insert(id, Rc::new(candidate_from(id, row)?));
-        Ok(())
-    })?;
+    for_each_row(
+        connection,
+        &plans.candidates,
+        &ids,
+        "can.candidate",
+        |id, row| {
+            chunk
+                .candidates
+                .insert(id, Rc::new(candidate_from(id, row)?));
+            Ok(())
+        },
+    )?;
     let ids = sorted_unique(instances.iter().map(|i| i.catalog_assessment_id).collect());
     let table = "ae.catalog_assessment";
-    for_each_row(&plans.catalog_assessments, &ids, table, |id, row| {
-        let catalog_assessment = catalog_assessment_from(id, row)?;
-        chunk
-            .catalog_assessments
-            .insert(id, Rc::new(Shared::new(catalog_assessment)));
-        Ok(())
-    })?;
+    for_each_row(
+        connection,
+        &plans.catalog_assessments,
+        &ids,
+        table,
+        |id, row| {
+            let catalog_assessment = catalog_assessment_from(id, row)?;
+            chunk
+                .catalog_assessments
+                .insert(id, Rc::new(Shared::new(catalog_assessment)));
+            Ok(())
+        },
+    )?;
     let ids = sorted_unique(instances.iter().filter_map(|i| i.measurement_id).collect());
     if !ids.is_empty() {
-        for_each_row(&plans.measurements, &ids, "tcf.measurement", |id, row| {
-            chunk.measurements.insert(id, measurement_from(id, row)?);
-            Ok(())
-        })?;
+        for_each_row(
+            connection,
+            &plans.measurements,
+            &ids,
+            "tcf.measurement",
+            |id, row| {
+                chunk.measurements.insert(id, measurement_from(id, row)?);
+                Ok(())
+            },
+        )?;
     }
-    chunk.with_attributes(|ids| read_attributes_table_by_table(plans, ids))
+    chunk.with_attributes(|ids| read_attributes_table_by_table(connection, plans, ids))
 }
 
 /// Give each instance its referenced rows (a WARNING for each that does not exist).
@@ -772,6 +832,7 @@ fn warn_missing_reference(table: &str, id: i64, reference: &str, reference_id: i
 /// Few instances: the attributes with their reference rows in one query; each reference row is
 /// built once (later rows share it).
 fn read_attributes_together(
+    connection: Connection<'_>,
     plans: &FewPlans,
     measurement_ids: Vec<i64>,
 ) -> Result<Vec<(i64, MeasurementAttribute)>, EventError> {
@@ -779,7 +840,7 @@ fn read_attributes_together(
     let mut ordinals: HashMap<i64, Rc<Shared<Ordinal>>> = HashMap::new();
     let mut attributes = Vec::new();
     let query = &plans.measurement_attributes_with_references;
-    for_each_attribute_row(query, &measurement_ids, |id, row| {
+    for_each_attribute_row(connection, query, &measurement_ids, |id, row| {
         let table = "tcf.section_configuration_attribute";
         let sca = match row.joined(table, SECTION_CONFIGURATION_ATTRIBUTE_OFFSET)? {
             Some((sca_id, part)) => Some(match scas.get(&sca_id) {
@@ -819,6 +880,7 @@ fn read_attributes_together(
 
 /// Many instances: the attributes, then the reference rows they use, each read once.
 fn read_attributes_table_by_table(
+    connection: Connection<'_>,
     plans: &ManyPlans,
     measurement_ids: Vec<i64>,
 ) -> Result<Vec<(i64, MeasurementAttribute)>, EventError> {
@@ -831,7 +893,7 @@ fn read_attributes_table_by_table(
     }
     let mut unresolved = Vec::new();
     let query = &plans.measurement_attributes;
-    for_each_attribute_row(query, &measurement_ids, |id, row| {
+    for_each_attribute_row(connection, query, &measurement_ids, |id, row| {
         unresolved.push(Unresolved {
             measurement_id: row.req(2, "measurement_id")?,
             id,
@@ -845,6 +907,7 @@ fn read_attributes_table_by_table(
     let ids = sorted_unique(unresolved.iter().map(|a| a.sca_id).collect());
     let query = &plans.section_configuration_attributes;
     for_each_row(
+        connection,
         query,
         &ids,
         "tcf.section_configuration_attribute",
@@ -856,10 +919,16 @@ fn read_attributes_table_by_table(
     let mut ordinals = HashMap::new();
     let ids = sorted_unique(unresolved.iter().filter_map(|a| a.ordinal_id).collect());
     if !ids.is_empty() {
-        for_each_row(&plans.ordinals, &ids, "tcf.ordinal", |id, row| {
-            ordinals.insert(id, Rc::new(Shared::new(ordinal_from(id, row)?)));
-            Ok(())
-        })?;
+        for_each_row(
+            connection,
+            &plans.ordinals,
+            &ids,
+            "tcf.ordinal",
+            |id, row| {
+                ordinals.insert(id, Rc::new(Shared::new(ordinal_from(id, row)?)));
+                Ok(())
+            },
+        )?;
     }
     Ok(unresolved
         .into_iter()

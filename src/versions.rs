@@ -6,7 +6,7 @@
 //! The table is in `pg_extension_config_dump`, so the state survives `pg_dump`/`pg_restore`.
 
 use crate::errors::EventError;
-use crate::rows::{int8_array, KeptPlan};
+use crate::rows::{int8_array, Connection, KeptPlan};
 use pgrx::prelude::*;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -64,7 +64,7 @@ thread_local! {
     static PLANS: RefCell<Option<Rc<Plans>>> = const { RefCell::new(None) };
 }
 
-fn plans() -> Result<Rc<Plans>, EventError> {
+fn plans(connection: Connection<'_>) -> Result<Rc<Plans>, EventError> {
     if let Some(plans) = PLANS.with_borrow(|plans| plans.clone()) {
         return Ok(plans);
     }
@@ -72,9 +72,10 @@ fn plans() -> Result<Rc<Plans>, EventError> {
     let ids = [pg_sys::INT8ARRAYOID];
     let context = |error: EventError| error.context("cannot prepare the instance state queries");
     let plans = Rc::new(Plans {
-        lock: KeptPlan::prepare(LOCK_STATES, &ids).map_err(context)?,
-        add_missing: KeptPlan::prepare(ADD_MISSING_STATES, &ids).map_err(context)?,
+        lock: KeptPlan::prepare(connection, LOCK_STATES, &ids).map_err(context)?,
+        add_missing: KeptPlan::prepare(connection, ADD_MISSING_STATES, &ids).map_err(context)?,
         record: KeptPlan::prepare(
+            connection,
             RECORD_STATES,
             &[
                 pg_sys::INT8ARRAYOID,
@@ -83,18 +84,19 @@ fn plans() -> Result<Rc<Plans>, EventError> {
             ],
         )
         .map_err(context)?,
-        forget: KeptPlan::prepare(FORGET_STATES, &ids).map_err(context)?,
+        forget: KeptPlan::prepare(connection, FORGET_STATES, &ids).map_err(context)?,
     });
     PLANS.with_borrow_mut(|slot| *slot = Some(Rc::clone(&plans)));
     Ok(plans)
 }
 
 fn read_locked(
+    connection: Connection<'_>,
     plan: &KeptPlan,
     instance_ids: &[i64],
     states: &mut HashMap<i64, State>,
 ) -> Result<(), EventError> {
-    plan.run_freeing(vec![int8_array(instance_ids)?])?
+    plan.run_freeing(connection, vec![int8_array(instance_ids)?])?
         .for_each(|row| {
             let id = row.get::<i64>(1).map_err(EventError::internal)?;
             let version = row.get::<i32>(2).map_err(EventError::internal)?;
@@ -110,11 +112,14 @@ fn read_locked(
 /// return them; instances without a row get one at version 0. Under READ COMMITTED a lock held
 /// by a concurrent transaction makes this wait until it commits, and the rows returned are the
 /// newest; the snapshots read after this see that transaction's changes.
-pub fn lock(instance_ids: &[i64]) -> Result<HashMap<i64, State>, EventError> {
-    let plans = plans()?;
+pub fn lock(
+    connection: Connection<'_>,
+    instance_ids: &[i64],
+) -> Result<HashMap<i64, State>, EventError> {
+    let plans = plans(connection)?;
     let context = |error: EventError| error.context("cannot lock ae_events.instance_state");
     let mut states = HashMap::with_capacity(instance_ids.len());
-    read_locked(&plans.lock, instance_ids, &mut states).map_err(context)?;
+    read_locked(connection, &plans.lock, instance_ids, &mut states).map_err(context)?;
     let missing: Vec<i64> = instance_ids
         .iter()
         .copied()
@@ -123,19 +128,19 @@ pub fn lock(instance_ids: &[i64]) -> Result<HashMap<i64, State>, EventError> {
     if !missing.is_empty() {
         plans
             .add_missing
-            .run_freeing(vec![int8_array(&missing)?])
+            .run_freeing(connection, vec![int8_array(&missing)?])
             .map_err(context)?;
-        read_locked(&plans.lock, &missing, &mut states).map_err(context)?;
+        read_locked(connection, &plans.lock, &missing, &mut states).map_err(context)?;
     }
     Ok(states)
 }
 
 /// Record the versions and digests of the events just written.
-pub fn record(new_states: &[NewState]) -> Result<(), EventError> {
+pub fn record(connection: Connection<'_>, new_states: &[NewState]) -> Result<(), EventError> {
     if new_states.is_empty() {
         return Ok(());
     }
-    let plans = plans()?;
+    let plans = plans(connection)?;
     let ids: Vec<i64> = new_states.iter().map(|state| state.instance_id).collect();
     let versions: Vec<i32> = new_states.iter().map(|state| state.version).collect();
     let digests: Vec<&[u8]> = new_states
@@ -148,19 +153,19 @@ pub fn record(new_states: &[NewState]) -> Result<(), EventError> {
     };
     plans
         .record
-        .run_freeing(vec![int8_array(&ids)?, versions, digests])
+        .run_freeing(connection, vec![int8_array(&ids)?, versions, digests])
         .map(drop)
         .map_err(|error| error.context("cannot record the versions in ae_events.instance_state"))
 }
 
 /// Drop the state of instances that no longer exist.
-pub fn forget(instance_ids: &[i64]) -> Result<(), EventError> {
+pub fn forget(connection: Connection<'_>, instance_ids: &[i64]) -> Result<(), EventError> {
     if instance_ids.is_empty() {
         return Ok(());
     }
-    plans()?
+    plans(connection)?
         .forget
-        .run_freeing(vec![int8_array(instance_ids)?])
+        .run_freeing(connection, vec![int8_array(instance_ids)?])
         .map(drop)
         .map_err(|error| error.context("cannot drop states from ae_events.instance_state"))
 }
