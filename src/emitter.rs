@@ -72,13 +72,9 @@ pub fn emit_pending() {
         if changes.touched.is_empty() {
             continue;
         }
-        let touched = match Spi::connect(|client| {
-            let _reader = SnapshotReader::enter(&catalog);
-            lookup::affected_instances(Connection::of(client), &changes.touched)
-        }) {
-            Ok(instances) => instances,
-            Err(error) => error.report(),
-        };
+        let touched = read_sources(&catalog, |connection| {
+            lookup::affected_instances(connection, &changes.touched)
+        });
         // An instance created in this pass already shows the final state in its created
         // event; a deleted one has nothing to show.
         let updated = difference(&difference(&touched, &changes.created), &gone);
@@ -96,12 +92,23 @@ fn interlock_locks(catalog: &ExtensionCatalog, changes: &pending::Changes) -> Lo
         return Locks::default();
     }
     let enabled = capture::enabled_sources();
-    let locks = Spi::connect(|client| {
+    read_sources(catalog, |connection| {
+        Locks::for_changes(connection, changes, enabled)
+    })
+}
+
+/// Read the application's tables in an SPI connection of its own, as `ae_events_snapshot`
+/// (`privileges::SnapshotReader`); an error fails the transaction.
+fn read_sources<T>(
+    catalog: &ExtensionCatalog,
+    read: impl FnOnce(Connection<'_>) -> Result<T, EventError>,
+) -> T {
+    let result = Spi::connect(|client| {
         let _reader = SnapshotReader::enter(catalog);
-        Locks::for_changes(Connection::of(client), changes, enabled)
+        read(Connection::of(client))
     });
-    match locks {
-        Ok(locks) => locks,
+    match result {
+        Ok(value) => value,
         Err(error) => error.report(),
     }
 }
@@ -128,14 +135,9 @@ pub fn resend(instance_ids: Vec<i64>) -> i64 {
 fn chunks<'a>(catalog: &ExtensionCatalog, instance_ids: &'a [i64]) -> Vec<&'a [i64]> {
     let mut chunks = Vec::new();
     for chunk in instance_ids.chunks(CHUNK_SIZE) {
-        let groups = Spi::connect(|client| {
-            let _reader = SnapshotReader::enter(catalog);
-            snapshot::group_by_attributes(Connection::of(client), chunk, CHUNK_ATTRIBUTES)
-        });
-        match groups {
-            Ok(groups) => chunks.extend(groups),
-            Err(error) => error.report(),
-        }
+        chunks.extend(read_sources(catalog, |connection| {
+            snapshot::group_by_attributes(connection, chunk, CHUNK_ATTRIBUTES)
+        }));
     }
     chunks
 }
