@@ -62,6 +62,24 @@ extension_sql_file!("../sql/src/install.sql", name = "install", finalize);
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     settings::register();
-    pending::register_transaction_callbacks();
-    notification::register_transaction_callback();
+    pending::register_subtransaction_callback();
+    // SAFETY: the callback is a plain function that lives as long as the library.
+    unsafe { pg_sys::RegisterXactCallback(Some(on_transaction_end), std::ptr::null_mut()) };
+}
+
+/// What a transaction's end resets, wherever it lives (capture's records, the notification
+/// budget): one callback for both, so that neither module depends on the other.
+#[pg_guard]
+unsafe extern "C-unwind" fn on_transaction_end(
+    event: pg_sys::XactEvent::Type,
+    _arg: *mut std::ffi::c_void,
+) {
+    use pg_sys::XactEvent::*;
+    if matches!(
+        event,
+        XACT_EVENT_COMMIT | XACT_EVENT_ABORT | XACT_EVENT_PREPARE
+    ) {
+        pending::forget_transaction();
+        notification::transaction_ended();
+    }
 }

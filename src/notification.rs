@@ -54,25 +54,9 @@ pub fn budget_allows(budget: Option<u64>) -> bool {
     budget.is_none_or(|budget| EMBEDDED_BYTES.get() < budget)
 }
 
-/// A transaction's payload budget starts empty: reset when a transaction ends.
-#[pg_guard]
-unsafe extern "C-unwind" fn on_transaction_event(
-    event: pg_sys::XactEvent::Type,
-    _arg: *mut std::ffi::c_void,
-) {
-    use pg_sys::XactEvent::*;
-    if matches!(
-        event,
-        XACT_EVENT_COMMIT | XACT_EVENT_ABORT | XACT_EVENT_PREPARE
-    ) {
-        EMBEDDED_BYTES.set(0);
-    }
-}
-
-/// Called once per backend, from `_PG_init`.
-pub fn register_transaction_callback() {
-    // SAFETY: the callback is a plain function that lives as long as the library.
-    unsafe { pg_sys::RegisterXactCallback(Some(on_transaction_event), std::ptr::null_mut()) };
+/// Called when the transaction ends (`lib.rs`): the next one's payload budget starts empty.
+pub fn transaction_ended() {
+    EMBEDDED_BYTES.set(0);
 }
 
 /// Queue the notification; PostgreSQL delivers it when the transaction commits.

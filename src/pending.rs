@@ -150,22 +150,9 @@ fn forget_subtransaction(aborted: pg_sys::SubTransactionId) {
     });
 }
 
-fn forget_transaction() {
+/// Called when the transaction ends (`lib.rs`): nothing recorded outlives it.
+pub fn forget_transaction() {
     CURRENT.with_borrow_mut(|events| *events = TransactionEvents::default());
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn on_transaction_event(
-    event: pg_sys::XactEvent::Type,
-    _arg: *mut std::ffi::c_void,
-) {
-    use pg_sys::XactEvent::*;
-    if matches!(
-        event,
-        XACT_EVENT_COMMIT | XACT_EVENT_ABORT | XACT_EVENT_PREPARE
-    ) {
-        forget_transaction();
-    }
 }
 
 #[pg_guard]
@@ -181,10 +168,7 @@ unsafe extern "C-unwind" fn on_subtransaction_event(
 }
 
 /// Called once per backend, from `_PG_init`.
-pub fn register_transaction_callbacks() {
-    // SAFETY: the callbacks are plain functions that live as long as the library.
-    unsafe {
-        pg_sys::RegisterXactCallback(Some(on_transaction_event), std::ptr::null_mut());
-        pg_sys::RegisterSubXactCallback(Some(on_subtransaction_event), std::ptr::null_mut());
-    }
+pub fn register_subtransaction_callback() {
+    // SAFETY: the callback is a plain function that lives as long as the library.
+    unsafe { pg_sys::RegisterSubXactCallback(Some(on_subtransaction_event), std::ptr::null_mut()) };
 }
