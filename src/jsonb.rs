@@ -291,17 +291,29 @@ impl StoredJsonb {
 
     /// PostgreSQL's text of this jsonb (what `payload::text` prints).
     pub fn to_text(&self) -> String {
-        // SAFETY: a complete jsonb datum; JsonbToCString returns a palloc'd C string.
+        // SAFETY: a complete jsonb datum.
         unsafe {
             let value = self.0.cast_mut_ptr::<pg_sys::Jsonb>();
             let size = pgrx::varlena::varsize_any(value.cast()) as i32;
-            let text = pg_sys::JsonbToCString(std::ptr::null_mut(), &mut (*value).root, size);
-            let owned = std::ffi::CStr::from_ptr(text)
-                .to_string_lossy()
-                .into_owned();
-            pg_sys::pfree(text.cast());
-            owned
+            container_text(&mut (*value).root, size)
         }
+    }
+}
+
+/// PostgreSQL's text of a jsonb container (`JsonbToCString`), copied and its palloc'd buffer
+/// freed.
+///
+/// # Safety
+/// `container` must point to a complete, 4-byte aligned jsonb container of about `len` bytes.
+pub unsafe fn container_text(container: *mut pg_sys::JsonbContainer, len: i32) -> String {
+    // SAFETY: the caller's contract; JsonbToCString returns a palloc'd C string.
+    unsafe {
+        let text = pg_sys::JsonbToCString(std::ptr::null_mut(), container, len);
+        let owned = std::ffi::CStr::from_ptr(text)
+            .to_string_lossy()
+            .into_owned();
+        pg_sys::pfree(text.cast());
+        owned
     }
 }
 

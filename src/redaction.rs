@@ -15,7 +15,7 @@
 //! touched.
 
 use crate::errors::EventError;
-use crate::jsonb::{read_container, Child, EncodeError, Encoder, Kind};
+use crate::jsonb::{container_text, read_container, Child, EncodeError, Encoder, Kind};
 use crate::rows::{with_kept_plan, Connection, KeptPlan};
 use pgrx::prelude::*;
 use std::cell::RefCell;
@@ -272,18 +272,14 @@ impl Rules {
         }
         let mut encoder = Encoder::default();
         let mut path = Vec::new();
-        let root = rewrite(&mut encoder, &container, &self.root, &mut path, &pg_text).map_err(
-            |error| EventError::BadValue {
+        let root = rewrite(&mut encoder, &container, &self.root, &mut path).map_err(|error| {
+            EventError::BadValue {
                 what: format!("the payload rule at {}: {error}", path.join(".")),
-            },
-        )?;
+            }
+        })?;
         Ok(encoder.root(root).to_vec())
     }
 }
-
-/// The text of a stored value as `#>>` shows it (None for a JSON null); numerics and containers
-/// are printed by PostgreSQL.
-type TextOf<'t> = dyn Fn(&Child<'_>) -> Result<Option<String>, EncodeError> + 't;
 
 /// Copy `container` into `encoder` with the rules below `node` applied; `path` names where the
 /// walk is (for an error message).
@@ -292,7 +288,6 @@ fn rewrite(
     container: &[u8],
     node: &Node,
     path: &mut Vec<String>,
-    text_of: &TextOf<'_>,
 ) -> Result<crate::jsonb::Value, EncodeError> {
     let (is_object, children) = read_container(container)?;
     let mark = encoder.begin_container();
@@ -323,7 +318,7 @@ fn rewrite(
                 None => encoder.add(child.key, child.kind, child.bytes),
             },
             None if child.kind == Kind::Container && !rule.children.is_empty() => {
-                let value = rewrite(encoder, child.bytes, rule, path, text_of)?;
+                let value = rewrite(encoder, child.bytes, rule, path)?;
                 encoder.add_value(child.key, value);
             }
             // A path into a scalar: this data has another shape; nothing to do.
@@ -341,8 +336,9 @@ fn sha256_hex(bytes: &[u8]) -> Result<String, EncodeError> {
     Ok(digest.iter().map(|byte| format!("{byte:02x}")).collect())
 }
 
-/// `TextOf` in the backend: numerics through `numeric_out`, containers through `JsonbToCString`.
-fn pg_text(child: &Child<'_>) -> Result<Option<String>, EncodeError> {
+/// The text of a stored value as `#>>` shows it (None for a JSON null); numerics and
+/// containers are printed by PostgreSQL (`numeric_out`, `JsonbToCString`).
+fn text_of(child: &Child<'_>) -> Result<Option<String>, EncodeError> {
     Ok(Some(match child.kind {
         Kind::Null => return Ok(None),
         Kind::String => String::from_utf8_lossy(child.bytes).into_owned(),
@@ -351,29 +347,29 @@ fn pg_text(child: &Child<'_>) -> Result<Option<String>, EncodeError> {
         Kind::Numeric => {
             let numeric = aligned_copy(child.bytes);
             // SAFETY: a numeric varlena (4-byte header) in a 4-aligned buffer that outlives the
-            // call; numeric_out returns a palloc'd C string.
+            // call; numeric_out returns a palloc'd C string, freed once copied.
             unsafe {
                 let out = pgrx::fcinfo::direct_function_call_as_datum(
                     pg_sys::numeric_out,
                     &[Some(pg_sys::Datum::from(numeric.as_ptr()))],
                 )
                 .ok_or_else(|| EncodeError::new("numeric_out returned null"))?;
-                std::ffi::CStr::from_ptr(out.cast_mut_ptr::<std::ffi::c_char>())
+                let text = out.cast_mut_ptr::<std::ffi::c_char>();
+                let owned = std::ffi::CStr::from_ptr(text)
                     .to_string_lossy()
-                    .into_owned()
+                    .into_owned();
+                pg_sys::pfree(text.cast());
+                owned
             }
         }
         Kind::Container => {
             let container = aligned_copy(child.bytes);
-            // SAFETY: a jsonb container in a 4-aligned buffer that outlives the call;
-            // JsonbToCString returns a palloc'd C string.
+            // SAFETY: a complete jsonb container in a 4-aligned buffer that outlives the call.
             unsafe {
-                let out = pg_sys::JsonbToCString(
-                    std::ptr::null_mut(),
+                container_text(
                     container.as_ptr().cast_mut().cast(),
                     child.bytes.len() as i32,
-                );
-                std::ffi::CStr::from_ptr(out).to_string_lossy().into_owned()
+                )
             }
         }
     }))
