@@ -230,7 +230,7 @@ impl Rules {
     pub fn load(connection: Connection<'_>) -> Result<Rules, EventError> {
         crate::privileges::ensure_current_sql_objects()?;
         let mut rules = Rules::default();
-        with_kept_plan(connection, &QUERY, RULES_QUERY, |query| {
+        with_kept_plan(connection, &QUERY, RULES_QUERY, &[], |query| {
             query.run(connection, &mut [])?.for_each(|row| {
                 let path: Option<String> = row.get(1).map_err(EventError::internal)?;
                 let action: Option<String> = row.get(2).map_err(EventError::internal)?;

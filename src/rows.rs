@@ -241,18 +241,19 @@ impl Drop for LatestSnapshots {
     }
 }
 
-/// Run `use_plan` with the plan kept in `slot`, preparing `sql` (no arguments) there on first
-/// use in the session.
+/// Run `use_plan` with the plan kept in `slot`, preparing `sql` (with parameters of
+/// `argument_types`) there on first use in the session.
 pub fn with_kept_plan<R>(
     connection: Connection<'_>,
     slot: &'static std::thread::LocalKey<std::cell::RefCell<Option<KeptPlan>>>,
     sql: &str,
+    argument_types: &[pg_sys::Oid],
     use_plan: impl FnOnce(&KeptPlan) -> Result<R, EventError>,
 ) -> Result<R, EventError> {
     slot.with_borrow_mut(|slot| {
         let plan = match slot {
             Some(plan) => plan,
-            None => slot.insert(KeptPlan::prepare(connection, sql, &[])?),
+            None => slot.insert(KeptPlan::prepare(connection, sql, argument_types)?),
         };
         use_plan(plan)
     })

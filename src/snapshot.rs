@@ -8,7 +8,7 @@
 
 use crate::errors::EventError;
 use crate::payload::*;
-use crate::rows::{int8_array, sorted_unique, ColumnValue, Connection, KeptPlan};
+use crate::rows::{int8_array, sorted_unique, with_kept_plan, ColumnValue, Connection, KeptPlan};
 use crate::settings::ScopedSetting;
 use pgrx::prelude::*;
 use std::cell::RefCell;
@@ -479,11 +479,7 @@ fn read_by_ids(
     read: impl FnMut(&crate::rows::Row) -> Result<(), EventError>,
 ) -> Result<(), EventError> {
     let settings = ScopedSetting::set_many(MANY_PLANNER_SETTINGS);
-    let result = slot.with_borrow_mut(|slot| {
-        let plan = match slot {
-            Some(plan) => plan,
-            None => slot.insert(prepare(connection, sql)?),
-        };
+    let result = with_kept_plan(connection, slot, sql, &[pg_sys::INT8ARRAYOID], |plan| {
         plan.run_freeing(connection, vec![int8_array(ids)?])?
             .for_each(read)
     });

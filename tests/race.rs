@@ -14,14 +14,6 @@ INSERT INTO ti.instance (id, external_id, old_id, score, instance_status, candid
     created_at, created_by, updated_at, updated_by)
 VALUES (790, NULL, NULL, NULL, 'in_progress', 101, 202, 505, NULL, NULL, now(), 1, now(), 1)";
 
-fn seeded(name: &str) -> (String, Client) {
-    let cluster = Cluster::shared();
-    let database = cluster.database(name, ForeignKeys::Without);
-    let mut client = cluster.connect(&database);
-    client.batch_execute(SEED_EXAMPLE).unwrap();
-    (database, client)
-}
-
 /// The instance's events, oldest first.
 fn events_of(client: &mut Client, instance_id: i64) -> Vec<OutboxRow> {
     outbox_rows(client)
@@ -95,7 +87,7 @@ fn assert_change_shows(payload: &Value, what: &str) {
 fn a_change_committing_while_the_creation_is_built_gives_an_updated_event() {
     for (index, (change, what)) in RACING_CHANGES.iter().enumerate() {
         let cluster = Cluster::shared();
-        let (database, mut t1) = seeded(&format!("creation_first_{index}"));
+        let (database, mut t1) = seeded_database(&format!("creation_first_{index}"));
         t1.batch_execute(&format!(
             "BEGIN; {INSERT_790}; SET CONSTRAINTS ALL IMMEDIATE;"
         ))
@@ -129,7 +121,7 @@ fn a_change_committing_while_the_creation_is_built_gives_an_updated_event() {
 fn a_creation_built_while_a_change_commits_reads_the_change() {
     for (index, (change, what)) in RACING_CHANGES.iter().enumerate() {
         let cluster = Cluster::shared();
-        let (database, mut t2) = seeded(&format!("change_first_{index}"));
+        let (database, mut t2) = seeded_database(&format!("change_first_{index}"));
         t2.batch_execute(&format!("BEGIN; {change}; SET CONSTRAINTS ALL IMMEDIATE;"))
             .unwrap();
         let t1 = {
@@ -157,7 +149,7 @@ fn a_creation_built_while_a_change_commits_reads_the_change() {
 fn re_pointing_an_instance_races_a_change_of_its_new_candidate() {
     for creation_first in [true, false] {
         let cluster = Cluster::shared();
-        let (database, mut client) = seeded(&format!("re_point_{creation_first}"));
+        let (database, mut client) = seeded_database(&format!("re_point_{creation_first}"));
         client
             .batch_execute(
                 "INSERT INTO can.candidate (id, user_id, email, is_tnc_accepted, cf)
@@ -201,7 +193,7 @@ fn under_repeatable_read_and_serializable_a_racing_change_fails_with_40001_inste
 ) {
     for (index, level) in ["REPEATABLE READ", "SERIALIZABLE"].iter().enumerate() {
         let cluster = Cluster::shared();
-        let (database, mut t2) = seeded(&format!("isolation_{index}"));
+        let (database, mut t2) = seeded_database(&format!("isolation_{index}"));
         t2.batch_execute(&format!("BEGIN ISOLATION LEVEL {level}; SELECT 1;"))
             .unwrap();
         cluster
@@ -256,7 +248,7 @@ impl Random {
 /// instance's last event equals its snapshot.
 #[test]
 fn randomized_writers_leave_every_instance_with_its_true_last_event() {
-    let (database, mut client) = seeded("race_stress");
+    let (database, mut client) = seeded_database("race_stress");
     client
         .batch_execute(
             "INSERT INTO can.candidate (id, user_id, email, is_tnc_accepted, cf)

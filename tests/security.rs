@@ -8,15 +8,6 @@ use common::*;
 use postgres::Client;
 use std::time::{Duration, Instant};
 
-/// A database with the seed's data, and a role name prefix unique to it (roles are cluster-wide).
-fn seeded(name: &str) -> (String, Client) {
-    let cluster = Cluster::shared();
-    let database = cluster.database(name, ForeignKeys::Without);
-    let mut client = cluster.connect(&database);
-    client.batch_execute(SEED_EXAMPLE).unwrap();
-    (database, client)
-}
-
 fn is_superuser(client: &mut Client, role: &str) -> bool {
     client
         .query_one("SELECT rolsuper FROM pg_roles WHERE rolname = $1", &[&role])
@@ -90,7 +81,7 @@ fn seen_as(client: &mut Client) -> Vec<(String, String)> {
 
 #[test]
 fn a_source_table_owner_gains_nothing_from_code_the_pass_plans_or_reads() {
-    let (database, mut dba) = seeded("owner_escalation");
+    let (database, mut dba) = seeded_database("owner_escalation");
     let owner = format!("{database}_owner");
     hand_the_tables_to(&mut dba, &owner);
     let mut attacker = Cluster::shared().connect_as(&database, &owner);
@@ -170,7 +161,7 @@ fn a_source_table_owner_gains_nothing_from_code_the_pass_plans_or_reads() {
 
 #[test]
 fn the_snapshot_role_cannot_log_in_and_holds_only_select_on_the_source_tables() {
-    let (database, mut dba) = seeded("snapshot_role");
+    let (database, mut dba) = seeded_database("snapshot_role");
     let role = dba
         .query_one(
             "SELECT rolcanlogin, rolsuper, rolcreaterole, rolcreatedb, rolbypassrls, rolinherit,
@@ -220,7 +211,7 @@ fn the_snapshot_role_cannot_log_in_and_holds_only_select_on_the_source_tables() 
 
 #[test]
 fn a_reader_cannot_attach_the_extensions_trigger_functions_to_a_table_of_its_own() {
-    let (database, mut dba) = seeded("forged_trigger");
+    let (database, mut dba) = seeded_database("forged_trigger");
     let reader = format!("{database}_reader");
     dba.batch_execute(&format!(
         "CREATE ROLE {reader} LOGIN IN ROLE ae_events_reader, ae_events_relay"
@@ -301,7 +292,7 @@ fn instance_with_attributes(client: &mut Client, id: i64, attributes: i64) {
 
 #[test]
 fn a_star_rule_over_thousands_of_attributes_is_linear() {
-    let (_, mut dba) = seeded("star_rule");
+    let (_, mut dba) = seeded_database("star_rule");
     dba.batch_execute(
         "INSERT INTO ae_events.payload_rules VALUES
              ('measurement.measurement_attributes.*.remarks', 'null'),
@@ -331,7 +322,7 @@ fn a_star_rule_over_thousands_of_attributes_is_linear() {
 
 #[test]
 fn a_rule_skips_data_of_another_shape_instead_of_failing_the_write() {
-    let (_, mut dba) = seeded("rule_shapes");
+    let (_, mut dba) = seeded_database("rule_shapes");
     dba.batch_execute(
         "INSERT INTO ae_events.payload_rules VALUES
              ('candidate.cf.ssn', 'remove'),
@@ -381,7 +372,7 @@ fn a_rule_skips_data_of_another_shape_instead_of_failing_the_write() {
 
 #[test]
 fn notifications_are_wake_ups_and_the_application_cannot_change_that() {
-    let (database, mut dba) = seeded("quiet_notifications");
+    let (database, mut dba) = seeded_database("quiet_notifications");
     let app = format!("{database}_app");
     let nobody = format!("{database}_nobody");
     dba.batch_execute(&format!(
@@ -456,7 +447,7 @@ fn notifications_are_wake_ups_and_the_application_cannot_change_that() {
 
 #[test]
 fn a_consumer_belongs_to_the_role_that_created_it() {
-    let (database, mut dba) = seeded("consumer_owners");
+    let (database, mut dba) = seeded_database("consumer_owners");
     let first = format!("{database}_relay_a");
     let second = format!("{database}_relay_b");
     dba.batch_execute(&format!(
@@ -501,7 +492,7 @@ fn a_consumer_belongs_to_the_role_that_created_it() {
 
 #[test]
 fn null_arguments_and_echoed_names_get_clear_errors() {
-    let (_, mut dba) = seeded("null_arguments");
+    let (_, mut dba) = seeded_database("null_arguments");
     dba.batch_execute("SELECT ae_events.create_consumer('c')")
         .unwrap();
     for statement in [
@@ -545,7 +536,7 @@ fn null_arguments_and_echoed_names_get_clear_errors() {
 
 #[test]
 fn delivery_blockers_names_the_open_transaction_that_holds_consumers_back() {
-    let (database, mut dba) = seeded("blockers");
+    let (database, mut dba) = seeded_database("blockers");
     let app = format!("{database}_idle");
     let reader = format!("{database}_analyst");
     dba.batch_execute(&format!(
@@ -585,7 +576,7 @@ fn delivery_blockers_names_the_open_transaction_that_holds_consumers_back() {
 
 #[test]
 fn timestamps_outside_rfc_3339_years_use_iso_8601_expanded_years() {
-    let (_, mut dba) = seeded("far_timestamps");
+    let (_, mut dba) = seeded_database("far_timestamps");
     dba.batch_execute(
         "INSERT INTO ti.instance (id, external_id, old_id, score, instance_status, candidate_id,
              catalog_assessment_id, measurement_id, session_instance_id, workflow_candidate_step_id,
@@ -613,7 +604,7 @@ fn timestamps_outside_rfc_3339_years_use_iso_8601_expanded_years() {
 
 #[test]
 fn a_role_that_can_only_connect_cannot_hold_up_commits() {
-    let (database, mut dba) = seeded("stall_commits");
+    let (database, mut dba) = seeded_database("stall_commits");
     let nobody = format!("{database}_nobody");
     dba.batch_execute(&format!("CREATE ROLE {nobody} LOGIN"))
         .unwrap();

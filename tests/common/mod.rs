@@ -281,6 +281,16 @@ INSERT INTO ae.catalog_assessment VALUES (1, 1, 1);
 INSERT INTO can.candidate VALUES (1, NULL, 7, 'c@example.com', NULL, NULL, NULL, NULL, NULL, true, NULL, NULL, NULL, '{}');
 ";
 
+/// A new database holding the seed's example (instance 789 of candidate 101, measurement 505),
+/// without the cross-service foreign keys, and a connection to it.
+pub fn seeded_database(name: &str) -> (String, Client) {
+    let cluster = Cluster::shared();
+    let database = cluster.database(name, ForeignKeys::Without);
+    let mut client = cluster.connect(&database);
+    client.batch_execute(SEED_EXAMPLE).unwrap();
+    (database, client)
+}
+
 /// Insert an instance of candidate 1 and catalog assessment 1, without a measurement.
 pub fn insert_instance(client: &mut Client, id: i64) {
     client
