@@ -41,6 +41,10 @@ mod versions;
 mod attach;
 mod replay;
 
+// Deliver: webhook endpoints' secrets (the endpoints and delivery state are SQL, served by
+// ae-relay).
+mod secrets;
+
 ::pgrx::pg_module_magic!(name, version);
 
 extension_sql_file!("../sql/src/outbox.sql", name = "outbox", bootstrap);
@@ -56,6 +60,11 @@ extension_sql_file!(
     "../sql/src/payload_rules.sql",
     name = "payload_rules",
     requires = [redaction::check_payload_rule]
+);
+extension_sql_file!(
+    "../sql/src/endpoints.sql",
+    name = "endpoints",
+    requires = ["consumers", "analytics", secrets::strong_random_bytes]
 );
 extension_sql_file!("../sql/src/install.sql", name = "install", finalize);
 

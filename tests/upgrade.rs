@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use postgres::Client;
 
-const EARLIER_RELEASES: &[&str] = &["0.1.0", "0.2.0", "0.3.0", "0.4.0"];
+const EARLIER_RELEASES: &[&str] = &["0.1.0", "0.2.0", "0.3.0", "0.4.0", "0.5.0"];
 
 /// The extension's objects as the catalog describes them, for comparing two databases.
 fn extension_objects(client: &mut Client) -> Vec<String> {

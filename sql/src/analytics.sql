@@ -59,7 +59,8 @@ AS $$
 $$;
 
 -- Delete events older than older_than, batch_size at a time, never one that a consumer has not
--- acknowledged. Returns how many were deleted.
+-- acknowledged or a webhook endpoint has not finished, with their delivery records. Returns how
+-- many were deleted.
 CREATE FUNCTION ae_events.prune(older_than interval, batch_size integer DEFAULT 10000)
 RETURNS bigint
 LANGUAGE plpgsql
@@ -69,6 +70,7 @@ DECLARE
     cutoff timestamptz := pg_catalog.now() OPERATOR(pg_catalog.-) older_than;
     deleted bigint := 0;
     batch bigint;
+    pruned_ids bigint[];
 BEGIN
     IF older_than IS NULL OR older_than OPERATOR(pg_catalog.<) interval '0' THEN
         RAISE EXCEPTION 'ae_events: prune needs an age of zero or more, not %', older_than
@@ -79,8 +81,7 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     LOOP
-        DELETE FROM ae_events.outbox AS d
-         WHERE d.id OPERATOR(pg_catalog.=) ANY (ARRAY(
+        pruned_ids := ARRAY(
                    SELECT o.id
                      FROM ae_events._epochs() AS e
                      JOIN ae_events.outbox AS o
@@ -91,8 +92,24 @@ BEGIN
                               SELECT FROM ae_events.consumers AS c
                                WHERE (e.first_id, o.txid, o.id) OPERATOR(pg_catalog.>)
                                      (c.cursor_epoch, c.cursor_txid, c.cursor_id))
+                      -- Nor one a webhook endpoint has not passed yet or still has to send.
+                      AND NOT EXISTS (
+                              SELECT FROM ae_events.endpoints AS p
+                               WHERE (e.first_id, o.txid, o.id) OPERATOR(pg_catalog.>)
+                                     (p.cursor_epoch, p.cursor_txid, p.cursor_id)
+                                  OR EXISTS (
+                                         SELECT FROM ae_events.deliveries AS d
+                                          WHERE d.endpoint OPERATOR(pg_catalog.=) p.endpoint
+                                            AND d.outbox_id OPERATOR(pg_catalog.=) o.id
+                                            AND d.status OPERATOR(pg_catalog.=) 'pending'))
                     ORDER BY o.id
-                    LIMIT batch_size));
+                    LIMIT batch_size);
+        -- Their delivery records go with them.
+        DELETE FROM ae_events.deliveries AS d
+         USING ae_events.endpoints AS p
+         WHERE d.endpoint OPERATOR(pg_catalog.=) p.endpoint
+           AND d.outbox_id OPERATOR(pg_catalog.=) ANY (pruned_ids);
+        DELETE FROM ae_events.outbox AS d WHERE d.id OPERATOR(pg_catalog.=) ANY (pruned_ids);
         GET DIAGNOSTICS batch = ROW_COUNT;
         deleted := deleted OPERATOR(pg_catalog.+) batch;
         EXIT WHEN batch OPERATOR(pg_catalog.<) batch_size;
