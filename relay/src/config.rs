@@ -1,0 +1,49 @@
+//! What the command line sets for `ae-relay run`.
+
+use std::time::Duration;
+
+#[derive(Clone, Debug)]
+pub struct RelayConfig {
+    pub database_url: String,
+    /// This relay's id in the endpoints' leases; unique per process.
+    pub relay_id: String,
+    /// How long an endpoint stays this relay's without a renewal; another relay takes it over
+    /// after that when this one died (renewed every third of it).
+    pub lease: Duration,
+    /// How often each endpoint looks for new events without a notification (notifications are
+    /// lost while the relay is disconnected, and a relay may not be allowed to LISTEN).
+    pub poll_interval: Duration,
+    /// The channel the extension notifies on (the `ae_events.channel` setting).
+    pub channel: String,
+    /// Events fetched per query.
+    pub fetch_batch: usize,
+    /// Events an endpoint holds in memory at most, fetched but not finished: the bound on the
+    /// relay's memory per endpoint.
+    pub window: usize,
+    /// The longest wait before reconnecting to a database that went away.
+    pub max_reconnect_delay: Duration,
+}
+
+impl RelayConfig {
+    pub fn new(database_url: String) -> RelayConfig {
+        RelayConfig {
+            database_url,
+            relay_id: default_relay_id(),
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(2),
+            channel: "ae_events".to_owned(),
+            fetch_batch: 500,
+            window: 2000,
+            max_reconnect_delay: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Host name, process id and a random suffix: unique even when a restarted relay gets the pid
+/// of a dead one.
+pub fn default_relay_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "relay".to_owned());
+    format!("{host}:{}:{:08x}", std::process::id(), fastrand::u32(..))
+}

@@ -1,0 +1,301 @@
+//! The relay's connection: the extension's relay functions (sql/src/endpoints.sql), and the
+//! notifications that wake the endpoints' workers. One connection serves every worker;
+//! tokio-postgres pipelines their calls.
+
+use crate::endpoint::{EndpointConfig, Event, Position};
+use crate::signing::SigningKey;
+use futures_util::StreamExt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_postgres::{AsyncMessage, Client, NoTls, Row};
+
+pub type DbError = tokio_postgres::Error;
+
+pub struct Database {
+    client: Client,
+    /// Ends (with the error) when the connection is lost.
+    pub connection: JoinHandle<Result<(), DbError>>,
+}
+
+/// A fetched row: an event to send, or one the endpoint skips (its position still counts).
+pub struct FetchedRow {
+    pub position: Position,
+    /// The event, if the endpoint is to get it.
+    pub event: Option<Event>,
+    /// Its instance has a pending delivery: park it behind that one.
+    pub waits_behind: bool,
+}
+
+/// What one attempt (or parking) left, for relay_record.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub outbox_id: i64,
+    pub aggregate_id: i64,
+    pub status: &'static str,
+    pub attempts: i32,
+    pub attempted_at: Option<SystemTime>,
+    pub http_status: Option<i32>,
+    pub error: Option<String>,
+    pub next_attempt_at: Option<SystemTime>,
+}
+
+impl Database {
+    /// Connect, LISTEN on the channel; every notification bumps the returned counter.
+    pub async fn connect(
+        url: &str,
+        channel: &str,
+    ) -> Result<(Arc<Database>, watch::Receiver<u64>), DbError> {
+        let (client, mut connection) = tokio_postgres::connect(url, NoTls).await?;
+        let (wake, woken) = watch::channel(0u64);
+        let connection = tokio::spawn(async move {
+            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(message) = messages.next().await {
+                if let AsyncMessage::Notification(_) = message? {
+                    wake.send_modify(|count| *count = count.wrapping_add(1));
+                }
+            }
+            Ok(())
+        });
+        client
+            .batch_execute(&format!(
+                "SET application_name = 'ae-relay'; LISTEN {}",
+                quote_identifier(channel)
+            ))
+            .await?;
+        Ok((Arc::new(Database { client, connection }), woken))
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
+    /// Renew this relay's leases and take free endpoints; the endpoints it holds now.
+    pub async fn lease(&self, relay: &str, lease: Duration) -> Result<Vec<EndpointConfig>, DbError> {
+        let rows = self
+            .client
+            .query(
+                "SELECT endpoint, url, headers::text, timeout_ms, retry_schedule_ms, retry_jitter,
+                        max_in_flight, secrets, cursor_epoch, cursor_txid::text, cursor_id
+                   FROM ae_events.relay_lease($1, make_interval(secs => $2::float8))",
+                &[&relay, &lease.as_secs_f64()],
+            )
+            .await?;
+        Ok(rows.iter().map(endpoint_config).collect())
+    }
+
+    pub async fn release(&self, relay: &str) -> Result<(), DbError> {
+        self.client
+            .execute("SELECT ae_events.relay_release($1)", &[&relay])
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn fetch(
+        &self,
+        endpoint: &str,
+        relay: &str,
+        after: Position,
+        max_events: usize,
+    ) -> Result<Vec<FetchedRow>, DbError> {
+        let rows = self
+            .client
+            .query(
+                "SELECT epoch, txid::text, id, event_id::text, subscription_key, event_type,
+                        aggregate_id, snapshot_version, payload, deliver, waits_behind
+                   FROM ae_events.relay_fetch($1, $2, $3, $4::text::xid8, $5, $6)",
+                &[
+                    &endpoint,
+                    &relay,
+                    &after.epoch,
+                    &after.txid.to_string(),
+                    &after.id,
+                    &(max_events.min(i32::MAX as usize) as i32),
+                ],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                let deliver: bool = row.get(9);
+                FetchedRow {
+                    position: Position {
+                        epoch: row.get(0),
+                        txid: parse_txid(row.get(1)),
+                        id: row.get(2),
+                    },
+                    event: deliver.then(|| Event {
+                        id: row.get(2),
+                        event_id: row.get(3),
+                        subscription_key: row.get(4),
+                        event_type: row.get(5),
+                        aggregate_id: row.get(6),
+                        snapshot_version: row.get(7),
+                        payload: row.get::<_, Option<String>>(8).unwrap_or_default(),
+                        attempts: 0,
+                    }),
+                    waits_behind: row.get(10),
+                }
+            })
+            .collect())
+    }
+
+    pub async fn due(
+        &self,
+        endpoint: &str,
+        relay: &str,
+        max_events: usize,
+        busy_instances: &[i64],
+    ) -> Result<Vec<Event>, DbError> {
+        let rows = self
+            .client
+            .query(
+                "SELECT id, event_id::text, subscription_key, event_type, aggregate_id,
+                        snapshot_version, payload, attempts
+                   FROM ae_events.relay_due($1, $2, $3, $4)",
+                &[&endpoint, &relay, &(max_events.min(i32::MAX as usize) as i32), &busy_instances],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| Event {
+                id: row.get(0),
+                event_id: row.get(1),
+                subscription_key: row.get(2),
+                event_type: row.get(3),
+                aggregate_id: row.get(4),
+                snapshot_version: row.get(5),
+                payload: row.get(6),
+                attempts: row.get(7),
+            })
+            .collect())
+    }
+
+    /// Write outcomes and move the cursor in one transaction. False: the endpoint is no longer
+    /// this relay's (nothing was written).
+    pub async fn record(
+        &self,
+        endpoint: &str,
+        relay: &str,
+        outcomes: &[Outcome],
+        cursor: Option<Position>,
+        gone_reason: Option<&str>,
+    ) -> Result<bool, DbError> {
+        let ids: Vec<i64> = outcomes.iter().map(|o| o.outbox_id).collect();
+        let aggregates: Vec<i64> = outcomes.iter().map(|o| o.aggregate_id).collect();
+        let statuses: Vec<&str> = outcomes.iter().map(|o| o.status).collect();
+        let attempts: Vec<i32> = outcomes.iter().map(|o| o.attempts).collect();
+        let attempted_at: Vec<Option<SystemTime>> = outcomes.iter().map(|o| o.attempted_at).collect();
+        let http_statuses: Vec<Option<i32>> = outcomes.iter().map(|o| o.http_status).collect();
+        let errors: Vec<Option<&str>> = outcomes.iter().map(|o| o.error.as_deref()).collect();
+        let next: Vec<Option<SystemTime>> = outcomes.iter().map(|o| o.next_attempt_at).collect();
+        let row = self
+            .client
+            .query_one(
+                "SELECT ae_events.relay_record($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
+                                               $11, $12::text::xid8, $13, $14)",
+                &[
+                    &endpoint,
+                    &relay,
+                    &ids,
+                    &aggregates,
+                    &statuses,
+                    &attempts,
+                    &attempted_at,
+                    &http_statuses,
+                    &errors,
+                    &next,
+                    &cursor.map(|c| c.epoch),
+                    &cursor.map(|c| c.txid.to_string()),
+                    &cursor.map(|c| c.id),
+                    &gone_reason,
+                ],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+
+    /// For `ae-relay check`: the role, whether it may act as a relay, the extension's version
+    /// and the endpoints (enabled, all).
+    pub async fn check(&self) -> Result<CheckReport, DbError> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT current_user::text,
+                        pg_has_role(current_user, 'ae_events_relay', 'USAGE'),
+                        (SELECT extversion FROM pg_extension WHERE extname = 'ae_events')",
+                &[],
+            )
+            .await?;
+        let mut report = CheckReport {
+            role: row.get(0),
+            is_relay: row.get(1),
+            extension_version: row.get(2),
+            endpoints: Vec::new(),
+        };
+        if report.is_relay && report.extension_version.is_some() {
+            report.endpoints = self
+                .client
+                .query(
+                    "SELECT endpoint, enabled, coalesce(disabled_reason, ''), coalesce(relay, '')
+                       FROM ae_events.endpoint_status ORDER BY endpoint",
+                    &[],
+                )
+                .await?
+                .iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+                .collect();
+        }
+        Ok(report)
+    }
+}
+
+pub struct CheckReport {
+    pub role: String,
+    pub is_relay: bool,
+    pub extension_version: Option<String>,
+    /// Name, enabled, why disabled, relay holding it.
+    pub endpoints: Vec<(String, bool, String, String)>,
+}
+
+fn endpoint_config(row: &Row) -> EndpointConfig {
+    let headers: String = row.get(2);
+    let headers = parse_headers(&headers);
+    let schedule: Vec<i64> = row.get(4);
+    let secrets: Vec<String> = row.get(7);
+    EndpointConfig {
+        name: row.get(0),
+        url: row.get(1),
+        headers,
+        timeout: Duration::from_millis(row.get::<_, i64>(3).max(1) as u64),
+        retry_schedule: schedule.into_iter().map(|ms| Duration::from_millis(ms.max(0) as u64)).collect(),
+        retry_jitter: row.get(5),
+        max_in_flight: row.get::<_, i32>(6).max(1) as usize,
+        keys: secrets.iter().filter_map(|s| SigningKey::from_secret(s)).collect(),
+        cursor: Position {
+            epoch: row.get(8),
+            txid: parse_txid(row.get(9)),
+            id: row.get(10),
+        },
+    }
+}
+
+/// The headers object ({"name": "value"}); create_endpoint checked its shape.
+fn parse_headers(text: &str) -> Vec<(String, String)> {
+    match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text) {
+        Ok(map) => map
+            .into_iter()
+            .filter_map(|(name, value)| value.as_str().map(|v| (name, v.to_owned())))
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+fn parse_txid(text: &str) -> u64 {
+    text.parse().unwrap_or(0)
+}
+
+fn quote_identifier(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}

@@ -1,0 +1,45 @@
+//! An endpoint's settings as `ae_events.relay_lease` hands them to the relay holding it, and the
+//! events it delivers.
+
+use crate::signing::SigningKey;
+use std::time::Duration;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct EndpointConfig {
+    pub name: String,
+    pub url: String,
+    /// Static headers (names and values as the DBA gave them).
+    pub headers: Vec<(String, String)>,
+    pub timeout: Duration,
+    pub retry_schedule: Vec<Duration>,
+    pub retry_jitter: f64,
+    pub max_in_flight: usize,
+    /// Every active secret's key, newest first; a rotated-out one until its grace period ends.
+    pub keys: Vec<SigningKey>,
+    /// Where delivery stands in the database (the worker starts there).
+    pub cursor: Position,
+}
+
+/// A place in the outbox's delivery order: epoch (first id of the cluster's range), transaction
+/// id, outbox id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Position {
+    pub epoch: i64,
+    pub txid: u64,
+    pub id: i64,
+}
+
+/// One event to send (from the outbox, through relay_fetch or relay_due).
+#[derive(Clone, Debug)]
+pub struct Event {
+    pub id: i64,
+    pub event_id: String,
+    pub subscription_key: String,
+    pub event_type: String,
+    pub aggregate_id: i64,
+    pub snapshot_version: i32,
+    /// Exactly the stored jsonb's JSON text: the request's body.
+    pub payload: String,
+    /// Attempts made before this one.
+    pub attempts: i32,
+}

@@ -1,0 +1,156 @@
+//! The `ae-relay` command: `run` delivers webhooks until stopped; `check` says whether this
+//! relay can do its work.
+
+use ae_relay::config::{default_relay_id, RelayConfig};
+use ae_relay::database::Database;
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "ae-relay", version, about = "Delivers ae_events' outbox to webhook endpoints, signed, at least once, in order per instance")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct Connection {
+    /// PostgreSQL connection URL of a role that is a member of ae_events_relay.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Deliver for every enabled endpoint until stopped (SIGINT/SIGTERM).
+    Run {
+        #[command(flatten)]
+        connection: Connection,
+        /// This relay's id in the endpoints' leases (default: host, pid and a random suffix).
+        #[arg(long, env = "AE_RELAY_ID")]
+        relay_id: Option<String>,
+        /// How long an endpoint stays this relay's without renewal; another relay takes over
+        /// an endpoint this long after its relay died.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        lease: Duration,
+        /// How often to look for events without a notification.
+        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        poll_interval: Duration,
+        /// The notification channel (the extension's ae_events.channel setting).
+        #[arg(long, default_value = "ae_events")]
+        channel: String,
+        /// Events held in memory per endpoint at most (fetched, not finished).
+        #[arg(long, default_value_t = 2000)]
+        window: usize,
+    },
+    /// Check the connection, the role and the endpoints; exit 0 when the relay can work.
+    Check {
+        #[command(flatten)]
+        connection: Connection,
+    },
+}
+
+/// `250ms`, `2s`, `5m`, `1h`, or plain seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().map_err(|_| format!("not a duration: {text:?}"))?;
+    let seconds = match unit {
+        "ms" => number / 1000.0,
+        "" | "s" => number,
+        "m" => number * 60.0,
+        "h" => number * 3600.0,
+        _ => return Err(format!("unknown unit in {text:?} (ms, s, m, h)")),
+    };
+    if !(seconds > 0.0 && seconds.is_finite()) {
+        return Err(format!("{text:?} must be more than zero"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("AE_RELAY_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Run { connection, relay_id, lease, poll_interval, channel, window } => {
+            let mut config = RelayConfig::new(connection.database_url);
+            config.relay_id = relay_id.unwrap_or_else(default_relay_id);
+            config.lease = lease;
+            config.poll_interval = poll_interval;
+            config.channel = channel;
+            config.window = window.max(1);
+            config.fetch_batch = config.fetch_batch.min(config.window);
+            match ae_relay::supervisor::run(config).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("ae-relay: {error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Check { connection } => check(&connection.database_url).await,
+    }
+}
+
+async fn check(url: &str) -> ExitCode {
+    let (db, _) = match Database::connect(url, "ae_events").await {
+        Ok(connected) => connected,
+        Err(error) => {
+            println!("cannot connect: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = match db.check().await {
+        Ok(report) => report,
+        Err(error) => {
+            println!("connected, but the check failed: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("connected as {}", report.role);
+    let Some(version) = report.extension_version else {
+        println!("the ae_events extension is not installed in this database");
+        return ExitCode::FAILURE;
+    };
+    println!("ae_events {version}");
+    if !report.is_relay {
+        println!("role {} is not a member of ae_events_relay: GRANT ae_events_relay TO {};", report.role, report.role);
+        return ExitCode::FAILURE;
+    }
+    let enabled = report.endpoints.iter().filter(|e| e.1).count();
+    println!("{} endpoints, {enabled} enabled", report.endpoints.len());
+    for (name, is_enabled, reason, relay) in &report.endpoints {
+        let state = if *is_enabled { "enabled".to_owned() } else { format!("disabled: {reason}") };
+        let served = if relay.is_empty() { String::new() } else { format!(", served by {relay}") };
+        println!("  {name}: {state}{served}");
+    }
+    if enabled == 0 {
+        println!("no enabled endpoint: create one with SELECT ae_events.create_endpoint(name, url);");
+    }
+    ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("3d").is_err());
+    }
+}

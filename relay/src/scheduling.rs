@@ -1,0 +1,410 @@
+//! One endpoint's delivery loop (webhooks.md §4).
+//!
+//! - Fresh events come from `relay_fetch` in delivery order. Each gets a slot in a bounded
+//!   window; the cursor written to the database only moves over a prefix of finished slots
+//!   (delivered, dead-lettered, skipped, or parked in a pending row), in the same transaction as
+//!   their outcomes. A relay killed at any instant loses nothing: the next fetches again from the
+//!   cursor and skips the events that have a row.
+//! - One request per instance at a time, in id (= version) order; up to `max_in_flight` across
+//!   instances. A failed event is parked with its next attempt time, and the rest of its
+//!   instance's events are parked behind it (pending rows wait for the earliest one of their
+//!   instance: `relay_due`), so only that instance waits.
+//! - Pending rows (retries, parked events, redeliveries, replays) come from `relay_due`.
+
+use crate::config::RelayConfig;
+use crate::database::{Database, DbError, Outcome};
+use crate::endpoint::{EndpointConfig, Event, Position};
+use crate::http_sink::{self, Attempt};
+use crate::retry;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+/// Outcomes are written when this many are waiting, or when the oldest is this old.
+const FLUSH_COUNT: usize = 256;
+const FLUSH_AGE: Duration = Duration::from_millis(20);
+
+/// Why a worker stopped.
+#[derive(Debug)]
+pub enum Stopped {
+    /// The receiver answered 410 Gone: the endpoint is disabled.
+    Gone,
+    /// Another relay holds it now, or it was disabled or dropped.
+    NotHeld,
+    /// The relay is shutting down.
+    Shutdown,
+}
+
+/// Where an attempted event came from.
+#[derive(Clone, Copy, Debug)]
+enum Source {
+    /// From relay_fetch: its window slot.
+    Fresh(u64),
+    /// A pending row from relay_due.
+    Pending,
+}
+
+struct Slot {
+    position: Position,
+    finished: bool,
+}
+
+pub struct Worker {
+    db: Arc<Database>,
+    http: reqwest::Client,
+    relay: RelayConfig,
+    config: watch::Receiver<EndpointConfig>,
+    woken: watch::Receiver<u64>,
+    shutdown: watch::Receiver<bool>,
+    /// Fetched through here (in memory; ahead of the database's cursor).
+    fetched_through: Position,
+    /// The slots of fetched events, oldest first; `first_slot` is the sequence number of the
+    /// front one.
+    window: VecDeque<Slot>,
+    first_slot: u64,
+    /// Fresh events waiting per instance (the head may be in flight), in id order.
+    queues: HashMap<i64, VecDeque<(u64, Event)>>,
+    /// Instances whose head may be sent now.
+    ready: VecDeque<i64>,
+    /// Instances with a request in flight.
+    busy: HashSet<i64>,
+    /// Instances parked since the last write (relay_fetch cannot know of them yet).
+    parked_unwritten: HashSet<i64>,
+    in_flight: JoinSet<(Source, Event, SystemTime, Attempt)>,
+    outcomes: Vec<Outcome>,
+    oldest_outcome: Option<Instant>,
+    caught_up: bool,
+    next_poll: Instant,
+    next_due_check: Instant,
+    gone: Option<String>,
+    /// The notification or shutdown sender is gone: stop waiting on them.
+    signals_closed: bool,
+}
+
+impl Worker {
+    pub fn new(
+        db: Arc<Database>,
+        http: reqwest::Client,
+        relay: RelayConfig,
+        config: watch::Receiver<EndpointConfig>,
+        woken: watch::Receiver<u64>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Worker {
+        let cursor = config.borrow().cursor;
+        let now = Instant::now();
+        Worker {
+            db,
+            http,
+            relay,
+            config,
+            woken,
+            shutdown,
+            fetched_through: cursor,
+            window: VecDeque::new(),
+            first_slot: 0,
+            queues: HashMap::new(),
+            ready: VecDeque::new(),
+            busy: HashSet::new(),
+            parked_unwritten: HashSet::new(),
+            in_flight: JoinSet::new(),
+            outcomes: Vec::new(),
+            oldest_outcome: None,
+            caught_up: false,
+            next_poll: now,
+            next_due_check: now,
+            gone: None,
+            signals_closed: false,
+        }
+    }
+
+    fn name(&self) -> String {
+        self.config.borrow().name.clone()
+    }
+
+    /// Deliver until the endpoint is gone, no longer held, or the relay shuts down.
+    pub async fn run(mut self) -> Result<Stopped, DbError> {
+        loop {
+            let stopping = self.gone.is_some() || *self.shutdown.borrow();
+            if stopping {
+                if self.in_flight.is_empty() {
+                    self.flush().await?;
+                    return Ok(if self.gone.is_some() { Stopped::Gone } else { Stopped::Shutdown });
+                }
+            } else {
+                self.fetch_if_needed().await?;
+                self.dispatch_ready();
+                self.dispatch_due().await?;
+            }
+            // While stopping, outcomes wait for the last one: a 410 disables the endpoint with
+            // that write, and nothing could be written after it.
+            let flush_due = !stopping
+                && self
+                    .oldest_outcome
+                    .map(|t| t.elapsed() >= FLUSH_AGE || self.outcomes.len() >= FLUSH_COUNT)
+                    .unwrap_or(false);
+            if flush_due && !self.flush().await? {
+                return Ok(Stopped::NotHeld);
+            }
+            let mut deadline = self.next_poll.min(self.next_due_check);
+            if let Some(oldest) = self.oldest_outcome {
+                deadline = deadline.min(oldest + FLUSH_AGE);
+            }
+            let more_to_fetch = !stopping && !self.caught_up && self.window.len() < self.relay.window;
+            if more_to_fetch {
+                continue;
+            }
+            tokio::select! {
+                Some(joined) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {
+                    if let Ok((source, event, at, attempt)) = joined {
+                        self.settle(source, event, at, attempt);
+                    }
+                    while let Some(Ok((source, event, at, attempt))) = self.in_flight.try_join_next() {
+                        self.settle(source, event, at, attempt);
+                    }
+                }
+                changed = self.woken.changed(), if !self.signals_closed => {
+                    match changed {
+                        Ok(()) => self.caught_up = false,
+                        // The connection is gone; the next database call says so.
+                        Err(_) => self.signals_closed = true,
+                    }
+                }
+                changed = self.shutdown.changed(), if !self.signals_closed => {
+                    if changed.is_err() {
+                        self.signals_closed = true;
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    if Instant::now() >= self.next_poll {
+                        self.caught_up = false;
+                        self.next_poll = Instant::now() + self.relay.poll_interval;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn fetch_if_needed(&mut self) -> Result<(), DbError> {
+        let room = self.relay.window.saturating_sub(self.window.len());
+        if self.caught_up || room == 0 {
+            return Ok(());
+        }
+        let asked = room.min(self.relay.fetch_batch);
+        let name = self.name();
+        let rows = self
+            .db
+            .fetch(&name, &self.relay.relay_id, self.fetched_through, asked)
+            .await?;
+        self.caught_up = rows.len() < asked;
+        for row in rows {
+            self.fetched_through = row.position;
+            let sequence = self.first_slot + self.window.len() as u64;
+            self.window.push_back(Slot {
+                position: row.position,
+                finished: row.event.is_none(),
+            });
+            let Some(event) = row.event else { continue };
+            let instance = event.aggregate_id;
+            if row.waits_behind || self.parked_unwritten.contains(&instance) {
+                self.park(sequence, event);
+                continue;
+            }
+            let queue = self.queues.entry(instance).or_default();
+            queue.push_back((sequence, event));
+            if queue.len() == 1 && !self.busy.contains(&instance) {
+                self.ready.push_back(instance);
+            }
+        }
+        Ok(())
+    }
+
+    /// Start the heads of ready instances, up to max_in_flight.
+    fn dispatch_ready(&mut self) {
+        let limit = self.config.borrow().max_in_flight;
+        while self.in_flight.len() < limit {
+            let Some(instance) = self.ready.pop_front() else { break };
+            if self.busy.contains(&instance) {
+                continue; // a pending row of it is in flight; it comes back when that settles
+            }
+            let Some((sequence, event)) = self.queues.get(&instance).and_then(|q| q.front()).cloned() else {
+                continue;
+            };
+            self.start(Source::Fresh(sequence), event);
+        }
+    }
+
+    /// Start pending rows that are due (retries, parked events, redeliveries).
+    async fn dispatch_due(&mut self) -> Result<(), DbError> {
+        let now = Instant::now();
+        let limit = self.config.borrow().max_in_flight;
+        if now < self.next_due_check || self.in_flight.len() >= limit {
+            return Ok(());
+        }
+        let room = limit - self.in_flight.len();
+        let busy: Vec<i64> = self.busy.iter().copied().collect();
+        let name = self.name();
+        let due = self.db.due(&name, &self.relay.relay_id, room, &busy).await?;
+        self.next_due_check = if due.len() == room {
+            now
+        } else {
+            now + self.relay.poll_interval
+        };
+        for event in due {
+            if !self.busy.contains(&event.aggregate_id) {
+                self.start(Source::Pending, event);
+            }
+        }
+        Ok(())
+    }
+
+    fn start(&mut self, source: Source, event: Event) {
+        self.busy.insert(event.aggregate_id);
+        let http = self.http.clone();
+        let config = self.config.borrow().clone();
+        self.in_flight.spawn(async move {
+            let at = SystemTime::now();
+            let attempt = http_sink::deliver(&http, &config, &event).await;
+            (source, event, at, attempt)
+        });
+    }
+
+    /// Turn an attempt's result into an outcome and decide what its instance does next.
+    fn settle(&mut self, source: Source, event: Event, at: SystemTime, attempt: Attempt) {
+        let instance = event.aggregate_id;
+        self.busy.remove(&instance);
+        let attempts = event.attempts + 1;
+        let (schedule, jitter) = {
+            let config = self.config.borrow();
+            (config.retry_schedule.clone(), config.retry_jitter)
+        };
+        let mut outcome = Outcome {
+            outbox_id: event.id,
+            aggregate_id: instance,
+            status: "delivered",
+            attempts,
+            attempted_at: Some(at),
+            http_status: None,
+            error: None,
+            next_attempt_at: None,
+        };
+        let mut instance_waits = false;
+        match attempt {
+            Attempt::Delivered { status } => outcome.http_status = Some(i32::from(status)),
+            Attempt::Gone { status } => {
+                // Not delivered: it is the first to go when a DBA enables the endpoint again.
+                outcome.status = "pending";
+                outcome.http_status = Some(i32::from(status));
+                outcome.error = Some("410 Gone: endpoint disabled".to_owned());
+                outcome.next_attempt_at = Some(SystemTime::now());
+                instance_waits = true;
+                self.gone = Some(format!(
+                    "the receiver answered 410 Gone to event {} at {}",
+                    event.event_id,
+                    httpdate::fmt_http_date(at)
+                ));
+            }
+            Attempt::Failed { status, error, retry_after } => {
+                outcome.http_status = status.map(i32::from);
+                outcome.error = Some(error);
+                match retry::next_delay(&schedule, jitter, attempts as usize, retry_after) {
+                    Some(delay) => {
+                        outcome.status = "pending";
+                        outcome.next_attempt_at = Some(SystemTime::now() + delay);
+                        self.next_due_check = self.next_due_check.min(Instant::now() + delay);
+                        instance_waits = true;
+                    }
+                    None => outcome.status = "dead",
+                }
+            }
+        }
+        tracing::debug!(endpoint = %self.name(), event = %event.event_id, status = outcome.status,
+                        attempts, error = ?outcome.error, "attempt");
+        self.push_outcome(outcome);
+        match source {
+            Source::Fresh(sequence) => {
+                self.finish_slot(sequence);
+                let mut queue = self.queues.remove(&instance).unwrap_or_default();
+                queue.pop_front();
+                if instance_waits {
+                    // Its later events wait behind it, in pending rows.
+                    for (sequence, event) in queue.drain(..) {
+                        self.park(sequence, event);
+                    }
+                    self.parked_unwritten.insert(instance);
+                } else if !queue.is_empty() {
+                    self.queues.insert(instance, queue);
+                    self.ready.push_back(instance);
+                }
+            }
+            Source::Pending => {
+                // Its instance's next pending row (if any) may go now.
+                if !instance_waits {
+                    self.next_due_check = Instant::now();
+                }
+                if let Some(queue) = self.queues.get(&instance) {
+                    if !queue.is_empty() {
+                        self.ready.push_back(instance);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A fresh event that must wait behind a pending one of its instance.
+    fn park(&mut self, sequence: u64, event: Event) {
+        self.push_outcome(Outcome {
+            outbox_id: event.id,
+            aggregate_id: event.aggregate_id,
+            status: "pending",
+            attempts: 0,
+            attempted_at: None,
+            http_status: None,
+            error: None,
+            next_attempt_at: Some(SystemTime::now()),
+        });
+        self.finish_slot(sequence);
+    }
+
+    fn push_outcome(&mut self, outcome: Outcome) {
+        self.outcomes.push(outcome);
+        self.oldest_outcome.get_or_insert_with(Instant::now);
+    }
+
+    fn finish_slot(&mut self, sequence: u64) {
+        if let Some(index) = sequence.checked_sub(self.first_slot) {
+            if let Some(slot) = self.window.get_mut(index as usize) {
+                slot.finished = true;
+            }
+        }
+    }
+
+    /// Write the outcomes and move the cursor over the finished prefix. False: the endpoint is
+    /// not this relay's any more.
+    async fn flush(&mut self) -> Result<bool, DbError> {
+        let mut finished = 0;
+        while finished < self.window.len() && self.window[finished].finished {
+            finished += 1;
+        }
+        if self.outcomes.is_empty() && finished == 0 && self.gone.is_none() {
+            return Ok(true);
+        }
+        let cursor = finished.checked_sub(1).map(|last| self.window[last].position);
+        let name = self.name();
+        let held = self
+            .db
+            .record(&name, &self.relay.relay_id, &self.outcomes, cursor, self.gone.as_deref())
+            .await?;
+        if !held {
+            return Ok(false);
+        }
+        self.outcomes.clear();
+        self.oldest_outcome = None;
+        self.parked_unwritten.clear();
+        self.window.drain(..finished);
+        self.first_slot += finished as u64;
+        Ok(true)
+    }
+}

@@ -1,0 +1,178 @@
+//! `ae-relay run`: connect, hold endpoints by lease, run one worker per endpoint held, and
+//! start over with backoff when the database goes away. Stops on SIGINT/SIGTERM, letting
+//! in-flight requests finish and giving its endpoints back.
+
+use crate::config::RelayConfig;
+use crate::database::{Database, DbError};
+use crate::endpoint::EndpointConfig;
+use crate::http_sink;
+use crate::scheduling::{Stopped, Worker};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+struct RunningWorker {
+    config: watch::Sender<EndpointConfig>,
+    task: JoinHandle<Result<Stopped, DbError>>,
+}
+
+/// Why one connection's service ended.
+enum Ended {
+    Shutdown,
+    Lost(String),
+}
+
+/// Run until SIGINT/SIGTERM.
+pub async fn run(config: RelayConfig) -> Result<(), Box<dyn std::error::Error>> {
+    let http = http_sink::client()?;
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        let _ = shutdown_tx.send(true);
+    });
+    tracing::info!(relay = %config.relay_id, "ae-relay starting");
+    let mut delay = Duration::from_millis(250);
+    loop {
+        if *shutdown.borrow() {
+            return Ok(());
+        }
+        match Database::connect(&config.database_url, &config.channel).await {
+            Ok((db, woken)) => {
+                delay = Duration::from_millis(250);
+                match serve(&config, db, woken, http.clone(), shutdown.clone()).await {
+                    Ended::Shutdown => return Ok(()),
+                    Ended::Lost(why) => tracing::warn!(error = %why, "database connection lost; reconnecting"),
+                }
+            }
+            Err(error) => tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "cannot connect"),
+        }
+        let mut shutdown_wait = shutdown.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown_wait.changed() => return Ok(()),
+        }
+        delay = (delay * 2).min(config.max_reconnect_delay);
+    }
+}
+
+async fn serve(
+    config: &RelayConfig,
+    db: Arc<Database>,
+    woken: watch::Receiver<u64>,
+    http: reqwest::Client,
+    mut shutdown: watch::Receiver<bool>,
+) -> Ended {
+    let mut workers: HashMap<String, RunningWorker> = HashMap::new();
+    let renew_every = config.lease / 3;
+    let ended = loop {
+        if db.connection.is_finished() || db.is_closed() {
+            break Ended::Lost("connection closed".to_owned());
+        }
+        match db.lease(&config.relay_id, config.lease).await {
+            Ok(held) => {
+                let names: Vec<String> = held.iter().map(|e| e.name.clone()).collect();
+                for endpoint in held {
+                    let running = workers
+                        .get(&endpoint.name)
+                        .map(|w| !w.task.is_finished())
+                        .unwrap_or(false);
+                    if running {
+                        if let Some(worker) = workers.get(&endpoint.name) {
+                            worker.config.send_if_modified(|current| {
+                                // The cursor is the worker's own business once it runs.
+                                let changed = EndpointConfig { cursor: current.cursor, ..endpoint.clone() } != *current;
+                                if changed {
+                                    *current = EndpointConfig { cursor: current.cursor, ..endpoint.clone() };
+                                }
+                                changed
+                            });
+                        }
+                        continue;
+                    }
+                    if let Some(old) = workers.remove(&endpoint.name) {
+                        report(&endpoint.name, old.task.await);
+                    }
+                    tracing::info!(endpoint = %endpoint.name, url = %endpoint.url, "serving endpoint");
+                    let name = endpoint.name.clone();
+                    let (config_tx, config_rx) = watch::channel(endpoint);
+                    let worker = Worker::new(
+                        db.clone(),
+                        http.clone(),
+                        config.clone(),
+                        config_rx,
+                        woken.clone(),
+                        shutdown.clone(),
+                    );
+                    workers.insert(name, RunningWorker { config: config_tx, task: tokio::spawn(worker.run()) });
+                }
+                // Endpoints no longer held (disabled, dropped, taken over): stop their workers.
+                let dropped: Vec<String> = workers.keys().filter(|n| !names.contains(n)).cloned().collect();
+                for name in dropped {
+                    if let Some(worker) = workers.remove(&name) {
+                        worker.task.abort();
+                        tracing::info!(endpoint = %name, "no longer serving endpoint");
+                    }
+                }
+            }
+            Err(error) => break Ended::Lost(error.to_string()),
+        }
+        // A worker that ended: say why; the next lease round restarts it if still held.
+        for (name, worker) in workers.iter_mut() {
+            if worker.task.is_finished() {
+                let task = std::mem::replace(&mut worker.task, tokio::spawn(async { Ok(Stopped::NotHeld) }));
+                report(name, task.await);
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(renew_every) => {}
+            _ = shutdown.changed() => break Ended::Shutdown,
+        }
+    };
+    match ended {
+        Ended::Shutdown => {
+            // Workers stop dispatching, let in-flight requests finish and write their outcomes.
+            for (name, worker) in workers.drain() {
+                report(&name, worker.task.await);
+            }
+            if let Err(error) = db.release(&config.relay_id).await {
+                tracing::warn!(%error, "could not give the endpoints back; their leases expire");
+            }
+            tracing::info!("ae-relay stopped");
+            Ended::Shutdown
+        }
+        lost => {
+            for (_, worker) in workers.drain() {
+                worker.task.abort();
+            }
+            lost
+        }
+    }
+}
+
+fn report(name: &str, result: Result<Result<Stopped, DbError>, tokio::task::JoinError>) {
+    match result {
+        Ok(Ok(Stopped::Gone)) => tracing::warn!(endpoint = %name, "receiver answered 410 Gone: endpoint disabled"),
+        Ok(Ok(Stopped::NotHeld)) => tracing::info!(endpoint = %name, "endpoint no longer held by this relay"),
+        Ok(Ok(Stopped::Shutdown)) => {}
+        Ok(Err(error)) => tracing::warn!(endpoint = %name, %error, "endpoint worker failed; restarting it"),
+        Err(error) if error.is_cancelled() => {}
+        Err(error) => tracing::error!(endpoint = %name, %error, "endpoint worker panicked; restarting it"),
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut terminate) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
