@@ -73,6 +73,11 @@ pub struct Worker {
     busy: HashSet<i64>,
     /// Instances parked since the last write (relay_fetch cannot know of them yet).
     parked_unwritten: HashSet<i64>,
+    /// Instances with outcomes not written yet: relay_due would hand out their rows as they
+    /// were before the attempt, so they wait for the write.
+    unwritten: HashSet<i64>,
+    /// A pending row was settled since the last write.
+    pending_settled: bool,
     in_flight: JoinSet<(Source, Event, SystemTime, Attempt)>,
     outcomes: Vec<Outcome>,
     oldest_outcome: Option<Instant>,
@@ -109,6 +114,8 @@ impl Worker {
             ready: VecDeque::new(),
             busy: HashSet::new(),
             parked_unwritten: HashSet::new(),
+            unwritten: HashSet::new(),
+            pending_settled: false,
             in_flight: JoinSet::new(),
             outcomes: Vec::new(),
             oldest_outcome: None,
@@ -212,8 +219,16 @@ impl Worker {
                 self.park(sequence, event);
                 continue;
             }
+            // In id (= version) order: a later version may come first in delivery order when
+            // its transaction got its id earlier (relay_fetch keeps both in one batch).
             let queue = self.queues.entry(instance).or_default();
-            queue.push_back((sequence, event));
+            let place = queue
+                .iter()
+                .skip(usize::from(self.busy.contains(&instance)))
+                .position(|(_, queued)| queued.id > event.id)
+                .map(|i| i + usize::from(self.busy.contains(&instance)))
+                .unwrap_or(queue.len());
+            queue.insert(place, (sequence, event));
             if queue.len() == 1 && !self.busy.contains(&instance) {
                 self.ready.push_back(instance);
             }
@@ -244,7 +259,7 @@ impl Worker {
             return Ok(());
         }
         let room = limit - self.in_flight.len();
-        let busy: Vec<i64> = self.busy.iter().copied().collect();
+        let busy: Vec<i64> = self.busy.union(&self.unwritten).copied().collect();
         let name = self.name();
         let due = self.db.due(&name, &self.relay.relay_id, room, &busy).await?;
         self.next_due_check = if due.len() == room {
@@ -340,10 +355,8 @@ impl Worker {
                 }
             }
             Source::Pending => {
-                // Its instance's next pending row (if any) may go now.
-                if !instance_waits {
-                    self.next_due_check = Instant::now();
-                }
+                // Its instance's next pending row (if any) goes once this outcome is written.
+                self.pending_settled = true;
                 if let Some(queue) = self.queues.get(&instance) {
                     if !queue.is_empty() {
                         self.ready.push_back(instance);
@@ -369,6 +382,7 @@ impl Worker {
     }
 
     fn push_outcome(&mut self, outcome: Outcome) {
+        self.unwritten.insert(outcome.aggregate_id);
         self.outcomes.push(outcome);
         self.oldest_outcome.get_or_insert_with(Instant::now);
     }
@@ -403,6 +417,11 @@ impl Worker {
         self.outcomes.clear();
         self.oldest_outcome = None;
         self.parked_unwritten.clear();
+        // The next pending rows of instances whose pending row was settled may be due now.
+        if std::mem::take(&mut self.pending_settled) {
+            self.next_due_check = Instant::now();
+        }
+        self.unwritten.clear();
         self.window.drain(..finished);
         self.first_slot += finished as u64;
         Ok(true)

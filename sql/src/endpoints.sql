@@ -264,7 +264,11 @@ DECLARE
     last_txid xid8;
     last_id bigint;
 BEGIN
-    IF endpoint IS NULL OR endpoint OPERATOR(pg_catalog.=) '' THEN
+    IF endpoint IS NULL THEN
+        RAISE EXCEPTION 'ae_events: an endpoint name is needed, not NULL'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF endpoint OPERATOR(pg_catalog.=) '' THEN
         RAISE EXCEPTION 'ae_events: an endpoint needs a non-empty name'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;

@@ -134,6 +134,24 @@ impl Cluster {
         Cluster { data_dir, port }
     }
 
+    /// Stop the server at once (as a crash would: no checkpoint, recovery at start) and start
+    /// it again; connections are lost.
+    pub fn restart_immediately(&self) {
+        run(
+            pg_command("pg_ctl").args([
+                "-D",
+                self.data_dir.to_str().unwrap(),
+                "-l",
+                self.data_dir.join("server.log").to_str().unwrap(),
+                "-w",
+                "-m",
+                "immediate",
+                "restart",
+            ]),
+            "pg_ctl restart",
+        );
+    }
+
     pub fn url(&self, database: &str) -> String {
         format!(
             "host=127.0.0.1 port={} user=postgres dbname={database}",

@@ -1,0 +1,587 @@
+//! ae-relay against a real cluster and a real HTTP receiver (shared/contract/webhooks.md): the
+//! request, the outcomes and retries, order per instance, isolation, secrets, redelivery and
+//! replay, the status views, who may do what, and bad input.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+#[test]
+fn the_seed_example_arrives_as_one_signed_post_whose_body_is_the_stored_payload() {
+    let cluster = Cluster::shared();
+    let database = cluster.database("seed_webhook", ForeignKeys::Without);
+    let mut client = cluster.connect(&database);
+    let receiver = Receiver::ok();
+    let secret: String = client
+        .query_one("SELECT ae_events.create_endpoint('proctors', $1)", &[&receiver.url("/hooks")])
+        .unwrap()
+        .get(0);
+    assert!(secret.starts_with("whsec_"), "{secret}");
+    client.batch_execute(SEED_EXAMPLE).unwrap();
+    let _relay = Relay::start(cluster, &database, &[]);
+
+    let requests = receiver.wait_for("the seed's event", WAIT, |r| !r.is_empty());
+    std::thread::sleep(Duration::from_millis(500)); // nothing else comes
+    let requests_after = receiver.requests();
+    assert_eq!(requests_after.len(), 1, "one request: {requests_after:?}");
+    let request = &requests[0];
+    let (event_id, instance, version, stored_payload) = outbox_events(&mut client).remove(0);
+    assert_eq!(request.method, "POST");
+    assert_eq!(request.path, "/hooks");
+    assert_eq!(request.body, stored_payload, "the body is the stored jsonb's text");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&request.body).unwrap(),
+        seed_example_payload()
+    );
+    assert_eq!(request.header("content-type"), "application/json");
+    assert_eq!(request.header("webhook-id"), event_id);
+    assert_eq!(request.header("ae-subscription-key"), "ae.test_instance.created");
+    assert_eq!(request.header("ae-event-type"), "ae_test_instance_created");
+    assert_eq!(request.header("ae-aggregate-id"), instance.to_string());
+    assert_eq!(request.header("ae-snapshot-version"), version.to_string());
+    assert_eq!(request.header("user-agent"), format!("ae-relay/{}", env!("CARGO_PKG_VERSION")));
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+    let timestamp: i64 = request.header("webhook-timestamp").parse().unwrap();
+    assert!((now - timestamp).abs() < 60, "timestamp {timestamp} vs now {now}");
+    assert!(svix_verifies(&secret, request), "the svix crate verifies the signature");
+    let other_secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    assert!(!svix_verifies(other_secret, request), "and rejects another secret");
+
+    wait_until_sql(
+        &mut client,
+        "the delivery row",
+        WAIT,
+        "SELECT EXISTS (SELECT FROM ae_events.delivery_status WHERE status = 'delivered')",
+    );
+    let row = delivery(&mut client, "proctors", &event_id).unwrap();
+    assert_eq!(row, ("delivered".to_owned(), 1, Some(200), None));
+}
+
+#[test]
+fn subscription_keys_and_a_jsonpath_filter_select_exactly_the_matching_events() {
+    let cluster = Cluster::shared();
+    let (database, mut client) = delivery_database("selection");
+    let receiver = Receiver::ok();
+    client
+        .query_one("SELECT ae_events.create_endpoint('all', $1)", &[&receiver.url("/all")])
+        .unwrap();
+    client
+        .query_one(
+            "SELECT ae_events.create_endpoint('created', $1, ARRAY['ae.test_instance.created'])",
+            &[&receiver.url("/created")],
+        )
+        .unwrap();
+    client
+        .query_one(
+            "SELECT ae_events.create_endpoint('completed', $1, NULL, '$.instance_status == \"completed\"')",
+            &[&receiver.url("/completed")],
+        )
+        .unwrap();
+    for id in 1..=4 {
+        insert_instance(&mut client, id);
+    }
+    set_status(&mut client, 2, "completed");
+    set_status(&mut client, 3, "cancelled");
+    set_status(&mut client, 4, "completed");
+    let _relay = Relay::start(cluster, &database, &[]);
+
+    let expected = |condition: &str| -> HashSet<String> {
+        let mut client = cluster.connect(&database);
+        client
+            .query(&format!("SELECT event_id::text FROM ae_events.outbox WHERE {condition}"), &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    let all = expected("true");
+    let created = expected("subscription_key = 'ae.test_instance.created'");
+    let completed = expected("payload->>'instance_status' = 'completed'");
+    assert_eq!((all.len(), created.len(), completed.len()), (7, 4, 2));
+    let total = all.len() + created.len() + completed.len();
+    receiver.wait_for("every matching event", WAIT, |r| r.len() >= total);
+    std::thread::sleep(Duration::from_millis(500));
+    let requests = receiver.requests();
+    let got = |path: &str| -> HashSet<String> {
+        requests.iter().filter(|r| r.path == path).map(|r| r.header("webhook-id").to_owned()).collect()
+    };
+    assert_eq!(requests.len(), total, "nothing more, nothing twice");
+    assert_eq!(got("/all"), all);
+    assert_eq!(got("/created"), created);
+    assert_eq!(got("/completed"), completed);
+}
+
+#[test]
+fn a_failing_receiver_gets_retries_with_the_same_webhook_id_on_the_policys_schedule() {
+    let cluster = Cluster::shared();
+    let (database, mut client) = delivery_database("retries");
+    let receiver = Receiver::start(|_, earlier| Answer::status(if earlier < 2 { 500 } else { 200 }));
+    create_endpoint(&mut client, "flaky", &receiver.url("/"), "{400ms,800ms,5s}");
+    insert_instance(&mut client, 1);
+    let _relay = Relay::start(cluster, &database, &[]);
+
+    let requests = receiver.wait_for("three attempts", WAIT, |r| r.len() >= 3);
+    let ids: HashSet<&str> = requests.iter().map(|r| r.header("webhook-id")).collect();
+    assert_eq!(ids.len(), 1, "every attempt carries the same webhook-id");
+    let first_gap = requests[1].at - requests[0].at;
+    let second_gap = requests[2].at - requests[1].at;
+    assert!(first_gap >= Duration::from_millis(400) && first_gap < Duration::from_millis(1500), "{first_gap:?}");
+    assert!(second_gap >= Duration::from_millis(800) && second_gap < Duration::from_millis(2000), "{second_gap:?}");
+    let event_id = requests[0].header("webhook-id").to_owned();
+    wait_until_sql(&mut client, "delivered", WAIT,
+        "SELECT EXISTS (SELECT FROM ae_events.delivery_status WHERE status = 'delivered')");
+    assert_eq!(delivery(&mut client, "flaky", &event_id).unwrap(), ("delivered".to_owned(), 3, Some(200), None));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(receiver.count(), 3);
+}
+
+#[test]
+fn retry_after_of_a_429_is_honoured() {
+    let cluster = Cluster::shared();
+    let (database, mut client) = delivery_database("retry_after");
+    let receiver = Receiver::start(|_, earlier| {
+        if earlier == 0 {
+            Answer::status(429).with_header("Retry-After", "2")
+        } else {
+            Answer::status(200)
+        }
+    });
+    create_endpoint(&mut client, "busy", &receiver.url("/"), "{100ms,10s}");
+    insert_instance(&mut client, 1);
+    let _relay = Relay::start(cluster, &database, &[]);
+    let requests = receiver.wait_for("the retry", WAIT, |r| r.len() >= 2);
+    let gap = requests[1].at - requests[0].at;
+    assert!(gap >= Duration::from_secs(2) && gap < Duration::from_millis(3500), "Retry-After: 2 gave {gap:?}");
+}
+
+#[test]
+fn a_slow_receiver_hits_the_timeout_and_a_refused_connection_is_retried() {
+    let cluster = Cluster::shared();
+    let (database, mut client) = delivery_database("timeouts");
+    let slow = Receiver::start(|_, earlier| {
+        if earlier == 0 { Answer::status(200).after(Duration::from_secs(4)) } else { Answer::status(200) }
+    });
+    create_endpoint(&mut client, "slow", &slow.url("/"), "{2s}");
+    client.execute("SELECT ae_events.alter_endpoint('slow', timeout => '500ms')", &[]).unwrap();
+    // A port nobody listens on (yet).
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    create_endpoint(&mut client, "refused", &format!("http://127.0.0.1:{closed_port}/"), "{2s}");
+    insert_instance(&mut client, 1);
+    let _relay = Relay::start(cluster, &database, &[]);
+
+    wait_until_sql(&mut client, "both first attempts failed", WAIT,
+        "SELECT count(*) = 2 FROM ae_events.delivery_status WHERE status = 'pending' AND attempts = 1");
+    let errors: HashMap<String, String> = client
+        .query("SELECT endpoint, last_error FROM ae_events.delivery_status", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert!(errors["slow"].contains("timed out after 500 ms"), "{errors:?}");
+    assert!(errors["refused"].contains("could not connect"), "{errors:?}");
+    // The receiver comes up on that port: the retry gets through.
+    let server = tiny_http::Server::http(format!("127.0.0.1:{closed_port}")).unwrap();
+    let request = server.recv_timeout(WAIT).unwrap().expect("the retry");
+    let _ = request.respond(tiny_http::Response::from_string("ok"));
+    wait_until_sql(&mut client, "both delivered on the second attempt", WAIT,
+        "SELECT count(*) = 2 FROM ae_events.delivery_status WHERE status = 'delivered' AND attempts = 2");
+}
+
+#[test]
+fn a_redirect_is_a_failed_attempt_and_is_not_followed() {
+    let cluster = Cluster::shared();
+    let (database, mut client) = delivery_database("redirects");
+    let receiver = Receiver::start(|_, earlier| {
+        if earlier == 0 { Answer::status(302).with_header("Location", "/elsewhere") } else { Answer::status(200) }
+    });
+    create_endpoint(&mut client, "moved", &receiver.url("/here"), "{1s}");
+    insert_instance(&mut client, 1);
+    let _relay = Relay::start(cluster, &database, &[]);
+    wait_until_sql(&mut client, "the failed first attempt", WAIT,
+        "SELECT EXISTS (SELECT FROM ae_events.delivery_status WHERE status = 'pending' AND last_status = 302)");
+    let error: String = client.query_one("SELECT last_error FROM ae_events.delivery_status", &[]).unwrap().get(0);
+    assert!(error.contains("redirect to /elsewhere, not followed"), "{error}");
+    receiver.wait_for("the retry", WAIT, |r| r.len() >= 2);
+    assert!(receiver.requests().iter().all(|r| r.path == "/here"), "the redirect was not followed");
+}
+
+#[test]
+fn a_410_disables_the_endpoint_and_enabling_it_again_resumes_where_it_stopped() {
+    let cluster = Cluster::shared();
+    let (database, mut client) = delivery_database("gone");
+    let gone_once = Receiver::start(|_, earlier| Answer::status(if earlier == 0 { 410 } else { 200 }));
+    create_endpoint(&mut client, "leaving", &gone_once.url("/"), "{100ms}");
+    insert_instance(&mut client, 1);
+    let _relay = Relay::start(cluster, &database, &[]);
+    wait_until_sql(&mut client, "the endpoint disabled", WAIT,
+        "SELECT NOT enabled AND disabled_reason LIKE '%410 Gone%' FROM ae_events.endpoint_status");
+    let gone_event = gone_once.requests()[0].header("webhook-id").to_owned();
+    insert_instance(&mut client, 2);
+    insert_instance(&mut client, 3);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(gone_once.count(), 1, "nothing is sent to a disabled endpoint");
+
+    client.execute("SELECT ae_events.enable_endpoint('leaving')", &[]).unwrap();
+    let requests = gone_once.wait_for("the rest", WAIT, |r| r.len() >= 4);
+    assert_eq!(requests.len(), 4, "{requests:?}");
+    let resent: Vec<&Received> = requests[1..].iter().filter(|r| r.header("webhook-id") == gone_event).collect();
+    assert_eq!(resent.len(), 1, "the 410'd event is sent again, with its webhook-id");
+    let instances: HashSet<i64> = requests[1..].iter().map(Received::instance).collect();
+    assert_eq!(instances, HashSet::from([1, 2, 3]), "and the events that came meanwhile");
+    wait_until_sql(&mut client, "all delivered", WAIT,
+        "SELECT count(*) = 3 FROM ae_events.delivery_status WHERE status = 'delivered'");
+}
+
+#[test]
+fn a_poison_event_is_dead_lettered_while_other_instances_flow_and_its_next_version_waits() {
+    let cluster = Cluster::shared();
+    let (database, mut client) = delivery_database("poison");
+    let receiver = Receiver::start(|request, _| {
+        Answer::status(if request.instance() == 1 && request.version() == 1 { 400 } else { 200 })
+    });
+    create_endpoint(&mut client, "strict", &receiver.url("/"), "{700ms,700ms}");
+    insert_instance(&mut client, 1);
+    set_status(&mut client, 1, "completed");
+    for id in 2..=5 {
+        insert_instance(&mut client, id);
+    }
+    let _relay = Relay::start(cluster, &database, &[]);
+
+    let requests = receiver.wait_for("the poison's three attempts and the rest", WAIT, |r| r.len() >= 3 + 1 + 4);
+    let poison: Vec<&Received> = requests.iter().filter(|r| r.instance() == 1 && r.version() == 1).collect();
+    assert_eq!(poison.len(), 3, "three attempts, then dead-lettered");
+    let last_poison_attempt = poison[2].at;
+    for other in requests.iter().filter(|r| r.instance() != 1) {
+        assert!(other.at < poison[1].at, "instance {} was not held back by the poison", other.instance());
+    }
+    let next_version = requests.iter().find(|r| r.instance() == 1 && r.version() == 2).unwrap();
+    assert!(next_version.at > last_poison_attempt, "version 2 waited until version 1 was dead-lettered");
+    wait_until_sql(&mut client, "the dead letter", WAIT,
+        "SELECT EXISTS (SELECT FROM ae_events.delivery_status WHERE status = 'dead' AND attempts = 3 AND last_status = 400)");
+    let dead: i64 = client.query_one("SELECT dead FROM ae_events.endpoint_status", &[]).unwrap().get(0);
+    assert_eq!(dead, 1);
+}
+
+#[test]
+fn fifty_instances_with_ten_versions_each_arrive_in_order_per_instance() {
+    let cluster = Cluster::shared();
+    let (database, mut client) = delivery_database("ordering");
+    let receiver = Receiver::start(|_, _| Answer::status(200).after(Duration::from_millis(fastrand_delay())));
+    create_endpoint(&mut client, "ordered", &receiver.url("/"), "{100ms}");
+    client.execute("SELECT ae_events.alter_endpoint('ordered', max_in_flight => 16)", &[]).unwrap();
+    let _relay = Relay::start(cluster, &database, &[]);
+    // Four writers, each its own instances, so that transactions interleave.
+    let writers: Vec<_> = (0..4)
+        .map(|writer| {
+            let database = database.clone();
+            std::thread::spawn(move || {
+                let mut client = Cluster::shared().connect(&database);
+                let ids: Vec<i64> = (1..=50).filter(|id| id % 4 == writer).collect();
+                for id in &ids {
+                    insert_instance(&mut client, *id);
+                }
+                for round in 0..9 {
+                    for id in &ids {
+                        set_external_id(&mut client, *id, &format!("step_{round}"));
+                    }
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.join().unwrap();
+    }
+    let events = outbox_events(&mut client);
+    assert_eq!(events.len(), 500);
+    let requests = receiver.wait_for("every version", Duration::from_secs(90), |r| {
+        r.iter().map(|x| x.header("webhook-id")).collect::<HashSet<_>>().len() >= 500
+    });
+    assert_in_order_per_instance(&requests);
+    let mut versions: HashMap<i64, Vec<i32>> = HashMap::new();
+    for request in &requests {
+        versions.entry(request.instance()).or_default().push(request.version());
+    }
+    for (instance, seen) in versions {
+        let mut first_seen: Vec<i32> = Vec::new();
+        for version in seen {
+            if !first_seen.contains(&version) {
+                first_seen.push(version);
+            }
+        }
+        assert_eq!(first_seen, (1..=10).collect::<Vec<_>>(), "instance {instance}");
+    }
+}
+
+fn fastrand_delay() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static STATE: AtomicU64 = AtomicU64::new(0x9E37_79B9_7F4A_7C15);
+    let mut x = STATE.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+    x ^= x >> 31;
+    x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    (x >> 33) % 25
+}
+
+#[test]
+fn a_later_version_whose_transaction_began_first_is_still_sent_second() {
+    let cluster = Cluster::shared();
+    let (database, mut client) = delivery_database("inversion");
+    let receiver = Receiver::ok();
+    create_endpoint(&mut client, "ordered", &receiver.url("/"), "{100ms}");
+    insert_instance(&mut client, 1);
+    insert_instance(&mut client, 2);
+    // The second transaction takes its transaction id first, then changes instance 1 after the
+    // first one did: its event (version 3) sorts before version 2 in delivery order.
+    let mut early = cluster.connect(&database);
+    early.batch_execute("BEGIN; SELECT pg_current_xact_id();").unwrap();
+    set_external_id(&mut client, 1, "first_change");
+    early.batch_execute("UPDATE ti.instance SET external_id = 'second_change' WHERE id = 1; COMMIT;").unwrap();
+    let order: Vec<i32> = client
+        .query("SELECT snapshot_version FROM ae_events.outbox WHERE aggregate_id = 1 ORDER BY txid, id", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(order, [1, 3, 2], "the set-up inverts delivery order");
+    // Fetching one event at a time: the batch must be extended to keep the versions in order.
+    let _relay = Relay::start(cluster, &database, &["--window", "1"]);
+    let requests = receiver.wait_for("every event", WAIT, |r| r.len() >= 4);
+    let versions: Vec<i32> = requests.iter().filter(|r| r.instance() == 1).map(Received::version).collect();
+    assert_eq!(versions, [1, 2, 3]);
+}
+
+#[test]
+fn a_failing_endpoint_does_not_delay_a_healthy_one() {
+    let cluster = Cluster::shared();
+    let (database, mut client) = delivery_database("isolation");
+    let hanging = Receiver::start(|_, _| Answer::status(500).after(Duration::from_secs(5)));
+    let healthy = Receiver::ok();
+    create_endpoint(&mut client, "hanging", &hanging.url("/"), "{1s}");
+    create_endpoint(&mut client, "healthy", &healthy.url("/"), "{1s}");
+    let _relay = Relay::start(cluster, &database, &[]);
+    std::thread::sleep(Duration::from_millis(500));
+    let start = Instant::now();
+    for id in 1..=40 {
+        insert_instance(&mut client, id);
+    }
+    healthy.wait_for("all 40 at the healthy endpoint", Duration::from_secs(3), |r| r.len() >= 40);
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    assert!(hanging.count() >= 1, "the hanging endpoint was being tried meanwhile");
+}
+
+#[test]
+fn during_a_rotation_both_secrets_sign_and_each_verifies() {
+    let cluster = Cluster::shared();
+    let (database, mut client) = delivery_database("rotation");
+    let receiver = Receiver::ok();
+    let old_secret = create_endpoint(&mut client, "rotating", &receiver.url("/"), "{1s}");
+    let new_secret: String = client
+        .query_one("SELECT ae_events.rotate_endpoint_secret('rotating', '1 hour')", &[])
+        .unwrap()
+        .get(0);
+    assert_ne!(old_secret, new_secret);
+    insert_instance(&mut client, 1);
+    let _relay = Relay::start(cluster, &database, &[]);
+    let request = receiver.wait_for("the event", WAIT, |r| !r.is_empty()).remove(0);
+    let signatures: Vec<&str> = request.header("webhook-signature").split(' ').collect();
+    assert_eq!(signatures.len(), 2, "{signatures:?}");
+    assert!(svix_verifies(&old_secret, &request));
+    assert!(svix_verifies(&new_secret, &request));
+    // Each signature on its own verifies with exactly one of the secrets.
+    for signature in &signatures {
+        let mut alone = request.clone();
+        alone.headers.insert("webhook-signature".to_owned(), signature.to_string());
+        assert!(svix_verifies(&old_secret, &alone) != svix_verifies(&new_secret, &alone));
+    }
+    // Without a grace period the old ones stop signing (once the relay renews its lease).
+    let newest: String = client
+        .query_one("SELECT ae_events.rotate_endpoint_secret('rotating', '0 s')", &[])
+        .unwrap()
+        .get(0);
+    std::thread::sleep(Duration::from_millis(1500));
+    insert_instance(&mut client, 2);
+    let requests = receiver.wait_for("the second event", WAIT, |r| r.len() >= 2);
+    let later = &requests[1];
+    assert_eq!(later.header("webhook-signature").split(' ').count(), 1);
+    assert!(svix_verifies(&newest, later));
+    assert!(!svix_verifies(&old_secret, later) && !svix_verifies(&new_secret, later));
+}
+
+#[test]
+fn redeliver_and_replay_send_events_again_with_the_same_webhook_id() {
+    let cluster = Cluster::shared();
+    let (database, mut client) = delivery_database("redeliver");
+    let receiver = Receiver::ok();
+    create_endpoint(&mut client, "again", &receiver.url("/"), "{1s}");
+    insert_instance(&mut client, 1);
+    insert_instance(&mut client, 2);
+    std::thread::sleep(Duration::from_millis(50));
+    let between: SystemTime = client.query_one("SELECT clock_timestamp()", &[]).unwrap().get(0);
+    std::thread::sleep(Duration::from_millis(50));
+    insert_instance(&mut client, 3);
+    let _relay = Relay::start(cluster, &database, &[]);
+    receiver.wait_for("the three events", WAIT, |r| r.len() >= 3);
+    wait_until_sql(&mut client, "three delivered", WAIT,
+        "SELECT count(*) = 3 FROM ae_events.delivery_status WHERE status = 'delivered'");
+
+    let second: String = client
+        .query_one("SELECT event_id::text FROM ae_events.outbox WHERE aggregate_id = 2", &[])
+        .unwrap()
+        .get(0);
+    let scheduled: i64 = client
+        .query_one("SELECT ae_events.redeliver('again', ARRAY[$1::text::uuid])", &[&second])
+        .unwrap()
+        .get(0);
+    assert_eq!(scheduled, 1);
+    let requests = receiver.wait_for("the redelivery", WAIT, |r| r.len() >= 4);
+    assert_eq!(requests[3].header("webhook-id"), second);
+
+    let replayed: i64 = client
+        .query_one("SELECT ae_events.replay_endpoint('again', $1)", &[&between])
+        .unwrap()
+        .get(0);
+    assert_eq!(replayed, 1, "only instance 3's event occurred after that time");
+    let requests = receiver.wait_for("the replay", WAIT, |r| r.len() >= 5);
+    assert_eq!(requests[4].instance(), 3);
+    wait_until_sql(&mut client, "delivered again", WAIT,
+        "SELECT count(*) = 3 FROM ae_events.delivery_status WHERE status = 'delivered'");
+}
+
+#[test]
+fn the_status_views_show_attempts_and_errors_and_only_the_right_roles_reach_what_they_may() {
+    let cluster = Cluster::shared();
+    let (database, mut client) = delivery_database("webhook_roles");
+    let receiver = Receiver::start(|_, _| Answer::status(503));
+    create_endpoint(&mut client, "down", &receiver.url("/"), "{300ms,300ms,10s}");
+    client
+        .execute("SELECT ae_events.alter_endpoint('down', headers => '{\"authorization\": \"Bearer s3cret\"}')", &[])
+        .unwrap();
+    insert_instance(&mut client, 1);
+    let _relay = Relay::start(cluster, &database, &[]);
+    wait_until_sql(&mut client, "three attempts", WAIT,
+        "SELECT EXISTS (SELECT FROM ae_events.delivery_status WHERE attempts = 3)");
+    let row = client
+        .query_one(
+            "SELECT status, attempts, last_status, last_error, next_attempt_at > now(), first_attempt_at < last_attempt_at
+               FROM ae_events.delivery_status",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "pending");
+    assert_eq!(row.get::<_, i32>(1), 3);
+    assert_eq!(row.get::<_, Option<i32>>(2), Some(503));
+    assert!(row.get::<_, String>(3).starts_with("HTTP 503"));
+    assert!(row.get::<_, bool>(4) && row.get::<_, bool>(5));
+    let header_names: Vec<String> = client
+        .query_one("SELECT header_names FROM ae_events.endpoint_status", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(header_names, ["authorization"]);
+
+    client
+        .batch_execute(
+            "DO $$ BEGIN CREATE ROLE webhook_analyst LOGIN; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;
+             GRANT ae_events_reader TO webhook_analyst;
+             DO $$ BEGIN CREATE ROLE webhook_app LOGIN; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;
+             GRANT USAGE ON SCHEMA ae_events TO webhook_app;",
+        )
+        .unwrap();
+    let mut analyst = cluster.connect_as(&database, "webhook_analyst");
+    let seen: i64 = analyst.query_one("SELECT count(*) FROM ae_events.delivery_status", &[]).unwrap().get(0);
+    assert_eq!(seen, 1);
+    analyst.query_one("SELECT count(*) FROM ae_events.endpoint_status", &[]).unwrap();
+    for query in [
+        "SELECT secret FROM ae_events.endpoint_secrets",
+        "SELECT headers FROM ae_events.endpoints",
+        "SELECT * FROM ae_events.deliveries",
+        "SELECT ae_events.redeliver('down', '{}')",
+        "SELECT * FROM ae_events.relay_lease('x', '1 s')",
+    ] {
+        let error = analyst.query(query, &[]).unwrap_err();
+        assert_eq!(sqlstate(&error), "42501", "an analyst may not: {query}");
+    }
+    let mut app = cluster.connect_as(&database, "webhook_app");
+    for query in [
+        "SELECT ae_events.create_endpoint('mine', 'http://127.0.0.1:1/')",
+        "SELECT ae_events.drop_endpoint('down')",
+        "SELECT ae_events.disable_endpoint('down')",
+        "SELECT ae_events.rotate_endpoint_secret('down')",
+        "SELECT ae_events.replay_endpoint('down', now())",
+        "SELECT * FROM ae_events.delivery_status",
+        "SELECT * FROM ae_events.relay_fetch('down', 'x', 0, '0', 0, 10)",
+    ] {
+        let error = app.query(query, &[]).unwrap_err();
+        assert_eq!(sqlstate(&error), "42501", "the application may not: {query}");
+    }
+    // The relay reads secrets; it cannot manage endpoints.
+    ensure_relay_login(cluster);
+    let mut relay = cluster.connect_as(&database, "relay_user");
+    let secrets: i64 = relay.query_one("SELECT count(*) FROM ae_events.endpoint_secrets", &[]).unwrap().get(0);
+    assert_eq!(secrets, 1);
+    let error = relay.query("SELECT ae_events.create_endpoint('x', 'http://127.0.0.1:1/')", &[]).unwrap_err();
+    assert_eq!(sqlstate(&error), "42501");
+}
+
+#[test]
+fn bad_input_gets_a_clear_ae_events_error() {
+    let (_database, mut client) = delivery_database("webhook_input");
+    client.query_one("SELECT ae_events.create_endpoint('taken', 'http://127.0.0.1:1/')", &[]).unwrap();
+    let cases = [
+        ("SELECT ae_events.create_endpoint('a', 'not a url')", "22023", "is not an http:// or https:// URL"),
+        ("SELECT ae_events.create_endpoint('a', 'ftp://example.com/')", "22023", "is not an http:// or https:// URL"),
+        ("SELECT ae_events.create_endpoint('a', 'http:///path')", "22023", "is not an http:// or https:// URL"),
+        ("SELECT ae_events.create_endpoint('a', 'http://x/', NULL, '$.a ==')", "22023", "is not a valid jsonpath"),
+        ("SELECT ae_events.create_endpoint('a', 'http://x/', NULL, '$.a')", "22023", "is not a predicate"),
+        ("SELECT ae_events.create_endpoint('a', 'http://x/', ARRAY['ae.nope'])", "22023", "unknown subscription key 'ae.nope'"),
+        ("SELECT ae_events.create_endpoint('a', 'http://x/', '{}')", "22023", "subscription_keys is empty"),
+        ("SELECT ae_events.create_endpoint('taken', 'http://x/')", "42710", "the endpoint 'taken' exists already"),
+        ("SELECT ae_events.create_endpoint(NULL, 'http://x/')", "22004", "an endpoint name is needed, not NULL"),
+        ("SELECT ae_events.create_endpoint('', 'http://x/')", "22023", "needs a non-empty name"),
+        ("SELECT ae_events.rotate_endpoint_secret('taken', '1 day', 'whsec_c2hvcnQ=')", "22023", "must be 24 to 64 bytes"),
+        ("SELECT ae_events.rotate_endpoint_secret('taken', '1 day', 'whsec_***')", "22023", "not valid base64"),
+        ("SELECT ae_events.rotate_endpoint_secret('taken', '1 day', 'secret')", "22023", "a secret is whsec_ followed by base64"),
+        ("SELECT ae_events.rotate_endpoint_secret('nope')", "42704", "there is no endpoint 'nope'"),
+        ("SELECT ae_events.alter_endpoint('taken', headers => '{\"webhook-id\": \"x\"}')", "22023", "is set by the relay"),
+        ("SELECT ae_events.alter_endpoint('taken', headers => '{\"x\": 1}')", "22023", "one-line string value"),
+        ("SELECT ae_events.alter_endpoint('taken', timeout => '0 s')", "22023", "timeout must be"),
+        ("SELECT ae_events.alter_endpoint('taken', retry_schedule => '{-1 s}')", "22023", "retry_schedule must be"),
+        ("SELECT ae_events.redeliver('taken', ARRAY[gen_random_uuid()])", "22023", "is not in the outbox"),
+    ];
+    for (query, code, message) in cases {
+        let error = client.query(query, &[]).unwrap_err();
+        let text = error_message(&error);
+        assert_eq!(sqlstate(&error), code, "{query}: {text}");
+        assert!(text.starts_with("ae_events: ") && text.contains(message), "{query}: {text}");
+    }
+    let endpoints: i64 = client.query_one("SELECT count(*) FROM ae_events.endpoints", &[]).unwrap().get(0);
+    assert_eq!(endpoints, 1, "nothing half-made");
+}
+
+#[test]
+fn check_says_whether_the_relay_can_work() {
+    let cluster = Cluster::shared();
+    let (database, mut client) = delivery_database("relay_check");
+    client.query_one("SELECT ae_events.create_endpoint('listed', 'http://127.0.0.1:1/')", &[]).unwrap();
+    ensure_relay_login(cluster);
+    let run = |user: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ae-relay"))
+            .args(["check", "--database-url", &format!("postgres://{user}@127.0.0.1:{}/{database}", cluster.port)])
+            .output()
+            .unwrap()
+    };
+    let relay = run("relay_user");
+    let text = String::from_utf8_lossy(&relay.stdout);
+    assert!(relay.status.success(), "{text}");
+    assert!(text.contains("1 endpoints, 1 enabled") && text.contains("listed: enabled"), "{text}");
+    client
+        .batch_execute("DO $$ BEGIN CREATE ROLE not_a_relay LOGIN; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;")
+        .unwrap();
+    let other = run("not_a_relay");
+    let text = String::from_utf8_lossy(&other.stdout);
+    assert!(!other.status.success());
+    assert!(text.contains("is not a member of ae_events_relay"), "{text}");
+}

@@ -1,0 +1,350 @@
+//! Real parts for the relay's tests: a throwaway cluster (tests/common), an HTTP receiver on
+//! 127.0.0.1 whose answers a test scripts, and the `ae-relay` binary as a child process.
+#![allow(dead_code)]
+
+#[path = "../../../tests/common/mod.rs"]
+pub mod common;
+
+pub use common::*;
+use postgres::Client;
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// One request as the receiver got it.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub method: String,
+    pub path: String,
+    pub headers: HashMap<String, String>,
+    pub body: String,
+    pub at: Instant,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.get(name).map(String::as_str).unwrap_or("")
+    }
+    pub fn instance(&self) -> i64 {
+        self.header("ae-aggregate-id").parse().unwrap_or(-1)
+    }
+    pub fn version(&self) -> i32 {
+        self.header("ae-snapshot-version").parse().unwrap_or(-1)
+    }
+}
+
+/// How the receiver answers one request.
+#[derive(Clone, Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub delay: Duration,
+}
+
+impl Answer {
+    pub fn status(status: u16) -> Answer {
+        Answer { status, headers: Vec::new(), delay: Duration::ZERO }
+    }
+    pub fn with_header(mut self, name: &str, value: &str) -> Answer {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+    pub fn after(mut self, delay: Duration) -> Answer {
+        self.delay = delay;
+        self
+    }
+}
+
+type Behaviour = dyn Fn(&Received, usize) -> Answer + Send + Sync;
+
+/// An HTTP server on 127.0.0.1 (tiny_http), one thread per request so that answers may be slow
+/// without holding the others. `behaviour` gets the request and how many requests with the same
+/// webhook-id came before it.
+pub struct Receiver {
+    pub port: u16,
+    requests: Arc<Mutex<Vec<Received>>>,
+    server: Arc<tiny_http::Server>,
+}
+
+impl Receiver {
+    pub fn start(behaviour: impl Fn(&Received, usize) -> Answer + Send + Sync + 'static) -> Receiver {
+        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("bind receiver"));
+        let port = server.server_addr().to_ip().expect("ip address").port();
+        let requests: Arc<Mutex<Vec<Received>>> = Arc::default();
+        let behaviour: Arc<Behaviour> = Arc::new(behaviour);
+        let (accepting, log) = (server.clone(), requests.clone());
+        std::thread::spawn(move || {
+            for mut request in accepting.incoming_requests() {
+                let mut body = String::new();
+                let _ = request.as_reader().read_to_string(&mut body);
+                let received = Received {
+                    method: request.method().as_str().to_owned(),
+                    path: request.url().to_owned(),
+                    headers: request
+                        .headers()
+                        .iter()
+                        .map(|h| (h.field.as_str().as_str().to_ascii_lowercase(), h.value.as_str().to_owned()))
+                        .collect(),
+                    body,
+                    at: Instant::now(),
+                };
+                let earlier = {
+                    let mut log = log.lock().unwrap();
+                    let earlier = log
+                        .iter()
+                        .filter(|r| r.header("webhook-id") == received.header("webhook-id"))
+                        .count();
+                    log.push(received.clone());
+                    earlier
+                };
+                let behaviour = behaviour.clone();
+                std::thread::spawn(move || {
+                    let answer = behaviour(&received, earlier);
+                    std::thread::sleep(answer.delay);
+                    let mut response = tiny_http::Response::from_string("answer").with_status_code(answer.status);
+                    for (name, value) in &answer.headers {
+                        if let Ok(header) = tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()) {
+                            response.add_header(header);
+                        }
+                    }
+                    let _ = request.respond(response);
+                });
+            }
+        });
+        Receiver { port, requests, server }
+    }
+
+    /// A receiver that answers 200 at once.
+    pub fn ok() -> Receiver {
+        Receiver::start(|_, _| Answer::status(200))
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn requests(&self) -> Vec<Received> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.requests.lock().unwrap().len()
+    }
+
+    /// Wait until `condition` holds for the requests so far.
+    pub fn wait_for(&self, what: &str, timeout: Duration, condition: impl Fn(&[Received]) -> bool) -> Vec<Received> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let requests = self.requests();
+            if condition(&requests) {
+                return requests;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}; {} requests so far", requests.len());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.server.unblock();
+    }
+}
+
+/// The `ae-relay` binary running as a child process; killed (SIGKILL) when dropped.
+pub struct Relay {
+    child: Child,
+    pub log_path: std::path::PathBuf,
+}
+
+impl Relay {
+    /// `ae-relay run` against the database as the login role `relay_user`, with a short lease
+    /// and poll interval so that tests need not wait for the defaults.
+    pub fn start(cluster: &Cluster, database: &str, extra: &[&str]) -> Relay {
+        ensure_relay_login(cluster);
+        let url = format!("postgres://relay_user@127.0.0.1:{}/{database}", cluster.port);
+        let log_path = std::env::temp_dir().join(format!(
+            "ae-relay-{database}-{}-{}.log",
+            std::process::id(),
+            fastrand_suffix()
+        ));
+        let log = std::fs::File::create(&log_path).expect("relay log");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ae-relay"));
+        command
+            .args(["run", "--lease", "2s", "--poll-interval", "250ms"])
+            .args(extra)
+            .env("DATABASE_URL", url)
+            .env("AE_RELAY_LOG", "info,ae_relay=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        let child = command.spawn().expect("start ae-relay");
+        Relay { child, log_path }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: no chance to finish or write anything.
+    pub fn kill_9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait for it to exit; its exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "ae-relay did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn fastrand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::SeqCst)
+}
+
+/// The relay's login role (cluster-wide; tests running at once may both create it).
+pub fn ensure_relay_login(cluster: &Cluster) {
+    cluster
+        .connect("postgres")
+        .batch_execute(
+            "DO $$ BEGIN
+                 CREATE ROLE relay_user LOGIN;
+             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+             END $$;
+             DO $$ BEGIN
+                 GRANT ae_events_relay TO relay_user;
+             EXCEPTION WHEN undefined_object OR unique_violation THEN NULL;
+             END $$;",
+        )
+        .unwrap();
+}
+
+/// A database with the reference schema, minimal reference data and the extension.
+pub fn delivery_database(name: &str) -> (String, Client) {
+    let cluster = Cluster::shared();
+    let database = cluster.database(name, ForeignKeys::Without);
+    let mut client = cluster.connect(&database);
+    client.batch_execute(MINIMAL_REFERENCE_DATA).unwrap();
+    (database, client)
+}
+
+/// Create an endpoint whose retries come fast (the schedule given), returning its secret.
+pub fn create_endpoint(client: &mut Client, name: &str, url: &str, schedule: &str) -> String {
+    let secret: String = client
+        .query_one("SELECT ae_events.create_endpoint($1, $2)", &[&name, &url])
+        .unwrap()
+        .get(0);
+    client
+        .execute(
+            "SELECT ae_events.alter_endpoint($1, retry_schedule => $2::text::interval[], retry_jitter => 0)",
+            &[&name, &schedule],
+        )
+        .unwrap();
+    secret
+}
+
+/// Set the status of an instance, making an updated event.
+pub fn set_status(client: &mut Client, instance: i64, status: &str) {
+    client
+        .execute(
+            "UPDATE ti.instance SET instance_status = $2::text::ti.instance_status WHERE id = $1",
+            &[&instance, &status],
+        )
+        .unwrap();
+}
+
+/// Change an instance's external id, making an updated event.
+pub fn set_external_id(client: &mut Client, instance: i64, external_id: &str) {
+    client
+        .execute("UPDATE ti.instance SET external_id = $2 WHERE id = $1", &[&instance, &external_id])
+        .unwrap();
+}
+
+/// One delivery row: status, attempts, last HTTP status, last error.
+pub fn delivery(client: &mut Client, endpoint: &str, event_id: &str) -> Option<(String, i32, Option<i32>, Option<String>)> {
+    client
+        .query_opt(
+            "SELECT status, attempts, last_status, last_error FROM ae_events.delivery_status
+              WHERE endpoint = $1 AND event_id = $2::text::uuid",
+            &[&endpoint, &event_id],
+        )
+        .unwrap()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+}
+
+/// Wait until a query's single boolean is true.
+pub fn wait_until_sql(client: &mut Client, what: &str, timeout: Duration, query: &str) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let done: bool = client.query_one(query, &[]).unwrap().get(0);
+        if done {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// The events of the outbox: (event_id, instance, version, payload text), in id order.
+pub fn outbox_events(client: &mut Client) -> Vec<(String, i64, i32, String)> {
+    client
+        .query(
+            "SELECT event_id::text, aggregate_id, snapshot_version, payload::text FROM ae_events.outbox ORDER BY id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect()
+}
+
+/// Per instance, the versions in the order the receiver first saw them must be increasing (and
+/// duplicates only repeat what came before).
+pub fn assert_in_order_per_instance(requests: &[Received]) {
+    let mut highest: HashMap<i64, i32> = HashMap::new();
+    for request in requests {
+        let version = request.version();
+        let seen = highest.entry(request.instance()).or_insert(0);
+        assert!(
+            version <= *seen || version == *seen + 1 || *seen == 0,
+            "instance {} version {version} arrived after version {seen}",
+            request.instance()
+        );
+        *seen = (*seen).max(version);
+    }
+}
+
+/// Verify a request's signature with the `svix` crate's Standard Webhooks verifier (an
+/// implementation this project did not write).
+pub fn svix_verifies(secret: &str, request: &Received) -> bool {
+    let mut headers = http::HeaderMap::new();
+    for name in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
+        headers.insert(name, http::HeaderValue::from_str(request.header(name)).unwrap());
+    }
+    svix::webhooks::Webhook::new(secret)
+        .unwrap()
+        .verify(request.body.as_bytes(), &headers)
+        .is_ok()
+}
