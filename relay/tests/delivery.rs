@@ -213,7 +213,11 @@ fn a_redirect_is_a_failed_attempt_and_is_not_followed() {
 fn a_410_disables_the_endpoint_and_enabling_it_again_resumes_where_it_stopped() {
     let cluster = Cluster::shared();
     let (database, mut client) = delivery_database("gone");
-    let gone_once = Receiver::start(|_, earlier| Answer::status(if earlier == 0 { 410 } else { 200 }));
+    let first = std::sync::atomic::AtomicBool::new(true);
+    let gone_once = Receiver::start(move |_, _| {
+        let is_first = first.swap(false, std::sync::atomic::Ordering::SeqCst);
+        Answer::status(if is_first { 410 } else { 200 })
+    });
     create_endpoint(&mut client, "leaving", &gone_once.url("/"), "{100ms}");
     insert_instance(&mut client, 1);
     let _relay = Relay::start(cluster, &database, &[]);
