@@ -8,6 +8,10 @@ use postgres::Client;
 
 const EARLIER_RELEASES: &[&str] = &["0.1.0", "0.2.0", "0.3.0", "0.4.0", "0.5.0"];
 
+/// Releases whose SQL objects this library writes events with (0.6.0 added webhook delivery,
+/// which the write path does not use); with the others it refuses until the update.
+const LIBRARY_WRITES_WITH: &[&str] = &["0.5.0"];
+
 /// The extension's objects as the catalog describes them, for comparing two databases.
 fn extension_objects(client: &mut Client) -> Vec<String> {
     client
@@ -93,22 +97,34 @@ fn update_from_each_earlier_release_matches_a_fresh_install_and_keeps_events() {
             )
             .unwrap();
 
-        // Installed package newer than the catalog: an insert fails loudly, nothing is committed.
-        let error = client
-            .batch_execute(
-                "INSERT INTO ti.instance VALUES (2, NULL, NULL, NULL, 'in_progress', 1, 1, NULL, NULL, NULL, now(), 1, now(), 1)",
-            )
-            .unwrap_err();
-        assert!(
-            error_message(&error).contains("ALTER EXTENSION ae_events UPDATE"),
-            "{error:?}"
-        );
-        assert_eq!(sqlstate(&error), "55000");
-        let committed: i64 = client
-            .query_one("SELECT count(*) FROM ti.instance", &[])
-            .unwrap()
-            .get(0);
-        assert_eq!(committed, 0);
+        if LIBRARY_WRITES_WITH.contains(release) {
+            // The new library needs nothing the update adds to write events: the application
+            // keeps working between the package upgrade and ALTER EXTENSION ... UPDATE.
+            client
+                .batch_execute(
+                    "BEGIN;
+                     INSERT INTO ti.instance VALUES (3, NULL, NULL, NULL, 'in_progress', 1, 1, NULL, NULL, NULL, now(), 1, now(), 1);
+                     ROLLBACK;",
+                )
+                .unwrap();
+        } else {
+            // Installed package newer than the catalog: an insert fails loudly, nothing is committed.
+            let error = client
+                .batch_execute(
+                    "INSERT INTO ti.instance VALUES (2, NULL, NULL, NULL, 'in_progress', 1, 1, NULL, NULL, NULL, now(), 1, now(), 1)",
+                )
+                .unwrap_err();
+            assert!(
+                error_message(&error).contains("ALTER EXTENSION ae_events UPDATE"),
+                "{error:?}"
+            );
+            assert_eq!(sqlstate(&error), "55000");
+            let committed: i64 = client
+                .query_one("SELECT count(*) FROM ti.instance", &[])
+                .unwrap()
+                .get(0);
+            assert_eq!(committed, 0);
+        }
 
         client
             .batch_execute("ALTER EXTENSION ae_events UPDATE")

@@ -72,7 +72,11 @@ impl Database {
     }
 
     /// Renew this relay's leases and take free endpoints; the endpoints it holds now.
-    pub async fn lease(&self, relay: &str, lease: Duration) -> Result<Vec<EndpointConfig>, DbError> {
+    pub async fn lease(
+        &self,
+        relay: &str,
+        lease: Duration,
+    ) -> Result<Vec<EndpointConfig>, DbError> {
         let rows = self
             .client
             .query(
@@ -154,7 +158,12 @@ impl Database {
                 "SELECT id, event_id::text, subscription_key, event_type, aggregate_id,
                         snapshot_version, payload, attempts
                    FROM ae_events.relay_due($1, $2, $3, $4)",
-                &[&endpoint, &relay, &(max_events.min(i32::MAX as usize) as i32), &busy_instances],
+                &[
+                    &endpoint,
+                    &relay,
+                    &(max_events.min(i32::MAX as usize) as i32),
+                    &busy_instances,
+                ],
             )
             .await?;
         Ok(rows
@@ -186,7 +195,8 @@ impl Database {
         let aggregates: Vec<i64> = outcomes.iter().map(|o| o.aggregate_id).collect();
         let statuses: Vec<&str> = outcomes.iter().map(|o| o.status).collect();
         let attempts: Vec<i32> = outcomes.iter().map(|o| o.attempts).collect();
-        let attempted_at: Vec<Option<SystemTime>> = outcomes.iter().map(|o| o.attempted_at).collect();
+        let attempted_at: Vec<Option<SystemTime>> =
+            outcomes.iter().map(|o| o.attempted_at).collect();
         let http_statuses: Vec<Option<i32>> = outcomes.iter().map(|o| o.http_status).collect();
         let errors: Vec<Option<&str>> = outcomes.iter().map(|o| o.error.as_deref()).collect();
         let next: Vec<Option<SystemTime>> = outcomes.iter().map(|o| o.next_attempt_at).collect();
@@ -269,10 +279,16 @@ fn endpoint_config(row: &Row) -> EndpointConfig {
         url: row.get(1),
         headers,
         timeout: Duration::from_millis(row.get::<_, i64>(3).max(1) as u64),
-        retry_schedule: schedule.into_iter().map(|ms| Duration::from_millis(ms.max(0) as u64)).collect(),
+        retry_schedule: schedule
+            .into_iter()
+            .map(|ms| Duration::from_millis(ms.max(0) as u64))
+            .collect(),
         retry_jitter: row.get(5),
         max_in_flight: row.get::<_, i32>(6).max(1) as usize,
-        keys: secrets.iter().filter_map(|s| SigningKey::from_secret(s)).collect(),
+        keys: secrets
+            .iter()
+            .filter_map(|s| SigningKey::from_secret(s))
+            .collect(),
         cursor: Position {
             epoch: row.get(8),
             txid: parse_txid(row.get(9)),

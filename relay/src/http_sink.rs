@@ -35,7 +35,11 @@ pub fn client() -> reqwest::Result<reqwest::Client> {
 }
 
 /// Send one event to the endpoint and classify the answer.
-pub async fn deliver(client: &reqwest::Client, endpoint: &EndpointConfig, event: &Event) -> Attempt {
+pub async fn deliver(
+    client: &reqwest::Client,
+    endpoint: &EndpointConfig,
+    event: &Event,
+) -> Attempt {
     let timestamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -44,7 +48,10 @@ pub async fn deliver(client: &reqwest::Client, endpoint: &EndpointConfig, event:
     let signature = signature_header(&endpoint.keys, &event.event_id, timestamp, &body);
     let mut headers = HeaderMap::new();
     for (name, value) in &endpoint.headers {
-        if let (Ok(name), Ok(value)) = (HeaderName::try_from(name.as_str()), HeaderValue::try_from(value.as_str())) {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::try_from(name.as_str()),
+            HeaderValue::try_from(value.as_str()),
+        ) {
             headers.insert(name, value);
         }
     }
@@ -97,7 +104,11 @@ pub async fn deliver(client: &reqwest::Client, endpoint: &EndpointConfig, event:
         _ => None,
     };
     let mut error = format!("HTTP {status}");
-    if let Some(location) = response.headers().get("location").and_then(|v| v.to_str().ok()) {
+    if let Some(location) = response
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+    {
         error.push_str(&format!(" (redirect to {location}, not followed)"));
     }
     let mut snippet = Vec::new();

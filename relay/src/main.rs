@@ -8,7 +8,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "ae-relay", version, about = "Delivers ae_events' outbox to webhook endpoints, signed, at least once, in order per instance")]
+#[command(
+    name = "ae-relay",
+    version,
+    about = "Delivers ae_events' outbox to webhook endpoints, signed, at least once, in order per instance"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -54,9 +58,13 @@ enum Command {
 /// `250ms`, `2s`, `5m`, `1h`, or plain seconds.
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: f64 = number.parse().map_err(|_| format!("not a duration: {text:?}"))?;
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("not a duration: {text:?}"))?;
     let seconds = match unit {
         "ms" => number / 1000.0,
         "" | "s" => number,
@@ -80,7 +88,14 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Run { connection, relay_id, lease, poll_interval, channel, window } => {
+        Command::Run {
+            connection,
+            relay_id,
+            lease,
+            poll_interval,
+            channel,
+            window,
+        } => {
             let mut config = RelayConfig::new(connection.database_url);
             config.relay_id = relay_id.unwrap_or_else(default_relay_id);
             config.lease = lease;
@@ -122,18 +137,31 @@ async fn check(url: &str) -> ExitCode {
     };
     println!("ae_events {version}");
     if !report.is_relay {
-        println!("role {} is not a member of ae_events_relay: GRANT ae_events_relay TO {};", report.role, report.role);
+        println!(
+            "role {} is not a member of ae_events_relay: GRANT ae_events_relay TO {};",
+            report.role, report.role
+        );
         return ExitCode::FAILURE;
     }
     let enabled = report.endpoints.iter().filter(|e| e.1).count();
     println!("{} endpoints, {enabled} enabled", report.endpoints.len());
     for (name, is_enabled, reason, relay) in &report.endpoints {
-        let state = if *is_enabled { "enabled".to_owned() } else { format!("disabled: {reason}") };
-        let served = if relay.is_empty() { String::new() } else { format!(", served by {relay}") };
+        let state = if *is_enabled {
+            "enabled".to_owned()
+        } else {
+            format!("disabled: {reason}")
+        };
+        let served = if relay.is_empty() {
+            String::new()
+        } else {
+            format!(", served by {relay}")
+        };
         println!("  {name}: {state}{served}");
     }
     if enabled == 0 {
-        println!("no enabled endpoint: create one with SELECT ae_events.create_endpoint(name, url);");
+        println!(
+            "no enabled endpoint: create one with SELECT ae_events.create_endpoint(name, url);"
+        );
     }
     ExitCode::SUCCESS
 }

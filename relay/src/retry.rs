@@ -57,8 +57,14 @@ mod tests {
     #[test]
     fn retry_after_is_honoured_up_to_the_longest_delay() {
         let schedule = [MS(100), MS(5000)];
-        assert_eq!(next_delay(&schedule, 0.0, 1, Some(MS(2000))), Some(MS(2000)));
-        assert_eq!(next_delay(&schedule, 0.0, 1, Some(MS(60_000))), Some(MS(5000)));
+        assert_eq!(
+            next_delay(&schedule, 0.0, 1, Some(MS(2000))),
+            Some(MS(2000))
+        );
+        assert_eq!(
+            next_delay(&schedule, 0.0, 1, Some(MS(60_000))),
+            Some(MS(5000))
+        );
         assert_eq!(next_delay(&schedule, 0.0, 2, Some(MS(10))), Some(MS(5000)));
     }
 
@@ -70,7 +76,10 @@ mod tests {
             parse_retry_after("Wed, 21 Oct 2015 07:28:10 GMT", now),
             Some(Duration::from_secs(10))
         );
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:27:00 GMT", now), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:27:00 GMT", now),
+            Some(Duration::ZERO)
+        );
         assert_eq!(parse_retry_after("soon", now), None);
     }
 }

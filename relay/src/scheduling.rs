@@ -138,7 +138,11 @@ impl Worker {
             if stopping {
                 if self.in_flight.is_empty() {
                     self.flush().await?;
-                    return Ok(if self.gone.is_some() { Stopped::Gone } else { Stopped::Shutdown });
+                    return Ok(if self.gone.is_some() {
+                        Stopped::Gone
+                    } else {
+                        Stopped::Shutdown
+                    });
                 }
             } else {
                 self.fetch_if_needed().await?;
@@ -159,7 +163,8 @@ impl Worker {
             if let Some(oldest) = self.oldest_outcome {
                 deadline = deadline.min(oldest + FLUSH_AGE);
             }
-            let more_to_fetch = !stopping && !self.caught_up && self.window.len() < self.relay.window;
+            let more_to_fetch =
+                !stopping && !self.caught_up && self.window.len() < self.relay.window;
             if more_to_fetch {
                 continue;
             }
@@ -240,11 +245,15 @@ impl Worker {
     fn dispatch_ready(&mut self) {
         let limit = self.config.borrow().max_in_flight;
         while self.in_flight.len() < limit {
-            let Some(instance) = self.ready.pop_front() else { break };
+            let Some(instance) = self.ready.pop_front() else {
+                break;
+            };
             if self.busy.contains(&instance) {
                 continue; // a pending row of it is in flight; it comes back when that settles
             }
-            let Some((sequence, event)) = self.queues.get(&instance).and_then(|q| q.front()).cloned() else {
+            let Some((sequence, event)) =
+                self.queues.get(&instance).and_then(|q| q.front()).cloned()
+            else {
                 continue;
             };
             self.start(Source::Fresh(sequence), event);
@@ -261,7 +270,10 @@ impl Worker {
         let room = limit - self.in_flight.len();
         let busy: Vec<i64> = self.busy.union(&self.unwritten).copied().collect();
         let name = self.name();
-        let due = self.db.due(&name, &self.relay.relay_id, room, &busy).await?;
+        let due = self
+            .db
+            .due(&name, &self.relay.relay_id, room, &busy)
+            .await?;
         self.next_due_check = if due.len() == room {
             now
         } else {
@@ -321,7 +333,11 @@ impl Worker {
                     httpdate::fmt_http_date(at)
                 ));
             }
-            Attempt::Failed { status, error, retry_after } => {
+            Attempt::Failed {
+                status,
+                error,
+                retry_after,
+            } => {
                 outcome.http_status = status.map(i32::from);
                 outcome.error = Some(error);
                 match retry::next_delay(&schedule, jitter, attempts as usize, retry_after) {
@@ -405,11 +421,19 @@ impl Worker {
         if self.outcomes.is_empty() && finished == 0 && self.gone.is_none() {
             return Ok(true);
         }
-        let cursor = finished.checked_sub(1).map(|last| self.window[last].position);
+        let cursor = finished
+            .checked_sub(1)
+            .map(|last| self.window[last].position);
         let name = self.name();
         let held = self
             .db
-            .record(&name, &self.relay.relay_id, &self.outcomes, cursor, self.gone.as_deref())
+            .record(
+                &name,
+                &self.relay.relay_id,
+                &self.outcomes,
+                cursor,
+                self.gone.as_deref(),
+            )
             .await?;
         if !held {
             return Ok(false);

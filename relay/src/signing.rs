@@ -41,7 +41,12 @@ impl SigningKey {
 }
 
 /// The `webhook-signature` header: one signature per key.
-pub fn signature_header(keys: &[SigningKey], webhook_id: &str, timestamp: i64, body: &[u8]) -> String {
+pub fn signature_header(
+    keys: &[SigningKey],
+    webhook_id: &str,
+    timestamp: i64,
+    body: &[u8],
+) -> String {
     keys.iter()
         .map(|key| key.sign(webhook_id, timestamp, body))
         .collect::<Vec<_>>()
@@ -70,7 +75,10 @@ mod tests {
         let second = SigningKey::from_secret("whsec_c2Vjb25kIGtleSBvZiAyNCBieXRlcyE=").unwrap();
         let header = signature_header(&[first.clone(), second.clone()], "id", 1, b"{}");
         let parts: Vec<&str> = header.split(' ').collect();
-        assert_eq!(parts, [first.sign("id", 1, b"{}"), second.sign("id", 1, b"{}")]);
+        assert_eq!(
+            parts,
+            [first.sign("id", 1, b"{}"), second.sign("id", 1, b"{}")]
+        );
         assert_ne!(parts[0], parts[1]);
         assert!(SigningKey::from_secret("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_none());
         assert!(SigningKey::from_secret("whsec_not base64!").is_none());

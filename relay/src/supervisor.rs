@@ -43,10 +43,14 @@ pub async fn run(config: RelayConfig) -> Result<(), Box<dyn std::error::Error>> 
                 delay = Duration::from_millis(250);
                 match serve(&config, db, woken, http.clone(), shutdown.clone()).await {
                     Ended::Shutdown => return Ok(()),
-                    Ended::Lost(why) => tracing::warn!(error = %why, "database connection lost; reconnecting"),
+                    Ended::Lost(why) => {
+                        tracing::warn!(error = %why, "database connection lost; reconnecting")
+                    }
                 }
             }
-            Err(error) => tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "cannot connect"),
+            Err(error) => {
+                tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "cannot connect")
+            }
         }
         let mut shutdown_wait = shutdown.clone();
         tokio::select! {
@@ -82,9 +86,15 @@ async fn serve(
                         if let Some(worker) = workers.get(&endpoint.name) {
                             worker.config.send_if_modified(|current| {
                                 // The cursor is the worker's own business once it runs.
-                                let changed = EndpointConfig { cursor: current.cursor, ..endpoint.clone() } != *current;
+                                let changed = EndpointConfig {
+                                    cursor: current.cursor,
+                                    ..endpoint.clone()
+                                } != *current;
                                 if changed {
-                                    *current = EndpointConfig { cursor: current.cursor, ..endpoint.clone() };
+                                    *current = EndpointConfig {
+                                        cursor: current.cursor,
+                                        ..endpoint.clone()
+                                    };
                                 }
                                 changed
                             });
@@ -105,10 +115,20 @@ async fn serve(
                         woken.clone(),
                         shutdown.clone(),
                     );
-                    workers.insert(name, RunningWorker { config: config_tx, task: tokio::spawn(worker.run()) });
+                    workers.insert(
+                        name,
+                        RunningWorker {
+                            config: config_tx,
+                            task: tokio::spawn(worker.run()),
+                        },
+                    );
                 }
                 // Endpoints no longer held (disabled, dropped, taken over): stop their workers.
-                let dropped: Vec<String> = workers.keys().filter(|n| !names.contains(n)).cloned().collect();
+                let dropped: Vec<String> = workers
+                    .keys()
+                    .filter(|n| !names.contains(n))
+                    .cloned()
+                    .collect();
                 for name in dropped {
                     if let Some(worker) = workers.remove(&name) {
                         worker.task.abort();
@@ -121,7 +141,10 @@ async fn serve(
         // A worker that ended: say why; the next lease round restarts it if still held.
         for (name, worker) in workers.iter_mut() {
             if worker.task.is_finished() {
-                let task = std::mem::replace(&mut worker.task, tokio::spawn(async { Ok(Stopped::NotHeld) }));
+                let task = std::mem::replace(
+                    &mut worker.task,
+                    tokio::spawn(async { Ok(Stopped::NotHeld) }),
+                );
                 report(name, task.await);
             }
         }
@@ -153,12 +176,20 @@ async fn serve(
 
 fn report(name: &str, result: Result<Result<Stopped, DbError>, tokio::task::JoinError>) {
     match result {
-        Ok(Ok(Stopped::Gone)) => tracing::warn!(endpoint = %name, "receiver answered 410 Gone: endpoint disabled"),
-        Ok(Ok(Stopped::NotHeld)) => tracing::info!(endpoint = %name, "endpoint no longer held by this relay"),
+        Ok(Ok(Stopped::Gone)) => {
+            tracing::warn!(endpoint = %name, "receiver answered 410 Gone: endpoint disabled")
+        }
+        Ok(Ok(Stopped::NotHeld)) => {
+            tracing::info!(endpoint = %name, "endpoint no longer held by this relay")
+        }
         Ok(Ok(Stopped::Shutdown)) => {}
-        Ok(Err(error)) => tracing::warn!(endpoint = %name, %error, "endpoint worker failed; restarting it"),
+        Ok(Err(error)) => {
+            tracing::warn!(endpoint = %name, %error, "endpoint worker failed; restarting it")
+        }
         Err(error) if error.is_cancelled() => {}
-        Err(error) => tracing::error!(endpoint = %name, %error, "endpoint worker panicked; restarting it"),
+        Err(error) => {
+            tracing::error!(endpoint = %name, %error, "endpoint worker panicked; restarting it")
+        }
     }
 }
 

@@ -17,7 +17,10 @@ fn the_seed_example_arrives_as_one_signed_post_whose_body_is_the_stored_payload(
     let mut client = cluster.connect(&database);
     let receiver = Receiver::ok();
     let secret: String = client
-        .query_one("SELECT ae_events.create_endpoint('proctors', $1)", &[&receiver.url("/hooks")])
+        .query_one(
+            "SELECT ae_events.create_endpoint('proctors', $1)",
+            &[&receiver.url("/hooks")],
+        )
         .unwrap()
         .get(0);
     assert!(secret.starts_with("whsec_"), "{secret}");
@@ -32,24 +35,45 @@ fn the_seed_example_arrives_as_one_signed_post_whose_body_is_the_stored_payload(
     let (event_id, instance, version, stored_payload) = outbox_events(&mut client).remove(0);
     assert_eq!(request.method, "POST");
     assert_eq!(request.path, "/hooks");
-    assert_eq!(request.body, stored_payload, "the body is the stored jsonb's text");
+    assert_eq!(
+        request.body, stored_payload,
+        "the body is the stored jsonb's text"
+    );
     assert_eq!(
         serde_json::from_str::<serde_json::Value>(&request.body).unwrap(),
         seed_example_payload()
     );
     assert_eq!(request.header("content-type"), "application/json");
     assert_eq!(request.header("webhook-id"), event_id);
-    assert_eq!(request.header("ae-subscription-key"), "ae.test_instance.created");
+    assert_eq!(
+        request.header("ae-subscription-key"),
+        "ae.test_instance.created"
+    );
     assert_eq!(request.header("ae-event-type"), "ae_test_instance_created");
     assert_eq!(request.header("ae-aggregate-id"), instance.to_string());
     assert_eq!(request.header("ae-snapshot-version"), version.to_string());
-    assert_eq!(request.header("user-agent"), format!("ae-relay/{}", env!("CARGO_PKG_VERSION")));
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+    assert_eq!(
+        request.header("user-agent"),
+        format!("ae-relay/{}", env!("CARGO_PKG_VERSION"))
+    );
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
     let timestamp: i64 = request.header("webhook-timestamp").parse().unwrap();
-    assert!((now - timestamp).abs() < 60, "timestamp {timestamp} vs now {now}");
-    assert!(svix_verifies(&secret, request), "the svix crate verifies the signature");
+    assert!(
+        (now - timestamp).abs() < 60,
+        "timestamp {timestamp} vs now {now}"
+    );
+    assert!(
+        svix_verifies(&secret, request),
+        "the svix crate verifies the signature"
+    );
     let other_secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-    assert!(!svix_verifies(other_secret, request), "and rejects another secret");
+    assert!(
+        !svix_verifies(other_secret, request),
+        "and rejects another secret"
+    );
 
     wait_until_sql(
         &mut client,
@@ -67,7 +91,10 @@ fn subscription_keys_and_a_jsonpath_filter_select_exactly_the_matching_events() 
     let (database, mut client) = delivery_database("selection");
     let receiver = Receiver::ok();
     client
-        .query_one("SELECT ae_events.create_endpoint('all', $1)", &[&receiver.url("/all")])
+        .query_one(
+            "SELECT ae_events.create_endpoint('all', $1)",
+            &[&receiver.url("/all")],
+        )
         .unwrap();
     client
         .query_one(
@@ -92,7 +119,10 @@ fn subscription_keys_and_a_jsonpath_filter_select_exactly_the_matching_events() 
     let expected = |condition: &str| -> HashSet<String> {
         let mut client = cluster.connect(&database);
         client
-            .query(&format!("SELECT event_id::text FROM ae_events.outbox WHERE {condition}"), &[])
+            .query(
+                &format!("SELECT event_id::text FROM ae_events.outbox WHERE {condition}"),
+                &[],
+            )
             .unwrap()
             .iter()
             .map(|r| r.get(0))
@@ -107,7 +137,11 @@ fn subscription_keys_and_a_jsonpath_filter_select_exactly_the_matching_events() 
     std::thread::sleep(Duration::from_millis(500));
     let requests = receiver.requests();
     let got = |path: &str| -> HashSet<String> {
-        requests.iter().filter(|r| r.path == path).map(|r| r.header("webhook-id").to_owned()).collect()
+        requests
+            .iter()
+            .filter(|r| r.path == path)
+            .map(|r| r.header("webhook-id").to_owned())
+            .collect()
     };
     assert_eq!(requests.len(), total, "nothing more, nothing twice");
     assert_eq!(got("/all"), all);
@@ -119,7 +153,8 @@ fn subscription_keys_and_a_jsonpath_filter_select_exactly_the_matching_events() 
 fn a_failing_receiver_gets_retries_with_the_same_webhook_id_on_the_policys_schedule() {
     let cluster = Cluster::shared();
     let (database, mut client) = delivery_database("retries");
-    let receiver = Receiver::start(|_, earlier| Answer::status(if earlier < 2 { 500 } else { 200 }));
+    let receiver =
+        Receiver::start(|_, earlier| Answer::status(if earlier < 2 { 500 } else { 200 }));
     create_endpoint(&mut client, "flaky", &receiver.url("/"), "{400ms,800ms,5s}");
     insert_instance(&mut client, 1);
     let _relay = Relay::start(cluster, &database, &[]);
@@ -129,12 +164,25 @@ fn a_failing_receiver_gets_retries_with_the_same_webhook_id_on_the_policys_sched
     assert_eq!(ids.len(), 1, "every attempt carries the same webhook-id");
     let first_gap = requests[1].at - requests[0].at;
     let second_gap = requests[2].at - requests[1].at;
-    assert!(first_gap >= Duration::from_millis(400) && first_gap < Duration::from_millis(1500), "{first_gap:?}");
-    assert!(second_gap >= Duration::from_millis(800) && second_gap < Duration::from_millis(2000), "{second_gap:?}");
+    assert!(
+        first_gap >= Duration::from_millis(400) && first_gap < Duration::from_millis(1500),
+        "{first_gap:?}"
+    );
+    assert!(
+        second_gap >= Duration::from_millis(800) && second_gap < Duration::from_millis(2000),
+        "{second_gap:?}"
+    );
     let event_id = requests[0].header("webhook-id").to_owned();
-    wait_until_sql(&mut client, "delivered", WAIT,
-        "SELECT EXISTS (SELECT FROM ae_events.delivery_status WHERE status = 'delivered')");
-    assert_eq!(delivery(&mut client, "flaky", &event_id).unwrap(), ("delivered".to_owned(), 3, Some(200), None));
+    wait_until_sql(
+        &mut client,
+        "delivered",
+        WAIT,
+        "SELECT EXISTS (SELECT FROM ae_events.delivery_status WHERE status = 'delivered')",
+    );
+    assert_eq!(
+        delivery(&mut client, "flaky", &event_id).unwrap(),
+        ("delivered".to_owned(), 3, Some(200), None)
+    );
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(receiver.count(), 3);
 }
@@ -155,7 +203,10 @@ fn retry_after_of_a_429_is_honoured() {
     let _relay = Relay::start(cluster, &database, &[]);
     let requests = receiver.wait_for("the retry", WAIT, |r| r.len() >= 2);
     let gap = requests[1].at - requests[0].at;
-    assert!(gap >= Duration::from_secs(2) && gap < Duration::from_millis(3500), "Retry-After: 2 gave {gap:?}");
+    assert!(
+        gap >= Duration::from_secs(2) && gap < Duration::from_millis(3500),
+        "Retry-After: 2 gave {gap:?}"
+    );
 }
 
 #[test]
@@ -163,26 +214,53 @@ fn a_slow_receiver_hits_the_timeout_and_a_refused_connection_is_retried() {
     let cluster = Cluster::shared();
     let (database, mut client) = delivery_database("timeouts");
     let slow = Receiver::start(|_, earlier| {
-        if earlier == 0 { Answer::status(200).after(Duration::from_secs(4)) } else { Answer::status(200) }
+        if earlier == 0 {
+            Answer::status(200).after(Duration::from_secs(4))
+        } else {
+            Answer::status(200)
+        }
     });
     create_endpoint(&mut client, "slow", &slow.url("/"), "{2s}");
-    client.execute("SELECT ae_events.alter_endpoint('slow', timeout => '500ms')", &[]).unwrap();
+    client
+        .execute(
+            "SELECT ae_events.alter_endpoint('slow', timeout => '500ms')",
+            &[],
+        )
+        .unwrap();
     // A port nobody listens on (yet).
-    let closed_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    create_endpoint(&mut client, "refused", &format!("http://127.0.0.1:{closed_port}/"), "{2s}");
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    create_endpoint(
+        &mut client,
+        "refused",
+        &format!("http://127.0.0.1:{closed_port}/"),
+        "{2s}",
+    );
     insert_instance(&mut client, 1);
     let _relay = Relay::start(cluster, &database, &[]);
 
     wait_until_sql(&mut client, "both first attempts failed", WAIT,
         "SELECT count(*) = 2 FROM ae_events.delivery_status WHERE status = 'pending' AND attempts = 1");
     let errors: HashMap<String, String> = client
-        .query("SELECT endpoint, last_error FROM ae_events.delivery_status", &[])
+        .query(
+            "SELECT endpoint, last_error FROM ae_events.delivery_status",
+            &[],
+        )
         .unwrap()
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
-    assert!(errors["slow"].contains("timed out after 500 ms"), "{errors:?}");
-    assert!(errors["refused"].contains("could not connect"), "{errors:?}");
+    assert!(
+        errors["slow"].contains("timed out after 500 ms"),
+        "{errors:?}"
+    );
+    assert!(
+        errors["refused"].contains("could not connect"),
+        "{errors:?}"
+    );
     // The receiver comes up on that port: the retry gets through.
     let server = tiny_http::Server::http(format!("127.0.0.1:{closed_port}")).unwrap();
     let request = server.recv_timeout(WAIT).unwrap().expect("the retry");
@@ -196,17 +274,30 @@ fn a_redirect_is_a_failed_attempt_and_is_not_followed() {
     let cluster = Cluster::shared();
     let (database, mut client) = delivery_database("redirects");
     let receiver = Receiver::start(|_, earlier| {
-        if earlier == 0 { Answer::status(302).with_header("Location", "/elsewhere") } else { Answer::status(200) }
+        if earlier == 0 {
+            Answer::status(302).with_header("Location", "/elsewhere")
+        } else {
+            Answer::status(200)
+        }
     });
     create_endpoint(&mut client, "moved", &receiver.url("/here"), "{1s}");
     insert_instance(&mut client, 1);
     let _relay = Relay::start(cluster, &database, &[]);
     wait_until_sql(&mut client, "the failed first attempt", WAIT,
         "SELECT EXISTS (SELECT FROM ae_events.delivery_status WHERE status = 'pending' AND last_status = 302)");
-    let error: String = client.query_one("SELECT last_error FROM ae_events.delivery_status", &[]).unwrap().get(0);
-    assert!(error.contains("redirect to /elsewhere, not followed"), "{error}");
+    let error: String = client
+        .query_one("SELECT last_error FROM ae_events.delivery_status", &[])
+        .unwrap()
+        .get(0);
+    assert!(
+        error.contains("redirect to /elsewhere, not followed"),
+        "{error}"
+    );
     receiver.wait_for("the retry", WAIT, |r| r.len() >= 2);
-    assert!(receiver.requests().iter().all(|r| r.path == "/here"), "the redirect was not followed");
+    assert!(
+        receiver.requests().iter().all(|r| r.path == "/here"),
+        "the redirect was not followed"
+    );
 }
 
 #[test]
@@ -221,23 +312,48 @@ fn a_410_disables_the_endpoint_and_enabling_it_again_resumes_where_it_stopped() 
     create_endpoint(&mut client, "leaving", &gone_once.url("/"), "{100ms}");
     insert_instance(&mut client, 1);
     let _relay = Relay::start(cluster, &database, &[]);
-    wait_until_sql(&mut client, "the endpoint disabled", WAIT,
-        "SELECT NOT enabled AND disabled_reason LIKE '%410 Gone%' FROM ae_events.endpoint_status");
+    wait_until_sql(
+        &mut client,
+        "the endpoint disabled",
+        WAIT,
+        "SELECT NOT enabled AND disabled_reason LIKE '%410 Gone%' FROM ae_events.endpoint_status",
+    );
     let gone_event = gone_once.requests()[0].header("webhook-id").to_owned();
     insert_instance(&mut client, 2);
     insert_instance(&mut client, 3);
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(gone_once.count(), 1, "nothing is sent to a disabled endpoint");
+    assert_eq!(
+        gone_once.count(),
+        1,
+        "nothing is sent to a disabled endpoint"
+    );
 
-    client.execute("SELECT ae_events.enable_endpoint('leaving')", &[]).unwrap();
+    client
+        .execute("SELECT ae_events.enable_endpoint('leaving')", &[])
+        .unwrap();
     let requests = gone_once.wait_for("the rest", WAIT, |r| r.len() >= 4);
     assert_eq!(requests.len(), 4, "{requests:?}");
-    let resent: Vec<&Received> = requests[1..].iter().filter(|r| r.header("webhook-id") == gone_event).collect();
-    assert_eq!(resent.len(), 1, "the 410'd event is sent again, with its webhook-id");
+    let resent: Vec<&Received> = requests[1..]
+        .iter()
+        .filter(|r| r.header("webhook-id") == gone_event)
+        .collect();
+    assert_eq!(
+        resent.len(),
+        1,
+        "the 410'd event is sent again, with its webhook-id"
+    );
     let instances: HashSet<i64> = requests[1..].iter().map(Received::instance).collect();
-    assert_eq!(instances, HashSet::from([1, 2, 3]), "and the events that came meanwhile");
-    wait_until_sql(&mut client, "all delivered", WAIT,
-        "SELECT count(*) = 3 FROM ae_events.delivery_status WHERE status = 'delivered'");
+    assert_eq!(
+        instances,
+        HashSet::from([1, 2, 3]),
+        "and the events that came meanwhile"
+    );
+    wait_until_sql(
+        &mut client,
+        "all delivered",
+        WAIT,
+        "SELECT count(*) = 3 FROM ae_events.delivery_status WHERE status = 'delivered'",
+    );
 }
 
 #[test]
@@ -245,7 +361,11 @@ fn a_poison_event_is_dead_lettered_while_other_instances_flow_and_its_next_versi
     let cluster = Cluster::shared();
     let (database, mut client) = delivery_database("poison");
     let receiver = Receiver::start(|request, _| {
-        Answer::status(if request.instance() == 1 && request.version() == 1 { 400 } else { 200 })
+        Answer::status(if request.instance() == 1 && request.version() == 1 {
+            400
+        } else {
+            200
+        })
     });
     create_endpoint(&mut client, "strict", &receiver.url("/"), "{700ms,700ms}");
     insert_instance(&mut client, 1);
@@ -255,18 +375,36 @@ fn a_poison_event_is_dead_lettered_while_other_instances_flow_and_its_next_versi
     }
     let _relay = Relay::start(cluster, &database, &[]);
 
-    let requests = receiver.wait_for("the poison's three attempts and the rest", WAIT, |r| r.len() >= 3 + 1 + 4);
-    let poison: Vec<&Received> = requests.iter().filter(|r| r.instance() == 1 && r.version() == 1).collect();
+    let requests = receiver.wait_for("the poison's three attempts and the rest", WAIT, |r| {
+        r.len() >= 3 + 1 + 4
+    });
+    let poison: Vec<&Received> = requests
+        .iter()
+        .filter(|r| r.instance() == 1 && r.version() == 1)
+        .collect();
     assert_eq!(poison.len(), 3, "three attempts, then dead-lettered");
     let last_poison_attempt = poison[2].at;
     for other in requests.iter().filter(|r| r.instance() != 1) {
-        assert!(other.at < poison[1].at, "instance {} was not held back by the poison", other.instance());
+        assert!(
+            other.at < poison[1].at,
+            "instance {} was not held back by the poison",
+            other.instance()
+        );
     }
-    let next_version = requests.iter().find(|r| r.instance() == 1 && r.version() == 2).unwrap();
-    assert!(next_version.at > last_poison_attempt, "version 2 waited until version 1 was dead-lettered");
+    let next_version = requests
+        .iter()
+        .find(|r| r.instance() == 1 && r.version() == 2)
+        .unwrap();
+    assert!(
+        next_version.at > last_poison_attempt,
+        "version 2 waited until version 1 was dead-lettered"
+    );
     wait_until_sql(&mut client, "the dead letter", WAIT,
         "SELECT EXISTS (SELECT FROM ae_events.delivery_status WHERE status = 'dead' AND attempts = 3 AND last_status = 400)");
-    let dead: i64 = client.query_one("SELECT dead FROM ae_events.endpoint_status", &[]).unwrap().get(0);
+    let dead: i64 = client
+        .query_one("SELECT dead FROM ae_events.endpoint_status", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(dead, 1);
 }
 
@@ -274,9 +412,15 @@ fn a_poison_event_is_dead_lettered_while_other_instances_flow_and_its_next_versi
 fn fifty_instances_with_ten_versions_each_arrive_in_order_per_instance() {
     let cluster = Cluster::shared();
     let (database, mut client) = delivery_database("ordering");
-    let receiver = Receiver::start(|_, _| Answer::status(200).after(Duration::from_millis(fastrand_delay())));
+    let receiver =
+        Receiver::start(|_, _| Answer::status(200).after(Duration::from_millis(fastrand_delay())));
     create_endpoint(&mut client, "ordered", &receiver.url("/"), "{100ms}");
-    client.execute("SELECT ae_events.alter_endpoint('ordered', max_in_flight => 16)", &[]).unwrap();
+    client
+        .execute(
+            "SELECT ae_events.alter_endpoint('ordered', max_in_flight => 16)",
+            &[],
+        )
+        .unwrap();
     let _relay = Relay::start(cluster, &database, &[]);
     // Four writers, each its own instances, so that transactions interleave.
     let writers: Vec<_> = (0..4)
@@ -302,12 +446,19 @@ fn fifty_instances_with_ten_versions_each_arrive_in_order_per_instance() {
     let events = outbox_events(&mut client);
     assert_eq!(events.len(), 500);
     let requests = receiver.wait_for("every version", Duration::from_secs(90), |r| {
-        r.iter().map(|x| x.header("webhook-id")).collect::<HashSet<_>>().len() >= 500
+        r.iter()
+            .map(|x| x.header("webhook-id"))
+            .collect::<HashSet<_>>()
+            .len()
+            >= 500
     });
     assert_in_order_per_instance(&requests);
     let mut versions: HashMap<i64, Vec<i32>> = HashMap::new();
     for request in &requests {
-        versions.entry(request.instance()).or_default().push(request.version());
+        versions
+            .entry(request.instance())
+            .or_default()
+            .push(request.version());
     }
     for (instance, seen) in versions {
         let mut first_seen: Vec<i32> = Vec::new();
@@ -316,7 +467,11 @@ fn fifty_instances_with_ten_versions_each_arrive_in_order_per_instance() {
                 first_seen.push(version);
             }
         }
-        assert_eq!(first_seen, (1..=10).collect::<Vec<_>>(), "instance {instance}");
+        assert_eq!(
+            first_seen,
+            (1..=10).collect::<Vec<_>>(),
+            "instance {instance}"
+        );
     }
 }
 
@@ -340,9 +495,13 @@ fn a_later_version_whose_transaction_began_first_is_still_sent_second() {
     // The second transaction takes its transaction id first, then changes instance 1 after the
     // first one did: its event (version 3) sorts before version 2 in delivery order.
     let mut early = cluster.connect(&database);
-    early.batch_execute("BEGIN; SELECT pg_current_xact_id();").unwrap();
+    early
+        .batch_execute("BEGIN; SELECT pg_current_xact_id();")
+        .unwrap();
     set_external_id(&mut client, 1, "first_change");
-    early.batch_execute("UPDATE ti.instance SET external_id = 'second_change' WHERE id = 1; COMMIT;").unwrap();
+    early
+        .batch_execute("UPDATE ti.instance SET external_id = 'second_change' WHERE id = 1; COMMIT;")
+        .unwrap();
     let order: Vec<i32> = client
         .query("SELECT snapshot_version FROM ae_events.outbox WHERE aggregate_id = 1 ORDER BY txid, id", &[])
         .unwrap()
@@ -353,7 +512,11 @@ fn a_later_version_whose_transaction_began_first_is_still_sent_second() {
     // Fetching one event at a time: the batch must be extended to keep the versions in order.
     let _relay = Relay::start(cluster, &database, &["--window", "1"]);
     let requests = receiver.wait_for("every event", WAIT, |r| r.len() >= 4);
-    let versions: Vec<i32> = requests.iter().filter(|r| r.instance() == 1).map(Received::version).collect();
+    let versions: Vec<i32> = requests
+        .iter()
+        .filter(|r| r.instance() == 1)
+        .map(Received::version)
+        .collect();
     assert_eq!(versions, [1, 2, 3]);
 }
 
@@ -371,10 +534,17 @@ fn a_failing_endpoint_does_not_delay_a_healthy_one() {
     for id in 1..=40 {
         insert_instance(&mut client, id);
     }
-    healthy.wait_for("all 40 at the healthy endpoint", Duration::from_secs(3), |r| r.len() >= 40);
+    healthy.wait_for(
+        "all 40 at the healthy endpoint",
+        Duration::from_secs(3),
+        |r| r.len() >= 40,
+    );
     let took = start.elapsed();
     assert!(took < Duration::from_secs(3), "{took:?}");
-    assert!(hanging.count() >= 1, "the hanging endpoint was being tried meanwhile");
+    assert!(
+        hanging.count() >= 1,
+        "the hanging endpoint was being tried meanwhile"
+    );
 }
 
 #[test]
@@ -384,13 +554,18 @@ fn during_a_rotation_both_secrets_sign_and_each_verifies() {
     let receiver = Receiver::ok();
     let old_secret = create_endpoint(&mut client, "rotating", &receiver.url("/"), "{1s}");
     let new_secret: String = client
-        .query_one("SELECT ae_events.rotate_endpoint_secret('rotating', '1 hour')", &[])
+        .query_one(
+            "SELECT ae_events.rotate_endpoint_secret('rotating', '1 hour')",
+            &[],
+        )
         .unwrap()
         .get(0);
     assert_ne!(old_secret, new_secret);
     insert_instance(&mut client, 1);
     let _relay = Relay::start(cluster, &database, &[]);
-    let request = receiver.wait_for("the event", WAIT, |r| !r.is_empty()).remove(0);
+    let request = receiver
+        .wait_for("the event", WAIT, |r| !r.is_empty())
+        .remove(0);
     let signatures: Vec<&str> = request.header("webhook-signature").split(' ').collect();
     assert_eq!(signatures.len(), 2, "{signatures:?}");
     assert!(svix_verifies(&old_secret, &request));
@@ -398,12 +573,17 @@ fn during_a_rotation_both_secrets_sign_and_each_verifies() {
     // Each signature on its own verifies with exactly one of the secrets.
     for signature in &signatures {
         let mut alone = request.clone();
-        alone.headers.insert("webhook-signature".to_owned(), signature.to_string());
+        alone
+            .headers
+            .insert("webhook-signature".to_owned(), signature.to_string());
         assert!(svix_verifies(&old_secret, &alone) != svix_verifies(&new_secret, &alone));
     }
     // Without a grace period the old ones stop signing (once the relay renews its lease).
     let newest: String = client
-        .query_one("SELECT ae_events.rotate_endpoint_secret('rotating', '0 s')", &[])
+        .query_one(
+            "SELECT ae_events.rotate_endpoint_secret('rotating', '0 s')",
+            &[],
+        )
         .unwrap()
         .get(0);
     std::thread::sleep(Duration::from_millis(1500));
@@ -424,20 +604,33 @@ fn redeliver_and_replay_send_events_again_with_the_same_webhook_id() {
     insert_instance(&mut client, 1);
     insert_instance(&mut client, 2);
     std::thread::sleep(Duration::from_millis(50));
-    let between: SystemTime = client.query_one("SELECT clock_timestamp()", &[]).unwrap().get(0);
+    let between: SystemTime = client
+        .query_one("SELECT clock_timestamp()", &[])
+        .unwrap()
+        .get(0);
     std::thread::sleep(Duration::from_millis(50));
     insert_instance(&mut client, 3);
     let _relay = Relay::start(cluster, &database, &[]);
     receiver.wait_for("the three events", WAIT, |r| r.len() >= 3);
-    wait_until_sql(&mut client, "three delivered", WAIT,
-        "SELECT count(*) = 3 FROM ae_events.delivery_status WHERE status = 'delivered'");
+    wait_until_sql(
+        &mut client,
+        "three delivered",
+        WAIT,
+        "SELECT count(*) = 3 FROM ae_events.delivery_status WHERE status = 'delivered'",
+    );
 
     let second: String = client
-        .query_one("SELECT event_id::text FROM ae_events.outbox WHERE aggregate_id = 2", &[])
+        .query_one(
+            "SELECT event_id::text FROM ae_events.outbox WHERE aggregate_id = 2",
+            &[],
+        )
         .unwrap()
         .get(0);
     let scheduled: i64 = client
-        .query_one("SELECT ae_events.redeliver('again', ARRAY[$1::text::uuid])", &[&second])
+        .query_one(
+            "SELECT ae_events.redeliver('again', ARRAY[$1::text::uuid])",
+            &[&second],
+        )
         .unwrap()
         .get(0);
     assert_eq!(scheduled, 1);
@@ -448,11 +641,18 @@ fn redeliver_and_replay_send_events_again_with_the_same_webhook_id() {
         .query_one("SELECT ae_events.replay_endpoint('again', $1)", &[&between])
         .unwrap()
         .get(0);
-    assert_eq!(replayed, 1, "only instance 3's event occurred after that time");
+    assert_eq!(
+        replayed, 1,
+        "only instance 3's event occurred after that time"
+    );
     let requests = receiver.wait_for("the replay", WAIT, |r| r.len() >= 5);
     assert_eq!(requests[4].instance(), 3);
-    wait_until_sql(&mut client, "delivered again", WAIT,
-        "SELECT count(*) = 3 FROM ae_events.delivery_status WHERE status = 'delivered'");
+    wait_until_sql(
+        &mut client,
+        "delivered again",
+        WAIT,
+        "SELECT count(*) = 3 FROM ae_events.delivery_status WHERE status = 'delivered'",
+    );
 }
 
 #[test]
@@ -466,8 +666,12 @@ fn the_status_views_show_attempts_and_errors_and_only_the_right_roles_reach_what
         .unwrap();
     insert_instance(&mut client, 1);
     let _relay = Relay::start(cluster, &database, &[]);
-    wait_until_sql(&mut client, "three attempts", WAIT,
-        "SELECT EXISTS (SELECT FROM ae_events.delivery_status WHERE attempts = 3)");
+    wait_until_sql(
+        &mut client,
+        "three attempts",
+        WAIT,
+        "SELECT EXISTS (SELECT FROM ae_events.delivery_status WHERE attempts = 3)",
+    );
     let row = client
         .query_one(
             "SELECT status, attempts, last_status, last_error, next_attempt_at > now(), first_attempt_at < last_attempt_at
@@ -495,9 +699,14 @@ fn the_status_views_show_attempts_and_errors_and_only_the_right_roles_reach_what
         )
         .unwrap();
     let mut analyst = cluster.connect_as(&database, "webhook_analyst");
-    let seen: i64 = analyst.query_one("SELECT count(*) FROM ae_events.delivery_status", &[]).unwrap().get(0);
+    let seen: i64 = analyst
+        .query_one("SELECT count(*) FROM ae_events.delivery_status", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(seen, 1);
-    analyst.query_one("SELECT count(*) FROM ae_events.endpoint_status", &[]).unwrap();
+    analyst
+        .query_one("SELECT count(*) FROM ae_events.endpoint_status", &[])
+        .unwrap();
     for query in [
         "SELECT secret FROM ae_events.endpoint_secrets",
         "SELECT headers FROM ae_events.endpoints",
@@ -519,49 +728,148 @@ fn the_status_views_show_attempts_and_errors_and_only_the_right_roles_reach_what
         "SELECT * FROM ae_events.relay_fetch('down', 'x', 0, '0', 0, 10)",
     ] {
         let error = app.query(query, &[]).unwrap_err();
-        assert_eq!(sqlstate(&error), "42501", "the application may not: {query}");
+        assert_eq!(
+            sqlstate(&error),
+            "42501",
+            "the application may not: {query}"
+        );
     }
     // The relay reads secrets; it cannot manage endpoints.
     ensure_relay_login(cluster);
     let mut relay = cluster.connect_as(&database, "relay_user");
-    let secrets: i64 = relay.query_one("SELECT count(*) FROM ae_events.endpoint_secrets", &[]).unwrap().get(0);
+    let secrets: i64 = relay
+        .query_one("SELECT count(*) FROM ae_events.endpoint_secrets", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(secrets, 1);
-    let error = relay.query("SELECT ae_events.create_endpoint('x', 'http://127.0.0.1:1/')", &[]).unwrap_err();
+    let error = relay
+        .query(
+            "SELECT ae_events.create_endpoint('x', 'http://127.0.0.1:1/')",
+            &[],
+        )
+        .unwrap_err();
     assert_eq!(sqlstate(&error), "42501");
 }
 
 #[test]
 fn bad_input_gets_a_clear_ae_events_error() {
     let (_database, mut client) = delivery_database("webhook_input");
-    client.query_one("SELECT ae_events.create_endpoint('taken', 'http://127.0.0.1:1/')", &[]).unwrap();
+    client
+        .query_one(
+            "SELECT ae_events.create_endpoint('taken', 'http://127.0.0.1:1/')",
+            &[],
+        )
+        .unwrap();
     let cases = [
-        ("SELECT ae_events.create_endpoint('a', 'not a url')", "22023", "is not an http:// or https:// URL"),
-        ("SELECT ae_events.create_endpoint('a', 'ftp://example.com/')", "22023", "is not an http:// or https:// URL"),
-        ("SELECT ae_events.create_endpoint('a', 'http:///path')", "22023", "is not an http:// or https:// URL"),
-        ("SELECT ae_events.create_endpoint('a', 'http://x/', NULL, '$.a ==')", "22023", "is not a valid jsonpath"),
-        ("SELECT ae_events.create_endpoint('a', 'http://x/', NULL, '$.a')", "22023", "is not a predicate"),
-        ("SELECT ae_events.create_endpoint('a', 'http://x/', ARRAY['ae.nope'])", "22023", "unknown subscription key 'ae.nope'"),
-        ("SELECT ae_events.create_endpoint('a', 'http://x/', '{}')", "22023", "subscription_keys is empty"),
-        ("SELECT ae_events.create_endpoint('taken', 'http://x/')", "42710", "the endpoint 'taken' exists already"),
-        ("SELECT ae_events.create_endpoint(NULL, 'http://x/')", "22004", "an endpoint name is needed, not NULL"),
-        ("SELECT ae_events.create_endpoint('', 'http://x/')", "22023", "needs a non-empty name"),
-        ("SELECT ae_events.rotate_endpoint_secret('taken', '1 day', 'whsec_c2hvcnQ=')", "22023", "must be 24 to 64 bytes"),
-        ("SELECT ae_events.rotate_endpoint_secret('taken', '1 day', 'whsec_***')", "22023", "not valid base64"),
-        ("SELECT ae_events.rotate_endpoint_secret('taken', '1 day', 'secret')", "22023", "a secret is whsec_ followed by base64"),
-        ("SELECT ae_events.rotate_endpoint_secret('nope')", "42704", "there is no endpoint 'nope'"),
-        ("SELECT ae_events.alter_endpoint('taken', headers => '{\"webhook-id\": \"x\"}')", "22023", "is set by the relay"),
-        ("SELECT ae_events.alter_endpoint('taken', headers => '{\"x\": 1}')", "22023", "one-line string value"),
-        ("SELECT ae_events.alter_endpoint('taken', timeout => '0 s')", "22023", "timeout must be"),
-        ("SELECT ae_events.alter_endpoint('taken', retry_schedule => '{-1 s}')", "22023", "retry_schedule must be"),
-        ("SELECT ae_events.redeliver('taken', ARRAY[gen_random_uuid()])", "22023", "is not in the outbox"),
+        (
+            "SELECT ae_events.create_endpoint('a', 'not a url')",
+            "22023",
+            "is not an http:// or https:// URL",
+        ),
+        (
+            "SELECT ae_events.create_endpoint('a', 'ftp://example.com/')",
+            "22023",
+            "is not an http:// or https:// URL",
+        ),
+        (
+            "SELECT ae_events.create_endpoint('a', 'http:///path')",
+            "22023",
+            "is not an http:// or https:// URL",
+        ),
+        (
+            "SELECT ae_events.create_endpoint('a', 'http://x/', NULL, '$.a ==')",
+            "22023",
+            "is not a valid jsonpath",
+        ),
+        (
+            "SELECT ae_events.create_endpoint('a', 'http://x/', NULL, '$.a')",
+            "22023",
+            "is not a predicate",
+        ),
+        (
+            "SELECT ae_events.create_endpoint('a', 'http://x/', ARRAY['ae.nope'])",
+            "22023",
+            "unknown subscription key 'ae.nope'",
+        ),
+        (
+            "SELECT ae_events.create_endpoint('a', 'http://x/', '{}')",
+            "22023",
+            "subscription_keys is empty",
+        ),
+        (
+            "SELECT ae_events.create_endpoint('taken', 'http://x/')",
+            "42710",
+            "the endpoint 'taken' exists already",
+        ),
+        (
+            "SELECT ae_events.create_endpoint(NULL, 'http://x/')",
+            "22004",
+            "an endpoint name is needed, not NULL",
+        ),
+        (
+            "SELECT ae_events.create_endpoint('', 'http://x/')",
+            "22023",
+            "needs a non-empty name",
+        ),
+        (
+            "SELECT ae_events.rotate_endpoint_secret('taken', '1 day', 'whsec_c2hvcnQ=')",
+            "22023",
+            "must be 24 to 64 bytes",
+        ),
+        (
+            "SELECT ae_events.rotate_endpoint_secret('taken', '1 day', 'whsec_***')",
+            "22023",
+            "not valid base64",
+        ),
+        (
+            "SELECT ae_events.rotate_endpoint_secret('taken', '1 day', 'secret')",
+            "22023",
+            "a secret is whsec_ followed by base64",
+        ),
+        (
+            "SELECT ae_events.rotate_endpoint_secret('nope')",
+            "42704",
+            "there is no endpoint 'nope'",
+        ),
+        (
+            "SELECT ae_events.alter_endpoint('taken', headers => '{\"webhook-id\": \"x\"}')",
+            "22023",
+            "is set by the relay",
+        ),
+        (
+            "SELECT ae_events.alter_endpoint('taken', headers => '{\"x\": 1}')",
+            "22023",
+            "one-line string value",
+        ),
+        (
+            "SELECT ae_events.alter_endpoint('taken', timeout => '0 s')",
+            "22023",
+            "timeout must be",
+        ),
+        (
+            "SELECT ae_events.alter_endpoint('taken', retry_schedule => '{-1 s}')",
+            "22023",
+            "retry_schedule must be",
+        ),
+        (
+            "SELECT ae_events.redeliver('taken', ARRAY[gen_random_uuid()])",
+            "22023",
+            "is not in the outbox",
+        ),
     ];
     for (query, code, message) in cases {
         let error = client.query(query, &[]).unwrap_err();
         let text = error_message(&error);
         assert_eq!(sqlstate(&error), code, "{query}: {text}");
-        assert!(text.starts_with("ae_events: ") && text.contains(message), "{query}: {text}");
+        assert!(
+            text.starts_with("ae_events: ") && text.contains(message),
+            "{query}: {text}"
+        );
     }
-    let endpoints: i64 = client.query_one("SELECT count(*) FROM ae_events.endpoints", &[]).unwrap().get(0);
+    let endpoints: i64 = client
+        .query_one("SELECT count(*) FROM ae_events.endpoints", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(endpoints, 1, "nothing half-made");
 }
 
@@ -569,23 +877,38 @@ fn bad_input_gets_a_clear_ae_events_error() {
 fn check_says_whether_the_relay_can_work() {
     let cluster = Cluster::shared();
     let (database, mut client) = delivery_database("relay_check");
-    client.query_one("SELECT ae_events.create_endpoint('listed', 'http://127.0.0.1:1/')", &[]).unwrap();
+    client
+        .query_one(
+            "SELECT ae_events.create_endpoint('listed', 'http://127.0.0.1:1/')",
+            &[],
+        )
+        .unwrap();
     ensure_relay_login(cluster);
     let run = |user: &str| {
         std::process::Command::new(env!("CARGO_BIN_EXE_ae-relay"))
-            .args(["check", "--database-url", &format!("postgres://{user}@127.0.0.1:{}/{database}", cluster.port)])
+            .args([
+                "check",
+                "--database-url",
+                &format!("postgres://{user}@127.0.0.1:{}/{database}", cluster.port),
+            ])
             .output()
             .unwrap()
     };
     let relay = run("relay_user");
     let text = String::from_utf8_lossy(&relay.stdout);
     assert!(relay.status.success(), "{text}");
-    assert!(text.contains("1 endpoints, 1 enabled") && text.contains("listed: enabled"), "{text}");
+    assert!(
+        text.contains("1 endpoints, 1 enabled") && text.contains("listed: enabled"),
+        "{text}"
+    );
     client
         .batch_execute("DO $$ BEGIN CREATE ROLE not_a_relay LOGIN; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;")
         .unwrap();
     let other = run("not_a_relay");
     let text = String::from_utf8_lossy(&other.stdout);
     assert!(!other.status.success());
-    assert!(text.contains("is not a member of ae_events_relay"), "{text}");
+    assert!(
+        text.contains("is not a member of ae_events_relay"),
+        "{text}"
+    );
 }

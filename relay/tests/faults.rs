@@ -11,7 +11,10 @@ use support::*;
 
 /// Every outbox event arrived (at least once), each webhook-id always with the same body, and
 /// versions in order per instance.
-fn assert_everything_arrived_once_or_more(client: &mut postgres::Client, receiver: &Receiver) -> usize {
+fn assert_everything_arrived_once_or_more(
+    client: &mut postgres::Client,
+    receiver: &Receiver,
+) -> usize {
     let events = outbox_events(client);
     let requests = receiver.requests();
     let mut bodies: HashMap<&str, &str> = HashMap::new();
@@ -22,9 +25,17 @@ fn assert_everything_arrived_once_or_more(client: &mut postgres::Client, receive
         }
     }
     for (event_id, _, _, payload) in &events {
-        assert_eq!(bodies.get(event_id.as_str()).copied(), Some(payload.as_str()), "event {event_id} lost");
+        assert_eq!(
+            bodies.get(event_id.as_str()).copied(),
+            Some(payload.as_str()),
+            "event {event_id} lost"
+        );
     }
-    assert_eq!(bodies.len(), events.len(), "nothing that is not in the outbox");
+    assert_eq!(
+        bodies.len(),
+        events.len(),
+        "nothing that is not in the outbox"
+    );
     assert_in_order_per_instance(&requests);
     requests.len() - events.len()
 }
@@ -54,17 +65,30 @@ fn kill_9_of_the_relay_during_a_burst_of_5000_events_loses_nothing() {
     assert_eq!(outbox_events(&mut client).len(), 5000);
 
     let relay = Relay::start(cluster, &database, &[]);
-    receiver.wait_for("a part of the burst", Duration::from_secs(60), |r| r.len() >= 1500);
+    receiver.wait_for("a part of the burst", Duration::from_secs(60), |r| {
+        r.len() >= 1500
+    });
     relay.kill_9();
     let at_kill = receiver.count();
-    assert!(at_kill < 5000, "the kill came mid-burst ({at_kill} delivered)");
+    assert!(
+        at_kill < 5000,
+        "the kill came mid-burst ({at_kill} delivered)"
+    );
     // A new relay (another id) takes the endpoint once the dead one's lease expires.
     let _relay = Relay::start(cluster, &database, &[]);
     receiver.wait_for("every event", Duration::from_secs(120), |r| {
-        r.iter().map(|x| x.header("webhook-id")).collect::<HashSet<_>>().len() >= 5000
+        r.iter()
+            .map(|x| x.header("webhook-id"))
+            .collect::<HashSet<_>>()
+            .len()
+            >= 5000
     });
-    wait_until_sql(&mut client, "every delivery recorded", Duration::from_secs(60),
-        "SELECT count(*) = 5000 FROM ae_events.delivery_status WHERE status = 'delivered'");
+    wait_until_sql(
+        &mut client,
+        "every delivery recorded",
+        Duration::from_secs(60),
+        "SELECT count(*) = 5000 FROM ae_events.delivery_status WHERE status = 'delivered'",
+    );
     let duplicates = assert_everything_arrived_once_or_more(&mut client, &receiver);
     eprintln!("kill -9 at {at_kill} deliveries: {duplicates} duplicates after the restart");
 }
@@ -84,7 +108,11 @@ fn a_restart_of_postgresql_under_a_running_relay_loses_nothing() {
     let start = Instant::now();
     while written < 1500 {
         if written == 700 && !restarted {
-            receiver.wait_for("deliveries before the restart", Duration::from_secs(30), |r| r.len() >= 300);
+            receiver.wait_for(
+                "deliveries before the restart",
+                Duration::from_secs(30),
+                |r| r.len() >= 300,
+            );
             cluster.restart_immediately();
             restarted = true;
             client = cluster.connect(&database);
@@ -100,12 +128,24 @@ fn a_restart_of_postgresql_under_a_running_relay_loses_nothing() {
     }
     let events = outbox_events(&mut client).len();
     assert_eq!(events, 1500);
-    receiver.wait_for("every event after the restart", Duration::from_secs(90), |r| {
-        r.iter().map(|x| x.header("webhook-id")).collect::<HashSet<_>>().len() >= events
-    });
+    receiver.wait_for(
+        "every event after the restart",
+        Duration::from_secs(90),
+        |r| {
+            r.iter()
+                .map(|x| x.header("webhook-id"))
+                .collect::<HashSet<_>>()
+                .len()
+                >= events
+        },
+    );
     assert_everything_arrived_once_or_more(&mut client, &receiver);
-    wait_until_sql(&mut client, "every delivery recorded", Duration::from_secs(60),
-        "SELECT count(*) = 1500 FROM ae_events.delivery_status WHERE status = 'delivered'");
+    wait_until_sql(
+        &mut client,
+        "every delivery recorded",
+        Duration::from_secs(60),
+        "SELECT count(*) = 1500 FROM ae_events.delivery_status WHERE status = 'delivered'",
+    );
 }
 
 #[test]
@@ -115,19 +155,38 @@ fn a_second_relay_takes_over_the_endpoints_of_one_that_died() {
     let receiver = Receiver::ok();
     create_endpoint(&mut client, "shared", &receiver.url("/"), "{200ms}");
     let first = Relay::start(cluster, &database, &["--relay-id", "first"]);
-    wait_until_sql(&mut client, "the first relay holds it", Duration::from_secs(30),
-        "SELECT coalesce(relay = 'first', false) FROM ae_events.endpoint_status");
+    wait_until_sql(
+        &mut client,
+        "the first relay holds it",
+        Duration::from_secs(30),
+        "SELECT coalesce(relay = 'first', false) FROM ae_events.endpoint_status",
+    );
     let _second = Relay::start(cluster, &database, &["--relay-id", "second"]);
     insert_instance(&mut client, 1);
-    receiver.wait_for("the first event", Duration::from_secs(30), |r| !r.is_empty());
+    receiver.wait_for("the first event", Duration::from_secs(30), |r| {
+        !r.is_empty()
+    });
     std::thread::sleep(Duration::from_millis(1000));
-    let holder: String = client.query_one("SELECT relay FROM ae_events.endpoint_status", &[]).unwrap().get(0);
-    assert_eq!(holder, "first", "one relay per endpoint: the second does not take a held one");
+    let holder: String = client
+        .query_one("SELECT relay FROM ae_events.endpoint_status", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        holder, "first",
+        "one relay per endpoint: the second does not take a held one"
+    );
 
     first.kill_9();
     insert_instance(&mut client, 2);
-    receiver.wait_for("the second event, through the second relay", Duration::from_secs(30), |r| r.len() >= 2);
-    let holder: String = client.query_one("SELECT relay FROM ae_events.endpoint_status", &[]).unwrap().get(0);
+    receiver.wait_for(
+        "the second event, through the second relay",
+        Duration::from_secs(30),
+        |r| r.len() >= 2,
+    );
+    let holder: String = client
+        .query_one("SELECT relay FROM ae_events.endpoint_status", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(holder, "second");
     assert_eq!(receiver.count(), 2);
 }
@@ -150,5 +209,9 @@ fn sigterm_lets_in_flight_requests_finish_and_gives_the_endpoints_back() {
         )
         .map(|r| (r.get(0), r.get(1)))
         .unwrap();
-    assert_eq!(row, (None, "delivered".to_owned()), "the answer was recorded and the lease given back");
+    assert_eq!(
+        row,
+        (None, "delivered".to_owned()),
+        "the answer was recorded and the lease given back"
+    );
 }

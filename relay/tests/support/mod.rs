@@ -44,7 +44,11 @@ pub struct Answer {
 
 impl Answer {
     pub fn status(status: u16) -> Answer {
-        Answer { status, headers: Vec::new(), delay: Duration::ZERO }
+        Answer {
+            status,
+            headers: Vec::new(),
+            delay: Duration::ZERO,
+        }
     }
     pub fn with_header(mut self, name: &str, value: &str) -> Answer {
         self.headers.push((name.to_owned(), value.to_owned()));
@@ -68,7 +72,9 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    pub fn start(behaviour: impl Fn(&Received, usize) -> Answer + Send + Sync + 'static) -> Receiver {
+    pub fn start(
+        behaviour: impl Fn(&Received, usize) -> Answer + Send + Sync + 'static,
+    ) -> Receiver {
         let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("bind receiver"));
         let port = server.server_addr().to_ip().expect("ip address").port();
         let requests: Arc<Mutex<Vec<Received>>> = Arc::default();
@@ -84,7 +90,12 @@ impl Receiver {
                     headers: request
                         .headers()
                         .iter()
-                        .map(|h| (h.field.as_str().as_str().to_ascii_lowercase(), h.value.as_str().to_owned()))
+                        .map(|h| {
+                            (
+                                h.field.as_str().as_str().to_ascii_lowercase(),
+                                h.value.as_str().to_owned(),
+                            )
+                        })
                         .collect(),
                     body,
                     at: Instant::now(),
@@ -102,9 +113,12 @@ impl Receiver {
                 std::thread::spawn(move || {
                     let answer = behaviour(&received, earlier);
                     std::thread::sleep(answer.delay);
-                    let mut response = tiny_http::Response::from_string("answer").with_status_code(answer.status);
+                    let mut response =
+                        tiny_http::Response::from_string("answer").with_status_code(answer.status);
                     for (name, value) in &answer.headers {
-                        if let Ok(header) = tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()) {
+                        if let Ok(header) =
+                            tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes())
+                        {
                             response.add_header(header);
                         }
                     }
@@ -112,7 +126,11 @@ impl Receiver {
                 });
             }
         });
-        Receiver { port, requests, server }
+        Receiver {
+            port,
+            requests,
+            server,
+        }
     }
 
     /// A receiver that answers 200 at once.
@@ -133,14 +151,23 @@ impl Receiver {
     }
 
     /// Wait until `condition` holds for the requests so far.
-    pub fn wait_for(&self, what: &str, timeout: Duration, condition: impl Fn(&[Received]) -> bool) -> Vec<Received> {
+    pub fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        condition: impl Fn(&[Received]) -> bool,
+    ) -> Vec<Received> {
         let deadline = Instant::now() + timeout;
         loop {
             let requests = self.requests();
             if condition(&requests) {
                 return requests;
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}; {} requests so far", requests.len());
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; {} requests so far",
+                requests.len()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -163,7 +190,10 @@ impl Relay {
     /// and poll interval so that tests need not wait for the defaults.
     pub fn start(cluster: &Cluster, database: &str, extra: &[&str]) -> Relay {
         ensure_relay_login(cluster);
-        let url = format!("postgres://relay_user@127.0.0.1:{}/{database}", cluster.port);
+        let url = format!(
+            "postgres://relay_user@127.0.0.1:{}/{database}",
+            cluster.port
+        );
         let log_path = std::env::temp_dir().join(format!(
             "ae-relay-{database}-{}-{}.log",
             std::process::id(),
@@ -195,13 +225,18 @@ impl Relay {
 
     /// SIGTERM, then wait for it to exit; its exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "ae-relay did not stop on SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "ae-relay did not stop on SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -278,12 +313,19 @@ pub fn set_status(client: &mut Client, instance: i64, status: &str) {
 /// Change an instance's external id, making an updated event.
 pub fn set_external_id(client: &mut Client, instance: i64, external_id: &str) {
     client
-        .execute("UPDATE ti.instance SET external_id = $2 WHERE id = $1", &[&instance, &external_id])
+        .execute(
+            "UPDATE ti.instance SET external_id = $2 WHERE id = $1",
+            &[&instance, &external_id],
+        )
         .unwrap();
 }
 
 /// One delivery row: status, attempts, last HTTP status, last error.
-pub fn delivery(client: &mut Client, endpoint: &str, event_id: &str) -> Option<(String, i32, Option<i32>, Option<String>)> {
+pub fn delivery(
+    client: &mut Client,
+    endpoint: &str,
+    event_id: &str,
+) -> Option<(String, i32, Option<i32>, Option<String>)> {
     client
         .query_opt(
             "SELECT status, attempts, last_status, last_error FROM ae_events.delivery_status
@@ -341,7 +383,10 @@ pub fn assert_in_order_per_instance(requests: &[Received]) {
 pub fn svix_verifies(secret: &str, request: &Received) -> bool {
     let mut headers = http::HeaderMap::new();
     for name in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
-        headers.insert(name, http::HeaderValue::from_str(request.header(name)).unwrap());
+        headers.insert(
+            name,
+            http::HeaderValue::from_str(request.header(name)).unwrap(),
+        );
     }
     svix::webhooks::Webhook::new(secret)
         .unwrap()

@@ -1,0 +1,377 @@
+//! The relay's benchmark (issue 10), one run on a throwaway cluster, ratios from that run:
+//!
+//! - throughput: a backlog of events (half created, half updated: two versions per instance)
+//!   delivered to a local receiver that answers 200 at once, with 1 and with 10 endpoints, beside
+//!   a plain HTTP client loop that POSTs the same bodies at the same concurrency to the same
+//!   receiver (no database, no signing, no bookkeeping: the ceiling on this machine);
+//! - latency: commit to receipt, p50/p99, at a steady 200 events/s;
+//! - and, for each, events lost and versions out of order at the receiver (must be 0).
+//!
+//! `--smoke` runs it at a tiny size (part of the test command, so that it cannot rot).
+
+#[path = "../../tests/common/mod.rs"]
+#[allow(dead_code)]
+mod common;
+
+use common::*;
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Requests in flight per endpoint: the relay's default max_in_flight.
+const IN_FLIGHT: usize = 16;
+
+struct Arrival {
+    endpoint: String,
+    webhook_id: String,
+    instance: i64,
+    version: i32,
+    at: Instant,
+}
+
+/// A receiver answering 200 at once, from a pool of threads; it records every arrival.
+struct Receiver {
+    port: u16,
+    arrivals: Arc<Mutex<Vec<Arrival>>>,
+    server: Arc<tiny_http::Server>,
+}
+
+impl Receiver {
+    fn start(threads: usize) -> Receiver {
+        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("bind"));
+        let port = server.server_addr().to_ip().expect("ip").port();
+        let arrivals: Arc<Mutex<Vec<Arrival>>> = Arc::default();
+        for _ in 0..threads {
+            let (server, arrivals) = (server.clone(), arrivals.clone());
+            std::thread::spawn(move || {
+                while let Ok(mut request) = server.recv() {
+                    let mut body = Vec::new();
+                    let _ = request.as_reader().read_to_end(&mut body);
+                    let header = |name: &'static str| {
+                        request
+                            .headers()
+                            .iter()
+                            .find(|h| h.field.equiv(name))
+                            .map(|h| h.value.as_str().to_owned())
+                            .unwrap_or_default()
+                    };
+                    let arrival = Arrival {
+                        endpoint: request.url().trim_start_matches('/').to_owned(),
+                        webhook_id: header("webhook-id"),
+                        instance: header("ae-aggregate-id").parse().unwrap_or(-1),
+                        version: header("ae-snapshot-version").parse().unwrap_or(-1),
+                        at: Instant::now(),
+                    };
+                    arrivals.lock().unwrap().push(arrival);
+                    let _ = request.respond(tiny_http::Response::empty(200));
+                }
+            });
+        }
+        Receiver {
+            port,
+            arrivals,
+            server,
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.arrivals.lock().unwrap().len()
+    }
+
+    fn take(&self) -> Vec<Arrival> {
+        std::mem::take(&mut *self.arrivals.lock().unwrap())
+    }
+
+    fn wait_for(&self, count: usize, timeout: Duration) -> Instant {
+        let deadline = Instant::now() + timeout;
+        loop {
+            {
+                let arrivals = self.arrivals.lock().unwrap();
+                if arrivals.len() >= count {
+                    return arrivals
+                        .iter()
+                        .map(|a| a.at)
+                        .max()
+                        .unwrap_or_else(Instant::now);
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out: {} of {count} arrived",
+                self.count()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.server.unblock();
+    }
+}
+
+/// Lost events and versions out of order per (endpoint, instance), from the arrivals.
+fn check(arrivals: &[Arrival], expected_per_endpoint: &HashMap<String, usize>) -> (usize, usize) {
+    let mut seen: HashMap<&str, std::collections::HashSet<&str>> = HashMap::new();
+    let mut highest: HashMap<(&str, i64), i32> = HashMap::new();
+    let mut out_of_order = 0;
+    for arrival in arrivals {
+        if seen
+            .entry(&arrival.endpoint)
+            .or_default()
+            .insert(&arrival.webhook_id)
+        {
+            let last = highest
+                .entry((&arrival.endpoint, arrival.instance))
+                .or_insert(0);
+            if arrival.version != *last + 1 {
+                out_of_order += 1;
+            }
+            *last = (*last).max(arrival.version);
+        }
+    }
+    let lost = expected_per_endpoint
+        .iter()
+        .map(|(endpoint, expected)| {
+            expected.saturating_sub(seen.get(endpoint.as_str()).map_or(0, |s| s.len()))
+        })
+        .sum();
+    (lost, out_of_order)
+}
+
+fn relay_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/examples/relay_bench -> target/<profile>/ae-relay
+    exe.parent()
+        .and_then(|p| p.parent())
+        .expect("target dir")
+        .join("ae-relay")
+}
+
+struct RelayProcess(Child);
+
+impl RelayProcess {
+    fn start(cluster: &Cluster, database: &str) -> RelayProcess {
+        let child = Command::new(relay_binary())
+            .args(["run", "--lease", "5s", "--poll-interval", "1s"])
+            .env(
+                "DATABASE_URL",
+                format!(
+                    "postgres://relay_user@127.0.0.1:{}/{database}",
+                    cluster.port
+                ),
+            )
+            .env("AE_RELAY_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start ae-relay (build it first: cargo build --release -p ae-relay)");
+        RelayProcess(child)
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn create_relay_login(cluster: &Cluster) {
+    cluster
+        .connect("postgres")
+        .batch_execute(
+            "DO $$ BEGIN CREATE ROLE relay_user LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+             GRANT ae_events_relay TO relay_user;",
+        )
+        .unwrap();
+}
+
+fn database_with_endpoints(
+    cluster: &Cluster,
+    name: &str,
+    receiver: &Receiver,
+    endpoints: usize,
+) -> (String, postgres::Client) {
+    let database = cluster.database(name, ForeignKeys::Without);
+    let mut client = cluster.connect(&database);
+    client.batch_execute(MINIMAL_REFERENCE_DATA).unwrap();
+    for n in 0..endpoints {
+        client
+            .query_one(
+                "SELECT ae_events.create_endpoint($1, $2)",
+                &[
+                    &format!("e{n}"),
+                    &format!("http://127.0.0.1:{}/e{n}", receiver.port),
+                ],
+            )
+            .unwrap();
+    }
+    (database, client)
+}
+
+/// A backlog of `events`: half created, then half updated (version 2 of each instance).
+fn write_backlog(client: &mut postgres::Client, events: usize) {
+    let instances = (events / 2) as i64;
+    client
+        .execute(
+            "INSERT INTO ti.instance SELECT i, NULL, NULL, NULL, 'in_progress', 1, 1, NULL, NULL, NULL, now(), 1, now(), 1
+               FROM generate_series(1, $1::bigint) AS i",
+            &[&instances],
+        )
+        .unwrap();
+    client
+        .execute("UPDATE ti.instance SET external_id = 'changed'", &[])
+        .unwrap();
+}
+
+/// The relay delivering a backlog to `endpoints` endpoints: deliveries per second, lost, out of order.
+fn relay_throughput(
+    cluster: &Cluster,
+    events: usize,
+    endpoints: usize,
+) -> (f64, usize, usize, Vec<String>) {
+    let receiver = Receiver::start(IN_FLIGHT.min(32));
+    let (database, mut client) = database_with_endpoints(
+        cluster,
+        &format!("relay_bench_{endpoints}"),
+        &receiver,
+        endpoints,
+    );
+    write_backlog(&mut client, events);
+    let bodies: Vec<String> = client
+        .query(
+            "SELECT payload::text FROM ae_events.outbox ORDER BY id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let start = Instant::now();
+    let relay = RelayProcess::start(cluster, &database);
+    let last = receiver.wait_for(events * endpoints, Duration::from_secs(900));
+    let elapsed = last - start;
+    drop(relay);
+    let expected: HashMap<String, usize> =
+        (0..endpoints).map(|n| (format!("e{n}"), events)).collect();
+    let (lost, out_of_order) = check(&receiver.take(), &expected);
+    (
+        (events * endpoints) as f64 / elapsed.as_secs_f64(),
+        lost,
+        out_of_order,
+        bodies,
+    )
+}
+
+/// The ceiling: the same bodies POSTed by a plain reqwest loop, `concurrency` at a time.
+fn plain_loop(bodies: &[String], endpoints: usize) -> f64 {
+    let receiver = Receiver::start(IN_FLIGHT.min(32));
+    let port = receiver.port;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let bodies: Arc<Vec<String>> = Arc::new(bodies.to_vec());
+    let start = Instant::now();
+    runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let mut tasks = Vec::new();
+        for endpoint in 0..endpoints {
+            for lane in 0..IN_FLIGHT {
+                let (client, bodies) = (client.clone(), bodies.clone());
+                let url = format!("http://127.0.0.1:{port}/e{endpoint}");
+                tasks.push(tokio::spawn(async move {
+                    for body in bodies.iter().skip(lane).step_by(IN_FLIGHT) {
+                        let response = client
+                            .post(&url)
+                            .header("content-type", "application/json")
+                            .body(body.clone())
+                            .send()
+                            .await
+                            .expect("post");
+                        assert!(response.status().is_success());
+                    }
+                }));
+            }
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+    });
+    let last = receiver.wait_for(bodies.len() * endpoints, Duration::from_secs(60));
+    (bodies.len() * endpoints) as f64 / (last - start).as_secs_f64()
+}
+
+/// Commit-to-receipt latency at a steady rate: p50, p99 (ms), lost, out of order.
+fn latency(cluster: &Cluster, rate: u32, seconds: u32) -> (f64, f64, usize, usize) {
+    let receiver = Receiver::start(IN_FLIGHT);
+    let (database, mut client) = database_with_endpoints(cluster, "relay_latency", &receiver, 1);
+    let _relay = RelayProcess::start(cluster, &database);
+    // The relay takes its lease and listens.
+    std::thread::sleep(Duration::from_millis(1500));
+    let total = (rate * seconds) as i64;
+    let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
+    let mut committed: HashMap<i64, Instant> = HashMap::new();
+    let start = Instant::now();
+    for id in 1..=total {
+        let due = start + interval * (id as u32 - 1);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        insert_instance(&mut client, id);
+        committed.insert(id, Instant::now());
+    }
+    receiver.wait_for(total as usize, Duration::from_secs(60));
+    let arrivals = receiver.take();
+    let mut latencies: Vec<f64> = arrivals
+        .iter()
+        .filter_map(|a| {
+            committed
+                .get(&a.instance)
+                .map(|c| a.at.saturating_duration_since(*c).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    let percentile = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p).round() as usize];
+    let expected = HashMap::from([("e0".to_owned(), total as usize)]);
+    let (lost, out_of_order) = check(&arrivals, &expected);
+    (percentile(0.5), percentile(0.99), lost, out_of_order)
+}
+
+fn main() {
+    let smoke = std::env::args().any(|a| a == "--smoke");
+    let (events, rate_seconds) = if smoke { (400, 1) } else { (20_000, 10) };
+    let cluster = Cluster::start(&[]);
+    create_relay_login(&cluster);
+    println!("ae-relay benchmark: {events} events in the backlog, {IN_FLIGHT} requests in flight per endpoint");
+    println!();
+    println!("| endpoints | ae-relay deliveries/s | plain HTTP loop deliveries/s | ratio | lost | out of order |");
+    println!("|---:|---:|---:|---:|---:|---:|");
+    let mut failures = 0;
+    for endpoints in [1usize, 10] {
+        let backlog = events;
+        let (relay_rate, lost, out_of_order, bodies) =
+            relay_throughput(&cluster, backlog, endpoints);
+        let plain_rate = plain_loop(&bodies, endpoints);
+        println!(
+            "| {endpoints} ({} deliveries) | {relay_rate:.0} | {plain_rate:.0} | {:.2}x | {lost} | {out_of_order} |",
+            backlog * endpoints,
+            relay_rate / plain_rate
+        );
+        failures += lost + out_of_order;
+    }
+    let rate = 200;
+    let (p50, p99, lost, out_of_order) = latency(&cluster, rate, rate_seconds);
+    println!();
+    println!("| steady rate | commit-to-receipt p50 | p99 | lost | out of order |");
+    println!("|---:|---:|---:|---:|---:|");
+    println!("| {rate} events/s for {rate_seconds} s | {p50:.1} ms | {p99:.1} ms | {lost} | {out_of_order} |");
+    failures += lost + out_of_order;
+    if smoke {
+        println!("\n(smoke run: sizes too small for the figures to mean anything)");
+    }
+    assert_eq!(failures, 0, "events lost or out of order");
+}

@@ -1,0 +1,1025 @@
+-- ae_events 0.5.0 -> 0.6.0: webhook delivery. Endpoints, their secrets and delivery state for
+-- ae-relay (the source is sql/src/endpoints.sql, repeated here as released); prune() also keeps
+-- what an endpoint still has to send and removes delivery records with their events.
+
+\echo Use "ALTER EXTENSION ae_events UPDATE TO '0.6.0'" to load this file. \quit
+
+-- Random bytes for generated secrets (src/secrets.rs).
+CREATE FUNCTION ae_events."_strong_random_bytes"(
+	"length" INT /* i32 */
+) RETURNS bytea /* Vec < u8 > */
+STRICT VOLATILE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'strong_random_bytes_wrapper';
+
+-- Webhook endpoints and their delivery state (shared/contract/webhooks.md), served by ae-relay.
+--
+-- Each endpoint has its own cursor in the outbox's delivery order (epoch, txid, id; see
+-- consumers.sql), so one endpoint never holds back another. The cursor only moves over events
+-- that are finished for the endpoint: not matching it, delivered, dead-lettered, or parked in a
+-- `deliveries` row waiting for a retry. A relay killed at any instant therefore loses nothing:
+-- the next one fetches again from the cursor and skips events that already have a row.
+--
+-- Per-instance order: for one instance, outbox ids grow with the snapshot version (both are
+-- drawn in the same pass, under the instance's lock), but delivery order (txid, id) may put a
+-- later version first when its transaction got its txid earlier. relay_fetch never hands out a
+-- version without the earlier ones, and the relay sends one instance's events one at a time,
+-- in id order; parked events wait behind the earliest pending one of their instance.
+
+CREATE TABLE ae_events.endpoints (
+    endpoint text PRIMARY KEY CHECK (endpoint OPERATOR(pg_catalog.<>) ''),
+    url text NOT NULL,
+    -- NULL: every subscription key.
+    subscription_keys text[],
+    -- A jsonpath predicate on the payload; NULL: every event.
+    filter jsonpath,
+    -- Static headers sent with every request ({"name": "value"}); they may hold credentials.
+    headers jsonb NOT NULL DEFAULT '{}',
+    timeout interval NOT NULL DEFAULT '15 seconds',
+    -- Delays before the 2nd, 3rd, ... attempt; after the last one the event is dead-lettered.
+    retry_schedule interval[] NOT NULL
+        DEFAULT '{5 seconds,5 minutes,30 minutes,2 hours,5 hours,10 hours,10 hours}',
+    retry_jitter double precision NOT NULL DEFAULT 0.2,
+    -- An endpoint that has failed every attempt for this long is disabled.
+    disable_after interval NOT NULL DEFAULT '5 days',
+    -- Requests in flight at once (to different instances).
+    max_in_flight integer NOT NULL DEFAULT 16,
+    enabled boolean NOT NULL DEFAULT true,
+    disabled_reason text,
+    disabled_at timestamptz,
+    -- The time of the first failed attempt since the last delivered one.
+    failing_since timestamptz,
+    cursor_epoch bigint NOT NULL,
+    cursor_txid xid8 NOT NULL,
+    cursor_id bigint NOT NULL,
+    -- The relay serving it, until its lease expires (webhooks.md §4.5: one relay per endpoint).
+    relay text,
+    lease_expires_at timestamptz,
+    created_at timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+
+COMMENT ON TABLE ae_events.endpoints IS
+    'ae_events: webhook endpoints (create_endpoint, alter_endpoint, enable_endpoint, disable_endpoint, drop_endpoint); read ae_events.endpoint_status';
+
+CREATE TABLE ae_events.endpoint_secrets (
+    endpoint text NOT NULL,
+    secret text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    -- NULL: active until rotated; a rotated-out secret keeps signing until then.
+    expires_at timestamptz,
+    PRIMARY KEY (endpoint, secret)
+);
+
+COMMENT ON TABLE ae_events.endpoint_secrets IS
+    'ae_events: signing secrets (whsec_...), readable by ae_events_relay and the DBA only';
+
+-- One row per (endpoint, event) that was attempted or parked. Events that do not match an
+-- endpoint have none. No foreign keys: the relay writes these in batches, and prune() and
+-- drop_endpoint() delete them explicitly.
+CREATE TABLE ae_events.deliveries (
+    endpoint text NOT NULL,
+    outbox_id bigint NOT NULL,
+    aggregate_id bigint NOT NULL,
+    status text NOT NULL CHECK (status IN ('pending', 'delivered', 'dead')),
+    attempts integer NOT NULL DEFAULT 0,
+    first_attempt_at timestamptz,
+    last_attempt_at timestamptz,
+    last_status integer,
+    last_error text,
+    next_attempt_at timestamptz,
+    delivered_at timestamptz,
+    dead_at timestamptz,
+    PRIMARY KEY (endpoint, outbox_id)
+);
+
+COMMENT ON TABLE ae_events.deliveries IS
+    'ae_events: per endpoint and event, attempts and outcome (read ae_events.delivery_status)';
+
+-- Pending rows are few; these find the due ones and each instance's earliest one.
+CREATE INDEX deliveries_due_idx ON ae_events.deliveries (endpoint, next_attempt_at)
+    WHERE status OPERATOR(pg_catalog.=) 'pending';
+CREATE INDEX deliveries_waiting_idx ON ae_events.deliveries (endpoint, aggregate_id, outbox_id)
+    WHERE status OPERATOR(pg_catalog.=) 'pending';
+
+SELECT pg_catalog.pg_extension_config_dump('ae_events.endpoints', '');
+SELECT pg_catalog.pg_extension_config_dump('ae_events.endpoint_secrets', '');
+SELECT pg_catalog.pg_extension_config_dump('ae_events.deliveries', '');
+
+-- A secure random secret: whsec_ and the base64 of 32 bytes from pg_strong_random.
+CREATE FUNCTION ae_events._new_secret() RETURNS text
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT 'whsec_' OPERATOR(pg_catalog.||)
+           pg_catalog.encode(ae_events._strong_random_bytes(32), 'base64')
+$$;
+
+-- A secret given by a DBA: whsec_ and the base64 of 24 to 64 bytes (webhooks.md §1).
+CREATE FUNCTION ae_events._require_secret(secret text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    key bytea;
+BEGIN
+    IF secret IS NULL OR secret NOT LIKE 'whsec\_%' THEN
+        RAISE EXCEPTION 'ae_events: a secret is whsec_ followed by base64, not %',
+                coalesce(pg_catalog.quote_literal(pg_catalog.left(secret, 12) OPERATOR(pg_catalog.||) '...'), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    BEGIN
+        key := pg_catalog.decode(pg_catalog.substr(secret, 7), 'base64');
+    EXCEPTION WHEN invalid_parameter_value OR invalid_text_representation THEN
+        RAISE EXCEPTION 'ae_events: the secret after whsec_ is not valid base64'
+            USING ERRCODE = 'invalid_parameter_value';
+    END;
+    IF pg_catalog.length(key) NOT BETWEEN 24 AND 64 THEN
+        RAISE EXCEPTION 'ae_events: a secret''s key must be 24 to 64 bytes, not %', pg_catalog.length(key)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+
+-- The endpoint row, locked, or a clear error.
+CREATE FUNCTION ae_events._endpoint_for_update(endpoint text) RETURNS ae_events.endpoints
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    found_endpoint ae_events.endpoints;
+BEGIN
+    IF endpoint IS NULL THEN
+        RAISE EXCEPTION 'ae_events: an endpoint name is needed, not NULL'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    SELECT * INTO found_endpoint FROM ae_events.endpoints AS e
+     WHERE e.endpoint OPERATOR(pg_catalog.=) _endpoint_for_update.endpoint
+       FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'ae_events: there is no endpoint %', pg_catalog.quote_literal(endpoint)
+            USING ERRCODE = 'undefined_object',
+                  HINT = 'SELECT endpoint FROM ae_events.endpoint_status; lists them.';
+    END IF;
+    RETURN found_endpoint;
+END
+$$;
+
+-- Checks of what a DBA gives create_endpoint / alter_endpoint; each raises a clear error.
+CREATE FUNCTION ae_events._check_endpoint_settings(
+    url text, subscription_keys text[], filter jsonpath, headers jsonb, timeout interval,
+    retry_schedule interval[], retry_jitter double precision, disable_after interval,
+    max_in_flight integer)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    unknown_key text;
+    header record;
+BEGIN
+    IF url IS NULL OR url !~ '^https?://[^/?#@[:space:]]+(:[0-9]{1,5})?([/?#][^[:space:]]*)?$'
+       OR url ~ '^https?://:' THEN
+        RAISE EXCEPTION 'ae_events: % is not an http:// or https:// URL with a host',
+                coalesce(pg_catalog.quote_literal(url), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF subscription_keys IS NOT NULL THEN
+        IF pg_catalog.cardinality(subscription_keys) OPERATOR(pg_catalog.=) 0 THEN
+            RAISE EXCEPTION 'ae_events: subscription_keys is empty: the endpoint would receive nothing'
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'NULL subscribes to every key.';
+        END IF;
+        SELECT k INTO unknown_key FROM pg_catalog.unnest(subscription_keys) AS k
+         WHERE k IS NULL OR k NOT IN ('ae.test_instance.created', 'ae.test_instance.updated')
+         LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'ae_events: unknown subscription key %',
+                    coalesce(pg_catalog.quote_literal(unknown_key), 'NULL')
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'The keys are ae.test_instance.created and ae.test_instance.updated.';
+        END IF;
+    END IF;
+    IF filter IS NOT NULL THEN
+        -- A predicate gives true or false on any payload; a plain path gives values (22038).
+        BEGIN
+            PERFORM pg_catalog.jsonb_path_match('{}'::jsonb, filter);
+        EXCEPTION WHEN singleton_sql_json_item_required OR sql_json_scalar_required THEN
+            RAISE EXCEPTION 'ae_events: the filter % is not a predicate',
+                    pg_catalog.quote_literal(filter::text)
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Write a condition, e.g. $.catalog_assessment.catalog.id == 404.';
+        WHEN OTHERS THEN
+            NULL;  -- a predicate that fails on {} (e.g. arithmetic) is evaluated silently later
+        END;
+    END IF;
+    IF headers IS NULL OR pg_catalog.jsonb_typeof(headers) OPERATOR(pg_catalog.<>) 'object' THEN
+        RAISE EXCEPTION 'ae_events: headers must be a JSON object of names and string values'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    FOR header IN SELECT h.key, h.value FROM pg_catalog.jsonb_each(headers) AS h LOOP
+        IF pg_catalog.jsonb_typeof(header.value) OPERATOR(pg_catalog.<>) 'string'
+           OR header.key !~ '^[!#$%&''*+.^_`|~0-9A-Za-z-]+$'
+           OR (header.value OPERATOR(pg_catalog.#>>) '{}') ~ '[\r\n]' THEN
+            RAISE EXCEPTION 'ae_events: header % needs a token name and a one-line string value',
+                    pg_catalog.quote_literal(header.key)
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF pg_catalog.lower(header.key) IN ('content-type', 'content-length', 'host', 'user-agent',
+                                             'transfer-encoding', 'connection')
+           OR pg_catalog.lower(header.key) LIKE 'webhook-%'
+           OR pg_catalog.lower(header.key) LIKE 'ae-%' THEN
+            RAISE EXCEPTION 'ae_events: header % is set by the relay', pg_catalog.quote_literal(header.key)
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+    END LOOP;
+    IF timeout IS NULL OR timeout OPERATOR(pg_catalog.<=) interval '0'
+       OR timeout OPERATOR(pg_catalog.>) interval '5 minutes' THEN
+        RAISE EXCEPTION 'ae_events: timeout must be more than 0 and at most 5 minutes, not %', timeout
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF retry_schedule IS NULL OR pg_catalog.array_position(retry_schedule, NULL) IS NOT NULL
+       OR EXISTS (SELECT FROM pg_catalog.unnest(retry_schedule) AS d
+                   WHERE d OPERATOR(pg_catalog.<) interval '0'
+                      OR d OPERATOR(pg_catalog.>) interval '7 days') THEN
+        RAISE EXCEPTION 'ae_events: retry_schedule must be delays between 0 and 7 days, not %',
+                coalesce(retry_schedule::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF retry_jitter IS NULL OR retry_jitter NOT BETWEEN 0 AND 1 THEN
+        RAISE EXCEPTION 'ae_events: retry_jitter must be between 0 and 1, not %', retry_jitter
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF disable_after IS NULL OR disable_after OPERATOR(pg_catalog.<=) interval '0' THEN
+        RAISE EXCEPTION 'ae_events: disable_after must be more than 0, not %', disable_after
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF max_in_flight IS NULL OR max_in_flight NOT BETWEEN 1 AND 256 THEN
+        RAISE EXCEPTION 'ae_events: max_in_flight must be between 1 and 256, not %', max_in_flight
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+
+-- A new, enabled endpoint with the default policy (webhooks.md §5); it receives the events whose
+-- transactions finish from now on. Returns its generated secret.
+CREATE FUNCTION ae_events.create_endpoint(endpoint text, url text,
+                                          subscription_keys text[] DEFAULT NULL,
+                                          filter jsonpath DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    new_secret text := ae_events._new_secret();
+    horizon xid8 := ae_events._delivery_horizon();
+    epoch_first_id bigint := -1;
+    epoch_open boolean;
+    last_txid xid8;
+    last_id bigint;
+BEGIN
+    IF endpoint IS NULL THEN
+        RAISE EXCEPTION 'ae_events: an endpoint name is needed, not NULL'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF endpoint OPERATOR(pg_catalog.=) '' THEN
+        RAISE EXCEPTION 'ae_events: an endpoint needs a non-empty name'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM ae_events._check_endpoint_settings(url, subscription_keys, filter, '{}', '15 seconds',
+                                               '{5 seconds}', 0.2, '5 days', 16);
+    -- The cursor starts after every event already final (as create_consumer does).
+    SELECT e.first_id, e.open INTO epoch_first_id, epoch_open
+      FROM ae_events._epochs() AS e ORDER BY e.first_id DESC LIMIT 1;
+    IF NOT FOUND THEN
+        epoch_first_id := -1;
+    ELSE
+        SELECT o.txid, o.id INTO last_txid, last_id
+          FROM ae_events.outbox AS o
+         WHERE o.txid OPERATOR(pg_catalog.<)
+               CASE WHEN epoch_open THEN horizon ELSE '18446744073709551615'::xid8 END
+           AND o.id OPERATOR(pg_catalog.>=) epoch_first_id
+         ORDER BY o.txid DESC, o.id DESC
+         LIMIT 1;
+    END IF;
+    BEGIN
+        INSERT INTO ae_events.endpoints (endpoint, url, subscription_keys, filter,
+                                         cursor_epoch, cursor_txid, cursor_id)
+        VALUES (endpoint, url, subscription_keys, filter, epoch_first_id,
+                coalesce(last_txid, '0'), coalesce(last_id, 0));
+    EXCEPTION WHEN unique_violation THEN
+        RAISE EXCEPTION 'ae_events: the endpoint % exists already', pg_catalog.quote_literal(endpoint)
+            USING ERRCODE = 'duplicate_object',
+                  HINT = 'Change it with ae_events.alter_endpoint, or drop it first.';
+    END;
+    INSERT INTO ae_events.endpoint_secrets (endpoint, secret) VALUES (endpoint, new_secret);
+    RETURN new_secret;
+END
+$$;
+
+-- The same with the filter given as text, so that a malformed jsonpath gets an ae_events error
+-- (a text literal picks this one; a jsonpath value picks the one above).
+CREATE FUNCTION ae_events.create_endpoint(endpoint text, url text, subscription_keys text[],
+                                          filter text)
+RETURNS text
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    parsed jsonpath;
+BEGIN
+    IF filter IS NOT NULL THEN
+        BEGIN
+            parsed := filter::jsonpath;
+        EXCEPTION WHEN OTHERS THEN
+            RAISE EXCEPTION 'ae_events: the filter % is not a valid jsonpath', pg_catalog.quote_literal(filter)
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = SQLERRM,
+                      HINT = 'Write a condition, e.g. $.catalog_assessment.catalog.id == 404.';
+        END;
+    END IF;
+    RETURN ae_events.create_endpoint(endpoint, url, subscription_keys, parsed);
+END
+$$;
+
+-- Change an endpoint; NULL leaves a setting as it is (clear_filter removes the filter;
+-- subscription_keys => '{*}' goes back to every key).
+CREATE FUNCTION ae_events.alter_endpoint(endpoint text,
+                                         url text DEFAULT NULL,
+                                         subscription_keys text[] DEFAULT NULL,
+                                         filter jsonpath DEFAULT NULL,
+                                         headers jsonb DEFAULT NULL,
+                                         timeout interval DEFAULT NULL,
+                                         retry_schedule interval[] DEFAULT NULL,
+                                         retry_jitter double precision DEFAULT NULL,
+                                         disable_after interval DEFAULT NULL,
+                                         max_in_flight integer DEFAULT NULL,
+                                         clear_filter boolean DEFAULT false)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    current ae_events.endpoints := ae_events._endpoint_for_update(endpoint);
+    new_keys text[] := CASE WHEN subscription_keys OPERATOR(pg_catalog.=) '{*}' THEN NULL
+                            ELSE coalesce(subscription_keys, current.subscription_keys) END;
+    new_filter jsonpath := CASE WHEN clear_filter THEN NULL
+                                ELSE coalesce(filter, current.filter) END;
+BEGIN
+    PERFORM ae_events._check_endpoint_settings(
+        coalesce(url, current.url), new_keys, new_filter, coalesce(headers, current.headers),
+        coalesce(timeout, current.timeout), coalesce(retry_schedule, current.retry_schedule),
+        coalesce(retry_jitter, current.retry_jitter), coalesce(disable_after, current.disable_after),
+        coalesce(max_in_flight, current.max_in_flight));
+    UPDATE ae_events.endpoints AS e
+       SET url = coalesce(alter_endpoint.url, e.url),
+           subscription_keys = new_keys,
+           filter = new_filter,
+           headers = coalesce(alter_endpoint.headers, e.headers),
+           timeout = coalesce(alter_endpoint.timeout, e.timeout),
+           retry_schedule = coalesce(alter_endpoint.retry_schedule, e.retry_schedule),
+           retry_jitter = coalesce(alter_endpoint.retry_jitter, e.retry_jitter),
+           disable_after = coalesce(alter_endpoint.disable_after, e.disable_after),
+           max_in_flight = coalesce(alter_endpoint.max_in_flight, e.max_in_flight)
+     WHERE e.endpoint OPERATOR(pg_catalog.=) alter_endpoint.endpoint;
+END
+$$;
+
+-- A new secret (generated, or given: whsec_ + base64 of 24 to 64 bytes). The current ones keep
+-- signing for the grace period, then stop. Returns the new secret.
+CREATE FUNCTION ae_events.rotate_endpoint_secret(endpoint text,
+                                                 grace interval DEFAULT '1 day',
+                                                 new_secret text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    secret_to_add text := coalesce(new_secret, ae_events._new_secret());
+BEGIN
+    PERFORM ae_events._endpoint_for_update(endpoint);
+    PERFORM ae_events._require_secret(secret_to_add);
+    IF grace IS NULL OR grace OPERATOR(pg_catalog.<) interval '0' THEN
+        RAISE EXCEPTION 'ae_events: grace must be zero or more, not %', grace
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    UPDATE ae_events.endpoint_secrets AS s
+       SET expires_at = pg_catalog.now() OPERATOR(pg_catalog.+) grace
+     WHERE s.endpoint OPERATOR(pg_catalog.=) rotate_endpoint_secret.endpoint
+       AND (s.expires_at IS NULL
+            OR s.expires_at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.+) grace));
+    BEGIN
+        INSERT INTO ae_events.endpoint_secrets (endpoint, secret) VALUES (endpoint, secret_to_add);
+    EXCEPTION WHEN unique_violation THEN
+        RAISE EXCEPTION 'ae_events: the endpoint % has that secret already', pg_catalog.quote_literal(endpoint)
+            USING ERRCODE = 'duplicate_object';
+    END;
+    -- Secrets that stopped signing are of no use.
+    DELETE FROM ae_events.endpoint_secrets AS s
+     WHERE s.endpoint OPERATOR(pg_catalog.=) rotate_endpoint_secret.endpoint
+       AND s.expires_at OPERATOR(pg_catalog.<=) pg_catalog.now();
+    RETURN secret_to_add;
+END
+$$;
+
+-- Enable an endpoint (again): delivery resumes at its cursor and its pending events.
+CREATE FUNCTION ae_events.enable_endpoint(endpoint text) RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM ae_events._endpoint_for_update(endpoint);
+    UPDATE ae_events.endpoints AS e
+       SET enabled = true, disabled_reason = NULL, disabled_at = NULL, failing_since = NULL
+     WHERE e.endpoint OPERATOR(pg_catalog.=) enable_endpoint.endpoint;
+END
+$$;
+
+CREATE FUNCTION ae_events.disable_endpoint(endpoint text, reason text DEFAULT NULL) RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM ae_events._endpoint_for_update(endpoint);
+    UPDATE ae_events.endpoints AS e
+       SET enabled = false,
+           disabled_reason = coalesce(reason, 'disabled by ' OPERATOR(pg_catalog.||) ae_events._calling_role()),
+           disabled_at = pg_catalog.now(), relay = NULL, lease_expires_at = NULL
+     WHERE e.endpoint OPERATOR(pg_catalog.=) disable_endpoint.endpoint;
+END
+$$;
+
+-- Drop an endpoint with its secrets and delivery records. Returns whether it existed.
+CREATE FUNCTION ae_events.drop_endpoint(endpoint text) RETURNS boolean
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF endpoint IS NULL THEN
+        RAISE EXCEPTION 'ae_events: an endpoint name is needed, not NULL'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    DELETE FROM ae_events.deliveries AS d WHERE d.endpoint OPERATOR(pg_catalog.=) drop_endpoint.endpoint;
+    DELETE FROM ae_events.endpoint_secrets AS s WHERE s.endpoint OPERATOR(pg_catalog.=) drop_endpoint.endpoint;
+    DELETE FROM ae_events.endpoints AS e WHERE e.endpoint OPERATOR(pg_catalog.=) drop_endpoint.endpoint;
+    RETURN FOUND;
+END
+$$;
+
+-- Whether an event goes to an endpoint: its subscription keys, then its filter (evaluated
+-- silently: a payload the filter cannot be applied to does not match).
+CREATE FUNCTION ae_events._endpoint_matches(subscription_keys text[], filter jsonpath,
+                                            subscription_key text, payload jsonb)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT (subscription_keys IS NULL OR subscription_key OPERATOR(pg_catalog.=) ANY (subscription_keys))
+       AND (filter IS NULL OR coalesce(pg_catalog.jsonb_path_match(payload, filter, '{}', true), false))
+$$;
+
+-- Send these events (by event_id) to the endpoint again, from the first attempt, in order per
+-- instance. Refuses ids that are not in the outbox or that the endpoint does not subscribe to.
+-- Returns how many were scheduled.
+CREATE FUNCTION ae_events.redeliver(endpoint text, event_ids uuid[]) RETURNS bigint
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    target ae_events.endpoints := ae_events._endpoint_for_update(endpoint);
+    missing uuid;
+    scheduled bigint;
+BEGIN
+    IF event_ids IS NULL THEN
+        RAISE EXCEPTION 'ae_events: redeliver needs an array of event ids, not NULL'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    SELECT wanted INTO missing FROM pg_catalog.unnest(event_ids) AS wanted
+     WHERE NOT EXISTS (SELECT FROM ae_events.outbox AS o
+                        WHERE o.event_id OPERATOR(pg_catalog.=) wanted
+                          AND ae_events._endpoint_matches(target.subscription_keys, target.filter,
+                                                          o.subscription_key, o.payload))
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'ae_events: event % is not in the outbox or not for endpoint %',
+                coalesce(missing::text, 'NULL'), pg_catalog.quote_literal(endpoint)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    INSERT INTO ae_events.deliveries AS d (endpoint, outbox_id, aggregate_id, status, next_attempt_at)
+    SELECT target.endpoint, o.id, o.aggregate_id, 'pending', pg_catalog.now()
+      FROM ae_events.outbox AS o
+     WHERE o.event_id OPERATOR(pg_catalog.=) ANY (event_ids)
+    ON CONFLICT ON CONSTRAINT deliveries_pkey DO UPDATE
+       SET status = 'pending', attempts = 0, next_attempt_at = pg_catalog.now(), dead_at = NULL;
+    GET DIAGNOSTICS scheduled = ROW_COUNT;
+    RETURN scheduled;
+END
+$$;
+
+-- Send the endpoint every matching event that occurred at or after since again, in order per
+-- instance. Events after its cursor that it has not seen yet come on their own. Returns how many
+-- were scheduled.
+CREATE FUNCTION ae_events.replay_endpoint(endpoint text, since timestamptz) RETURNS bigint
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    target ae_events.endpoints := ae_events._endpoint_for_update(endpoint);
+    scheduled bigint;
+BEGIN
+    IF since IS NULL THEN
+        RAISE EXCEPTION 'ae_events: replay_endpoint needs a start time, not NULL'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    INSERT INTO ae_events.deliveries AS d (endpoint, outbox_id, aggregate_id, status, next_attempt_at)
+    SELECT target.endpoint, o.id, o.aggregate_id, 'pending', pg_catalog.now()
+      FROM ae_events._epochs() AS e
+      JOIN ae_events.outbox AS o
+        ON o.id OPERATOR(pg_catalog.>=) e.first_id
+       AND (e.next_first_id IS NULL OR o.id OPERATOR(pg_catalog.<) e.next_first_id)
+     WHERE o.occurred_at OPERATOR(pg_catalog.>=) since
+       AND ae_events._endpoint_matches(target.subscription_keys, target.filter,
+                                       o.subscription_key, o.payload)
+       AND ((e.first_id, o.txid, o.id) OPERATOR(pg_catalog.<=)
+                (target.cursor_epoch, target.cursor_txid, target.cursor_id)
+            OR EXISTS (SELECT FROM ae_events.deliveries AS x
+                        WHERE x.endpoint OPERATOR(pg_catalog.=) target.endpoint
+                          AND x.outbox_id OPERATOR(pg_catalog.=) o.id))
+    ON CONFLICT ON CONSTRAINT deliveries_pkey DO UPDATE
+       SET status = 'pending', attempts = 0, next_attempt_at = pg_catalog.now(), dead_at = NULL;
+    GET DIAGNOSTICS scheduled = ROW_COUNT;
+    RETURN scheduled;
+END
+$$;
+
+-- For analysts, relays and DBAs: endpoints without their secrets or header values.
+CREATE VIEW ae_events.endpoint_status AS
+SELECT e.endpoint, e.url, e.subscription_keys, e.filter::text AS filter,
+       ARRAY(SELECT k FROM pg_catalog.jsonb_object_keys(e.headers) AS k ORDER BY k) AS header_names,
+       e.timeout, e.retry_schedule, e.retry_jitter, e.disable_after, e.max_in_flight,
+       e.enabled, e.disabled_reason, e.disabled_at, e.failing_since,
+       e.relay, e.lease_expires_at,
+       (SELECT pg_catalog.count(*) FROM ae_events.deliveries AS d
+         WHERE d.endpoint OPERATOR(pg_catalog.=) e.endpoint AND d.status OPERATOR(pg_catalog.=) 'pending') AS pending,
+       (SELECT pg_catalog.min(d.next_attempt_at) FROM ae_events.deliveries AS d
+         WHERE d.endpoint OPERATOR(pg_catalog.=) e.endpoint AND d.status OPERATOR(pg_catalog.=) 'pending') AS next_attempt_at,
+       (SELECT pg_catalog.count(*) FROM ae_events.deliveries AS d
+         WHERE d.endpoint OPERATOR(pg_catalog.=) e.endpoint AND d.status OPERATOR(pg_catalog.=) 'dead') AS dead,
+       e.cursor_id AS cursor_event,
+       e.created_at
+  FROM ae_events.endpoints AS e;
+
+COMMENT ON VIEW ae_events.endpoint_status IS
+    'ae_events: webhook endpoints (no secrets, header names only), their state, pending and dead-lettered counts';
+
+-- For analysts: per endpoint and event, attempts and outcome. status: pending (next_attempt_at
+-- says when), delivered, dead (dead-lettered).
+CREATE VIEW ae_events.delivery_status AS
+SELECT d.endpoint, d.outbox_id AS id, o.event_id, o.subscription_key AS event,
+       d.aggregate_id AS instance_id, o.snapshot_version, o.occurred_at,
+       d.status, d.attempts, d.last_status, d.last_error,
+       d.first_attempt_at, d.last_attempt_at, d.delivered_at, d.dead_at, d.next_attempt_at
+  FROM ae_events.deliveries AS d
+  LEFT JOIN ae_events.outbox AS o ON o.id OPERATOR(pg_catalog.=) d.outbox_id;
+
+COMMENT ON VIEW ae_events.delivery_status IS
+    'ae_events: per endpoint and event its deliveries: status (pending, delivered, dead), attempts, last HTTP status or error, times';
+
+------------------------------------------------------------------------------------------------
+-- The relay's side. Each call names the relay (a unique id it makes at start) and refuses an
+-- endpoint that relay does not hold.
+
+-- Renew this relay's leases, take endpoints that nobody holds (or whose relay's lease expired),
+-- let go of disabled ones; returns the endpoints it holds, with what it needs to deliver.
+CREATE FUNCTION ae_events.relay_lease(relay text, lease interval)
+RETURNS TABLE (endpoint text, url text, headers jsonb, timeout_ms bigint,
+               retry_schedule_ms bigint[], retry_jitter double precision, max_in_flight integer,
+               secrets text[], cursor_epoch bigint, cursor_txid xid8, cursor_id bigint)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF relay IS NULL OR relay OPERATOR(pg_catalog.=) '' OR lease IS NULL
+       OR lease OPERATOR(pg_catalog.<=) interval '0' THEN
+        RAISE EXCEPTION 'ae_events: relay_lease needs a relay id and a positive lease'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    UPDATE ae_events.endpoints AS e SET relay = NULL, lease_expires_at = NULL
+     WHERE e.relay OPERATOR(pg_catalog.=) relay_lease.relay AND NOT e.enabled;
+    RETURN QUERY
+    WITH held AS (
+        UPDATE ae_events.endpoints AS e
+           SET relay = relay_lease.relay,
+               lease_expires_at = pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) lease
+         WHERE e.enabled
+           AND (e.relay IS NULL OR e.relay OPERATOR(pg_catalog.=) relay_lease.relay
+                OR e.lease_expires_at OPERATOR(pg_catalog.<) pg_catalog.clock_timestamp())
+        RETURNING e.*)
+    SELECT h.endpoint, h.url, h.headers,
+           (EXTRACT(epoch FROM h.timeout) OPERATOR(pg_catalog.*) 1000)::bigint,
+           ARRAY(SELECT (EXTRACT(epoch FROM d) OPERATOR(pg_catalog.*) 1000)::bigint
+                   FROM pg_catalog.unnest(h.retry_schedule) WITH ORDINALITY AS s (d, n) ORDER BY n),
+           h.retry_jitter, h.max_in_flight,
+           ARRAY(SELECT s.secret FROM ae_events.endpoint_secrets AS s
+                  WHERE s.endpoint OPERATOR(pg_catalog.=) h.endpoint
+                    AND (s.expires_at IS NULL OR s.expires_at OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp())
+                  ORDER BY s.created_at DESC, s.secret),
+           h.cursor_epoch, h.cursor_txid, h.cursor_id
+      FROM held AS h
+     ORDER BY h.endpoint;
+END
+$$;
+
+-- A relay that stops lets go of its endpoints, so that another can take them at once.
+CREATE FUNCTION ae_events.relay_release(relay text) RETURNS void
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    UPDATE ae_events.endpoints AS e SET relay = NULL, lease_expires_at = NULL
+     WHERE e.relay OPERATOR(pg_catalog.=) relay_release.relay;
+$$;
+
+CREATE FUNCTION ae_events._require_lease(endpoint text, relay text) RETURNS ae_events.endpoints
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    held ae_events.endpoints;
+BEGIN
+    SELECT * INTO held FROM ae_events.endpoints AS e
+     WHERE e.endpoint OPERATOR(pg_catalog.=) _require_lease.endpoint
+       AND e.relay OPERATOR(pg_catalog.=) _require_lease.relay
+       AND e.enabled
+       AND e.lease_expires_at OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp();
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'ae_events: relay % does not hold endpoint %',
+                pg_catalog.quote_literal(relay), pg_catalog.quote_literal(endpoint)
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Its lease expired, another relay took it, or it was disabled or dropped.';
+    END IF;
+    RETURN held;
+END
+$$;
+
+-- The events after a position (epoch, txid, id) in delivery order, at most about max_events:
+-- only final ones (as poll), and never a later version of an instance without the earlier ones
+-- (the batch is extended to them, or ends before it if one is not final yet). deliver: the event
+-- matches the endpoint and has no delivery row yet (payload only then); waits_behind: its
+-- instance has a pending delivery, so it must be parked behind it.
+CREATE FUNCTION ae_events.relay_fetch(endpoint text, relay text, after_epoch bigint,
+                                      after_txid xid8, after_id bigint, max_events integer)
+RETURNS TABLE (epoch bigint, txid xid8, id bigint, event_id uuid, subscription_key text,
+               event_type text, aggregate_id bigint, snapshot_version integer,
+               payload text, deliver boolean, waits_behind boolean)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    target ae_events.endpoints := ae_events._require_lease(endpoint, relay);
+    horizon xid8 := ae_events._delivery_horizon();
+    epoch_row record;
+    from_txid xid8;
+    from_id bigint;
+    below_txid xid8;
+    end_txid xid8;
+    end_id bigint;
+    cap_txid xid8;
+    cap_id bigint;
+    ahead record;
+    changed boolean;
+    remaining integer := max_events;
+    returned integer;
+BEGIN
+    IF max_events IS NULL OR max_events OPERATOR(pg_catalog.<) 1 THEN
+        RAISE EXCEPTION 'ae_events: max_events must be at least 1, not %', max_events
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    FOR epoch_row IN SELECT * FROM ae_events._epochs() AS e
+                      WHERE e.next_first_id IS NULL
+                         OR e.next_first_id OPERATOR(pg_catalog.>) after_epoch
+                      ORDER BY e.first_id LOOP
+        IF epoch_row.first_id OPERATOR(pg_catalog.<=) after_epoch THEN
+            from_txid := after_txid;
+            from_id := after_id;
+        ELSE
+            from_txid := '0';
+            from_id := -1;
+        END IF;
+        below_txid := CASE WHEN epoch_row.open THEN horizon ELSE '18446744073709551615'::xid8 END;
+        -- The batch: up to the remaining-th final event.
+        SELECT o.txid, o.id INTO end_txid, end_id
+          FROM (SELECT o.txid, o.id FROM ae_events.outbox AS o
+                 WHERE (o.txid, o.id) OPERATOR(pg_catalog.>) (from_txid, from_id)
+                   AND o.txid OPERATOR(pg_catalog.<) below_txid
+                   AND o.id OPERATOR(pg_catalog.>=) epoch_row.first_id
+                   AND o.id OPERATOR(pg_catalog.<) coalesce(epoch_row.next_first_id, 9223372036854775807)
+                 ORDER BY o.txid, o.id
+                 LIMIT remaining) AS o
+         ORDER BY o.txid DESC, o.id DESC
+         LIMIT 1;
+        CONTINUE WHEN end_id IS NULL;
+        cap_txid := NULL;
+        cap_id := NULL;
+        -- An event of the batch whose instance's previous event lies after the batch: extend
+        -- the batch to it if it is final, else end the batch before that event (cap).
+        LOOP
+            changed := false;
+            FOR ahead IN
+                SELECT b.txid AS b_txid, b.id AS b_id, p.txid AS p_txid, p.id AS p_id
+                  FROM ae_events.outbox AS b
+                 CROSS JOIN LATERAL (
+                       SELECT p.txid, p.id FROM ae_events.outbox AS p
+                        WHERE p.aggregate_type OPERATOR(pg_catalog.=) b.aggregate_type
+                          AND p.aggregate_id OPERATOR(pg_catalog.=) b.aggregate_id
+                          AND p.id OPERATOR(pg_catalog.<) b.id
+                          AND p.id OPERATOR(pg_catalog.>=) epoch_row.first_id
+                        ORDER BY p.id DESC
+                        LIMIT 1) AS p
+                 WHERE (b.txid, b.id) OPERATOR(pg_catalog.>) (from_txid, from_id)
+                   AND (b.txid, b.id) OPERATOR(pg_catalog.<=) (end_txid, end_id)
+                   AND b.txid OPERATOR(pg_catalog.<) below_txid
+                   AND b.id OPERATOR(pg_catalog.>=) epoch_row.first_id
+                   AND b.id OPERATOR(pg_catalog.<) coalesce(epoch_row.next_first_id, 9223372036854775807)
+                   AND (p.txid, p.id) OPERATOR(pg_catalog.>) (end_txid, end_id)
+                 ORDER BY b.txid, b.id
+            LOOP
+                IF ahead.p_txid OPERATOR(pg_catalog.<) below_txid
+                   AND (cap_id IS NULL
+                        OR (ahead.p_txid, ahead.p_id) OPERATOR(pg_catalog.<) (cap_txid, cap_id)) THEN
+                    end_txid := ahead.p_txid;
+                    end_id := ahead.p_id;
+                ELSE
+                    cap_txid := ahead.b_txid;
+                    cap_id := ahead.b_id;
+                    -- The batch ends just before the capped event.
+                    SELECT o.txid, o.id INTO end_txid, end_id FROM ae_events.outbox AS o
+                     WHERE (o.txid, o.id) OPERATOR(pg_catalog.>) (from_txid, from_id)
+                       AND (o.txid, o.id) OPERATOR(pg_catalog.<) (cap_txid, cap_id)
+                       AND o.id OPERATOR(pg_catalog.>=) epoch_row.first_id
+                       AND o.id OPERATOR(pg_catalog.<) coalesce(epoch_row.next_first_id, 9223372036854775807)
+                     ORDER BY o.txid DESC, o.id DESC LIMIT 1;
+                    IF NOT FOUND THEN
+                        end_txid := from_txid;
+                        end_id := from_id;
+                    END IF;
+                END IF;
+                changed := true;
+                EXIT;
+            END LOOP;
+            EXIT WHEN NOT changed;
+        END LOOP;
+        RETURN QUERY
+            SELECT epoch_row.first_id, o.txid, o.id, o.event_id, o.subscription_key, o.event_type,
+                   o.aggregate_id, o.snapshot_version,
+                   CASE WHEN m.deliver THEN o.payload::text END,
+                   m.deliver,
+                   m.deliver AND EXISTS (
+                       SELECT FROM ae_events.deliveries AS w
+                        WHERE w.endpoint OPERATOR(pg_catalog.=) target.endpoint
+                          AND w.aggregate_id OPERATOR(pg_catalog.=) o.aggregate_id
+                          AND w.status OPERATOR(pg_catalog.=) 'pending')
+              FROM ae_events.outbox AS o
+             CROSS JOIN LATERAL (
+                   SELECT ae_events._endpoint_matches(target.subscription_keys, target.filter,
+                                                      o.subscription_key, o.payload)
+                          AND NOT EXISTS (
+                              SELECT FROM ae_events.deliveries AS d
+                               WHERE d.endpoint OPERATOR(pg_catalog.=) target.endpoint
+                                 AND d.outbox_id OPERATOR(pg_catalog.=) o.id) AS deliver) AS m
+             WHERE (o.txid, o.id) OPERATOR(pg_catalog.>) (from_txid, from_id)
+               AND (o.txid, o.id) OPERATOR(pg_catalog.<=) (end_txid, end_id)
+               AND o.id OPERATOR(pg_catalog.>=) epoch_row.first_id
+               AND o.id OPERATOR(pg_catalog.<) coalesce(epoch_row.next_first_id, 9223372036854775807)
+             ORDER BY o.txid, o.id;
+        GET DIAGNOSTICS returned = ROW_COUNT;
+        remaining := remaining OPERATOR(pg_catalog.-) returned;
+        -- A capped epoch stops here: what follows waits for the capped event.
+        EXIT WHEN remaining OPERATOR(pg_catalog.<=) 0 OR cap_id IS NOT NULL;
+    END LOOP;
+END
+$$;
+
+-- Pending deliveries due now that are the earliest pending one of their instance, leaving out
+-- the instances the relay has a request in flight for. attempts: made so far.
+CREATE FUNCTION ae_events.relay_due(endpoint text, relay text, max_events integer,
+                                    busy_instances bigint[])
+RETURNS TABLE (id bigint, event_id uuid, subscription_key text, event_type text,
+               aggregate_id bigint, snapshot_version integer, payload text, attempts integer)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    target ae_events.endpoints := ae_events._require_lease(endpoint, relay);
+BEGIN
+    RETURN QUERY
+        SELECT o.id, o.event_id, o.subscription_key, o.event_type, o.aggregate_id,
+               o.snapshot_version, o.payload::text, d.attempts
+          FROM ae_events.deliveries AS d
+          JOIN ae_events.outbox AS o ON o.id OPERATOR(pg_catalog.=) d.outbox_id
+         WHERE d.endpoint OPERATOR(pg_catalog.=) target.endpoint
+           AND d.status OPERATOR(pg_catalog.=) 'pending'
+           AND d.next_attempt_at OPERATOR(pg_catalog.<=) pg_catalog.clock_timestamp()
+           AND NOT (d.aggregate_id OPERATOR(pg_catalog.=) ANY (coalesce(busy_instances, '{}')))
+           AND NOT EXISTS (
+                   SELECT FROM ae_events.deliveries AS w
+                    WHERE w.endpoint OPERATOR(pg_catalog.=) d.endpoint
+                      AND w.aggregate_id OPERATOR(pg_catalog.=) d.aggregate_id
+                      AND w.status OPERATOR(pg_catalog.=) 'pending'
+                      AND w.outbox_id OPERATOR(pg_catalog.<) d.outbox_id)
+         ORDER BY d.next_attempt_at, d.outbox_id
+         LIMIT max_events;
+    -- Pending rows whose event was pruned meanwhile cannot be sent: nothing to do for them.
+    DELETE FROM ae_events.deliveries AS d
+     WHERE d.endpoint OPERATOR(pg_catalog.=) target.endpoint
+       AND d.status OPERATOR(pg_catalog.=) 'pending'
+       AND d.next_attempt_at OPERATOR(pg_catalog.<=) pg_catalog.clock_timestamp()
+       AND NOT EXISTS (SELECT FROM ae_events.outbox AS o WHERE o.id OPERATOR(pg_catalog.=) d.outbox_id);
+END
+$$;
+
+-- The outcomes of attempts (and events parked behind a pending one), and the new cursor, in one
+-- transaction. Per event: status delivered / pending (next_attempt_at) / dead, attempts made so
+-- far, HTTP status or error. gone_reason: the receiver answered 410, the endpoint is disabled.
+-- Returns false if the endpoint is no longer the relay's (nothing is written then).
+CREATE FUNCTION ae_events.relay_record(endpoint text, relay text,
+                                       outbox_ids bigint[], aggregate_ids bigint[],
+                                       statuses text[], attempts integer[],
+                                       attempted_at timestamptz[], http_statuses integer[],
+                                       errors text[], next_attempt_at timestamptz[],
+                                       new_cursor_epoch bigint, new_cursor_txid xid8,
+                                       new_cursor_id bigint, gone_reason text DEFAULT NULL)
+RETURNS boolean
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    held ae_events.endpoints;
+    any_delivered boolean;
+    first_failure timestamptz;
+BEGIN
+    SELECT * INTO held FROM ae_events.endpoints AS e
+     WHERE e.endpoint OPERATOR(pg_catalog.=) relay_record.endpoint
+       AND e.relay OPERATOR(pg_catalog.=) relay_record.relay
+       AND e.enabled
+     FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    INSERT INTO ae_events.deliveries AS d
+           (endpoint, outbox_id, aggregate_id, status, attempts, first_attempt_at, last_attempt_at,
+            last_status, last_error, next_attempt_at, delivered_at, dead_at)
+    SELECT held.endpoint, r.outbox_id, r.aggregate_id, r.status, r.attempts, r.attempted_at,
+           r.attempted_at, r.http_status, r.error,
+           CASE WHEN r.status OPERATOR(pg_catalog.=) 'pending' THEN coalesce(r.next_attempt_at, pg_catalog.now()) END,
+           CASE WHEN r.status OPERATOR(pg_catalog.=) 'delivered' THEN r.attempted_at END,
+           CASE WHEN r.status OPERATOR(pg_catalog.=) 'dead' THEN r.attempted_at END
+      FROM ROWS FROM (pg_catalog.unnest(outbox_ids), pg_catalog.unnest(aggregate_ids),
+                      pg_catalog.unnest(statuses), pg_catalog.unnest(attempts),
+                      pg_catalog.unnest(attempted_at), pg_catalog.unnest(http_statuses),
+                      pg_catalog.unnest(errors), pg_catalog.unnest(next_attempt_at))
+           AS r (outbox_id, aggregate_id, status, attempts, attempted_at, http_status, error,
+                 next_attempt_at)
+    ON CONFLICT ON CONSTRAINT deliveries_pkey DO UPDATE
+       SET status = excluded.status,
+           attempts = excluded.attempts,
+           first_attempt_at = coalesce(d.first_attempt_at, excluded.first_attempt_at),
+           last_attempt_at = coalesce(excluded.last_attempt_at, d.last_attempt_at),
+           last_status = CASE WHEN excluded.last_attempt_at IS NULL THEN d.last_status ELSE excluded.last_status END,
+           last_error = CASE WHEN excluded.last_attempt_at IS NULL THEN d.last_error ELSE excluded.last_error END,
+           next_attempt_at = excluded.next_attempt_at,
+           delivered_at = coalesce(excluded.delivered_at, d.delivered_at),
+           dead_at = excluded.dead_at;
+    -- failing_since: cleared by a delivery, else set by the first failure.
+    SELECT bool_or(s OPERATOR(pg_catalog.=) 'delivered'),
+           min(t) FILTER (WHERE s OPERATOR(pg_catalog.<>) 'delivered' AND t IS NOT NULL)
+      INTO any_delivered, first_failure
+      FROM ROWS FROM (pg_catalog.unnest(statuses), pg_catalog.unnest(attempted_at)) AS r (s, t);
+    UPDATE ae_events.endpoints AS e
+       SET failing_since = CASE WHEN any_delivered THEN NULL
+                                ELSE coalesce(e.failing_since, first_failure) END,
+           cursor_epoch = CASE WHEN c.moves THEN new_cursor_epoch ELSE e.cursor_epoch END,
+           cursor_txid = CASE WHEN c.moves THEN new_cursor_txid ELSE e.cursor_txid END,
+           cursor_id = CASE WHEN c.moves THEN new_cursor_id ELSE e.cursor_id END
+      FROM (SELECT new_cursor_id IS NOT NULL
+                   AND (new_cursor_epoch, new_cursor_txid, new_cursor_id) OPERATOR(pg_catalog.>)
+                       (held.cursor_epoch, held.cursor_txid, held.cursor_id) AS moves) AS c
+     WHERE e.endpoint OPERATOR(pg_catalog.=) held.endpoint;
+    IF gone_reason IS NOT NULL THEN
+        UPDATE ae_events.endpoints AS e
+           SET enabled = false, disabled_reason = gone_reason, disabled_at = pg_catalog.now(),
+               relay = NULL, lease_expires_at = NULL
+         WHERE e.endpoint OPERATOR(pg_catalog.=) held.endpoint;
+    ELSE
+        UPDATE ae_events.endpoints AS e
+           SET enabled = false,
+               disabled_reason = pg_catalog.format('every attempt failed since %s (disable_after %s)',
+                                                   e.failing_since, e.disable_after),
+               disabled_at = pg_catalog.now(), relay = NULL, lease_expires_at = NULL
+         WHERE e.endpoint OPERATOR(pg_catalog.=) held.endpoint
+           AND e.failing_since OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) e.disable_after);
+    END IF;
+    RETURN true;
+END
+$$;
+
+REVOKE ALL ON FUNCTION ae_events._strong_random_bytes(integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ae_events._new_secret() FROM PUBLIC;
+REVOKE ALL ON FUNCTION ae_events._require_secret(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ae_events._endpoint_for_update(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ae_events._check_endpoint_settings(text, text[], jsonpath, jsonb, interval, interval[], double precision, interval, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ae_events._endpoint_matches(text[], jsonpath, text, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ae_events._require_lease(text, text) FROM PUBLIC;
+-- Managing endpoints is the DBA's (who may grant these to an administrating role).
+REVOKE ALL ON FUNCTION ae_events.create_endpoint(text, text, text[], jsonpath) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ae_events.create_endpoint(text, text, text[], text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ae_events.alter_endpoint(text, text, text[], jsonpath, jsonb, interval, interval[], double precision, interval, integer, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ae_events.rotate_endpoint_secret(text, interval, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ae_events.enable_endpoint(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ae_events.disable_endpoint(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ae_events.drop_endpoint(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ae_events.redeliver(text, uuid[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ae_events.replay_endpoint(text, timestamptz) FROM PUBLIC;
+-- The relay's calls.
+REVOKE ALL ON FUNCTION ae_events.relay_lease(text, interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ae_events.relay_release(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ae_events.relay_fetch(text, text, bigint, xid8, bigint, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ae_events.relay_due(text, text, integer, bigint[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ae_events.relay_record(text, text, bigint[], bigint[], text[], integer[], timestamptz[], integer[], text[], timestamptz[], bigint, xid8, bigint, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION ae_events.relay_lease(text, interval), ae_events.relay_release(text),
+    ae_events.relay_fetch(text, text, bigint, xid8, bigint, integer),
+    ae_events.relay_due(text, text, integer, bigint[]),
+    ae_events.relay_record(text, text, bigint[], bigint[], text[], integer[], timestamptz[], integer[], text[], timestamptz[], bigint, xid8, bigint, text)
+    TO ae_events_relay;
+-- Secrets: the relay (and the DBA, who owns them); never ae_events_reader.
+GRANT SELECT ON ae_events.endpoint_secrets TO ae_events_relay;
+GRANT SELECT ON ae_events.endpoint_status, ae_events.delivery_status TO ae_events_reader, ae_events_relay;
+
+CREATE OR REPLACE FUNCTION ae_events.prune(older_than interval, batch_size integer DEFAULT 10000)
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cutoff timestamptz := pg_catalog.now() OPERATOR(pg_catalog.-) older_than;
+    deleted bigint := 0;
+    batch bigint;
+    pruned_ids bigint[];
+BEGIN
+    IF older_than IS NULL OR older_than OPERATOR(pg_catalog.<) interval '0' THEN
+        RAISE EXCEPTION 'ae_events: prune needs an age of zero or more, not %', older_than
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF batch_size IS NULL OR batch_size OPERATOR(pg_catalog.<) 1 THEN
+        RAISE EXCEPTION 'ae_events: batch_size must be at least 1, not %', batch_size
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    LOOP
+        pruned_ids := ARRAY(
+                   SELECT o.id
+                     FROM ae_events._epochs() AS e
+                     JOIN ae_events.outbox AS o
+                       ON o.id OPERATOR(pg_catalog.>=) e.first_id
+                      AND (e.next_first_id IS NULL OR o.id OPERATOR(pg_catalog.<) e.next_first_id)
+                    WHERE o.occurred_at OPERATOR(pg_catalog.<) cutoff
+                      AND NOT EXISTS (
+                              SELECT FROM ae_events.consumers AS c
+                               WHERE (e.first_id, o.txid, o.id) OPERATOR(pg_catalog.>)
+                                     (c.cursor_epoch, c.cursor_txid, c.cursor_id))
+                      -- Nor one a webhook endpoint has not passed yet or still has to send.
+                      AND NOT EXISTS (
+                              SELECT FROM ae_events.endpoints AS p
+                               WHERE (e.first_id, o.txid, o.id) OPERATOR(pg_catalog.>)
+                                     (p.cursor_epoch, p.cursor_txid, p.cursor_id)
+                                  OR EXISTS (
+                                         SELECT FROM ae_events.deliveries AS d
+                                          WHERE d.endpoint OPERATOR(pg_catalog.=) p.endpoint
+                                            AND d.outbox_id OPERATOR(pg_catalog.=) o.id
+                                            AND d.status OPERATOR(pg_catalog.=) 'pending'))
+                    ORDER BY o.id
+                    LIMIT batch_size);
+        -- Their delivery records go with them.
+        DELETE FROM ae_events.deliveries AS d
+         USING ae_events.endpoints AS p
+         WHERE d.endpoint OPERATOR(pg_catalog.=) p.endpoint
+           AND d.outbox_id OPERATOR(pg_catalog.=) ANY (pruned_ids);
+        DELETE FROM ae_events.outbox AS d WHERE d.id OPERATOR(pg_catalog.=) ANY (pruned_ids);
+        GET DIAGNOSTICS batch = ROW_COUNT;
+        deleted := deleted OPERATOR(pg_catalog.+) batch;
+        EXIT WHEN batch OPERATOR(pg_catalog.<) batch_size;
+    END LOOP;
+    RETURN deleted;
+END
+$$;
