@@ -1,11 +1,48 @@
 //! The demo behind `scripts/demo.sh`: a throwaway cluster, the reference schema, the extension,
-//! a listener, the seed's example inserted in one transaction, and what the relay would see.
+//! a listener, a webhook endpoint with a local receiver, the seed's example inserted in one
+//! transaction, and what arrives: the notification, the outbox row, and the signed webhook that
+//! `ae-relay` delivers.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
 use common::*;
+use std::process::{Command, Stdio};
 use std::time::Duration;
+
+/// A receiver on 127.0.0.1 that answers 200 and hands each request to the demo.
+fn start_receiver() -> (String, std::sync::mpsc::Receiver<(String, String, Vec<(String, String)>, String)>) {
+    let server = tiny_http::Server::http("127.0.0.1:0").expect("bind the receiver");
+    let port = server.server_addr().to_ip().expect("ip address").port();
+    let (sender, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for mut request in server.incoming_requests() {
+            let mut body = String::new();
+            let _ = request.as_reader().read_to_string(&mut body);
+            let headers = request
+                .headers()
+                .iter()
+                .map(|h| (h.field.as_str().as_str().to_ascii_lowercase(), h.value.as_str().to_owned()))
+                .collect();
+            let _ = sender.send((request.method().as_str().to_owned(), request.url().to_owned(), headers, body));
+            let _ = request.respond(tiny_http::Response::empty(200));
+        }
+    });
+    (format!("http://127.0.0.1:{port}/webhooks/ae"), received)
+}
+
+/// The signature checked by the `svix` crate's Standard Webhooks verifier.
+fn verifies(secret: &str, headers: &[(String, String)], body: &str) -> bool {
+    let mut map = http::HeaderMap::new();
+    for (name, value) in headers {
+        if name.starts_with("webhook-") {
+            if let (Ok(name), Ok(value)) = (http::HeaderName::try_from(name.as_str()), http::HeaderValue::try_from(value.as_str())) {
+                map.insert(name, value);
+            }
+        }
+    }
+    svix::webhooks::Webhook::new(secret).is_ok_and(|webhook| webhook.verify(body.as_bytes(), &map).is_ok())
+}
 
 fn main() {
     println!("Starting a throwaway PostgreSQL 15 cluster under /tmp ...");
@@ -18,7 +55,15 @@ fn main() {
 
     let mut listener = cluster.connect(&database);
     listener.batch_execute("LISTEN ae_events").unwrap();
-    println!("A listener runs LISTEN ae_events.\n");
+    println!("A listener runs LISTEN ae_events.");
+
+    let (url, webhooks) = start_receiver();
+    let secret: String = app
+        .query_one("SELECT ae_events.create_endpoint('demo-receiver', $1)", &[&url])
+        .unwrap()
+        .get(0);
+    println!("A webhook receiver listens on {url};");
+    println!("SELECT ae_events.create_endpoint('demo-receiver', '{url}') returned its secret {secret}\n");
 
     println!("Inserting the seed's example (tests/sql/seed_example.sql) in one transaction ...");
     app.batch_execute(SEED_EXAMPLE).unwrap();
@@ -84,6 +129,46 @@ fn main() {
     };
     println!("\nPayload equals the seed's example JSON: {matches}");
 
+    println!("\nStarting ae-relay (as role demo_relay, a member of ae_events_relay) ...");
+    app.batch_execute("CREATE ROLE demo_relay LOGIN; GRANT ae_events_relay TO demo_relay;")
+        .unwrap();
+    let relay_binary = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join("ae-relay")))
+        .filter(|path| path.exists())
+        .unwrap_or_else(|| {
+            eprintln!("ae-relay is not built: cargo build -p ae-relay");
+            std::process::exit(1)
+        });
+    let mut relay = Command::new(relay_binary)
+        .args(["run", "--lease", "5s"])
+        .env("DATABASE_URL", format!("postgres://demo_relay@127.0.0.1:{}/{database}", cluster.port))
+        .env("AE_RELAY_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start ae-relay");
+    let Ok((method, path, headers, body)) = webhooks.recv_timeout(Duration::from_secs(30)) else {
+        eprintln!("No webhook arrived.");
+        let _ = relay.kill();
+        std::process::exit(1);
+    };
+    println!("\nThe webhook as the receiver got it:\n  {method} {path}");
+    for (name, value) in &headers {
+        if name.starts_with("webhook-") || name.starts_with("ae-") || name == "content-type" || name == "user-agent" {
+            println!("  {name}: {value}");
+        }
+    }
+    println!("  body ({} bytes): {}...", body.len(), &body[..body.len().min(120)]);
+    let body_is_payload = app
+        .query_one("SELECT payload::text = $1 FROM ae_events.outbox WHERE id = $2", &[&body, &id])
+        .unwrap()
+        .get::<_, bool>(0);
+    println!("The body is the stored payload's text: {body_is_payload}");
+    println!(
+        "Signature verified with the endpoint's secret (svix crate's Standard Webhooks verifier): {}",
+        verifies(&secret, &headers, &body)
+    );
+
     println!(
         "\nUpdating the instance's score and its candidate's first name in one transaction ..."
     );
@@ -120,5 +205,36 @@ fn main() {
         updated.get::<_, serde_json::Value>(2),
         updated.get::<_, serde_json::Value>(3)
     );
+    match webhooks.recv_timeout(Duration::from_secs(30)) {
+        Ok((_, _, headers, body)) => {
+            let header = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str()).unwrap_or("");
+            println!(
+                "Webhook {} version {} delivered, signature verified: {}",
+                header("ae-subscription-key"),
+                header("ae-snapshot-version"),
+                verifies(&secret, &headers, &body)
+            );
+        }
+        Err(_) => println!("The updated event's webhook did not arrive."),
+    }
+    let status = app
+        .query(
+            "SELECT event, snapshot_version, status, attempts, last_status FROM ae_events.delivery_status ORDER BY id",
+            &[],
+        )
+        .unwrap();
+    println!("\nSELECT event, snapshot_version, status, attempts, last_status FROM ae_events.delivery_status:");
+    for row in status {
+        println!(
+            "  {} v{}: {} after {} attempt(s), HTTP {}",
+            row.get::<_, String>(0),
+            row.get::<_, i32>(1),
+            row.get::<_, String>(2),
+            row.get::<_, i32>(3),
+            row.get::<_, Option<i32>>(4).map_or("-".to_owned(), |s| s.to_string())
+        );
+    }
+    let _ = relay.kill();
+    let _ = relay.wait();
     println!("The cluster stops and its files are removed when this program exits.");
 }

@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
+cargo build --quiet -p ae-relay
 cargo run --quiet --example demo

@@ -30,49 +30,51 @@ struct Arrival {
     at: Instant,
 }
 
-/// A receiver answering 200 at once, from a pool of threads; it records every arrival.
+/// A receiver answering 200 at once (axum on its own tokio runtime); it records every arrival.
 struct Receiver {
     port: u16,
     arrivals: Arc<Mutex<Vec<Arrival>>>,
-    server: Arc<tiny_http::Server>,
+    _runtime: tokio::runtime::Runtime,
 }
 
 impl Receiver {
-    fn start(threads: usize) -> Receiver {
-        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("bind"));
-        let port = server.server_addr().to_ip().expect("ip").port();
+    fn start() -> Receiver {
+        use axum::extract::{Path, State};
+        use axum::http::HeaderMap;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
         let arrivals: Arc<Mutex<Vec<Arrival>>> = Arc::default();
-        for _ in 0..threads {
-            let (server, arrivals) = (server.clone(), arrivals.clone());
-            std::thread::spawn(move || {
-                while let Ok(mut request) = server.recv() {
-                    let mut body = Vec::new();
-                    let _ = request.as_reader().read_to_end(&mut body);
-                    let header = |name: &'static str| {
-                        request
-                            .headers()
-                            .iter()
-                            .find(|h| h.field.equiv(name))
-                            .map(|h| h.value.as_str().to_owned())
-                            .unwrap_or_default()
-                    };
-                    let arrival = Arrival {
-                        endpoint: request.url().trim_start_matches('/').to_owned(),
-                        webhook_id: header("webhook-id"),
-                        instance: header("ae-aggregate-id").parse().unwrap_or(-1),
-                        version: header("ae-snapshot-version").parse().unwrap_or(-1),
-                        at: Instant::now(),
-                    };
-                    arrivals.lock().unwrap().push(arrival);
-                    let _ = request.respond(tiny_http::Response::empty(200));
-                }
-            });
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind");
+        let port = listener.local_addr().unwrap().port();
+        async fn receive(
+            State(arrivals): State<Arc<Mutex<Vec<Arrival>>>>,
+            Path(endpoint): Path<String>,
+            headers: HeaderMap,
+            _body: axum::body::Bytes,
+        ) -> axum::http::StatusCode {
+            let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+            let arrival = Arrival {
+                endpoint,
+                webhook_id: header("webhook-id"),
+                instance: header("ae-aggregate-id").parse().unwrap_or(-1),
+                version: header("ae-snapshot-version").parse().unwrap_or(-1),
+                at: Instant::now(),
+            };
+            arrivals.lock().unwrap().push(arrival);
+            axum::http::StatusCode::OK
         }
-        Receiver {
-            port,
-            arrivals,
-            server,
-        }
+        let app = axum::Router::new()
+            .route("/{endpoint}", axum::routing::post(receive))
+            .with_state(arrivals.clone());
+        runtime.spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Receiver { port, arrivals, _runtime: runtime }
     }
 
     fn count(&self) -> usize {
@@ -89,26 +91,12 @@ impl Receiver {
             {
                 let arrivals = self.arrivals.lock().unwrap();
                 if arrivals.len() >= count {
-                    return arrivals
-                        .iter()
-                        .map(|a| a.at)
-                        .max()
-                        .unwrap_or_else(Instant::now);
+                    return arrivals.iter().map(|a| a.at).max().unwrap_or_else(Instant::now);
                 }
             }
-            assert!(
-                Instant::now() < deadline,
-                "timed out: {} of {count} arrived",
-                self.count()
-            );
+            assert!(Instant::now() < deadline, "timed out: {} of {count} arrived", self.count());
             std::thread::sleep(Duration::from_millis(5));
         }
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.server.unblock();
     }
 }
 
@@ -152,6 +140,29 @@ fn relay_binary() -> std::path::PathBuf {
 
 struct RelayProcess(Child);
 
+/// CPU seconds (user + system) a process has used, from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks: f64 = fields.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+/// CPU seconds used by every process of the `postgres` OS user (the cluster's backends).
+fn database_cpu_seconds() -> f64 {
+    let mut total = 0.0;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let is_postgres = std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.starts_with("postgres"));
+        if is_postgres && status.contains("Uid:") {
+            total += cpu_seconds(pid);
+        }
+    }
+    total
+}
+
 impl RelayProcess {
     fn start(cluster: &Cluster, database: &str) -> RelayProcess {
         let child = Command::new(relay_binary())
@@ -163,7 +174,7 @@ impl RelayProcess {
                     cluster.port
                 ),
             )
-            .env("AE_RELAY_LOG", "warn")
+            .env("AE_RELAY_LOG", std::env::var("AE_RELAY_LOG").unwrap_or_else(|_| "warn".to_owned()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .spawn()
@@ -198,6 +209,7 @@ fn database_with_endpoints(
     let database = cluster.database(name, ForeignKeys::Without);
     let mut client = cluster.connect(&database);
     client.batch_execute(MINIMAL_REFERENCE_DATA).unwrap();
+    create_relay_login(cluster);
     for n in 0..endpoints {
         client
             .query_one(
@@ -233,7 +245,7 @@ fn relay_throughput(
     events: usize,
     endpoints: usize,
 ) -> (f64, usize, usize, Vec<String>) {
-    let receiver = Receiver::start(IN_FLIGHT.min(32));
+    let receiver = Receiver::start();
     let (database, mut client) = database_with_endpoints(
         cluster,
         &format!("relay_bench_{endpoints}"),
@@ -251,9 +263,16 @@ fn relay_throughput(
         .map(|r| r.get(0))
         .collect();
     let start = Instant::now();
+    let database_cpu_before = database_cpu_seconds();
     let relay = RelayProcess::start(cluster, &database);
     let last = receiver.wait_for(events * endpoints, Duration::from_secs(900));
     let elapsed = last - start;
+    let relay_cpu = cpu_seconds(relay.0.id());
+    let database_cpu = database_cpu_seconds() - database_cpu_before;
+    eprintln!(
+        "  ({endpoints} endpoints: {:.1} s; CPU: relay {relay_cpu:.1} s, database {database_cpu:.1} s)",
+        elapsed.as_secs_f64()
+    );
     drop(relay);
     let expected: HashMap<String, usize> =
         (0..endpoints).map(|n| (format!("e{n}"), events)).collect();
@@ -268,7 +287,7 @@ fn relay_throughput(
 
 /// The ceiling: the same bodies POSTed by a plain reqwest loop, `concurrency` at a time.
 fn plain_loop(bodies: &[String], endpoints: usize) -> f64 {
-    let receiver = Receiver::start(IN_FLIGHT.min(32));
+    let receiver = Receiver::start();
     let port = receiver.port;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -307,7 +326,7 @@ fn plain_loop(bodies: &[String], endpoints: usize) -> f64 {
 
 /// Commit-to-receipt latency at a steady rate: p50, p99 (ms), lost, out of order.
 fn latency(cluster: &Cluster, rate: u32, seconds: u32) -> (f64, f64, usize, usize) {
-    let receiver = Receiver::start(IN_FLIGHT);
+    let receiver = Receiver::start();
     let (database, mut client) = database_with_endpoints(cluster, "relay_latency", &receiver, 1);
     let _relay = RelayProcess::start(cluster, &database);
     // The relay takes its lease and listens.
@@ -343,9 +362,11 @@ fn latency(cluster: &Cluster, rate: u32, seconds: u32) -> (f64, f64, usize, usiz
 
 fn main() {
     let smoke = std::env::args().any(|a| a == "--smoke");
-    let (events, rate_seconds) = if smoke { (400, 1) } else { (20_000, 10) };
+    let (mut events, rate_seconds) = if smoke { (400, 1) } else { (20_000, 10) };
+    if let Some(given) = std::env::args().skip_while(|a| a != "--events").nth(1) {
+        events = given.parse().expect("--events N");
+    }
     let cluster = Cluster::start(&[]);
-    create_relay_login(&cluster);
     println!("ae-relay benchmark: {events} events in the backlog, {IN_FLIGHT} requests in flight per endpoint");
     println!();
     println!("| endpoints | ae-relay deliveries/s | plain HTTP loop deliveries/s | ratio | lost | out of order |");

@@ -159,8 +159,13 @@ impl Worker {
             if flush_due && !self.flush().await? {
                 return Ok(Stopped::NotHeld);
             }
-            let mut deadline = self.next_poll.min(self.next_due_check);
-            if let Some(oldest) = self.oldest_outcome {
+            // Wake for what can happen then: a poll, a due check when a request could start,
+            // a flush (not while stopping). A deadline already past would spin the loop.
+            let mut deadline = self.next_poll;
+            if !stopping && self.in_flight.len() < self.config.borrow().max_in_flight {
+                deadline = deadline.min(self.next_due_check);
+            }
+            if let (false, Some(oldest)) = (stopping, self.oldest_outcome) {
                 deadline = deadline.min(oldest + FLUSH_AGE);
             }
             let more_to_fetch =
