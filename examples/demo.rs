@@ -10,8 +10,11 @@ use common::*;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+/// A request as the receiver got it: method, path, headers (lower-case names), body.
+type Webhook = (String, String, Vec<(String, String)>, String);
+
 /// A receiver on 127.0.0.1 that answers 200 and hands each request to the demo.
-fn start_receiver() -> (String, std::sync::mpsc::Receiver<(String, String, Vec<(String, String)>, String)>) {
+fn start_receiver() -> (String, std::sync::mpsc::Receiver<Webhook>) {
     let server = tiny_http::Server::http("127.0.0.1:0").expect("bind the receiver");
     let port = server.server_addr().to_ip().expect("ip address").port();
     let (sender, received) = std::sync::mpsc::channel();
@@ -22,9 +25,19 @@ fn start_receiver() -> (String, std::sync::mpsc::Receiver<(String, String, Vec<(
             let headers = request
                 .headers()
                 .iter()
-                .map(|h| (h.field.as_str().as_str().to_ascii_lowercase(), h.value.as_str().to_owned()))
+                .map(|h| {
+                    (
+                        h.field.as_str().as_str().to_ascii_lowercase(),
+                        h.value.as_str().to_owned(),
+                    )
+                })
                 .collect();
-            let _ = sender.send((request.method().as_str().to_owned(), request.url().to_owned(), headers, body));
+            let _ = sender.send((
+                request.method().as_str().to_owned(),
+                request.url().to_owned(),
+                headers,
+                body,
+            ));
             let _ = request.respond(tiny_http::Response::empty(200));
         }
     });
@@ -36,12 +49,16 @@ fn verifies(secret: &str, headers: &[(String, String)], body: &str) -> bool {
     let mut map = http::HeaderMap::new();
     for (name, value) in headers {
         if name.starts_with("webhook-") {
-            if let (Ok(name), Ok(value)) = (http::HeaderName::try_from(name.as_str()), http::HeaderValue::try_from(value.as_str())) {
+            if let (Ok(name), Ok(value)) = (
+                http::HeaderName::try_from(name.as_str()),
+                http::HeaderValue::try_from(value.as_str()),
+            ) {
                 map.insert(name, value);
             }
         }
     }
-    svix::webhooks::Webhook::new(secret).is_ok_and(|webhook| webhook.verify(body.as_bytes(), &map).is_ok())
+    svix::webhooks::Webhook::new(secret)
+        .is_ok_and(|webhook| webhook.verify(body.as_bytes(), &map).is_ok())
 }
 
 fn main() {
@@ -59,11 +76,16 @@ fn main() {
 
     let (url, webhooks) = start_receiver();
     let secret: String = app
-        .query_one("SELECT ae_events.create_endpoint('demo-receiver', $1)", &[&url])
+        .query_one(
+            "SELECT ae_events.create_endpoint('demo-receiver', $1)",
+            &[&url],
+        )
         .unwrap()
         .get(0);
     println!("A webhook receiver listens on {url};");
-    println!("SELECT ae_events.create_endpoint('demo-receiver', '{url}') returned its secret {secret}\n");
+    println!(
+        "SELECT ae_events.create_endpoint('demo-receiver', '{url}') returned its secret {secret}\n"
+    );
 
     println!("Inserting the seed's example (tests/sql/seed_example.sql) in one transaction ...");
     app.batch_execute(SEED_EXAMPLE).unwrap();
@@ -142,7 +164,13 @@ fn main() {
         });
     let mut relay = Command::new(relay_binary)
         .args(["run", "--lease", "5s"])
-        .env("DATABASE_URL", format!("postgres://demo_relay@127.0.0.1:{}/{database}", cluster.port))
+        .env(
+            "DATABASE_URL",
+            format!(
+                "postgres://demo_relay@127.0.0.1:{}/{database}",
+                cluster.port
+            ),
+        )
         .env("AE_RELAY_LOG", "warn")
         .stdin(Stdio::null())
         .spawn()
@@ -154,13 +182,24 @@ fn main() {
     };
     println!("\nThe webhook as the receiver got it:\n  {method} {path}");
     for (name, value) in &headers {
-        if name.starts_with("webhook-") || name.starts_with("ae-") || name == "content-type" || name == "user-agent" {
+        if name.starts_with("webhook-")
+            || name.starts_with("ae-")
+            || name == "content-type"
+            || name == "user-agent"
+        {
             println!("  {name}: {value}");
         }
     }
-    println!("  body ({} bytes): {}...", body.len(), &body[..body.len().min(120)]);
+    println!(
+        "  body ({} bytes): {}...",
+        body.len(),
+        &body[..body.len().min(120)]
+    );
     let body_is_payload = app
-        .query_one("SELECT payload::text = $1 FROM ae_events.outbox WHERE id = $2", &[&body, &id])
+        .query_one(
+            "SELECT payload::text = $1 FROM ae_events.outbox WHERE id = $2",
+            &[&body, &id],
+        )
         .unwrap()
         .get::<_, bool>(0);
     println!("The body is the stored payload's text: {body_is_payload}");
@@ -207,7 +246,13 @@ fn main() {
     );
     match webhooks.recv_timeout(Duration::from_secs(30)) {
         Ok((_, _, headers, body)) => {
-            let header = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str()).unwrap_or("");
+            let header = |name: &str| {
+                headers
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, v)| v.as_str())
+                    .unwrap_or("")
+            };
             println!(
                 "Webhook {} version {} delivered, signature verified: {}",
                 header("ae-subscription-key"),
@@ -231,7 +276,8 @@ fn main() {
             row.get::<_, i32>(1),
             row.get::<_, String>(2),
             row.get::<_, i32>(3),
-            row.get::<_, Option<i32>>(4).map_or("-".to_owned(), |s| s.to_string())
+            row.get::<_, Option<i32>>(4)
+                .map_or("-".to_owned(), |s| s.to_string())
         );
     }
     let _ = relay.kill();

@@ -10,7 +10,6 @@
 //! `--smoke` runs it at a tiny size (part of the test command, so that it cannot rot).
 
 #[path = "../../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use common::*;
@@ -57,7 +56,13 @@ impl Receiver {
             headers: HeaderMap,
             _body: axum::body::Bytes,
         ) -> axum::http::StatusCode {
-            let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+            let header = |name: &str| {
+                headers
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned()
+            };
             let arrival = Arrival {
                 endpoint,
                 webhook_id: header("webhook-id"),
@@ -74,7 +79,11 @@ impl Receiver {
         runtime.spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Receiver { port, arrivals, _runtime: runtime }
+        Receiver {
+            port,
+            arrivals,
+            _runtime: runtime,
+        }
     }
 
     fn count(&self) -> usize {
@@ -91,10 +100,18 @@ impl Receiver {
             {
                 let arrivals = self.arrivals.lock().unwrap();
                 if arrivals.len() >= count {
-                    return arrivals.iter().map(|a| a.at).max().unwrap_or_else(Instant::now);
+                    return arrivals
+                        .iter()
+                        .map(|a| a.at)
+                        .max()
+                        .unwrap_or_else(Instant::now);
                 }
             }
-            assert!(Instant::now() < deadline, "timed out: {} of {count} arrived", self.count());
+            assert!(
+                Instant::now() < deadline,
+                "timed out: {} of {count} arrived",
+                self.count()
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
     }
@@ -143,9 +160,20 @@ struct RelayProcess(Child);
 /// CPU seconds (user + system) a process has used, from /proc.
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-    let ticks: f64 = fields.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
-        + fields.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields
+        .get(11)
+        .and_then(|u| u.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        + fields
+            .get(12)
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or(0.0);
     ticks / 100.0
 }
 
@@ -153,9 +181,12 @@ fn cpu_seconds(pid: u32) -> f64 {
 fn database_cpu_seconds() -> f64 {
     let mut total = 0.0;
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let is_postgres = std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.starts_with("postgres"));
+        let is_postgres = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .is_ok_and(|c| c.starts_with("postgres"));
         if is_postgres && status.contains("Uid:") {
             total += cpu_seconds(pid);
         }
@@ -174,7 +205,10 @@ impl RelayProcess {
                     cluster.port
                 ),
             )
-            .env("AE_RELAY_LOG", std::env::var("AE_RELAY_LOG").unwrap_or_else(|_| "warn".to_owned()))
+            .env(
+                "AE_RELAY_LOG",
+                std::env::var("AE_RELAY_LOG").unwrap_or_else(|_| "warn".to_owned()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .spawn()
@@ -369,8 +403,8 @@ fn main() {
     let cluster = Cluster::start(&[]);
     println!("ae-relay benchmark: {events} events in the backlog, {IN_FLIGHT} requests in flight per endpoint");
     println!();
-    println!("| endpoints | ae-relay deliveries/s | plain HTTP loop deliveries/s | ratio | lost | out of order |");
-    println!("|---:|---:|---:|---:|---:|---:|");
+    println!("| endpoints | ae-relay deliveries/s | plain HTTP loop deliveries/s | ratio | relay CPU per delivery | database CPU per delivery | lost | out of order |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut failures = 0;
     for endpoints in [1usize, 10] {
         let backlog = events;

@@ -136,7 +136,7 @@ impl Database {
                         event_type: row.get(5),
                         aggregate_id: row.get(6),
                         snapshot_version: row.get(7),
-                        payload: row.get::<_, Option<String>>(8).unwrap_or_default(),
+                        payload: row.get::<_, Option<String>>(8).unwrap_or_default().into(),
                         attempts: 0,
                     }),
                     waits_behind: row.get(10),
@@ -175,7 +175,7 @@ impl Database {
                 event_type: row.get(3),
                 aggregate_id: row.get(4),
                 snapshot_version: row.get(5),
-                payload: row.get(6),
+                payload: row.get::<_, String>(6).into(),
                 attempts: row.get(7),
             })
             .collect())
@@ -272,11 +272,13 @@ pub struct CheckReport {
 fn endpoint_config(row: &Row) -> EndpointConfig {
     let headers: String = row.get(2);
     let headers = parse_headers(&headers);
+    let url: String = row.get(1);
     let schedule: Vec<i64> = row.get(4);
     let secrets: Vec<String> = row.get(7);
     EndpointConfig {
         name: row.get(0),
-        url: row.get(1),
+        request_url: reqwest::Url::parse(&url).ok(),
+        url,
         headers,
         timeout: Duration::from_millis(row.get::<_, i64>(3).max(1) as u64),
         retry_schedule: schedule
@@ -298,14 +300,22 @@ fn endpoint_config(row: &Row) -> EndpointConfig {
 }
 
 /// The headers object ({"name": "value"}); create_endpoint checked its shape.
-fn parse_headers(text: &str) -> Vec<(String, String)> {
-    match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text) {
-        Ok(map) => map
-            .into_iter()
-            .filter_map(|(name, value)| value.as_str().map(|v| (name, v.to_owned())))
-            .collect(),
-        Err(_) => Vec::new(),
+fn parse_headers(text: &str) -> reqwest::header::HeaderMap {
+    use reqwest::header::{HeaderName, HeaderValue};
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Ok(map) = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text) {
+        for (name, value) in map {
+            let Some(value) = value.as_str() else {
+                continue;
+            };
+            if let (Ok(name), Ok(value)) =
+                (HeaderName::try_from(name), HeaderValue::try_from(value))
+            {
+                headers.insert(name, value);
+            }
+        }
     }
+    headers
 }
 
 fn parse_txid(text: &str) -> u64 {

@@ -8,8 +8,10 @@ use std::time::Duration;
 pub struct EndpointConfig {
     pub name: String,
     pub url: String,
-    /// Static headers (names and values as the DBA gave them).
-    pub headers: Vec<(String, String)>,
+    /// The URL parsed once (None: it cannot be parsed; every attempt fails saying so).
+    pub request_url: Option<reqwest::Url>,
+    /// Static headers (as the DBA gave them), ready to send.
+    pub headers: reqwest::header::HeaderMap,
     pub timeout: Duration,
     pub retry_schedule: Vec<Duration>,
     pub retry_jitter: f64,
@@ -38,8 +40,9 @@ pub struct Event {
     pub event_type: String,
     pub aggregate_id: i64,
     pub snapshot_version: i32,
-    /// Exactly the stored jsonb's JSON text: the request's body.
-    pub payload: String,
+    /// Exactly the stored jsonb's JSON text: the request's body (shared, not copied, by
+    /// attempts).
+    pub payload: bytes::Bytes,
     /// Attempts made before this one.
     pub attempts: i32,
 }

@@ -4,7 +4,7 @@
 use crate::endpoint::{EndpointConfig, Event};
 use crate::retry::parse_retry_after;
 use crate::signing::signature_header;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use reqwest::header::{HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The most of a failed answer's body kept as its error text.
@@ -44,19 +44,16 @@ pub async fn deliver(
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
-    let body = event.payload.clone().into_bytes();
-    let signature = signature_header(&endpoint.keys, &event.event_id, timestamp, &body);
-    let mut headers = HeaderMap::new();
-    for (name, value) in &endpoint.headers {
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::try_from(name.as_str()),
-            HeaderValue::try_from(value.as_str()),
-        ) {
-            headers.insert(name, value);
-        }
-    }
-    let fixed: [(&str, String); 7] = [
-        ("content-type", "application/json".to_owned()),
+    let Some(url) = endpoint.request_url.clone() else {
+        return Attempt::Failed {
+            status: None,
+            error: format!("the URL {:?} cannot be parsed", endpoint.url),
+            retry_after: None,
+        };
+    };
+    let signature = signature_header(&endpoint.keys, &event.event_id, timestamp, &event.payload);
+    let mut headers = endpoint.headers.clone();
+    let fixed: [(&str, String); 6] = [
         ("webhook-id", event.event_id.clone()),
         ("webhook-timestamp", timestamp.to_string()),
         ("webhook-signature", signature),
@@ -64,6 +61,7 @@ pub async fn deliver(
         ("ae-event-type", event.event_type.clone()),
         ("ae-aggregate-id", event.aggregate_id.to_string()),
     ];
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     for (name, value) in fixed {
         if let Ok(value) = HeaderValue::try_from(value) {
             headers.insert(HeaderName::from_static(name), value);
@@ -74,10 +72,10 @@ pub async fn deliver(
         HeaderValue::from(event.snapshot_version),
     );
     let request = client
-        .post(&endpoint.url)
+        .post(url)
         .headers(headers)
         .timeout(endpoint.timeout)
-        .body(body);
+        .body(event.payload.clone());
     let mut response = match request.send().await {
         Ok(response) => response,
         Err(error) => {

@@ -56,7 +56,7 @@ pub struct Worker {
     db: Arc<Database>,
     http: reqwest::Client,
     relay: RelayConfig,
-    config: watch::Receiver<EndpointConfig>,
+    config: watch::Receiver<Arc<EndpointConfig>>,
     woken: watch::Receiver<u64>,
     shutdown: watch::Receiver<bool>,
     /// Fetched through here (in memory; ahead of the database's cursor).
@@ -94,7 +94,7 @@ impl Worker {
         db: Arc<Database>,
         http: reqwest::Client,
         relay: RelayConfig,
-        config: watch::Receiver<EndpointConfig>,
+        config: watch::Receiver<Arc<EndpointConfig>>,
         woken: watch::Receiver<u64>,
         shutdown: watch::Receiver<bool>,
     ) -> Worker {
@@ -295,7 +295,7 @@ impl Worker {
     fn start(&mut self, source: Source, event: Event) {
         self.busy.insert(event.aggregate_id);
         let http = self.http.clone();
-        let config = self.config.borrow().clone();
+        let config = Arc::clone(&self.config.borrow());
         self.in_flight.spawn(async move {
             let at = SystemTime::now();
             let attempt = http_sink::deliver(&http, &config, &event).await;
@@ -308,10 +308,8 @@ impl Worker {
         let instance = event.aggregate_id;
         self.busy.remove(&instance);
         let attempts = event.attempts + 1;
-        let (schedule, jitter) = {
-            let config = self.config.borrow();
-            (config.retry_schedule.clone(), config.retry_jitter)
-        };
+        let config = Arc::clone(&self.config.borrow());
+        let (schedule, jitter) = (&config.retry_schedule, config.retry_jitter);
         let mut outcome = Outcome {
             outbox_id: event.id,
             aggregate_id: instance,
@@ -345,7 +343,7 @@ impl Worker {
             } => {
                 outcome.http_status = status.map(i32::from);
                 outcome.error = Some(error);
-                match retry::next_delay(&schedule, jitter, attempts as usize, retry_after) {
+                match retry::next_delay(schedule, jitter, attempts as usize, retry_after) {
                     Some(delay) => {
                         outcome.status = "pending";
                         outcome.next_attempt_at = Some(SystemTime::now() + delay);

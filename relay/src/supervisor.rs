@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 struct RunningWorker {
-    config: watch::Sender<EndpointConfig>,
+    config: watch::Sender<Arc<EndpointConfig>>,
     task: JoinHandle<Result<Stopped, DbError>>,
 }
 
@@ -86,15 +86,13 @@ async fn serve(
                         if let Some(worker) = workers.get(&endpoint.name) {
                             worker.config.send_if_modified(|current| {
                                 // The cursor is the worker's own business once it runs.
-                                let changed = EndpointConfig {
+                                let latest = EndpointConfig {
                                     cursor: current.cursor,
                                     ..endpoint.clone()
-                                } != *current;
+                                };
+                                let changed = latest != **current;
                                 if changed {
-                                    *current = EndpointConfig {
-                                        cursor: current.cursor,
-                                        ..endpoint.clone()
-                                    };
+                                    *current = Arc::new(latest);
                                 }
                                 changed
                             });
@@ -106,7 +104,7 @@ async fn serve(
                     }
                     tracing::info!(endpoint = %endpoint.name, url = %endpoint.url, "serving endpoint");
                     let name = endpoint.name.clone();
-                    let (config_tx, config_rx) = watch::channel(endpoint);
+                    let (config_tx, config_rx) = watch::channel(Arc::new(endpoint));
                     let worker = Worker::new(
                         db.clone(),
                         http.clone(),
