@@ -5,7 +5,7 @@
 mod support;
 
 use std::collections::{HashMap, HashSet};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -165,11 +165,11 @@ fn a_failing_receiver_gets_retries_with_the_same_webhook_id_on_the_policys_sched
     let first_gap = requests[1].at - requests[0].at;
     let second_gap = requests[2].at - requests[1].at;
     assert!(
-        first_gap >= Duration::from_millis(400) && first_gap < Duration::from_millis(1500),
+        first_gap >= Duration::from_millis(400) && first_gap < Duration::from_secs(4),
         "{first_gap:?}"
     );
     assert!(
-        second_gap >= Duration::from_millis(800) && second_gap < Duration::from_millis(2000),
+        second_gap >= Duration::from_millis(800) && second_gap < Duration::from_secs(4),
         "{second_gap:?}"
     );
     let event_id = requests[0].header("webhook-id").to_owned();
@@ -204,7 +204,7 @@ fn retry_after_of_a_429_is_honoured() {
     let requests = receiver.wait_for("the retry", WAIT, |r| r.len() >= 2);
     let gap = requests[1].at - requests[0].at;
     assert!(
-        gap >= Duration::from_secs(2) && gap < Duration::from_millis(3500),
+        gap >= Duration::from_secs(2) && gap < Duration::from_secs(8),
         "Retry-After: 2 gave {gap:?}"
     );
 }
@@ -262,9 +262,8 @@ fn a_slow_receiver_hits_the_timeout_and_a_refused_connection_is_retried() {
         "{errors:?}"
     );
     // The receiver comes up on that port: the retry gets through.
-    let server = tiny_http::Server::http(format!("127.0.0.1:{closed_port}")).unwrap();
-    let request = server.recv_timeout(WAIT).unwrap().expect("the retry");
-    let _ = request.respond(tiny_http::Response::from_string("ok"));
+    let late = Receiver::start_on(closed_port, |_, _| Answer::status(200));
+    late.wait_for("the retry", WAIT, |r| !r.is_empty());
     wait_until_sql(&mut client, "both delivered on the second attempt", WAIT,
         "SELECT count(*) = 2 FROM ae_events.delivery_status WHERE status = 'delivered' AND attempts = 2");
 }
@@ -367,7 +366,7 @@ fn a_poison_event_is_dead_lettered_while_other_instances_flow_and_its_next_versi
             200
         })
     });
-    create_endpoint(&mut client, "strict", &receiver.url("/"), "{700ms,700ms}");
+    create_endpoint(&mut client, "strict", &receiver.url("/"), "{3s,3s}");
     insert_instance(&mut client, 1);
     set_status(&mut client, 1, "completed");
     for id in 2..=5 {
@@ -524,26 +523,40 @@ fn a_later_version_whose_transaction_began_first_is_still_sent_second() {
 fn a_failing_endpoint_does_not_delay_a_healthy_one() {
     let cluster = Cluster::shared();
     let (database, mut client) = delivery_database("isolation");
-    let hanging = Receiver::start(|_, _| Answer::status(500).after(Duration::from_secs(5)));
+    // Every request to this one hangs for 20 s, then fails.
+    let hanging = Receiver::start(|_, _| Answer::status(500).after(Duration::from_secs(20)));
     let healthy = Receiver::ok();
     create_endpoint(&mut client, "hanging", &hanging.url("/"), "{1s}");
+    client
+        .execute(
+            "SELECT ae_events.alter_endpoint('hanging', timeout => '30 s')",
+            &[],
+        )
+        .unwrap();
     create_endpoint(&mut client, "healthy", &healthy.url("/"), "{1s}");
     let _relay = Relay::start(cluster, &database, &[]);
-    std::thread::sleep(Duration::from_millis(500));
-    let start = Instant::now();
     for id in 1..=40 {
         insert_instance(&mut client, id);
     }
+    // All 40 arrive while the failing endpoint's first requests are still hanging: had the
+    // healthy endpoint waited for it, they would come after 20 s.
     healthy.wait_for(
         "all 40 at the healthy endpoint",
-        Duration::from_secs(3),
+        Duration::from_secs(15),
         |r| r.len() >= 40,
     );
-    let took = start.elapsed();
-    assert!(took < Duration::from_secs(3), "{took:?}");
-    assert!(
-        hanging.count() >= 1,
-        "the hanging endpoint was being tried meanwhile"
+    let attempted: i64 = client
+        .query_one(
+            "SELECT count(*) FROM ae_events.delivery_status WHERE endpoint = 'hanging'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(attempted, 0, "no answer from the hanging endpoint yet");
+    assert_eq!(
+        hanging.count(),
+        16,
+        "its 16 requests are in flight meanwhile"
     );
 }
 
@@ -911,4 +924,139 @@ fn check_says_whether_the_relay_can_work() {
         text.contains("is not a member of ae_events_relay"),
         "{text}"
     );
+}
+
+#[test]
+fn endpoints_secrets_and_delivery_state_survive_pg_dump_and_restore() {
+    let cluster = Cluster::shared();
+    let (database, mut client) = delivery_database("webhook_dump");
+    let receiver = Receiver::ok();
+    let secret = create_endpoint(&mut client, "kept", &receiver.url("/"), "{1s}");
+    insert_instance(&mut client, 1);
+    {
+        let _relay = Relay::start(cluster, &database, &[]);
+        receiver.wait_for("the first event", WAIT, |r| !r.is_empty());
+        wait_until_sql(
+            &mut client,
+            "its delivery recorded",
+            WAIT,
+            "SELECT EXISTS (SELECT FROM ae_events.delivery_status WHERE status = 'delivered')",
+        );
+        let relay = _relay;
+        assert!(relay.terminate().success());
+    }
+    let archive = dump(cluster, &database);
+    let restored = cluster.empty_database("webhook_restored");
+    restore(cluster, &restored, &archive);
+    let mut restored_client = cluster.connect(&restored);
+    let kept: (String, i64) = restored_client
+        .query_one("SELECT url, (SELECT count(*) FROM ae_events.delivery_status WHERE status = 'delivered') FROM ae_events.endpoint_status", &[])
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!(kept, (receiver.url("/"), 1));
+    insert_instance(&mut restored_client, 2);
+    let _relay = Relay::start(cluster, &restored, &[]);
+    let requests = receiver.wait_for("the restored database's new event", WAIT, |r| r.len() >= 2);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(receiver.count(), 2, "the delivered event is not sent again");
+    assert_eq!(requests[1].instance(), 2);
+    assert!(
+        svix_verifies(&secret, &requests[1]),
+        "signed with the restored secret"
+    );
+}
+
+#[test]
+fn an_endpoint_failing_for_longer_than_disable_after_is_disabled() {
+    let cluster = Cluster::shared();
+    let (database, mut client) = delivery_database("disable_after");
+    let receiver = Receiver::start(|_, _| Answer::status(500));
+    create_endpoint(
+        &mut client,
+        "broken",
+        &receiver.url("/"),
+        "{300ms,300ms,300ms,300ms,300ms,300ms,300ms,300ms}",
+    );
+    client
+        .execute(
+            "SELECT ae_events.alter_endpoint('broken', disable_after => '1 s')",
+            &[],
+        )
+        .unwrap();
+    insert_instance(&mut client, 1);
+    let _relay = Relay::start(cluster, &database, &[]);
+    wait_until_sql(&mut client, "the endpoint disabled", WAIT,
+        "SELECT NOT enabled AND disabled_reason LIKE 'every attempt failed since%' FROM ae_events.endpoint_status");
+    let attempts: i32 = client
+        .query_one("SELECT attempts FROM ae_events.delivery_status", &[])
+        .unwrap()
+        .get(0);
+    assert!(
+        (3..=8).contains(&attempts),
+        "failing for over a second took {attempts} attempts"
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(
+        receiver.count() as i32,
+        attempts,
+        "nothing more is sent once disabled"
+    );
+}
+
+#[test]
+fn prune_keeps_what_an_endpoint_still_needs_and_removes_delivery_records_with_their_events() {
+    let cluster = Cluster::shared();
+    let (database, mut client) = delivery_database("webhook_prune");
+    let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let answers = failing.clone();
+    let receiver = Receiver::start(move |request, _| {
+        let fail = request.instance() == 2 && answers.load(std::sync::atomic::Ordering::SeqCst);
+        Answer::status(if fail { 503 } else { 200 })
+    });
+    create_endpoint(&mut client, "pruned", &receiver.url("/"), "{500ms}");
+    client
+        .execute("SELECT ae_events.alter_endpoint('pruned', retry_schedule => '{500ms,500ms,500ms,500ms,500ms,500ms,500ms,500ms,500ms,500ms,500ms,500ms,500ms,500ms,500ms,500ms,500ms,500ms,500ms,500ms}')", &[])
+        .unwrap();
+    insert_instance(&mut client, 1);
+    insert_instance(&mut client, 2);
+    let _relay = Relay::start(cluster, &database, &[]);
+    wait_until_sql(&mut client, "one delivered, one pending", WAIT,
+        "SELECT count(*) FILTER (WHERE status = 'delivered') = 1 AND count(*) FILTER (WHERE status = 'pending') = 1
+           FROM ae_events.delivery_status");
+    let pruned: i64 = client
+        .query_one("SELECT ae_events.prune('0 s')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(pruned, 1, "the delivered event goes, the pending one stays");
+    let left: Vec<(i64, String)> = client
+        .query(
+            "SELECT instance_id, status FROM ae_events.delivery_status",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        left,
+        [(2, "pending".to_owned())],
+        "its delivery record went with it"
+    );
+    failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    wait_until_sql(
+        &mut client,
+        "the second delivered",
+        WAIT,
+        "SELECT EXISTS (SELECT FROM ae_events.delivery_status WHERE status = 'delivered')",
+    );
+    let pruned: i64 = client
+        .query_one("SELECT ae_events.prune('0 s')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(pruned, 1);
+    let rows: i64 = client
+        .query_one("SELECT count(*) FROM ae_events.deliveries", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 0);
 }

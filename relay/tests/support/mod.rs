@@ -62,74 +62,97 @@ impl Answer {
 
 type Behaviour = dyn Fn(&Received, usize) -> Answer + Send + Sync;
 
-/// An HTTP server on 127.0.0.1 (tiny_http), one thread per request so that answers may be slow
-/// without holding the others. `behaviour` gets the request and how many requests with the same
-/// webhook-id came before it.
+struct ReceiverState {
+    requests: Arc<Mutex<Vec<Received>>>,
+    behaviour: Arc<Behaviour>,
+}
+
+/// An HTTP server on 127.0.0.1 (axum, on its own runtime). `behaviour` gets the request and how
+/// many requests with the same webhook-id came before it, and says how to answer.
 pub struct Receiver {
     pub port: u16,
     requests: Arc<Mutex<Vec<Received>>>,
-    server: Arc<tiny_http::Server>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+async fn receive(
+    axum::extract::State(state): axum::extract::State<Arc<ReceiverState>>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+    body: String,
+) -> axum::response::Response {
+    let received = Received {
+        method: method.as_str().to_owned(),
+        path: uri.path().to_owned(),
+        headers: headers
+            .iter()
+            .map(|(name, value)| {
+                (
+                    name.as_str().to_owned(),
+                    value.to_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect(),
+        body,
+        at: Instant::now(),
+    };
+    let earlier = {
+        let mut log = state.requests.lock().unwrap();
+        let earlier = log
+            .iter()
+            .filter(|r| r.header("webhook-id") == received.header("webhook-id"))
+            .count();
+        log.push(received.clone());
+        earlier
+    };
+    let answer = (state.behaviour)(&received, earlier);
+    tokio::time::sleep(answer.delay).await;
+    let mut response = axum::response::Response::new(axum::body::Body::from("answer"));
+    *response.status_mut() = axum::http::StatusCode::from_u16(answer.status).unwrap();
+    for (name, value) in &answer.headers {
+        response.headers_mut().insert(
+            axum::http::HeaderName::try_from(name.as_str()).unwrap(),
+            axum::http::HeaderValue::try_from(value.as_str()).unwrap(),
+        );
+    }
+    response
 }
 
 impl Receiver {
     pub fn start(
         behaviour: impl Fn(&Received, usize) -> Answer + Send + Sync + 'static,
     ) -> Receiver {
-        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("bind receiver"));
-        let port = server.server_addr().to_ip().expect("ip address").port();
+        Receiver::start_on(0, behaviour)
+    }
+
+    /// The same on a given port (0: any free one).
+    pub fn start_on(
+        port: u16,
+        behaviour: impl Fn(&Received, usize) -> Answer + Send + Sync + 'static,
+    ) -> Receiver {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind(("127.0.0.1", port)))
+            .expect("bind receiver");
+        let port = listener.local_addr().unwrap().port();
         let requests: Arc<Mutex<Vec<Received>>> = Arc::default();
-        let behaviour: Arc<Behaviour> = Arc::new(behaviour);
-        let (accepting, log) = (server.clone(), requests.clone());
-        std::thread::spawn(move || {
-            for mut request in accepting.incoming_requests() {
-                let mut body = String::new();
-                let _ = request.as_reader().read_to_string(&mut body);
-                let received = Received {
-                    method: request.method().as_str().to_owned(),
-                    path: request.url().to_owned(),
-                    headers: request
-                        .headers()
-                        .iter()
-                        .map(|h| {
-                            (
-                                h.field.as_str().as_str().to_ascii_lowercase(),
-                                h.value.as_str().to_owned(),
-                            )
-                        })
-                        .collect(),
-                    body,
-                    at: Instant::now(),
-                };
-                let earlier = {
-                    let mut log = log.lock().unwrap();
-                    let earlier = log
-                        .iter()
-                        .filter(|r| r.header("webhook-id") == received.header("webhook-id"))
-                        .count();
-                    log.push(received.clone());
-                    earlier
-                };
-                let behaviour = behaviour.clone();
-                std::thread::spawn(move || {
-                    let answer = behaviour(&received, earlier);
-                    std::thread::sleep(answer.delay);
-                    let mut response =
-                        tiny_http::Response::from_string("answer").with_status_code(answer.status);
-                    for (name, value) in &answer.headers {
-                        if let Ok(header) =
-                            tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes())
-                        {
-                            response.add_header(header);
-                        }
-                    }
-                    let _ = request.respond(response);
-                });
-            }
+        let state = Arc::new(ReceiverState {
+            requests: requests.clone(),
+            behaviour: Arc::new(behaviour),
+        });
+        let app = axum::Router::new().fallback(receive).with_state(state);
+        runtime.spawn(async move {
+            let _ = axum::serve(listener, app).await;
         });
         Receiver {
             port,
             requests,
-            server,
+            _runtime: runtime,
         }
     }
 
@@ -170,12 +193,6 @@ impl Receiver {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.server.unblock();
     }
 }
 
