@@ -197,6 +197,40 @@ BEGIN
 END
 $$;
 
+-- Where a cursor that starts "now" stands: after every event that is final now (before every
+-- event when there is none). create_consumer and create_endpoint start there.
+CREATE FUNCTION ae_events._position_now(OUT position_epoch bigint, OUT position_txid xid8,
+                                        OUT position_id bigint)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    horizon xid8 := ae_events._delivery_horizon();
+    epoch_open boolean;
+BEGIN
+    position_epoch := -1;  -- nothing written yet: every event is new
+    position_txid := '0';
+    position_id := 0;
+    SELECT e.first_id, e.open INTO position_epoch, epoch_open
+      FROM ae_events._epochs() AS e ORDER BY e.first_id DESC LIMIT 1;
+    IF NOT FOUND THEN
+        position_epoch := -1;
+        RETURN;
+    END IF;
+    SELECT o.txid, o.id INTO position_txid, position_id
+      FROM ae_events.outbox AS o
+     WHERE o.txid OPERATOR(pg_catalog.<)
+           CASE WHEN epoch_open THEN horizon ELSE '18446744073709551615'::xid8 END
+       AND o.id OPERATOR(pg_catalog.>=) position_epoch
+     ORDER BY o.txid DESC, o.id DESC
+     LIMIT 1;
+    IF NOT FOUND THEN
+        position_txid := '0';
+        position_id := 0;
+    END IF;
+END
+$$;
+
 -- A new consumer. from_start: deliver every event in the outbox; otherwise only events whose
 -- transactions finish after this call (those still running are included).
 CREATE FUNCTION ae_events.create_consumer(consumer text, from_start boolean DEFAULT false)
@@ -206,11 +240,9 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    horizon xid8 := ae_events._delivery_horizon();
-    epoch_first_id bigint := -1;
-    epoch_open boolean;
-    last_txid xid8;
-    last_id bigint;
+    start_epoch bigint := -1;
+    start_txid xid8 := '0';
+    start_id bigint := 0;
 BEGIN
     PERFORM ae_events._require_consumer_name(consumer);
     IF consumer OPERATOR(pg_catalog.=) '' THEN
@@ -222,23 +254,12 @@ BEGIN
             USING ERRCODE = 'null_value_not_allowed';
     END IF;
     IF NOT from_start THEN
-        SELECT e.first_id, e.open INTO epoch_first_id, epoch_open
-          FROM ae_events._epochs() AS e ORDER BY e.first_id DESC LIMIT 1;
-        IF NOT FOUND THEN
-            epoch_first_id := -1;  -- nothing written yet: every event is new
-        ELSE
-            SELECT o.txid, o.id INTO last_txid, last_id
-              FROM ae_events.outbox AS o
-             WHERE o.txid OPERATOR(pg_catalog.<)
-                   CASE WHEN epoch_open THEN horizon ELSE '18446744073709551615'::xid8 END
-               AND o.id OPERATOR(pg_catalog.>=) epoch_first_id
-             ORDER BY o.txid DESC, o.id DESC
-             LIMIT 1;
-        END IF;
+        SELECT p.position_epoch, p.position_txid, p.position_id
+          INTO start_epoch, start_txid, start_id
+          FROM ae_events._position_now() AS p;
     END IF;
     INSERT INTO ae_events.consumers (consumer, owner, cursor_epoch, cursor_txid, cursor_id)
-    VALUES (consumer, ae_events._calling_role(), epoch_first_id, coalesce(last_txid, '0'),
-            coalesce(last_id, 0));
+    VALUES (consumer, ae_events._calling_role(), start_epoch, start_txid, start_id);
 EXCEPTION WHEN unique_violation THEN
     RAISE EXCEPTION 'ae_events: the consumer % exists already', pg_catalog.quote_literal(consumer)
         USING ERRCODE = 'duplicate_object';
@@ -389,6 +410,7 @@ REVOKE ALL ON FUNCTION ae_events._epochs() FROM PUBLIC;
 REVOKE ALL ON FUNCTION ae_events._delivery_horizon() FROM PUBLIC;
 REVOKE ALL ON FUNCTION ae_events._consumer(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ae_events._calling_role() FROM PUBLIC;
+REVOKE ALL ON FUNCTION ae_events._position_now() FROM PUBLIC;
 REVOKE ALL ON FUNCTION ae_events._require_consumer_name(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ae_events.create_consumer(text, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ae_events.poll(text, integer) FROM PUBLIC;

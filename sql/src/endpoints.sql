@@ -258,11 +258,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     new_secret text := ae_events._new_secret();
-    horizon xid8 := ae_events._delivery_horizon();
-    epoch_first_id bigint := -1;
-    epoch_open boolean;
-    last_txid xid8;
-    last_id bigint;
+    start record := ae_events._position_now();
 BEGIN
     IF endpoint IS NULL THEN
         RAISE EXCEPTION 'ae_events: an endpoint name is needed, not NULL'
@@ -274,25 +270,11 @@ BEGIN
     END IF;
     PERFORM ae_events._check_endpoint_settings(url, subscription_keys, filter, '{}', '15 seconds',
                                                '{5 seconds}', 0.2, '5 days', 16);
-    -- The cursor starts after every event already final (as create_consumer does).
-    SELECT e.first_id, e.open INTO epoch_first_id, epoch_open
-      FROM ae_events._epochs() AS e ORDER BY e.first_id DESC LIMIT 1;
-    IF NOT FOUND THEN
-        epoch_first_id := -1;
-    ELSE
-        SELECT o.txid, o.id INTO last_txid, last_id
-          FROM ae_events.outbox AS o
-         WHERE o.txid OPERATOR(pg_catalog.<)
-               CASE WHEN epoch_open THEN horizon ELSE '18446744073709551615'::xid8 END
-           AND o.id OPERATOR(pg_catalog.>=) epoch_first_id
-         ORDER BY o.txid DESC, o.id DESC
-         LIMIT 1;
-    END IF;
     BEGIN
         INSERT INTO ae_events.endpoints (endpoint, url, subscription_keys, filter,
                                          cursor_epoch, cursor_txid, cursor_id)
-        VALUES (endpoint, url, subscription_keys, filter, epoch_first_id,
-                coalesce(last_txid, '0'), coalesce(last_id, 0));
+        VALUES (endpoint, url, subscription_keys, filter, start.position_epoch,
+                start.position_txid, start.position_id);
     EXCEPTION WHEN unique_violation THEN
         RAISE EXCEPTION 'ae_events: the endpoint % exists already', pg_catalog.quote_literal(endpoint)
             USING ERRCODE = 'duplicate_object',
@@ -411,6 +393,17 @@ BEGIN
 END
 $$;
 
+-- Disable an endpoint (locked by the caller), saying why; its relay lets go of it.
+CREATE FUNCTION ae_events._disable(endpoint text, reason text) RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    UPDATE ae_events.endpoints AS e
+       SET enabled = false, disabled_reason = reason, disabled_at = pg_catalog.now(),
+           relay = NULL, lease_expires_at = NULL
+     WHERE e.endpoint OPERATOR(pg_catalog.=) _disable.endpoint;
+$$;
+
 -- Enable an endpoint (again): delivery resumes at its cursor and its pending events.
 CREATE FUNCTION ae_events.enable_endpoint(endpoint text) RETURNS void
 LANGUAGE plpgsql
@@ -432,11 +425,8 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     PERFORM ae_events._endpoint_for_update(endpoint);
-    UPDATE ae_events.endpoints AS e
-       SET enabled = false,
-           disabled_reason = coalesce(reason, 'disabled by ' OPERATOR(pg_catalog.||) ae_events._calling_role()),
-           disabled_at = pg_catalog.now(), relay = NULL, lease_expires_at = NULL
-     WHERE e.endpoint OPERATOR(pg_catalog.=) disable_endpoint.endpoint;
+    PERFORM ae_events._disable(endpoint,
+                               coalesce(reason, 'disabled by ' OPERATOR(pg_catalog.||) ae_events._calling_role()));
 END
 $$;
 
@@ -923,19 +913,15 @@ BEGIN
                    AND (new_cursor_epoch, new_cursor_txid, new_cursor_id) OPERATOR(pg_catalog.>)
                        (held.cursor_epoch, held.cursor_txid, held.cursor_id) AS moves) AS c
      WHERE e.endpoint OPERATOR(pg_catalog.=) held.endpoint;
+    SELECT * INTO held FROM ae_events.endpoints AS e
+     WHERE e.endpoint OPERATOR(pg_catalog.=) held.endpoint;
     IF gone_reason IS NOT NULL THEN
-        UPDATE ae_events.endpoints AS e
-           SET enabled = false, disabled_reason = gone_reason, disabled_at = pg_catalog.now(),
-               relay = NULL, lease_expires_at = NULL
-         WHERE e.endpoint OPERATOR(pg_catalog.=) held.endpoint;
-    ELSE
-        UPDATE ae_events.endpoints AS e
-           SET enabled = false,
-               disabled_reason = pg_catalog.format('every attempt failed since %s (disable_after %s)',
-                                                   e.failing_since, e.disable_after),
-               disabled_at = pg_catalog.now(), relay = NULL, lease_expires_at = NULL
-         WHERE e.endpoint OPERATOR(pg_catalog.=) held.endpoint
-           AND e.failing_since OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) e.disable_after);
+        PERFORM ae_events._disable(held.endpoint, gone_reason);
+    ELSIF held.failing_since OPERATOR(pg_catalog.<)
+          (pg_catalog.now() OPERATOR(pg_catalog.-) held.disable_after) THEN
+        PERFORM ae_events._disable(held.endpoint,
+            pg_catalog.format('every attempt failed since %s (disable_after %s)',
+                              held.failing_since, held.disable_after));
     END IF;
     RETURN true;
 END
@@ -948,6 +934,7 @@ REVOKE ALL ON FUNCTION ae_events._endpoint_for_update(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ae_events._check_endpoint_settings(text, text[], jsonpath, jsonb, interval, interval[], double precision, interval, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ae_events._endpoint_matches(text[], jsonpath, text, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ae_events._require_lease(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ae_events._disable(text, text) FROM PUBLIC;
 -- Managing endpoints is the DBA's (who may grant these to an administrating role).
 REVOKE ALL ON FUNCTION ae_events.create_endpoint(text, text, text[], jsonpath) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ae_events.create_endpoint(text, text, text[], text) FROM PUBLIC;

@@ -12,6 +12,77 @@ STRICT VOLATILE PARALLEL SAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'strong_random_bytes_wrapper';
 
+-- Where a cursor that starts "now" stands: after every event that is final now (before every
+-- event when there is none). create_consumer and create_endpoint start there.
+CREATE FUNCTION ae_events._position_now(OUT position_epoch bigint, OUT position_txid xid8,
+                                        OUT position_id bigint)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    horizon xid8 := ae_events._delivery_horizon();
+    epoch_open boolean;
+BEGIN
+    position_epoch := -1;  -- nothing written yet: every event is new
+    position_txid := '0';
+    position_id := 0;
+    SELECT e.first_id, e.open INTO position_epoch, epoch_open
+      FROM ae_events._epochs() AS e ORDER BY e.first_id DESC LIMIT 1;
+    IF NOT FOUND THEN
+        position_epoch := -1;
+        RETURN;
+    END IF;
+    SELECT o.txid, o.id INTO position_txid, position_id
+      FROM ae_events.outbox AS o
+     WHERE o.txid OPERATOR(pg_catalog.<)
+           CASE WHEN epoch_open THEN horizon ELSE '18446744073709551615'::xid8 END
+       AND o.id OPERATOR(pg_catalog.>=) position_epoch
+     ORDER BY o.txid DESC, o.id DESC
+     LIMIT 1;
+    IF NOT FOUND THEN
+        position_txid := '0';
+        position_id := 0;
+    END IF;
+END
+$$;
+
+-- A new consumer. from_start: deliver every event in the outbox; otherwise only events whose
+-- transactions finish after this call (those still running are included).
+CREATE OR REPLACE FUNCTION ae_events.create_consumer(consumer text, from_start boolean DEFAULT false)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    start_epoch bigint := -1;
+    start_txid xid8 := '0';
+    start_id bigint := 0;
+BEGIN
+    PERFORM ae_events._require_consumer_name(consumer);
+    IF consumer OPERATOR(pg_catalog.=) '' THEN
+        RAISE EXCEPTION 'ae_events: a consumer needs a non-empty name'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF from_start IS NULL THEN
+        RAISE EXCEPTION 'ae_events: from_start must be true or false, not NULL'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF NOT from_start THEN
+        SELECT p.position_epoch, p.position_txid, p.position_id
+          INTO start_epoch, start_txid, start_id
+          FROM ae_events._position_now() AS p;
+    END IF;
+    INSERT INTO ae_events.consumers (consumer, owner, cursor_epoch, cursor_txid, cursor_id)
+    VALUES (consumer, ae_events._calling_role(), start_epoch, start_txid, start_id);
+EXCEPTION WHEN unique_violation THEN
+    RAISE EXCEPTION 'ae_events: the consumer % exists already', pg_catalog.quote_literal(consumer)
+        USING ERRCODE = 'duplicate_object';
+END
+$$;
+
+REVOKE ALL ON FUNCTION ae_events._position_now() FROM PUBLIC;
+
 -- Webhook endpoints and their delivery state (shared/contract/webhooks.md), served by ae-relay.
 --
 -- Each endpoint has its own cursor in the outbox's delivery order (epoch, txid, id; see
@@ -272,11 +343,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     new_secret text := ae_events._new_secret();
-    horizon xid8 := ae_events._delivery_horizon();
-    epoch_first_id bigint := -1;
-    epoch_open boolean;
-    last_txid xid8;
-    last_id bigint;
+    start record := ae_events._position_now();
 BEGIN
     IF endpoint IS NULL THEN
         RAISE EXCEPTION 'ae_events: an endpoint name is needed, not NULL'
@@ -288,25 +355,11 @@ BEGIN
     END IF;
     PERFORM ae_events._check_endpoint_settings(url, subscription_keys, filter, '{}', '15 seconds',
                                                '{5 seconds}', 0.2, '5 days', 16);
-    -- The cursor starts after every event already final (as create_consumer does).
-    SELECT e.first_id, e.open INTO epoch_first_id, epoch_open
-      FROM ae_events._epochs() AS e ORDER BY e.first_id DESC LIMIT 1;
-    IF NOT FOUND THEN
-        epoch_first_id := -1;
-    ELSE
-        SELECT o.txid, o.id INTO last_txid, last_id
-          FROM ae_events.outbox AS o
-         WHERE o.txid OPERATOR(pg_catalog.<)
-               CASE WHEN epoch_open THEN horizon ELSE '18446744073709551615'::xid8 END
-           AND o.id OPERATOR(pg_catalog.>=) epoch_first_id
-         ORDER BY o.txid DESC, o.id DESC
-         LIMIT 1;
-    END IF;
     BEGIN
         INSERT INTO ae_events.endpoints (endpoint, url, subscription_keys, filter,
                                          cursor_epoch, cursor_txid, cursor_id)
-        VALUES (endpoint, url, subscription_keys, filter, epoch_first_id,
-                coalesce(last_txid, '0'), coalesce(last_id, 0));
+        VALUES (endpoint, url, subscription_keys, filter, start.position_epoch,
+                start.position_txid, start.position_id);
     EXCEPTION WHEN unique_violation THEN
         RAISE EXCEPTION 'ae_events: the endpoint % exists already', pg_catalog.quote_literal(endpoint)
             USING ERRCODE = 'duplicate_object',
@@ -425,6 +478,17 @@ BEGIN
 END
 $$;
 
+-- Disable an endpoint (locked by the caller), saying why; its relay lets go of it.
+CREATE FUNCTION ae_events._disable(endpoint text, reason text) RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    UPDATE ae_events.endpoints AS e
+       SET enabled = false, disabled_reason = reason, disabled_at = pg_catalog.now(),
+           relay = NULL, lease_expires_at = NULL
+     WHERE e.endpoint OPERATOR(pg_catalog.=) _disable.endpoint;
+$$;
+
 -- Enable an endpoint (again): delivery resumes at its cursor and its pending events.
 CREATE FUNCTION ae_events.enable_endpoint(endpoint text) RETURNS void
 LANGUAGE plpgsql
@@ -446,11 +510,8 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     PERFORM ae_events._endpoint_for_update(endpoint);
-    UPDATE ae_events.endpoints AS e
-       SET enabled = false,
-           disabled_reason = coalesce(reason, 'disabled by ' OPERATOR(pg_catalog.||) ae_events._calling_role()),
-           disabled_at = pg_catalog.now(), relay = NULL, lease_expires_at = NULL
-     WHERE e.endpoint OPERATOR(pg_catalog.=) disable_endpoint.endpoint;
+    PERFORM ae_events._disable(endpoint,
+                               coalesce(reason, 'disabled by ' OPERATOR(pg_catalog.||) ae_events._calling_role()));
 END
 $$;
 
@@ -937,19 +998,15 @@ BEGIN
                    AND (new_cursor_epoch, new_cursor_txid, new_cursor_id) OPERATOR(pg_catalog.>)
                        (held.cursor_epoch, held.cursor_txid, held.cursor_id) AS moves) AS c
      WHERE e.endpoint OPERATOR(pg_catalog.=) held.endpoint;
+    SELECT * INTO held FROM ae_events.endpoints AS e
+     WHERE e.endpoint OPERATOR(pg_catalog.=) held.endpoint;
     IF gone_reason IS NOT NULL THEN
-        UPDATE ae_events.endpoints AS e
-           SET enabled = false, disabled_reason = gone_reason, disabled_at = pg_catalog.now(),
-               relay = NULL, lease_expires_at = NULL
-         WHERE e.endpoint OPERATOR(pg_catalog.=) held.endpoint;
-    ELSE
-        UPDATE ae_events.endpoints AS e
-           SET enabled = false,
-               disabled_reason = pg_catalog.format('every attempt failed since %s (disable_after %s)',
-                                                   e.failing_since, e.disable_after),
-               disabled_at = pg_catalog.now(), relay = NULL, lease_expires_at = NULL
-         WHERE e.endpoint OPERATOR(pg_catalog.=) held.endpoint
-           AND e.failing_since OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) e.disable_after);
+        PERFORM ae_events._disable(held.endpoint, gone_reason);
+    ELSIF held.failing_since OPERATOR(pg_catalog.<)
+          (pg_catalog.now() OPERATOR(pg_catalog.-) held.disable_after) THEN
+        PERFORM ae_events._disable(held.endpoint,
+            pg_catalog.format('every attempt failed since %s (disable_after %s)',
+                              held.failing_since, held.disable_after));
     END IF;
     RETURN true;
 END
@@ -962,6 +1019,7 @@ REVOKE ALL ON FUNCTION ae_events._endpoint_for_update(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ae_events._check_endpoint_settings(text, text[], jsonpath, jsonb, interval, interval[], double precision, interval, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ae_events._endpoint_matches(text[], jsonpath, text, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ae_events._require_lease(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ae_events._disable(text, text) FROM PUBLIC;
 -- Managing endpoints is the DBA's (who may grant these to an administrating role).
 REVOKE ALL ON FUNCTION ae_events.create_endpoint(text, text, text[], jsonpath) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ae_events.create_endpoint(text, text, text[], text) FROM PUBLIC;
