@@ -273,12 +273,21 @@ fn write_backlog(client: &mut postgres::Client, events: usize) {
         .unwrap();
 }
 
-/// The relay delivering a backlog to `endpoints` endpoints: deliveries per second, lost, out of order.
+/// What one throughput run measured.
+struct Throughput {
+    per_second: f64,
+    lost: usize,
+    out_of_order: usize,
+    relay_cpu_us: f64,
+    database_cpu_us: f64,
+}
+
+/// The relay delivering a backlog to `endpoints` endpoints; and the bodies it sent.
 fn relay_throughput(
     cluster: &Cluster,
     events: usize,
     endpoints: usize,
-) -> (f64, usize, usize, Vec<String>) {
+) -> (Throughput, Vec<String>) {
     let receiver = Receiver::start();
     let (database, mut client) = database_with_endpoints(
         cluster,
@@ -303,20 +312,19 @@ fn relay_throughput(
     let elapsed = last - start;
     let relay_cpu = cpu_seconds(relay.0.id());
     let database_cpu = database_cpu_seconds() - database_cpu_before;
-    eprintln!(
-        "  ({endpoints} endpoints: {:.1} s; CPU: relay {relay_cpu:.1} s, database {database_cpu:.1} s)",
-        elapsed.as_secs_f64()
-    );
     drop(relay);
     let expected: HashMap<String, usize> =
         (0..endpoints).map(|n| (format!("e{n}"), events)).collect();
     let (lost, out_of_order) = check(&receiver.take(), &expected);
-    (
-        (events * endpoints) as f64 / elapsed.as_secs_f64(),
+    let deliveries = (events * endpoints) as f64;
+    let measured = Throughput {
+        per_second: deliveries / elapsed.as_secs_f64(),
         lost,
         out_of_order,
-        bodies,
-    )
+        relay_cpu_us: relay_cpu * 1e6 / deliveries,
+        database_cpu_us: database_cpu * 1e6 / deliveries,
+    };
+    (measured, bodies)
 }
 
 /// The ceiling: the same bodies POSTed by a plain reqwest loop, `concurrency` at a time.
@@ -408,15 +416,19 @@ fn main() {
     let mut failures = 0;
     for endpoints in [1usize, 10] {
         let backlog = events;
-        let (relay_rate, lost, out_of_order, bodies) =
-            relay_throughput(&cluster, backlog, endpoints);
+        let (relay, bodies) = relay_throughput(&cluster, backlog, endpoints);
         let plain_rate = plain_loop(&bodies, endpoints);
         println!(
-            "| {endpoints} ({} deliveries) | {relay_rate:.0} | {plain_rate:.0} | {:.2}x | {lost} | {out_of_order} |",
+            "| {endpoints} ({} deliveries) | {:.0} | {plain_rate:.0} | {:.2}x | {:.0} µs | {:.0} µs | {} | {} |",
             backlog * endpoints,
-            relay_rate / plain_rate
+            relay.per_second,
+            relay.per_second / plain_rate,
+            relay.relay_cpu_us,
+            relay.database_cpu_us,
+            relay.lost,
+            relay.out_of_order
         );
-        failures += lost + out_of_order;
+        failures += relay.lost + relay.out_of_order;
     }
     let rate = 200;
     let (p50, p99, lost, out_of_order) = latency(&cluster, rate, rate_seconds);
