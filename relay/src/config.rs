@@ -22,6 +22,9 @@ pub struct RelayConfig {
     pub window: usize,
     /// The longest wait before reconnecting to a database that went away.
     pub max_reconnect_delay: Duration,
+    /// On SIGTERM/SIGINT, how long requests in flight may take to finish (and be recorded)
+    /// before the relay exits anyway.
+    pub shutdown_deadline: Duration,
 }
 
 impl RelayConfig {
@@ -35,6 +38,7 @@ impl RelayConfig {
             fetch_batch: 500,
             window: 2000,
             max_reconnect_delay: Duration::from_secs(30),
+            shutdown_deadline: Duration::from_secs(30),
         }
     }
 }

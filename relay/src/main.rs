@@ -47,6 +47,9 @@ enum Command {
         /// Events held in memory per endpoint at most (fetched, not finished).
         #[arg(long, default_value_t = 2000)]
         window: usize,
+        /// On SIGTERM/SIGINT, how long requests in flight may take to finish and be recorded.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        shutdown_deadline: Duration,
     },
     /// Check the connection, the role and the endpoints; exit 0 when the relay can work.
     Check {
@@ -95,6 +98,7 @@ async fn main() -> ExitCode {
             poll_interval,
             channel,
             window,
+            shutdown_deadline,
         } => {
             let mut config = RelayConfig::new(connection.database_url);
             config.relay_id = relay_id.unwrap_or_else(default_relay_id);
@@ -102,6 +106,7 @@ async fn main() -> ExitCode {
             config.poll_interval = poll_interval;
             config.channel = channel;
             config.window = window.max(1);
+            config.shutdown_deadline = shutdown_deadline;
             config.fetch_batch = config.fetch_batch.min(config.window);
             match ae_relay::supervisor::run(config).await {
                 Ok(()) => ExitCode::SUCCESS,

@@ -34,6 +34,9 @@ pub enum Stopped {
     Gone,
     /// Another relay holds it now, or it was disabled or dropped.
     NotHeld,
+    /// The lease was not renewed in time (the database is unreachable or slow): requests in
+    /// flight were abandoned before another relay could take the endpoint.
+    LeaseLapsed,
     /// The relay is shutting down.
     Shutdown,
 }
@@ -59,6 +62,8 @@ pub struct Worker {
     config: watch::Receiver<Arc<EndpointConfig>>,
     woken: watch::Receiver<u64>,
     shutdown: watch::Receiver<bool>,
+    /// Until when this relay surely holds its endpoints (renewed by the supervisor).
+    lease_valid_until: watch::Receiver<Instant>,
     /// Fetched through here (in memory; ahead of the database's cursor).
     fetched_through: Position,
     /// The slots of fetched events, oldest first; `first_slot` is the sequence number of the
@@ -97,6 +102,7 @@ impl Worker {
         config: watch::Receiver<Arc<EndpointConfig>>,
         woken: watch::Receiver<u64>,
         shutdown: watch::Receiver<bool>,
+        lease_valid_until: watch::Receiver<Instant>,
     ) -> Worker {
         let cursor = config.borrow().cursor;
         let now = Instant::now();
@@ -107,6 +113,7 @@ impl Worker {
             config,
             woken,
             shutdown,
+            lease_valid_until,
             fetched_through: cursor,
             window: VecDeque::new(),
             first_slot: 0,
@@ -189,9 +196,23 @@ impl Worker {
                         Err(_) => self.signals_closed = true,
                     }
                 }
+                changed = self.lease_valid_until.changed(), if !self.signals_closed => {
+                    if changed.is_err() {
+                        self.signals_closed = true;
+                    }
+                }
                 changed = self.shutdown.changed(), if !self.signals_closed => {
                     if changed.is_err() {
                         self.signals_closed = true;
+                    }
+                }
+                _ = tokio::time::sleep_until(self.fence()), if !self.in_flight.is_empty() => {
+                    if Instant::now() >= self.fence() {
+                        // Nothing may be in flight once another relay can take the endpoint:
+                        // these requests are dropped (their connections closed) unrecorded, and
+                        // sent again by whichever relay holds the endpoint next.
+                        self.in_flight.abort_all();
+                        return Ok(Stopped::LeaseLapsed);
                     }
                 }
                 _ = tokio::time::sleep_until(deadline) => {
@@ -246,9 +267,24 @@ impl Worker {
         Ok(())
     }
 
+    /// When this worker must have stopped sending: a little before the lease may expire (by
+    /// this process's clock), unless the supervisor renews it first.
+    fn fence(&self) -> Instant {
+        let valid_until = *self.lease_valid_until.borrow();
+        valid_until - (self.relay.lease / 10).max(Duration::from_millis(100))
+    }
+
+    /// Whether requests may start now.
+    fn lease_covers_a_request(&self) -> bool {
+        Instant::now() < self.fence()
+    }
+
     /// Start the heads of ready instances, up to max_in_flight.
     fn dispatch_ready(&mut self) {
         let limit = self.config.borrow().max_in_flight;
+        if !self.lease_covers_a_request() {
+            return;
+        }
         while self.in_flight.len() < limit {
             let Some(instance) = self.ready.pop_front() else {
                 break;
@@ -269,7 +305,7 @@ impl Worker {
     async fn dispatch_due(&mut self) -> Result<(), DbError> {
         let now = Instant::now();
         let limit = self.config.borrow().max_in_flight;
-        if now < self.next_due_check || self.in_flight.len() >= limit {
+        if now < self.next_due_check || self.in_flight.len() >= limit || !self.lease_covers_a_request() {
             return Ok(());
         }
         let room = limit - self.in_flight.len();

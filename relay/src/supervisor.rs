@@ -10,6 +10,7 @@ use crate::scheduling::{Stopped, Worker};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::time::Instant;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -30,7 +31,11 @@ pub async fn run(config: RelayConfig) -> Result<(), Box<dyn std::error::Error>> 
     let (shutdown_tx, shutdown) = watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;
+        tracing::info!("stopping: no new requests; those in flight may finish (a second signal exits at once)");
         let _ = shutdown_tx.send(true);
+        wait_for_signal().await;
+        tracing::warn!("second signal: exiting at once (unrecorded requests are sent again later)");
+        std::process::exit(0);
     });
     tracing::info!(relay = %config.relay_id, "ae-relay starting");
     let mut delay = Duration::from_millis(250);
@@ -70,12 +75,17 @@ async fn serve(
 ) -> Ended {
     let mut workers: HashMap<String, RunningWorker> = HashMap::new();
     let renew_every = config.lease / 3;
+    // Until when the leases surely hold, by this process's clock: the lease call's start plus the
+    // lease. Workers start no request that could outlive it (no two relays send for one endpoint).
+    let (lease_tx, lease_rx) = watch::channel(Instant::now());
     let ended = loop {
         if db.connection.is_finished() || db.is_closed() {
             break Ended::Lost("connection closed".to_owned());
         }
+        let asked_at = Instant::now();
         match db.lease(&config.relay_id, config.lease).await {
             Ok(held) => {
+                let _ = lease_tx.send(asked_at + config.lease);
                 let names: Vec<String> = held.iter().map(|e| e.name.clone()).collect();
                 for endpoint in held {
                     let running = workers
@@ -112,6 +122,7 @@ async fn serve(
                         config_rx,
                         woken.clone(),
                         shutdown.clone(),
+                        lease_rx.clone(),
                     );
                     workers.insert(
                         name,
@@ -153,9 +164,17 @@ async fn serve(
     };
     match ended {
         Ended::Shutdown => {
-            // Workers stop dispatching, let in-flight requests finish and write their outcomes.
-            for (name, worker) in workers.drain() {
-                report(&name, worker.task.await);
+            // Workers stop dispatching, let in-flight requests finish and write their outcomes,
+            // within the deadline; past it they are stopped (their events are sent again later).
+            let deadline = tokio::time::Instant::now() + config.shutdown_deadline;
+            for (name, mut worker) in workers.drain() {
+                match tokio::time::timeout_at(deadline, &mut worker.task).await {
+                    Ok(result) => report(&name, result),
+                    Err(_) => {
+                        worker.task.abort();
+                        tracing::warn!(endpoint = %name, "shutdown deadline passed; requests in flight abandoned");
+                    }
+                }
             }
             if let Err(error) = db.release(&config.relay_id).await {
                 tracing::warn!(%error, "could not give the endpoints back; their leases expire");
