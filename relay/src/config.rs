@@ -25,6 +25,8 @@ pub struct RelayConfig {
     /// On SIGTERM/SIGINT, how long requests in flight may take to finish (and be recorded)
     /// before the relay exits anyway.
     pub shutdown_deadline: Duration,
+    /// Where to serve /metrics, /healthz and /readyz (off when None).
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 impl RelayConfig {
@@ -39,6 +41,7 @@ impl RelayConfig {
             window: 2000,
             max_reconnect_delay: Duration::from_secs(30),
             shutdown_deadline: Duration::from_secs(30),
+            metrics_address: None,
         }
     }
 }

@@ -6,12 +6,13 @@
 //! notifications and the extension's relay functions), `endpoint` (an endpoint's settings and
 //! secrets as the database hands them out), `signing`, `retry` (the schedule and `Retry-After`),
 //! `http_sink` (one attempt over HTTP), `scheduling` (one endpoint's delivery loop), and
-//! `supervisor` (leases, workers, reconnects).
+//! `supervisor` (leases, workers, reconnects), `metrics` (/metrics, /healthz, /readyz).
 
 pub mod config;
 pub mod database;
 pub mod endpoint;
 pub mod http_sink;
+pub mod metrics;
 pub mod retry;
 pub mod scheduling;
 pub mod signing;

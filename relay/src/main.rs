@@ -50,6 +50,10 @@ enum Command {
         /// On SIGTERM/SIGINT, how long requests in flight may take to finish and be recorded.
         #[arg(long, default_value = "30s", value_parser = parse_duration)]
         shutdown_deadline: Duration,
+        /// Serve /metrics (Prometheus), /healthz and /readyz on this address (e.g.
+        /// 127.0.0.1:9187); off unless given.
+        #[arg(long, env = "AE_RELAY_METRICS_ADDRESS")]
+        metrics_address: Option<std::net::SocketAddr>,
     },
     /// Check the connection, the role and the endpoints; exit 0 when the relay can work.
     Check {
@@ -99,6 +103,7 @@ async fn main() -> ExitCode {
             channel,
             window,
             shutdown_deadline,
+            metrics_address,
         } => {
             let mut config = RelayConfig::new(connection.database_url);
             config.relay_id = relay_id.unwrap_or_else(default_relay_id);
@@ -107,6 +112,7 @@ async fn main() -> ExitCode {
             config.channel = channel;
             config.window = window.max(1);
             config.shutdown_deadline = shutdown_deadline;
+            config.metrics_address = metrics_address;
             config.fetch_batch = config.fetch_batch.min(config.window);
             match ae_relay::supervisor::run(config).await {
                 Ok(()) => ExitCode::SUCCESS,

@@ -15,6 +15,7 @@ use crate::config::RelayConfig;
 use crate::database::{Database, DbError, Outcome};
 use crate::endpoint::{EndpointConfig, Event, Position};
 use crate::http_sink::{self, Attempt};
+use crate::metrics::Metrics;
 use crate::retry;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -50,6 +51,11 @@ enum Source {
     Pending,
 }
 
+enum AttemptKind {
+    Gone,
+    Other,
+}
+
 struct Slot {
     position: Position,
     finished: bool,
@@ -64,6 +70,7 @@ pub struct Worker {
     shutdown: watch::Receiver<bool>,
     /// Until when this relay surely holds its endpoints (renewed by the supervisor).
     lease_valid_until: watch::Receiver<Instant>,
+    metrics: Arc<Metrics>,
     /// Fetched through here (in memory; ahead of the database's cursor).
     fetched_through: Position,
     /// The slots of fetched events, oldest first; `first_slot` is the sequence number of the
@@ -83,7 +90,7 @@ pub struct Worker {
     unwritten: HashSet<i64>,
     /// A pending row was settled since the last write.
     pending_settled: bool,
-    in_flight: JoinSet<(Source, Event, SystemTime, Attempt)>,
+    in_flight: JoinSet<(Source, Event, SystemTime, Duration, Attempt)>,
     outcomes: Vec<Outcome>,
     oldest_outcome: Option<Instant>,
     caught_up: bool,
@@ -103,6 +110,7 @@ impl Worker {
         woken: watch::Receiver<u64>,
         shutdown: watch::Receiver<bool>,
         lease_valid_until: watch::Receiver<Instant>,
+        metrics: Arc<Metrics>,
     ) -> Worker {
         let cursor = config.borrow().cursor;
         let now = Instant::now();
@@ -114,6 +122,7 @@ impl Worker {
             woken,
             shutdown,
             lease_valid_until,
+            metrics,
             fetched_through: cursor,
             window: VecDeque::new(),
             first_slot: 0,
@@ -182,11 +191,11 @@ impl Worker {
             }
             tokio::select! {
                 Some(joined) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {
-                    if let Ok((source, event, at, attempt)) = joined {
-                        self.settle(source, event, at, attempt);
+                    if let Ok((source, event, at, took, attempt)) = joined {
+                        self.settle(source, event, at, took, attempt);
                     }
-                    while let Some(Ok((source, event, at, attempt))) = self.in_flight.try_join_next() {
-                        self.settle(source, event, at, attempt);
+                    while let Some(Ok((source, event, at, took, attempt))) = self.in_flight.try_join_next() {
+                        self.settle(source, event, at, took, attempt);
                     }
                 }
                 changed = self.woken.changed(), if !self.signals_closed => {
@@ -332,16 +341,22 @@ impl Worker {
         self.busy.insert(event.aggregate_id);
         let http = self.http.clone();
         let config = Arc::clone(&self.config.borrow());
+        let name = Metrics::label(&config.name);
+        self.metrics.in_flight.get_or_create(&name).inc();
         self.in_flight.spawn(async move {
             let at = SystemTime::now();
+            let started = Instant::now();
             let attempt = http_sink::deliver(&http, &config, &event).await;
-            (source, event, at, attempt)
+            (source, event, at, started.elapsed(), attempt)
         });
     }
 
     /// Turn an attempt's result into an outcome and decide what its instance does next.
-    fn settle(&mut self, source: Source, event: Event, at: SystemTime, attempt: Attempt) {
+    fn settle(&mut self, source: Source, event: Event, at: SystemTime, took: Duration, attempt: Attempt) {
         let instance = event.aggregate_id;
+        let label = Metrics::label(&self.config.borrow().name);
+        self.metrics.in_flight.get_or_create(&label).dec();
+        self.metrics.attempt_seconds.get_or_create(&label).observe(took.as_secs_f64());
         self.busy.remove(&instance);
         let attempts = event.attempts + 1;
         let config = Arc::clone(&self.config.borrow());
@@ -357,6 +372,7 @@ impl Worker {
             next_attempt_at: None,
         };
         let mut instance_waits = false;
+        let attempt_kind = if matches!(attempt, Attempt::Gone { .. }) { AttemptKind::Gone } else { AttemptKind::Other };
         match attempt {
             Attempt::Delivered { status } => outcome.http_status = Some(i32::from(status)),
             Attempt::Gone { status } => {
@@ -390,6 +406,12 @@ impl Worker {
                 }
             }
         }
+        let counted = match (&attempt_kind, outcome.status) {
+            (AttemptKind::Gone, _) => "gone",
+            (_, "pending") => "retry",
+            (_, status) => status,
+        };
+        self.metrics.count_outcome(&label.endpoint, counted);
         tracing::debug!(endpoint = %self.name(), event = %event.event_id, status = outcome.status,
                         attempts, error = ?outcome.error, "attempt");
         self.push_outcome(outcome);

@@ -6,6 +6,7 @@ use crate::config::RelayConfig;
 use crate::database::{Database, DbError};
 use crate::endpoint::EndpointConfig;
 use crate::http_sink;
+use crate::metrics::Metrics;
 use crate::scheduling::{Stopped, Worker};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -38,6 +39,18 @@ pub async fn run(config: RelayConfig) -> Result<(), Box<dyn std::error::Error>> 
         std::process::exit(0);
     });
     tracing::info!(relay = %config.relay_id, "ae-relay starting");
+    let metrics = Metrics::new();
+    if let Some(address) = config.metrics_address {
+        let metrics = metrics.clone();
+        // Bind now, so that a bad address stops the relay at start.
+        let server = tokio::spawn(crate::metrics::serve(address, metrics));
+        tokio::task::yield_now().await;
+        if server.is_finished() {
+            if let Ok(Err(error)) = server.await {
+                return Err(format!("cannot serve metrics on {address}: {error}").into());
+            }
+        }
+    }
     let mut delay = Duration::from_millis(250);
     loop {
         if *shutdown.borrow() {
@@ -46,7 +59,7 @@ pub async fn run(config: RelayConfig) -> Result<(), Box<dyn std::error::Error>> 
         match Database::connect(&config.database_url, &config.channel).await {
             Ok((db, woken)) => {
                 delay = Duration::from_millis(250);
-                match serve(&config, db, woken, http.clone(), shutdown.clone()).await {
+                match serve(&config, db, woken, http.clone(), shutdown.clone(), metrics.clone()).await {
                     Ended::Shutdown => return Ok(()),
                     Ended::Lost(why) => {
                         tracing::warn!(error = %why, "database connection lost; reconnecting")
@@ -72,6 +85,7 @@ async fn serve(
     woken: watch::Receiver<u64>,
     http: reqwest::Client,
     mut shutdown: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
 ) -> Ended {
     let mut workers: HashMap<String, RunningWorker> = HashMap::new();
     let renew_every = config.lease / 3;
@@ -86,6 +100,14 @@ async fn serve(
         match db.lease(&config.relay_id, config.lease).await {
             Ok(held) => {
                 let _ = lease_tx.send(asked_at + config.lease);
+                metrics.set_ready(true);
+                metrics.endpoints_held.set(held.len() as i64);
+                if let Ok(counts) = db.delivery_counts().await {
+                    for (endpoint, pending, dead) in counts {
+                        metrics.pending_retries.get_or_create(&Metrics::label(&endpoint)).set(pending);
+                        metrics.dead_letters.get_or_create(&Metrics::label(&endpoint)).set(dead);
+                    }
+                }
                 let names: Vec<String> = held.iter().map(|e| e.name.clone()).collect();
                 for endpoint in held {
                     let running = workers
@@ -123,6 +145,7 @@ async fn serve(
                         woken.clone(),
                         shutdown.clone(),
                         lease_rx.clone(),
+                        metrics.clone(),
                     );
                     workers.insert(
                         name,
@@ -145,7 +168,10 @@ async fn serve(
                     }
                 }
             }
-            Err(error) => break Ended::Lost(error.to_string()),
+            Err(error) => {
+                metrics.set_ready(false);
+                break Ended::Lost(error.to_string());
+            }
         }
         // A worker that ended: say why; the next lease round restarts it if still held.
         for (name, worker) in workers.iter_mut() {
@@ -183,6 +209,8 @@ async fn serve(
             Ended::Shutdown
         }
         lost => {
+            metrics.set_ready(false);
+            metrics.endpoints_held.set(0);
             for (_, worker) in workers.drain() {
                 worker.task.abort();
             }
