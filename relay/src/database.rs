@@ -230,9 +230,15 @@ impl Database {
     pub async fn delivery_counts(&self) -> Result<Vec<(String, i64, i64)>, DbError> {
         let rows = self
             .client
-            .query("SELECT endpoint, pending, dead FROM ae_events.endpoint_status", &[])
+            .query(
+                "SELECT endpoint, pending, dead FROM ae_events.endpoint_status",
+                &[],
+            )
             .await?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
     }
 
     /// For `ae-relay check`: the role, whether it may act as a relay, the extension's version

@@ -44,17 +44,43 @@ impl Metrics {
         let mut registry = Registry::with_prefix("ae_relay");
         let deliveries = Family::<OutcomeLabels, Counter>::default();
         let attempt_seconds =
-            Family::<EndpointLabel, Histogram, fn() -> Histogram>::new_with_constructor(attempt_histogram);
+            Family::<EndpointLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+                attempt_histogram,
+            );
         let in_flight = Family::<EndpointLabel, Gauge>::default();
         let pending_retries = Family::<EndpointLabel, Gauge>::default();
         let dead_letters = Family::<EndpointLabel, Gauge>::default();
         let endpoints_held = Gauge::default();
-        registry.register("attempts", "Attempts by endpoint and outcome", deliveries.clone());
-        registry.register("attempt_duration_seconds", "Time from sending a request to its answer", attempt_seconds.clone());
-        registry.register("requests_in_flight", "Requests sent and not answered yet", in_flight.clone());
-        registry.register("pending_retries", "Events waiting for a retry (pending deliveries), per endpoint", pending_retries.clone());
-        registry.register("dead_letters", "Dead-lettered events, per endpoint", dead_letters.clone());
-        registry.register("endpoints_held", "Endpoints this relay serves", endpoints_held.clone());
+        registry.register(
+            "attempts",
+            "Attempts by endpoint and outcome",
+            deliveries.clone(),
+        );
+        registry.register(
+            "attempt_duration_seconds",
+            "Time from sending a request to its answer",
+            attempt_seconds.clone(),
+        );
+        registry.register(
+            "requests_in_flight",
+            "Requests sent and not answered yet",
+            in_flight.clone(),
+        );
+        registry.register(
+            "pending_retries",
+            "Events waiting for a retry (pending deliveries), per endpoint",
+            pending_retries.clone(),
+        );
+        registry.register(
+            "dead_letters",
+            "Dead-lettered events, per endpoint",
+            dead_letters.clone(),
+        );
+        registry.register(
+            "endpoints_held",
+            "Endpoints this relay serves",
+            endpoints_held.clone(),
+        );
         Arc::new(Metrics {
             registry,
             deliveries,
@@ -68,12 +94,17 @@ impl Metrics {
     }
 
     pub fn label(endpoint: &str) -> EndpointLabel {
-        EndpointLabel { endpoint: endpoint.to_owned() }
+        EndpointLabel {
+            endpoint: endpoint.to_owned(),
+        }
     }
 
     pub fn count_outcome(&self, endpoint: &str, outcome: &str) {
         self.deliveries
-            .get_or_create(&OutcomeLabels { endpoint: endpoint.to_owned(), outcome: outcome.to_owned() })
+            .get_or_create(&OutcomeLabels {
+                endpoint: endpoint.to_owned(),
+                outcome: outcome.to_owned(),
+            })
             .inc();
     }
 
@@ -102,7 +133,10 @@ pub async fn serve(address: std::net::SocketAddr, metrics: Arc<Metrics>) -> std:
                 let metrics = metrics.clone();
                 move || async move {
                     (
-                        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+                        [(
+                            header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
                         metrics.render(),
                     )
                 }
@@ -115,7 +149,10 @@ pub async fn serve(address: std::net::SocketAddr, metrics: Arc<Metrics>) -> std:
                 if metrics.ready.load(Ordering::Relaxed) {
                     (StatusCode::OK, "ready")
                 } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "not connected to the database or not serving")
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "not connected to the database or not serving",
+                    )
                 }
             }),
         );

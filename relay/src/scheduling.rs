@@ -189,6 +189,7 @@ impl Worker {
             if more_to_fetch {
                 continue;
             }
+            let fence = self.fence();
             tokio::select! {
                 Some(joined) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {
                     if let Ok((source, event, at, took, attempt)) = joined {
@@ -215,12 +216,13 @@ impl Worker {
                         self.signals_closed = true;
                     }
                 }
-                _ = tokio::time::sleep_until(self.fence()), if !self.in_flight.is_empty() => {
+                _ = tokio::time::sleep_until(fence), if !self.in_flight.is_empty() => {
                     if Instant::now() >= self.fence() {
                         // Nothing may be in flight once another relay can take the endpoint:
                         // these requests are dropped (their connections closed) unrecorded, and
                         // sent again by whichever relay holds the endpoint next.
                         self.in_flight.abort_all();
+                        self.metrics.in_flight.get_or_create(&Metrics::label(&self.name())).set(0);
                         return Ok(Stopped::LeaseLapsed);
                     }
                 }
@@ -314,7 +316,10 @@ impl Worker {
     async fn dispatch_due(&mut self) -> Result<(), DbError> {
         let now = Instant::now();
         let limit = self.config.borrow().max_in_flight;
-        if now < self.next_due_check || self.in_flight.len() >= limit || !self.lease_covers_a_request() {
+        if now < self.next_due_check
+            || self.in_flight.len() >= limit
+            || !self.lease_covers_a_request()
+        {
             return Ok(());
         }
         let room = limit - self.in_flight.len();
@@ -352,11 +357,21 @@ impl Worker {
     }
 
     /// Turn an attempt's result into an outcome and decide what its instance does next.
-    fn settle(&mut self, source: Source, event: Event, at: SystemTime, took: Duration, attempt: Attempt) {
+    fn settle(
+        &mut self,
+        source: Source,
+        event: Event,
+        at: SystemTime,
+        took: Duration,
+        attempt: Attempt,
+    ) {
         let instance = event.aggregate_id;
         let label = Metrics::label(&self.config.borrow().name);
         self.metrics.in_flight.get_or_create(&label).dec();
-        self.metrics.attempt_seconds.get_or_create(&label).observe(took.as_secs_f64());
+        self.metrics
+            .attempt_seconds
+            .get_or_create(&label)
+            .observe(took.as_secs_f64());
         self.busy.remove(&instance);
         let attempts = event.attempts + 1;
         let config = Arc::clone(&self.config.borrow());
@@ -372,7 +387,11 @@ impl Worker {
             next_attempt_at: None,
         };
         let mut instance_waits = false;
-        let attempt_kind = if matches!(attempt, Attempt::Gone { .. }) { AttemptKind::Gone } else { AttemptKind::Other };
+        let attempt_kind = if matches!(attempt, Attempt::Gone { .. }) {
+            AttemptKind::Gone
+        } else {
+            AttemptKind::Other
+        };
         match attempt {
             Attempt::Delivered { status } => outcome.http_status = Some(i32::from(status)),
             Attempt::Gone { status } => {

@@ -11,9 +11,9 @@ use crate::scheduling::{Stopped, Worker};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::time::Instant;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 struct RunningWorker {
     config: watch::Sender<Arc<EndpointConfig>>,
@@ -32,7 +32,9 @@ pub async fn run(config: RelayConfig) -> Result<(), Box<dyn std::error::Error>> 
     let (shutdown_tx, shutdown) = watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;
-        tracing::info!("stopping: no new requests; those in flight may finish (a second signal exits at once)");
+        tracing::info!(
+            "stopping: no new requests; those in flight may finish (a second signal exits at once)"
+        );
         let _ = shutdown_tx.send(true);
         wait_for_signal().await;
         tracing::warn!("second signal: exiting at once (unrecorded requests are sent again later)");
@@ -59,7 +61,16 @@ pub async fn run(config: RelayConfig) -> Result<(), Box<dyn std::error::Error>> 
         match Database::connect(&config.database_url, &config.channel).await {
             Ok((db, woken)) => {
                 delay = Duration::from_millis(250);
-                match serve(&config, db, woken, http.clone(), shutdown.clone(), metrics.clone()).await {
+                match serve(
+                    &config,
+                    db,
+                    woken,
+                    http.clone(),
+                    shutdown.clone(),
+                    metrics.clone(),
+                )
+                .await
+                {
                     Ended::Shutdown => return Ok(()),
                     Ended::Lost(why) => {
                         tracing::warn!(error = %why, "database connection lost; reconnecting")
@@ -104,8 +115,14 @@ async fn serve(
                 metrics.endpoints_held.set(held.len() as i64);
                 if let Ok(counts) = db.delivery_counts().await {
                     for (endpoint, pending, dead) in counts {
-                        metrics.pending_retries.get_or_create(&Metrics::label(&endpoint)).set(pending);
-                        metrics.dead_letters.get_or_create(&Metrics::label(&endpoint)).set(dead);
+                        metrics
+                            .pending_retries
+                            .get_or_create(&Metrics::label(&endpoint))
+                            .set(pending);
+                        metrics
+                            .dead_letters
+                            .get_or_create(&Metrics::label(&endpoint))
+                            .set(dead);
                     }
                 }
                 let names: Vec<String> = held.iter().map(|e| e.name.clone()).collect();
@@ -227,6 +244,10 @@ fn report(name: &str, result: Result<Result<Stopped, DbError>, tokio::task::Join
         Ok(Ok(Stopped::NotHeld)) => {
             tracing::info!(endpoint = %name, "endpoint no longer held by this relay")
         }
+        Ok(Ok(Stopped::LeaseLapsed)) => tracing::warn!(
+            endpoint = %name,
+            "lease not renewed in time: stopped sending, requests in flight abandoned"
+        ),
         Ok(Ok(Stopped::Shutdown)) => {}
         Ok(Err(error)) => {
             tracing::warn!(endpoint = %name, %error, "endpoint worker failed; restarting it")
