@@ -219,7 +219,13 @@ impl Relay {
         let log = std::fs::File::create(&log_path).expect("relay log");
         let mut command = Command::new(env!("CARGO_BIN_EXE_ae-relay"));
         command
-            .args(["run", "--lease", "2s", "--poll-interval", "250ms"])
+            .arg("run")
+            .args(if extra.contains(&"--lease") {
+                &[][..]
+            } else {
+                &["--lease", "2s"][..]
+            })
+            .args(["--poll-interval", "250ms"])
             .args(extra)
             .env("DATABASE_URL", url)
             .env("AE_RELAY_LOG", "info,ae_relay=debug")

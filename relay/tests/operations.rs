@@ -1,0 +1,220 @@
+//! Running ae-relay as a service (issue 11): metrics and health endpoints, the shutdown
+//! deadline and a second signal.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// GET a path over plain HTTP/1.0: (status, body).
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The value of one sample, by name and labels.
+fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .and_then(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => Some(v),
+            _ => None,
+        })
+}
+
+#[test]
+fn metrics_parse_as_prometheus_text_and_count_what_the_receiver_saw() {
+    let cluster = Cluster::start(&[]);
+    let database = cluster.database("metrics", ForeignKeys::Without);
+    let mut client = cluster.connect(&database);
+    client.batch_execute(MINIMAL_REFERENCE_DATA).unwrap();
+    let receiver = Receiver::start(|request, earlier| {
+        Answer::status(if request.instance() == 3 && earlier == 0 {
+            503
+        } else {
+            200
+        })
+    });
+    create_endpoint(&mut client, "watched", &receiver.url("/"), "{300ms}");
+    let port = free_port();
+    let address = format!("127.0.0.1:{port}");
+    let _relay = Relay::start(&cluster, &database, &["--metrics-address", &address]);
+    for id in 1..=5 {
+        insert_instance(&mut client, id);
+    }
+    receiver.wait_for("five events and one retry", WAIT, |r| r.len() >= 6);
+    wait_until_sql(
+        &mut client,
+        "five delivered",
+        WAIT,
+        "SELECT count(*) = 5 FROM ae_events.delivery_status WHERE status = 'delivered'",
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, text) = get(port, "/metrics").expect("/metrics answers");
+    assert_eq!(status, 200);
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .expect("Prometheus text");
+    let labels = |outcome| [("endpoint", "watched"), ("outcome", outcome)];
+    assert_eq!(
+        sample(&scrape, "ae_relay_attempts_total", &labels("delivered")),
+        Some(5.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&scrape, "ae_relay_attempts_total", &labels("retry")),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&scrape, "ae_relay_endpoints_held", &[]),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &scrape,
+            "ae_relay_requests_in_flight",
+            &[("endpoint", "watched")]
+        ),
+        Some(0.0)
+    );
+    assert!(
+        text.contains("ae_relay_attempt_duration_seconds_count{endpoint=\"watched\"} 6"),
+        "{text}"
+    );
+    assert!(!text.contains("whsec_"), "no secret in the metrics");
+
+    assert_eq!(get(port, "/healthz").map(|r| r.0), Some(200));
+    assert_eq!(get(port, "/readyz").map(|r| r.0), Some(200));
+    // The database goes away: not ready, still alive.
+    let stop = pg_command("pg_ctl")
+        .args([
+            "-D",
+            cluster.data_dir.to_str().unwrap(),
+            "-m",
+            "fast",
+            "-w",
+            "stop",
+        ])
+        .status()
+        .unwrap();
+    assert!(stop.success());
+    let deadline = Instant::now() + WAIT;
+    while get(port, "/readyz").map(|r| r.0) != Some(503) {
+        assert!(
+            Instant::now() < deadline,
+            "/readyz still ready with the database down"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(get(port, "/healthz").map(|r| r.0), Some(200));
+}
+
+#[test]
+fn sigterm_exits_within_the_deadline_and_a_restarted_relay_sends_what_was_cut() {
+    let cluster = Cluster::shared();
+    let (database, mut client) = delivery_database("deadline");
+    // The first request hangs far longer than the deadline; later ones are answered at once.
+    let receiver = Receiver::start(|_, earlier| {
+        if earlier == 0 {
+            Answer::status(200).after(Duration::from_secs(60))
+        } else {
+            Answer::status(200)
+        }
+    });
+    create_endpoint(&mut client, "slowpoke", &receiver.url("/"), "{300ms}");
+    client
+        .execute(
+            "SELECT ae_events.alter_endpoint('slowpoke', timeout => '2 min')",
+            &[],
+        )
+        .unwrap();
+    let relay = Relay::start(
+        cluster,
+        &database,
+        &["--shutdown-deadline", "1s", "--lease", "3m"],
+    );
+    insert_instance(&mut client, 1);
+    receiver.wait_for("the hanging request", WAIT, |r| !r.is_empty());
+    let stopping = Instant::now();
+    let status = relay.terminate();
+    let took = stopping.elapsed();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        took < Duration::from_secs(10),
+        "the deadline (1 s) bounds the stop: {took:?}"
+    );
+    let recorded: i64 = client
+        .query_one("SELECT count(*) FROM ae_events.deliveries", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(recorded, 0, "the cut request is not recorded as delivered");
+    // The endpoint was released: a new relay takes it at once and sends the event again.
+    let _relay = Relay::start(cluster, &database, &[]);
+    receiver.wait_for("the event again", WAIT, |r| r.len() >= 2);
+    wait_until_sql(
+        &mut client,
+        "delivered",
+        WAIT,
+        "SELECT EXISTS (SELECT FROM ae_events.delivery_status WHERE status = 'delivered')",
+    );
+}
+
+#[test]
+fn a_second_signal_exits_at_once() {
+    let cluster = Cluster::shared();
+    let (database, mut client) = delivery_database("second_signal");
+    let receiver = Receiver::start(|_, _| Answer::status(200).after(Duration::from_secs(60)));
+    create_endpoint(&mut client, "stuck", &receiver.url("/"), "{300ms}");
+    client
+        .execute(
+            "SELECT ae_events.alter_endpoint('stuck', timeout => '2 min')",
+            &[],
+        )
+        .unwrap();
+    let relay = Relay::start(
+        cluster,
+        &database,
+        &["--shutdown-deadline", "5m", "--lease", "10m"],
+    );
+    insert_instance(&mut client, 1);
+    receiver.wait_for("the hanging request", WAIT, |r| !r.is_empty());
+    let pid = relay.pid().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let stopping = Instant::now();
+    let status = relay.terminate();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        stopping.elapsed()
+    );
+}
