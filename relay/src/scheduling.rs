@@ -153,7 +153,11 @@ impl Worker {
             let stopping = self.gone.is_some() || *self.shutdown.borrow();
             if stopping {
                 if self.in_flight.is_empty() {
-                    self.flush().await?;
+                    let fence = self.fence();
+                    match tokio::time::timeout_at(fence, self.flush()).await {
+                        Ok(written) => written?,
+                        Err(_) => return Ok(self.lapse()),
+                    };
                     return Ok(if self.gone.is_some() {
                         Stopped::Gone
                     } else {
@@ -161,9 +165,18 @@ impl Worker {
                     });
                 }
             } else {
-                self.fetch_if_needed().await?;
+                // A database call that hangs (a partition) must not keep requests in flight
+                // past the fence: each is bounded by it.
+                let fence = self.fence();
+                match tokio::time::timeout_at(fence, self.fetch_if_needed()).await {
+                    Ok(fetched) => fetched?,
+                    Err(_) => return Ok(self.lapse()),
+                }
                 self.dispatch_ready();
-                self.dispatch_due().await?;
+                match tokio::time::timeout_at(fence, self.dispatch_due()).await {
+                    Ok(started) => started?,
+                    Err(_) => return Ok(self.lapse()),
+                }
             }
             // While stopping, outcomes wait for the last one: a 410 disables the endpoint with
             // that write, and nothing could be written after it.
@@ -172,8 +185,16 @@ impl Worker {
                     .oldest_outcome
                     .map(|t| t.elapsed() >= FLUSH_AGE || self.outcomes.len() >= FLUSH_COUNT)
                     .unwrap_or(false);
-            if flush_due && !self.flush().await? {
-                return Ok(Stopped::NotHeld);
+            if flush_due {
+                let fence = self.fence();
+                match tokio::time::timeout_at(fence, self.flush()).await {
+                    Ok(held) => {
+                        if !held? {
+                            return Ok(Stopped::NotHeld);
+                        }
+                    }
+                    Err(_) => return Ok(self.lapse()),
+                }
             }
             // Wake for what can happen then: a poll, a due check when a request could start,
             // a flush (not while stopping). A deadline already past would spin the loop.
@@ -218,12 +239,7 @@ impl Worker {
                 }
                 _ = tokio::time::sleep_until(fence), if !self.in_flight.is_empty() => {
                     if Instant::now() >= self.fence() {
-                        // Nothing may be in flight once another relay can take the endpoint:
-                        // these requests are dropped (their connections closed) unrecorded, and
-                        // sent again by whichever relay holds the endpoint next.
-                        self.in_flight.abort_all();
-                        self.metrics.in_flight.get_or_create(&Metrics::label(&self.name())).set(0);
-                        return Ok(Stopped::LeaseLapsed);
+                        return Ok(self.lapse());
                     }
                 }
                 _ = tokio::time::sleep_until(deadline) => {
@@ -283,6 +299,18 @@ impl Worker {
     fn fence(&self) -> Instant {
         let valid_until = *self.lease_valid_until.borrow();
         valid_until - (self.relay.lease / 10).max(Duration::from_millis(100))
+    }
+
+    /// The lease may lapse: nothing may be in flight once another relay can take the endpoint.
+    /// The requests are dropped (their connections closed) unrecorded, and sent again by
+    /// whichever relay holds the endpoint next.
+    fn lapse(&mut self) -> Stopped {
+        self.in_flight.abort_all();
+        self.metrics
+            .in_flight
+            .get_or_create(&Metrics::label(&self.name()))
+            .set(0);
+        Stopped::LeaseLapsed
     }
 
     /// Whether requests may start now.

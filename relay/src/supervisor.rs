@@ -108,7 +108,17 @@ async fn serve(
             break Ended::Lost("connection closed".to_owned());
         }
         let asked_at = Instant::now();
-        match db.lease(&config.relay_id, config.lease).await {
+        // A call that hangs (a partition) counts as a lost connection: reconnect.
+        let leased =
+            match tokio::time::timeout(renew_every, db.lease(&config.relay_id, config.lease)).await
+            {
+                Ok(leased) => leased,
+                Err(_) => {
+                    metrics.set_ready(false);
+                    break Ended::Lost("the lease call did not answer in time".to_owned());
+                }
+            };
+        match leased {
             Ok(held) => {
                 let _ = lease_tx.send(asked_at + config.lease);
                 metrics.set_ready(true);

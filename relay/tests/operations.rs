@@ -218,3 +218,83 @@ fn a_second_signal_exits_at_once() {
         stopping.elapsed()
     );
 }
+
+#[test]
+fn a_relay_cut_off_from_the_database_stops_sending_before_another_takes_over() {
+    let cluster = Cluster::shared();
+    let (database, mut client) = delivery_database("fencing");
+    client
+        .batch_execute(
+            "DO $$ BEGIN CREATE ROLE relay_fenced LOGIN; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;
+             GRANT ae_events_relay TO relay_fenced;",
+        )
+        .unwrap();
+    ensure_relay_login(cluster);
+    // Every first attempt hangs; a resend is answered.
+    let receiver = Receiver::start(|_, earlier| {
+        if earlier == 0 {
+            Answer::status(200).after(Duration::from_secs(120))
+        } else {
+            Answer::status(200)
+        }
+    });
+    create_endpoint(&mut client, "contested", &receiver.url("/"), "{300ms}");
+    client
+        .execute(
+            "SELECT ae_events.alter_endpoint('contested', timeout => '5 min')",
+            &[],
+        )
+        .unwrap();
+    let _first = Relay::start_as(
+        cluster,
+        &database,
+        "relay_fenced",
+        &["--relay-id", "first", "--lease", "3s"],
+    );
+    insert_instance(&mut client, 1);
+    receiver.wait_for("the first relay's request", WAIT, |r| !r.is_empty());
+    let _second = Relay::start(
+        cluster,
+        &database,
+        &["--relay-id", "second", "--lease", "3s"],
+    );
+    // Cut the first relay off without closing its connection (as a network partition would):
+    // its database session is stopped, so its calls hang instead of failing.
+    let backend: i32 = client
+        .query_one(
+            "SELECT pid FROM pg_stat_activity WHERE usename = 'relay_fenced'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let signal = |name: &str| {
+        std::process::Command::new("kill")
+            .args([name, &backend.to_string()])
+            .status()
+            .unwrap()
+    };
+    assert!(signal("-STOP").success());
+    let requests = receiver.wait_for("the second relay's resend", WAIT, |r| r.len() >= 2);
+    let cancelled = receiver.cancelled();
+    assert_eq!(
+        cancelled.len(),
+        1,
+        "the first relay abandoned its request: {cancelled:?}"
+    );
+    assert!(
+        cancelled[0].1 < requests[1].at,
+        "the first relay stopped sending before the second took over"
+    );
+    assert_eq!(
+        requests[1].header("webhook-id"),
+        requests[0].header("webhook-id")
+    );
+    let holder: String = client
+        .query_one("SELECT relay FROM ae_events.endpoint_status", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(holder, "second");
+    client
+        .batch_execute("ALTER ROLE relay_fenced LOGIN")
+        .unwrap();
+}

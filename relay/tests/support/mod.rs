@@ -64,6 +64,8 @@ type Behaviour = dyn Fn(&Received, usize) -> Answer + Send + Sync;
 
 struct ReceiverState {
     requests: Arc<Mutex<Vec<Received>>>,
+    /// Requests whose connection closed before they were answered: webhook-id and when.
+    cancelled: Arc<Mutex<Vec<(String, Instant)>>>,
     behaviour: Arc<Behaviour>,
 }
 
@@ -72,6 +74,7 @@ struct ReceiverState {
 pub struct Receiver {
     pub port: u16,
     requests: Arc<Mutex<Vec<Received>>>,
+    cancelled: Arc<Mutex<Vec<(String, Instant)>>>,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -107,7 +110,21 @@ async fn receive(
         earlier
     };
     let answer = (state.behaviour)(&received, earlier);
+    // Dropped unanswered (the client closed the connection): recorded as cancelled.
+    struct Unanswered(Option<(String, Arc<Mutex<Vec<(String, Instant)>>>)>);
+    impl Drop for Unanswered {
+        fn drop(&mut self) {
+            if let Some((id, log)) = self.0.take() {
+                log.lock().unwrap().push((id, Instant::now()));
+            }
+        }
+    }
+    let mut guard = Unanswered(Some((
+        received.header("webhook-id").to_owned(),
+        state.cancelled.clone(),
+    )));
     tokio::time::sleep(answer.delay).await;
+    guard.0 = None;
     let mut response = axum::response::Response::new(axum::body::Body::from("answer"));
     *response.status_mut() = axum::http::StatusCode::from_u16(answer.status).unwrap();
     for (name, value) in &answer.headers {
@@ -141,8 +158,10 @@ impl Receiver {
             .expect("bind receiver");
         let port = listener.local_addr().unwrap().port();
         let requests: Arc<Mutex<Vec<Received>>> = Arc::default();
+        let cancelled: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
         let state = Arc::new(ReceiverState {
             requests: requests.clone(),
+            cancelled: cancelled.clone(),
             behaviour: Arc::new(behaviour),
         });
         let app = axum::Router::new().fallback(receive).with_state(state);
@@ -152,6 +171,7 @@ impl Receiver {
         Receiver {
             port,
             requests,
+            cancelled,
             _runtime: runtime,
         }
     }
@@ -167,6 +187,11 @@ impl Receiver {
 
     pub fn requests(&self) -> Vec<Received> {
         self.requests.lock().unwrap().clone()
+    }
+
+    /// Requests the client gave up before they were answered: webhook-id and when.
+    pub fn cancelled(&self) -> Vec<(String, Instant)> {
+        self.cancelled.lock().unwrap().clone()
     }
 
     pub fn count(&self) -> usize {
@@ -207,10 +232,12 @@ impl Relay {
     /// and poll interval so that tests need not wait for the defaults.
     pub fn start(cluster: &Cluster, database: &str, extra: &[&str]) -> Relay {
         ensure_relay_login(cluster);
-        let url = format!(
-            "postgres://relay_user@127.0.0.1:{}/{database}",
-            cluster.port
-        );
+        Relay::start_as(cluster, database, "relay_user", extra)
+    }
+
+    /// The same as another login role (a member of ae_events_relay).
+    pub fn start_as(cluster: &Cluster, database: &str, user: &str, extra: &[&str]) -> Relay {
+        let url = format!("postgres://{user}@127.0.0.1:{}/{database}", cluster.port);
         let log_path = std::env::temp_dir().join(format!(
             "ae-relay-{database}-{}-{}.log",
             std::process::id(),
