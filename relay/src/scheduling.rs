@@ -101,17 +101,40 @@ pub struct Worker {
     signals_closed: bool,
 }
 
+/// What every worker of a relay shares.
+#[derive(Clone)]
+pub struct Shared {
+    pub db: Arc<Database>,
+    pub http: reqwest::Client,
+    pub relay: RelayConfig,
+    pub metrics: Arc<Metrics>,
+}
+
+/// What wakes or stops a worker: notifications, shutdown, lease renewals.
+#[derive(Clone)]
+pub struct Signals {
+    pub woken: watch::Receiver<u64>,
+    pub shutdown: watch::Receiver<bool>,
+    pub lease_valid_until: watch::Receiver<Instant>,
+}
+
 impl Worker {
     pub fn new(
-        db: Arc<Database>,
-        http: reqwest::Client,
-        relay: RelayConfig,
+        shared: Shared,
         config: watch::Receiver<Arc<EndpointConfig>>,
-        woken: watch::Receiver<u64>,
-        shutdown: watch::Receiver<bool>,
-        lease_valid_until: watch::Receiver<Instant>,
-        metrics: Arc<Metrics>,
+        signals: Signals,
     ) -> Worker {
+        let Shared {
+            db,
+            http,
+            relay,
+            metrics,
+        } = shared;
+        let Signals {
+            woken,
+            shutdown,
+            lease_valid_until,
+        } = signals;
         let cursor = config.borrow().cursor;
         let now = Instant::now();
         Worker {

@@ -7,7 +7,7 @@ use crate::database::{Database, DbError};
 use crate::endpoint::EndpointConfig;
 use crate::http_sink;
 use crate::metrics::Metrics;
-use crate::scheduling::{Stopped, Worker};
+use crate::scheduling::{Shared, Signals, Stopped, Worker};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -165,14 +165,18 @@ async fn serve(
                     let name = endpoint.name.clone();
                     let (config_tx, config_rx) = watch::channel(Arc::new(endpoint));
                     let worker = Worker::new(
-                        db.clone(),
-                        http.clone(),
-                        config.clone(),
+                        Shared {
+                            db: db.clone(),
+                            http: http.clone(),
+                            relay: config.clone(),
+                            metrics: metrics.clone(),
+                        },
                         config_rx,
-                        woken.clone(),
-                        shutdown.clone(),
-                        lease_rx.clone(),
-                        metrics.clone(),
+                        Signals {
+                            woken: woken.clone(),
+                            shutdown: shutdown.clone(),
+                            lease_valid_until: lease_rx.clone(),
+                        },
                     );
                     workers.insert(
                         name,

@@ -273,6 +273,10 @@ fn a_relay_cut_off_from_the_database_stops_sending_before_another_takes_over() {
             .status()
             .unwrap()
     };
+    // Nor can it connect again.
+    client
+        .batch_execute("ALTER ROLE relay_fenced NOLOGIN")
+        .unwrap();
     assert!(signal("-STOP").success());
     let requests = receiver.wait_for("the second relay's resend", WAIT, |r| r.len() >= 2);
     let cancelled = receiver.cancelled();
@@ -294,6 +298,7 @@ fn a_relay_cut_off_from_the_database_stops_sending_before_another_takes_over() {
         .unwrap()
         .get(0);
     assert_eq!(holder, "second");
+    assert!(signal("-CONT").success());
     client
         .batch_execute("ALTER ROLE relay_fenced LOGIN")
         .unwrap();

@@ -62,10 +62,13 @@ impl Answer {
 
 type Behaviour = dyn Fn(&Received, usize) -> Answer + Send + Sync;
 
+/// Requests dropped unanswered: webhook-id and when.
+type CancelLog = Arc<Mutex<Vec<(String, Instant)>>>;
+
 struct ReceiverState {
     requests: Arc<Mutex<Vec<Received>>>,
     /// Requests whose connection closed before they were answered: webhook-id and when.
-    cancelled: Arc<Mutex<Vec<(String, Instant)>>>,
+    cancelled: CancelLog,
     behaviour: Arc<Behaviour>,
 }
 
@@ -74,7 +77,7 @@ struct ReceiverState {
 pub struct Receiver {
     pub port: u16,
     requests: Arc<Mutex<Vec<Received>>>,
-    cancelled: Arc<Mutex<Vec<(String, Instant)>>>,
+    cancelled: CancelLog,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -111,7 +114,7 @@ async fn receive(
     };
     let answer = (state.behaviour)(&received, earlier);
     // Dropped unanswered (the client closed the connection): recorded as cancelled.
-    struct Unanswered(Option<(String, Arc<Mutex<Vec<(String, Instant)>>>)>);
+    struct Unanswered(Option<(String, CancelLog)>);
     impl Drop for Unanswered {
         fn drop(&mut self) {
             if let Some((id, log)) = self.0.take() {
@@ -158,7 +161,7 @@ impl Receiver {
             .expect("bind receiver");
         let port = listener.local_addr().unwrap().port();
         let requests: Arc<Mutex<Vec<Received>>> = Arc::default();
-        let cancelled: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
+        let cancelled: CancelLog = Arc::default();
         let state = Arc::new(ReceiverState {
             requests: requests.clone(),
             cancelled: cancelled.clone(),
