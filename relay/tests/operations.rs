@@ -303,3 +303,46 @@ fn a_relay_cut_off_from_the_database_stops_sending_before_another_takes_over() {
         .batch_execute("ALTER ROLE relay_fenced LOGIN")
         .unwrap();
 }
+
+#[test]
+fn json_logs_are_one_object_a_line_and_never_show_secrets_or_headers() {
+    let cluster = Cluster::shared();
+    let (database, mut client) = delivery_database("json_logs");
+    let receiver =
+        Receiver::start(|_, earlier| Answer::status(if earlier == 0 { 500 } else { 200 }));
+    let secret = create_endpoint(&mut client, "logged", &receiver.url("/"), "{300ms}");
+    client
+        .execute(
+            "SELECT ae_events.alter_endpoint('logged', headers => '{\"authorization\": \"Bearer hush-hush\"}')",
+            &[],
+        )
+        .unwrap();
+    let relay = Relay::start(cluster, &database, &["--log-format", "json"]);
+    insert_instance(&mut client, 1);
+    receiver.wait_for("the retry", WAIT, |r| r.len() >= 2);
+    let log_path = relay.log_path.clone();
+    assert!(relay.terminate().success());
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() >= 3, "{log}");
+    for line in &lines {
+        let entry: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            entry["level"].is_string() && entry["fields"].is_object(),
+            "{line}"
+        );
+    }
+    assert!(
+        log.contains("\"status\":\"pending\""),
+        "the failed attempt is logged: {log}"
+    );
+    assert!(
+        !log.contains(&secret) && !log.contains("whsec_"),
+        "no secret in the logs"
+    );
+    assert!(
+        !log.contains("hush-hush") && !log.contains("Bearer"),
+        "no header value in the logs"
+    );
+}
