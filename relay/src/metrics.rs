@@ -22,6 +22,16 @@ pub struct OutcomeLabels {
     pub outcome: String,
 }
 
+/// The series of one endpoint (handles sharing their values with the registry's).
+pub struct EndpointMetrics {
+    pub delivered: Counter,
+    pub retry: Counter,
+    pub dead: Counter,
+    pub gone: Counter,
+    pub attempt_seconds: Histogram,
+    pub in_flight: Gauge,
+}
+
 fn attempt_histogram() -> Histogram {
     // 1 ms to about 33 s.
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
@@ -99,13 +109,26 @@ impl Metrics {
         }
     }
 
-    pub fn count_outcome(&self, endpoint: &str, outcome: &str) {
-        self.deliveries
-            .get_or_create(&OutcomeLabels {
-                endpoint: endpoint.to_owned(),
-                outcome: outcome.to_owned(),
-            })
-            .inc();
+    /// One endpoint's series, looked up once: a worker updates them per request without
+    /// building labels or hashing them again.
+    pub fn for_endpoint(&self, endpoint: &str) -> EndpointMetrics {
+        let label = Metrics::label(endpoint);
+        let outcome = |outcome: &str| {
+            self.deliveries
+                .get_or_create(&OutcomeLabels {
+                    endpoint: endpoint.to_owned(),
+                    outcome: outcome.to_owned(),
+                })
+                .clone()
+        };
+        EndpointMetrics {
+            delivered: outcome("delivered"),
+            retry: outcome("retry"),
+            dead: outcome("dead"),
+            gone: outcome("gone"),
+            attempt_seconds: self.attempt_seconds.get_or_create(&label).clone(),
+            in_flight: self.in_flight.get_or_create(&label).clone(),
+        }
     }
 
     pub fn render(&self) -> String {

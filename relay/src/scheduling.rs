@@ -15,7 +15,7 @@ use crate::config::RelayConfig;
 use crate::database::{Database, DbError, Outcome};
 use crate::endpoint::{EndpointConfig, Event, Position};
 use crate::http_sink::{self, Attempt};
-use crate::metrics::Metrics;
+use crate::metrics::{EndpointMetrics, Metrics};
 use crate::retry;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -51,11 +51,6 @@ enum Source {
     Pending,
 }
 
-enum AttemptKind {
-    Gone,
-    Other,
-}
-
 struct Slot {
     position: Position,
     finished: bool,
@@ -70,7 +65,7 @@ pub struct Worker {
     shutdown: watch::Receiver<bool>,
     /// Until when this relay surely holds its endpoints (renewed by the supervisor).
     lease_valid_until: watch::Receiver<Instant>,
-    metrics: Arc<Metrics>,
+    metrics: EndpointMetrics,
     /// Fetched through here (in memory; ahead of the database's cursor).
     fetched_through: Position,
     /// The slots of fetched events, oldest first; `first_slot` is the sequence number of the
@@ -136,6 +131,7 @@ impl Worker {
             lease_valid_until,
         } = signals;
         let cursor = config.borrow().cursor;
+        let metrics = metrics.for_endpoint(&config.borrow().name);
         let now = Instant::now();
         Worker {
             db,
@@ -329,10 +325,7 @@ impl Worker {
     /// whichever relay holds the endpoint next.
     fn lapse(&mut self) -> Stopped {
         self.in_flight.abort_all();
-        self.metrics
-            .in_flight
-            .get_or_create(&Metrics::label(&self.name()))
-            .set(0);
+        self.metrics.in_flight.set(0);
         Stopped::LeaseLapsed
     }
 
@@ -397,8 +390,7 @@ impl Worker {
         self.busy.insert(event.aggregate_id);
         let http = self.http.clone();
         let config = Arc::clone(&self.config.borrow());
-        let name = Metrics::label(&config.name);
-        self.metrics.in_flight.get_or_create(&name).inc();
+        self.metrics.in_flight.inc();
         self.in_flight.spawn(async move {
             let at = SystemTime::now();
             let started = Instant::now();
@@ -417,12 +409,8 @@ impl Worker {
         attempt: Attempt,
     ) {
         let instance = event.aggregate_id;
-        let label = Metrics::label(&self.config.borrow().name);
-        self.metrics.in_flight.get_or_create(&label).dec();
-        self.metrics
-            .attempt_seconds
-            .get_or_create(&label)
-            .observe(took.as_secs_f64());
+        self.metrics.in_flight.dec();
+        self.metrics.attempt_seconds.observe(took.as_secs_f64());
         self.busy.remove(&instance);
         let attempts = event.attempts + 1;
         let config = Arc::clone(&self.config.borrow());
@@ -438,13 +426,11 @@ impl Worker {
             next_attempt_at: None,
         };
         let mut instance_waits = false;
-        let attempt_kind = if matches!(attempt, Attempt::Gone { .. }) {
-            AttemptKind::Gone
-        } else {
-            AttemptKind::Other
-        };
-        match attempt {
-            Attempt::Delivered { status } => outcome.http_status = Some(i32::from(status)),
+        let counter = match attempt {
+            Attempt::Delivered { status } => {
+                outcome.http_status = Some(i32::from(status));
+                &self.metrics.delivered
+            }
             Attempt::Gone { status } => {
                 // Not delivered: it is the first to go when a DBA enables the endpoint again.
                 outcome.status = "pending";
@@ -457,6 +443,7 @@ impl Worker {
                     event.event_id,
                     httpdate::fmt_http_date(at)
                 ));
+                &self.metrics.gone
             }
             Attempt::Failed {
                 status,
@@ -471,17 +458,16 @@ impl Worker {
                         outcome.next_attempt_at = Some(SystemTime::now() + delay);
                         self.next_due_check = self.next_due_check.min(Instant::now() + delay);
                         instance_waits = true;
+                        &self.metrics.retry
                     }
-                    None => outcome.status = "dead",
+                    None => {
+                        outcome.status = "dead";
+                        &self.metrics.dead
+                    }
                 }
             }
-        }
-        let counted = match (&attempt_kind, outcome.status) {
-            (AttemptKind::Gone, _) => "gone",
-            (_, "pending") => "retry",
-            (_, status) => status,
         };
-        self.metrics.count_outcome(&label.endpoint, counted);
+        counter.inc();
         tracing::debug!(endpoint = %self.name(), event = %event.event_id, status = outcome.status,
                         attempts, error = ?outcome.error, "attempt");
         self.push_outcome(outcome);
