@@ -123,7 +123,15 @@ async fn serve(
                 let _ = lease_tx.send(asked_at + config.lease);
                 metrics.set_ready(true);
                 metrics.endpoints_held.set(held.len() as i64);
-                if let Ok(counts) = db.delivery_counts().await {
+                // Bounded like the lease call: a hanging one means the connection is lost.
+                let counts = match tokio::time::timeout(renew_every, db.delivery_counts()).await {
+                    Ok(counts) => counts,
+                    Err(_) => {
+                        metrics.set_ready(false);
+                        break Ended::Lost("a query did not answer in time".to_owned());
+                    }
+                };
+                if let Ok(counts) = counts {
                     for (endpoint, pending, dead) in counts {
                         metrics
                             .pending_retries
@@ -137,12 +145,8 @@ async fn serve(
                 }
                 let names: Vec<String> = held.iter().map(|e| e.name.clone()).collect();
                 for endpoint in held {
-                    let running = workers
-                        .get(&endpoint.name)
-                        .map(|w| !w.task.is_finished())
-                        .unwrap_or(false);
-                    if running {
-                        if let Some(worker) = workers.get(&endpoint.name) {
+                    if let Some(worker) = workers.get(&endpoint.name) {
+                        if !worker.task.is_finished() {
                             worker.config.send_if_modified(|current| {
                                 // The cursor is the worker's own business once it runs.
                                 let latest = EndpointConfig {
@@ -155,8 +159,8 @@ async fn serve(
                                 }
                                 changed
                             });
+                            continue;
                         }
-                        continue;
                     }
                     if let Some(old) = workers.remove(&endpoint.name) {
                         report(&endpoint.name, old.task.await);
@@ -204,14 +208,15 @@ async fn serve(
                 break Ended::Lost(error.to_string());
             }
         }
-        // A worker that ended: say why; the next lease round restarts it if still held.
-        for (name, worker) in workers.iter_mut() {
-            if worker.task.is_finished() {
-                let task = std::mem::replace(
-                    &mut worker.task,
-                    tokio::spawn(async { Ok(Stopped::NotHeld) }),
-                );
-                report(name, task.await);
+        // A worker that ended: say why; the next lease round starts a new one if still held.
+        let ended: Vec<String> = workers
+            .iter()
+            .filter(|(_, worker)| worker.task.is_finished())
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in ended {
+            if let Some(worker) = workers.remove(&name) {
+                report(&name, worker.task.await);
             }
         }
         tokio::select! {
