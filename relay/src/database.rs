@@ -5,16 +5,20 @@
 use crate::endpoint::{EndpointConfig, Event, Position};
 use crate::signing::SigningKey;
 use futures_util::StreamExt;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_postgres::{AsyncMessage, Client, NoTls, Row};
+use tokio_postgres::{AsyncMessage, Client, NoTls, Row, Statement};
 
 pub type DbError = tokio_postgres::Error;
 
 pub struct Database {
     client: Client,
+    /// The relay's statements, each prepared once on this connection (by SQL text) instead of
+    /// parsed and planned again on every call.
+    prepared: Mutex<HashMap<&'static str, Statement>>,
     /// Ends (with the error) when the connection is lost.
     pub connection: JoinHandle<Result<(), DbError>>,
 }
@@ -64,7 +68,31 @@ impl Database {
                 quote_identifier(channel)
             ))
             .await?;
-        Ok((Arc::new(Database { client, connection }), woken))
+        Ok((
+            Arc::new(Database {
+                client,
+                prepared: Mutex::default(),
+                connection,
+            }),
+            woken,
+        ))
+    }
+
+    /// The statement for this SQL, prepared on first use.
+    async fn prepared(&self, sql: &'static str) -> Result<Statement, DbError> {
+        let known = self
+            .prepared
+            .lock()
+            .ok()
+            .and_then(|statements| statements.get(sql).cloned());
+        if let Some(statement) = known {
+            return Ok(statement);
+        }
+        let statement = self.client.prepare(sql).await?;
+        if let Ok(mut statements) = self.prepared.lock() {
+            statements.insert(sql, statement.clone());
+        }
+        Ok(statement)
     }
 
     pub fn is_closed(&self) -> bool {
@@ -80,9 +108,9 @@ impl Database {
         let rows = self
             .client
             .query(
-                "SELECT endpoint, url, headers::text, timeout_ms, retry_schedule_ms, retry_jitter,
+                &self.prepared("SELECT endpoint, url, headers::text, timeout_ms, retry_schedule_ms, retry_jitter,
                         max_in_flight, secrets, cursor_epoch, cursor_txid::text, cursor_id
-                   FROM ae_events.relay_lease($1, make_interval(secs => $2::float8))",
+                   FROM ae_events.relay_lease($1, make_interval(secs => $2::float8))").await?,
                 &[&relay, &lease.as_secs_f64()],
             )
             .await?;
@@ -91,7 +119,10 @@ impl Database {
 
     pub async fn release(&self, relay: &str) -> Result<(), DbError> {
         self.client
-            .execute("SELECT ae_events.relay_release($1)", &[&relay])
+            .execute(
+                &self.prepared("SELECT ae_events.relay_release($1)").await?,
+                &[&relay],
+            )
             .await
             .map(|_| ())
     }
@@ -106,9 +137,9 @@ impl Database {
         let rows = self
             .client
             .query(
-                "SELECT epoch, txid::text, id, event_id::text, subscription_key, event_type,
+                &self.prepared("SELECT epoch, txid::text, id, event_id::text, subscription_key, event_type,
                         aggregate_id, snapshot_version, payload, deliver, waits_behind
-                   FROM ae_events.relay_fetch($1, $2, $3, $4::text::xid8, $5, $6)",
+                   FROM ae_events.relay_fetch($1, $2, $3, $4::text::xid8, $5, $6)").await?,
                 &[
                     &endpoint,
                     &relay,
@@ -155,9 +186,13 @@ impl Database {
         let rows = self
             .client
             .query(
-                "SELECT id, event_id::text, subscription_key, event_type, aggregate_id,
+                &self
+                    .prepared(
+                        "SELECT id, event_id::text, subscription_key, event_type, aggregate_id,
                         snapshot_version, payload, attempts
                    FROM ae_events.relay_due($1, $2, $3, $4)",
+                    )
+                    .await?,
                 &[
                     &endpoint,
                     &relay,
@@ -203,8 +238,12 @@ impl Database {
         let row = self
             .client
             .query_one(
-                "SELECT ae_events.relay_record($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
+                &self
+                    .prepared(
+                        "SELECT ae_events.relay_record($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
                                                $11, $12::text::xid8, $13, $14)",
+                    )
+                    .await?,
                 &[
                     &endpoint,
                     &relay,
@@ -231,7 +270,9 @@ impl Database {
         let rows = self
             .client
             .query(
-                "SELECT endpoint, pending, dead FROM ae_events.endpoint_status",
+                &self
+                    .prepared("SELECT endpoint, pending, dead FROM ae_events.endpoint_status")
+                    .await?,
                 &[],
             )
             .await?;
