@@ -912,9 +912,8 @@ BEGIN
       FROM (SELECT new_cursor_id IS NOT NULL
                    AND (new_cursor_epoch, new_cursor_txid, new_cursor_id) OPERATOR(pg_catalog.>)
                        (held.cursor_epoch, held.cursor_txid, held.cursor_id) AS moves) AS c
-     WHERE e.endpoint OPERATOR(pg_catalog.=) held.endpoint;
-    SELECT * INTO held FROM ae_events.endpoints AS e
-     WHERE e.endpoint OPERATOR(pg_catalog.=) held.endpoint;
+     WHERE e.endpoint OPERATOR(pg_catalog.=) held.endpoint
+    RETURNING e.* INTO held;
     IF gone_reason IS NOT NULL THEN
         PERFORM ae_events._disable(held.endpoint, gone_reason);
     ELSIF held.failing_since OPERATOR(pg_catalog.<)
