@@ -298,15 +298,16 @@ impl Worker {
             }
             // In id (= version) order: a later version may come first in delivery order when
             // its transaction got its id earlier (relay_fetch keeps both in one batch).
+            // A head in flight stays first.
+            let busy = self.busy.contains(&instance);
             let queue = self.queues.entry(instance).or_default();
             let place = queue
                 .iter()
-                .skip(usize::from(self.busy.contains(&instance)))
+                .skip(usize::from(busy))
                 .position(|(_, queued)| queued.id > event.id)
-                .map(|i| i + usize::from(self.busy.contains(&instance)))
-                .unwrap_or(queue.len());
+                .map_or(queue.len(), |i| i + usize::from(busy));
             queue.insert(place, (sequence, event));
-            if queue.len() == 1 && !self.busy.contains(&instance) {
+            if queue.len() == 1 && !busy {
                 self.ready.push_back(instance);
             }
         }
