@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use postgres::Client;
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn database(name: &str) -> (String, Client) {
     let cluster = Cluster::shared();
@@ -28,20 +28,6 @@ fn poll(client: &mut Client, consumer: &str, max: i32) -> Vec<(i64, String, i64)
         .iter()
         .map(|row| (row.get(0), row.get(1), row.get(2)))
         .collect()
-}
-
-/// Poll until something comes: the delivery horizon may stay below just-committed events for a
-/// moment while other databases' transactions in the same cluster come and go (it counts a
-/// transaction that ended after the snapshot as running: conservative).
-fn poll_some(client: &mut Client, consumer: &str, max: i32) -> Vec<(i64, String, i64)> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let events = poll(client, consumer, max);
-        if !events.is_empty() || std::time::Instant::now() > deadline {
-            return events;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
 }
 
 fn ack(client: &mut Client, consumer: &str, through_id: i64) -> bool {
@@ -86,7 +72,7 @@ fn an_event_of_a_transaction_that_commits_late_is_not_skipped() {
     assert_eq!(sqlstate(&error), "55000");
 
     first.batch_execute("COMMIT").unwrap();
-    let events = poll(&mut relay, "relay", 10);
+    let events = eventually(|| poll(&mut relay, "relay", 10), |e| e.len() >= 2);
     assert_eq!(
         events.iter().map(|e| e.2).collect::<Vec<_>>(),
         vec![1, 2],
@@ -148,6 +134,8 @@ fn four_writers_and_a_polling_consumer_deliver_every_committed_event_once() {
 
     let mut received: Vec<(i64, String, i64)> = Vec::new();
     let mut writers_done = false;
+    let expected = (WRITERS * EVENTS_PER_WRITER) as usize;
+    let mut deadline = None;
     loop {
         let batch = poll(&mut relay, "relay", 300);
         if let Some(last) = batch.last() {
@@ -155,11 +143,17 @@ fn four_writers_and_a_polling_consumer_deliver_every_committed_event_once() {
         }
         let empty = batch.is_empty();
         received.extend(batch);
-        if writers_done && empty {
+        // Once the writers are done, poll until every committed event has come (the horizon
+        // may lag a just-committed transaction), then once more to see that nothing follows.
+        if writers_done
+            && empty
+            && (received.len() >= expected || deadline.is_some_and(|d| Instant::now() > d))
+        {
             break;
         }
         if !writers_done && writers.iter().all(|writer| writer.is_finished()) {
             writers_done = true;
+            deadline = Some(Instant::now() + Duration::from_secs(30));
         }
         if empty {
             std::thread::sleep(Duration::from_millis(20));
@@ -195,12 +189,12 @@ fn consumers_are_independent() {
         )
         .unwrap();
     insert_instance(&mut client, 3);
-    let everything = poll(&mut client, "all", 100);
+    let everything = eventually(|| poll(&mut client, "all", 100), |e| e.len() >= 3);
     assert_eq!(
         everything.iter().map(|e| e.2).collect::<Vec<_>>(),
         vec![1, 2, 3]
     );
-    let new = poll(&mut client, "new", 100);
+    let new = eventually(|| poll(&mut client, "new", 100), |e| !e.is_empty());
     assert_eq!(
         new.iter().map(|e| e.2).collect::<Vec<_>>(),
         vec![3],
@@ -244,12 +238,18 @@ fn the_relay_loop_wakes_on_notify_and_catches_up_after_a_disconnect() {
     app.batch_execute("SELECT ae_events.create_consumer('webhooks')")
         .unwrap();
     let mut delivered: Vec<i64> = Vec::new();
-    // One round of the relay's loop: poll until empty, "deliver", ack.
-    let drain = |relay: &mut Client, delivered: &mut Vec<i64>| loop {
-        let batch = poll(relay, "webhooks", 2);
-        let Some(last) = batch.last() else { break };
-        delivered.extend(batch.iter().map(|event| event.2));
-        assert!(ack(relay, "webhooks", last.0));
+    // The relay's loop: poll, "deliver", ack, until `total` have come (or 30 s have passed).
+    let drain = |relay: &mut Client, delivered: &mut Vec<i64>, total: usize| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while delivered.len() < total && std::time::Instant::now() < deadline {
+            let batch = poll(relay, "webhooks", 2);
+            let Some(last) = batch.last() else {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            };
+            delivered.extend(batch.iter().map(|event| event.2));
+            assert!(ack(relay, "webhooks", last.0));
+        }
     };
 
     let mut relay = cluster.connect(&database);
@@ -258,7 +258,7 @@ fn the_relay_loop_wakes_on_notify_and_catches_up_after_a_disconnect() {
     insert_instance(&mut app, 2);
     let woken = drain_notifications(&mut relay, Duration::from_millis(1500));
     assert_eq!(woken.len(), 2, "NOTIFY wakes the relay up");
-    drain(&mut relay, &mut delivered);
+    drain(&mut relay, &mut delivered, 2);
     assert_eq!(delivered, vec![1, 2]);
 
     // Disconnected: its notifications are lost, the events are not.
@@ -269,7 +269,8 @@ fn the_relay_loop_wakes_on_notify_and_catches_up_after_a_disconnect() {
     let mut relay = cluster.connect(&database);
     relay.batch_execute("LISTEN ae_events").unwrap();
     assert!(drain_notifications(&mut relay, Duration::from_millis(300)).is_empty());
-    drain(&mut relay, &mut delivered);
+    drain(&mut relay, &mut delivered, 7);
+    assert!(poll(&mut relay, "webhooks", 10).is_empty(), "nothing more");
     assert_eq!(
         delivered,
         vec![1, 2, 3, 4, 5, 6, 7],
@@ -297,7 +298,7 @@ fn roles_relay_reader_and_the_application() {
     relay
         .batch_execute("SELECT ae_events.create_consumer('r', true)")
         .unwrap();
-    let events = poll(&mut relay, "r", 10);
+    let events = eventually(|| poll(&mut relay, "r", 10), |e| !e.is_empty());
     assert_eq!(events.len(), 1);
     assert!(ack(&mut relay, "r", events[0].0));
     relay
@@ -359,7 +360,7 @@ fn a_consumer_continues_after_restore_into_another_cluster() {
     for id in 1..=3 {
         insert_instance(&mut client, id);
     }
-    let first = poll_some(&mut client, "relay", 1);
+    let first = eventually(|| poll(&mut client, "relay", 1), |e| !e.is_empty());
     assert!(ack(&mut client, "relay", first[0].0));
     let archive = dump(cluster, &database);
 
@@ -375,12 +376,17 @@ fn a_consumer_continues_after_restore_into_another_cluster() {
     let new_txid: u64 = rows[4].txid.parse().unwrap();
     assert!(new_txid < old_txid, "the new cluster's txids are lower");
     let mut delivered = Vec::new();
-    loop {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while delivered.len() < 4 && std::time::Instant::now() < deadline {
         let batch = poll(&mut restored, "relay", 2);
-        let Some(last) = batch.last() else { break };
+        let Some(last) = batch.last() else {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        };
         delivered.extend(batch.iter().map(|event| event.2));
         assert!(ack(&mut restored, "relay", last.0));
     }
+    assert!(poll(&mut restored, "relay", 10).is_empty(), "nothing more");
     assert_eq!(delivered, vec![2, 3, 4, 5]);
     let epochs: i64 = restored
         .query_one("SELECT count(*) FROM ae_events.epochs", &[])
@@ -401,6 +407,7 @@ fn a_long_transaction_in_another_database_does_not_hold_delivery_back() {
     long.batch_execute("BEGIN; SELECT pg_current_xact_id();")
         .unwrap();
     insert_instance(&mut relay, 1);
-    assert_eq!(poll(&mut relay, "relay", 10).len(), 1);
+    let events = eventually(|| poll(&mut relay, "relay", 10), |e| !e.is_empty());
+    assert_eq!(events.len(), 1);
     long.batch_execute("COMMIT").unwrap();
 }

@@ -474,9 +474,14 @@ fn a_consumer_belongs_to_the_role_that_created_it() {
         assert!(error_message(&error).starts_with("ae_events:"));
     }
     // The owner, and the DBA, may.
-    let polled = relay_a
-        .query("SELECT id FROM ae_events.poll('a')", &[])
-        .unwrap();
+    let polled = eventually(
+        || {
+            relay_a
+                .query("SELECT id FROM ae_events.poll('a')", &[])
+                .unwrap()
+        },
+        |rows| !rows.is_empty(),
+    );
     assert_eq!(polled.len(), 1);
     let moved: bool = relay_a
         .query_one("SELECT ae_events.ack('a', $1)", &[&event_id])

@@ -309,6 +309,21 @@ pub fn seeded_database(name: &str) -> (String, Client) {
     (database, client)
 }
 
+/// Calls `attempt` until `done` holds for its result or 30 s have passed, and returns the last
+/// result. For consumer polls: the delivery horizon counts a transaction that ends while it is
+/// computed as still running (conservative), so a just-committed event can be held back for a
+/// moment while other transactions in the cluster come and go.
+pub fn eventually<T>(mut attempt: impl FnMut() -> T, done: impl Fn(&T) -> bool) -> T {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let result = attempt();
+        if done(&result) || std::time::Instant::now() > deadline {
+            return result;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Insert an instance of candidate 1 and catalog assessment 1, without a measurement.
 pub fn insert_instance(client: &mut Client, id: i64) {
     client
