@@ -41,7 +41,9 @@ CREATE TABLE ae_events.endpoints (
     -- The relay serving it, until its lease expires (webhooks.md §4.5: one relay per endpoint).
     relay text,
     lease_expires_at timestamptz,
-    created_at timestamptz NOT NULL DEFAULT pg_catalog.now()
+    created_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    -- Requests per second at most; NULL: no limit.
+    rate_limit double precision
 );
 
 COMMENT ON TABLE ae_events.endpoints IS
@@ -154,7 +156,7 @@ $$;
 CREATE FUNCTION ae_events._check_endpoint_settings(
     url text, subscription_keys text[], filter jsonpath, headers jsonb, timeout interval,
     retry_schedule interval[], retry_jitter double precision, disable_after interval,
-    max_in_flight integer)
+    max_in_flight integer, rate_limit double precision)
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -163,9 +165,13 @@ DECLARE
     unknown_key text;
     header record;
 BEGIN
-    IF url IS NULL OR url !~ '^https?://[^/?#@[:space:]]+(:[0-9]{1,5})?([/?#][^[:space:]]*)?$'
-       OR url ~ '^https?://:' THEN
-        RAISE EXCEPTION 'ae_events: % is not an http:// or https:// URL with a host',
+    -- http(s)://host[:port][/path]; nats://host[:port]/subject publishes to NATS JetStream
+    -- (a subject of tokens, no wildcards: events are published to it).
+    IF url IS NULL
+       OR (url !~ '^https?://[^/?#@[:space:]]+(:[0-9]{1,5})?([/?#][^[:space:]]*)?$'
+           AND url !~ '^nats://[^/?#@[:space:]]+(:[0-9]{1,5})?/[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$')
+       OR url ~ '^(https?|nats)://:' THEN
+        RAISE EXCEPTION 'ae_events: % is not an http:// or https:// URL with a host, nor nats://host:port/subject',
                 coalesce(pg_catalog.quote_literal(url), 'NULL')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
@@ -243,6 +249,12 @@ BEGIN
         RAISE EXCEPTION 'ae_events: max_in_flight must be between 1 and 256, not %', max_in_flight
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    IF rate_limit IS NOT NULL AND NOT (rate_limit OPERATOR(pg_catalog.>) 0
+                                       AND rate_limit OPERATOR(pg_catalog.<=) 100000) THEN
+        RAISE EXCEPTION 'ae_events: rate_limit must be more than 0 and at most 100000 requests per second, not %', rate_limit
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'rate_limit => 0 removes the limit.';
+    END IF;
 END
 $$;
 
@@ -269,7 +281,7 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     PERFORM ae_events._check_endpoint_settings(url, subscription_keys, filter, '{}', '15 seconds',
-                                               '{5 seconds}', 0.2, '5 days', 16);
+                                               '{5 seconds}', 0.2, '5 days', 16, NULL);
     BEGIN
         INSERT INTO ae_events.endpoints (endpoint, url, subscription_keys, filter,
                                          cursor_epoch, cursor_txid, cursor_id)
@@ -323,7 +335,8 @@ CREATE FUNCTION ae_events.alter_endpoint(endpoint text,
                                          retry_jitter double precision DEFAULT NULL,
                                          disable_after interval DEFAULT NULL,
                                          max_in_flight integer DEFAULT NULL,
-                                         clear_filter boolean DEFAULT false)
+                                         clear_filter boolean DEFAULT false,
+                                         rate_limit double precision DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -335,12 +348,15 @@ DECLARE
                             ELSE coalesce(subscription_keys, current.subscription_keys) END;
     new_filter jsonpath := CASE WHEN clear_filter THEN NULL
                                 ELSE coalesce(filter, current.filter) END;
+    -- 0 removes the limit.
+    new_rate_limit double precision := CASE WHEN rate_limit OPERATOR(pg_catalog.=) 0 THEN NULL
+                                            ELSE coalesce(rate_limit, current.rate_limit) END;
 BEGIN
     PERFORM ae_events._check_endpoint_settings(
         coalesce(url, current.url), new_keys, new_filter, coalesce(headers, current.headers),
         coalesce(timeout, current.timeout), coalesce(retry_schedule, current.retry_schedule),
         coalesce(retry_jitter, current.retry_jitter), coalesce(disable_after, current.disable_after),
-        coalesce(max_in_flight, current.max_in_flight));
+        coalesce(max_in_flight, current.max_in_flight), new_rate_limit);
     UPDATE ae_events.endpoints AS e
        SET url = coalesce(alter_endpoint.url, e.url),
            subscription_keys = new_keys,
@@ -350,7 +366,8 @@ BEGIN
            retry_schedule = coalesce(alter_endpoint.retry_schedule, e.retry_schedule),
            retry_jitter = coalesce(alter_endpoint.retry_jitter, e.retry_jitter),
            disable_after = coalesce(alter_endpoint.disable_after, e.disable_after),
-           max_in_flight = coalesce(alter_endpoint.max_in_flight, e.max_in_flight)
+           max_in_flight = coalesce(alter_endpoint.max_in_flight, e.max_in_flight),
+           rate_limit = new_rate_limit
      WHERE e.endpoint OPERATOR(pg_catalog.=) alter_endpoint.endpoint;
 END
 $$;
@@ -550,7 +567,8 @@ SELECT e.endpoint, e.url, e.subscription_keys, e.filter::text AS filter,
        (SELECT pg_catalog.count(*) FROM ae_events.deliveries AS d
          WHERE d.endpoint OPERATOR(pg_catalog.=) e.endpoint AND d.status OPERATOR(pg_catalog.=) 'dead') AS dead,
        e.cursor_id AS cursor_event,
-       e.created_at
+       e.created_at,
+       e.rate_limit
   FROM ae_events.endpoints AS e;
 
 COMMENT ON VIEW ae_events.endpoint_status IS
@@ -573,33 +591,83 @@ COMMENT ON VIEW ae_events.delivery_status IS
 -- The relay's side. Each call names the relay (a unique id it makes at start) and refuses an
 -- endpoint that relay does not hold.
 
--- Renew this relay's leases, take endpoints that nobody holds (or whose relay's lease expired),
--- let go of disabled ones; returns the endpoints it holds, with what it needs to deliver.
+-- The relays that run: each relay_lease call says "alive until expires_at". Not dumped: after a
+-- restore the relays come back by themselves.
+CREATE TABLE ae_events.relays (
+    relay text PRIMARY KEY,
+    started_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    seen_at timestamptz NOT NULL,
+    expires_at timestamptz NOT NULL
+);
+
+COMMENT ON TABLE ae_events.relays IS
+    'ae_events: the ae-relay processes that renewed their leases lately; endpoints are shared among them';
+
+-- Renew this relay's leases and take endpoints that nobody holds (or whose relay's lease expired),
+-- up to its fair share: the enabled endpoints divided by the live relays, rounded up. Of the
+-- ones it holds beyond that share (another relay came), it renews only the share (first by
+-- name) and lets the rest run out: another relay takes them once they expired, so that no two
+-- relays ever send for one endpoint. Lets go of disabled ones. Returns the endpoints it serves,
+-- with what it needs to deliver.
 CREATE FUNCTION ae_events.relay_lease(relay text, lease interval)
 RETURNS TABLE (endpoint text, url text, headers jsonb, timeout_ms bigint,
                retry_schedule_ms bigint[], retry_jitter double precision, max_in_flight integer,
-               secrets text[], cursor_epoch bigint, cursor_txid xid8, cursor_id bigint)
+               secrets text[], cursor_epoch bigint, cursor_txid xid8, cursor_id bigint,
+               rate_limit double precision)
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    now_at timestamptz := pg_catalog.clock_timestamp();
+    live_relays bigint;
+    enabled_endpoints bigint;
+    fair_share bigint;
+    kept text[];
+    taken text[];
 BEGIN
     IF relay IS NULL OR relay OPERATOR(pg_catalog.=) '' OR lease IS NULL
        OR lease OPERATOR(pg_catalog.<=) interval '0' THEN
         RAISE EXCEPTION 'ae_events: relay_lease needs a relay id and a positive lease'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    INSERT INTO ae_events.relays AS r (relay, seen_at, expires_at)
+    VALUES (relay_lease.relay, now_at, now_at OPERATOR(pg_catalog.+) lease)
+    ON CONFLICT ON CONSTRAINT relays_pkey
+    DO UPDATE SET seen_at = excluded.seen_at, expires_at = excluded.expires_at;
+    DELETE FROM ae_events.relays AS r WHERE r.expires_at OPERATOR(pg_catalog.<) now_at;
     UPDATE ae_events.endpoints AS e SET relay = NULL, lease_expires_at = NULL
      WHERE e.relay OPERATOR(pg_catalog.=) relay_lease.relay AND NOT e.enabled;
-    RETURN QUERY
-    WITH held AS (
+    SELECT pg_catalog.count(*) INTO live_relays FROM ae_events.relays;
+    SELECT pg_catalog.count(*) INTO enabled_endpoints FROM ae_events.endpoints AS e WHERE e.enabled;
+    fair_share := (enabled_endpoints OPERATOR(pg_catalog.+) live_relays OPERATOR(pg_catalog.-) 1)
+                  OPERATOR(pg_catalog./) pg_catalog.greatest(live_relays, 1);
+    WITH renewed AS (
+        UPDATE ae_events.endpoints AS e
+           SET lease_expires_at = now_at OPERATOR(pg_catalog.+) lease
+         WHERE e.endpoint IN (
+               SELECT h.endpoint FROM ae_events.endpoints AS h
+                WHERE h.relay OPERATOR(pg_catalog.=) relay_lease.relay AND h.enabled
+                  AND h.lease_expires_at OPERATOR(pg_catalog.>=) now_at
+                ORDER BY h.endpoint
+                LIMIT fair_share)
+        RETURNING e.endpoint)
+    SELECT coalesce(pg_catalog.array_agg(r.endpoint), '{}') INTO kept FROM renewed AS r;
+    WITH took AS (
         UPDATE ae_events.endpoints AS e
            SET relay = relay_lease.relay,
-               lease_expires_at = pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) lease
-         WHERE e.enabled
-           AND (e.relay IS NULL OR e.relay OPERATOR(pg_catalog.=) relay_lease.relay
-                OR e.lease_expires_at OPERATOR(pg_catalog.<) pg_catalog.clock_timestamp())
-        RETURNING e.*)
+               lease_expires_at = now_at OPERATOR(pg_catalog.+) lease
+         WHERE e.endpoint IN (
+               SELECT f.endpoint FROM ae_events.endpoints AS f
+                WHERE f.enabled
+                  AND (f.relay IS NULL OR f.lease_expires_at IS NULL
+                       OR f.lease_expires_at OPERATOR(pg_catalog.<) now_at)
+                ORDER BY f.endpoint
+                LIMIT pg_catalog.greatest(fair_share OPERATOR(pg_catalog.-) pg_catalog.cardinality(kept), 0)
+                FOR UPDATE SKIP LOCKED)
+        RETURNING e.endpoint)
+    SELECT coalesce(pg_catalog.array_agg(t.endpoint), '{}') INTO taken FROM took AS t;
+    RETURN QUERY
     SELECT h.endpoint, h.url, h.headers,
            (EXTRACT(epoch FROM h.timeout) OPERATOR(pg_catalog.*) 1000)::bigint,
            ARRAY(SELECT (EXTRACT(epoch FROM d) OPERATOR(pg_catalog.*) 1000)::bigint
@@ -609,8 +677,9 @@ BEGIN
                   WHERE s.endpoint OPERATOR(pg_catalog.=) h.endpoint
                     AND (s.expires_at IS NULL OR s.expires_at OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp())
                   ORDER BY s.created_at DESC, s.secret),
-           h.cursor_epoch, h.cursor_txid, h.cursor_id
-      FROM held AS h
+           h.cursor_epoch, h.cursor_txid, h.cursor_id, h.rate_limit
+      FROM ae_events.endpoints AS h
+     WHERE h.endpoint OPERATOR(pg_catalog.=) ANY (kept OPERATOR(pg_catalog.||) taken)
      ORDER BY h.endpoint;
 END
 $$;
@@ -621,8 +690,51 @@ LANGUAGE sql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+    DELETE FROM ae_events.relays AS r WHERE r.relay OPERATOR(pg_catalog.=) relay_release.relay;
     UPDATE ae_events.endpoints AS e SET relay = NULL, lease_expires_at = NULL
      WHERE e.relay OPERATOR(pg_catalog.=) relay_release.relay;
+$$;
+
+-- For the relay's metrics, per endpoint it holds: the events after its cursor for its
+-- subscription keys (counted up to 100000) and the time of the oldest of them or of a pending
+-- delivery, the pending deliveries and the dead letters.
+CREATE FUNCTION ae_events.relay_status(relay text)
+RETURNS TABLE (endpoint text, backlog bigint, oldest_waiting_at timestamptz, pending bigint,
+               dead bigint)
+LANGUAGE sql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT e.endpoint, ahead.events,
+           CASE WHEN ahead.oldest IS NULL THEN waiting.oldest
+                WHEN waiting.oldest IS NULL THEN ahead.oldest
+                ELSE pg_catalog.least(ahead.oldest, waiting.oldest) END,
+           (SELECT pg_catalog.count(*) FROM ae_events.deliveries AS d
+             WHERE d.endpoint OPERATOR(pg_catalog.=) e.endpoint AND d.status OPERATOR(pg_catalog.=) 'pending'),
+           (SELECT pg_catalog.count(*) FROM ae_events.deliveries AS d
+             WHERE d.endpoint OPERATOR(pg_catalog.=) e.endpoint AND d.status OPERATOR(pg_catalog.=) 'dead')
+      FROM ae_events.endpoints AS e
+     CROSS JOIN LATERAL (
+           SELECT pg_catalog.count(*) AS events, pg_catalog.min(o.occurred_at) AS oldest
+             FROM (SELECT o.occurred_at FROM ae_events.outbox AS o
+                    WHERE (o.id OPERATOR(pg_catalog.>=) e.cursor_epoch
+                           AND (o.txid, o.id) OPERATOR(pg_catalog.>) (e.cursor_txid, e.cursor_id)
+                           AND o.txid OPERATOR(pg_catalog.>=) e.cursor_txid
+                           OR o.id OPERATOR(pg_catalog.>=) (
+                               SELECT pg_catalog.min(n.first_id) FROM ae_events.epochs AS n
+                                WHERE n.first_id OPERATOR(pg_catalog.>) e.cursor_epoch))
+                      AND (e.subscription_keys IS NULL
+                           OR o.subscription_key OPERATOR(pg_catalog.=) ANY (e.subscription_keys))
+                    LIMIT 100000) AS o) AS ahead
+     CROSS JOIN LATERAL (
+           SELECT pg_catalog.min(o.occurred_at) AS oldest
+             FROM ae_events.deliveries AS d
+             JOIN ae_events.outbox AS o ON o.id OPERATOR(pg_catalog.=) d.outbox_id
+            WHERE d.endpoint OPERATOR(pg_catalog.=) e.endpoint
+              AND d.status OPERATOR(pg_catalog.=) 'pending') AS waiting
+     WHERE e.relay OPERATOR(pg_catalog.=) relay_status.relay
+       AND e.lease_expires_at OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp()
+     ORDER BY e.endpoint
 $$;
 
 CREATE FUNCTION ae_events._require_lease(endpoint text, relay text) RETURNS ae_events.endpoints
@@ -656,7 +768,7 @@ CREATE FUNCTION ae_events.relay_fetch(endpoint text, relay text, after_epoch big
                                       after_txid xid8, after_id bigint, max_events integer)
 RETURNS TABLE (epoch bigint, txid xid8, id bigint, event_id uuid, subscription_key text,
                event_type text, aggregate_id bigint, snapshot_version integer,
-               payload text, deliver boolean, waits_behind boolean)
+               payload text, deliver boolean, waits_behind boolean, occurred_at timestamptz)
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -768,7 +880,8 @@ BEGIN
                    o.aggregate_id, o.snapshot_version,
                    CASE WHEN m.deliver THEN o.payload::text END,
                    m.deliver,
-                   m.deliver AND w.waiting IS NOT NULL
+                   m.deliver AND w.waiting IS NOT NULL,
+                   o.occurred_at
               FROM ae_events.outbox AS o
               LEFT JOIN LATERAL (
                    SELECT true AS done FROM ae_events.deliveries AS d
@@ -930,14 +1043,14 @@ REVOKE ALL ON FUNCTION ae_events._strong_random_bytes(integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ae_events._new_secret() FROM PUBLIC;
 REVOKE ALL ON FUNCTION ae_events._require_secret(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ae_events._endpoint_for_update(text) FROM PUBLIC;
-REVOKE ALL ON FUNCTION ae_events._check_endpoint_settings(text, text[], jsonpath, jsonb, interval, interval[], double precision, interval, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ae_events._check_endpoint_settings(text, text[], jsonpath, jsonb, interval, interval[], double precision, interval, integer, double precision) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ae_events._endpoint_matches(text[], jsonpath, text, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ae_events._require_lease(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ae_events._disable(text, text) FROM PUBLIC;
 -- Managing endpoints is the DBA's (who may grant these to an administrating role).
 REVOKE ALL ON FUNCTION ae_events.create_endpoint(text, text, text[], jsonpath) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ae_events.create_endpoint(text, text, text[], text) FROM PUBLIC;
-REVOKE ALL ON FUNCTION ae_events.alter_endpoint(text, text, text[], jsonpath, jsonb, interval, interval[], double precision, interval, integer, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ae_events.alter_endpoint(text, text, text[], jsonpath, jsonb, interval, interval[], double precision, interval, integer, boolean, double precision) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ae_events.rotate_endpoint_secret(text, interval, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ae_events.enable_endpoint(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ae_events.disable_endpoint(text, text) FROM PUBLIC;
@@ -947,10 +1060,12 @@ REVOKE ALL ON FUNCTION ae_events.replay_endpoint(text, timestamptz) FROM PUBLIC;
 -- The relay's calls.
 REVOKE ALL ON FUNCTION ae_events.relay_lease(text, interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ae_events.relay_release(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ae_events.relay_status(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ae_events.relay_fetch(text, text, bigint, xid8, bigint, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ae_events.relay_due(text, text, integer, bigint[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ae_events.relay_record(text, text, bigint[], bigint[], text[], integer[], timestamptz[], integer[], text[], timestamptz[], bigint, xid8, bigint, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION ae_events.relay_lease(text, interval), ae_events.relay_release(text),
+    ae_events.relay_status(text),
     ae_events.relay_fetch(text, text, bigint, xid8, bigint, integer),
     ae_events.relay_due(text, text, integer, bigint[]),
     ae_events.relay_record(text, text, bigint[], bigint[], text[], integer[], timestamptz[], integer[], text[], timestamptz[], bigint, xid8, bigint, text)
@@ -958,3 +1073,4 @@ GRANT EXECUTE ON FUNCTION ae_events.relay_lease(text, interval), ae_events.relay
 -- Secrets: the relay (and the DBA, who owns them); never ae_events_reader.
 GRANT SELECT ON ae_events.endpoint_secrets TO ae_events_relay;
 GRANT SELECT ON ae_events.endpoint_status, ae_events.delivery_status TO ae_events_reader, ae_events_relay;
+GRANT SELECT ON ae_events.relays TO ae_events_reader, ae_events_relay;
