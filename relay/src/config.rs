@@ -1,5 +1,6 @@
 //! What the command line sets for `ae-relay run`.
 
+use crate::protection::BreakerSettings;
 use std::time::Duration;
 
 #[derive(Clone, Debug)]
@@ -27,6 +28,8 @@ pub struct RelayConfig {
     pub shutdown_deadline: Duration,
     /// Where to serve /metrics, /healthz and /readyz (off when None).
     pub metrics_address: Option<std::net::SocketAddr>,
+    /// When an endpoint's circuit opens and how long it stays open.
+    pub breaker: BreakerSettings,
 }
 
 impl RelayConfig {
@@ -34,7 +37,8 @@ impl RelayConfig {
         RelayConfig {
             database_url,
             relay_id: default_relay_id(),
-            lease: Duration::from_secs(30),
+            // Another relay takes a dead one's endpoints within a lease and a renewal round.
+            lease: Duration::from_secs(6),
             poll_interval: Duration::from_secs(2),
             channel: "ae_events".to_owned(),
             fetch_batch: 500,
@@ -42,6 +46,11 @@ impl RelayConfig {
             max_reconnect_delay: Duration::from_secs(30),
             shutdown_deadline: Duration::from_secs(30),
             metrics_address: None,
+            breaker: BreakerSettings {
+                failures: 10,
+                cooldown: Duration::from_secs(5),
+                max_cooldown: Duration::from_secs(300),
+            },
         }
     }
 }

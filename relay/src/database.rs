@@ -14,6 +14,19 @@ use tokio_postgres::{AsyncMessage, Client, NoTls, Row, Statement};
 
 pub type DbError = tokio_postgres::Error;
 
+/// A database error with what the server said (tokio-postgres' own text is only "db error").
+pub fn describe(error: &DbError) -> String {
+    match error.as_db_error() {
+        Some(db) => format!(
+            "{}: {} (SQLSTATE {})",
+            db.severity(),
+            db.message(),
+            db.code().code()
+        ),
+        None => error.to_string(),
+    }
+}
+
 pub struct Database {
     client: Client,
     /// The relay's statements, each prepared once on this connection (by SQL text) instead of
@@ -30,6 +43,18 @@ pub struct FetchedRow {
     pub event: Option<Event>,
     /// Its instance has a pending delivery: park it behind that one.
     pub waits_behind: bool,
+}
+
+/// An endpoint's backlog as relay_status reports it, for the metrics.
+#[derive(Clone, Debug)]
+pub struct EndpointStatus {
+    pub endpoint: String,
+    /// Events after its cursor for its subscription keys (counted up to 100,000).
+    pub backlog: i64,
+    /// The time of the oldest of those or of a pending delivery.
+    pub oldest_waiting_at: Option<std::time::SystemTime>,
+    pub pending: i64,
+    pub dead: i64,
 }
 
 /// What one attempt (or parking) left, for relay_record.
@@ -109,7 +134,7 @@ impl Database {
             .client
             .query(
                 &self.prepared("SELECT endpoint, url, headers::text, timeout_ms, retry_schedule_ms, retry_jitter,
-                        max_in_flight, secrets, cursor_epoch, cursor_txid::text, cursor_id
+                        max_in_flight, secrets, cursor_epoch, cursor_txid::text, cursor_id, rate_limit
                    FROM ae_events.relay_lease($1, make_interval(secs => $2::float8))").await?,
                 &[&relay, &lease.as_secs_f64()],
             )
@@ -138,7 +163,7 @@ impl Database {
             .client
             .query(
                 &self.prepared("SELECT epoch, txid::text, id, event_id::text, subscription_key, event_type,
-                        aggregate_id, snapshot_version, payload, deliver, waits_behind
+                        aggregate_id, snapshot_version, payload, deliver, waits_behind, occurred_at
                    FROM ae_events.relay_fetch($1, $2, $3, $4::text::xid8, $5, $6)").await?,
                 &[
                     &endpoint,
@@ -169,6 +194,7 @@ impl Database {
                         snapshot_version: row.get(7),
                         payload: row.get::<_, Option<String>>(8).unwrap_or_default().into(),
                         attempts: 0,
+                        occurred_at: row.get(11),
                     }),
                     waits_behind: row.get(10),
                 }
@@ -189,7 +215,7 @@ impl Database {
                 &self
                     .prepared(
                         "SELECT id, event_id::text, subscription_key, event_type, aggregate_id,
-                        snapshot_version, payload, attempts
+                        snapshot_version, payload, attempts, occurred_at
                    FROM ae_events.relay_due($1, $2, $3, $4)",
                     )
                     .await?,
@@ -212,6 +238,7 @@ impl Database {
                 snapshot_version: row.get(5),
                 payload: row.get::<_, String>(6).into(),
                 attempts: row.get(7),
+                occurred_at: row.get(8),
             })
             .collect())
     }
@@ -265,20 +292,29 @@ impl Database {
         Ok(row.get(0))
     }
 
-    /// Per endpoint: pending deliveries (retries waiting) and dead letters.
-    pub async fn delivery_counts(&self) -> Result<Vec<(String, i64, i64)>, DbError> {
+    /// Per endpoint this relay holds: its backlog, pending deliveries and dead letters.
+    pub async fn status(&self, relay: &str) -> Result<Vec<EndpointStatus>, DbError> {
         let rows = self
             .client
             .query(
                 &self
-                    .prepared("SELECT endpoint, pending, dead FROM ae_events.endpoint_status")
+                    .prepared(
+                        "SELECT endpoint, backlog, oldest_waiting_at, pending, dead
+                           FROM ae_events.relay_status($1)",
+                    )
                     .await?,
-                &[],
+                &[&relay],
             )
             .await?;
         Ok(rows
             .iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .map(|r| EndpointStatus {
+                endpoint: r.get(0),
+                backlog: r.get(1),
+                oldest_waiting_at: r.get(2),
+                pending: r.get(3),
+                dead: r.get(4),
+            })
             .collect())
     }
 
@@ -352,6 +388,7 @@ fn endpoint_config(row: &Row) -> EndpointConfig {
             txid: parse_txid(row.get(9)),
             id: row.get(10),
         },
+        rate_limit: row.get::<_, Option<f64>>(11).filter(|rate| *rate > 0.0),
     }
 }
 

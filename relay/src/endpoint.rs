@@ -20,6 +20,8 @@ pub struct EndpointConfig {
     pub keys: Vec<SigningKey>,
     /// Where delivery stands in the database (the worker starts there).
     pub cursor: Position,
+    /// Requests per second at most (None: no limit).
+    pub rate_limit: Option<f64>,
 }
 
 /// A place in the outbox's delivery order: epoch (first id of the cluster's range), transaction
@@ -45,4 +47,6 @@ pub struct Event {
     pub payload: bytes::Bytes,
     /// Attempts made before this one.
     pub attempts: i32,
+    /// The event's time (its transaction's), for the commit-to-delivery lag metric.
+    pub occurred_at: std::time::SystemTime,
 }

@@ -13,6 +13,7 @@ pub mod database;
 pub mod endpoint;
 pub mod http_sink;
 pub mod metrics;
+pub mod protection;
 pub mod retry;
 pub mod scheduling;
 pub mod signing;

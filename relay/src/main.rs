@@ -45,7 +45,7 @@ enum Command {
         relay_id: Option<String>,
         /// How long an endpoint stays this relay's without renewal; another relay takes over
         /// an endpoint this long after its relay died.
-        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        #[arg(long, default_value = "6s", value_parser = parse_duration)]
         lease: Duration,
         /// How often to look for events without a notification.
         #[arg(long, default_value = "2s", value_parser = parse_duration)]
@@ -63,6 +63,16 @@ enum Command {
         /// 127.0.0.1:9187); off unless given.
         #[arg(long, env = "AE_RELAY_METRICS_ADDRESS")]
         metrics_address: Option<std::net::SocketAddr>,
+        /// Failed attempts in a row that open an endpoint's circuit (no requests for the
+        /// cool-down, then one probe); 0 turns the circuit breaker off.
+        #[arg(long, default_value_t = 10)]
+        breaker_failures: u32,
+        /// How long an endpoint's circuit stays open first; doubled after each failed probe.
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        breaker_cooldown: Duration,
+        /// The longest an endpoint's circuit stays open before the next probe.
+        #[arg(long, default_value = "5m", value_parser = parse_duration)]
+        breaker_max_cooldown: Duration,
     },
     /// Check the connection, the role and the endpoints; exit 0 when the relay can work.
     Check {
@@ -116,6 +126,9 @@ async fn main() -> ExitCode {
             window,
             shutdown_deadline,
             metrics_address,
+            breaker_failures,
+            breaker_cooldown,
+            breaker_max_cooldown,
         } => {
             let mut config = RelayConfig::new(connection.database_url);
             config.relay_id = relay_id.unwrap_or_else(default_relay_id);
@@ -125,6 +138,11 @@ async fn main() -> ExitCode {
             config.window = window.max(1);
             config.shutdown_deadline = shutdown_deadline;
             config.metrics_address = metrics_address;
+            config.breaker = ae_relay::protection::BreakerSettings {
+                failures: breaker_failures,
+                cooldown: breaker_cooldown,
+                max_cooldown: breaker_max_cooldown.max(breaker_cooldown),
+            };
             config.fetch_batch = config.fetch_batch.min(config.window);
             match ae_relay::supervisor::run(config).await {
                 Ok(()) => ExitCode::SUCCESS,
@@ -149,7 +167,10 @@ async fn check(url: &str) -> ExitCode {
     let report = match db.check().await {
         Ok(report) => report,
         Err(error) => {
-            println!("connected, but the check failed: {error}");
+            println!(
+                "connected, but the check failed: {}",
+                ae_relay::database::describe(&error)
+            );
             return ExitCode::FAILURE;
         }
     };

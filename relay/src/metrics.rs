@@ -7,8 +7,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EndpointLabel {
@@ -29,7 +30,11 @@ pub struct EndpointMetrics {
     pub dead: Counter,
     pub gone: Counter,
     pub attempt_seconds: Histogram,
+    pub lag_seconds: Histogram,
     pub in_flight: Gauge,
+    /// 0 closed, 1 open, 2 half-open (one probe).
+    pub circuit_state: Gauge,
+    pub circuit_opened: Counter,
 }
 
 fn attempt_histogram() -> Histogram {
@@ -37,16 +42,28 @@ fn attempt_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
 }
 
+fn lag_histogram() -> Histogram {
+    // 1 ms to about 36 hours: retries stretch it far.
+    Histogram::new(exponential_buckets(0.001, 3.0, 19))
+}
+
 pub struct Metrics {
     registry: Registry,
     pub deliveries: Family<OutcomeLabels, Counter>,
     pub attempt_seconds: Family<EndpointLabel, Histogram, fn() -> Histogram>,
+    pub lag_seconds: Family<EndpointLabel, Histogram, fn() -> Histogram>,
     pub in_flight: Family<EndpointLabel, Gauge>,
     pub pending_retries: Family<EndpointLabel, Gauge>,
     pub dead_letters: Family<EndpointLabel, Gauge>,
+    pub backlog_events: Family<EndpointLabel, Gauge>,
+    pub backlog_oldest_seconds: Family<EndpointLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub circuit_state: Family<EndpointLabel, Gauge>,
+    pub circuit_opened: Family<EndpointLabel, Counter>,
     pub endpoints_held: Gauge,
     /// Connected, and the last lease round succeeded.
     pub ready: AtomicBool,
+    /// The endpoints whose backlog series were set last (removed when no longer held).
+    status_reported: Mutex<HashSet<String>>,
 }
 
 impl Metrics {
@@ -57,9 +74,18 @@ impl Metrics {
             Family::<EndpointLabel, Histogram, fn() -> Histogram>::new_with_constructor(
                 attempt_histogram,
             );
+        let lag_seconds =
+            Family::<EndpointLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+                lag_histogram,
+            );
         let in_flight = Family::<EndpointLabel, Gauge>::default();
         let pending_retries = Family::<EndpointLabel, Gauge>::default();
         let dead_letters = Family::<EndpointLabel, Gauge>::default();
+        let backlog_events = Family::<EndpointLabel, Gauge>::default();
+        let backlog_oldest_seconds =
+            Family::<EndpointLabel, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        let circuit_state = Family::<EndpointLabel, Gauge>::default();
+        let circuit_opened = Family::<EndpointLabel, Counter>::default();
         let endpoints_held = Gauge::default();
         registry.register(
             "attempts",
@@ -70,6 +96,31 @@ impl Metrics {
             "attempt_duration_seconds",
             "Time from sending a request to its answer",
             attempt_seconds.clone(),
+        );
+        registry.register(
+            "delivery_lag_seconds",
+            "Time from the event (its transaction) to its delivery",
+            lag_seconds.clone(),
+        );
+        registry.register(
+            "backlog_events",
+            "Events after the endpoint's cursor for its subscription keys, not finished yet (counted up to 100000)",
+            backlog_events.clone(),
+        );
+        registry.register(
+            "backlog_oldest_age_seconds",
+            "Age of the oldest event the endpoint still has to deliver (backlog or retry), 0 when none",
+            backlog_oldest_seconds.clone(),
+        );
+        registry.register(
+            "circuit_state",
+            "Circuit breaker per endpoint: 0 closed, 1 open (no requests), 2 half-open (one probe)",
+            circuit_state.clone(),
+        );
+        registry.register(
+            "circuit_opened",
+            "Times the endpoint's circuit breaker opened",
+            circuit_opened.clone(),
         );
         registry.register(
             "requests_in_flight",
@@ -95,11 +146,17 @@ impl Metrics {
             registry,
             deliveries,
             attempt_seconds,
+            lag_seconds,
             in_flight,
             pending_retries,
             dead_letters,
+            backlog_events,
+            backlog_oldest_seconds,
+            circuit_state,
+            circuit_opened,
             endpoints_held,
             ready: AtomicBool::new(false),
+            status_reported: Mutex::new(HashSet::new()),
         })
     }
 
@@ -127,7 +184,10 @@ impl Metrics {
             dead: outcome("dead"),
             gone: outcome("gone"),
             attempt_seconds: self.attempt_seconds.get_or_create(&label).clone(),
+            lag_seconds: self.lag_seconds.get_or_create(&label).clone(),
             in_flight: self.in_flight.get_or_create(&label).clone(),
+            circuit_state: self.circuit_state.get_or_create(&label).clone(),
+            circuit_opened: self.circuit_opened.get_or_create(&label).clone(),
         }
     }
 
@@ -136,6 +196,38 @@ impl Metrics {
         match prometheus_client::encoding::text::encode(&mut text, &self.registry) {
             Ok(()) => text,
             Err(_) => String::new(),
+        }
+    }
+
+    /// The backlog gauges of the endpoints this relay holds, from relay_status. Endpoints it
+    /// no longer holds lose their series (another relay reports them).
+    pub fn record_status(&self, status: &[crate::database::EndpointStatus]) {
+        let held: HashSet<String> = status.iter().map(|s| s.endpoint.clone()).collect();
+        if let Ok(mut reported) = self.status_reported.lock() {
+            for gone in reported.difference(&held) {
+                let label = Metrics::label(gone);
+                self.pending_retries.remove(&label);
+                self.dead_letters.remove(&label);
+                self.backlog_events.remove(&label);
+                self.backlog_oldest_seconds.remove(&label);
+            }
+            *reported = held;
+        }
+        let now = std::time::SystemTime::now();
+        for endpoint in status {
+            let label = Metrics::label(&endpoint.endpoint);
+            self.pending_retries
+                .get_or_create(&label)
+                .set(endpoint.pending);
+            self.dead_letters.get_or_create(&label).set(endpoint.dead);
+            self.backlog_events
+                .get_or_create(&label)
+                .set(endpoint.backlog);
+            let age = endpoint
+                .oldest_waiting_at
+                .and_then(|at| now.duration_since(at).ok())
+                .map_or(0.0, |age| age.as_secs_f64());
+            self.backlog_oldest_seconds.get_or_create(&label).set(age);
         }
     }
 

@@ -16,6 +16,7 @@ use crate::database::{Database, DbError, Outcome};
 use crate::endpoint::{EndpointConfig, Event, Position};
 use crate::http_sink::{self, Attempt};
 use crate::metrics::{EndpointMetrics, Metrics};
+use crate::protection::{Gate, Transition};
 use crate::retry;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -66,6 +67,8 @@ pub struct Worker {
     /// Until when this relay surely holds its endpoints (renewed by the supervisor).
     lease_valid_until: watch::Receiver<Instant>,
     metrics: EndpointMetrics,
+    /// The rate limit and circuit breaker every request start asks.
+    gate: Gate,
     /// Fetched through here (in memory; ahead of the database's cursor).
     fetched_through: Position,
     /// The slots of fetched events, oldest first; `first_slot` is the sequence number of the
@@ -132,6 +135,8 @@ impl Worker {
         } = signals;
         let cursor = config.borrow().cursor;
         let metrics = metrics.for_endpoint(&config.borrow().name);
+        let gate = Gate::new(relay.breaker, config.borrow().rate_limit);
+        metrics.circuit_state.set(gate.state().gauge());
         let now = Instant::now();
         Worker {
             db,
@@ -142,6 +147,7 @@ impl Worker {
             shutdown,
             lease_valid_until,
             metrics,
+            gate,
             fetched_through: cursor,
             window: VecDeque::new(),
             first_slot: 0,
@@ -223,6 +229,15 @@ impl Worker {
             }
             if let (false, Some(oldest)) = (stopping, self.oldest_outcome) {
                 deadline = deadline.min(oldest + FLUSH_AGE);
+            }
+            // Requests held back by the rate limit or an open circuit: wake when one may go.
+            if !stopping
+                && !self.ready.is_empty()
+                && self.in_flight.len() < self.config.borrow().max_in_flight
+            {
+                if let Some(chance) = self.gate.next_chance(Instant::now()) {
+                    deadline = deadline.min(chance);
+                }
             }
             let more_to_fetch =
                 !stopping && !self.caught_up && self.window.len() < self.relay.window;
@@ -335,9 +350,13 @@ impl Worker {
         Instant::now() < self.fence()
     }
 
-    /// Start the heads of ready instances, up to max_in_flight.
+    /// Start the heads of ready instances, up to max_in_flight, as the gate allows.
     fn dispatch_ready(&mut self) {
-        let limit = self.config.borrow().max_in_flight;
+        let (limit, rate_limit) = {
+            let config = self.config.borrow();
+            (config.max_in_flight, config.rate_limit)
+        };
+        self.gate.set_rate_limit(rate_limit);
         if !self.lease_covers_a_request() {
             return;
         }
@@ -353,6 +372,10 @@ impl Worker {
             else {
                 continue;
             };
+            if !self.try_pass_gate() {
+                self.ready.push_front(instance);
+                break;
+            }
             self.start(Source::Fresh(sequence), event);
         }
     }
@@ -367,7 +390,14 @@ impl Worker {
         {
             return Ok(());
         }
-        let room = limit - self.in_flight.len();
+        let room = (limit - self.in_flight.len()).min(self.gate.room(now));
+        if room == 0 {
+            self.next_due_check = self
+                .gate
+                .next_chance(now)
+                .unwrap_or(now + self.relay.poll_interval);
+            return Ok(());
+        }
         let busy: Vec<i64> = self.busy.union(&self.unwritten).copied().collect();
         let name = self.name();
         let due = self
@@ -380,11 +410,40 @@ impl Worker {
             now + self.relay.poll_interval
         };
         for event in due {
-            if !self.busy.contains(&event.aggregate_id) {
-                self.start(Source::Pending, event);
+            if self.busy.contains(&event.aggregate_id) {
+                continue;
             }
+            if !self.try_pass_gate() {
+                // The rest are due still: asked for again when the gate opens.
+                self.next_due_check = self.gate.next_chance(Instant::now()).unwrap_or(now);
+                break;
+            }
+            self.start(Source::Pending, event);
         }
         Ok(())
+    }
+
+    /// A permit for one request from the rate limit and the circuit breaker.
+    fn try_pass_gate(&mut self) -> bool {
+        let passed = self.gate.try_start(Instant::now());
+        self.metrics.circuit_state.set(self.gate.state().gauge());
+        passed
+    }
+
+    /// Tell the circuit breaker how an attempt went; log and count when the circuit changes.
+    fn report_to_gate(&mut self, succeeded: bool) {
+        match self.gate.settled(succeeded, Instant::now()) {
+            Transition::Opened { cooldown } => {
+                self.metrics.circuit_opened.inc();
+                tracing::warn!(endpoint = %self.name(), cooldown_ms = cooldown.as_millis() as u64,
+                               "circuit open: the endpoint failed every recent attempt; one probe after the cool-down");
+            }
+            Transition::Closed => {
+                tracing::info!(endpoint = %self.name(), "circuit closed: the endpoint answered again");
+            }
+            Transition::None => {}
+        }
+        self.metrics.circuit_state.set(self.gate.state().gauge());
     }
 
     fn start(&mut self, source: Source, event: Event) {
@@ -427,6 +486,16 @@ impl Worker {
             next_attempt_at: None,
         };
         let mut instance_waits = false;
+        let succeeded = matches!(attempt, Attempt::Delivered { .. });
+        if let (true, Ok(lag)) = (
+            succeeded,
+            SystemTime::now().duration_since(event.occurred_at),
+        ) {
+            self.metrics.lag_seconds.observe(lag.as_secs_f64());
+        }
+        if !matches!(attempt, Attempt::Gone { .. }) {
+            self.report_to_gate(succeeded);
+        }
         let counter = match attempt {
             Attempt::Delivered { status } => {
                 outcome.http_status = Some(i32::from(status));

@@ -3,7 +3,7 @@
 //! in-flight requests finish and giving its endpoints back.
 
 use crate::config::RelayConfig;
-use crate::database::{Database, DbError};
+use crate::database::{describe, Database, DbError};
 use crate::endpoint::EndpointConfig;
 use crate::http_sink;
 use crate::metrics::Metrics;
@@ -17,6 +17,11 @@ use tokio::time::Instant;
 
 struct RunningWorker {
     config: watch::Sender<Arc<EndpointConfig>>,
+    /// Until when its endpoint's lease surely holds; renewed only while the endpoint is held,
+    /// so a worker that is handing its endpoint over stops sending before the lease runs out.
+    lease_valid_until: watch::Sender<Instant>,
+    /// Asks it to stop: finish requests in flight (within the lease), record, end.
+    stop: watch::Sender<bool>,
     task: JoinHandle<Result<Stopped, DbError>>,
 }
 
@@ -78,7 +83,7 @@ pub async fn run(config: RelayConfig) -> Result<(), Box<dyn std::error::Error>> 
                 }
             }
             Err(error) => {
-                tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "cannot connect")
+                tracing::warn!(error = %describe(&error), retry_in_ms = delay.as_millis() as u64, "cannot connect")
             }
         }
         let mut shutdown_wait = shutdown.clone();
@@ -99,10 +104,9 @@ async fn serve(
     metrics: Arc<Metrics>,
 ) -> Ended {
     let mut workers: HashMap<String, RunningWorker> = HashMap::new();
+    // Workers of endpoints this relay gave up (its fair share shrank): they finish and end.
+    let mut handing_over: Vec<(String, RunningWorker)> = Vec::new();
     let renew_every = config.lease / 3;
-    // Until when the leases surely hold, by this process's clock: the lease call's start plus the
-    // lease. Workers start no request that could outlive it (no two relays send for one endpoint).
-    let (lease_tx, lease_rx) = watch::channel(Instant::now());
     let ended = loop {
         if db.connection.is_finished() || db.is_closed() {
             break Ended::Lost("connection closed".to_owned());
@@ -120,33 +124,32 @@ async fn serve(
             };
         match leased {
             Ok(held) => {
-                let _ = lease_tx.send(asked_at + config.lease);
+                // Until when the leases surely hold, by this process's clock: the lease call's
+                // start plus the lease. Workers start no request that could outlive it (no two
+                // relays send for one endpoint).
+                let valid_until = asked_at + config.lease;
                 metrics.set_ready(true);
                 metrics.endpoints_held.set(held.len() as i64);
                 // Bounded like the lease call: a hanging one means the connection is lost.
-                let counts = match tokio::time::timeout(renew_every, db.delivery_counts()).await {
-                    Ok(counts) => counts,
-                    Err(_) => {
-                        metrics.set_ready(false);
-                        break Ended::Lost("a query did not answer in time".to_owned());
-                    }
-                };
-                if let Ok(counts) = counts {
-                    for (endpoint, pending, dead) in counts {
-                        metrics
-                            .pending_retries
-                            .get_or_create(&Metrics::label(&endpoint))
-                            .set(pending);
-                        metrics
-                            .dead_letters
-                            .get_or_create(&Metrics::label(&endpoint))
-                            .set(dead);
+                let status =
+                    match tokio::time::timeout(renew_every, db.status(&config.relay_id)).await {
+                        Ok(status) => status,
+                        Err(_) => {
+                            metrics.set_ready(false);
+                            break Ended::Lost("a query did not answer in time".to_owned());
+                        }
+                    };
+                match status {
+                    Ok(status) => metrics.record_status(&status),
+                    Err(error) => {
+                        tracing::warn!(error = %describe(&error), "cannot read the endpoints' backlog")
                     }
                 }
                 let names: Vec<String> = held.iter().map(|e| e.name.clone()).collect();
                 for endpoint in held {
                     if let Some(worker) = workers.get(&endpoint.name) {
                         if !worker.task.is_finished() {
+                            let _ = worker.lease_valid_until.send(valid_until);
                             worker.config.send_if_modified(|current| {
                                 // The cursor is the worker's own business once it runs.
                                 let latest = EndpointConfig {
@@ -168,6 +171,8 @@ async fn serve(
                     tracing::info!(endpoint = %endpoint.name, url = %endpoint.url, "serving endpoint");
                     let name = endpoint.name.clone();
                     let (config_tx, config_rx) = watch::channel(Arc::new(endpoint));
+                    let (lease_tx, lease_rx) = watch::channel(valid_until);
+                    let (stop_tx, stop_rx) = watch::channel(*shutdown.borrow());
                     let worker = Worker::new(
                         Shared {
                             db: db.clone(),
@@ -178,14 +183,16 @@ async fn serve(
                         config_rx,
                         Signals {
                             woken: woken.clone(),
-                            shutdown: shutdown.clone(),
-                            lease_valid_until: lease_rx.clone(),
+                            shutdown: stop_rx,
+                            lease_valid_until: lease_rx,
                         },
                     );
                     workers.insert(
                         name,
                         RunningWorker {
                             config: config_tx,
+                            lease_valid_until: lease_tx,
+                            stop: stop_tx,
                             task: tokio::spawn(worker.run()),
                         },
                     );
@@ -197,15 +204,19 @@ async fn serve(
                     .cloned()
                     .collect();
                 for name in dropped {
+                    // Handed over to another relay (fair share), disabled or dropped: it stops
+                    // starting requests; those in flight finish and are recorded while its lease
+                    // lasts (no longer renewed).
                     if let Some(worker) = workers.remove(&name) {
-                        worker.task.abort();
+                        let _ = worker.stop.send(true);
                         tracing::info!(endpoint = %name, "no longer serving endpoint");
+                        handing_over.push((name, worker));
                     }
                 }
             }
             Err(error) => {
                 metrics.set_ready(false);
-                break Ended::Lost(error.to_string());
+                break Ended::Lost(describe(&error));
             }
         }
         // A worker that ended: say why; the next lease round starts a new one if still held.
@@ -219,6 +230,15 @@ async fn serve(
                 report(&name, worker.task.await);
             }
         }
+        let mut still_handing_over = Vec::new();
+        for (name, worker) in handing_over.drain(..) {
+            if worker.task.is_finished() {
+                report(&name, worker.task.await);
+            } else {
+                still_handing_over.push((name, worker));
+            }
+        }
+        handing_over = still_handing_over;
         tokio::select! {
             _ = tokio::time::sleep(renew_every) => {}
             _ = shutdown.changed() => break Ended::Shutdown,
@@ -229,7 +249,10 @@ async fn serve(
             // Workers stop dispatching, let in-flight requests finish and write their outcomes,
             // within the deadline; past it they are stopped (their events are sent again later).
             let deadline = tokio::time::Instant::now() + config.shutdown_deadline;
-            for (name, mut worker) in workers.drain() {
+            for worker in workers.values().chain(handing_over.iter().map(|(_, w)| w)) {
+                let _ = worker.stop.send(true);
+            }
+            for (name, mut worker) in workers.drain().chain(handing_over.drain(..)) {
                 match tokio::time::timeout_at(deadline, &mut worker.task).await {
                     Ok(result) => report(&name, result),
                     Err(_) => {
@@ -239,7 +262,7 @@ async fn serve(
                 }
             }
             if let Err(error) = db.release(&config.relay_id).await {
-                tracing::warn!(%error, "could not give the endpoints back; their leases expire");
+                tracing::warn!(error = %describe(&error), "could not give the endpoints back; their leases expire");
             }
             tracing::info!("ae-relay stopped");
             Ended::Shutdown
@@ -247,7 +270,7 @@ async fn serve(
         lost => {
             metrics.set_ready(false);
             metrics.endpoints_held.set(0);
-            for (_, worker) in workers.drain() {
+            for (_, worker) in workers.drain().chain(handing_over.drain(..)) {
                 worker.task.abort();
             }
             lost
@@ -269,7 +292,7 @@ fn report(name: &str, result: Result<Result<Stopped, DbError>, tokio::task::Join
         ),
         Ok(Ok(Stopped::Shutdown)) => {}
         Ok(Err(error)) => {
-            tracing::warn!(endpoint = %name, %error, "endpoint worker failed; restarting it")
+            tracing::warn!(endpoint = %name, error = %describe(&error), "endpoint worker failed; restarting it")
         }
         Err(error) if error.is_cancelled() => {}
         Err(error) => {

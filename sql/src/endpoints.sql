@@ -641,7 +641,7 @@ BEGIN
     SELECT pg_catalog.count(*) INTO live_relays FROM ae_events.relays;
     SELECT pg_catalog.count(*) INTO enabled_endpoints FROM ae_events.endpoints AS e WHERE e.enabled;
     fair_share := (enabled_endpoints OPERATOR(pg_catalog.+) live_relays OPERATOR(pg_catalog.-) 1)
-                  OPERATOR(pg_catalog./) pg_catalog.greatest(live_relays, 1);
+                  OPERATOR(pg_catalog./) GREATEST(live_relays, 1);
     WITH renewed AS (
         UPDATE ae_events.endpoints AS e
            SET lease_expires_at = now_at OPERATOR(pg_catalog.+) lease
@@ -663,7 +663,7 @@ BEGIN
                   AND (f.relay IS NULL OR f.lease_expires_at IS NULL
                        OR f.lease_expires_at OPERATOR(pg_catalog.<) now_at)
                 ORDER BY f.endpoint
-                LIMIT pg_catalog.greatest(fair_share OPERATOR(pg_catalog.-) pg_catalog.cardinality(kept), 0)
+                LIMIT GREATEST(fair_share OPERATOR(pg_catalog.-) pg_catalog.cardinality(kept), 0)
                 FOR UPDATE SKIP LOCKED)
         RETURNING e.endpoint)
     SELECT coalesce(pg_catalog.array_agg(t.endpoint), '{}') INTO taken FROM took AS t;
@@ -708,7 +708,7 @@ AS $$
     SELECT e.endpoint, ahead.events,
            CASE WHEN ahead.oldest IS NULL THEN waiting.oldest
                 WHEN waiting.oldest IS NULL THEN ahead.oldest
-                ELSE pg_catalog.least(ahead.oldest, waiting.oldest) END,
+                ELSE LEAST(ahead.oldest, waiting.oldest) END,
            (SELECT pg_catalog.count(*) FROM ae_events.deliveries AS d
              WHERE d.endpoint OPERATOR(pg_catalog.=) e.endpoint AND d.status OPERATOR(pg_catalog.=) 'pending'),
            (SELECT pg_catalog.count(*) FROM ae_events.deliveries AS d
@@ -924,7 +924,8 @@ $$;
 CREATE FUNCTION ae_events.relay_due(endpoint text, relay text, max_events integer,
                                     busy_instances bigint[])
 RETURNS TABLE (id bigint, event_id uuid, subscription_key text, event_type text,
-               aggregate_id bigint, snapshot_version integer, payload text, attempts integer)
+               aggregate_id bigint, snapshot_version integer, payload text, attempts integer,
+               occurred_at timestamptz)
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -934,7 +935,7 @@ DECLARE
 BEGIN
     RETURN QUERY
         SELECT o.id, o.event_id, o.subscription_key, o.event_type, o.aggregate_id,
-               o.snapshot_version, o.payload::text, d.attempts
+               o.snapshot_version, o.payload::text, d.attempts, o.occurred_at
           FROM ae_events.deliveries AS d
           JOIN ae_events.outbox AS o ON o.id OPERATOR(pg_catalog.=) d.outbox_id
          WHERE d.endpoint OPERATOR(pg_catalog.=) target.endpoint

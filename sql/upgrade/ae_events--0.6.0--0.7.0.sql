@@ -1,7 +1,8 @@
 -- ae_events 0.6.0 -> 0.7.0: ae-relay in production. Endpoints spread over the running relays
 -- (ae_events.relays, a fair share each in relay_lease), a per-endpoint rate limit, nats:// URLs
 -- (NATS JetStream), relay_status for the relay's backlog metrics and the event time in
--- relay_fetch for its lag metric. The source is sql/src/endpoints.sql, repeated here as released.
+-- relay_fetch and relay_due for its lag metric. The source is sql/src/endpoints.sql, repeated
+-- here as released.
 
 \echo Use "ALTER EXTENSION ae_events UPDATE TO '0.7.0'" to load this file. \quit
 
@@ -258,7 +259,7 @@ BEGIN
     SELECT pg_catalog.count(*) INTO live_relays FROM ae_events.relays;
     SELECT pg_catalog.count(*) INTO enabled_endpoints FROM ae_events.endpoints AS e WHERE e.enabled;
     fair_share := (enabled_endpoints OPERATOR(pg_catalog.+) live_relays OPERATOR(pg_catalog.-) 1)
-                  OPERATOR(pg_catalog./) pg_catalog.greatest(live_relays, 1);
+                  OPERATOR(pg_catalog./) GREATEST(live_relays, 1);
     WITH renewed AS (
         UPDATE ae_events.endpoints AS e
            SET lease_expires_at = now_at OPERATOR(pg_catalog.+) lease
@@ -280,7 +281,7 @@ BEGIN
                   AND (f.relay IS NULL OR f.lease_expires_at IS NULL
                        OR f.lease_expires_at OPERATOR(pg_catalog.<) now_at)
                 ORDER BY f.endpoint
-                LIMIT pg_catalog.greatest(fair_share OPERATOR(pg_catalog.-) pg_catalog.cardinality(kept), 0)
+                LIMIT GREATEST(fair_share OPERATOR(pg_catalog.-) pg_catalog.cardinality(kept), 0)
                 FOR UPDATE SKIP LOCKED)
         RETURNING e.endpoint)
     SELECT coalesce(pg_catalog.array_agg(t.endpoint), '{}') INTO taken FROM took AS t;
@@ -321,7 +322,7 @@ AS $$
     SELECT e.endpoint, ahead.events,
            CASE WHEN ahead.oldest IS NULL THEN waiting.oldest
                 WHEN waiting.oldest IS NULL THEN ahead.oldest
-                ELSE pg_catalog.least(ahead.oldest, waiting.oldest) END,
+                ELSE LEAST(ahead.oldest, waiting.oldest) END,
            (SELECT pg_catalog.count(*) FROM ae_events.deliveries AS d
              WHERE d.endpoint OPERATOR(pg_catalog.=) e.endpoint AND d.status OPERATOR(pg_catalog.=) 'pending'),
            (SELECT pg_catalog.count(*) FROM ae_events.deliveries AS d
@@ -348,6 +349,45 @@ AS $$
      WHERE e.relay OPERATOR(pg_catalog.=) relay_status.relay
        AND e.lease_expires_at OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp()
      ORDER BY e.endpoint
+$$;
+
+DROP FUNCTION ae_events.relay_due(text, text, integer, bigint[]);
+CREATE FUNCTION ae_events.relay_due(endpoint text, relay text, max_events integer,
+                                    busy_instances bigint[])
+RETURNS TABLE (id bigint, event_id uuid, subscription_key text, event_type text,
+               aggregate_id bigint, snapshot_version integer, payload text, attempts integer,
+               occurred_at timestamptz)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    target ae_events.endpoints := ae_events._require_lease(endpoint, relay);
+BEGIN
+    RETURN QUERY
+        SELECT o.id, o.event_id, o.subscription_key, o.event_type, o.aggregate_id,
+               o.snapshot_version, o.payload::text, d.attempts, o.occurred_at
+          FROM ae_events.deliveries AS d
+          JOIN ae_events.outbox AS o ON o.id OPERATOR(pg_catalog.=) d.outbox_id
+         WHERE d.endpoint OPERATOR(pg_catalog.=) target.endpoint
+           AND d.status OPERATOR(pg_catalog.=) 'pending'
+           AND d.next_attempt_at OPERATOR(pg_catalog.<=) pg_catalog.clock_timestamp()
+           AND NOT (d.aggregate_id OPERATOR(pg_catalog.=) ANY (coalesce(busy_instances, '{}')))
+           AND NOT EXISTS (
+                   SELECT FROM ae_events.deliveries AS w
+                    WHERE w.endpoint OPERATOR(pg_catalog.=) d.endpoint
+                      AND w.aggregate_id OPERATOR(pg_catalog.=) d.aggregate_id
+                      AND w.status OPERATOR(pg_catalog.=) 'pending'
+                      AND w.outbox_id OPERATOR(pg_catalog.<) d.outbox_id)
+         ORDER BY d.next_attempt_at, d.outbox_id
+         LIMIT max_events;
+    -- Pending rows whose event was pruned meanwhile cannot be sent: nothing to do for them.
+    DELETE FROM ae_events.deliveries AS d
+     WHERE d.endpoint OPERATOR(pg_catalog.=) target.endpoint
+       AND d.status OPERATOR(pg_catalog.=) 'pending'
+       AND d.next_attempt_at OPERATOR(pg_catalog.<=) pg_catalog.clock_timestamp()
+       AND NOT EXISTS (SELECT FROM ae_events.outbox AS o WHERE o.id OPERATOR(pg_catalog.=) d.outbox_id);
+END
 $$;
 
 DROP FUNCTION ae_events.relay_fetch(text, text, bigint, xid8, bigint, integer);
@@ -511,6 +551,7 @@ REVOKE ALL ON FUNCTION ae_events.alter_endpoint(text, text, text[], jsonpath, js
 REVOKE ALL ON FUNCTION ae_events.relay_lease(text, interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ae_events.relay_status(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ae_events.relay_fetch(text, text, bigint, xid8, bigint, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ae_events.relay_due(text, text, integer, bigint[]) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION ae_events.relay_lease(text, interval), ae_events.relay_release(text),
     ae_events.relay_status(text),
     ae_events.relay_fetch(text, text, bigint, xid8, bigint, integer),
