@@ -3,48 +3,10 @@
 
 mod support;
 
-use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// GET a path over plain HTTP/1.0: (status, body).
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).ok()?;
-    let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Some((status, body))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The value of one sample, by name and labels.
-fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    scrape
-        .samples
-        .iter()
-        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .and_then(|s| match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => Some(v),
-            _ => None,
-        })
-}
 
 #[test]
 fn metrics_parse_as_prometheus_text_and_count_what_the_receiver_saw() {
@@ -104,6 +66,25 @@ fn metrics_parse_as_prometheus_text_and_count_what_the_receiver_saw() {
     );
     assert!(
         text.contains("ae_relay_attempt_duration_seconds_count{endpoint=\"watched\"} 6"),
+        "{text}"
+    );
+    // Commit-to-delivery lag: one observation per delivered event.
+    assert_eq!(
+        sample(
+            &scrape,
+            "ae_relay_delivery_lag_seconds_count",
+            &[("endpoint", "watched")]
+        ),
+        Some(5.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &scrape,
+            "ae_relay_circuit_state",
+            &[("endpoint", "watched")]
+        ),
+        Some(0.0),
         "{text}"
     );
     assert!(!text.contains("whsec_"), "no secret in the metrics");

@@ -8,6 +8,7 @@ pub mod common;
 pub use common::*;
 use postgres::Client;
 use std::collections::HashMap;
+use std::io::{Read, Write};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -65,8 +66,18 @@ type Behaviour = dyn Fn(&Received, usize) -> Answer + Send + Sync;
 /// Requests dropped unanswered: webhook-id and when.
 type CancelLog = Arc<Mutex<Vec<(String, Instant)>>>;
 
+/// Requests in flight per (path, instance), and the requests that came while another for the
+/// same path and instance was still in flight (one request per instance at a time, whichever
+/// relay sends it).
+#[derive(Default)]
+struct Overlaps {
+    in_flight: HashMap<(String, i64), usize>,
+    seen: Vec<String>,
+}
+
 struct ReceiverState {
     requests: Arc<Mutex<Vec<Received>>>,
+    overlaps: Arc<Mutex<Overlaps>>,
     /// Requests whose connection closed before they were answered: webhook-id and when.
     cancelled: CancelLog,
     behaviour: Arc<Behaviour>,
@@ -77,6 +88,7 @@ struct ReceiverState {
 pub struct Receiver {
     pub port: u16,
     requests: Arc<Mutex<Vec<Received>>>,
+    overlaps: Arc<Mutex<Overlaps>>,
     cancelled: CancelLog,
     _runtime: tokio::runtime::Runtime,
 }
@@ -112,6 +124,30 @@ async fn receive(
         log.push(received.clone());
         earlier
     };
+    let key = (received.path.clone(), received.instance());
+    {
+        let mut overlaps = state.overlaps.lock().unwrap();
+        let count = overlaps.in_flight.entry(key.clone()).or_insert(0);
+        *count += 1;
+        if *count > 1 {
+            let seen = format!(
+                "{} instance {} version {} while another request for it was in flight",
+                key.0,
+                key.1,
+                received.version()
+            );
+            overlaps.seen.push(seen);
+        }
+    }
+    struct Finished(Arc<Mutex<Overlaps>>, (String, i64));
+    impl Drop for Finished {
+        fn drop(&mut self) {
+            if let Some(count) = self.0.lock().unwrap().in_flight.get_mut(&self.1) {
+                *count -= 1;
+            }
+        }
+    }
+    let _finished = Finished(state.overlaps.clone(), key);
     let answer = (state.behaviour)(&received, earlier);
     // Dropped unanswered (the client closed the connection): recorded as cancelled.
     struct Unanswered(Option<(String, CancelLog)>);
@@ -161,9 +197,11 @@ impl Receiver {
             .expect("bind receiver");
         let port = listener.local_addr().unwrap().port();
         let requests: Arc<Mutex<Vec<Received>>> = Arc::default();
+        let overlaps: Arc<Mutex<Overlaps>> = Arc::default();
         let cancelled: CancelLog = Arc::default();
         let state = Arc::new(ReceiverState {
             requests: requests.clone(),
+            overlaps: overlaps.clone(),
             cancelled: cancelled.clone(),
             behaviour: Arc::new(behaviour),
         });
@@ -174,6 +212,7 @@ impl Receiver {
         Receiver {
             port,
             requests,
+            overlaps,
             cancelled,
             _runtime: runtime,
         }
@@ -190,6 +229,11 @@ impl Receiver {
 
     pub fn requests(&self) -> Vec<Received> {
         self.requests.lock().unwrap().clone()
+    }
+
+    /// Requests that came while another one for the same path and instance was in flight.
+    pub fn overlaps(&self) -> Vec<String> {
+        self.overlaps.lock().unwrap().seen.clone()
     }
 
     /// Requests the client gave up before they were answered: webhook-id and when.
@@ -445,4 +489,45 @@ pub fn svix_verifies(secret: &str, request: &Received) -> bool {
         .unwrap()
         .verify(request.body.as_bytes(), &headers)
         .is_ok()
+}
+
+/// GET a path over plain HTTP/1.0: (status, body).
+pub fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The value of one sample, by name and labels.
+pub fn sample(
+    scrape: &prometheus_parse::Scrape,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Option<f64> {
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .and_then(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => Some(v),
+            _ => None,
+        })
 }
