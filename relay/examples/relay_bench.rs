@@ -196,8 +196,19 @@ fn database_cpu_seconds() -> f64 {
 
 impl RelayProcess {
     fn start(cluster: &Cluster, database: &str) -> RelayProcess {
+        RelayProcess::start_with(cluster, database, &[])
+    }
+
+    fn start_with(cluster: &Cluster, database: &str, extra: &[&str]) -> RelayProcess {
+        let lease: &[&str] = if extra.contains(&"--lease") {
+            &[]
+        } else {
+            &["--lease", "5s"]
+        };
         let child = Command::new(relay_binary())
-            .args(["run", "--lease", "5s", "--poll-interval", "1s"])
+            .args(["run", "--poll-interval", "1s"])
+            .args(lease)
+            .args(extra)
             .env(
                 "DATABASE_URL",
                 format!(
@@ -402,6 +413,143 @@ fn latency(cluster: &Cluster, rate: u32, seconds: u32) -> (f64, f64, usize, usiz
     (percentile(0.5), percentile(0.99), lost, out_of_order)
 }
 
+/// Wait until a query's boolean is true.
+fn wait_until(client: &mut postgres::Client, query: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while !client.query_one(query, &[]).unwrap().get::<_, bool>(0) {
+        assert!(Instant::now() < deadline, "timed out: {query}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `relays` relays sharing `endpoints` endpoints deliver a backlog: deliveries per second, lost,
+/// out of order. The endpoints are enabled once every relay runs, so each takes its fair share
+/// from the start.
+fn fleet_throughput(
+    cluster: &Cluster,
+    events: usize,
+    endpoints: usize,
+    relays: usize,
+) -> (f64, usize, usize) {
+    let receiver = Receiver::start();
+    let (database, mut client) = database_with_endpoints(
+        cluster,
+        &format!("relay_fleet_{relays}"),
+        &receiver,
+        endpoints,
+    );
+    client
+        .batch_execute("SELECT ae_events.disable_endpoint(endpoint) FROM ae_events.endpoints")
+        .unwrap();
+    write_backlog(&mut client, events);
+    let running: Vec<RelayProcess> = (0..relays)
+        .map(|_| RelayProcess::start(cluster, &database))
+        .collect();
+    wait_until(
+        &mut client,
+        &format!("SELECT count(*) = {relays} FROM ae_events.relays"),
+        Duration::from_secs(60),
+    );
+    let start = Instant::now();
+    client
+        .batch_execute("SELECT ae_events.enable_endpoint(endpoint) FROM ae_events.endpoints")
+        .unwrap();
+    let last = receiver.wait_for(events * endpoints, Duration::from_secs(900));
+    drop(running);
+    let expected: HashMap<String, usize> =
+        (0..endpoints).map(|n| (format!("e{n}"), events)).collect();
+    let (lost, out_of_order) = check(&receiver.take(), &expected);
+    (
+        (events * endpoints) as f64 / (last - start).as_secs_f64(),
+        lost,
+        out_of_order,
+    )
+}
+
+/// Three relays, twelve endpoints, a steady load; one relay is killed (`kill -9`): the longest
+/// time without a delivery at any of its endpoints (the takeover gap), lost, out of order.
+fn failover_gap(
+    cluster: &Cluster,
+    lease: &str,
+    rate: u32,
+    seconds: u32,
+) -> (Duration, usize, usize) {
+    let receiver = Receiver::start();
+    let endpoints = 12;
+    let (database, mut client) = database_with_endpoints(
+        cluster,
+        &format!(
+            "relay_failover_{}",
+            lease.replace(|c: char| !c.is_ascii_alphanumeric(), "")
+        ),
+        &receiver,
+        endpoints,
+    );
+    let ids = ["a", "b", "c"];
+    let mut relays: Vec<Option<RelayProcess>> = ids
+        .iter()
+        .map(|id| {
+            Some(RelayProcess::start_with(
+                cluster,
+                &database,
+                &["--lease", lease, "--relay-id", id],
+            ))
+        })
+        .collect();
+    wait_until(
+        &mut client,
+        "SELECT count(*) FILTER (WHERE relay = 'a') = 4 AND count(*) FILTER (WHERE relay = 'b') = 4
+            FROM ae_events.endpoints",
+        Duration::from_secs(120),
+    );
+    let killed: Vec<String> = client
+        .query(
+            "SELECT endpoint FROM ae_events.endpoints WHERE relay = 'a'",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
+    let start = Instant::now();
+    let total = i64::from(rate * seconds);
+    let mut killed_at = None;
+    for id in 1..=total {
+        let due = start + interval * (id as u32 - 1);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        insert_instance(&mut client, id);
+        if id == total / 4 {
+            relays[0].take();
+            killed_at = Some(Instant::now());
+        }
+    }
+    receiver.wait_for(total as usize * endpoints, Duration::from_secs(300));
+    drop(relays);
+    let arrivals = receiver.take();
+    let killed_at = killed_at.unwrap_or(start);
+    let mut gap = Duration::ZERO;
+    for endpoint in &killed {
+        let mut times: Vec<Instant> = arrivals
+            .iter()
+            .filter(|a| &a.endpoint == endpoint)
+            .map(|a| a.at)
+            .collect();
+        times.sort();
+        // The first arrival after the kill, against the kill itself.
+        if let Some(first_after) = times.iter().find(|at| **at > killed_at) {
+            gap = gap.max(*first_after - killed_at);
+        }
+    }
+    let expected: HashMap<String, usize> = (0..endpoints)
+        .map(|n| (format!("e{n}"), total as usize))
+        .collect();
+    let (lost, out_of_order) = check(&arrivals, &expected);
+    (gap, lost, out_of_order)
+}
+
 fn main() {
     let smoke = std::env::args().any(|a| a == "--smoke");
     let (mut events, rate_seconds) = if smoke { (400, 1) } else { (20_000, 10) };
@@ -429,6 +577,41 @@ fn main() {
             relay.out_of_order
         );
         failures += relay.lost + relay.out_of_order;
+    }
+    println!();
+    println!(
+        "| 12 endpoints, {} deliveries | deliveries/s | vs 1 relay | lost | out of order |",
+        events * 12
+    );
+    println!("|---|---:|---:|---:|---:|");
+    let mut one_relay = 0.0;
+    for relays in [1usize, 3] {
+        let (per_second, lost, out_of_order) = fleet_throughput(&cluster, events, 12, relays);
+        if relays == 1 {
+            one_relay = per_second;
+        }
+        println!(
+            "| {relays} relay{} | {per_second:.0} | {:.2}x | {lost} | {out_of_order} |",
+            if relays == 1 { "" } else { "s" },
+            per_second / one_relay
+        );
+        failures += lost + out_of_order;
+    }
+    println!();
+    println!("| failover: 3 relays, 12 endpoints, kill -9 of one | lease | longest wait at its endpoints | lost | out of order |");
+    println!("|---|---:|---:|---:|---:|");
+    let leases: &[&str] = if smoke { &["3s"] } else { &["6s", "3s"] };
+    for lease in leases {
+        let (gap, lost, out_of_order) = if smoke {
+            failover_gap(&cluster, lease, 20, 8)
+        } else {
+            failover_gap(&cluster, lease, 50, 20)
+        };
+        println!(
+            "| steady load | {lease} | {:.1} s | {lost} | {out_of_order} |",
+            gap.as_secs_f64()
+        );
+        failures += lost + out_of_order;
     }
     let rate = 200;
     let (p50, p99, lost, out_of_order) = latency(&cluster, rate, rate_seconds);
