@@ -1,8 +1,10 @@
 //! What the command line sets for `ae-relay run`.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
-#[derive(Clone, Debug)]
+/// Debug shows no database URL (it holds the password): see the impl below.
+#[derive(Clone)]
 pub struct RelayConfig {
     pub database_url: String,
     /// This relay's id in the endpoints' leases; unique per process.
@@ -27,6 +29,29 @@ pub struct RelayConfig {
     pub shutdown_deadline: Duration,
     /// Where to serve /metrics, /healthz and /readyz (off when None).
     pub metrics_address: Option<std::net::SocketAddr>,
+    /// PEM certificates trusted for HTTPS endpoints besides the system's roots.
+    pub ca_bundle: Option<PathBuf>,
+    /// Connect to public addresses only (address_guard).
+    pub refuse_private_addresses: bool,
+}
+
+impl std::fmt::Debug for RelayConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayConfig")
+            .field("database_url", &"(hidden)")
+            .field("relay_id", &self.relay_id)
+            .field("lease", &self.lease)
+            .field("poll_interval", &self.poll_interval)
+            .field("channel", &self.channel)
+            .field("fetch_batch", &self.fetch_batch)
+            .field("window", &self.window)
+            .field("max_reconnect_delay", &self.max_reconnect_delay)
+            .field("shutdown_deadline", &self.shutdown_deadline)
+            .field("metrics_address", &self.metrics_address)
+            .field("ca_bundle", &self.ca_bundle)
+            .field("refuse_private_addresses", &self.refuse_private_addresses)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RelayConfig {
@@ -42,6 +67,8 @@ impl RelayConfig {
             max_reconnect_delay: Duration::from_secs(30),
             shutdown_deadline: Duration::from_secs(30),
             metrics_address: None,
+            ca_bundle: None,
+            refuse_private_addresses: false,
         }
     }
 }

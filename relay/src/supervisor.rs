@@ -28,7 +28,8 @@ enum Ended {
 
 /// Run until SIGINT/SIGTERM.
 pub async fn run(config: RelayConfig) -> Result<(), Box<dyn std::error::Error>> {
-    let http = http_sink::client()?;
+    crate::database::check_url(&config.database_url)?;
+    let http = http_sink::HttpClient::new(&config)?;
     let (shutdown_tx, shutdown) = watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -94,7 +95,7 @@ async fn serve(
     config: &RelayConfig,
     db: Arc<Database>,
     woken: watch::Receiver<u64>,
-    http: reqwest::Client,
+    http: http_sink::HttpClient,
     mut shutdown: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
 ) -> Ended {
@@ -165,7 +166,7 @@ async fn serve(
                     if let Some(old) = workers.remove(&endpoint.name) {
                         report(&endpoint.name, old.task.await);
                     }
-                    tracing::info!(endpoint = %endpoint.name, url = %endpoint.url, "serving endpoint");
+                    tracing::info!(endpoint = %endpoint.name, url = %crate::endpoint::shown_url(&endpoint.url), "serving endpoint");
                     let name = endpoint.name.clone();
                     let (config_tx, config_rx) = watch::channel(Arc::new(endpoint));
                     let worker = Worker::new(
