@@ -754,3 +754,36 @@ fn an_endless_error_body_is_read_up_to_512_bytes_only() {
     assert_eq!(error, format!("HTTP 500: {}", "x".repeat(512)));
     relay.terminate();
 }
+
+/// The packaged production example is a valid configuration, and says what it claims.
+#[test]
+fn the_packaged_example_configuration_is_valid() {
+    let cluster = Cluster::shared();
+    let database = cluster.database("config_example", ForeignKeys::Without);
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/ae-relay.toml");
+    // Its metrics address (loopback, port 9187) is replaced by a free port: the flag wins.
+    let port = free_port();
+    let address = format!("127.0.0.1:{port}");
+    let relay = Process::start(
+        &["run", "--config", example, "--metrics-address", &address],
+        &[("DATABASE_URL", &relay_url(cluster, &database))],
+    );
+    wait_for_metrics(port, &relay);
+    let log = relay.wait_for_log("effective settings");
+    for expected in [
+        "refuse-private-addresses=true (file)",
+        "log-format=json (file)",
+        "lease=6s (file)",
+        "shutdown-deadline=30s (file)",
+        "ca-bundle (unset)",
+    ] {
+        assert!(log.contains(expected), "{expected} not in {log}");
+    }
+    let text = std::fs::read_to_string(example).unwrap();
+    assert!(text.contains("metrics-address = \"127.0.0.1:"), "loopback");
+    assert!(
+        !text.contains("database-url ="),
+        "no database URL in the file"
+    );
+    relay.terminate();
+}
