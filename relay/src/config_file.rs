@@ -221,7 +221,7 @@ fn file_arguments(
         let position = error
             .span()
             .map(|span| {
-                let before = &text[..span.start.min(text.len())];
+                let before = text.get(..span.start).unwrap_or(&text);
                 let line = before.matches('\n').count() + 1;
                 let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
                 format!(" at line {line}, column {column}")

@@ -46,35 +46,3 @@ pub struct Event {
     /// Attempts made before this one.
     pub attempts: i32,
 }
-
-/// The URL for logs: a password in it (`https://user:password@host/`, sent as basic auth) is
-/// replaced by `***`.
-pub fn shown_url(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
-        }
-        Ok(_) => url.to_owned(),
-        // Unparsable: cut at an `@` that may end credentials.
-        Err(_) => match url.rfind('@') {
-            Some(at) => format!("***{}", &url[at..]),
-            None => url.to_owned(),
-        },
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn passwords_in_urls_are_not_shown() {
-        assert_eq!(
-            super::shown_url("https://u:pw@example.com/h"),
-            "https://u:***@example.com/h"
-        );
-        assert_eq!(
-            super::shown_url("https://example.com/h"),
-            "https://example.com/h"
-        );
-    }
-}

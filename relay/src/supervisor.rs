@@ -169,7 +169,7 @@ async fn serve(
                     if let Some(old) = workers.remove(&endpoint.name) {
                         report(&endpoint.name, old.task.await);
                     }
-                    tracing::info!(endpoint = %endpoint.name, url = %crate::endpoint::shown_url(&endpoint.url), "serving endpoint");
+                    tracing::info!(endpoint = %endpoint.name, url = %endpoint.url, "serving endpoint");
                     let name = endpoint.name.clone();
                     let (config_tx, config_rx) = watch::channel(Arc::new(endpoint));
                     let worker = Worker::new(

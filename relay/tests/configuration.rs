@@ -650,17 +650,40 @@ fn the_database_password_never_appears_in_the_relays_output() {
         );
     };
 
-    // Connected and running (trust authentication: the password is not even needed).
-    for format in ["human", "json"] {
+    // Connected and running (trust authentication: the password is not even needed), sending
+    // to an endpoint with an Authorization header, logging all.
+    let mut client = cluster.connect(&database);
+    client.batch_execute(MINIMAL_REFERENCE_DATA).unwrap();
+    let receiver = Receiver::ok();
+    create_endpoint(&mut client, "authorized", &receiver.url("/"), "{300ms}");
+    client
+        .execute(
+            "SELECT ae_events.alter_endpoint('authorized', headers => '{\"authorization\": \"Bearer tok-Yv55-secret\"}')",
+            &[],
+        )
+        .unwrap();
+    for (format, instance) in [("human", 1), ("json", 2)] {
         let relay = Process::start(
-            &["run", "--log-format", format],
+            &["run", "--log-format", format, "--poll-interval", "250ms"],
             &[("DATABASE_URL", &good), verbose[0]],
         );
         let log = relay.wait_for_log("effective settings");
         assert!(log.contains("database-url=(hidden)"), "{log}");
+        insert_instance(&mut client, instance);
+        receiver.wait_for("the event", WAIT, |r| r.len() >= instance as usize);
         let log = relay.terminate();
         assert_clean(&format!("a running relay ({format})"), &log);
+        assert!(log.contains("serving endpoint"), "{log}");
+        assert!(
+            !log.contains("tok-Yv55"),
+            "the Authorization header in:\n{log}"
+        );
     }
+    assert_eq!(
+        receiver.requests()[0].header("authorization"),
+        "Bearer tok-Yv55-secret",
+        "the header was sent"
+    );
     // The database is not there: it keeps trying, and says so.
     let relay = Process::start(&["run"], &[("DATABASE_URL", &closed), verbose[0]]);
     let log = relay.wait_for_log("cannot connect");
