@@ -655,7 +655,7 @@ fn the_database_password_never_appears_in_the_relays_output() {
     let mut client = cluster.connect(&database);
     client.batch_execute(MINIMAL_REFERENCE_DATA).unwrap();
     let receiver = Receiver::ok();
-    create_endpoint(&mut client, "authorized", &receiver.url("/"), "{300ms}");
+    let secret = create_endpoint(&mut client, "authorized", &receiver.url("/"), "{300ms}");
     client
         .execute(
             "SELECT ae_events.alter_endpoint('authorized', headers => '{\"authorization\": \"Bearer tok-Yv55-secret\"}')",
@@ -678,6 +678,8 @@ fn the_database_password_never_appears_in_the_relays_output() {
             !log.contains("tok-Yv55"),
             "the Authorization header in:\n{log}"
         );
+        let key = secret.trim_start_matches("whsec_");
+        assert!(!log.contains(key), "the endpoint's secret in:\n{log}");
     }
     assert_eq!(
         receiver.requests()[0].header("authorization"),
