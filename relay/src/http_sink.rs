@@ -82,6 +82,17 @@ pub fn read_ca_bundle(path: &Path) -> Result<Vec<reqwest::Certificate>, String> 
             path.display()
         ));
     }
+    // The PEM parser checks the armour only; the TLS set-up checks the certificates.
+    reqwest::Client::builder()
+        .tls_certs_merge(certificates.clone())
+        .build()
+        .map_err(|error| {
+            format!(
+                "the CA bundle {} holds a certificate that cannot be used: {}",
+                path.display(),
+                innermost(&error)
+            )
+        })?;
     Ok(certificates)
 }
 

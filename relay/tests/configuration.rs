@@ -414,6 +414,17 @@ fn bad_files_are_refused_at_start_naming_the_file_and_the_key() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains(not_pem.path()), "{stderr}");
     assert!(stderr.contains("holds no certificate"), "{stderr}");
+    let broken = TempFile::new(
+        "broken-bundle.pem",
+        "-----BEGIN CERTIFICATE-----\nAAAAAAAA\n-----END CERTIFICATE-----\n",
+    );
+    let (code, stderr) = run_to_end(
+        &["run", "--ca-bundle", broken.path()],
+        &[("DATABASE_URL", url)],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains(broken.path()), "{stderr}");
+    assert!(stderr.contains("cannot be used"), "{stderr}");
 }
 
 /// An HTTPS receiver on 127.0.0.1 whose certificate is signed by a CA made here; counts the
