@@ -240,8 +240,15 @@ fn file_arguments(
             .get_arguments()
             .find(|arg| is_setting(arg) && arg.get_long() == Some(key.as_str()))
         else {
+            let dashed = key.replace('_', "-");
             let why = if key == CONFIG_ARG {
                 "a configuration file cannot name another".to_owned()
+            } else if dashed != *key
+                && sub
+                    .get_arguments()
+                    .any(|arg| is_setting(arg) && arg.get_long() == Some(dashed.as_str()))
+            {
+                format!("the keys are the long option names, with dashes: `{dashed}`")
             } else {
                 format!(
                     "the keys are the long options of `ae-relay {}` (see its --help)",
@@ -535,6 +542,13 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(error.contains("unknown key `colour`"), "{error}");
+        let f = file("secret = \"x\"\nlog_format = \"json\"\n");
+        let error = run(&["run", "--config", &f.arg()])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.contains("unknown key `log_format`"), "{error}");
+        assert!(error.contains("with dashes: `log-format`"), "{error}");
         let f = file("secret = \"x\"\non = \"yes\"\n");
         let error = run(&["run", "--config", &f.arg()])
             .err()
