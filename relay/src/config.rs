@@ -1,9 +1,11 @@
 //! What the command line sets for `ae-relay run`.
 
 use crate::protection::BreakerSettings;
+use std::path::PathBuf;
 use std::time::Duration;
 
-#[derive(Clone, Debug)]
+/// Debug shows no database URL (it holds the password): see the impl below.
+#[derive(Clone)]
 pub struct RelayConfig {
     pub database_url: String,
     /// This relay's id in the endpoints' leases; unique per process.
@@ -30,6 +32,30 @@ pub struct RelayConfig {
     pub metrics_address: Option<std::net::SocketAddr>,
     /// When an endpoint's circuit opens and how long it stays open.
     pub breaker: BreakerSettings,
+    /// PEM certificates trusted for HTTPS endpoints besides the system's roots.
+    pub ca_bundle: Option<PathBuf>,
+    /// Connect to public addresses only (address_guard).
+    pub refuse_private_addresses: bool,
+}
+
+impl std::fmt::Debug for RelayConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayConfig")
+            .field("database_url", &"(hidden)")
+            .field("relay_id", &self.relay_id)
+            .field("lease", &self.lease)
+            .field("poll_interval", &self.poll_interval)
+            .field("channel", &self.channel)
+            .field("fetch_batch", &self.fetch_batch)
+            .field("window", &self.window)
+            .field("max_reconnect_delay", &self.max_reconnect_delay)
+            .field("shutdown_deadline", &self.shutdown_deadline)
+            .field("metrics_address", &self.metrics_address)
+            .field("ca_bundle", &self.ca_bundle)
+            .field("refuse_private_addresses", &self.refuse_private_addresses)
+            .field("breaker", &self.breaker)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RelayConfig {
@@ -51,6 +77,8 @@ impl RelayConfig {
                 cooldown: Duration::from_secs(5),
                 max_cooldown: Duration::from_secs(300),
             },
+            ca_bundle: None,
+            refuse_private_addresses: false,
         }
     }
 }

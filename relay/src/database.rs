@@ -70,6 +70,21 @@ pub struct Outcome {
     pub next_attempt_at: Option<SystemTime>,
 }
 
+/// Refuse a database URL that cannot be parsed, at start rather than on every reconnect. The
+/// reason never quotes the URL (it holds the password): tokio-postgres's "but got `c`" is cut.
+pub fn check_url(url: &str) -> Result<(), String> {
+    match url.parse::<tokio_postgres::Config>() {
+        Ok(_) => Ok(()),
+        Err(error) => {
+            let reason = error.to_string();
+            let reason = reason.split(" but got").next().unwrap_or("");
+            Err(format!(
+                "the database URL (--database-url / DATABASE_URL) cannot be parsed: {reason}"
+            ))
+        }
+    }
+}
+
 impl Database {
     /// Connect, LISTEN on the channel; every notification bumps the returned counter.
     pub async fn connect(

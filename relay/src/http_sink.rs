@@ -1,10 +1,13 @@
 //! One attempt to deliver an event over HTTP (webhooks.md §2-3): the request with its headers
 //! and signatures, and what the answer means.
 
+use crate::address_guard::{self, GuardedResolver, Refused};
+use crate::config::RelayConfig;
 use crate::endpoint::{EndpointConfig, Event};
 use crate::retry::parse_retry_after;
 use crate::signing::signature_header;
 use reqwest::header::{HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The most of a failed answer's body kept as its error text.
@@ -25,21 +28,76 @@ pub enum Attempt {
 }
 
 /// The HTTP client every endpoint shares: no redirects followed (a 3xx is a failure), no
-/// cookies, rustls.
-pub fn client() -> reqwest::Result<reqwest::Client> {
+/// cookies, rustls verifying certificates against the system's roots and `--ca-bundle`'s, and
+/// with `--refuse-private-addresses` connecting to public addresses only.
+#[derive(Clone)]
+pub struct HttpClient {
+    client: reqwest::Client,
+    refuse_private_addresses: bool,
+}
+
+impl HttpClient {
+    pub fn new(config: &RelayConfig) -> Result<HttpClient, String> {
+        let mut builder = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(crate::USER_AGENT)
+            .pool_idle_timeout(Duration::from_secs(60));
+        if let Some(path) = &config.ca_bundle {
+            builder = builder.tls_certs_merge(read_ca_bundle(path)?);
+        }
+        if config.refuse_private_addresses {
+            // A proxy would resolve and connect in the relay's stead, out of the guard's sight.
+            builder = builder.dns_resolver(GuardedResolver).no_proxy();
+        }
+        let client = builder.build().map_err(|error| match &config.ca_bundle {
+            Some(path) => format!(
+                "cannot set up the HTTP client with the CA bundle {}: {}",
+                path.display(),
+                innermost(&error)
+            ),
+            None => format!("cannot set up the HTTP client: {}", innermost(&error)),
+        })?;
+        Ok(HttpClient {
+            client,
+            refuse_private_addresses: config.refuse_private_addresses,
+        })
+    }
+}
+
+/// The certificates of a PEM file (one or more): refused, naming the file, when it cannot be
+/// read or holds none.
+pub fn read_ca_bundle(path: &Path) -> Result<Vec<reqwest::Certificate>, String> {
+    let pem = std::fs::read(path)
+        .map_err(|error| format!("cannot read the CA bundle {}: {error}", path.display()))?;
+    let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(|error| {
+        format!(
+            "the CA bundle {} is not PEM certificates: {}",
+            path.display(),
+            innermost(&error)
+        )
+    })?;
+    if certificates.is_empty() {
+        return Err(format!(
+            "the CA bundle {} holds no certificate (expected PEM \"BEGIN CERTIFICATE\" blocks)",
+            path.display()
+        ));
+    }
+    // The PEM parser checks the armour only; the TLS set-up checks the certificates.
     reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(crate::USER_AGENT)
-        .pool_idle_timeout(Duration::from_secs(60))
+        .tls_certs_merge(certificates.clone())
         .build()
+        .map_err(|error| {
+            format!(
+                "the CA bundle {} holds a certificate that cannot be used: {}",
+                path.display(),
+                innermost(&error)
+            )
+        })?;
+    Ok(certificates)
 }
 
 /// Send one event to the endpoint and classify the answer.
-pub async fn deliver(
-    client: &reqwest::Client,
-    endpoint: &EndpointConfig,
-    event: &Event,
-) -> Attempt {
+pub async fn deliver(client: &HttpClient, endpoint: &EndpointConfig, event: &Event) -> Attempt {
     let timestamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -51,6 +109,16 @@ pub async fn deliver(
             retry_after: None,
         };
     };
+    if client.refuse_private_addresses {
+        // An IP-literal host is connected to without resolving: the resolver never sees it.
+        if let Err(refused) = address_guard::check_url(&url) {
+            return Attempt::Failed {
+                status: None,
+                error: refused.to_string(),
+                retry_after: None,
+            };
+        }
+    }
     let signature = signature_header(&endpoint.keys, &event.event_id, timestamp, &event.payload);
     let mut headers = endpoint.headers.clone();
     let fixed: [(&str, String); 6] = [
@@ -72,6 +140,7 @@ pub async fn deliver(
         HeaderValue::from(event.snapshot_version),
     );
     let request = client
+        .client
         .post(url)
         .headers(headers)
         .timeout(endpoint.timeout)
@@ -87,6 +156,7 @@ pub async fn deliver(
         }
     };
     let status = response.status().as_u16();
+    // A 2xx body is not read: the status is the answer (dropping the response discards it).
     if response.status().is_success() {
         return Attempt::Delivered { status };
     }
@@ -109,14 +179,18 @@ pub async fn deliver(
     {
         error.push_str(&format!(" (redirect to {location}, not followed)"));
     }
-    let mut snippet = Vec::new();
+    // Chunk by chunk, stopping at the cap: a huge or endless body is never read whole (a chunk
+    // is at most what the connection has buffered; only the part under the cap is kept).
+    let mut snippet = Vec::with_capacity(ERROR_BODY_BYTES);
     while snippet.len() < ERROR_BODY_BYTES {
         match tokio::time::timeout(endpoint.timeout, response.chunk()).await {
-            Ok(Ok(Some(chunk))) => snippet.extend_from_slice(&chunk),
+            Ok(Ok(Some(chunk))) => {
+                let room = ERROR_BODY_BYTES - snippet.len();
+                snippet.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
             _ => break,
         }
     }
-    snippet.truncate(ERROR_BODY_BYTES);
     let snippet = String::from_utf8_lossy(&snippet);
     if !snippet.trim().is_empty() {
         error.push_str(": ");
@@ -134,13 +208,23 @@ fn describe(error: &reqwest::Error, timeout: Duration) -> String {
         return format!("timed out after {} ms", timeout.as_millis());
     }
     // The innermost cause says what happened (connection refused, TLS, DNS).
-    let mut cause: &dyn std::error::Error = error;
-    while let Some(inner) = cause.source() {
-        cause = inner;
+    let cause = innermost(error);
+    if let Some(refused) = cause.downcast_ref::<Refused>() {
+        return refused.to_string();
     }
     if error.is_connect() {
         format!("could not connect: {cause}")
     } else {
         format!("request failed: {cause}")
     }
+}
+
+fn innermost<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> &'a (dyn std::error::Error + 'static) {
+    let mut cause = error;
+    while let Some(inner) = cause.source() {
+        cause = inner;
+    }
+    cause
 }

@@ -4,6 +4,7 @@
 use ae_relay::config::{default_relay_id, RelayConfig};
 use ae_relay::database::Database;
 use clap::{Parser, Subcommand};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -73,12 +74,32 @@ enum Command {
         /// The longest an endpoint's circuit stays open before the next probe.
         #[arg(long, default_value = "5m", value_parser = parse_duration)]
         breaker_max_cooldown: Duration,
+        /// PEM file of CA certificates (one or more) trusted for HTTPS endpoints besides the
+        /// system's roots (certificates are always verified).
+        #[arg(long, value_name = "FILE", value_parser = parse_ca_bundle)]
+        ca_bundle: Option<PathBuf>,
+        /// Connect to public addresses only: refuse loopback, private, link-local (cloud
+        /// metadata), unique-local, CGNAT, multicast and similar addresses, as resolved at
+        /// connection time (a refused attempt fails and is retried like any other).
+        #[arg(long)]
+        refuse_private_addresses: bool,
+        /// TOML file of settings: keys are these options' long names (lease = "6s"); the
+        /// command line and the environment override it.
+        #[arg(long, env = "AE_RELAY_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
     },
     /// Check the connection, the role and the endpoints; exit 0 when the relay can work.
     Check {
         #[command(flatten)]
         connection: Connection,
     },
+}
+
+/// A CA bundle is read at start, so that a bad one is refused then, naming the file.
+fn parse_ca_bundle(text: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(text);
+    ae_relay::http_sink::read_ca_bundle(&path)?;
+    Ok(path)
 }
 
 /// `250ms`, `2s`, `5m`, `1h`, or plain seconds.
@@ -106,7 +127,9 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Flags, environment and the `run --config` file (config_file); exit 2 on a bad one.
+    let parsed = ae_relay::config_file::parse::<Cli>().unwrap_or_else(|error| error.exit());
+    let cli = parsed.cli;
     let filter = tracing_subscriber::EnvFilter::try_from_env("AE_RELAY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()
@@ -129,7 +152,12 @@ async fn main() -> ExitCode {
             breaker_failures,
             breaker_cooldown,
             breaker_max_cooldown,
+            ca_bundle,
+            refuse_private_addresses,
+            config: _,
         } => {
+            // Every setting with its source; the database URL shows as (hidden).
+            tracing::info!(settings = %parsed.settings, "effective settings");
             let mut config = RelayConfig::new(connection.database_url);
             config.relay_id = relay_id.unwrap_or_else(default_relay_id);
             config.lease = lease;
@@ -143,6 +171,8 @@ async fn main() -> ExitCode {
                 cooldown: breaker_cooldown,
                 max_cooldown: breaker_max_cooldown.max(breaker_cooldown),
             };
+            config.ca_bundle = ca_bundle;
+            config.refuse_private_addresses = refuse_private_addresses;
             config.fetch_batch = config.fetch_batch.min(config.window);
             match ae_relay::supervisor::run(config).await {
                 Ok(()) => ExitCode::SUCCESS,

@@ -59,7 +59,7 @@ struct Slot {
 
 pub struct Worker {
     db: Arc<Database>,
-    http: reqwest::Client,
+    http: http_sink::HttpClient,
     relay: RelayConfig,
     config: watch::Receiver<Arc<EndpointConfig>>,
     woken: watch::Receiver<u64>,
@@ -103,7 +103,7 @@ pub struct Worker {
 #[derive(Clone)]
 pub struct Shared {
     pub db: Arc<Database>,
-    pub http: reqwest::Client,
+    pub http: http_sink::HttpClient,
     pub relay: RelayConfig,
     pub metrics: Arc<Metrics>,
 }

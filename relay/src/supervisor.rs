@@ -33,15 +33,19 @@ enum Ended {
 
 /// Run until SIGINT/SIGTERM.
 pub async fn run(config: RelayConfig) -> Result<(), Box<dyn std::error::Error>> {
-    let http = http_sink::client()?;
+    crate::database::check_url(&config.database_url)?;
+    let http = http_sink::HttpClient::new(&config)?;
     let (shutdown_tx, shutdown) = watch::channel(false);
+    // Registered before anything else (not when the task first runs): a SIGTERM that comes
+    // while the relay starts is a stop, not the default death.
+    let mut signals = StopSignals::install();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        signals.next().await;
         tracing::info!(
             "stopping: no new requests; those in flight may finish (a second signal exits at once)"
         );
         let _ = shutdown_tx.send(true);
-        wait_for_signal().await;
+        signals.next().await;
         tracing::warn!("second signal: exiting at once (unrecorded requests are sent again later)");
         std::process::exit(0);
     });
@@ -99,7 +103,7 @@ async fn serve(
     config: &RelayConfig,
     db: Arc<Database>,
     woken: watch::Receiver<u64>,
-    http: reqwest::Client,
+    http: http_sink::HttpClient,
     mut shutdown: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
 ) -> Ended {
@@ -301,17 +305,34 @@ fn report(name: &str, result: Result<Result<Stopped, DbError>, tokio::task::Join
     }
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut terminate) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = terminate.recv() => {}
+/// SIGTERM and SIGINT.
+struct StopSignals {
+    terminate: Option<tokio::signal::unix::Signal>,
+    interrupt: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    fn install() -> StopSignals {
+        use tokio::signal::unix::{signal, SignalKind};
+        StopSignals {
+            terminate: signal(SignalKind::terminate()).ok(),
+            interrupt: signal(SignalKind::interrupt()).ok(),
+        }
+    }
+
+    /// The next one (never, for one that could not be registered).
+    async fn next(&mut self) {
+        async fn one(signal: &mut Option<tokio::signal::unix::Signal>) {
+            match signal {
+                Some(signal) => {
+                    signal.recv().await;
+                }
+                None => std::future::pending().await,
             }
         }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+        tokio::select! {
+            _ = one(&mut self.terminate) => {}
+            _ = one(&mut self.interrupt) => {}
         }
     }
 }
