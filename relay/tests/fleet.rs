@@ -76,12 +76,7 @@ fn steady_load(database: &str, running: Arc<AtomicBool>) -> std::thread::JoinHan
 fn three_relays_share_twelve_endpoints_and_a_dead_or_cut_off_ones_move_within_10_s() {
     let cluster = Cluster::shared();
     let (database, mut client) = delivery_database("fleet");
-    client
-        .batch_execute(
-            "DO $$ BEGIN CREATE ROLE relay_fleet_cut LOGIN; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;
-             GRANT ae_events_relay TO relay_fleet_cut;",
-        )
-        .unwrap();
+    create_relay_role(&mut client, "relay_fleet_cut");
     ensure_relay_login(cluster);
     // Answers take a moment, so that requests are in flight when a relay dies or is cut off.
     let receiver = Receiver::start(|_, _| Answer::status(200).after(Duration::from_millis(20)));

@@ -204,12 +204,7 @@ fn a_second_signal_exits_at_once() {
 fn a_relay_cut_off_from_the_database_stops_sending_before_another_takes_over() {
     let cluster = Cluster::shared();
     let (database, mut client) = delivery_database("fencing");
-    client
-        .batch_execute(
-            "DO $$ BEGIN CREATE ROLE relay_fenced LOGIN; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;
-             GRANT ae_events_relay TO relay_fenced;",
-        )
-        .unwrap();
+    create_relay_role(&mut client, "relay_fenced");
     ensure_relay_login(cluster);
     // Every first attempt hangs; a resend is answered.
     let receiver = Receiver::start(|_, earlier| {

@@ -373,6 +373,17 @@ pub fn ensure_relay_login(cluster: &Cluster) {
         .unwrap();
 }
 
+/// A login role of its own that is a member of ae_events_relay (roles are cluster-wide: it may
+/// exist from an earlier test).
+pub fn create_relay_role(client: &mut Client, role: &str) {
+    client
+        .batch_execute(&format!(
+            "DO $$ BEGIN CREATE ROLE {role} LOGIN; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;
+             GRANT ae_events_relay TO {role};"
+        ))
+        .unwrap();
+}
+
 /// A database with the reference schema, minimal reference data and the extension.
 pub fn delivery_database(name: &str) -> (String, Client) {
     let cluster = Cluster::shared();
