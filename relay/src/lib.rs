@@ -5,7 +5,8 @@
 //! Modules by concern: `config` (what the command line sets), `database` (the connection, its
 //! notifications and the extension's relay functions), `endpoint` (an endpoint's settings and
 //! secrets as the database hands them out), `signing`, `retry` (the schedule and `Retry-After`),
-//! `http_sink` (one attempt over HTTP), `scheduling` (one endpoint's delivery loop), and
+//! `http_sink` (one attempt over HTTP), `nats_sink` (one publish to NATS JetStream), `sink` (which
+//! of the two an endpoint's URL names), `scheduling` (one endpoint's delivery loop), and
 //! `supervisor` (leases, workers, reconnects), `metrics` (/metrics, /healthz, /readyz).
 
 pub mod config;
@@ -13,9 +14,11 @@ pub mod database;
 pub mod endpoint;
 pub mod http_sink;
 pub mod metrics;
+pub mod nats_sink;
 pub mod retry;
 pub mod scheduling;
 pub mod signing;
+pub mod sink;
 pub mod supervisor;
 
 /// The `user-agent` of every request (webhooks.md §2).

@@ -8,6 +8,7 @@ use crate::endpoint::EndpointConfig;
 use crate::http_sink;
 use crate::metrics::Metrics;
 use crate::scheduling::{Shared, Signals, Stopped, Worker};
+use crate::sink::Sinks;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,7 +29,7 @@ enum Ended {
 
 /// Run until SIGINT/SIGTERM.
 pub async fn run(config: RelayConfig) -> Result<(), Box<dyn std::error::Error>> {
-    let http = http_sink::client()?;
+    let sinks = Sinks::new(http_sink::client()?);
     let (shutdown_tx, shutdown) = watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -65,7 +66,7 @@ pub async fn run(config: RelayConfig) -> Result<(), Box<dyn std::error::Error>> 
                     &config,
                     db,
                     woken,
-                    http.clone(),
+                    sinks.clone(),
                     shutdown.clone(),
                     metrics.clone(),
                 )
@@ -94,7 +95,7 @@ async fn serve(
     config: &RelayConfig,
     db: Arc<Database>,
     woken: watch::Receiver<u64>,
-    http: reqwest::Client,
+    sinks: Sinks,
     mut shutdown: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
 ) -> Ended {
@@ -171,7 +172,7 @@ async fn serve(
                     let worker = Worker::new(
                         Shared {
                             db: db.clone(),
-                            http: http.clone(),
+                            sinks: sinks.clone(),
                             relay: config.clone(),
                             metrics: metrics.clone(),
                         },
