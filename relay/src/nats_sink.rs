@@ -101,9 +101,7 @@ impl NatsConnections {
             let mut servers = self.servers.lock().unwrap_or_else(|p| p.into_inner());
             Arc::clone(servers.entry(server.to_owned()).or_default())
         };
-        cell.get_or_try_init(|| connect(server))
-            .await
-            .map(Context::clone)
+        cell.get_or_try_init(|| connect(server)).await.cloned()
     }
 
     /// Publish one event to the endpoint's subject and wait for JetStream's acknowledgement,
@@ -175,19 +173,11 @@ impl NatsConnections {
     }
 }
 
+/// Connect to a server; async-nats reconnects the connection by itself from then on (and logs
+/// its connects and disconnects).
 async fn connect(server: &str) -> Result<Context, String> {
-    let logged_server = server.to_owned();
     let client = async_nats::ConnectOptions::new()
         .name(crate::USER_AGENT)
-        .event_callback(move |event| {
-            let server = logged_server.clone();
-            async move {
-                match event {
-                    async_nats::Event::Connected => tracing::info!(%server, "NATS connected"),
-                    other => tracing::warn!(%server, event = %other, "NATS connection"),
-                }
-            }
-        })
         .connect(server)
         .await
         .map_err(|error| format!("could not connect to nats://{server}: {error}"))?;
