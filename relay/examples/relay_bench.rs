@@ -413,6 +413,8 @@ fn latency(cluster: &Cluster, rate: u32, seconds: u32) -> (f64, f64, usize, usiz
 struct NatsThroughput {
     relay_per_second: f64,
     relay_cpu_us: f64,
+    database_cpu_us: f64,
+    nats_cpu_us: f64,
     sequential_per_second: f64,
     concurrent_per_second: f64,
     lost: usize,
@@ -516,6 +518,8 @@ fn nats_throughput(cluster: &Cluster, events: usize) -> NatsThroughput {
         .collect();
 
     let start = Instant::now();
+    let database_cpu_before = database_cpu_seconds();
+    let nats_cpu_before = cpu_seconds(server.pid());
     let relay = RelayProcess::start(cluster, &database);
     let deadline = start + Duration::from_secs(900);
     while runtime.block_on(stored(&jetstream, "RELAY")) < events as u64 {
@@ -527,6 +531,8 @@ fn nats_throughput(cluster: &Cluster, events: usize) -> NatsThroughput {
     }
     let elapsed = start.elapsed();
     let relay_cpu = cpu_seconds(relay.0.id());
+    let database_cpu = database_cpu_seconds() - database_cpu_before;
+    let nats_cpu = cpu_seconds(server.pid()) - nats_cpu_before;
     drop(relay);
     let expected = HashMap::from([("nats".to_owned(), events)]);
     let (lost, out_of_order) = check(
@@ -565,6 +571,8 @@ fn nats_throughput(cluster: &Cluster, events: usize) -> NatsThroughput {
     NatsThroughput {
         relay_per_second: events as f64 / elapsed.as_secs_f64(),
         relay_cpu_us: relay_cpu * 1e6 / events as f64,
+        database_cpu_us: database_cpu * 1e6 / events as f64,
+        nats_cpu_us: nats_cpu * 1e6 / events as f64,
         sequential_per_second,
         concurrent_per_second,
         lost,
@@ -594,16 +602,18 @@ fn main() {
         println!();
         println!("NATS JetStream: {events} events in the backlog, one endpoint, {IN_FLIGHT} publishes in flight");
         println!();
-        println!("| ae-relay events/s | plain loop, one publish at a time, events/s | ratio | plain loop, {IN_FLIGHT} in flight, events/s | ratio | relay CPU per event | lost | out of order |");
-        println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+        println!("| ae-relay events/s | plain loop, one publish at a time, events/s | ratio | plain loop, {IN_FLIGHT} in flight, events/s | ratio | relay CPU per event | database CPU per event | nats-server CPU per event | lost | out of order |");
+        println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         println!(
-            "| {:.0} | {:.0} | {:.2}x | {:.0} | {:.2}x | {:.0} µs | {} | {} |",
+            "| {:.0} | {:.0} | {:.2}x | {:.0} | {:.2}x | {:.0} µs | {:.0} µs | {:.0} µs | {} | {} |",
             nats.relay_per_second,
             nats.sequential_per_second,
             nats.relay_per_second / nats.sequential_per_second,
             nats.concurrent_per_second,
             nats.relay_per_second / nats.concurrent_per_second,
             nats.relay_cpu_us,
+            nats.database_cpu_us,
+            nats.nats_cpu_us,
             nats.lost,
             nats.out_of_order
         );

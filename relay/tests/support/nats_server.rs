@@ -60,6 +60,10 @@ impl NatsServer {
         server
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The server's address for async-nats.
     pub fn address(&self) -> String {
         format!("127.0.0.1:{}", self.port)
