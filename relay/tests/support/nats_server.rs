@@ -1,5 +1,7 @@
 //! A throwaway `nats-server` with JetStream (its own port and store directory), for the relay's
 //! NATS tests and benchmark; killed and its store removed when dropped.
+// Each user needs part of it.
+#![allow(dead_code)]
 
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
