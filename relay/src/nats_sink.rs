@@ -205,7 +205,9 @@ fn describe_publish_error(
 }
 
 /// The headers of the HTTP request (webhooks.md §2), and `Nats-Msg-Id` for JetStream's
-/// de-duplication. A static header that NATS cannot carry is left out, as the HTTP sink does.
+/// de-duplication. A static header that NATS cannot carry is left out, as the HTTP sink does; so
+/// is a static `Nats-*` one: those steer JetStream (de-duplication, expected sequences), which
+/// the delivery guarantees rely on.
 fn headers(endpoint: &EndpointConfig, event: &Event, timestamp: i64) -> HeaderMap {
     let mut headers = HeaderMap::new();
     let mut insert = |name: &str, value: &str| {
@@ -215,7 +217,10 @@ fn headers(endpoint: &EndpointConfig, event: &Event, timestamp: i64) -> HeaderMa
     };
     insert("user-agent", crate::USER_AGENT);
     for (name, value) in &endpoint.headers {
-        insert(name.as_str(), &String::from_utf8_lossy(value.as_bytes()));
+        // HeaderMap names are lowercase.
+        if !name.as_str().starts_with("nats-") {
+            insert(name.as_str(), &String::from_utf8_lossy(value.as_bytes()));
+        }
     }
     let signature = signature_header(&endpoint.keys, &event.event_id, timestamp, &event.payload);
     insert("content-type", "application/json");
@@ -290,6 +295,10 @@ mod tests {
             .expect("key");
         let mut static_headers = reqwest::header::HeaderMap::new();
         static_headers.insert("x-tenant", reqwest::header::HeaderValue::from_static("t1"));
+        static_headers.insert(
+            "nats-expected-last-sequence",
+            reqwest::header::HeaderValue::from_static("1"),
+        );
         let endpoint = EndpointConfig {
             name: "n".to_owned(),
             url: "nats://127.0.0.1/ae".to_owned(),
@@ -329,5 +338,6 @@ mod tests {
             Some("ae_test_instance_updated")
         );
         assert_eq!(get("x-tenant").as_deref(), Some("t1"));
+        assert_eq!(get("nats-expected-last-sequence"), None);
     }
 }
