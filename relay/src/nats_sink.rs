@@ -289,6 +289,58 @@ mod tests {
         }
     }
 
+    fn endpoint(url: &str) -> EndpointConfig {
+        EndpointConfig {
+            name: "n".to_owned(),
+            url: url.to_owned(),
+            request_url: None,
+            headers: reqwest::header::HeaderMap::new(),
+            timeout: Duration::from_secs(5),
+            retry_schedule: Vec::new(),
+            retry_jitter: 0.0,
+            max_in_flight: 1,
+            keys: Vec::new(),
+            cursor: Default::default(),
+        }
+    }
+
+    fn event() -> Event {
+        Event {
+            id: 1,
+            event_id: "0b7c1d2e-0000-4000-8000-000000000001".to_owned(),
+            subscription_key: "ae.test_instance.updated".to_owned(),
+            event_type: "ae_test_instance_updated".to_owned(),
+            aggregate_id: 7,
+            snapshot_version: 3,
+            payload: bytes::Bytes::from_static(b"{\"a\": 1}"),
+            attempts: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bad_url_or_a_refused_connection_is_a_failed_attempt() {
+        let connections = NatsConnections::default();
+        let bad_url = connections
+            .deliver(&endpoint("nats://127.0.0.1/a..b"), &event())
+            .await;
+        assert!(
+            matches!(&bad_url, Attempt::Failed { status: None, error, retry_after: None }
+                     if error.contains("is not nats://host[:port]/subject")),
+            "{bad_url:?}"
+        );
+        let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let url = format!("nats://127.0.0.1:{closed_port}/ae");
+        let refused = connections.deliver(&endpoint(&url), &event()).await;
+        assert!(
+            matches!(&refused, Attempt::Failed { status: None, error, .. }
+                     if error.starts_with(&format!("could not connect to nats://127.0.0.1:{closed_port}"))),
+            "{refused:?}"
+        );
+    }
+
     #[test]
     fn the_headers_are_the_webhook_headers_and_the_message_id() {
         let key = crate::signing::SigningKey::from_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
@@ -300,27 +352,11 @@ mod tests {
             reqwest::header::HeaderValue::from_static("1"),
         );
         let endpoint = EndpointConfig {
-            name: "n".to_owned(),
-            url: "nats://127.0.0.1/ae".to_owned(),
-            request_url: None,
             headers: static_headers,
-            timeout: Duration::from_secs(1),
-            retry_schedule: Vec::new(),
-            retry_jitter: 0.0,
-            max_in_flight: 1,
             keys: vec![key.clone()],
-            cursor: Default::default(),
+            ..endpoint("nats://127.0.0.1/ae")
         };
-        let event = Event {
-            id: 1,
-            event_id: "0b7c1d2e-0000-4000-8000-000000000001".to_owned(),
-            subscription_key: "ae.test_instance.updated".to_owned(),
-            event_type: "ae_test_instance_updated".to_owned(),
-            aggregate_id: 7,
-            snapshot_version: 3,
-            payload: bytes::Bytes::from_static(b"{\"a\": 1}"),
-            attempts: 0,
-        };
+        let event = event();
         let headers = headers(&endpoint, &event, 1_700_000_000);
         let get = |name: &str| headers.get(name).map(|v| v.as_str().to_owned());
         assert_eq!(get("Nats-Msg-Id"), Some(event.event_id.clone()));
