@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Idempotent set-up on Debian: PostgreSQL 15 and its headers, clang, cargo-pgrx 0.18.0, pgrx's
-# configuration, then builds ae_events and installs it into PostgreSQL 15. A second run only
-# rebuilds what changed.
+# Idempotent set-up on Debian: PostgreSQL 15 and its headers, clang, nats-server (the relay's NATS
+# tests start their own), cargo-pgrx 0.18.0, pgrx's configuration, then builds ae_events and
+# installs it into PostgreSQL 15. A second run only rebuilds what changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,7 +10,7 @@ SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
 missing=()
-for package in postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo; do
+for package in postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo nats-server; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
 done
 if [ "${#missing[@]}" -gt 0 ]; then

@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 cargo test --workspace --no-fail-fast
 # Small runs of the benchmarks, so that they cannot rot (the extension's checks payloads, the
-# relay's counts lost and out-of-order deliveries; either fails the run).
+# relay's, to webhooks and to NATS JetStream, counts lost and out-of-order deliveries; either
+# fails the run).
 cargo run --quiet --example bench -- --smoke
 cargo build --quiet -p ae-relay --bins
 cargo run --quiet -p ae-relay --example relay_bench -- --smoke

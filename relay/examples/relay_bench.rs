@@ -5,12 +5,23 @@
 //!   a plain HTTP client loop that POSTs the same bodies at the same concurrency to the same
 //!   receiver (no database, no signing, no bookkeeping: the ceiling on this machine);
 //! - latency: commit to receipt, p50/p99, at a steady 200 events/s;
-//! - and, for each, events lost and versions out of order at the receiver (must be 0).
+//! - and, for each, events lost and versions out of order at the receiver (must be 0);
+//! - NATS JetStream: the same kind of backlog published by the relay to a stream on a local
+//!   `nats-server -js`, beside a plain async-nats loop publishing the same payloads to the same
+//!   kind of stream and awaiting each ack (what a user would write: one at a time), and the same
+//!   loop with 16 publishes in flight (the relay's concurrency).
 //!
-//! `--smoke` runs it at a tiny size (part of the test command, so that it cannot rot).
+//! - several relays: a backlog delivered to 12 endpoints by 1 and by 3 relays (fair shares), and
+//!   under a steady load the longest wait at a relay's endpoints after it was `kill -9`ed (with
+//!   leases of 6 s and 3 s).
+//!
+//! `--only delivery` (HTTP throughput and latency), `--only fleet` or `--only nats` runs one part. `--smoke` runs
+//! it at a tiny size (part of the test command, so that it cannot rot).
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
+#[path = "../tests/support/nats_server.rs"]
+mod nats_server;
 
 use common::*;
 use std::collections::HashMap;
@@ -413,6 +424,177 @@ fn latency(cluster: &Cluster, rate: u32, seconds: u32) -> (f64, f64, usize, usiz
     (percentile(0.5), percentile(0.99), lost, out_of_order)
 }
 
+/// What the NATS run measured: the relay's and the plain loops' publishes per second.
+struct NatsThroughput {
+    relay_per_second: f64,
+    relay_cpu_us: f64,
+    database_cpu_us: f64,
+    nats_cpu_us: f64,
+    sequential_per_second: f64,
+    concurrent_per_second: f64,
+    lost: usize,
+    out_of_order: usize,
+}
+
+/// A JetStream stream storing one subject (file storage, the default duplicate window).
+async fn create_stream(jetstream: &async_nats::jetstream::Context, name: &str, subject: &str) {
+    jetstream
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: name.to_owned(),
+            subjects: vec![subject.to_owned()],
+            ..Default::default()
+        })
+        .await
+        .expect("create stream");
+}
+
+async fn stored(jetstream: &async_nats::jetstream::Context, name: &str) -> u64 {
+    let mut stream = jetstream.get_stream(name).await.expect("the stream");
+    stream.info().await.expect("stream info").state.messages
+}
+
+/// Every message of a stream, as arrivals (for the lost and out-of-order counts).
+async fn read_stream(jetstream: &async_nats::jetstream::Context, name: &str) -> Vec<Arrival> {
+    use async_nats::jetstream::consumer;
+    use futures_util::StreamExt;
+    let total = stored(jetstream, name).await as usize;
+    let stream = jetstream.get_stream(name).await.expect("the stream");
+    let consumer = stream
+        .create_consumer(consumer::pull::Config {
+            ack_policy: consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .expect("a consumer");
+    let mut messages = consumer.messages().await.expect("messages");
+    let mut arrivals = Vec::with_capacity(total);
+    while arrivals.len() < total {
+        let message = tokio::time::timeout(Duration::from_secs(60), messages.next())
+            .await
+            .expect("a message in time")
+            .expect("the consumer ended")
+            .expect("a message");
+        let header = |name: &str| {
+            message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(name))
+                .map(|v| v.as_str().to_owned())
+                .unwrap_or_default()
+        };
+        arrivals.push(Arrival {
+            endpoint: "nats".to_owned(),
+            webhook_id: header("webhook-id"),
+            instance: header("ae-aggregate-id").parse().unwrap_or(-1),
+            version: header("ae-snapshot-version").parse().unwrap_or(-1),
+            at: Instant::now(),
+        });
+    }
+    arrivals
+}
+
+/// The relay publishing a backlog of `events` to JetStream, then plain loops publishing the same
+/// payloads (with the event id as Nats-Msg-Id) to a stream of their own.
+fn nats_throughput(cluster: &Cluster, events: usize) -> NatsThroughput {
+    let server = nats_server::NatsServer::start();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let jetstream = runtime.block_on(async {
+        let client = async_nats::connect(server.address())
+            .await
+            .expect("connect");
+        let jetstream = async_nats::jetstream::new(client);
+        create_stream(&jetstream, "RELAY", "ae.relay").await;
+        create_stream(&jetstream, "SEQUENTIAL", "ae.sequential").await;
+        create_stream(&jetstream, "CONCURRENT", "ae.concurrent").await;
+        jetstream
+    });
+    let database = cluster.database("relay_bench_nats", ForeignKeys::Without);
+    let mut client = cluster.connect(&database);
+    client.batch_execute(MINIMAL_REFERENCE_DATA).unwrap();
+    create_relay_login(cluster);
+    client
+        .query_one(
+            "SELECT ae_events.create_endpoint('nats', $1)",
+            &[&server.url("ae.relay")],
+        )
+        .unwrap();
+    write_backlog(&mut client, events);
+    let messages: Vec<(String, bytes::Bytes)> = client
+        .query(
+            "SELECT event_id::text, payload::text FROM ae_events.outbox ORDER BY id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), bytes::Bytes::from(r.get::<_, String>(1))))
+        .collect();
+
+    let start = Instant::now();
+    let database_cpu_before = database_cpu_seconds();
+    let nats_cpu_before = cpu_seconds(server.pid());
+    let relay = RelayProcess::start(cluster, &database);
+    let deadline = start + Duration::from_secs(900);
+    while runtime.block_on(stored(&jetstream, "RELAY")) < events as u64 {
+        assert!(
+            Instant::now() < deadline,
+            "timed out publishing through the relay"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let elapsed = start.elapsed();
+    let relay_cpu = cpu_seconds(relay.0.id());
+    let database_cpu = database_cpu_seconds() - database_cpu_before;
+    let nats_cpu = cpu_seconds(server.pid()) - nats_cpu_before;
+    drop(relay);
+    let expected = HashMap::from([("nats".to_owned(), events)]);
+    let (lost, out_of_order) = check(
+        &runtime.block_on(read_stream(&jetstream, "RELAY")),
+        &expected,
+    );
+
+    let publish_all = |subject: &'static str, lanes: usize| -> f64 {
+        let messages = Arc::new(messages.clone());
+        let start = Instant::now();
+        runtime.block_on(async {
+            let mut tasks = Vec::new();
+            for lane in 0..lanes {
+                let (jetstream, messages) = (jetstream.clone(), messages.clone());
+                tasks.push(tokio::spawn(async move {
+                    for (event_id, payload) in messages.iter().skip(lane).step_by(lanes) {
+                        let mut headers = async_nats::HeaderMap::new();
+                        headers.insert("Nats-Msg-Id", event_id.as_str());
+                        jetstream
+                            .publish_with_headers(subject, headers, payload.clone())
+                            .await
+                            .expect("publish")
+                            .await
+                            .expect("ack");
+                    }
+                }));
+            }
+            for task in tasks {
+                task.await.unwrap();
+            }
+        });
+        messages.len() as f64 / start.elapsed().as_secs_f64()
+    };
+    let sequential_per_second = publish_all("ae.sequential", 1);
+    let concurrent_per_second = publish_all("ae.concurrent", IN_FLIGHT);
+    NatsThroughput {
+        relay_per_second: events as f64 / elapsed.as_secs_f64(),
+        relay_cpu_us: relay_cpu * 1e6 / events as f64,
+        database_cpu_us: database_cpu * 1e6 / events as f64,
+        nats_cpu_us: nats_cpu * 1e6 / events as f64,
+        sequential_per_second,
+        concurrent_per_second,
+        lost,
+        out_of_order,
+    }
+}
+
 /// Wait until a query's boolean is true.
 fn wait_until(client: &mut postgres::Client, query: &str, timeout: Duration) {
     let deadline = Instant::now() + timeout;
@@ -556,28 +738,52 @@ fn main() {
     if let Some(given) = std::env::args().skip_while(|a| a != "--events").nth(1) {
         events = given.parse().expect("--events N");
     }
+    // `--only delivery`, `--only fleet`, `--only nats` (comma-separated), or all (the default).
+    let only = std::env::args().skip_while(|a| a != "--only").nth(1);
+    let wanted = |part: &str| {
+        only.as_deref()
+            .is_none_or(|only| only.split(',').any(|w| w == part))
+    };
     let cluster = Cluster::start(&[]);
-    println!("ae-relay benchmark: {events} events in the backlog, {IN_FLIGHT} requests in flight per endpoint");
-    println!();
-    println!("| endpoints | ae-relay deliveries/s | plain HTTP loop deliveries/s | ratio | relay CPU per delivery | database CPU per delivery | lost | out of order |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut failures = 0;
-    for endpoints in [1usize, 10] {
-        let backlog = events;
-        let (relay, bodies) = relay_throughput(&cluster, backlog, endpoints);
-        let plain_rate = plain_loop(&bodies, endpoints);
-        println!(
-            "| {endpoints} ({} deliveries) | {:.0} | {plain_rate:.0} | {:.2}x | {:.0} µs | {:.0} µs | {} | {} |",
-            backlog * endpoints,
-            relay.per_second,
-            relay.per_second / plain_rate,
-            relay.relay_cpu_us,
-            relay.database_cpu_us,
-            relay.lost,
-            relay.out_of_order
-        );
-        failures += relay.lost + relay.out_of_order;
+    if wanted("delivery") {
+        failures += delivery(&cluster, events, rate_seconds);
     }
+    if wanted("fleet") {
+        failures += fleet(&cluster, events, smoke);
+    }
+    if wanted("nats") {
+        let nats = nats_throughput(&cluster, events);
+        println!();
+        println!("NATS JetStream: {events} events in the backlog, one endpoint, {IN_FLIGHT} publishes in flight");
+        println!();
+        println!("| ae-relay events/s | plain loop, one publish at a time, events/s | ratio | plain loop, {IN_FLIGHT} in flight, events/s | ratio | relay CPU per event | database CPU per event | nats-server CPU per event | lost | out of order |");
+        println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        println!(
+            "| {:.0} | {:.0} | {:.2}x | {:.0} | {:.2}x | {:.0} µs | {:.0} µs | {:.0} µs | {} | {} |",
+            nats.relay_per_second,
+            nats.sequential_per_second,
+            nats.relay_per_second / nats.sequential_per_second,
+            nats.concurrent_per_second,
+            nats.relay_per_second / nats.concurrent_per_second,
+            nats.relay_cpu_us,
+            nats.database_cpu_us,
+            nats.nats_cpu_us,
+            nats.lost,
+            nats.out_of_order
+        );
+        failures += nats.lost + nats.out_of_order;
+    }
+    if smoke {
+        println!("\n(smoke run: sizes too small for the figures to mean anything)");
+    }
+    assert_eq!(failures, 0, "events lost or out of order");
+}
+
+/// Several relays: 1 vs 3 relays sharing 12 endpoints, and the failover gap. Events lost or out
+/// of order.
+fn fleet(cluster: &Cluster, events: usize, smoke: bool) -> usize {
+    let mut failures = 0;
     println!();
     println!(
         "| 12 endpoints, {} deliveries | deliveries/s | vs 1 relay | lost | out of order |",
@@ -586,7 +792,7 @@ fn main() {
     println!("|---|---:|---:|---:|---:|");
     let mut one_relay = 0.0;
     for relays in [1usize, 3] {
-        let (per_second, lost, out_of_order) = fleet_throughput(&cluster, events, 12, relays);
+        let (per_second, lost, out_of_order) = fleet_throughput(cluster, events, 12, relays);
         if relays == 1 {
             one_relay = per_second;
         }
@@ -603,9 +809,9 @@ fn main() {
     let leases: &[&str] = if smoke { &["3s"] } else { &["6s", "3s"] };
     for lease in leases {
         let (gap, lost, out_of_order) = if smoke {
-            failover_gap(&cluster, lease, 20, 8)
+            failover_gap(cluster, lease, 20, 8)
         } else {
-            failover_gap(&cluster, lease, 50, 20)
+            failover_gap(cluster, lease, 50, 20)
         };
         println!(
             "| steady load | {lease} | {:.1} s | {lost} | {out_of_order} |",
@@ -613,15 +819,38 @@ fn main() {
         );
         failures += lost + out_of_order;
     }
+    failures
+}
+
+/// The HTTP part: throughput with 1 and 10 endpoints, latency at a steady rate. Events lost or
+/// out of order.
+fn delivery(cluster: &Cluster, events: usize, rate_seconds: u32) -> usize {
+    println!("ae-relay benchmark: {events} events in the backlog, {IN_FLIGHT} requests in flight per endpoint");
+    println!();
+    println!("| endpoints | ae-relay deliveries/s | plain HTTP loop deliveries/s | ratio | relay CPU per delivery | database CPU per delivery | lost | out of order |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut failures = 0;
+    for endpoints in [1usize, 10] {
+        let backlog = events;
+        let (relay, bodies) = relay_throughput(cluster, backlog, endpoints);
+        let plain_rate = plain_loop(&bodies, endpoints);
+        println!(
+            "| {endpoints} ({} deliveries) | {:.0} | {plain_rate:.0} | {:.2}x | {:.0} µs | {:.0} µs | {} | {} |",
+            backlog * endpoints,
+            relay.per_second,
+            relay.per_second / plain_rate,
+            relay.relay_cpu_us,
+            relay.database_cpu_us,
+            relay.lost,
+            relay.out_of_order
+        );
+        failures += relay.lost + relay.out_of_order;
+    }
     let rate = 200;
-    let (p50, p99, lost, out_of_order) = latency(&cluster, rate, rate_seconds);
+    let (p50, p99, lost, out_of_order) = latency(cluster, rate, rate_seconds);
     println!();
     println!("| steady rate | commit-to-receipt p50 | p99 | lost | out of order |");
     println!("|---:|---:|---:|---:|---:|");
     println!("| {rate} events/s for {rate_seconds} s | {p50:.1} ms | {p99:.1} ms | {lost} | {out_of_order} |");
-    failures += lost + out_of_order;
-    if smoke {
-        println!("\n(smoke run: sizes too small for the figures to mean anything)");
-    }
-    assert_eq!(failures, 0, "events lost or out of order");
+    failures + lost + out_of_order
 }

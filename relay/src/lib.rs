@@ -3,11 +3,13 @@
 //! order per instance.
 //!
 //! Modules by concern: `config` (what the command line sets), `config_file` (`--config`: the
-//! TOML file below flags and environment), `address_guard` (`--refuse-private-addresses`), `database` (the connection, its
-//! notifications and the extension's relay functions), `endpoint` (an endpoint's settings and
-//! secrets as the database hands them out), `signing`, `retry` (the schedule and `Retry-After`),
-//! `http_sink` (one attempt over HTTP), `scheduling` (one endpoint's delivery loop), and
-//! `supervisor` (leases, workers, reconnects), `metrics` (/metrics, /healthz, /readyz).
+//! TOML file below flags and environment), `database` (the connection, its notifications and
+//! the extension's relay functions), `endpoint` (an endpoint's settings and secrets as the
+//! database hands them out), `signing`, `retry` (the schedule and `Retry-After`), `protection`
+//! (rate limit, circuit breaker), `address_guard` (`--refuse-private-addresses`), `http_sink`
+//! (one attempt over HTTP), `nats_sink` (one publish to NATS JetStream), `sink` (which of the two
+//! an endpoint's URL names), `scheduling` (one endpoint's delivery loop), `supervisor` (leases
+//! and fair shares, workers, reconnects), `metrics` (/metrics, /healthz, /readyz).
 
 pub mod address_guard;
 pub mod config;
@@ -16,10 +18,12 @@ pub mod database;
 pub mod endpoint;
 pub mod http_sink;
 pub mod metrics;
+pub mod nats_sink;
 pub mod protection;
 pub mod retry;
 pub mod scheduling;
 pub mod signing;
+pub mod sink;
 pub mod supervisor;
 
 /// The `user-agent` of every request (webhooks.md §2).

@@ -35,6 +35,8 @@ struct Connection {
     database_url: String,
 }
 
+// Parsed once at start: the size of `Run` does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Deliver for every enabled endpoint until stopped (SIGINT/SIGTERM).

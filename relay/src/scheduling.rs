@@ -14,10 +14,10 @@
 use crate::config::RelayConfig;
 use crate::database::{Database, DbError, Outcome};
 use crate::endpoint::{EndpointConfig, Event, Position};
-use crate::http_sink::{self, Attempt};
 use crate::metrics::{EndpointMetrics, Metrics};
 use crate::protection::{Gate, Transition};
 use crate::retry;
+use crate::sink::{Attempt, Sinks};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -59,7 +59,7 @@ struct Slot {
 
 pub struct Worker {
     db: Arc<Database>,
-    http: http_sink::HttpClient,
+    sinks: Sinks,
     relay: RelayConfig,
     config: watch::Receiver<Arc<EndpointConfig>>,
     woken: watch::Receiver<u64>,
@@ -103,7 +103,7 @@ pub struct Worker {
 #[derive(Clone)]
 pub struct Shared {
     pub db: Arc<Database>,
-    pub http: http_sink::HttpClient,
+    pub sinks: Sinks,
     pub relay: RelayConfig,
     pub metrics: Arc<Metrics>,
 }
@@ -124,7 +124,7 @@ impl Worker {
     ) -> Worker {
         let Shared {
             db,
-            http,
+            sinks,
             relay,
             metrics,
         } = shared;
@@ -140,7 +140,7 @@ impl Worker {
         let now = Instant::now();
         Worker {
             db,
-            http,
+            sinks,
             relay,
             config,
             woken,
@@ -448,13 +448,13 @@ impl Worker {
 
     fn start(&mut self, source: Source, event: Event) {
         self.busy.insert(event.aggregate_id);
-        let http = self.http.clone();
+        let sinks = self.sinks.clone();
         let config = Arc::clone(&self.config.borrow());
         self.metrics.in_flight.inc();
         self.in_flight.spawn(async move {
             let at = SystemTime::now();
             let started = Instant::now();
-            let attempt = http_sink::deliver(&http, &config, &event).await;
+            let attempt = sinks.deliver(&config, &event).await;
             (source, event, at, started.elapsed(), attempt)
         });
     }

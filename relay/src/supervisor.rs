@@ -8,6 +8,7 @@ use crate::endpoint::EndpointConfig;
 use crate::http_sink;
 use crate::metrics::Metrics;
 use crate::scheduling::{Shared, Signals, Stopped, Worker};
+use crate::sink::Sinks;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,7 +35,7 @@ enum Ended {
 /// Run until SIGINT/SIGTERM.
 pub async fn run(config: RelayConfig) -> Result<(), Box<dyn std::error::Error>> {
     crate::database::check_url(&config.database_url)?;
-    let http = http_sink::HttpClient::new(&config)?;
+    let sinks = Sinks::new(http_sink::HttpClient::new(&config)?);
     let (shutdown_tx, shutdown) = watch::channel(false);
     // Registered before anything else (not when the task first runs): a SIGTERM that comes
     // while the relay starts is a stop, not the default death.
@@ -74,7 +75,7 @@ pub async fn run(config: RelayConfig) -> Result<(), Box<dyn std::error::Error>> 
                     &config,
                     db,
                     woken,
-                    http.clone(),
+                    sinks.clone(),
                     shutdown.clone(),
                     metrics.clone(),
                 )
@@ -103,7 +104,7 @@ async fn serve(
     config: &RelayConfig,
     db: Arc<Database>,
     woken: watch::Receiver<u64>,
-    http: http_sink::HttpClient,
+    sinks: Sinks,
     mut shutdown: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
 ) -> Ended {
@@ -180,7 +181,7 @@ async fn serve(
                     let worker = Worker::new(
                         Shared {
                             db: db.clone(),
-                            http: http.clone(),
+                            sinks: sinks.clone(),
                             relay: config.clone(),
                             metrics: metrics.clone(),
                         },
