@@ -2,13 +2,13 @@
 # The side-by-side benchmark (examples/bench): set-up with a release build of the extension,
 # then one run on a throwaway cluster that prints the tables and ratios the README shows.
 # Then the relay's benchmark (relay/examples/relay_bench.rs: `--only delivery` for webhooks,
-# `--only nats` for NATS JetStream). Takes about 15 minutes on 2 cores. `scripts/bench.sh --smoke`
+# `--only fleet` for several relays and failover, `--only nats` for NATS JetStream). Takes about 15 minutes on 2 cores. `scripts/bench.sh --smoke`
 # runs it at a tiny size; `--only bulk,single-row,...` runs some workloads (see
 # examples/bench/main.rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 AE_EVENTS_RELEASE=1 ./scripts/setup.sh
-# --only splits into the extension's workloads and the relay's parts (delivery, nats); without
+# --only splits into the extension's workloads and the relay's parts (delivery, fleet, nats); without
 # --only, everything runs.
 only=""
 for ((i = 1; i <= $#; i++)); do
@@ -19,7 +19,7 @@ relay_parts=()
 IFS=',' read -r -a wanted <<<"$only"
 for part in "${wanted[@]}"; do
     case "$part" in
-        delivery | nats) relay_parts+=("$part") ;;
+        delivery | fleet | nats) relay_parts+=("$part") ;;
         *) extension_parts+=("$part") ;;
     esac
 done
