@@ -8,6 +8,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+// The relay allocates and frees a few small buffers per event (rows, headers, outcomes):
+// mimalloc does that for about half of what glibc's malloc costs it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "ae-relay",
