@@ -57,6 +57,30 @@ struct Slot {
     finished: bool,
 }
 
+/// A write of outcomes and the cursor on its way to the database, while the worker goes on
+/// sending (one at a time, so that writes land in order).
+struct Writing {
+    task: tokio::task::JoinHandle<Result<bool, DbError>>,
+    /// The window slots it finishes: drained once it is written.
+    finished: usize,
+    /// Instances with outcomes in it, and those parked in it: until it is written, relay_due
+    /// and relay_fetch cannot know of them.
+    unwritten: HashSet<i64>,
+    parked: HashSet<i64>,
+    /// It settles a pending row: the instance's next one may be due once it is written.
+    pending_settled: bool,
+}
+
+/// What a write in flight comes back with: whether the endpoint was still held (a panicked or
+/// aborted task counts as not held: the worker stops and the supervisor starts a new one from
+/// the database's state).
+async fn written(writing: &mut Option<Writing>) -> Result<bool, DbError> {
+    match writing {
+        Some(writing) => (&mut writing.task).await.unwrap_or(Ok(false)),
+        None => std::future::pending().await,
+    }
+}
+
 pub struct Worker {
     db: Arc<Database>,
     sinks: Sinks,
@@ -89,6 +113,8 @@ pub struct Worker {
     /// A pending row was settled since the last write.
     pending_settled: bool,
     in_flight: JoinSet<(Source, Event, SystemTime, Duration, Attempt)>,
+    /// The write in flight, if any.
+    writing: Option<Writing>,
     outcomes: Vec<Outcome>,
     oldest_outcome: Option<Instant>,
     caught_up: bool,
@@ -158,6 +184,7 @@ impl Worker {
             unwritten: HashSet::new(),
             pending_settled: false,
             in_flight: JoinSet::new(),
+            writing: None,
             outcomes: Vec::new(),
             oldest_outcome: None,
             caught_up: false,
@@ -176,6 +203,12 @@ impl Worker {
     pub async fn run(mut self) -> Result<Stopped, DbError> {
         loop {
             let stopping = self.gone.is_some() || *self.shutdown.borrow();
+            if self.writing.as_ref().is_some_and(|w| w.task.is_finished()) {
+                let held = written(&mut self.writing).await?;
+                if !self.wrote(held) {
+                    return Ok(Stopped::NotHeld);
+                }
+            }
             if stopping {
                 if self.in_flight.is_empty() {
                     let fence = self.fence();
@@ -206,20 +239,14 @@ impl Worker {
             // While stopping, outcomes wait for the last one: a 410 disables the endpoint with
             // that write, and nothing could be written after it.
             let flush_due = !stopping
+                && self.writing.is_none()
                 && self
                     .oldest_outcome
                     .map(|t| t.elapsed() >= FLUSH_AGE || self.outcomes.len() >= FLUSH_COUNT)
                     .unwrap_or(false);
             if flush_due {
-                let fence = self.fence();
-                match tokio::time::timeout_at(fence, self.flush()).await {
-                    Ok(held) => {
-                        if !held? {
-                            return Ok(Stopped::NotHeld);
-                        }
-                    }
-                    Err(_) => return Ok(self.lapse()),
-                }
+                // Written by a task of its own: the worker goes on sending meanwhile.
+                self.start_writing();
             }
             // Wake for what can happen then: a poll, a due check when a request could start,
             // a flush (not while stopping). A deadline already past would spin the loop.
@@ -227,7 +254,9 @@ impl Worker {
             if !stopping && self.in_flight.len() < self.config.borrow().max_in_flight {
                 deadline = deadline.min(self.next_due_check);
             }
-            if let (false, Some(oldest)) = (stopping, self.oldest_outcome) {
+            if let (false, true, Some(oldest)) =
+                (stopping, self.writing.is_none(), self.oldest_outcome)
+            {
                 deadline = deadline.min(oldest + FLUSH_AGE);
             }
             // Requests held back by the rate limit or an open circuit: wake when one may go.
@@ -271,7 +300,12 @@ impl Worker {
                         self.signals_closed = true;
                     }
                 }
-                _ = tokio::time::sleep_until(fence), if !self.in_flight.is_empty() => {
+                held = written(&mut self.writing), if self.writing.is_some() => {
+                    if !self.wrote(held?) {
+                        return Ok(Stopped::NotHeld);
+                    }
+                }
+                _ = tokio::time::sleep_until(fence), if !self.in_flight.is_empty() || self.writing.is_some() => {
                     if Instant::now() >= self.fence() {
                         return Ok(self.lapse());
                     }
@@ -307,7 +341,12 @@ impl Worker {
             });
             let Some(event) = row.event else { continue };
             let instance = event.aggregate_id;
-            if row.waits_behind || self.parked_unwritten.contains(&instance) {
+            let parked_unwritten = self.parked_unwritten.contains(&instance)
+                || self
+                    .writing
+                    .as_ref()
+                    .is_some_and(|w| w.parked.contains(&instance));
+            if row.waits_behind || parked_unwritten {
                 self.park(sequence, event);
                 continue;
             }
@@ -341,6 +380,9 @@ impl Worker {
     /// whichever relay holds the endpoint next.
     fn lapse(&mut self) -> Stopped {
         self.in_flight.abort_all();
+        if let Some(writing) = self.writing.take() {
+            writing.task.abort();
+        }
         self.metrics.in_flight.set(0);
         Stopped::LeaseLapsed
     }
@@ -398,7 +440,10 @@ impl Worker {
                 .unwrap_or(now + self.relay.poll_interval);
             return Ok(());
         }
-        let busy: Vec<i64> = self.busy.union(&self.unwritten).copied().collect();
+        let mut busy: Vec<i64> = self.busy.union(&self.unwritten).copied().collect();
+        if let Some(writing) = &self.writing {
+            busy.extend(writing.unwritten.iter().copied());
+        }
         let name = self.name();
         let due = self
             .db
@@ -598,43 +643,79 @@ impl Worker {
         }
     }
 
-    /// Write the outcomes and move the cursor over the finished prefix. False: the endpoint is
-    /// not this relay's any more.
-    async fn flush(&mut self) -> Result<bool, DbError> {
+    /// Start writing the outcomes and moving the cursor over the finished prefix of the window,
+    /// in a task of its own (at most one at a time).
+    fn start_writing(&mut self) {
+        if self.writing.is_some() {
+            return;
+        }
         let mut finished = 0;
         while finished < self.window.len() && self.window[finished].finished {
             finished += 1;
         }
         if self.outcomes.is_empty() && finished == 0 && self.gone.is_none() {
-            return Ok(true);
+            return;
         }
         let cursor = finished
             .checked_sub(1)
             .map(|last| self.window[last].position);
-        let name = self.name();
-        let held = self
-            .db
-            .record(
-                &name,
-                &self.relay.relay_id,
-                &self.outcomes,
-                cursor,
-                self.gone.as_deref(),
-            )
-            .await?;
-        if !held {
-            return Ok(false);
-        }
-        self.outcomes.clear();
+        let outcomes = std::mem::take(&mut self.outcomes);
         self.oldest_outcome = None;
-        self.parked_unwritten.clear();
+        let (db, name, relay, gone) = (
+            self.db.clone(),
+            self.name(),
+            self.relay.relay_id.clone(),
+            self.gone.clone(),
+        );
+        self.writing = Some(Writing {
+            task: tokio::spawn(async move {
+                db.record(&name, &relay, &outcomes, cursor, gone.as_deref())
+                    .await
+            }),
+            finished,
+            unwritten: std::mem::take(&mut self.unwritten),
+            parked: std::mem::take(&mut self.parked_unwritten),
+            pending_settled: std::mem::take(&mut self.pending_settled),
+        });
+    }
+
+    /// The write in flight came back: drain the slots it finished. False: the endpoint is not
+    /// this relay's any more (nothing was written).
+    fn wrote(&mut self, held: bool) -> bool {
+        let Some(writing) = self.writing.take() else {
+            return true;
+        };
+        if !held {
+            return false;
+        }
         // The next pending rows of instances whose pending row was settled may be due now.
-        if std::mem::take(&mut self.pending_settled) {
+        if writing.pending_settled {
             self.next_due_check = Instant::now();
         }
-        self.unwritten.clear();
-        self.window.drain(..finished);
-        self.first_slot += finished as u64;
-        Ok(true)
+        self.window.drain(..writing.finished);
+        self.first_slot += writing.finished as u64;
+        true
+    }
+
+    /// Write everything now (the write in flight, then the rest): when stopping. False: the
+    /// endpoint is not this relay's any more.
+    async fn flush(&mut self) -> Result<bool, DbError> {
+        let mut rest_started = false;
+        loop {
+            if self.writing.is_none() {
+                if rest_started {
+                    return Ok(true);
+                }
+                self.start_writing();
+                rest_started = true;
+                if self.writing.is_none() {
+                    return Ok(true); // nothing to write
+                }
+            }
+            let held = written(&mut self.writing).await?;
+            if !self.wrote(held) {
+                return Ok(false);
+            }
+        }
     }
 }
