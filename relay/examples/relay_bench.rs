@@ -390,11 +390,39 @@ fn plain_loop(bodies: &[String], endpoints: usize) -> f64 {
 
 /// Commit-to-receipt latency at a steady rate: p50, p99 (ms), lost, out of order.
 fn latency(cluster: &Cluster, rate: u32, seconds: u32) -> (f64, f64, usize, usize) {
+    latency_of(cluster, 1, 1, rate, seconds)
+}
+
+/// The same with `endpoints` endpoints served by `relays` relays (each event goes to every
+/// endpoint: the percentiles are over every delivery).
+fn latency_of(
+    cluster: &Cluster,
+    endpoints: usize,
+    relays: usize,
+    rate: u32,
+    seconds: u32,
+) -> (f64, f64, usize, usize) {
     let receiver = Receiver::start();
-    let (database, mut client) = database_with_endpoints(cluster, "relay_latency", &receiver, 1);
-    let _relay = RelayProcess::start(cluster, &database);
-    // The relay takes its lease and listens.
-    std::thread::sleep(Duration::from_millis(1500));
+    let (database, mut client) = database_with_endpoints(
+        cluster,
+        &format!("relay_latency_{endpoints}_{relays}"),
+        &receiver,
+        endpoints,
+    );
+    let _relays: Vec<RelayProcess> = (0..relays)
+        .map(|_| RelayProcess::start(cluster, &database))
+        .collect();
+    // The relays take their fair shares and listen.
+    wait_until(
+        &mut client,
+        &format!(
+            "SELECT (SELECT count(*) FROM ae_events.relays) = {relays}
+               AND (SELECT count(*) FROM ae_events.endpoints WHERE lease_expires_at > now()) = {endpoints}
+               AND (SELECT max(n) FROM (SELECT count(*) AS n FROM ae_events.endpoints GROUP BY relay) AS h)
+                   <= ceil({endpoints}::float8 / {relays})"
+        ),
+        Duration::from_secs(60),
+    );
     let total = (rate * seconds) as i64;
     let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
     let mut committed: HashMap<i64, Instant> = HashMap::new();
@@ -407,7 +435,7 @@ fn latency(cluster: &Cluster, rate: u32, seconds: u32) -> (f64, f64, usize, usiz
         insert_instance(&mut client, id);
         committed.insert(id, Instant::now());
     }
-    receiver.wait_for(total as usize, Duration::from_secs(60));
+    receiver.wait_for(total as usize * endpoints, Duration::from_secs(120));
     let arrivals = receiver.take();
     let mut latencies: Vec<f64> = arrivals
         .iter()
@@ -419,7 +447,9 @@ fn latency(cluster: &Cluster, rate: u32, seconds: u32) -> (f64, f64, usize, usiz
         .collect();
     latencies.sort_by(|a, b| a.total_cmp(b));
     let percentile = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p).round() as usize];
-    let expected = HashMap::from([("e0".to_owned(), total as usize)]);
+    let expected: HashMap<String, usize> = (0..endpoints)
+        .map(|n| (format!("e{n}"), total as usize))
+        .collect();
     let (lost, out_of_order) = check(&arrivals, &expected);
     (percentile(0.5), percentile(0.99), lost, out_of_order)
 }
@@ -800,6 +830,18 @@ fn fleet(cluster: &Cluster, events: usize, smoke: bool) -> usize {
             "| {relays} relay{} | {per_second:.0} | {:.2}x | {lost} | {out_of_order} |",
             if relays == 1 { "" } else { "s" },
             per_second / one_relay
+        );
+        failures += lost + out_of_order;
+    }
+    println!();
+    let (rate, seconds) = if smoke { (20, 2) } else { (100, 10) };
+    println!("| 12 endpoints, {rate} events/s for {seconds} s | commit-to-receipt p50 | p99 | lost | out of order |");
+    println!("|---|---:|---:|---:|---:|");
+    for relays in [1usize, 3] {
+        let (p50, p99, lost, out_of_order) = latency_of(cluster, 12, relays, rate, seconds);
+        println!(
+            "| {relays} relay{} | {p50:.1} ms | {p99:.1} ms | {lost} | {out_of_order} |",
+            if relays == 1 { "" } else { "s" }
         );
         failures += lost + out_of_order;
     }
