@@ -139,22 +139,9 @@ fn run_to_end(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
     (status.code(), process.stderr())
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// GET over plain HTTP/1.0: the status.
 fn get_status(port: u16, path: &str) -> Option<u16> {
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).ok()?;
-    text.split_whitespace().nth(1)?.parse().ok()
+    get(port, path).map(|(status, _)| status)
 }
 
 fn wait_for_metrics(port: u16, process: &Process) {
@@ -395,6 +382,19 @@ fn bad_files_are_refused_at_start_naming_the_file_and_the_key() {
             "{name}: did not start"
         );
     }
+    // A database URL that cannot be parsed (here from the file): refused at start, named,
+    // never quoted (it holds the password).
+    let file = TempFile::new(
+        "bad-url.toml",
+        "database-url = \"postgres://relay:hunter2@db.internal:notaport/app\"\n",
+    );
+    let (code, stderr) = run_to_end(&["run", "--config", file.path()], &[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the database URL (--database-url / DATABASE_URL) cannot be parsed"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "{stderr}");
     // A file that is not there.
     let (code, stderr) = run_to_end(
         &["run", "--config", "/nonexistent/ae-relay.toml"],
