@@ -97,7 +97,9 @@ fn holds(client: &mut Client, query: &str) -> bool {
 
 #[test]
 fn a_subscriber_gets_every_event_in_commit_order_across_restarts_and_prune() {
-    let source = Cluster::start(&["wal_level = logical"]);
+    // Commits wait for their WAL, as in production (an immediate stop must not take back a
+    // commit the subscriber may already have).
+    let source = Cluster::start(&["wal_level = logical", "synchronous_commit = on"]);
     let subscriber_cluster = Cluster::start(&[]);
     let database = source.database("replicated", ForeignKeys::Without);
     let mut app = source.connect(&database);
@@ -191,7 +193,9 @@ fn a_subscriber_gets_every_event_in_commit_order_across_restarts_and_prune() {
 
 #[test]
 fn a_pgoutput_client_reads_the_inserts_and_no_deletes() {
-    let source = Cluster::start(&["wal_level = logical"]);
+    // Commits wait for their WAL: decoding reads only flushed WAL, and the test reads at once
+    // (with the test clusters' synchronous_commit = off the last commit could still be unflushed).
+    let source = Cluster::start(&["wal_level = logical", "synchronous_commit = on"]);
     let database = source.database("decoded", ForeignKeys::Without);
     let mut app = source.connect(&database);
     app.batch_execute(MINIMAL_REFERENCE_DATA).unwrap();
