@@ -48,6 +48,17 @@ fn extension_objects(client: &mut Client) -> Vec<String> {
                     || p.prosecdef::text || ' ' || coalesce(p.proconfig::text, '')
                FROM pg_proc AS p WHERE p.pronamespace = 'ae_events'::regnamespace
              UNION ALL
+             -- The whole definition: language, volatility, strictness, parallel safety, body.
+             SELECT 'function ' || pg_get_functiondef(p.oid)
+               FROM pg_proc AS p WHERE p.pronamespace = 'ae_events'::regnamespace AND p.prokind = 'f'
+             UNION ALL
+             SELECT 'view ' || c.oid::regclass::text || ' ' || pg_get_viewdef(c.oid)
+               FROM pg_class AS c WHERE c.relnamespace = 'ae_events'::regnamespace AND c.relkind = 'v'
+             UNION ALL
+             SELECT 'index ' || pg_get_indexdef(i.indexrelid)
+               FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indrelid
+              WHERE c.relnamespace = 'ae_events'::regnamespace
+             UNION ALL
              SELECT 'table grant ' || c.oid::regclass::text || ' ' || coalesce(c.relacl::text, 'default')
                FROM pg_class AS c
               WHERE c.relnamespace IN ('ae_events'::regnamespace, 'ti'::regnamespace,
