@@ -14,23 +14,26 @@ use std::time::{Duration, Instant};
 const PUBLICATION: &str =
     "CREATE PUBLICATION ae_events_outbox FOR TABLE ae_events.outbox WITH (publish = 'insert')";
 
-/// The subscriber's copy: the outbox's columns (no extension there), and the order rows arrived
-/// in (applied one transaction at a time, in the source's commit order).
-const SUBSCRIBER_TABLE: &str = "
-CREATE SCHEMA ae_events;
-CREATE TABLE ae_events.outbox (
-    id bigint PRIMARY KEY,
-    event_id uuid NOT NULL UNIQUE,
-    subscription_key text NOT NULL,
-    event_type text NOT NULL,
-    aggregate_type text NOT NULL,
-    aggregate_id bigint NOT NULL,
-    snapshot_version integer NOT NULL,
-    payload jsonb NOT NULL,
-    occurred_at timestamptz NOT NULL,
-    txid xid8 NOT NULL,
-    arrival bigint GENERATED ALWAYS AS IDENTITY
-);";
+/// The subscriber's copy of the outbox, made from the source's own columns (the extension is
+/// not needed there), plus the order rows arrived in (applied one transaction at a time, in the
+/// source's commit order).
+fn subscriber_table(source: &mut Client) -> String {
+    let columns: String = source
+        .query_one(
+            "SELECT string_agg(format('%I %s', attname, format_type(atttypid, atttypmod)), ', '
+                               ORDER BY attnum)
+               FROM pg_attribute
+              WHERE attrelid = 'ae_events.outbox'::regclass AND attnum > 0 AND NOT attisdropped",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    format!(
+        "CREATE SCHEMA ae_events;
+         CREATE TABLE ae_events.outbox ({columns}, PRIMARY KEY (id),
+                                        arrival bigint GENERATED ALWAYS AS IDENTITY);"
+    )
+}
 
 fn outbox_count(client: &mut Client) -> i64 {
     client
@@ -108,7 +111,7 @@ fn a_subscriber_gets_every_event_in_commit_order_across_restarts_and_prune() {
 
     let copy = subscriber_cluster.empty_database("replica");
     let mut replica = subscriber_cluster.connect(&copy);
-    replica.batch_execute(SUBSCRIBER_TABLE).unwrap();
+    replica.batch_execute(&subscriber_table(&mut app)).unwrap();
     replica
         .batch_execute(&format!(
             "CREATE SUBSCRIPTION ae_events_outbox CONNECTION '{}' PUBLICATION ae_events_outbox
