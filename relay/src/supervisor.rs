@@ -110,7 +110,7 @@ async fn serve(
 ) -> Ended {
     let mut workers: HashMap<String, RunningWorker> = HashMap::new();
     // Workers of endpoints this relay gave up (its fair share shrank): they finish and end.
-    let mut handing_over: Vec<(String, RunningWorker)> = Vec::new();
+    let mut handing_over: HashMap<String, RunningWorker> = HashMap::new();
     let renew_every = config.lease / 3;
     let ended = loop {
         if db.connection.is_finished() || db.is_closed() {
@@ -135,19 +135,27 @@ async fn serve(
                 let valid_until = asked_at + config.lease;
                 metrics.set_ready(true);
                 metrics.endpoints_held.set(held.len() as i64);
-                // Bounded like the lease call: a hanging one means the connection is lost.
-                let status =
-                    match tokio::time::timeout(renew_every, db.status(&config.relay_id)).await {
+                // The backlog gauges cost a query per round (counting events after each
+                // cursor): only when /metrics is served. Bounded like the lease call: a hanging
+                // one means the connection is lost.
+                if config.metrics_address.is_some() {
+                    let status = match tokio::time::timeout(
+                        renew_every,
+                        db.status(&config.relay_id),
+                    )
+                    .await
+                    {
                         Ok(status) => status,
                         Err(_) => {
                             metrics.set_ready(false);
                             break Ended::Lost("a query did not answer in time".to_owned());
                         }
                     };
-                match status {
-                    Ok(status) => metrics.record_status(&status),
-                    Err(error) => {
-                        tracing::warn!(error = %describe(&error), "cannot read the endpoints' backlog")
+                    match status {
+                        Ok(status) => metrics.record_status(&status),
+                        Err(error) => {
+                            tracing::warn!(error = %describe(&error), "cannot read the endpoints' backlog")
+                        }
                     }
                 }
                 let names: Vec<String> = held.iter().map(|e| e.name.clone()).collect();
@@ -215,7 +223,11 @@ async fn serve(
                     if let Some(worker) = workers.remove(&name) {
                         let _ = worker.stop.send(true);
                         tracing::info!(endpoint = %name, "no longer serving endpoint");
-                        handing_over.push((name, worker));
+                        // One handed over earlier has ended by now (within its lease, before
+                        // the endpoint could come back): say how.
+                        if let Some(earlier) = handing_over.insert(name.clone(), worker) {
+                            report(&name, earlier.task.await);
+                        }
                     }
                 }
             }
@@ -225,25 +237,8 @@ async fn serve(
             }
         }
         // A worker that ended: say why; the next lease round starts a new one if still held.
-        let ended: Vec<String> = workers
-            .iter()
-            .filter(|(_, worker)| worker.task.is_finished())
-            .map(|(name, _)| name.clone())
-            .collect();
-        for name in ended {
-            if let Some(worker) = workers.remove(&name) {
-                report(&name, worker.task.await);
-            }
-        }
-        let mut still_handing_over = Vec::new();
-        for (name, worker) in handing_over.drain(..) {
-            if worker.task.is_finished() {
-                report(&name, worker.task.await);
-            } else {
-                still_handing_over.push((name, worker));
-            }
-        }
-        handing_over = still_handing_over;
+        report_ended(&mut workers).await;
+        report_ended(&mut handing_over).await;
         tokio::select! {
             _ = tokio::time::sleep(renew_every) => {}
             _ = shutdown.changed() => break Ended::Shutdown,
@@ -254,10 +249,10 @@ async fn serve(
             // Workers stop dispatching, let in-flight requests finish and write their outcomes,
             // within the deadline; past it they are stopped (their events are sent again later).
             let deadline = tokio::time::Instant::now() + config.shutdown_deadline;
-            for worker in workers.values().chain(handing_over.iter().map(|(_, w)| w)) {
+            for worker in workers.values().chain(handing_over.values()) {
                 let _ = worker.stop.send(true);
             }
-            for (name, mut worker) in workers.drain().chain(handing_over.drain(..)) {
+            for (name, mut worker) in workers.drain().chain(handing_over.drain()) {
                 match tokio::time::timeout_at(deadline, &mut worker.task).await {
                     Ok(result) => report(&name, result),
                     Err(_) => {
@@ -275,10 +270,24 @@ async fn serve(
         lost => {
             metrics.set_ready(false);
             metrics.endpoints_held.set(0);
-            for (_, worker) in workers.drain().chain(handing_over.drain(..)) {
+            for (_, worker) in workers.drain().chain(handing_over.drain()) {
                 worker.task.abort();
             }
             lost
+        }
+    }
+}
+
+/// Remove the workers that ended and say why each did.
+async fn report_ended(workers: &mut HashMap<String, RunningWorker>) {
+    let ended: Vec<String> = workers
+        .iter()
+        .filter(|(_, worker)| worker.task.is_finished())
+        .map(|(name, _)| name.clone())
+        .collect();
+    for name in ended {
+        if let Some(worker) = workers.remove(&name) {
+            report(&name, worker.task.await);
         }
     }
 }
