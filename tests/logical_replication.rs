@@ -8,7 +8,7 @@ mod common;
 
 use common::*;
 use postgres::Client;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The one-line publication the README gives the DBA.
 const PUBLICATION: &str =
@@ -44,25 +44,12 @@ fn outbox_count(client: &mut Client) -> i64 {
 
 /// Wait until the subscriber holds `count` rows.
 fn wait_for_rows(client: &mut Client, count: i64) {
-    wait_until(
+    wait_until_sql(
         client,
         &format!("{count} events at the subscriber"),
+        Duration::from_secs(60),
         &format!("SELECT count(*) = {count} FROM ae_events.outbox"),
     );
-}
-
-fn wait_until(client: &mut Client, what: &str, query: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        // The subscriber may be restarting: a failed query is tried again.
-        if let Ok(row) = client.query_one(query, &[]) {
-            if row.get::<_, bool>(0) {
-                return;
-            }
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// Write `count` transactions from `first` on: each inserts one instance and updates the one

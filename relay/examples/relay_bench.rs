@@ -413,15 +413,16 @@ fn latency_of(
         .map(|_| RelayProcess::start(cluster, &database))
         .collect();
     // The relays take their fair shares and listen.
-    wait_until(
+    wait_until_sql(
         &mut client,
+        "the relays' fair shares",
+        Duration::from_secs(60),
         &format!(
             "SELECT (SELECT count(*) FROM ae_events.relays) = {relays}
                AND (SELECT count(*) FROM ae_events.endpoints WHERE lease_expires_at > now()) = {endpoints}
                AND (SELECT max(n) FROM (SELECT count(*) AS n FROM ae_events.endpoints GROUP BY relay) AS h)
                    <= ceil({endpoints}::float8 / {relays})"
         ),
-        Duration::from_secs(60),
     );
     let total = (rate * seconds) as i64;
     let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
@@ -625,15 +626,6 @@ fn nats_throughput(cluster: &Cluster, events: usize) -> NatsThroughput {
     }
 }
 
-/// Wait until a query's boolean is true.
-fn wait_until(client: &mut postgres::Client, query: &str, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    while !client.query_one(query, &[]).unwrap().get::<_, bool>(0) {
-        assert!(Instant::now() < deadline, "timed out: {query}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// `relays` relays sharing `endpoints` endpoints deliver a backlog: deliveries per second, lost,
 /// out of order. The endpoints are enabled once every relay runs, so each takes its fair share
 /// from the start.
@@ -657,10 +649,11 @@ fn fleet_throughput(
     let running: Vec<RelayProcess> = (0..relays)
         .map(|_| RelayProcess::start(cluster, &database))
         .collect();
-    wait_until(
+    wait_until_sql(
         &mut client,
-        &format!("SELECT count(*) = {relays} FROM ae_events.relays"),
+        "every relay registered",
         Duration::from_secs(60),
+        &format!("SELECT count(*) = {relays} FROM ae_events.relays"),
     );
     let start = Instant::now();
     client
@@ -708,11 +701,12 @@ fn failover_gap(
             ))
         })
         .collect();
-    wait_until(
+    wait_until_sql(
         &mut client,
+        "four endpoints for relays a and b",
+        Duration::from_secs(120),
         "SELECT count(*) FILTER (WHERE relay = 'a') = 4 AND count(*) FILTER (WHERE relay = 'b') = 4
             FROM ae_events.endpoints",
-        Duration::from_secs(120),
     );
     let killed: Vec<String> = client
         .query(

@@ -40,18 +40,9 @@ fn wait_for_holders(
     what: &str,
     condition: impl Fn(&BTreeMap<String, Option<String>>) -> bool,
 ) -> (BTreeMap<String, Option<String>>, Instant) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let now = holders(client);
-        if condition(&now) {
-            return (now, Instant::now());
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}: {now:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let now = within(WAIT, || holders(client), |h| condition(h));
+    assert!(condition(&now), "timed out waiting for {what}: {now:?}");
+    (now, Instant::now())
 }
 
 /// Inserts instances and updates earlier ones until stopped: a steady load.

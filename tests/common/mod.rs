@@ -309,12 +309,14 @@ pub fn seeded_database(name: &str) -> (String, Client) {
     (database, client)
 }
 
-/// Calls `attempt` until `done` holds for its result or 30 s have passed, and returns the last
-/// result. For consumer polls: the delivery horizon counts a transaction that ends while it is
-/// computed as still running (conservative), so a just-committed event can be held back for a
-/// moment while other transactions in the cluster come and go.
-pub fn eventually<T>(mut attempt: impl FnMut() -> T, done: impl Fn(&T) -> bool) -> T {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+/// Calls `attempt` until `done` holds for its result or `timeout` has passed, and returns the
+/// last result (the caller asserts on it).
+pub fn within<T>(
+    timeout: Duration,
+    mut attempt: impl FnMut() -> T,
+    done: impl Fn(&T) -> bool,
+) -> T {
+    let deadline = std::time::Instant::now() + timeout;
     loop {
         let result = attempt();
         if done(&result) || std::time::Instant::now() > deadline {
@@ -322,6 +324,23 @@ pub fn eventually<T>(mut attempt: impl FnMut() -> T, done: impl Fn(&T) -> bool) 
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The same within 30 s. For consumer polls: the delivery horizon counts a transaction that
+/// ends while it is computed as still running (conservative), so a just-committed event can be
+/// held back for a moment while other transactions in the cluster come and go.
+pub fn eventually<T>(attempt: impl FnMut() -> T, done: impl Fn(&T) -> bool) -> T {
+    within(Duration::from_secs(30), attempt, done)
+}
+
+/// Wait until a query's single boolean is true.
+pub fn wait_until_sql(client: &mut Client, what: &str, timeout: Duration, query: &str) {
+    let holds = within(
+        timeout,
+        || client.query_one(query, &[]).unwrap().get::<_, bool>(0),
+        |holds| *holds,
+    );
+    assert!(holds, "timed out waiting for {what}");
 }
 
 /// Insert an instance of candidate 1 and catalog assessment 1, without a measurement.

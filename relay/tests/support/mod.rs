@@ -252,19 +252,13 @@ impl Receiver {
         timeout: Duration,
         condition: impl Fn(&[Received]) -> bool,
     ) -> Vec<Received> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let requests = self.requests();
-            if condition(&requests) {
-                return requests;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; {} requests so far",
-                requests.len()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let requests = within(timeout, || self.requests(), |requests| condition(requests));
+        assert!(
+            condition(&requests),
+            "timed out waiting for {what}; {} requests so far",
+            requests.len()
+        );
+        requests
     }
 }
 
@@ -442,19 +436,6 @@ pub fn delivery(
         )
         .unwrap()
         .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
-}
-
-/// Wait until a query's single boolean is true.
-pub fn wait_until_sql(client: &mut Client, what: &str, timeout: Duration, query: &str) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let done: bool = client.query_one(query, &[]).unwrap().get(0);
-        if done {
-            return;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(25));
-    }
 }
 
 /// The events of the outbox: (event_id, instance, version, payload text), in id order.
