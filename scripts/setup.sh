@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
+# PG_CONFIG may point at another installation of PostgreSQL 15 (a private copy, say).
+PG_CONFIG="${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}"
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 

@@ -516,7 +516,7 @@ fn single_row_workload(bench: &Bench) -> Vec<(Variant, f64)> {
 
 /// One pgbench run of `seconds` against the variant's database: its tps.
 fn pgbench(bench: &Bench, script: &std::path::Path, variant: Variant, seconds: u32) -> f64 {
-    let mut command = Command::new(format!("{PG_BIN}/pgbench"));
+    let mut command = Command::new(format!("{}/pgbench", pg_bin()));
     if variant == Variant::AeEventsOff {
         command.env("PGOPTIONS", "-c ae_events.notify=off");
     }

@@ -1,6 +1,9 @@
-//! Test harness: one throwaway PostgreSQL 15 cluster per test binary, started by the tests
+//! Test harness: one throwaway PostgreSQL cluster per test binary, started by the tests
 //! themselves (initdb under /tmp, loopback port, trust auth), stopped when the test process ends.
 //! Each test gets its own database with the reference schema and the extension.
+//!
+//! The server is the one whose `pg_config` is in `PG_CONFIG` (set by scripts/test.sh for the
+//! major in `PG_VERSION`), or Debian's PostgreSQL 15 when it is unset.
 #![allow(dead_code)]
 
 use postgres::fallible_iterator::FallibleIterator;
@@ -12,7 +15,25 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+/// Debian's PostgreSQL 15, the default server.
+pub const DEFAULT_PG_CONFIG: &str = "/usr/lib/postgresql/15/bin/pg_config";
+
+/// The directory of the server's programs: `pg_config --bindir` of `PG_CONFIG`.
+pub fn pg_bin() -> &'static str {
+    static BIN: OnceLock<String> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let pg_config = std::env::var("PG_CONFIG").unwrap_or_else(|_| DEFAULT_PG_CONFIG.into());
+        let output = Command::new(&pg_config)
+            .arg("--bindir")
+            .output()
+            .unwrap_or_else(|e| panic!("run {pg_config} --bindir: {e}"));
+        assert!(output.status.success(), "{pg_config} --bindir failed");
+        String::from_utf8(output.stdout)
+            .expect("pg_config prints a UTF-8 path")
+            .trim()
+            .to_string()
+    })
+}
 pub const SCHEMA: &str = include_str!("../sql/reference_schema.sql");
 pub const CROSS_SERVICE_FOREIGN_KEYS: &str = include_str!("../sql/cross_service_foreign_keys.sql");
 pub const SEED_EXAMPLE: &str = include_str!("../sql/seed_example.sql");
@@ -40,7 +61,7 @@ fn running_as_root() -> bool {
 
 /// Run a PostgreSQL program as the `postgres` OS user when we are root (initdb refuses root).
 pub fn pg_command(program: &str) -> Command {
-    let path = format!("{PG_BIN}/{program}");
+    let path = format!("{}/{program}", pg_bin());
     if running_as_root() {
         let mut command = Command::new("runuser");
         command.args(["-u", "postgres", "--", &path]);
@@ -217,12 +238,14 @@ fn stop_when_this_process_ends(data_dir: &Path) {
         pid = std::process::id(),
         stop = if running_as_root() {
             format!(
-                "runuser -u postgres -- {PG_BIN}/pg_ctl -D '{}' -m immediate stop >/dev/null 2>&1",
+                "runuser -u postgres -- {}/pg_ctl -D '{}' -m immediate stop >/dev/null 2>&1",
+                pg_bin(),
                 data_dir.display()
             )
         } else {
             format!(
-                "{PG_BIN}/pg_ctl -D '{}' -m immediate stop >/dev/null 2>&1",
+                "{}/pg_ctl -D '{}' -m immediate stop >/dev/null 2>&1",
+                pg_bin(),
                 data_dir.display()
             )
         },
