@@ -32,7 +32,7 @@ while [ $# -gt 0 ]; do
         --previous) revision="previous" ;;
         --out-dir) out_dir="${2:?--out-dir needs a directory}"; shift ;;
         --force) force=1 ;;
-        -h | --help) sed -n '2,19p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,18p' "$0"; exit 0 ;;
         *) echo "package: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -264,9 +264,9 @@ cleanup() {
 }
 trap cleanup EXIT
 git -C "$root" worktree add --quiet --detach "$worktree/src" "$commit"
-# This checkout's target directory: the dependencies the revision shares with it are not built
-# again (its own crates are artifacts of their own there: another path, another hash).
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
+# A target directory of its own: a cdylib's file has no hash in its name, so in a shared one the
+# revision's libae_events.so would replace this checkout's while cargo still deems that fresh.
+export CARGO_TARGET_DIR="$root/target/package-revisions"
 if [ "$build_extension" = 1 ]; then
     rm -f "$extension_deb.source"
     package_extension "$worktree/src"

@@ -454,3 +454,33 @@ fn relay_package_installs_its_binary_unit_and_config_and_is_removed() {
     }
     assert!(!Path::new("/etc/ae-relay").exists());
 }
+
+/// sql/releases.tsv names, for the release the upgrade test starts from, the commit whose
+/// Cargo.toml has that version (package.sh --previous builds it), and so for every other line.
+#[test]
+fn releases_file_names_the_commit_of_each_release() {
+    let releases = std::fs::read_to_string(root().join("sql/releases.tsv")).unwrap();
+    let mut versions = Vec::new();
+    for line in releases.lines().filter(|line| !line.starts_with('#')) {
+        let (version, commit) = line.split_once('\t').expect("version<TAB>commit");
+        let manifest = succeed(
+            "git",
+            &[
+                "-C",
+                root().to_str().unwrap(),
+                "show",
+                &format!("{commit}:Cargo.toml"),
+            ],
+        );
+        assert!(
+            manifest.contains(&format!("\nversion = \"{version}\"\n")),
+            "{commit}'s Cargo.toml is not version {version}"
+        );
+        versions.push(version.to_string());
+    }
+    assert!(
+        versions.contains(&previous_version()),
+        "sql/releases.tsv lacks {}",
+        previous_version()
+    );
+}
