@@ -96,6 +96,7 @@ shlib_depends() {
 # DEBIAN/md5sums of a staged tree (conffiles excluded, as dpkg expects), then the .deb.
 build_deb() {
     local stage="$1" deb="$2"
+    rm -f "$deb.source" # its revision's stamp, if any
     (cd "$stage" && find . -path ./DEBIAN -prune -o -path ./etc -prune -o -type f -printf '%P\n' |
         LC_ALL=C sort | xargs -r -d '\n' md5sum) >"$stage/DEBIAN/md5sums"
     chmod 644 "$stage/DEBIAN/md5sums"
@@ -239,8 +240,10 @@ fi
 commit="$(git -C "$root" rev-parse --verify --quiet "$revision^{commit}")" ||
     { echo "package: $revision is not a commit here" >&2; exit 2; }
 
-# A commit's package never changes: keep it unless --force.
-stamp() { echo "$commit $major $arch"; }
+# A commit's package changes only with this script: keep it unless --force.
+stamp() {
+    echo "$commit $major $arch $(cat "$0" "$root"/relay/packaging/debian/* | sha256sum | cut -c1-16)"
+}
 up_to_date() {
     local deb="$1"
     [ "$force" = 0 ] && [ -f "$deb" ] && [ "$(cat "$deb.source" 2>/dev/null)" = "$(stamp)" ]
