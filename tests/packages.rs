@@ -31,9 +31,28 @@ fn run(program: &str, args: &[&str]) -> Output {
         .unwrap_or_else(|e| panic!("run {program}: {e}"))
 }
 
+/// A command that changes the system, through sudo unless we are root (as scripts/setup.sh).
+fn run_as_root(program: &str, args: &[&str]) -> Output {
+    let root = run("id", &["-u"]).stdout == b"0\n";
+    let mut all = vec!["env", "DEBIAN_FRONTEND=noninteractive", program];
+    all.extend_from_slice(args);
+    if root {
+        run(all[0], &all[1..])
+    } else {
+        run("sudo", &all)
+    }
+}
+
 /// Runs a command that must succeed and returns its standard output.
 fn succeed(program: &str, args: &[&str]) -> String {
-    let output = run(program, args);
+    expect_success(program, args, run(program, args))
+}
+
+fn succeed_as_root(program: &str, args: &[&str]) -> String {
+    expect_success(program, args, run_as_root(program, args))
+}
+
+fn expect_success(program: &str, args: &[&str], output: Output) -> String {
     assert!(
         output.status.success(),
         "{program} {args:?} failed:\n{}\n{}",
@@ -120,7 +139,7 @@ fn installed_version(package: &str) -> Option<String> {
 fn apt_get(args: &[&str]) {
     let mut all = vec!["-y", "-q", "-o", "DPkg::Lock::Timeout=120"];
     all.extend_from_slice(args);
-    succeed("apt-get", &all);
+    succeed_as_root("apt-get", &all);
 }
 
 fn install(deb: &Path) {
@@ -167,8 +186,9 @@ impl SetAside {
         };
         for file in files {
             let saved = set_aside.backup.join(file.file_name().unwrap());
-            std::fs::copy(&file, &saved).unwrap();
-            std::fs::remove_file(&file).unwrap();
+            let (from, to) = (file.to_str().unwrap(), saved.to_str().unwrap());
+            succeed_as_root("cp", &["-p", from, to]);
+            succeed_as_root("rm", &[from]);
             set_aside.moved.push((file, saved));
         }
         set_aside
@@ -178,7 +198,7 @@ impl SetAside {
 /// Purges a package if dpkg knows it (installed, or removed with its conffiles left).
 fn purge(package: &str) {
     if run("dpkg-query", &["-W", package]).status.success() {
-        let purge = run("dpkg", &["--purge", package]);
+        let purge = run_as_root("dpkg", &["--purge", package]);
         if !purge.status.success() {
             eprintln!(
                 "packages: dpkg --purge {package} failed: {}",
@@ -193,12 +213,12 @@ impl Drop for SetAside {
         purge(&self.package);
         let mut all_back = true;
         for (original, saved) in &self.moved {
-            // fs::copy keeps the permission bits.
-            if let Err(error) = std::fs::copy(saved, original) {
+            let (from, to) = (saved.to_str().unwrap(), original.to_str().unwrap());
+            let copy = run_as_root("cp", &["-p", from, to]);
+            if !copy.status.success() {
                 eprintln!(
-                    "packages: cannot put back {} from {}: {error}",
-                    original.display(),
-                    saved.display()
+                    "packages: cannot put back {to} from {from}: {}",
+                    String::from_utf8_lossy(&copy.stderr)
                 );
                 all_back = false;
             }
@@ -356,7 +376,7 @@ fn extension_package_installs_upgrades_and_is_removed() {
 
     // Removal leaves nothing behind (no conffiles: there is nothing left to purge either).
     apt_get(&["remove", &package]);
-    succeed("dpkg", &["--purge", &package]);
+    succeed_as_root("dpkg", &["--purge", &package]);
     assert_eq!(installed_version(&package), None);
     assert!(!run("dpkg-query", &["-W", &package]).status.success());
     for file in &expected {
