@@ -242,6 +242,7 @@ fn encode(snapshots: Vec<TestInstance>, rules: &Rules) -> Result<Vec<Encoded>, E
 
 fn write_context(catalog: &ExtensionCatalog) -> WriteContext {
     WriteContext {
+        outbox: catalog.outbox(),
         id_sequence: catalog.id_sequence,
         // SAFETY: reads the clock.
         occurred_at: unsafe { pg_sys::GetCurrentTimestamp() },
