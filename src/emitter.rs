@@ -280,7 +280,12 @@ fn write(
         })
         .collect();
     outbox::write(connection, write_context(catalog), events)?;
-    versions::record(connection, &states)?;
+    let rows = match kind {
+        EventKind::Created => versions::Rows::MaybeMissing,
+        // emit_updated locked (and if need be added) every row first.
+        EventKind::Updated => versions::Rows::Locked,
+    };
+    versions::record(connection, &states, rows)?;
     Ok(states.len())
 }
 
