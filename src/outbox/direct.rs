@@ -139,7 +139,8 @@ impl DirectTarget {
                     }
                     filled += 1;
                 }
-                pg_sys::MemoryContextSwitchTo(outer);
+                // The insert's own allocations (each row's compressed copy, the WAL record's
+                // array) go to the batch's memory too, freed with it below.
                 if filled > 0 && result.is_ok() {
                     let mut batch = slots[..filled].to_vec();
                     pg_sys::table_multi_insert(
@@ -168,6 +169,7 @@ impl DirectTarget {
                 for &slot in &slots[..filled] {
                     pg_sys::ExecClearTuple(slot);
                 }
+                pg_sys::MemoryContextSwitchTo(outer);
                 pg_sys::MemoryContextReset(batch_memory);
                 if filled < BATCH || result.is_err() {
                     break;
