@@ -142,6 +142,9 @@ impl DirectTarget {
                 // The insert's own allocations (each row's compressed copy, the WAL record's
                 // array) go to the batch's memory too, freed with it below.
                 if filled > 0 && result.is_ok() {
+                    // An error from here on (a duplicate event_id, say) belongs to the batch, not
+                    // to the last row produced: the error names the chunk.
+                    super::WRITING.set(None);
                     let mut batch = slots[..filled].to_vec();
                     pg_sys::table_multi_insert(
                         self.relation,
