@@ -230,7 +230,7 @@ fn encode(snapshots: Vec<TestInstance>, rules: &Rules) -> Result<Vec<Encoded>, E
         .into_iter()
         .map(|snapshot| {
             let payload = encode_one(&mut encoder, rules, &snapshot)?;
-            let digest = crate::digest::digest(&payload)?;
+            let digest = crate::digest::payload_digest(&payload);
             Ok(Encoded {
                 instance_id: snapshot.id,
                 payload,
@@ -242,6 +242,7 @@ fn encode(snapshots: Vec<TestInstance>, rules: &Rules) -> Result<Vec<Encoded>, E
 
 fn write_context(catalog: &ExtensionCatalog) -> WriteContext {
     WriteContext {
+        outbox: catalog.outbox(),
         id_sequence: catalog.id_sequence,
         // SAFETY: reads the clock.
         occurred_at: unsafe { pg_sys::GetCurrentTimestamp() },
@@ -279,7 +280,12 @@ fn write(
         })
         .collect();
     outbox::write(connection, write_context(catalog), events)?;
-    versions::record(connection, &states)?;
+    let rows = match kind {
+        EventKind::Created => versions::Rows::MaybeMissing,
+        // emit_updated locked (and if need be added) every row first.
+        EventKind::Updated => versions::Rows::Locked,
+    };
+    versions::record(connection, &states, rows)?;
     Ok(states.len())
 }
 
@@ -323,8 +329,12 @@ fn emit_updated(
                 encoded.instance_id
             )));
         };
-        if unchanged == Unchanged::Skip && state.digest.as_ref() == Some(&encoded.digest) {
-            continue;
+        if unchanged == Unchanged::Skip {
+            if let Some(recorded) = &state.digest {
+                if crate::digest::same_payload(recorded, &encoded.payload, &encoded.digest)? {
+                    continue;
+                }
+            }
         }
         events.push((encoded, state.version + 1));
     }

@@ -32,6 +32,7 @@ mod snapshot;
 
 // Write: the commit-time pass: interlock, outbox, versions, notifications.
 mod emitter;
+mod eventid;
 mod interlock;
 mod notification;
 mod outbox;

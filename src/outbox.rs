@@ -10,6 +10,9 @@
 //! the stored jsonb, so it is exactly what `payload::text` shows.
 
 use crate::errors::EventError;
+use crate::eventid;
+
+mod direct;
 use crate::jsonb::StoredJsonb;
 use crate::notification::{self, Envelope};
 use crate::rows::{Connection, KeptPlan};
@@ -62,6 +65,7 @@ pub struct Event {
 
 /// What the draining function needs besides the events: fixed for one write.
 pub struct WriteContext {
+    pub outbox: pg_sys::Oid,
     pub id_sequence: pg_sys::Oid,
     pub occurred_at: pg_sys::TimestampTz,
     pub notify: NotifyMode,
@@ -185,8 +189,11 @@ pub fn write(
             events: events.into(),
         });
     });
+    let outbox = DRAIN.with_borrow(|drain| drain.as_ref().map(|drain| drain.context.outbox));
     let result = if few {
         insert_one_by_one(connection, &plans.one)
+    } else if let Some(target) = outbox.and_then(direct::DirectTarget::open) {
+        target.insert_all(next_row)
     } else {
         plans.streaming.run(connection, &mut []).map(drop)
     }
@@ -228,7 +235,7 @@ fn insert_one_by_one(connection: Connection<'_>, plan: &KeptPlan) -> Result<(), 
     Ok(())
 }
 
-type OutboxRow = (
+pub(crate) type OutboxRow = (
     i64,
     pgrx::Uuid,
     &'static str,
@@ -272,22 +279,20 @@ fn next_row() -> Option<OutboxRow> {
         let instance_id = event.instance_id;
         WRITING.set(Some((event.kind, instance_id)));
         let payload = StoredJsonb::from_container(&event.payload);
-        // SAFETY: nextval_oid takes the sequence's regclass; gen_random_uuid takes no argument.
-        let (id, event_id) = unsafe {
-            (
-                pgrx::fcinfo::direct_function_call::<i64>(
-                    pg_sys::nextval_oid,
-                    &[drain.context.id_sequence.into_datum()],
-                ),
-                pgrx::fcinfo::direct_function_call::<pgrx::Uuid>(pg_sys::gen_random_uuid, &[]),
+        // SAFETY: nextval_oid takes the sequence's regclass.
+        let id = unsafe {
+            pgrx::fcinfo::direct_function_call::<i64>(
+                pg_sys::nextval_oid,
+                &[drain.context.id_sequence.into_datum()],
             )
         };
-        let (Some(id), Some(event_id)) = (id, event_id) else {
+        let Some(id) = id else {
             EventError::BadValue {
-                what: "the outbox id or event_id (null)".to_owned(),
+                what: "the outbox id (null)".to_owned(),
             }
             .report()
         };
+        let event_id = eventid::next().unwrap_or_else(|error| error.report());
         if drain.context.notify != NotifyMode::Off {
             let event_id_text = event_id.to_string();
             let envelope = Envelope {

@@ -37,6 +37,11 @@ impl ExtensionCatalog {
         self.outbox
     }
 
+    /// `ae_events.outbox`.
+    pub fn outbox(&self) -> pg_sys::Oid {
+        self.outbox
+    }
+
     pub fn current() -> ExtensionCatalog {
         // SAFETY: syscache lookups by name; missing_ok returns InvalidOid instead of raising.
         let outbox = unsafe {

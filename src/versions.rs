@@ -50,6 +50,15 @@ SELECT n.id, n.version, n.digest
     ON CONFLICT (instance_id) DO UPDATE
    SET snapshot_version = excluded.snapshot_version, snapshot_digest = excluded.snapshot_digest";
 
+/// The same for instances whose rows this transaction has locked (`lock`): a plain update, which
+/// does not lock each row a second time as `ON CONFLICT DO UPDATE` does.
+const UPDATE_LOCKED_STATES: &str = "
+UPDATE ae_events.instance_state AS s
+   SET snapshot_version = n.version, snapshot_digest = n.digest
+  FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3))
+       AS n(id, version, digest)
+ WHERE s.instance_id OPERATOR(pg_catalog.=) n.id";
+
 const FORGET_STATES: &str = "
 DELETE FROM ae_events.instance_state AS s WHERE s.instance_id OPERATOR(pg_catalog.=) ANY ($1)";
 
@@ -57,6 +66,7 @@ struct Plans {
     lock: KeptPlan,
     add_missing: KeptPlan,
     record: KeptPlan,
+    update_locked: KeptPlan,
     forget: KeptPlan,
 }
 
@@ -77,6 +87,16 @@ fn plans(connection: Connection<'_>) -> Result<Rc<Plans>, EventError> {
         record: KeptPlan::prepare(
             connection,
             RECORD_STATES,
+            &[
+                pg_sys::INT8ARRAYOID,
+                pg_sys::INT4ARRAYOID,
+                pg_sys::BYTEAARRAYOID,
+            ],
+        )
+        .map_err(context)?,
+        update_locked: KeptPlan::prepare(
+            connection,
+            UPDATE_LOCKED_STATES,
             &[
                 pg_sys::INT8ARRAYOID,
                 pg_sys::INT4ARRAYOID,
@@ -135,12 +155,29 @@ pub fn lock(
     Ok(states)
 }
 
+/// Whose state rows `record` writes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Rows {
+    /// Created instances: their rows may not exist yet.
+    MaybeMissing,
+    /// Instances whose rows `lock` returned in this transaction.
+    Locked,
+}
+
 /// Record the versions and digests of the events just written.
-pub fn record(connection: Connection<'_>, new_states: &[NewState]) -> Result<(), EventError> {
+pub fn record(
+    connection: Connection<'_>,
+    new_states: &[NewState],
+    rows: Rows,
+) -> Result<(), EventError> {
     if new_states.is_empty() {
         return Ok(());
     }
     let plans = plans(connection)?;
+    let plan = match rows {
+        Rows::MaybeMissing => &plans.record,
+        Rows::Locked => &plans.update_locked,
+    };
     let ids: Vec<i64> = new_states.iter().map(|state| state.instance_id).collect();
     let versions: Vec<i32> = new_states.iter().map(|state| state.version).collect();
     let digests: Vec<&[u8]> = new_states
@@ -151,9 +188,7 @@ pub fn record(connection: Connection<'_>, new_states: &[NewState]) -> Result<(),
     let [Some(versions), Some(digests)] = arguments else {
         return Err(EventError::internal("a null state argument"));
     };
-    plans
-        .record
-        .run_freeing(connection, vec![int8_array(&ids)?, versions, digests])
+    plan.run_freeing(connection, vec![int8_array(&ids)?, versions, digests])
         .map(drop)
         .map_err(|error| error.context("cannot record the versions in ae_events.instance_state"))
 }

@@ -385,6 +385,50 @@ fn events_emitted_inside_a_rolled_back_savepoint_are_emitted_again_at_commit() {
     );
 }
 
+/// Event ids are UUIDs of version 7 (time-ordered): within a transaction they increase with the
+/// outbox id, whether the rows were written one by one (few) or in batches (many), and their
+/// time is the write's.
+#[test]
+fn event_ids_are_time_ordered_uuids_version_7() {
+    let (_database, mut app) = edge_database(ForeignKeys::With);
+    app.batch_execute(
+        "INSERT INTO ti.instance
+         SELECT 3000 + g, NULL, NULL, g, 'in_progress', 1, 1, NULL, NULL, NULL, now(), 1, now(), 1
+           FROM generate_series(1, 2) AS g",
+    )
+    .unwrap();
+    app.batch_execute(
+        "INSERT INTO ti.instance
+         SELECT 4000 + g, NULL, NULL, g, 'in_progress', 1, 1, NULL, NULL, NULL, now(), 1, now(), 1
+           FROM generate_series(1, 300) AS g",
+    )
+    .unwrap();
+    let row = app
+        .query_one(
+            "SELECT count(*),
+                    count(*) FILTER (WHERE substr(event_id::text, 15, 1) = '7'
+                                       AND substr(event_id::text, 20, 1) IN ('8', '9', 'a', 'b')),
+                    bool_and(increasing),
+                    bool_and(abs(extract(epoch FROM occurred_at) * 1000
+                                 - ('x' || lpad(replace(left(event_id::text, 13), '-', ''), 16, '0'))::bit(64)::int8)
+                             < 5000)
+               FROM (SELECT event_id, occurred_at,
+                            coalesce(event_id > lag(event_id) OVER (ORDER BY id), true) AS increasing
+                       FROM ae_events.outbox) AS o",
+            &[],
+        )
+        .unwrap();
+    let (events, version_7, increasing, timed): (i64, i64, bool, bool) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    assert_eq!(events, 302);
+    assert_eq!(
+        version_7, 302,
+        "every event id is a version 7, variant 2 uuid"
+    );
+    assert!(increasing, "event ids increase with the outbox id");
+    assert!(timed, "an event id's time is within seconds of occurred_at");
+}
+
 #[test]
 fn insert_select_of_1000_instances_gives_1000_events_and_notifications() {
     let cluster = Cluster::shared();

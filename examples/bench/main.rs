@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 const DATA: &str = include_str!("data.sql");
 const PLPGSQL_TRIGGER: &str = include_str!("plpgsql_trigger.sql");
+const HASURA_TRIGGER: &str = include_str!("hasura_trigger.sql");
 
 struct Sizes {
     bulk: i64,
@@ -84,6 +85,11 @@ enum Variant {
     /// The bare insert plus one small NOTIFY per transaction (single-row workload only).
     BareWithNotify,
     Floor,
+    /// The floor plus one pg_notify of the precomputed payload (single-row workload only).
+    FloorWithNotify,
+    /// What many users run instead: a row trigger writing row_to_json(NEW) of the instance alone
+    /// (no joins) into an event table, Hasura-style.
+    Hasura,
     AeEventsFull,
     AeEventsFullUnlimited,
     AeEventsOff,
@@ -96,6 +102,8 @@ impl Variant {
             Variant::Bare => "bare insert",
             Variant::BareWithNotify => "bare insert + one empty NOTIFY",
             Variant::Floor => "floor (bare + precomputed outbox rows)",
+            Variant::FloorWithNotify => "floor + one pg_notify of the payload",
+            Variant::Hasura => "Hasura-style trigger (row_to_json(NEW), no joins)",
             Variant::AeEventsFull => "ae_events, notify=full (default 1 MB payload budget)",
             Variant::AeEventsFullUnlimited => "ae_events, notify=full, no payload budget",
             Variant::AeEventsOff => "ae_events, notify=off",
@@ -148,7 +156,8 @@ impl Bench {
     fn database_of(&self, variant: Variant) -> &'static str {
         match variant {
             Variant::Bare | Variant::BareWithNotify => "bench_bare",
-            Variant::Floor => "bench_floor",
+            Variant::Floor | Variant::FloorWithNotify => "bench_floor",
+            Variant::Hasura => "bench_hasura",
             Variant::AeEventsFull | Variant::AeEventsFullUnlimited | Variant::AeEventsOff => {
                 "bench_ae_events"
             }
@@ -176,6 +185,8 @@ impl Bench {
     fn reset(&self, client: &mut Client, variant: Variant) {
         let tables = if matches!(variant, Variant::Bare | Variant::BareWithNotify) {
             "ti.instance"
+        } else if variant == Variant::Hasura {
+            "ti.instance, bench.event_log"
         } else {
             "ti.instance, ae_events.outbox, ae_events.instance_state"
         };
@@ -188,6 +199,18 @@ impl Bench {
 
     /// One transaction inserting instances `first..=last`; its wall-clock time in seconds.
     fn timed_insert(&self, client: &mut Client, variant: Variant, first: i64, last: i64) -> f64 {
+        self.timed_insert_with_wal(client, variant, first, last).0
+    }
+
+    /// The same, with the WAL it wrote (bytes, from the WAL insert position before and after).
+    fn timed_insert_with_wal(
+        &self,
+        client: &mut Client,
+        variant: Variant,
+        first: i64,
+        last: i64,
+    ) -> (f64, f64) {
+        let wal_before = wal_position(client);
         let mut sql = format!("BEGIN; {};", instances_sql(first, last));
         if variant == Variant::Floor {
             sql.push_str(
@@ -200,8 +223,20 @@ impl Bench {
         sql.push_str("COMMIT");
         let started = Instant::now();
         client.batch_execute(&sql).unwrap();
-        started.elapsed().as_secs_f64()
+        let seconds = started.elapsed().as_secs_f64();
+        (seconds, wal_position(client) - wal_before)
     }
+}
+
+/// The cluster's WAL insert position, in bytes (only differences mean anything).
+fn wal_position(client: &mut Client) -> f64 {
+    client
+        .query_one(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')::float8",
+            &[],
+        )
+        .unwrap()
+        .get(0)
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -244,11 +279,16 @@ fn main() {
     for variant in [
         Variant::Bare,
         Variant::Floor,
+        Variant::Hasura,
         Variant::AeEventsFull,
         Variant::PlPgSql,
     ] {
         bench.clone_database(template, bench.database_of(variant));
     }
+    bench
+        .connect("bench_hasura")
+        .batch_execute(HASURA_TRIGGER)
+        .unwrap();
     {
         let mut client = bench.connect("bench_ae_events");
         // The notify=full variants: the database's default (0.5.0's default is reference).
@@ -296,9 +336,9 @@ fn main() {
     };
     let (bulk, payload_check) = if runs("bulk") {
         let bulk = bulk_workload(&bench);
-        (bulk, Some(check_payloads(&bench)))
+        (Some(bulk), Some(check_payloads(&bench)))
     } else {
-        (Vec::new(), None)
+        (None, None)
     };
     let single_row = if runs("single-row") {
         single_row_workload(&bench)
@@ -323,8 +363,8 @@ fn main() {
     };
 
     println!("\n## Results\n\n{machine}\n");
-    if let Some(check) = &payload_check {
-        print_bulk(&bench, &bulk, check);
+    if let (Some(bulk), Some(check)) = (&bulk, &payload_check) {
+        print_bulk(&bench, bulk, check);
     }
     if !single_row.is_empty() {
         print_single_row(&bench, &single_row);
@@ -409,37 +449,54 @@ fn check_payloads(bench: &Bench) -> PayloadCheck {
     }
 }
 
-fn bulk_workload(bench: &Bench) -> Vec<(Variant, f64)> {
+/// Per variant: the median time and the median WAL bytes per instance.
+struct BulkResults {
+    times: Vec<(Variant, f64)>,
+    wal_per_event: Vec<(Variant, f64)>,
+}
+
+fn bulk_workload(bench: &Bench) -> BulkResults {
     let variants = [
         Variant::Bare,
         Variant::Floor,
+        Variant::Hasura,
         Variant::AeEventsFull,
         Variant::AeEventsFullUnlimited,
         Variant::AeEventsOff,
         Variant::PlPgSql,
     ];
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+    let mut wal: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
     for round in 1..=bench.sizes.rounds {
         for (index, &variant) in variants.iter().enumerate() {
             let mut client = bench.session(variant);
             bench.reset(&mut client, variant);
-            let seconds = bench.timed_insert(&mut client, variant, 1, bench.sizes.bulk);
+            let (seconds, wal_bytes) =
+                bench.timed_insert_with_wal(&mut client, variant, 1, bench.sizes.bulk);
+            let per_event = wal_bytes / bench.sizes.bulk as f64;
             println!(
-                "bulk round {round}: {:<40} {seconds:>8.3} s",
+                "bulk round {round}: {:<50} {seconds:>8.3} s {per_event:>8.0} WAL bytes per instance",
                 variant.label()
             );
             times[index].push(seconds);
+            wal[index].push(per_event);
         }
     }
-    variants
-        .iter()
-        .zip(times)
-        .map(|(&variant, seconds)| (variant, median(seconds)))
-        .collect()
+    let medians = |values: Vec<Vec<f64>>| -> Vec<(Variant, f64)> {
+        variants
+            .iter()
+            .zip(values)
+            .map(|(&variant, values)| (variant, median(values)))
+            .collect()
+    };
+    BulkResults {
+        times: medians(times),
+        wal_per_event: medians(wal),
+    }
 }
 
-/// pgbench, 2 clients, one instance per transaction; tps per variant.
-fn single_row_workload(bench: &Bench) -> Vec<(Variant, f64)> {
+/// pgbench, 2 clients, one instance per transaction; tps and WAL bytes per transaction per variant.
+fn single_row_workload(bench: &Bench) -> Vec<(Variant, f64, f64)> {
     let insert = format!(
         "\\set n random(1, {})\n\
          INSERT INTO ti.instance (id, external_id, old_id, score, instance_status, candidate_id, \
@@ -462,11 +519,35 @@ fn single_row_workload(bench: &Bench) -> Vec<(Variant, f64)> {
         ),
     )
     .unwrap();
+    // The floors: the same insert, an outbox row with a payload computed beforehand (same table,
+    // same indexes as ae_events'), and, for the second, one pg_notify of that payload.
+    let floor_statements = format!(
+        "BEGIN;\n{insert}\
+         INSERT INTO ae_events.outbox (event_id, subscription_key, event_type, aggregate_type, \
+         aggregate_id, snapshot_version, payload, occurred_at, txid) \
+         SELECT gen_random_uuid(), 'ae.test_instance.created', 'ae_test_instance_created', \
+         'test_instance', currval('public.bench_instance_id'), 1, p.payload, clock_timestamp(), \
+         pg_current_xact_id() FROM bench.precomputed AS p WHERE p.id = :n;\n"
+    );
+    let script_floor = bench.cluster.data_dir.join("single_row_floor.sql");
+    std::fs::write(&script_floor, format!("{floor_statements}COMMIT;\n")).unwrap();
+    let script_floor_notify = bench.cluster.data_dir.join("single_row_floor_notify.sql");
+    std::fs::write(
+        &script_floor_notify,
+        format!(
+            "{floor_statements}SELECT pg_notify('ae_events', p.payload::text) \
+             FROM bench.precomputed AS p WHERE p.id = :n;\nCOMMIT;\n"
+        ),
+    )
+    .unwrap();
     // The variants take turns (rounds of equal length), so that drift in the machine's fsync
     // latency, which dominates single-row commits, falls on all of them alike.
     let variants = [
         Variant::Bare,
         Variant::BareWithNotify,
+        Variant::Floor,
+        Variant::FloorWithNotify,
+        Variant::Hasura,
         Variant::AeEventsFull,
         Variant::AeEventsOff,
         Variant::PlPgSql,
@@ -477,26 +558,39 @@ fn single_row_workload(bench: &Bench) -> Vec<(Variant, f64)> {
     }
     let rounds = bench.sizes.rounds as u32;
     let seconds = (bench.sizes.pgbench_seconds / rounds).max(1);
-    let mut sums = [0.0; 5];
+    let mut sums = vec![0.0; variants.len()];
+    let mut wal = vec![(0.0, 0u64); variants.len()];
+    let mut client = bench.connect("postgres");
     for round in 1..=rounds {
         for (index, &variant) in variants.iter().enumerate() {
-            let chosen = if variant == Variant::BareWithNotify {
-                &script_with_notify
-            } else {
-                &script
+            let chosen = match variant {
+                Variant::BareWithNotify => &script_with_notify,
+                Variant::Floor => &script_floor,
+                Variant::FloorWithNotify => &script_floor_notify,
+                _ => &script,
             };
-            let tps = pgbench(bench, chosen, variant, seconds);
+            let wal_before = wal_position(&mut client);
+            let (tps, transactions) = pgbench(bench, chosen, variant, seconds);
+            wal[index].0 += wal_position(&mut client) - wal_before;
+            wal[index].1 += transactions;
             println!(
-                "single-row round {round}: {:<40} {tps:>8.0} tps",
+                "single-row round {round}: {:<50} {tps:>8.0} tps",
                 variant.label()
             );
             sums[index] += tps;
         }
     }
-    let results: Vec<(Variant, f64)> = variants
+    let results: Vec<(Variant, f64, f64)> = variants
         .iter()
         .zip(sums)
-        .map(|(&variant, sum)| (variant, sum / f64::from(rounds)))
+        .zip(wal)
+        .map(|((&variant, sum), (bytes, transactions))| {
+            (
+                variant,
+                sum / f64::from(rounds),
+                bytes / transactions.max(1) as f64,
+            )
+        })
         .collect();
     // Every committed transaction has its event (nothing lost under concurrency).
     let mut client = bench.connect("bench_ae_events");
@@ -514,8 +608,8 @@ fn single_row_workload(bench: &Bench) -> Vec<(Variant, f64)> {
     results
 }
 
-/// One pgbench run of `seconds` against the variant's database: its tps.
-fn pgbench(bench: &Bench, script: &std::path::Path, variant: Variant, seconds: u32) -> f64 {
+/// One pgbench run of `seconds` against the variant's database: its tps and transactions.
+fn pgbench(bench: &Bench, script: &std::path::Path, variant: Variant, seconds: u32) -> (f64, u64) {
     let mut command = Command::new(format!("{}/pgbench", pg_bin()));
     if variant == Variant::AeEventsOff {
         command.env("PGOPTIONS", "-c ae_events.notify=off");
@@ -549,7 +643,7 @@ fn pgbench(bench: &Bench, script: &std::path::Path, variant: Variant, seconds: u
         "pgbench failed: {stdout}{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    stdout
+    let tps = stdout
         .lines()
         .find_map(|line| {
             line.strip_prefix("tps = ")?
@@ -558,7 +652,18 @@ fn pgbench(bench: &Bench, script: &std::path::Path, variant: Variant, seconds: u
                 .parse::<f64>()
                 .ok()
         })
-        .unwrap_or_else(|| panic!("no tps in pgbench output: {stdout}"))
+        .unwrap_or_else(|| panic!("no tps in pgbench output: {stdout}"));
+    let transactions = stdout
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("number of transactions actually processed: ")?
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no transaction count in pgbench output: {stdout}"));
+    (tps, transactions)
 }
 
 struct ScalePoint {
@@ -640,6 +745,8 @@ fn with_peak_memory<T>(client: &mut Client, work: impl FnOnce(&mut Client) -> T)
 struct UpdateResults {
     /// Workload 4: median seconds per variant.
     attributes: Vec<(Variant, f64)>,
+    /// Workload 4: median WAL bytes per updated instance, per variant.
+    attributes_wal: Vec<(Variant, f64)>,
     /// The fan-out: seconds and the backend's peak memory growth per variant.
     fan_out: Vec<(Variant, f64, u64)>,
 }
@@ -696,15 +803,19 @@ fn update_workload(bench: &Bench) -> UpdateResults {
         Variant::PlPgSql,
     ];
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+    let mut wal: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
     for round in 1..=sizes.rounds {
         for (index, &variant) in variants.iter().enumerate() {
             let mut client = bench.session(variant);
             client.batch_execute("CHECKPOINT").unwrap();
             let _ = Command::new("sync").status();
             let before = updated_events(&mut client);
+            let wal_before = wal_position(&mut client);
             let started = Instant::now();
             client.batch_execute(&update_attributes).unwrap();
             let seconds = started.elapsed().as_secs_f64();
+            wal[index]
+                .push((wal_position(&mut client) - wal_before) / sizes.updated_instances as f64);
             if variant != Variant::Bare {
                 assert_eq!(
                     updated_events(&mut client) - before,
@@ -724,6 +835,11 @@ fn update_workload(bench: &Bench) -> UpdateResults {
         .iter()
         .zip(times)
         .map(|(&variant, seconds)| (variant, median(seconds)))
+        .collect();
+    let attributes_wal = variants
+        .iter()
+        .zip(wal)
+        .map(|(&variant, bytes)| (variant, median(bytes)))
         .collect();
 
     let mut fan_out = Vec::new();
@@ -761,6 +877,7 @@ fn update_workload(bench: &Bench) -> UpdateResults {
     }
     UpdateResults {
         attributes,
+        attributes_wal,
         fan_out,
     }
 }
@@ -811,7 +928,8 @@ fn figure(results: &[(Variant, f64)], wanted: Variant) -> f64 {
         .map_or(f64::NAN, |(_, value)| *value)
 }
 
-fn print_bulk(bench: &Bench, bulk: &[(Variant, f64)], check: &PayloadCheck) {
+fn print_bulk(bench: &Bench, results: &BulkResults, check: &PayloadCheck) {
+    let bulk = &results.times;
     let time = |wanted: Variant| figure(bulk, wanted);
     let (bare, floor) = (time(Variant::Bare), time(Variant::Floor));
     println!(
@@ -819,44 +937,66 @@ fn print_bulk(bench: &Bench, bulk: &[(Variant, f64)], check: &PayloadCheck) {
          payload {:.0} bytes on average, {} payloads checked equal)\n",
         bench.sizes.bulk, bench.sizes.rounds, check.average_bytes, check.events
     );
-    println!("| variant | seconds | x bare | x floor |\n|---|---:|---:|---:|");
+    println!(
+        "| variant | seconds | x bare | x floor | WAL bytes per instance |\n|---|---:|---:|---:|---:|"
+    );
     for (variant, seconds) in bulk {
         println!(
-            "| {} | {seconds:.3} | {:.2} | {:.2} |",
+            "| {} | {seconds:.3} | {:.2} | {:.2} | {:.0} |",
             variant.label(),
             seconds / bare,
-            seconds / floor
+            seconds / floor,
+            figure(&results.wal_per_event, *variant)
         );
     }
     let ours = time(Variant::AeEventsFull);
     println!(
-        "\nae_events (notify=full) / floor = {:.2} (target <= 2.0, stretch 1.5); \
-         PL/pgSQL / ae_events = {:.1} (target >= 10)\n",
+        "\nae_events (notify=full) / floor = {:.2} (target <= 1.5); notify=off / floor = {:.2}; \
+         PL/pgSQL / ae_events = {:.1} (target >= 10); ae_events / Hasura-style = {:.2}\n",
         ours / floor,
-        time(Variant::PlPgSql) / ours
+        time(Variant::AeEventsOff) / floor,
+        time(Variant::PlPgSql) / ours,
+        ours / time(Variant::Hasura)
     );
 }
 
-fn print_single_row(bench: &Bench, results: &[(Variant, f64)]) {
-    let tps = |wanted: Variant| figure(results, wanted);
+fn print_single_row(bench: &Bench, results: &[(Variant, f64, f64)]) {
+    let tps = |wanted: Variant| {
+        results
+            .iter()
+            .find(|(variant, _, _)| *variant == wanted)
+            .map_or(f64::NAN, |(_, tps, _)| *tps)
+    };
     println!(
         "### Single-row transactions: pgbench, 2 clients, {} s per variant ({} interleaved rounds, mean tps)\n",
         bench.sizes.pgbench_seconds, bench.sizes.rounds
     );
-    println!("| variant | tps | of bare |\n|---|---:|---:|");
-    let bare = tps(Variant::Bare);
-    for (variant, value) in results {
+    println!(
+        "| variant | tps | of bare | x floor | x floor + pg_notify | WAL bytes per transaction |\n|---|---:|---:|---:|---:|---:|"
+    );
+    let (bare, floor, floor_notify) = (
+        tps(Variant::Bare),
+        tps(Variant::Floor),
+        tps(Variant::FloorWithNotify),
+    );
+    for (variant, value, wal) in results {
         println!(
-            "| {} | {value:.0} | {:.0}% |",
+            "| {} | {value:.0} | {:.0}% | {:.2} | {:.2} | {wal:.0} |",
             variant.label(),
-            100.0 * value / bare
+            100.0 * value / bare,
+            value / floor,
+            value / floor_notify
         );
     }
     let ours = tps(Variant::AeEventsFull);
     println!(
-        "\nae_events / bare = {:.0}% (target >= 75%); ae_events / PL/pgSQL = {:.1}x (target >= 3)\n",
-        100.0 * ours / bare,
-        ours / tps(Variant::PlPgSql)
+        "\nae_events notify=full / (floor + pg_notify) = {:.2} (target >= 0.95); \
+         notify=off / floor = {:.2} (target >= 0.9); ae_events / PL/pgSQL = {:.1}x; \
+         ae_events notify=off / Hasura-style = {:.2}\n",
+        ours / floor_notify,
+        tps(Variant::AeEventsOff) / floor,
+        ours / tps(Variant::PlPgSql),
+        tps(Variant::AeEventsOff) / tps(Variant::Hasura)
     );
 }
 
@@ -895,14 +1035,17 @@ fn print_updates(bench: &Bench, updates: &UpdateResults) {
         sizes.updated_instances * 5,
         sizes.rounds
     );
-    println!("| variant | seconds | x bare | us per instance |\n|---|---:|---:|---:|");
+    println!(
+        "| variant | seconds | x bare | us per instance | WAL bytes per instance |\n|---|---:|---:|---:|---:|"
+    );
     let bare = figure(&updates.attributes, Variant::Bare);
     for (variant, seconds) in &updates.attributes {
         println!(
-            "| {} | {seconds:.3} | {:.2} | {:.1} |",
+            "| {} | {seconds:.3} | {:.2} | {:.1} | {:.0} |",
             label(*variant),
             seconds / bare,
-            seconds * 1e6 / sizes.updated_instances as f64
+            seconds * 1e6 / sizes.updated_instances as f64,
+            figure(&updates.attributes_wal, *variant)
         );
     }
     println!(

@@ -1,0 +1,237 @@
+//! Writing many outbox rows as `COPY` does: `table_multi_insert` of a batch of rows (one WAL
+//! record and one buffer lock per page instead of per row, no executor per row), then each
+//! row's index entries with `ExecInsertIndexTuples` (so the unique index on `event_id` is
+//! checked as for an `INSERT`).
+//!
+//! Only when an `INSERT` would do nothing more: the outbox is a plain table with no triggers, no
+//! rules, no row security, no CHECK constraints and no generated columns, its columns are the
+//! extension's ten (any column a DBA added could have a default to fill), and the current role
+//! (the extension's owner, during the pass) may insert into it. Otherwise the rows go through
+//! the streaming `INSERT ... SELECT`, which does all of that.
+
+use super::OutboxRow;
+use crate::errors::EventError;
+use pgrx::prelude::*;
+use pgrx::IntoDatum;
+use std::ffi::CStr;
+
+/// Rows per `table_multi_insert`: enough to fill pages (a few kB per row after compression),
+/// few enough that a batch's rows and their copies stay small.
+const BATCH: usize = 64;
+
+/// The outbox's columns, in the order of `OutboxRow`.
+const COLUMNS: [&CStr; 10] = [
+    c"id",
+    c"event_id",
+    c"subscription_key",
+    c"event_type",
+    c"aggregate_type",
+    c"aggregate_id",
+    c"snapshot_version",
+    c"payload",
+    c"occurred_at",
+    c"txid",
+];
+
+/// The outbox, open for direct inserts.
+pub struct DirectTarget {
+    relation: pg_sys::Relation,
+    /// Attribute index (0-based) of each of `COLUMNS`.
+    positions: [usize; 10],
+    natts: usize,
+}
+
+impl DirectTarget {
+    /// Open the outbox for direct inserts, or None if an `INSERT` would do more than they do.
+    pub fn open(outbox: pg_sys::Oid) -> Option<DirectTarget> {
+        // SAFETY: the outbox exists (the pass found it in the catalog); the lock is what an
+        // INSERT takes, held to the end of the transaction.
+        unsafe {
+            let relation = pg_sys::table_open(outbox, pg_sys::RowExclusiveLock as i32);
+            let target = Self::check(relation);
+            if target.is_none() {
+                pg_sys::table_close(relation, pg_sys::NoLock as i32);
+            }
+            target
+        }
+    }
+
+    unsafe fn check(relation: pg_sys::Relation) -> Option<DirectTarget> {
+        let form = &*(*relation).rd_rel;
+        let plain = form.relkind == pg_sys::RELKIND_RELATION as std::ffi::c_char
+            && (*relation).trigdesc.is_null()
+            && (*relation).rd_rules.is_null()
+            && !form.relrowsecurity;
+        if !plain {
+            return None;
+        }
+        let descriptor = (*relation).rd_att;
+        let constraints = (*descriptor).constr;
+        if !constraints.is_null()
+            && ((*constraints).num_check > 0 || (*constraints).has_generated_stored)
+        {
+            return None;
+        }
+        let may_insert = pg_sys::pg_class_aclcheck(
+            form.oid,
+            pg_sys::GetUserId(),
+            pg_sys::ACL_INSERT as pg_sys::AclMode,
+        ) == pg_sys::AclResult::ACLCHECK_OK;
+        if !may_insert {
+            return None;
+        }
+        let natts = (*descriptor).natts as usize;
+        let mut positions = [usize::MAX; 10];
+        for index in 0..natts {
+            let attribute = &*(*descriptor).attrs.as_ptr().add(index);
+            if attribute.attisdropped {
+                continue;
+            }
+            let name = CStr::from_ptr(attribute.attname.data.as_ptr());
+            let column = COLUMNS.iter().position(|column| *column == name)?;
+            if positions[column] != usize::MAX {
+                return None;
+            }
+            positions[column] = index;
+        }
+        if positions.contains(&usize::MAX) {
+            return None;
+        }
+        Some(DirectTarget {
+            relation,
+            positions,
+            natts,
+        })
+    }
+
+    /// Insert every row `next` gives, in batches; closes the outbox (its lock is kept).
+    pub fn insert_all(self, mut next: impl FnMut() -> Option<OutboxRow>) -> Result<(), EventError> {
+        // SAFETY: the relation is open and locked; the executor state, result relation, slots
+        // and batch memory are made here and freed below (or with the transaction on an ERROR).
+        unsafe {
+            let estate = pg_sys::CreateExecutorState();
+            let result_relation = pg_sys::palloc0(std::mem::size_of::<pg_sys::ResultRelInfo>())
+                .cast::<pg_sys::ResultRelInfo>();
+            (*result_relation).type_ = pg_sys::NodeTag::T_ResultRelInfo;
+            pg_sys::InitResultRelInfo(result_relation, self.relation, 1, std::ptr::null_mut(), 0);
+            pg_sys::ExecOpenIndices(result_relation, false);
+            let slots: Vec<*mut pg_sys::TupleTableSlot> = (0..BATCH)
+                .map(|_| pg_sys::table_slot_create(self.relation, std::ptr::null_mut()))
+                .collect();
+            let batch_memory = pg_sys::AllocSetContextCreateExtended(
+                pg_sys::CurrentMemoryContext,
+                c"ae_events outbox batch".as_ptr(),
+                pg_sys::ALLOCSET_DEFAULT_MINSIZE as usize,
+                pg_sys::ALLOCSET_DEFAULT_INITSIZE as usize,
+                pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
+            );
+            let txid = pg_sys::GetTopFullTransactionId().value as i64;
+            let command = pg_sys::GetCurrentCommandId(true);
+            let mut result = Ok(());
+            loop {
+                let outer = pg_sys::MemoryContextSwitchTo(batch_memory);
+                let mut filled = 0;
+                while filled < BATCH {
+                    let Some(row) = next() else { break };
+                    if let Err(error) = self.fill(slots[filled], row, txid) {
+                        result = Err(error);
+                        break;
+                    }
+                    filled += 1;
+                }
+                // The insert's own allocations (each row's compressed copy, the WAL record's
+                // array) go to the batch's memory too, freed with it below.
+                if filled > 0 && result.is_ok() {
+                    // An error from here on (a duplicate event_id, say) belongs to the batch, not
+                    // to the last row produced: the error names the chunk.
+                    super::WRITING.set(None);
+                    let mut batch = slots[..filled].to_vec();
+                    pg_sys::table_multi_insert(
+                        self.relation,
+                        batch.as_mut_ptr(),
+                        filled as i32,
+                        command,
+                        0,
+                        std::ptr::null_mut(),
+                    );
+                    for &slot in &slots[..filled] {
+                        let recheck = pg_sys::ExecInsertIndexTuples(
+                            result_relation,
+                            slot,
+                            estate,
+                            false,
+                            false,
+                            std::ptr::null_mut(),
+                            std::ptr::null_mut(),
+                        );
+                        if !recheck.is_null() {
+                            pg_sys::list_free(recheck);
+                        }
+                    }
+                }
+                for &slot in &slots[..filled] {
+                    pg_sys::ExecClearTuple(slot);
+                }
+                pg_sys::MemoryContextSwitchTo(outer);
+                pg_sys::MemoryContextReset(batch_memory);
+                if filled < BATCH || result.is_err() {
+                    break;
+                }
+            }
+            pg_sys::MemoryContextDelete(batch_memory);
+            for slot in slots {
+                pg_sys::ExecDropSingleTupleTableSlot(slot);
+            }
+            pg_sys::ExecCloseIndices(result_relation);
+            pg_sys::FreeExecutorState(estate);
+            pg_sys::table_close(self.relation, pg_sys::NoLock as i32);
+            result
+        }
+    }
+
+    /// Store one row's values in a virtual slot (allocated in the batch's memory).
+    unsafe fn fill(
+        &self,
+        slot: *mut pg_sys::TupleTableSlot,
+        row: OutboxRow,
+        txid: i64,
+    ) -> Result<(), EventError> {
+        let (
+            id,
+            event_id,
+            subscription_key,
+            event_type,
+            aggregate_type,
+            aggregate_id,
+            version,
+            payload,
+            occurred_at,
+        ) = row;
+        let datum = |value: Option<pg_sys::Datum>| {
+            value.ok_or_else(|| EventError::internal("a null outbox value"))
+        };
+        let values = [
+            datum(id.into_datum())?,
+            datum(event_id.into_datum())?,
+            datum(subscription_key.into_datum())?,
+            datum(event_type.into_datum())?,
+            datum(aggregate_type.into_datum())?,
+            datum(aggregate_id.into_datum())?,
+            datum(version.into_datum())?,
+            payload.datum(),
+            datum(occurred_at.into_datum())?,
+            pg_sys::Datum::from(txid),
+        ];
+        pg_sys::ExecClearTuple(slot);
+        let slot_values = std::slice::from_raw_parts_mut((*slot).tts_values, self.natts);
+        let slot_nulls = std::slice::from_raw_parts_mut((*slot).tts_isnull, self.natts);
+        slot_nulls.fill(true);
+        for (column, value) in values.into_iter().enumerate() {
+            let position = self.positions[column];
+            slot_values[position] = value;
+            slot_nulls[position] = false;
+        }
+        pg_sys::ExecStoreVirtualTuple(slot);
+        Ok(())
+    }
+}
