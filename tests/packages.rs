@@ -323,6 +323,34 @@ fn extension_package_installs_upgrades_and_is_removed() {
     assert_eq!(after[0].event_id, before[0].event_id);
     assert_eq!(after[0].payload, before[0].payload);
     assert_eq!(after[1].subscription_key, "ae.test_instance.created");
+
+    // The previous release's library recorded the seed instance's digest as SHA-256 (32 bytes);
+    // this one records BLAKE3 (a tag byte and 32) and must still recognize that snapshot as
+    // unchanged: no event for an update that changes nothing in it, one for a real change.
+    let digest_length = |client: &mut postgres::Client| -> i32 {
+        client
+            .query_one(
+                "SELECT length(snapshot_digest) FROM ae_events.instance_state \
+                 WHERE instance_id = 789",
+                &[],
+            )
+            .unwrap()
+            .get(0)
+    };
+    assert_eq!(digest_length(&mut client), 32, "recorded by {previous}");
+    client
+        .batch_execute("UPDATE ti.instance SET updated_by = updated_by WHERE id = 789")
+        .unwrap();
+    assert_eq!(outbox_rows(&mut client).len(), 2, "an unchanged snapshot");
+    client
+        .batch_execute("UPDATE ti.instance SET score = 7 WHERE id = 789")
+        .unwrap();
+    let updated = outbox_rows(&mut client);
+    assert_eq!(updated.len(), 3, "{updated:?}");
+    assert_eq!(updated[2].aggregate_id, 789);
+    assert_eq!(updated[2].subscription_key, "ae.test_instance.updated");
+    assert_eq!(updated[2].snapshot_version, 2);
+    assert_eq!(digest_length(&mut client), 33, "recorded by {current}");
     drop(client);
 
     // Its files: the library, the control file, this version's install script, every upgrade
