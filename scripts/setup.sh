@@ -109,15 +109,6 @@ if [ "$major" != "$PG_VERSION" ]; then
     exit 1
 fi
 
-# The headers must compile as the extension's build will use them.
-probe_dir="$(mktemp -d)"
-printf '#include "postgres.h"\n#include "fmgr.h"\nPG_MODULE_MAGIC;\n' >"$probe_dir/probe.c"
-if ! cc -c -I"$("$PG_CONFIG" --includedir-server)" -o "$probe_dir/probe.o" "$probe_dir/probe.c"; then
-    echo "setup: PostgreSQL $PG_VERSION's server headers ($PG_CONFIG --includedir-server) do not compile" >&2
-    exit 1
-fi
-rm -rf "$probe_dir"
-
 # pgrx's configuration: `cargo pgrx init` adds or replaces the majors it is given and keeps the
 # others. 15 keeps whatever pg15 entry exists; the others point at this repository's copy.
 config_toml="${PGRX_HOME:-$HOME/.pgrx}/config.toml"
@@ -127,6 +118,16 @@ else
     grep -qxF "pg$PG_VERSION = \"$PG_CONFIG\"" "$config_toml" 2>/dev/null ||
         cargo pgrx init "--pg$PG_VERSION" "$PG_CONFIG"
 fi
+
+# The headers the extension is built with (those of pgrx's entry for this major) must compile.
+build_pg_config="$(sed -n "s/^pg$PG_VERSION = \"\(.*\)\"\$/\1/p" "$config_toml")"
+probe_dir="$(mktemp -d)"
+printf '#include "postgres.h"\n#include "fmgr.h"\nPG_MODULE_MAGIC;\n' >"$probe_dir/probe.c"
+if ! cc -c -I"$("$build_pg_config" --includedir-server)" -o "$probe_dir/probe.o" "$probe_dir/probe.c"; then
+    echo "setup: PostgreSQL $PG_VERSION's server headers ($build_pg_config --includedir-server) do not compile" >&2
+    exit 1
+fi
+rm -rf "$probe_dir"
 
 features=(--no-default-features --features "pg$PG_VERSION")
 if [ "$PG_VERSION" = 17 ]; then
