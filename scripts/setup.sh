@@ -90,8 +90,6 @@ provision_17() {
         echo "setup: downloading Debian trixie's postgresql-server-dev-17 into .postgresql/17/headers"
         local apt_dir uri
         apt_dir="$(mktemp -d)"
-        # apt's download user (_apt) writes here.
-        chmod 755 "$apt_dir"
         uri="$(sed -n 's/^URIs:[[:space:]]*\([^[:space:]]*\/debian\)[[:space:]]*$/\1/p' \
             /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n 1)"
         [ -n "$uri" ] || uri="$(awk '$1 == "deb" && $2 ~ /\/debian\/?$/ { print $2; exit }' \
@@ -105,7 +103,8 @@ provision_17() {
             "$uri" /usr/share/keyrings/debian-archive-keyring.gpg >"$apt_dir/trixie.sources"
         local apt_options=(-o "Dir::Etc::sourcelist=$apt_dir/trixie.sources"
             -o "Dir::Etc::sourceparts=-" -o "Dir::State::Lists=$apt_dir/lists"
-            -o "Dir::Cache=$apt_dir/cache" -o "APT::Get::List-Cleanup=0")
+            -o "Dir::Cache=$apt_dir/cache" -o "APT::Get::List-Cleanup=0"
+            -o "APT::Sandbox::User=root") # downloads into a directory of root's
         apt-get "${apt_options[@]}" update -qq
         (cd "$apt_dir" && apt-get "${apt_options[@]}" download -qq postgresql-server-dev-17)
         rm -rf "$dir/headers"
@@ -146,6 +145,7 @@ fi
 # The headers the extension is built with (those of pgrx's entry for this major) must compile.
 build_pg_config="$(sed -n "s/^pg$PG_VERSION = \"\(.*\)\"\$/\1/p" "$config_toml")"
 probe_dir="$(mktemp -d)"
+trap 'rm -rf "$probe_dir"' EXIT
 printf '#include "postgres.h"\n#include "fmgr.h"\nPG_MODULE_MAGIC;\n' >"$probe_dir/probe.c"
 if ! cc -c -I"$("$build_pg_config" --includedir-server)" -o "$probe_dir/probe.o" "$probe_dir/probe.c"; then
     echo "setup: PostgreSQL $PG_VERSION's server headers ($build_pg_config --includedir-server) do not compile" >&2
