@@ -4,9 +4,12 @@
 # Then the relay's benchmark (relay/examples/relay_bench.rs: `--only delivery` for webhooks,
 # `--only fleet` for several relays and failover, `--only nats` for NATS JetStream). Takes about 15 minutes on 2 cores. `scripts/bench.sh --smoke`
 # runs it at a tiny size; `--only bulk,single-row,...` runs some workloads (see
-# examples/bench/main.rs).
+# examples/bench/main.rs). PG_VERSION picks the PostgreSQL major (15 when unset; 18), as for
+# scripts/test.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PG_VERSION="${PG_VERSION:-15}"
+features=(--no-default-features --features "pg$PG_VERSION")
 AE_EVENTS_RELEASE=1 ./scripts/setup.sh
 # --only splits into the extension's workloads and the relay's parts (delivery, fleet, nats); without
 # --only, everything runs.
@@ -26,9 +29,9 @@ done
 smoke=()
 for argument in "$@"; do [ "$argument" = "--smoke" ] && smoke=(--smoke); done
 if [ -z "$only" ]; then
-    cargo run --quiet --release --example bench -- "$@"
+    cargo run --quiet --release "${features[@]}" --example bench -- "$@"
 elif [ "${#extension_parts[@]}" -gt 0 ]; then
-    cargo run --quiet --release --example bench -- "${smoke[@]}" --only "$(IFS=','; echo "${extension_parts[*]}")"
+    cargo run --quiet --release "${features[@]}" --example bench -- "${smoke[@]}" --only "$(IFS=','; echo "${extension_parts[*]}")"
 fi
 if [ -z "$only" ] || [ "${#relay_parts[@]}" -gt 0 ]; then
     relay_only=()

