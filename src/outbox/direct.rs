@@ -82,8 +82,10 @@ impl DirectTarget {
         }
         let natts = (*descriptor).natts as usize;
         let mut positions = [usize::MAX; 10];
-        for index in 0..natts {
-            let attribute = &*(*descriptor).attrs.as_ptr().add(index);
+        // pgrx's descriptor wrapper finds the attributes on every major (PostgreSQL 18 moved
+        // them behind the compact ones); unchecked: the descriptor belongs to the relation.
+        let attributes = pgrx::PgTupleDesc::from_pg_unchecked(descriptor);
+        for (index, attribute) in attributes.iter().enumerate() {
             if attribute.attisdropped {
                 continue;
             }
@@ -155,15 +157,7 @@ impl DirectTarget {
                         std::ptr::null_mut(),
                     );
                     for &slot in &slots[..filled] {
-                        let recheck = pg_sys::ExecInsertIndexTuples(
-                            result_relation,
-                            slot,
-                            estate,
-                            false,
-                            false,
-                            std::ptr::null_mut(),
-                            std::ptr::null_mut(),
-                        );
+                        let recheck = insert_index_entries(result_relation, slot, estate);
                         if !recheck.is_null() {
                             pg_sys::list_free(recheck);
                         }
@@ -234,4 +228,36 @@ impl DirectTarget {
         pg_sys::ExecStoreVirtualTuple(slot);
         Ok(())
     }
+}
+
+/// A row's entries in every index of the outbox, unique ones checked (duplicates raise the
+/// unique violation an INSERT would).
+unsafe fn insert_index_entries(
+    result_relation: *mut pg_sys::ResultRelInfo,
+    slot: *mut pg_sys::TupleTableSlot,
+    estate: *mut pg_sys::EState,
+) -> *mut pg_sys::List {
+    // Up to PostgreSQL 15: (update, noDupErr, specConflict, arbiterIndexes).
+    #[cfg(feature = "pg15")]
+    return pg_sys::ExecInsertIndexTuples(
+        result_relation,
+        slot,
+        estate,
+        false,
+        false,
+        std::ptr::null_mut(),
+        std::ptr::null_mut(),
+    );
+    // From 16 on also onlySummarizing (false: a new row needs every index's entry).
+    #[cfg(any(feature = "pg16", feature = "pg17", feature = "pg18"))]
+    return pg_sys::ExecInsertIndexTuples(
+        result_relation,
+        slot,
+        estate,
+        false,
+        false,
+        std::ptr::null_mut(),
+        std::ptr::null_mut(),
+        false,
+    );
 }
