@@ -205,34 +205,39 @@ pub fn write(
 
 fn insert_one_by_one(connection: Connection<'_>, plan: &KeptPlan) -> Result<(), EventError> {
     while let Some(row) = next_row() {
-        let (
-            id,
-            event_id,
-            subscription_key,
-            event_type,
-            aggregate_type,
-            aggregate_id,
-            version,
-            payload,
-            occurred_at,
-        ) = row;
-        let datum = |value: Option<pg_sys::Datum>| {
-            value.ok_or_else(|| EventError::internal("a null outbox value"))
-        };
-        let mut arguments = [
-            datum(id.into_datum())?,
-            datum(event_id.into_datum())?,
-            datum(subscription_key.into_datum())?,
-            datum(event_type.into_datum())?,
-            datum(aggregate_type.into_datum())?,
-            datum(aggregate_id.into_datum())?,
-            datum(version.into_datum())?,
-            payload.datum(),
-            datum(occurred_at.into_datum())?,
-        ];
-        plan.run(connection, &mut arguments)?;
+        plan.run(connection, &mut row_datums(row)?)?;
     }
     Ok(())
+}
+
+/// A row's values as datums, in the outbox's column order without `txid` (the INSERTs compute
+/// it, the direct writer adds it).
+pub(crate) fn row_datums(row: OutboxRow) -> Result<[pg_sys::Datum; 9], EventError> {
+    let (
+        id,
+        event_id,
+        subscription_key,
+        event_type,
+        aggregate_type,
+        aggregate_id,
+        version,
+        payload,
+        occurred_at,
+    ) = row;
+    let datum = |value: Option<pg_sys::Datum>| {
+        value.ok_or_else(|| EventError::internal("a null outbox value"))
+    };
+    Ok([
+        datum(id.into_datum())?,
+        datum(event_id.into_datum())?,
+        datum(subscription_key.into_datum())?,
+        datum(event_type.into_datum())?,
+        datum(aggregate_type.into_datum())?,
+        datum(aggregate_id.into_datum())?,
+        datum(version.into_datum())?,
+        payload.datum(),
+        datum(occurred_at.into_datum())?,
+    ])
 }
 
 pub(crate) type OutboxRow = (

@@ -257,16 +257,6 @@ fn extension_files(pkglibdir: &str, extension_dir: &str) -> Vec<PathBuf> {
     files
 }
 
-fn extension_version(client: &mut postgres::Client) -> String {
-    client
-        .query_one(
-            "SELECT extversion FROM pg_extension WHERE extname = 'ae_events'",
-            &[],
-        )
-        .unwrap()
-        .get(0)
-}
-
 #[test]
 #[ignore = "installs packages into the system's PostgreSQL: run by scripts/test.sh after the other tests"]
 fn extension_package_installs_upgrades_and_is_removed() {

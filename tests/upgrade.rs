@@ -73,23 +73,13 @@ fn extension_objects(client: &mut Client) -> Vec<String> {
         .collect()
 }
 
-fn current_version(client: &mut Client) -> String {
-    client
-        .query_one(
-            "SELECT extversion FROM pg_extension WHERE extname = 'ae_events'",
-            &[],
-        )
-        .unwrap()
-        .get(0)
-}
-
 #[test]
 fn update_from_each_earlier_release_matches_a_fresh_install_and_keeps_events() {
     let cluster = Cluster::shared();
     let fresh_database = cluster.database("fresh", ForeignKeys::With);
     let mut fresh = cluster.connect(&fresh_database);
     let expected_objects = extension_objects(&mut fresh);
-    let newest = current_version(&mut fresh);
+    let newest = extension_version(&mut fresh);
 
     for release in EARLIER_RELEASES {
         let database = cluster.empty_database("upgrade");
@@ -141,7 +131,7 @@ fn update_from_each_earlier_release_matches_a_fresh_install_and_keeps_events() {
         client
             .batch_execute("ALTER EXTENSION ae_events UPDATE")
             .unwrap();
-        assert_eq!(current_version(&mut client), newest, "from {release}");
+        assert_eq!(extension_version(&mut client), newest, "from {release}");
         assert_eq!(
             extension_objects(&mut client),
             expected_objects,

@@ -12,7 +12,6 @@
 use super::OutboxRow;
 use crate::errors::EventError;
 use pgrx::prelude::*;
-use pgrx::IntoDatum;
 use std::ffi::CStr;
 
 /// Rows per `table_multi_insert`: enough to fill pages (a few kB per row after compression),
@@ -190,37 +189,15 @@ impl DirectTarget {
         row: OutboxRow,
         txid: i64,
     ) -> Result<(), EventError> {
-        let (
-            id,
-            event_id,
-            subscription_key,
-            event_type,
-            aggregate_type,
-            aggregate_id,
-            version,
-            payload,
-            occurred_at,
-        ) = row;
-        let datum = |value: Option<pg_sys::Datum>| {
-            value.ok_or_else(|| EventError::internal("a null outbox value"))
-        };
-        let values = [
-            datum(id.into_datum())?,
-            datum(event_id.into_datum())?,
-            datum(subscription_key.into_datum())?,
-            datum(event_type.into_datum())?,
-            datum(aggregate_type.into_datum())?,
-            datum(aggregate_id.into_datum())?,
-            datum(version.into_datum())?,
-            payload.datum(),
-            datum(occurred_at.into_datum())?,
-            pg_sys::Datum::from(txid),
-        ];
+        // The nine values an INSERT passes, then the txid (pg_current_xact_id() there).
+        let values = super::row_datums(row)?
+            .into_iter()
+            .chain([pg_sys::Datum::from(txid)]);
         pg_sys::ExecClearTuple(slot);
         let slot_values = std::slice::from_raw_parts_mut((*slot).tts_values, self.natts);
         let slot_nulls = std::slice::from_raw_parts_mut((*slot).tts_isnull, self.natts);
         slot_nulls.fill(true);
-        for (column, value) in values.into_iter().enumerate() {
+        for (column, value) in values.enumerate() {
             let position = self.positions[column];
             slot_values[position] = value;
             slot_nulls[position] = false;

@@ -265,6 +265,17 @@ impl Cluster {
     }
 }
 
+/// The version of ae_events installed in the client's database.
+pub fn extension_version(client: &mut Client) -> String {
+    client
+        .query_one(
+            "SELECT extversion FROM pg_extension WHERE extname = 'ae_events'",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+}
+
 pub fn load_schema(client: &mut Client, foreign_keys: ForeignKeys) {
     client.batch_execute(SCHEMA).unwrap();
     if foreign_keys == ForeignKeys::With {
