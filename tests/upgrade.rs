@@ -6,12 +6,14 @@ mod common;
 use common::*;
 use postgres::Client;
 
-const EARLIER_RELEASES: &[&str] = &["0.1.0", "0.2.0", "0.3.0", "0.4.0", "0.5.0", "0.6.0"];
+const EARLIER_RELEASES: &[&str] = &[
+    "0.1.0", "0.2.0", "0.3.0", "0.4.0", "0.5.0", "0.6.0", "0.7.0",
+];
 
 /// Releases whose SQL objects this library writes events with (0.6.0 and 0.7.0 added webhook
-/// delivery and its relays, which the write path does not use); with the others it refuses until
-/// the update.
-const LIBRARY_WRITES_WITH: &[&str] = &["0.5.0", "0.6.0"];
+/// delivery and its relays, which the write path does not use; 0.7.1 changed only the library);
+/// with the others it refuses until the update.
+const LIBRARY_WRITES_WITH: &[&str] = &["0.5.0", "0.6.0", "0.7.0"];
 
 /// The extension's objects as the catalog describes them, for comparing two databases.
 fn extension_objects(client: &mut Client) -> Vec<String> {
