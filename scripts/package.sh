@@ -50,6 +50,11 @@ if [ -n "${PG_CONFIG:-}" ]; then
 else
     major="${PG_VERSION:-15}"
     PG_CONFIG="/usr/lib/postgresql/$major/bin/pg_config"
+    # Majors without a Debian server here (16-18): the pg_config scripts/setup.sh registered
+    # with pgrx (PG_VERSION=$major scripts/setup.sh first).
+    if [ ! -x "$PG_CONFIG" ]; then
+        PG_CONFIG="$(sed -n "s/^pg$major = \"\(.*\)\"\$/\1/p" "${PGRX_HOME:-$HOME/.pgrx}/config.toml" 2>/dev/null)"
+    fi
 fi
 [ -x "$PG_CONFIG" ] || { echo "package: no pg_config at $PG_CONFIG" >&2; exit 2; }
 
@@ -130,7 +135,8 @@ package_extension() {
     stage="$staging/$package"
     echo "package: building $package $version (release) with $PG_CONFIG"
     rm -rf "$staging/pgrx-$major"
-    (cd "$src" && cargo pgrx package -p ae_events --pg-config "$PG_CONFIG" --out-dir "$staging/pgrx-$major")
+    (cd "$src" && cargo pgrx package -p ae_events --no-default-features --features "pg$major" \
+        --pg-config "$PG_CONFIG" --out-dir "$staging/pgrx-$major")
     # cargo pgrx package lays the files out under pg_config's own directories.
     lib="$staging/pgrx-$major$("$PG_CONFIG" --pkglibdir)/ae_events.so"
     extension="$staging/pgrx-$major$("$PG_CONFIG" --sharedir)/extension"
