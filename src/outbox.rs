@@ -11,8 +11,6 @@
 
 use crate::errors::EventError;
 use crate::eventid;
-
-mod direct;
 use crate::jsonb::StoredJsonb;
 use crate::notification::{self, Envelope};
 use crate::rows::{Connection, KeptPlan};
@@ -23,6 +21,8 @@ use pgrx::prelude::*;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
+
+mod direct;
 
 pub const AGGREGATE_TYPE: &str = "test_instance";
 
@@ -175,6 +175,7 @@ pub fn write(
     let plans = insert_plans(connection)?;
     ensure_epoch(context.id_sequence)?;
     let few = events.len() <= FEW_EVENTS;
+    let outbox = context.outbox;
     let occurred_at_text = rfc3339_utc(context.occurred_at);
     let occurred_at = TimestampWithTimeZone::try_from(context.occurred_at).map_err(|error| {
         EventError::BadValue {
@@ -189,10 +190,9 @@ pub fn write(
             events: events.into(),
         });
     });
-    let outbox = DRAIN.with_borrow(|drain| drain.as_ref().map(|drain| drain.context.outbox));
     let result = if few {
         insert_one_by_one(connection, &plans.one)
-    } else if let Some(target) = outbox.and_then(direct::DirectTarget::open) {
+    } else if let Some(target) = direct::DirectTarget::open(outbox) {
         target.insert_all(next_row)
     } else {
         plans.streaming.run(connection, &mut []).map(drop)

@@ -19,10 +19,6 @@ use std::sync::Mutex;
 /// dpkg and apt take one lock: the two tests install one after the other.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
 fn run(program: &str, args: &[&str]) -> Output {
     Command::new(program)
         .args(args)
@@ -33,10 +29,9 @@ fn run(program: &str, args: &[&str]) -> Output {
 
 /// A command that changes the system, through sudo unless we are root (as scripts/setup.sh).
 fn run_as_root(program: &str, args: &[&str]) -> Output {
-    let root = run("id", &["-u"]).stdout == b"0\n";
     let mut all = vec!["env", "DEBIAN_FRONTEND=noninteractive", program];
     all.extend_from_slice(args);
-    if root {
+    if running_as_root() {
         run(all[0], &all[1..])
     } else {
         run("sudo", &all)
@@ -101,7 +96,7 @@ fn arch() -> String {
 
 /// A package file built by scripts/package.sh.
 fn deb(package: &str, version: &str) -> PathBuf {
-    let path = root()
+    let path = repository_root()
         .join("target/packages")
         .join(format!("{package}_{version}_{}.deb", arch()));
     assert!(
@@ -115,7 +110,7 @@ fn deb(package: &str, version: &str) -> PathBuf {
 /// The latest release with a frozen install script in sql/released/: the package to upgrade
 /// from.
 fn previous_version() -> String {
-    std::fs::read_dir(root().join("sql/released"))
+    std::fs::read_dir(repository_root().join("sql/released"))
         .unwrap()
         .filter_map(|entry| {
             let name = entry.unwrap().file_name().into_string().unwrap();
@@ -355,7 +350,7 @@ fn extension_package_installs_upgrades_and_is_removed() {
         format!("{doc}/copyright"),
     ];
     for folder in ["sql/upgrade", "sql/released"] {
-        for entry in std::fs::read_dir(root().join(folder)).unwrap() {
+        for entry in std::fs::read_dir(repository_root().join(folder)).unwrap() {
             let source = entry.unwrap().path();
             let installed = format!(
                 "{extension_dir}/{}",
@@ -406,7 +401,7 @@ fn extension_package_installs_upgrades_and_is_removed() {
 
 /// The `[package]` version of relay/Cargo.toml.
 fn relay_version() -> String {
-    let manifest = std::fs::read_to_string(root().join("relay/Cargo.toml")).unwrap();
+    let manifest = std::fs::read_to_string(repository_root().join("relay/Cargo.toml")).unwrap();
     manifest
         .lines()
         .find_map(|line| line.strip_prefix("version = \""))
@@ -466,7 +461,7 @@ fn relay_package_installs_its_binary_unit_and_config_and_is_removed() {
     );
     assert_eq!(
         std::fs::read("/etc/ae-relay/ae-relay.toml").unwrap(),
-        std::fs::read(root().join("relay/packaging/ae-relay.toml")).unwrap()
+        std::fs::read(repository_root().join("relay/packaging/ae-relay.toml")).unwrap()
     );
     let files = [
         "/usr/bin/ae-relay",
@@ -497,7 +492,7 @@ fn relay_package_installs_its_binary_unit_and_config_and_is_removed() {
 /// Cargo.toml has that version (package.sh --previous builds it), and so for every other line.
 #[test]
 fn releases_file_names_the_commit_of_each_release() {
-    let releases = std::fs::read_to_string(root().join("sql/releases.tsv")).unwrap();
+    let releases = std::fs::read_to_string(repository_root().join("sql/releases.tsv")).unwrap();
     let mut versions = Vec::new();
     for line in releases.lines().filter(|line| !line.starts_with('#')) {
         let (version, commit) = line.split_once('\t').expect("version<TAB>commit");
@@ -505,7 +500,7 @@ fn releases_file_names_the_commit_of_each_release() {
             "git",
             &[
                 "-C",
-                root().to_str().unwrap(),
+                repository_root().to_str().unwrap(),
                 "show",
                 &format!("{commit}:Cargo.toml"),
             ],

@@ -94,7 +94,7 @@ pub enum ForeignKeys {
     Without,
 }
 
-fn running_as_root() -> bool {
+pub fn running_as_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
