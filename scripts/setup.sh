@@ -133,6 +133,20 @@ fi
 # others. 15 keeps whatever pg15 entry exists; the others point at this repository's copy (for 17,
 # at the headers' pg_config: its server has none).
 config_toml="${PGRX_HOME:-$HOME/.pgrx}/config.toml"
+# An entry whose pg_config is gone (a deleted clone's copy of another major) fails every build:
+# pgrx's build script checks them all. Drop such entries.
+if [ -f "$config_toml" ]; then
+    stale=()
+    while IFS= read -r line; do
+        path="$(sed -n 's/^pg[0-9]* = "\(.*\)"$/\1/p' <<<"$line")"
+        [ -n "$path" ] && [ ! -x "$path" ] && stale+=("$line")
+    done <"$config_toml"
+    if [ "${#stale[@]}" -gt 0 ]; then
+        printf 'setup: dropping pgrx entries whose pg_config is gone: %s\n' "${stale[*]}"
+        grep -vxF -f <(printf '%s\n' "${stale[@]}") "$config_toml" >"$config_toml.new" || true
+        mv "$config_toml.new" "$config_toml"
+    fi
+fi
 if [ "$PG_VERSION" = 15 ]; then
     grep -q '^pg15 ' "$config_toml" 2>/dev/null || cargo pgrx init --pg15 "$PG_CONFIG"
 else
