@@ -21,6 +21,7 @@ use crate::versions::{self, NewState};
 use crate::{capture, lookup, pending, settings, snapshot};
 use pgrx::prelude::*;
 use std::panic::AssertUnwindSafe;
+use std::rc::Rc;
 
 /// Instances built and written per set-based pass.
 const CHUNK_SIZE: usize = 1000;
@@ -199,9 +200,13 @@ struct Encoded {
     digest: Vec<u8>,
 }
 
-/// The payload rules in force for this pass (read as the owner; an error fails the transaction).
-pub fn payload_rules() -> Rules {
-    match Spi::connect(|client| Rules::load(Connection::of(client))) {
+/// The payload rules in force for this pass (cached per backend, `Rules::in_force`; read as the
+/// owner; an error fails the transaction).
+pub fn payload_rules() -> Rc<Rules> {
+    if let Some(rules) = Rules::cached() {
+        return rules;
+    }
+    match Spi::connect(|client| Rules::in_force(Connection::of(client))) {
         Ok(rules) => rules,
         Err(error) => error.report(),
     }

@@ -60,7 +60,7 @@ extension_sql_file!(
 extension_sql_file!(
     "../sql/src/payload_rules.sql",
     name = "payload_rules",
-    requires = [redaction::check_payload_rule]
+    requires = [redaction::check_payload_rule, redaction::payload_rules_changed]
 );
 extension_sql_file!(
     "../sql/src/endpoints.sql",
@@ -73,6 +73,7 @@ extension_sql_file!("../sql/src/install.sql", name = "install", finalize);
 pub extern "C-unwind" fn _PG_init() {
     settings::register();
     pending::register_subtransaction_callback();
+    redaction::register_invalidation_callback();
     // SAFETY: the callback is a plain function that lives as long as the library.
     unsafe { pg_sys::RegisterXactCallback(Some(on_transaction_end), std::ptr::null_mut()) };
 }

@@ -234,3 +234,87 @@ fn a_rule_applies_from_the_next_commit_and_bad_rules_are_refused() {
         assert_eq!(sqlstate(&error), "42501", "{statement}");
     }
 }
+
+/// Whether the newest event of instance 789 shows the candidate's email.
+fn last_event_shows_email(client: &mut Client) -> bool {
+    let rows = outbox_rows(client);
+    let last = rows.last().expect("an event");
+    last.payload["candidate"].get("email").is_some()
+}
+
+#[test]
+fn cached_rules_follow_every_change_however_it_is_made() {
+    let cluster = Cluster::shared();
+    let database = cluster.database("rulescache", ForeignKeys::Without);
+    let mut app = cluster.connect(&database);
+    let mut dba = cluster.connect(&database);
+    app.batch_execute(SEED_EXAMPLE).unwrap();
+    let mut score = 0;
+    let mut change = |app: &mut Client| {
+        score += 1;
+        app.batch_execute(&format!(
+            "UPDATE ti.instance SET score = {score} WHERE id = 789"
+        ))
+        .unwrap();
+        last_event_shows_email(app)
+    };
+    // The app's backend reads (and caches) the rules at its first commit.
+    assert!(change(&mut app));
+    dba.batch_execute("INSERT INTO ae_events.payload_rules VALUES ('candidate.email', 'remove')")
+        .unwrap();
+    assert!(!change(&mut app), "a rule committed by another session");
+
+    // Uncommitted elsewhere: not yet; rolled back: never.
+    dba.batch_execute("BEGIN; DELETE FROM ae_events.payload_rules")
+        .unwrap();
+    assert!(!change(&mut app), "another session's uncommitted delete");
+    dba.batch_execute("ROLLBACK").unwrap();
+    assert!(!change(&mut app));
+    // The pass runs inside the transaction (SET CONSTRAINTS ... IMMEDIATE), reading (and
+    // caching) the rules as the transaction's own delete left them; then it rolls back.
+    app.batch_execute(
+        "BEGIN; DELETE FROM ae_events.payload_rules;
+         UPDATE ti.instance SET score = 100 WHERE id = 789; SET CONSTRAINTS ALL IMMEDIATE;",
+    )
+    .unwrap();
+    assert!(last_event_shows_email(&mut app), "the transaction's own delete");
+    app.batch_execute("ROLLBACK").unwrap();
+    assert!(
+        !change(&mut app),
+        "a change the app's own transaction rolled back is not kept"
+    );
+
+    // In the same transaction as the change that makes the event.
+    app.batch_execute(
+        "BEGIN; DELETE FROM ae_events.payload_rules;
+         UPDATE ti.instance SET score = 200 WHERE id = 789; COMMIT;",
+    )
+    .unwrap();
+    assert!(last_event_shows_email(&mut app), "same transaction");
+
+    // TRUNCATE, and a session in replica mode (a logical replication apply): the trigger is ALWAYS.
+    dba.batch_execute("INSERT INTO ae_events.payload_rules VALUES ('candidate.email', 'remove')")
+        .unwrap();
+    assert!(!change(&mut app));
+    dba.batch_execute("TRUNCATE ae_events.payload_rules").unwrap();
+    assert!(change(&mut app), "truncated");
+    dba.batch_execute(
+        "SET session_replication_role = replica;
+         INSERT INTO ae_events.payload_rules VALUES ('candidate.email', 'remove');
+         RESET session_replication_role;",
+    )
+    .unwrap();
+    assert!(!change(&mut app), "inserted by a replica-role session");
+
+    // Without the invalidating trigger, nothing is cached: every commit reads the rules.
+    dba.batch_execute(
+        "ALTER TABLE ae_events.payload_rules DISABLE TRIGGER payload_rules_changed",
+    )
+    .unwrap();
+    assert!(!change(&mut app));
+    dba.batch_execute("DELETE FROM ae_events.payload_rules").unwrap();
+    assert!(change(&mut app), "trigger disabled: read again");
+    dba.batch_execute("INSERT INTO ae_events.payload_rules VALUES ('candidate.email', 'remove')")
+        .unwrap();
+    assert!(!change(&mut app), "trigger disabled: read again");
+}
