@@ -3,6 +3,7 @@
 //! transaction's memory (`pending.rs`), without a query; the commit-time pass (`emitter.rs`)
 //! turns them into events. Each trigger function runs only on the table `attach()` put it on.
 
+use crate::config_cache::{self, ConfigTable};
 use crate::errors::{self, EventError};
 use crate::pending::{self, Change};
 use crate::privileges::{ExtensionCatalog, OwnerPrivileges};
@@ -138,17 +139,32 @@ SELECT b.source_table::pg_catalog.text, b.enabled::pg_catalog.bool FROM ae_event
 
 thread_local! {
     static SETTINGS_QUERY: RefCell<Option<KeptPlan>> = const { RefCell::new(None) };
+    static CACHED: RefCell<Option<config_cache::Entry<EnabledSources>>> =
+        const { RefCell::new(None) };
+}
+
+/// The bubble-up settings: read once per backend and again after any change to
+/// `ae_events.bubble_up` (`config_cache.rs`).
+fn read_enabled_sources() -> Result<EnabledSources, EventError> {
+    if let Some(enabled) = config_cache::cached(&CACHED) {
+        return Ok(*enabled);
+    }
+    let catalog = ExtensionCatalog::current();
+    let _privileges = OwnerPrivileges::enter(catalog.owner);
+    Spi::connect(|client| {
+        config_cache::get_or_read(&CACHED, ConfigTable::BubbleUp, || {
+            read_bubble_up(Connection::of(client))
+        })
+    })
+    .map(|enabled| *enabled)
 }
 
 /// Read `ae_events.bubble_up` (as the extension's owner: the application's role has no
 /// privilege on it). Rows for tables it does not know are ignored; a missing row means the
 /// table's default.
-fn read_enabled_sources() -> Result<EnabledSources, EventError> {
-    let catalog = ExtensionCatalog::current();
-    let _privileges = OwnerPrivileges::enter(catalog.owner);
+fn read_bubble_up(connection: Connection<'_>) -> Result<EnabledSources, EventError> {
     let mut enabled = EnabledSources::defaults();
-    Spi::connect(|client| {
-        let connection = Connection::of(client);
+    {
         with_kept_plan(
             connection,
             &SETTINGS_QUERY,
@@ -167,7 +183,7 @@ fn read_enabled_sources() -> Result<EnabledSources, EventError> {
                 })
             },
         )
-    })
+    }
     .map_err(|error| error.context("cannot read ae_events.bubble_up"))?;
     Ok(enabled)
 }

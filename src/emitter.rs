@@ -55,6 +55,12 @@ pub fn emit_pending() {
     let rules = payload_rules();
     // A DBA's trigger on the outbox could change sources: loop until nothing is left.
     loop {
+        // At the commit of a single statement nothing has advanced the command counter since
+        // that statement's changes (nor, later, since a DBA's trigger's), and the pass reads
+        // with snapshots of the current command (`rows::LatestSnapshots`): advance it, so that
+        // they see those changes.
+        // SAFETY: what SPI does before each statement that is not read-only.
+        unsafe { pg_sys::CommandCounterIncrement() };
         let changes = pending::take_unemitted();
         if changes.is_empty() {
             break;

@@ -8,7 +8,9 @@
 use pgrx::prelude::*;
 
 // Shared infrastructure: errors and the `ae_events:` prefix, the GUCs, PostgreSQL's binary
-// jsonb, SPI plans and typed rows, SHA-256, time formats, who the pass runs as.
+// jsonb, SPI plans and typed rows, payload digests, time formats, who the pass runs as, the
+// configuration tables' per-backend caches.
+mod config_cache;
 mod digest;
 mod errors;
 mod jsonb;
@@ -50,7 +52,11 @@ mod secrets;
 
 extension_sql_file!("../sql/src/outbox.sql", name = "outbox", bootstrap);
 extension_sql_file!("../sql/src/instance_state.sql", name = "instance_state");
-extension_sql_file!("../sql/src/bubble_up.sql", name = "bubble_up");
+extension_sql_file!(
+    "../sql/src/bubble_up.sql",
+    name = "bubble_up",
+    requires = [config_cache::configuration_changed]
+);
 extension_sql_file!("../sql/src/consumers.sql", name = "consumers");
 extension_sql_file!(
     "../sql/src/analytics.sql",
@@ -60,7 +66,10 @@ extension_sql_file!(
 extension_sql_file!(
     "../sql/src/payload_rules.sql",
     name = "payload_rules",
-    requires = [redaction::check_payload_rule, redaction::payload_rules_changed]
+    requires = [
+        redaction::check_payload_rule,
+        config_cache::configuration_changed
+    ]
 );
 extension_sql_file!(
     "../sql/src/endpoints.sql",
@@ -73,7 +82,7 @@ extension_sql_file!("../sql/src/install.sql", name = "install", finalize);
 pub extern "C-unwind" fn _PG_init() {
     settings::register();
     pending::register_subtransaction_callback();
-    redaction::register_invalidation_callback();
+    config_cache::register_invalidation_callback();
     // SAFETY: the callback is a plain function that lives as long as the library.
     unsafe { pg_sys::RegisterXactCallback(Some(on_transaction_end), std::ptr::null_mut()) };
 }

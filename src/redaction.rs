@@ -14,11 +14,12 @@
 //! containers as jsonb prints them); a JSON null stays null. With no rules the payload is not
 //! touched.
 
+use crate::config_cache::{self, ConfigTable};
 use crate::errors::EventError;
 use crate::jsonb::{container_text, read_container, Child, EncodeError, Encoder, Kind};
 use crate::rows::{with_kept_plan, Connection, KeptPlan};
 use pgrx::prelude::*;
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::rc::Rc;
 
 /// Every field path of the payload (the seed's type showcase), `*` for an attribute.
@@ -217,116 +218,35 @@ fn check_payload_rule(path: &str, action: &str) -> bool {
     true
 }
 
-/// The rules, and whether the statement trigger that invalidates cached rules
-/// (`payload_rules_changed`, enabled ALWAYS so that a replica-role session fires it too) is in
-/// place: a LEFT JOIN, so that the second column comes even when there are no rules.
 const RULES_QUERY: &str = "
-SELECT r.path::pg_catalog.text, r.action::pg_catalog.text, t.invalidates
-  FROM (SELECT EXISTS (SELECT FROM pg_catalog.pg_trigger AS g
-                        WHERE g.tgrelid OPERATOR(pg_catalog.=)
-                              'ae_events.payload_rules'::pg_catalog.regclass
-                          AND g.tgname OPERATOR(pg_catalog.=) 'payload_rules_changed'
-                          AND g.tgenabled OPERATOR(pg_catalog.=) 'A') AS invalidates) AS t
-  LEFT JOIN ae_events.payload_rules AS r ON true
+SELECT r.path::pg_catalog.text, r.action::pg_catalog.text
+  FROM ae_events.payload_rules AS r
  ORDER BY r.path";
-
-/// The rules last read in this backend, and `INVALIDATIONS` as it was just before.
-struct CachedRules {
-    read_at: u64,
-    rules: Rc<Rules>,
-}
 
 thread_local! {
     static QUERY: RefCell<Option<KeptPlan>> = const { RefCell::new(None) };
-    static CACHED: RefCell<Option<CachedRules>> = const { RefCell::new(None) };
-    /// Counts relcache invalidations of `ae_events.payload_rules` (and resets of the whole
-    /// relcache) seen by this backend.
-    static INVALIDATIONS: Cell<u64> = const { Cell::new(0) };
-    static RULES_TABLE: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
-}
-
-/// Let PostgreSQL tell this backend when the rules may have changed. Called once, at load.
-pub fn register_invalidation_callback() {
-    // SAFETY: the callback is a plain function that lives as long as the library; it only
-    // bumps a counter.
-    unsafe {
-        pg_sys::CacheRegisterRelcacheCallback(Some(rules_invalidated), pg_sys::Datum::from(0))
-    };
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn rules_invalidated(_argument: pg_sys::Datum, relation: pg_sys::Oid) {
-    if relation == pg_sys::InvalidOid || relation == RULES_TABLE.get() {
-        INVALIDATIONS.set(INVALIDATIONS.get().wrapping_add(1));
-    }
-}
-
-/// The statement trigger on `ae_events.payload_rules`: any change to the rules invalidates the
-/// table's relcache entry, in this backend at the next command and in every other backend once
-/// the change commits (or, on rollback, here again), so that cached rules are read again.
-#[pg_trigger]
-fn payload_rules_changed<'a>(
-    trigger: &'a PgTrigger<'a>,
-) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, std::convert::Infallible> {
-    if let Ok(relation) = trigger.relation() {
-        // SAFETY: queues an invalidation message for a relation that exists (it fired this).
-        unsafe { pg_sys::CacheInvalidateRelcacheByRelid(relation.oid()) };
-    }
-    Ok(None)
+    static CACHED: RefCell<Option<config_cache::Entry<Rules>>> = const { RefCell::new(None) };
 }
 
 impl Rules {
-    /// The rules in force, read once per backend and again after any change to them (as the
-    /// extension's owner). They are read with a snapshot of the latest committed state, taken
-    /// after this backend has processed the invalidations sent so far: a change that snapshot
-    /// does not show commits later, and its invalidation then empties the cache. Without the
-    /// invalidating trigger (a DBA disabled it; the library is newer than the SQL objects) they
-    /// are read for every pass, as before 0.7.1.
+    /// The rules in force: read once per backend and again after any change to them
+    /// (`config_cache.rs`), as the extension's owner.
     pub fn in_force(connection: Connection<'_>) -> Result<Rc<Rules>, EventError> {
-        if let Some(rules) = Rules::cached() {
-            return Ok(rules);
-        }
-        CACHED.set(None);
-        // SAFETY: syscache lookups by name; missing_ok returns InvalidOid instead of raising.
-        RULES_TABLE.set(unsafe {
-            let namespace = pg_sys::get_namespace_oid(c"ae_events".as_ptr(), true);
-            pg_sys::get_relname_relid(c"payload_rules".as_ptr(), namespace)
-        });
-        // SAFETY: processes pending invalidation messages, as any lock acquisition does.
-        unsafe { pg_sys::AcceptInvalidationMessages() };
-        let read_at = INVALIDATIONS.get();
-        let (rules, invalidates) = {
-            let _latest = crate::rows::LatestSnapshots::enter();
-            Rules::load(connection)?
-        };
-        let rules = Rc::new(rules);
-        if invalidates {
-            CACHED.set(Some(CachedRules {
-                read_at,
-                rules: Rc::clone(&rules),
-            }));
-        }
-        Ok(rules)
+        config_cache::get_or_read(&CACHED, ConfigTable::PayloadRules, || {
+            Rules::load(connection)
+        })
     }
 
     /// The rules read earlier in this backend, if nothing has invalidated them since.
     pub fn cached() -> Option<Rc<Rules>> {
-        CACHED.with_borrow(|cached| {
-            cached
-                .as_ref()
-                .filter(|cached| cached.read_at == INVALIDATIONS.get())
-                .map(|cached| Rc::clone(&cached.rules))
-        })
+        config_cache::cached(&CACHED)
     }
 
-    /// Read the rules, and whether the invalidating trigger is in place.
-    fn load(connection: Connection<'_>) -> Result<(Rules, bool), EventError> {
+    fn load(connection: Connection<'_>) -> Result<Rules, EventError> {
         crate::privileges::ensure_current_sql_objects()?;
         let mut rules = Rules::default();
-        let mut invalidates = false;
         with_kept_plan(connection, &QUERY, RULES_QUERY, &[], |query| {
             query.run(connection, &mut [])?.for_each(|row| {
-                invalidates = row.get::<bool>(3).map_err(EventError::internal)? == Some(true);
                 let path: Option<String> = row.get(1).map_err(EventError::internal)?;
                 let action: Option<String> = row.get(2).map_err(EventError::internal)?;
                 let (Some(path), Some(action)) = (path, action) else {
@@ -347,7 +267,7 @@ impl Rules {
             })
         })
         .map_err(|error| error.context("cannot read ae_events.payload_rules"))?;
-        Ok((rules, invalidates))
+        Ok(rules)
     }
 
     fn add(&mut self, path: &str, action: Action) {

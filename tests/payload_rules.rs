@@ -277,7 +277,10 @@ fn cached_rules_follow_every_change_however_it_is_made() {
          UPDATE ti.instance SET score = 100 WHERE id = 789; SET CONSTRAINTS ALL IMMEDIATE;",
     )
     .unwrap();
-    assert!(last_event_shows_email(&mut app), "the transaction's own delete");
+    assert!(
+        last_event_shows_email(&mut app),
+        "the transaction's own delete"
+    );
     app.batch_execute("ROLLBACK").unwrap();
     assert!(
         !change(&mut app),
@@ -296,7 +299,8 @@ fn cached_rules_follow_every_change_however_it_is_made() {
     dba.batch_execute("INSERT INTO ae_events.payload_rules VALUES ('candidate.email', 'remove')")
         .unwrap();
     assert!(!change(&mut app));
-    dba.batch_execute("TRUNCATE ae_events.payload_rules").unwrap();
+    dba.batch_execute("TRUNCATE ae_events.payload_rules")
+        .unwrap();
     assert!(change(&mut app), "truncated");
     dba.batch_execute(
         "SET session_replication_role = replica;
@@ -307,12 +311,11 @@ fn cached_rules_follow_every_change_however_it_is_made() {
     assert!(!change(&mut app), "inserted by a replica-role session");
 
     // Without the invalidating trigger, nothing is cached: every commit reads the rules.
-    dba.batch_execute(
-        "ALTER TABLE ae_events.payload_rules DISABLE TRIGGER payload_rules_changed",
-    )
-    .unwrap();
+    dba.batch_execute("ALTER TABLE ae_events.payload_rules DISABLE TRIGGER payload_rules_changed")
+        .unwrap();
     assert!(!change(&mut app));
-    dba.batch_execute("DELETE FROM ae_events.payload_rules").unwrap();
+    dba.batch_execute("DELETE FROM ae_events.payload_rules")
+        .unwrap();
     assert!(change(&mut app), "trigger disabled: read again");
     dba.batch_execute("INSERT INTO ae_events.payload_rules VALUES ('candidate.email', 'remove')")
         .unwrap();

@@ -1,7 +1,8 @@
 -- Bubble-up settings: which source tables' changes emit ae.test_instance.updated events for the
 -- instances whose snapshots they are part of. Instance-specific tables are on, reference data is
 -- off (a renamed catalog would otherwise reach every instance ever taken). Read once per
--- transaction, when it first changes a source table; the triggers stay attached either way.
+-- transaction, when it first changes a source table (from a per-backend cache that a change
+-- here invalidates, src/config_cache.rs); the triggers stay attached either way.
 CREATE TABLE ae_events.bubble_up (
     source_table text PRIMARY KEY CHECK (source_table IN (
         'ti.instance', 'can.candidate', 'tcf.measurement', 'tcf.measurement_attribute',
@@ -47,3 +48,9 @@ CREATE TRIGGER insert_sets_existing BEFORE INSERT ON ae_events.bubble_up
     FOR EACH ROW EXECUTE FUNCTION ae_events._bubble_up_insert_sets();
 
 SELECT pg_catalog.pg_extension_config_dump('ae_events.bubble_up', '');
+
+-- Backends cache the settings (src/config_cache.rs); ALWAYS, as payload_rules_changed.
+CREATE TRIGGER bubble_up_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON ae_events.bubble_up
+    FOR EACH STATEMENT EXECUTE FUNCTION ae_events.configuration_changed();
+ALTER TABLE ae_events.bubble_up ENABLE ALWAYS TRIGGER bubble_up_changed;

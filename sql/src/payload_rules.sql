@@ -15,11 +15,11 @@ COMMENT ON TABLE ae_events.payload_rules IS
 
 SELECT pg_catalog.pg_extension_config_dump('ae_events.payload_rules', '');
 
--- Backends cache the rules (src/redaction.rs): any change to them invalidates the table's
+-- Backends cache the rules (src/config_cache.rs): any change to them invalidates the table's
 -- relcache entry, which empties every backend's cache once the change commits. ALWAYS, so that a
 -- session with session_replication_role = replica (a logical replication apply) fires it too.
 CREATE TRIGGER payload_rules_changed
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON ae_events.payload_rules
-    FOR EACH STATEMENT EXECUTE FUNCTION ae_events.payload_rules_changed();
+    FOR EACH STATEMENT EXECUTE FUNCTION ae_events.configuration_changed();
 ALTER TABLE ae_events.payload_rules ENABLE ALWAYS TRIGGER payload_rules_changed;
-REVOKE ALL ON FUNCTION ae_events.payload_rules_changed() FROM PUBLIC;
+REVOKE ALL ON FUNCTION ae_events.configuration_changed() FROM PUBLIC;
