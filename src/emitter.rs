@@ -66,11 +66,12 @@ pub fn emit_pending() {
             break;
         }
         interlock_locks(&catalog, &changes).acquire(&catalog);
-        for chunk in chunks(&catalog, &changes.created) {
-            guarded(EventKind::Created, chunk, |connection| {
-                emit_created(connection, &catalog, &rules, chunk)
-            });
-        }
+        in_chunks(
+            &catalog,
+            EventKind::Created,
+            &changes.created,
+            |connection, chunk, budget| emit_created(connection, &catalog, &rules, chunk, budget),
+        );
         // Re-inserted ids were created again: their created event resets the state.
         let gone = difference(&changes.deleted, &changes.created);
         guarded(EventKind::Updated, &gone, |connection| {
@@ -85,11 +86,14 @@ pub fn emit_pending() {
         // An instance created in this pass already shows the final state in its created
         // event; a deleted one has nothing to show.
         let updated = difference(&difference(&touched, &changes.created), &gone);
-        for chunk in chunks(&catalog, &updated) {
-            guarded(EventKind::Updated, chunk, |connection| {
-                emit_updated(connection, &catalog, &rules, chunk, Unchanged::Skip).map(drop)
-            });
-        }
+        in_chunks(
+            &catalog,
+            EventKind::Updated,
+            &updated,
+            |connection, chunk, budget| {
+                emit_updated(connection, &catalog, &rules, chunk, budget, Unchanged::Skip)
+            },
+        );
     }
 }
 
@@ -127,37 +131,57 @@ pub fn resend(instance_ids: Vec<i64>) -> i64 {
     let catalog = ExtensionCatalog::current();
     let _privileges = OwnerPrivileges::enter(catalog.owner);
     let rules = payload_rules();
+    let written = in_chunks(
+        &catalog,
+        EventKind::Updated,
+        &instance_ids,
+        |connection, chunk, budget| {
+            emit_updated(connection, &catalog, &rules, chunk, budget, Unchanged::Emit)
+        },
+    );
+    written as i64
+}
+
+/// Emit ascending instance ids chunk by chunk, so that memory stays bounded: chunks of at most
+/// `CHUNK_SIZE` instances, each built within `CHUNK_ATTRIBUTES` attributes. A chunk beyond that
+/// budget (the build gives up as soon as it sees so, `snapshot::build_within`) is cut into groups
+/// by its instances' attribute counts (`snapshot::group_by_attributes`; an instance with more is
+/// a group of its own), each emitted without a budget. Returns how many events were written.
+fn in_chunks(
+    catalog: &ExtensionCatalog,
+    kind: EventKind,
+    instance_ids: &[i64],
+    mut emit: impl FnMut(Connection<'_>, &[i64], Option<i64>) -> Result<usize, EventError>,
+) -> usize {
     let mut written = 0;
-    for chunk in chunks(&catalog, &instance_ids) {
-        guarded(EventKind::Updated, chunk, |connection| {
-            written += emit_updated(connection, &catalog, &rules, chunk, Unchanged::Emit)? as i64;
-            Ok(())
+    for chunk in instance_ids.chunks(CHUNK_SIZE) {
+        let budget = (chunk.len() > 1).then_some(CHUNK_ATTRIBUTES);
+        if let Some(count) = guarded(kind, chunk, |connection| emit(connection, chunk, budget)) {
+            written += count;
+            continue;
+        }
+        let groups = read_sources(catalog, |connection| {
+            snapshot::group_by_attributes(connection, chunk, CHUNK_ATTRIBUTES)
         });
+        for group in groups {
+            written += guarded(kind, group, |connection| emit(connection, group, None))
+                .unwrap_or_default();
+        }
     }
     written
 }
 
-/// Ascending instance ids cut into chunks of at most `CHUNK_SIZE` instances and (unless one
-/// instance has more) `CHUNK_ATTRIBUTES` attributes.
-fn chunks<'a>(catalog: &ExtensionCatalog, instance_ids: &'a [i64]) -> Vec<&'a [i64]> {
-    let mut chunks = Vec::new();
-    for chunk in instance_ids.chunks(CHUNK_SIZE) {
-        chunks.extend(read_sources(catalog, |connection| {
-            snapshot::group_by_attributes(connection, chunk, CHUNK_ATTRIBUTES)
-        }));
-    }
-    chunks
-}
-
-/// Run one chunk's work in its own SPI connection; any error fails the transaction with a message naming the chunk's
-/// instances (or the one whose row was being written).
-fn guarded(
+/// Run one chunk's work in its own SPI connection and return what it returns; `None` when it
+/// gave up over its attribute budget (`EventError::AttributeBudget`, having written nothing).
+/// Any other error fails the transaction with a message naming the chunk's instances (or the one
+/// whose row was being written).
+fn guarded<T: Default>(
     kind: EventKind,
     chunk: &[i64],
-    work: impl FnOnce(Connection<'_>) -> Result<(), EventError>,
-) {
+    work: impl FnOnce(Connection<'_>) -> Result<T, EventError>,
+) -> Option<T> {
     if chunk.is_empty() {
-        return;
+        return Some(T::default());
     }
     let mut work = Some(work);
     PgTryBuilder::new(AssertUnwindSafe(|| {
@@ -168,8 +192,11 @@ fn guarded(
             let connection = Connection::of(client);
             work.take().map(|work| work(connection))
         });
-        if let Some(Err(error)) = result {
-            error.report();
+        match result {
+            Some(Ok(value)) => Some(value),
+            Some(Err(EventError::AttributeBudget)) => None,
+            Some(Err(error)) => error.report(),
+            None => Some(T::default()),
         }
     }))
     .catch_others(|caught| {
@@ -188,7 +215,7 @@ fn guarded(
         };
         errors::raise_naming(caught, &what)
     })
-    .execute();
+    .execute()
 }
 
 /// `left` without the ids in `right` (both ascending).
@@ -305,9 +332,10 @@ fn read_snapshots(
     connection: Connection<'_>,
     catalog: &ExtensionCatalog,
     instance_ids: &[i64],
+    attribute_budget: Option<i64>,
 ) -> Result<Vec<TestInstance>, EventError> {
     let _reader = SnapshotReader::enter(catalog);
-    snapshot::build(connection, instance_ids)
+    snapshot::build_within(connection, instance_ids, attribute_budget)
 }
 
 fn emit_created(
@@ -315,10 +343,12 @@ fn emit_created(
     catalog: &ExtensionCatalog,
     rules: &Rules,
     instance_ids: &[i64],
-) -> Result<(), EventError> {
-    let encoded = encode(read_snapshots(connection, catalog, instance_ids)?, rules)?;
+    attribute_budget: Option<i64>,
+) -> Result<usize, EventError> {
+    let snapshots = read_snapshots(connection, catalog, instance_ids, attribute_budget)?;
+    let encoded = encode(snapshots, rules)?;
     let events = encoded.into_iter().map(|encoded| (encoded, 1)).collect();
-    write(connection, catalog, EventKind::Created, events).map(drop)
+    write(connection, catalog, EventKind::Created, events)
 }
 
 /// Lock the instances' versions, then read their snapshots (so that they include what a
@@ -328,10 +358,12 @@ fn emit_updated(
     catalog: &ExtensionCatalog,
     rules: &Rules,
     instance_ids: &[i64],
+    attribute_budget: Option<i64>,
     unchanged: Unchanged,
 ) -> Result<usize, EventError> {
     let mut states = versions::lock(connection, instance_ids)?;
-    let encoded = encode(read_snapshots(connection, catalog, instance_ids)?, rules)?;
+    let snapshots = read_snapshots(connection, catalog, instance_ids, attribute_budget)?;
+    let encoded = encode(snapshots, rules)?;
     let mut events = Vec::with_capacity(encoded.len());
     for encoded in encoded {
         let Some(state) = states.remove(&encoded.instance_id) else {

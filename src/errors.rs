@@ -21,6 +21,9 @@ pub enum EventError {
     Internal { what: String },
     /// The installation is not in a state to emit events (a DBA must act).
     Prerequisite { what: String },
+    /// A chunk of instances has more attributes than its budget: the pass builds it again in
+    /// smaller groups (never reported).
+    AttributeBudget,
 }
 
 impl EventError {
@@ -52,12 +55,13 @@ impl EventError {
             EventError::Prerequisite { what } => EventError::Prerequisite {
                 what: format!("{context}: {what}"),
             },
+            EventError::AttributeBudget => EventError::AttributeBudget,
         }
     }
 
     pub fn sqlstate(&self) -> PgSqlErrorCode {
         match self {
-            EventError::Spi { .. } | EventError::Internal { .. } => {
+            EventError::Spi { .. } | EventError::Internal { .. } | EventError::AttributeBudget => {
                 PgSqlErrorCode::ERRCODE_INTERNAL_ERROR
             }
             EventError::BadValue { .. } => PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
@@ -79,6 +83,7 @@ impl fmt::Display for EventError {
             EventError::Spi { context, source } => write!(f, "{context}: {source}"),
             EventError::BadValue { what } => write!(f, "cannot render {what}"),
             EventError::Internal { what } | EventError::Prerequisite { what } => f.write_str(what),
+            EventError::AttributeBudget => f.write_str("a chunk's attributes exceed its budget"),
         }
     }
 }

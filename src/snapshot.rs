@@ -413,7 +413,10 @@ fn for_each_attribute_row(
         connection,
         vec![int8_array(measurement_ids)?],
         ATTRIBUTE_BATCH,
-        |row| read_named(row, table, &mut read),
+        |row| {
+            spend_budget(row)?;
+            read_named(row, table, &mut read)
+        },
     )
     .map_err(|error| error.context(format!("cannot read {table}")))
 }
@@ -548,6 +551,59 @@ pub fn build(
     connection: Connection<'_>,
     instance_ids: &[i64],
 ) -> Result<Vec<TestInstance>, EventError> {
+    build_within(connection, instance_ids, None)
+}
+
+/// `build`, giving up with `EventError::AttributeBudget` as soon as the chunk's attributes
+/// exceed `attribute_budget` (each attribute counted once per instance that shows it, as
+/// `group_by_attributes` counts): the attributes are counted as they are read, so that a chunk
+/// within its budget, the usual case, costs no counting query, and one beyond it never holds
+/// more than the budget.
+pub fn build_within(
+    connection: Connection<'_>,
+    instance_ids: &[i64],
+    attribute_budget: Option<i64>,
+) -> Result<Vec<TestInstance>, EventError> {
+    BUDGET.set(attribute_budget.map(|limit| Budget {
+        remaining: limit,
+        shown_by: HashMap::new(),
+    }));
+    let built = build_chunk(connection, instance_ids);
+    BUDGET.set(None);
+    built
+}
+
+/// What is left of a chunk's attribute budget, and how many of its instances show each
+/// measurement (filled once the instances are read).
+struct Budget {
+    remaining: i64,
+    shown_by: HashMap<i64, i64>,
+}
+
+thread_local! {
+    static BUDGET: RefCell<Option<Budget>> = const { RefCell::new(None) };
+}
+
+/// Count an attribute row (its measurement id in column 2) against the budget, if there is one.
+fn spend_budget(row: &crate::rows::Row) -> Result<(), EventError> {
+    BUDGET.with_borrow_mut(|budget| {
+        let Some(budget) = budget else {
+            return Ok(());
+        };
+        let measurement_id: Option<i64> = row.get(2).map_err(EventError::internal)?;
+        let shown_by = measurement_id.and_then(|id| budget.shown_by.get(&id).copied());
+        budget.remaining -= shown_by.unwrap_or(1);
+        if budget.remaining < 0 {
+            return Err(EventError::AttributeBudget);
+        }
+        Ok(())
+    })
+}
+
+fn build_chunk(
+    connection: Connection<'_>,
+    instance_ids: &[i64],
+) -> Result<Vec<TestInstance>, EventError> {
     let plan_sets = plan_sets(connection)?;
     let few = instance_ids.len() <= FEW_INSTANCES;
     let settings = ScopedSetting::set_many(if few {
@@ -583,6 +639,13 @@ impl ChunkRows {
         if measurement_ids.is_empty() {
             return Ok(self);
         }
+        BUDGET.with_borrow_mut(|budget| {
+            if let Some(budget) = budget {
+                for measurement_id in self.instances.iter().filter_map(|i| i.measurement_id) {
+                    *budget.shown_by.entry(measurement_id).or_default() += 1;
+                }
+            }
+        });
         for (measurement_id, attribute) in read(measurement_ids)? {
             if let Some(measurement) = self.measurements.get_mut(&measurement_id) {
                 measurement.measurement_attributes.push(attribute);

@@ -727,3 +727,69 @@ fn few_and_many_instances_read_alike_including_missing_rows() {
     }
     assert_eq!(payloads_by_size[0], payloads_by_size[1]);
 }
+
+/// A chunk is built within 20,000 attributes (each counted once per instance that shows it):
+/// a transaction beyond that is built again in smaller groups, an instance with more on its own.
+/// Every instance gets its event with all its attributes, created and updated alike.
+#[test]
+fn instances_beyond_a_chunks_attribute_budget_are_built_in_smaller_groups() {
+    let cluster = Cluster::shared();
+    let database = cluster.database("attrbudget", ForeignKeys::Without);
+    let mut client = cluster.connect(&database);
+    client.batch_execute(SEED_EXAMPLE).unwrap();
+    // Measurements 601-604 with 7,000, 7,000, 25,000 and 3,000 attributes; instances 801-805,
+    // 805 sharing 604 with 804 (so 604's attributes count twice): 49,000 in all.
+    let attributes = [(601, 7_000), (602, 7_000), (603, 25_000), (604, 3_000)];
+    let mut setup = String::from("BEGIN;");
+    let mut next_id = 1_000;
+    for (measurement, count) in attributes {
+        setup.push_str(&format!(
+            "INSERT INTO tcf.measurement (id, status, time_taken, measured_at)
+                 VALUES ({measurement}, 'done', '00:10:00', now());
+             INSERT INTO tcf.measurement_attribute (id, measurement_id,
+                 section_configuration_attribute_id, numerical_score, created_at, created_by,
+                 updated_at, updated_by)
+             SELECT {next_id} + g, {measurement}, 10, g, now(), 1, now(), 1
+               FROM generate_series(1, {count}) AS g;"
+        ));
+        next_id += count + 1;
+    }
+    for (instance, measurement) in [(801, 601), (802, 602), (803, 603), (804, 604), (805, 604)] {
+        setup.push_str(&format!(
+            "INSERT INTO ti.instance VALUES ({instance}, NULL, NULL, NULL, 'in_progress', 101, \
+             202, {measurement}, NULL, NULL, now(), 1, now(), 1);"
+        ));
+    }
+    setup.push_str("COMMIT;");
+    client.batch_execute(&setup).unwrap();
+
+    let shown = |client: &mut Client, key: &str| -> Vec<(i64, i64, i32)> {
+        client
+            .query(
+                "SELECT aggregate_id, jsonb_array_length(payload -> 'measurement' -> 'measurement_attributes'),
+                        snapshot_version
+                   FROM ae_events.outbox WHERE subscription_key = $1 AND aggregate_id > 800
+                  ORDER BY aggregate_id",
+                &[&key],
+            )
+            .unwrap()
+            .iter()
+            .map(|row| (row.get(0), row.get::<_, i32>(1) as i64, row.get(2)))
+            .collect()
+    };
+    let expected = |version: i32| {
+        vec![
+            (801, 7_000, version),
+            (802, 7_000, version),
+            (803, 25_000, version),
+            (804, 3_000, version),
+            (805, 3_000, version),
+        ]
+    };
+    assert_eq!(shown(&mut client, "ae.test_instance.created"), expected(1));
+
+    client
+        .batch_execute("UPDATE ti.instance SET score = 1 WHERE id > 800")
+        .unwrap();
+    assert_eq!(shown(&mut client, "ae.test_instance.updated"), expected(2));
+}
