@@ -91,8 +91,13 @@ fn configuration_changed<'a>(
     Ok(None)
 }
 
-/// The cached value, if nothing has invalidated it since it was read.
+/// The cached value, if nothing has invalidated it since it was read. Processes the
+/// invalidations sent so far first: a change committed before this call is seen, as a query
+/// under READ COMMITTED would (otherwise a transaction whose statements are done would still use
+/// what it read before a change committed meanwhile).
 pub fn cached<T>(slot: &'static Slot<T>) -> Option<Rc<T>> {
+    // SAFETY: what every lock acquisition does; cheap when no message is waiting.
+    unsafe { pg_sys::AcceptInvalidationMessages() };
     slot.with_borrow(|entry| {
         entry
             .as_ref()

@@ -264,6 +264,21 @@ fn cached_rules_follow_every_change_however_it_is_made() {
         .unwrap();
     assert!(!change(&mut app), "a rule committed by another session");
 
+    // Committed by another session after the app's statements, before its commit: applied, as
+    // a query at commit would see it.
+    app.batch_execute("BEGIN; UPDATE ti.instance SET score = 300 WHERE id = 789")
+        .unwrap();
+    dba.batch_execute("DELETE FROM ae_events.payload_rules")
+        .unwrap();
+    app.batch_execute("COMMIT").unwrap();
+    assert!(
+        last_event_shows_email(&mut app),
+        "a change committed while the app's transaction was open"
+    );
+    dba.batch_execute("INSERT INTO ae_events.payload_rules VALUES ('candidate.email', 'remove')")
+        .unwrap();
+    assert!(!change(&mut app));
+
     // Uncommitted elsewhere: not yet; rolled back: never.
     dba.batch_execute("BEGIN; DELETE FROM ae_events.payload_rules")
         .unwrap();
