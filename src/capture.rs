@@ -164,26 +164,24 @@ fn read_enabled_sources() -> Result<EnabledSources, EventError> {
 /// table's default.
 fn read_bubble_up(connection: Connection<'_>) -> Result<EnabledSources, EventError> {
     let mut enabled = EnabledSources::defaults();
-    {
-        with_kept_plan(
-            connection,
-            &SETTINGS_QUERY,
-            BUBBLE_UP_SETTINGS,
-            &[],
-            |query| {
-                query.run(connection, &mut [])?.for_each(|row| {
-                    let table: Option<String> = row.get(1).map_err(EventError::internal)?;
-                    let on: Option<bool> = row.get(2).map_err(EventError::internal)?;
-                    if let (Some(source), Some(on)) =
-                        (table.and_then(|t| Source::from_table(t.as_bytes())), on)
-                    {
-                        enabled.set(source, on);
-                    }
-                    Ok(())
-                })
-            },
-        )
-    }
+    with_kept_plan(
+        connection,
+        &SETTINGS_QUERY,
+        BUBBLE_UP_SETTINGS,
+        &[],
+        |query| {
+            query.run(connection, &mut [])?.for_each(|row| {
+                let table: Option<String> = row.get(1).map_err(EventError::internal)?;
+                let on: Option<bool> = row.get(2).map_err(EventError::internal)?;
+                if let (Some(source), Some(on)) =
+                    (table.and_then(|t| Source::from_table(t.as_bytes())), on)
+                {
+                    enabled.set(source, on);
+                }
+                Ok(())
+            })
+        },
+    )
     .map_err(|error| error.context("cannot read ae_events.bubble_up"))?;
     Ok(enabled)
 }

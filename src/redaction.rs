@@ -132,7 +132,7 @@ struct Node {
     children: Vec<(String, Node)>,
 }
 
-/// The rules in force for one pass (read once per pass).
+/// The rules in force (read once per backend and again after a change: `Rules::in_force`).
 #[derive(Debug, Default)]
 pub struct Rules {
     root: Node,
