@@ -406,6 +406,7 @@ fn for_each_attribute_row(
     connection: Connection<'_>,
     plan: &KeptPlan,
     measurement_ids: &[i64],
+    mut budget: Option<Budget>,
     mut read: impl FnMut(i64, &Row<'_>) -> Result<(), EventError>,
 ) -> Result<(), EventError> {
     let table = "tcf.measurement_attribute";
@@ -414,7 +415,9 @@ fn for_each_attribute_row(
         vec![int8_array(measurement_ids)?],
         ATTRIBUTE_BATCH,
         |row| {
-            spend_budget(row)?;
+            if let Some(budget) = &mut budget {
+                budget.spend(row)?;
+            }
             read_named(row, table, &mut read)
         },
     )
@@ -564,46 +567,6 @@ pub fn build_within(
     instance_ids: &[i64],
     attribute_budget: Option<i64>,
 ) -> Result<Vec<TestInstance>, EventError> {
-    BUDGET.set(attribute_budget.map(|limit| Budget {
-        remaining: limit,
-        shown_by: HashMap::new(),
-    }));
-    let built = build_chunk(connection, instance_ids);
-    BUDGET.set(None);
-    built
-}
-
-/// What is left of a chunk's attribute budget, and how many of its instances show each
-/// measurement (filled once the instances are read).
-struct Budget {
-    remaining: i64,
-    shown_by: HashMap<i64, i64>,
-}
-
-thread_local! {
-    static BUDGET: RefCell<Option<Budget>> = const { RefCell::new(None) };
-}
-
-/// Count an attribute row (its measurement id in column 2) against the budget, if there is one.
-fn spend_budget(row: &crate::rows::Row) -> Result<(), EventError> {
-    BUDGET.with_borrow_mut(|budget| {
-        let Some(budget) = budget else {
-            return Ok(());
-        };
-        let measurement_id: Option<i64> = row.get(2).map_err(EventError::internal)?;
-        let shown_by = measurement_id.and_then(|id| budget.shown_by.get(&id).copied());
-        budget.remaining -= shown_by.unwrap_or(1);
-        if budget.remaining < 0 {
-            return Err(EventError::AttributeBudget);
-        }
-        Ok(())
-    })
-}
-
-fn build_chunk(
-    connection: Connection<'_>,
-    instance_ids: &[i64],
-) -> Result<Vec<TestInstance>, EventError> {
     let plan_sets = plan_sets(connection)?;
     let few = instance_ids.len() <= FEW_INSTANCES;
     let settings = ScopedSetting::set_many(if few {
@@ -612,12 +575,32 @@ fn build_chunk(
         MANY_PLANNER_SETTINGS
     });
     let chunk = if few {
-        read_together(connection, &plan_sets.few, instance_ids)
+        read_together(connection, &plan_sets.few, instance_ids, attribute_budget)
     } else {
-        read_table_by_table(connection, &plan_sets.many, instance_ids)
+        read_table_by_table(connection, &plan_sets.many, instance_ids, attribute_budget)
     };
     settings.end();
     chunk.map(assemble)
+}
+
+/// What is left of a chunk's attribute budget, and how many of its instances show each
+/// measurement.
+struct Budget {
+    remaining: i64,
+    shown_by: HashMap<i64, i64>,
+}
+
+impl Budget {
+    /// Count an attribute row (its measurement id in column 2): once per instance that shows it.
+    fn spend(&mut self, row: &crate::rows::Row) -> Result<(), EventError> {
+        let measurement_id: Option<i64> = row.get(2).map_err(EventError::internal)?;
+        let shown_by = measurement_id.and_then(|id| self.shown_by.get(&id).copied());
+        self.remaining -= shown_by.unwrap_or(1);
+        if self.remaining < 0 {
+            return Err(EventError::AttributeBudget);
+        }
+        Ok(())
+    }
 }
 
 /// The rows behind a chunk of instances, each referenced row once.
@@ -630,23 +613,31 @@ struct ChunkRows {
 }
 
 impl ChunkRows {
-    /// Read the attributes of the chunk's measurements with `read` and attach them.
+    /// Read the attributes of the chunk's measurements with `read` (within the budget made from
+    /// `attribute_budget`, if any) and attach them.
     fn with_attributes(
         mut self,
-        read: impl FnOnce(Vec<i64>) -> Result<Vec<(i64, MeasurementAttribute)>, EventError>,
+        attribute_budget: Option<i64>,
+        read: impl FnOnce(
+            Vec<i64>,
+            Option<Budget>,
+        ) -> Result<Vec<(i64, MeasurementAttribute)>, EventError>,
     ) -> Result<ChunkRows, EventError> {
         let measurement_ids = sorted_unique(self.measurements.keys().copied().collect());
         if measurement_ids.is_empty() {
             return Ok(self);
         }
-        BUDGET.with_borrow_mut(|budget| {
-            if let Some(budget) = budget {
-                for measurement_id in self.instances.iter().filter_map(|i| i.measurement_id) {
-                    *budget.shown_by.entry(measurement_id).or_default() += 1;
-                }
+        let budget = attribute_budget.map(|limit| {
+            let mut shown_by = HashMap::new();
+            for measurement_id in self.instances.iter().filter_map(|i| i.measurement_id) {
+                *shown_by.entry(measurement_id).or_default() += 1;
+            }
+            Budget {
+                remaining: limit,
+                shown_by,
             }
         });
-        for (measurement_id, attribute) in read(measurement_ids)? {
+        for (measurement_id, attribute) in read(measurement_ids, budget)? {
             if let Some(measurement) = self.measurements.get_mut(&measurement_id) {
                 measurement.measurement_attributes.push(attribute);
             }
@@ -660,6 +651,7 @@ fn read_together(
     connection: Connection<'_>,
     plans: &FewPlans,
     instance_ids: &[i64],
+    attribute_budget: Option<i64>,
 ) -> Result<ChunkRows, EventError> {
     let mut chunk = ChunkRows::default();
     let query = &plans.instances_with_references;
@@ -681,7 +673,9 @@ fn read_together(
         }
         Ok(())
     })?;
-    chunk.with_attributes(|ids| read_attributes_together(connection, plans, ids))
+    chunk.with_attributes(attribute_budget, |ids, budget| {
+        read_attributes_together(connection, plans, ids, budget)
+    })
 }
 
 /// Many instances: one query per table, each over the distinct ids the chunk refers to.
@@ -689,6 +683,7 @@ fn read_table_by_table(
     connection: Connection<'_>,
     plans: &ManyPlans,
     instance_ids: &[i64],
+    attribute_budget: Option<i64>,
 ) -> Result<ChunkRows, EventError> {
     let mut chunk = ChunkRows::default();
     for_each_row(
@@ -746,7 +741,9 @@ fn read_table_by_table(
             },
         )?;
     }
-    chunk.with_attributes(|ids| read_attributes_table_by_table(connection, plans, ids))
+    chunk.with_attributes(attribute_budget, |ids, budget| {
+        read_attributes_table_by_table(connection, plans, ids, budget)
+    })
 }
 
 /// Give each instance its referenced rows (a WARNING for each that does not exist).
@@ -894,12 +891,13 @@ fn read_attributes_together(
     connection: Connection<'_>,
     plans: &FewPlans,
     measurement_ids: Vec<i64>,
+    budget: Option<Budget>,
 ) -> Result<Vec<(i64, MeasurementAttribute)>, EventError> {
     let mut scas: HashMap<i64, Rc<Shared<SectionConfigurationAttribute>>> = HashMap::new();
     let mut ordinals: HashMap<i64, Rc<Shared<Ordinal>>> = HashMap::new();
     let mut attributes = Vec::new();
     let query = &plans.measurement_attributes_with_references;
-    for_each_attribute_row(connection, query, &measurement_ids, |id, row| {
+    for_each_attribute_row(connection, query, &measurement_ids, budget, |id, row| {
         let table = "tcf.section_configuration_attribute";
         let sca = match row.joined(table, SECTION_CONFIGURATION_ATTRIBUTE_OFFSET)? {
             Some((sca_id, part)) => Some(match scas.get(&sca_id) {
@@ -942,6 +940,7 @@ fn read_attributes_table_by_table(
     connection: Connection<'_>,
     plans: &ManyPlans,
     measurement_ids: Vec<i64>,
+    budget: Option<Budget>,
 ) -> Result<Vec<(i64, MeasurementAttribute)>, EventError> {
     struct Unresolved {
         measurement_id: i64,
@@ -952,7 +951,7 @@ fn read_attributes_table_by_table(
     }
     let mut unresolved = Vec::new();
     let query = &plans.measurement_attributes;
-    for_each_attribute_row(connection, query, &measurement_ids, |id, row| {
+    for_each_attribute_row(connection, query, &measurement_ids, budget, |id, row| {
         unresolved.push(Unresolved {
             measurement_id: row.req(2, "measurement_id")?,
             id,
