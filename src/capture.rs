@@ -146,15 +146,10 @@ thread_local! {
 /// The bubble-up settings: read once per backend and again after any change to
 /// `ae_events.bubble_up` (`config_cache.rs`).
 fn read_enabled_sources() -> Result<EnabledSources, EventError> {
-    if let Some(enabled) = config_cache::cached(&CACHED) {
-        return Ok(*enabled);
-    }
-    let catalog = ExtensionCatalog::current();
-    let _privileges = OwnerPrivileges::enter(catalog.owner);
-    Spi::connect(|client| {
-        config_cache::get_or_read(&CACHED, ConfigTable::BubbleUp, || {
-            read_bubble_up(Connection::of(client))
-        })
+    config_cache::get_or_read(&CACHED, ConfigTable::BubbleUp, || {
+        let catalog = ExtensionCatalog::current();
+        let _privileges = OwnerPrivileges::enter(catalog.owner);
+        Spi::connect(|client| read_bubble_up(Connection::of(client)))
     })
     .map(|enabled| *enabled)
 }

@@ -95,7 +95,7 @@ fn configuration_changed<'a>(
 /// invalidations sent so far first: a change committed before this call is seen, as a query
 /// under READ COMMITTED would (otherwise a transaction whose statements are done would still use
 /// what it read before a change committed meanwhile).
-pub fn cached<T>(slot: &'static Slot<T>) -> Option<Rc<T>> {
+fn cached<T>(slot: &'static Slot<T>) -> Option<Rc<T>> {
     // SAFETY: what every lock acquisition does; cheap when no message is waiting.
     unsafe { pg_sys::AcceptInvalidationMessages() };
     slot.with_borrow(|entry| {
@@ -107,7 +107,8 @@ pub fn cached<T>(slot: &'static Slot<T>) -> Option<Rc<T>> {
 }
 
 /// The cached value, or `read` it (with a snapshot of the latest committed state) and keep it
-/// when the table's invalidating trigger is in place.
+/// when the table's invalidating trigger is in place. `read` runs only on a miss, so it is where
+/// a caller opens its SPI connection and takes the role it reads as.
 pub fn get_or_read<T, E>(
     slot: &'static Slot<T>,
     table: ConfigTable,
@@ -117,11 +118,7 @@ pub fn get_or_read<T, E>(
         return Ok(value);
     }
     slot.set(None);
-    // SAFETY: syscache lookups by name; missing_ok returns InvalidOid instead of raising.
-    let oid = unsafe {
-        let namespace = pg_sys::get_namespace_oid(c"ae_events".as_ptr(), true);
-        pg_sys::get_relname_relid(table.name().as_ptr(), namespace)
-    };
+    let oid = crate::privileges::extension_table(table.name());
     WATCHED.with(|watched| watched[table.index()].set(oid));
     // Locking the table processes the invalidation messages sent so far.
     let cacheable =

@@ -236,10 +236,7 @@ struct Encoded {
 /// The payload rules in force for this pass (cached per backend, `Rules::in_force`; read as the
 /// owner; an error fails the transaction).
 pub fn payload_rules() -> Rc<Rules> {
-    if let Some(rules) = Rules::cached() {
-        return rules;
-    }
-    match Spi::connect(|client| Rules::in_force(Connection::of(client))) {
+    match Rules::in_force() {
         Ok(rules) => rules,
         Err(error) => error.report(),
     }

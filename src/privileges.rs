@@ -27,6 +27,15 @@ pub struct ExtensionCatalog {
     pub snapshot_role: pg_sys::Oid,
 }
 
+/// The oid of the extension's table `ae_events.<name>`, or InvalidOid when there is none.
+pub fn extension_table(name: &std::ffi::CStr) -> pg_sys::Oid {
+    // SAFETY: syscache lookups by name; missing_ok returns InvalidOid instead of raising.
+    unsafe {
+        let namespace = pg_sys::get_namespace_oid(c"ae_events".as_ptr(), true);
+        pg_sys::get_relname_relid(name.as_ptr(), namespace)
+    }
+}
+
 /// The sequence behind the outbox's identity column "id".
 fn identity_sequence(outbox: pg_sys::Oid) -> pg_sys::Oid {
     // SAFETY: the outbox exists; its column "id" is an identity column (outbox.sql).
@@ -65,11 +74,7 @@ impl ExtensionCatalog {
     }
 
     pub fn current() -> ExtensionCatalog {
-        // SAFETY: syscache lookups by name; missing_ok returns InvalidOid instead of raising.
-        let outbox = unsafe {
-            let namespace = pg_sys::get_namespace_oid(c"ae_events".as_ptr(), true);
-            pg_sys::get_relname_relid(c"outbox".as_ptr(), namespace)
-        };
+        let outbox = extension_table(c"outbox");
         if outbox == pg_sys::InvalidOid {
             errors::raise(
                 PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,

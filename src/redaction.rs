@@ -230,16 +230,12 @@ thread_local! {
 
 impl Rules {
     /// The rules in force: read once per backend and again after any change to them
-    /// (`config_cache.rs`), as the extension's owner.
-    pub fn in_force(connection: Connection<'_>) -> Result<Rc<Rules>, EventError> {
+    /// (`config_cache.rs`), in an SPI connection of their own, as the current role (the pass
+    /// runs as the extension's owner).
+    pub fn in_force() -> Result<Rc<Rules>, EventError> {
         config_cache::get_or_read(&CACHED, ConfigTable::PayloadRules, || {
-            Rules::load(connection)
+            Spi::connect(|client| Rules::load(Connection::of(client)))
         })
-    }
-
-    /// The rules read earlier in this backend, if nothing has invalidated them since.
-    pub fn cached() -> Option<Rc<Rules>> {
-        config_cache::cached(&CACHED)
     }
 
     fn load(connection: Connection<'_>) -> Result<Rules, EventError> {
