@@ -10,7 +10,7 @@ use common::*;
 use postgres::Client;
 use std::time::Duration;
 
-/// The one-line publication the README gives the DBA.
+/// The one-line publication docs/relays.md gives the DBA.
 const PUBLICATION: &str =
     "CREATE PUBLICATION ae_events_outbox FOR TABLE ae_events.outbox WITH (publish = 'insert')";
 
