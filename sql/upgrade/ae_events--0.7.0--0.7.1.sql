@@ -21,3 +21,803 @@ CREATE TRIGGER bubble_up_changed
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON ae_events.bubble_up
     FOR EACH STATEMENT EXECUTE FUNCTION ae_events.configuration_changed();
 ALTER TABLE ae_events.bubble_up ENABLE ALWAYS TRIGGER bubble_up_changed;
+
+-- Security round 3: endpoints and relays.
+-- Endpoints get an endpoint_id (new per creation: one dropped and created again under its name
+-- is another endpoint to running relays) and the role of the relay holding them; relay ids are
+-- bound to their relay's role; settings are bounded so that the relay can act on every value
+-- SQL accepts; static header names are compared as receivers read them; error texts are stored
+-- with header values masked.
+ALTER TABLE ae_events.endpoints ADD COLUMN endpoint_id bigint GENERATED ALWAYS AS IDENTITY UNIQUE;
+ALTER TABLE ae_events.endpoints ADD COLUMN relay_role name;
+SELECT pg_catalog.pg_extension_config_dump('ae_events.endpoints_endpoint_id_seq', '');
+ALTER TABLE ae_events.relays ADD COLUMN role name;
+
+CREATE OR REPLACE FUNCTION ae_events._check_endpoint_settings(
+    url text, subscription_keys text[], filter jsonpath, headers jsonb, timeout interval,
+    retry_schedule interval[], retry_jitter double precision, disable_after interval,
+    max_in_flight integer, rate_limit double precision)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    unknown_key text;
+    header record;
+BEGIN
+    -- http(s)://host[:port][/path]; nats://host[:port]/subject publishes to NATS JetStream
+    -- (a subject of tokens, no wildcards: events are published to it).
+    IF url IS NULL OR pg_catalog.length(url) OPERATOR(pg_catalog.>) 2048
+       OR (url !~ '^https?://[^/?#@[:space:]]+(:[0-9]{1,5})?([/?#][^[:space:]]*)?$'
+           AND url !~ '^nats://[^/?#@[:space:]]+(:[0-9]{1,5})?/[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$')
+       OR url ~ '^(https?|nats)://:' THEN
+        RAISE EXCEPTION 'ae_events: % is not an http:// or https:// URL with a host, nor nats://host:port/subject',
+                coalesce(pg_catalog.quote_literal(url), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF subscription_keys IS NOT NULL THEN
+        IF pg_catalog.cardinality(subscription_keys) OPERATOR(pg_catalog.=) 0 THEN
+            RAISE EXCEPTION 'ae_events: subscription_keys is empty: the endpoint would receive nothing'
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'NULL subscribes to every key.';
+        END IF;
+        SELECT k INTO unknown_key FROM pg_catalog.unnest(subscription_keys) AS k
+         WHERE k IS NULL OR k NOT IN ('ae.test_instance.created', 'ae.test_instance.updated')
+         LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'ae_events: unknown subscription key %',
+                    coalesce(pg_catalog.quote_literal(unknown_key), 'NULL')
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'The keys are ae.test_instance.created and ae.test_instance.updated.';
+        END IF;
+    END IF;
+    IF filter IS NOT NULL THEN
+        IF pg_catalog.length(filter::text) OPERATOR(pg_catalog.>) 4096 THEN
+            RAISE EXCEPTION 'ae_events: the filter may be at most 4096 characters long'
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        -- A predicate gives true or false on any payload; a plain path gives values (22038).
+        BEGIN
+            PERFORM pg_catalog.jsonb_path_match('{}'::jsonb, filter);
+        EXCEPTION WHEN singleton_sql_json_item_required OR sql_json_scalar_required THEN
+            RAISE EXCEPTION 'ae_events: the filter % is not a predicate',
+                    pg_catalog.quote_literal(filter::text)
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Write a condition, e.g. $.catalog_assessment.catalog.id == 404.';
+        WHEN OTHERS THEN
+            NULL;  -- a predicate that fails on {} (e.g. arithmetic) is evaluated silently later
+        END;
+    END IF;
+    IF headers IS NULL OR pg_catalog.jsonb_typeof(headers) OPERATOR(pg_catalog.<>) 'object' THEN
+        RAISE EXCEPTION 'ae_events: headers must be a JSON object of names and string values'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF (SELECT pg_catalog.count(*) FROM pg_catalog.jsonb_object_keys(headers)) OPERATOR(pg_catalog.>) 50
+       OR pg_catalog.octet_length(headers::text) OPERATOR(pg_catalog.>) 16384 THEN
+        RAISE EXCEPTION 'ae_events: headers may hold at most 50 headers and 16 kB'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    FOR header IN SELECT h.key, h.value FROM pg_catalog.jsonb_each(headers) AS h LOOP
+        -- A value is one line of visible characters (tabs allowed): no control characters.
+        IF pg_catalog.jsonb_typeof(header.value) OPERATOR(pg_catalog.<>) 'string'
+           OR header.key !~ '^[!#$%&''*+.^_`|~0-9A-Za-z-]{1,256}$'
+           OR (header.value OPERATOR(pg_catalog.#>>) '{}') ~ '[\x01-\x08\x0a-\x1f\x7f]' THEN
+            RAISE EXCEPTION 'ae_events: header % needs a token name and a one-line string value without control characters',
+                    pg_catalog.quote_literal(header.key)
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        -- Compared as receivers may read them: case-insensitive, and "_" as "-" (CGI and WSGI
+        -- servers turn both into "_": webhook_id would reach them as the relay's webhook-id).
+        -- Hop-by-hop and framing headers are the HTTP client's.
+        IF pg_catalog.translate(pg_catalog.lower(header.key), '_', '-') IN (
+               'content-type', 'content-length', 'content-encoding', 'host', 'user-agent',
+               'transfer-encoding', 'connection', 'keep-alive', 'te', 'trailer', 'upgrade',
+               'expect', 'proxy-authorization', 'proxy-authenticate', 'proxy-connection')
+           OR pg_catalog.translate(pg_catalog.lower(header.key), '_', '-') LIKE 'webhook-%'
+           OR pg_catalog.translate(pg_catalog.lower(header.key), '_', '-') LIKE 'ae-%' THEN
+            RAISE EXCEPTION 'ae_events: header % is set by the relay or by HTTP itself', pg_catalog.quote_literal(header.key)
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Names are compared without case, with "_" as "-".';
+        END IF;
+    END LOOP;
+    IF timeout IS NULL OR timeout OPERATOR(pg_catalog.<=) interval '0'
+       OR timeout OPERATOR(pg_catalog.>) interval '5 minutes' THEN
+        RAISE EXCEPTION 'ae_events: timeout must be more than 0 and at most 5 minutes, not %', timeout
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF retry_schedule IS NULL OR pg_catalog.array_position(retry_schedule, NULL) IS NOT NULL
+       OR pg_catalog.cardinality(retry_schedule) OPERATOR(pg_catalog.>) 100
+       OR EXISTS (SELECT FROM pg_catalog.unnest(retry_schedule) AS d
+                   WHERE d OPERATOR(pg_catalog.<) interval '0'
+                      OR d OPERATOR(pg_catalog.>) interval '7 days') THEN
+        RAISE EXCEPTION 'ae_events: retry_schedule must be at most 100 delays between 0 and 7 days, not %',
+                coalesce(retry_schedule::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF retry_jitter IS NULL OR retry_jitter NOT BETWEEN 0 AND 1 THEN
+        RAISE EXCEPTION 'ae_events: retry_jitter must be between 0 and 1, not %', retry_jitter
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- Bounded so that the relay can do arithmetic with it (10000 years overflowed timestamps).
+    IF disable_after IS NULL OR disable_after OPERATOR(pg_catalog.<=) interval '0'
+       OR disable_after OPERATOR(pg_catalog.>) interval '366 days' THEN
+        RAISE EXCEPTION 'ae_events: disable_after must be more than 0 and at most 366 days, not %', disable_after
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF max_in_flight IS NULL OR max_in_flight NOT BETWEEN 1 AND 256 THEN
+        RAISE EXCEPTION 'ae_events: max_in_flight must be between 1 and 256, not %', max_in_flight
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- At least one request per 1000 s: a relay's rate limiter cannot represent periods of
+    -- centuries (1e-12 made every relay serving the endpoint panic).
+    IF rate_limit IS NOT NULL AND NOT (rate_limit OPERATOR(pg_catalog.>=) 0.001
+                                       AND rate_limit OPERATOR(pg_catalog.<=) 100000) THEN
+        RAISE EXCEPTION 'ae_events: rate_limit must be between 0.001 and 100000 requests per second, not %', rate_limit
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'rate_limit => 0 removes the limit.';
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION ae_events.create_endpoint(endpoint text, url text,
+                                          subscription_keys text[] DEFAULT NULL,
+                                          filter jsonpath DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    new_secret text := ae_events._new_secret();
+    start record := ae_events._position_now();
+BEGIN
+    IF endpoint IS NULL THEN
+        RAISE EXCEPTION 'ae_events: an endpoint name is needed, not NULL'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF endpoint OPERATOR(pg_catalog.=) '' THEN
+        RAISE EXCEPTION 'ae_events: an endpoint needs a non-empty name'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- Names go into logs, metrics labels and pages: printable, one line, bounded.
+    IF pg_catalog.length(endpoint) OPERATOR(pg_catalog.>) 200
+       OR endpoint ~ '[\x01-\x1f\x7f-\x9f]' THEN
+        RAISE EXCEPTION 'ae_events: an endpoint name is at most 200 characters, without control characters, not %',
+                pg_catalog.quote_literal(pg_catalog.left(endpoint, 200))
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM ae_events._check_endpoint_settings(url, subscription_keys, filter, '{}', '15 seconds',
+                                               '{5 seconds}', 0.2, '5 days', 16, NULL);
+    BEGIN
+        INSERT INTO ae_events.endpoints (endpoint, url, subscription_keys, filter,
+                                         cursor_epoch, cursor_txid, cursor_id)
+        VALUES (endpoint, url, subscription_keys, filter, start.position_epoch,
+                start.position_txid, start.position_id);
+    EXCEPTION WHEN unique_violation THEN
+        RAISE EXCEPTION 'ae_events: the endpoint % exists already', pg_catalog.quote_literal(endpoint)
+            USING ERRCODE = 'duplicate_object',
+                  HINT = 'Change it with ae_events.alter_endpoint, or drop it first.';
+    END;
+    INSERT INTO ae_events.endpoint_secrets (endpoint, secret) VALUES (endpoint, new_secret);
+    RETURN new_secret;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION ae_events.rotate_endpoint_secret(endpoint text,
+                                                 grace interval DEFAULT '1 day',
+                                                 new_secret text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    secret_to_add text := coalesce(new_secret, ae_events._new_secret());
+BEGIN
+    PERFORM ae_events._endpoint_for_update(endpoint);
+    PERFORM ae_events._require_secret(secret_to_add);
+    IF grace IS NULL OR grace OPERATOR(pg_catalog.<) interval '0'
+       OR grace OPERATOR(pg_catalog.>) interval '366 days' THEN
+        RAISE EXCEPTION 'ae_events: grace must be between 0 and 366 days, not %', grace
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    UPDATE ae_events.endpoint_secrets AS s
+       SET expires_at = pg_catalog.now() OPERATOR(pg_catalog.+) grace
+     WHERE s.endpoint OPERATOR(pg_catalog.=) rotate_endpoint_secret.endpoint
+       AND (s.expires_at IS NULL
+            OR s.expires_at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.+) grace));
+    BEGIN
+        INSERT INTO ae_events.endpoint_secrets (endpoint, secret) VALUES (endpoint, secret_to_add);
+    EXCEPTION WHEN unique_violation THEN
+        RAISE EXCEPTION 'ae_events: the endpoint % has that secret already', pg_catalog.quote_literal(endpoint)
+            USING ERRCODE = 'duplicate_object';
+    END;
+    -- Secrets that stopped signing are of no use.
+    DELETE FROM ae_events.endpoint_secrets AS s
+     WHERE s.endpoint OPERATOR(pg_catalog.=) rotate_endpoint_secret.endpoint
+       AND s.expires_at OPERATOR(pg_catalog.<=) pg_catalog.now();
+    RETURN secret_to_add;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION ae_events._disable(endpoint text, reason text) RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    UPDATE ae_events.endpoints AS e
+       SET enabled = false, disabled_reason = reason, disabled_at = pg_catalog.now(),
+           relay = NULL, relay_role = NULL, lease_expires_at = NULL
+     WHERE e.endpoint OPERATOR(pg_catalog.=) _disable.endpoint;
+$$;
+
+CREATE OR REPLACE FUNCTION ae_events.relay_release(relay text) RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    caller name := ae_events._calling_role();
+BEGIN
+    PERFORM ae_events._require_own_relay(relay);
+    DELETE FROM ae_events.relays AS r
+     WHERE r.relay OPERATOR(pg_catalog.=) relay_release.relay
+       AND r.role IS NOT DISTINCT FROM caller;
+    UPDATE ae_events.endpoints AS e SET relay = NULL, relay_role = NULL, lease_expires_at = NULL
+     WHERE e.relay OPERATOR(pg_catalog.=) relay_release.relay
+       AND e.relay_role OPERATOR(pg_catalog.=) caller;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION ae_events.relay_status(relay text)
+RETURNS TABLE (endpoint text, backlog bigint, oldest_waiting_at timestamptz, pending bigint,
+               dead bigint)
+LANGUAGE sql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT e.endpoint, ahead.events,
+           CASE WHEN ahead.oldest IS NULL THEN waiting.oldest
+                WHEN waiting.oldest IS NULL THEN ahead.oldest
+                ELSE LEAST(ahead.oldest, waiting.oldest) END,
+           (SELECT pg_catalog.count(*) FROM ae_events.deliveries AS d
+             WHERE d.endpoint OPERATOR(pg_catalog.=) e.endpoint AND d.status OPERATOR(pg_catalog.=) 'pending'),
+           (SELECT pg_catalog.count(*) FROM ae_events.deliveries AS d
+             WHERE d.endpoint OPERATOR(pg_catalog.=) e.endpoint AND d.status OPERATOR(pg_catalog.=) 'dead')
+      FROM ae_events.endpoints AS e
+     CROSS JOIN LATERAL (
+           SELECT pg_catalog.count(*) AS events, pg_catalog.min(o.occurred_at) AS oldest
+             FROM (SELECT o.occurred_at FROM ae_events.outbox AS o
+                    WHERE (o.id OPERATOR(pg_catalog.>=) e.cursor_epoch
+                           AND (o.txid, o.id) OPERATOR(pg_catalog.>) (e.cursor_txid, e.cursor_id)
+                           AND o.txid OPERATOR(pg_catalog.>=) e.cursor_txid
+                           OR o.id OPERATOR(pg_catalog.>=) (
+                               SELECT pg_catalog.min(n.first_id) FROM ae_events.epochs AS n
+                                WHERE n.first_id OPERATOR(pg_catalog.>) e.cursor_epoch))
+                      AND (e.subscription_keys IS NULL
+                           OR o.subscription_key OPERATOR(pg_catalog.=) ANY (e.subscription_keys))
+                    LIMIT 100000) AS o) AS ahead
+     CROSS JOIN LATERAL (
+           SELECT pg_catalog.min(o.occurred_at) AS oldest
+             FROM ae_events.deliveries AS d
+             JOIN ae_events.outbox AS o ON o.id OPERATOR(pg_catalog.=) d.outbox_id
+            WHERE d.endpoint OPERATOR(pg_catalog.=) e.endpoint
+              AND d.status OPERATOR(pg_catalog.=) 'pending') AS waiting
+     WHERE e.relay OPERATOR(pg_catalog.=) relay_status.relay
+       AND e.relay_role OPERATOR(pg_catalog.=) ae_events._calling_role()
+       AND e.lease_expires_at OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp()
+     ORDER BY e.endpoint
+$$;
+
+CREATE FUNCTION ae_events._require_own_relay(relay text) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF relay IS NULL THEN
+        RAISE EXCEPTION 'ae_events: a relay id is needed, not NULL'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF EXISTS (SELECT FROM ae_events.relays AS r
+                WHERE r.relay OPERATOR(pg_catalog.=) _require_own_relay.relay
+                  AND r.expires_at OPERATOR(pg_catalog.>=) pg_catalog.clock_timestamp()
+                  AND r.role OPERATOR(pg_catalog.<>) ae_events._calling_role()) THEN
+        RAISE EXCEPTION 'ae_events: relay % runs as another role', pg_catalog.quote_literal(relay)
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'A relay acts only under ids of its own role; each relay process makes an id of its own.';
+    END IF;
+END
+$$;
+
+CREATE FUNCTION ae_events._require_lease(endpoint text, relay text, endpoint_id bigint)
+RETURNS ae_events.endpoints
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    held ae_events.endpoints;
+BEGIN
+    IF endpoint_id IS NULL THEN
+        RAISE EXCEPTION 'ae_events: the endpoint_id relay_lease handed out is needed, not NULL'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    PERFORM ae_events._require_own_relay(relay);
+    SELECT * INTO held FROM ae_events.endpoints AS e
+     WHERE e.endpoint OPERATOR(pg_catalog.=) _require_lease.endpoint
+       AND e.endpoint_id OPERATOR(pg_catalog.=) _require_lease.endpoint_id
+       AND e.relay OPERATOR(pg_catalog.=) _require_lease.relay
+       AND e.relay_role OPERATOR(pg_catalog.=) ae_events._calling_role()
+       AND e.enabled
+       AND e.lease_expires_at OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp();
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'ae_events: relay % does not hold endpoint % (id %)',
+                pg_catalog.quote_literal(relay), pg_catalog.quote_literal(endpoint), endpoint_id
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Its lease expired, another relay took it, or it was disabled, dropped or created again.';
+    END IF;
+    RETURN held;
+END
+$$;
+
+DROP FUNCTION ae_events.relay_lease(text, interval);
+
+CREATE FUNCTION ae_events.relay_lease(relay text, lease interval)
+RETURNS TABLE (endpoint text, url text, headers jsonb, timeout_ms bigint,
+               retry_schedule_ms bigint[], retry_jitter double precision, max_in_flight integer,
+               secrets text[], cursor_epoch bigint, cursor_txid xid8, cursor_id bigint,
+               rate_limit double precision, endpoint_id bigint)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    now_at timestamptz := pg_catalog.clock_timestamp();
+    caller name := ae_events._calling_role();
+    live_relays bigint;
+    enabled_endpoints bigint;
+    fair_share bigint;
+    kept text[];
+    taken text[];
+    registered integer;
+BEGIN
+    IF relay IS NULL OR relay OPERATOR(pg_catalog.=) '' OR lease IS NULL
+       OR lease OPERATOR(pg_catalog.<=) interval '0' THEN
+        RAISE EXCEPTION 'ae_events: relay_lease needs a relay id and a positive lease'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF lease OPERATOR(pg_catalog.>) interval '10 minutes' THEN
+        RAISE EXCEPTION 'ae_events: a lease lasts at most 10 minutes, not %', lease
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Another relay takes a dead relay''s endpoints only once its lease expired.';
+    END IF;
+    IF pg_catalog.length(relay) OPERATOR(pg_catalog.>) 200 OR relay ~ '[\x01-\x1f\x7f-\x9f]' THEN
+        RAISE EXCEPTION 'ae_events: a relay id is at most 200 characters, without control characters'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- An id alive under another role is refused; an expired one is free again.
+    INSERT INTO ae_events.relays AS r (relay, seen_at, expires_at, role)
+    VALUES (relay_lease.relay, now_at, now_at OPERATOR(pg_catalog.+) lease, caller)
+    ON CONFLICT ON CONSTRAINT relays_pkey
+    DO UPDATE SET seen_at = excluded.seen_at, expires_at = excluded.expires_at,
+                  role = excluded.role,
+                  started_at = CASE WHEN r.role IS NOT DISTINCT FROM excluded.role THEN r.started_at
+                                    ELSE excluded.started_at END
+       WHERE r.role IS NULL OR r.role OPERATOR(pg_catalog.=) excluded.role
+          OR r.expires_at OPERATOR(pg_catalog.<) now_at;
+    GET DIAGNOSTICS registered = ROW_COUNT;
+    IF registered OPERATOR(pg_catalog.=) 0 THEN
+        PERFORM ae_events._require_own_relay(relay);
+    END IF;
+    DELETE FROM ae_events.relays AS r WHERE r.expires_at OPERATOR(pg_catalog.<) now_at;
+    UPDATE ae_events.endpoints AS e SET relay = NULL, relay_role = NULL, lease_expires_at = NULL
+     WHERE e.relay OPERATOR(pg_catalog.=) relay_lease.relay AND NOT e.enabled;
+    SELECT pg_catalog.count(*) INTO live_relays FROM ae_events.relays;
+    SELECT pg_catalog.count(*) INTO enabled_endpoints FROM ae_events.endpoints AS e WHERE e.enabled;
+    fair_share := (enabled_endpoints OPERATOR(pg_catalog.+) live_relays OPERATOR(pg_catalog.-) 1)
+                  OPERATOR(pg_catalog./) GREATEST(live_relays, 1);
+    WITH renewed AS (
+        UPDATE ae_events.endpoints AS e
+           SET lease_expires_at = now_at OPERATOR(pg_catalog.+) lease
+         WHERE e.endpoint IN (
+               SELECT h.endpoint FROM ae_events.endpoints AS h
+                WHERE h.relay OPERATOR(pg_catalog.=) relay_lease.relay AND h.enabled
+                  AND h.relay_role OPERATOR(pg_catalog.=) caller
+                  AND h.lease_expires_at OPERATOR(pg_catalog.>=) now_at
+                ORDER BY h.endpoint
+                LIMIT fair_share)
+        RETURNING e.endpoint)
+    SELECT coalesce(pg_catalog.array_agg(r.endpoint), '{}') INTO kept FROM renewed AS r;
+    WITH took AS (
+        UPDATE ae_events.endpoints AS e
+           SET relay = relay_lease.relay,
+               relay_role = caller,
+               lease_expires_at = now_at OPERATOR(pg_catalog.+) lease
+         WHERE e.endpoint IN (
+               SELECT f.endpoint FROM ae_events.endpoints AS f
+                WHERE f.enabled
+                  AND (f.relay IS NULL OR f.lease_expires_at IS NULL
+                       OR f.lease_expires_at OPERATOR(pg_catalog.<) now_at)
+                ORDER BY f.endpoint
+                LIMIT GREATEST(fair_share OPERATOR(pg_catalog.-) pg_catalog.cardinality(kept), 0)
+                FOR UPDATE SKIP LOCKED)
+        RETURNING e.endpoint)
+    SELECT coalesce(pg_catalog.array_agg(t.endpoint), '{}') INTO taken FROM took AS t;
+    RETURN QUERY
+    SELECT h.endpoint, h.url, h.headers,
+           (EXTRACT(epoch FROM h.timeout) OPERATOR(pg_catalog.*) 1000)::bigint,
+           ARRAY(SELECT (EXTRACT(epoch FROM d) OPERATOR(pg_catalog.*) 1000)::bigint
+                   FROM pg_catalog.unnest(h.retry_schedule) WITH ORDINALITY AS s (d, n) ORDER BY n),
+           h.retry_jitter, h.max_in_flight,
+           ARRAY(SELECT s.secret FROM ae_events.endpoint_secrets AS s
+                  WHERE s.endpoint OPERATOR(pg_catalog.=) h.endpoint
+                    AND (s.expires_at IS NULL OR s.expires_at OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp())
+                  ORDER BY s.created_at DESC, s.secret),
+           h.cursor_epoch, h.cursor_txid, h.cursor_id, h.rate_limit, h.endpoint_id
+      FROM ae_events.endpoints AS h
+     WHERE h.endpoint OPERATOR(pg_catalog.=) ANY (kept OPERATOR(pg_catalog.||) taken)
+     ORDER BY h.endpoint;
+END
+$$;
+
+DROP FUNCTION ae_events.relay_due(text, text, integer, bigint[]);
+
+CREATE FUNCTION ae_events.relay_due(endpoint text, relay text, max_events integer,
+                                    busy_instances bigint[], max_bytes bigint,
+                                    endpoint_id bigint)
+RETURNS TABLE (id bigint, event_id uuid, subscription_key text, event_type text,
+               aggregate_id bigint, snapshot_version integer, payload text, attempts integer,
+               occurred_at timestamptz)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    target ae_events.endpoints := ae_events._require_lease(endpoint, relay, endpoint_id);
+BEGIN
+    IF max_events IS NULL OR max_events OPERATOR(pg_catalog.<) 1 THEN
+        RAISE EXCEPTION 'ae_events: max_events must be at least 1, not %', max_events
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN QUERY
+        SELECT q.id, q.event_id, q.subscription_key, q.event_type, q.aggregate_id,
+               q.snapshot_version, q.payload, q.attempts, q.occurred_at
+          FROM (SELECT due.*,
+                       pg_catalog.sum(pg_catalog.octet_length(due.payload))
+                           OVER (ORDER BY due.n ROWS UNBOUNDED PRECEDING) AS bytes_through
+                  FROM (SELECT o.id, o.event_id, o.subscription_key, o.event_type, o.aggregate_id,
+                               o.snapshot_version, o.payload::text AS payload, d.attempts,
+                               o.occurred_at,
+                               pg_catalog.row_number() OVER (ORDER BY d.next_attempt_at, d.outbox_id) AS n
+                          FROM ae_events.deliveries AS d
+                          JOIN ae_events.outbox AS o ON o.id OPERATOR(pg_catalog.=) d.outbox_id
+                         WHERE d.endpoint OPERATOR(pg_catalog.=) target.endpoint
+                           AND d.status OPERATOR(pg_catalog.=) 'pending'
+                           AND d.next_attempt_at OPERATOR(pg_catalog.<=) pg_catalog.clock_timestamp()
+                           AND NOT (d.aggregate_id OPERATOR(pg_catalog.=) ANY (coalesce(busy_instances, '{}')))
+                           AND NOT EXISTS (
+                                   SELECT FROM ae_events.deliveries AS w
+                                    WHERE w.endpoint OPERATOR(pg_catalog.=) d.endpoint
+                                      AND w.aggregate_id OPERATOR(pg_catalog.=) d.aggregate_id
+                                      AND w.status OPERATOR(pg_catalog.=) 'pending'
+                                      AND w.outbox_id OPERATOR(pg_catalog.<) d.outbox_id)
+                         ORDER BY d.next_attempt_at, d.outbox_id
+                         LIMIT max_events) AS due) AS q
+         WHERE max_bytes IS NULL OR q.n OPERATOR(pg_catalog.=) 1
+            OR q.bytes_through OPERATOR(pg_catalog.<=) max_bytes
+         ORDER BY q.n;
+    -- Pending rows whose event was pruned meanwhile cannot be sent: nothing to do for them.
+    DELETE FROM ae_events.deliveries AS d
+     WHERE d.endpoint OPERATOR(pg_catalog.=) target.endpoint
+       AND d.status OPERATOR(pg_catalog.=) 'pending'
+       AND d.next_attempt_at OPERATOR(pg_catalog.<=) pg_catalog.clock_timestamp()
+       AND NOT EXISTS (SELECT FROM ae_events.outbox AS o WHERE o.id OPERATOR(pg_catalog.=) d.outbox_id);
+END
+$$;
+
+DROP FUNCTION ae_events.relay_record(text, text, bigint[], bigint[], text[], integer[], timestamptz[], integer[], text[], timestamptz[], bigint, xid8, bigint, text);
+
+CREATE FUNCTION ae_events.relay_record(endpoint text, relay text,
+                                       outbox_ids bigint[], aggregate_ids bigint[],
+                                       statuses text[], attempts integer[],
+                                       attempted_at timestamptz[], http_statuses integer[],
+                                       errors text[], next_attempt_at timestamptz[],
+                                       new_cursor_epoch bigint, new_cursor_txid xid8,
+                                       new_cursor_id bigint, gone_reason text DEFAULT NULL,
+                                       endpoint_id bigint DEFAULT NULL)
+RETURNS boolean
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    held ae_events.endpoints;
+    any_delivered boolean;
+    first_failure timestamptz;
+    header record;
+BEGIN
+    IF endpoint_id IS NULL THEN
+        RAISE EXCEPTION 'ae_events: the endpoint_id relay_lease handed out is needed, not NULL'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    PERFORM ae_events._require_own_relay(relay);
+    SELECT * INTO held FROM ae_events.endpoints AS e
+     WHERE e.endpoint OPERATOR(pg_catalog.=) relay_record.endpoint
+       AND e.endpoint_id OPERATOR(pg_catalog.=) relay_record.endpoint_id
+       AND e.relay OPERATOR(pg_catalog.=) relay_record.relay
+       AND e.relay_role OPERATOR(pg_catalog.=) ae_events._calling_role()
+       AND e.enabled
+     FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    -- Header values of 6 characters or more (shorter ones are no secrets, and would mask
+    -- ordinary words), longest first so that one inside another is masked whole.
+    FOR header IN SELECT h.value FROM pg_catalog.jsonb_each_text(held.headers) AS h
+                   WHERE pg_catalog.length(h.value) OPERATOR(pg_catalog.>=) 6
+                   ORDER BY pg_catalog.length(h.value) DESC LOOP
+        errors := ARRAY(SELECT pg_catalog.replace(x.e, header.value, '[redacted]')
+                          FROM pg_catalog.unnest(errors) WITH ORDINALITY AS x (e, n) ORDER BY x.n);
+    END LOOP;
+    errors := ARRAY(SELECT pg_catalog.left(x.e, 2000)
+                      FROM pg_catalog.unnest(errors) WITH ORDINALITY AS x (e, n) ORDER BY x.n);
+    INSERT INTO ae_events.deliveries AS d
+           (endpoint, outbox_id, aggregate_id, status, attempts, first_attempt_at, last_attempt_at,
+            last_status, last_error, next_attempt_at, delivered_at, dead_at)
+    SELECT held.endpoint, r.outbox_id, r.aggregate_id, r.status, r.attempts, r.attempted_at,
+           r.attempted_at, r.http_status, r.error,
+           CASE WHEN r.status OPERATOR(pg_catalog.=) 'pending' THEN coalesce(r.next_attempt_at, pg_catalog.now()) END,
+           CASE WHEN r.status OPERATOR(pg_catalog.=) 'delivered' THEN r.attempted_at END,
+           CASE WHEN r.status OPERATOR(pg_catalog.=) 'dead' THEN r.attempted_at END
+      FROM ROWS FROM (pg_catalog.unnest(outbox_ids), pg_catalog.unnest(aggregate_ids),
+                      pg_catalog.unnest(statuses), pg_catalog.unnest(attempts),
+                      pg_catalog.unnest(attempted_at), pg_catalog.unnest(http_statuses),
+                      pg_catalog.unnest(errors), pg_catalog.unnest(next_attempt_at))
+           AS r (outbox_id, aggregate_id, status, attempts, attempted_at, http_status, error,
+                 next_attempt_at)
+    ON CONFLICT ON CONSTRAINT deliveries_pkey DO UPDATE
+       SET status = excluded.status,
+           attempts = excluded.attempts,
+           first_attempt_at = coalesce(d.first_attempt_at, excluded.first_attempt_at),
+           last_attempt_at = coalesce(excluded.last_attempt_at, d.last_attempt_at),
+           last_status = CASE WHEN excluded.last_attempt_at IS NULL THEN d.last_status ELSE excluded.last_status END,
+           last_error = CASE WHEN excluded.last_attempt_at IS NULL THEN d.last_error ELSE excluded.last_error END,
+           next_attempt_at = excluded.next_attempt_at,
+           delivered_at = coalesce(excluded.delivered_at, d.delivered_at),
+           dead_at = excluded.dead_at;
+    -- failing_since: cleared by a delivery, else set by the first failure.
+    SELECT bool_or(s OPERATOR(pg_catalog.=) 'delivered'),
+           min(t) FILTER (WHERE s OPERATOR(pg_catalog.<>) 'delivered' AND t IS NOT NULL)
+      INTO any_delivered, first_failure
+      FROM ROWS FROM (pg_catalog.unnest(statuses), pg_catalog.unnest(attempted_at)) AS r (s, t);
+    UPDATE ae_events.endpoints AS e
+       SET failing_since = CASE WHEN any_delivered THEN NULL
+                                ELSE coalesce(e.failing_since, first_failure) END,
+           cursor_epoch = CASE WHEN c.moves THEN new_cursor_epoch ELSE e.cursor_epoch END,
+           cursor_txid = CASE WHEN c.moves THEN new_cursor_txid ELSE e.cursor_txid END,
+           cursor_id = CASE WHEN c.moves THEN new_cursor_id ELSE e.cursor_id END
+      FROM (SELECT new_cursor_id IS NOT NULL
+                   AND (new_cursor_epoch, new_cursor_txid, new_cursor_id) OPERATOR(pg_catalog.>)
+                       (held.cursor_epoch, held.cursor_txid, held.cursor_id) AS moves) AS c
+     WHERE e.endpoint OPERATOR(pg_catalog.=) held.endpoint
+    RETURNING e.* INTO held;
+    IF gone_reason IS NOT NULL THEN
+        PERFORM ae_events._disable(held.endpoint, gone_reason);
+    -- now() - failing_since, not now() - disable_after: no timestamp out of range, whatever
+    -- an older row holds.
+    ELSIF (pg_catalog.now() OPERATOR(pg_catalog.-) held.failing_since) OPERATOR(pg_catalog.>)
+          held.disable_after THEN
+        PERFORM ae_events._disable(held.endpoint,
+            pg_catalog.format('every attempt failed since %s (disable_after %s)',
+                              held.failing_since, held.disable_after));
+    END IF;
+    RETURN true;
+END
+$$;
+
+REVOKE ALL ON FUNCTION ae_events._require_lease(text, text, bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ae_events._require_own_relay(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ae_events.relay_lease(text, interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ae_events.relay_due(text, text, integer, bigint[], bigint, bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ae_events.relay_record(text, text, bigint[], bigint[], text[], integer[], timestamptz[], integer[], text[], timestamptz[], bigint, xid8, bigint, text, bigint) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION ae_events.relay_lease(text, interval),
+    ae_events.relay_due(text, text, integer, bigint[], bigint, bigint),
+    ae_events.relay_record(text, text, bigint[], bigint[], text[], integer[], timestamptz[], integer[], text[], timestamptz[], bigint, xid8, bigint, text, bigint)
+    TO ae_events_relay;
+
+-- (End of the endpoints and relays part.)
+
+-- relay_fetch bounds its batch by payload bytes as well (max_bytes) and names the endpoint by
+-- its id (endpoint_id).
+DROP FUNCTION ae_events.relay_fetch(text, text, bigint, xid8, bigint, integer);
+-- The events after a position (epoch, txid, id) in delivery order, at most about max_events:
+-- only final ones (as poll), and never a later version of an instance without the earlier ones
+-- (the batch is extended to them, or ends before it if one is not final yet). deliver: the event
+-- matches the endpoint and has no delivery row yet (payload only then); waits_behind: its
+-- instance has a pending delivery, so it must be parked behind it. max_bytes bounds the batch by
+-- its payloads' text as well: it ends after the event that reaches it (so at least one event;
+-- every event of the range counts, delivered to this endpoint or not). endpoint_id: the one
+-- relay_lease handed out (an endpoint created again under the name is another).
+CREATE FUNCTION ae_events.relay_fetch(endpoint text, relay text, after_epoch bigint,
+                                      after_txid xid8, after_id bigint, max_events integer,
+                                      max_bytes bigint, endpoint_id bigint)
+RETURNS TABLE (epoch bigint, txid xid8, id bigint, event_id uuid, subscription_key text,
+               event_type text, aggregate_id bigint, snapshot_version integer,
+               payload text, deliver boolean, waits_behind boolean, occurred_at timestamptz)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    target ae_events.endpoints := ae_events._require_lease(endpoint, relay, endpoint_id);
+    horizon xid8 := ae_events._delivery_horizon();
+    epoch_row record;
+    from_txid xid8;
+    from_id bigint;
+    below_txid xid8;
+    end_txid xid8;
+    end_id bigint;
+    cap_txid xid8;
+    cap_id bigint;
+    ahead record;
+    changed boolean;
+    remaining integer := max_events;
+    returned integer;
+    remaining_bytes bigint := max_bytes;
+    batch_bytes bigint;
+BEGIN
+    IF max_events IS NULL OR max_events OPERATOR(pg_catalog.<) 1 THEN
+        RAISE EXCEPTION 'ae_events: max_events must be at least 1, not %', max_events
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF max_bytes IS NULL OR max_bytes OPERATOR(pg_catalog.<) 1 THEN
+        RAISE EXCEPTION 'ae_events: max_bytes must be at least 1, not %', max_bytes
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    FOR epoch_row IN SELECT * FROM ae_events._epochs() AS e
+                      WHERE e.next_first_id IS NULL
+                         OR e.next_first_id OPERATOR(pg_catalog.>) after_epoch
+                      ORDER BY e.first_id LOOP
+        IF epoch_row.first_id OPERATOR(pg_catalog.<=) after_epoch THEN
+            from_txid := after_txid;
+            from_id := after_id;
+        ELSE
+            from_txid := '0';
+            from_id := -1;
+        END IF;
+        below_txid := CASE WHEN epoch_row.open THEN horizon ELSE '18446744073709551615'::xid8 END;
+        -- The batch: up to the remaining-th final event, or the first whose payload text
+        -- reaches the remaining bytes (its size is that of the payload the relay gets).
+        SELECT s.txid, s.id, s.upto INTO end_txid, end_id, batch_bytes
+          FROM (SELECT z.txid, z.id, z.size,
+                       pg_catalog.sum(z.size) OVER (ORDER BY z.txid, z.id) AS upto
+                  FROM (SELECT o.txid, o.id,
+                               pg_catalog.octet_length(o.payload::text)::bigint AS size
+                          FROM ae_events.outbox AS o
+                         WHERE (o.txid, o.id) OPERATOR(pg_catalog.>) (from_txid, from_id)
+                           AND o.txid OPERATOR(pg_catalog.<) below_txid
+                           AND o.id OPERATOR(pg_catalog.>=) epoch_row.first_id
+                           AND o.id OPERATOR(pg_catalog.<) coalesce(epoch_row.next_first_id, 9223372036854775807)
+                         ORDER BY o.txid, o.id
+                         LIMIT remaining) AS z) AS s
+         WHERE s.upto OPERATOR(pg_catalog.-) s.size OPERATOR(pg_catalog.<) remaining_bytes
+         ORDER BY s.txid DESC, s.id DESC
+         LIMIT 1;
+        CONTINUE WHEN end_id IS NULL;
+        cap_txid := NULL;
+        cap_id := NULL;
+        -- An event of the batch whose instance's previous event lies after the batch: extend
+        -- the batch to it if it is final, else end the batch before that event (cap).
+        LOOP
+            changed := false;
+            FOR ahead IN
+                SELECT b.txid AS b_txid, b.id AS b_id, p.txid AS p_txid, p.id AS p_id
+                  FROM ae_events.outbox AS b
+                 CROSS JOIN LATERAL (
+                       SELECT p.txid, p.id FROM ae_events.outbox AS p
+                        WHERE p.aggregate_type OPERATOR(pg_catalog.=) b.aggregate_type
+                          AND p.aggregate_id OPERATOR(pg_catalog.=) b.aggregate_id
+                          AND p.id OPERATOR(pg_catalog.<) b.id
+                          AND p.id OPERATOR(pg_catalog.>=) epoch_row.first_id
+                        ORDER BY p.id DESC
+                        LIMIT 1) AS p
+                 WHERE (b.txid, b.id) OPERATOR(pg_catalog.>) (from_txid, from_id)
+                   AND (b.txid, b.id) OPERATOR(pg_catalog.<=) (end_txid, end_id)
+                   -- Plain bounds too: the planner estimates these (not the row comparisons)
+                   -- and so scans the index range, not the outbox.
+                   AND b.txid OPERATOR(pg_catalog.>=) from_txid
+                   AND b.txid OPERATOR(pg_catalog.<=) end_txid
+                   AND b.txid OPERATOR(pg_catalog.<) below_txid
+                   AND b.id OPERATOR(pg_catalog.>=) epoch_row.first_id
+                   AND b.id OPERATOR(pg_catalog.<) coalesce(epoch_row.next_first_id, 9223372036854775807)
+                   AND (p.txid, p.id) OPERATOR(pg_catalog.>) (end_txid, end_id)
+                 ORDER BY b.txid, b.id
+            LOOP
+                IF ahead.p_txid OPERATOR(pg_catalog.<) below_txid
+                   AND (cap_id IS NULL
+                        OR (ahead.p_txid, ahead.p_id) OPERATOR(pg_catalog.<) (cap_txid, cap_id)) THEN
+                    end_txid := ahead.p_txid;
+                    end_id := ahead.p_id;
+                ELSE
+                    cap_txid := ahead.b_txid;
+                    cap_id := ahead.b_id;
+                    -- The batch ends just before the capped event.
+                    SELECT o.txid, o.id INTO end_txid, end_id FROM ae_events.outbox AS o
+                     WHERE (o.txid, o.id) OPERATOR(pg_catalog.>) (from_txid, from_id)
+                       AND (o.txid, o.id) OPERATOR(pg_catalog.<) (cap_txid, cap_id)
+                       AND o.txid OPERATOR(pg_catalog.>=) from_txid
+                       AND o.txid OPERATOR(pg_catalog.<=) cap_txid
+                       AND o.id OPERATOR(pg_catalog.>=) epoch_row.first_id
+                       AND o.id OPERATOR(pg_catalog.<) coalesce(epoch_row.next_first_id, 9223372036854775807)
+                     ORDER BY o.txid DESC, o.id DESC LIMIT 1;
+                    IF NOT FOUND THEN
+                        end_txid := from_txid;
+                        end_id := from_id;
+                    END IF;
+                END IF;
+                changed := true;
+                EXIT;
+            END LOOP;
+            EXIT WHEN NOT changed;
+        END LOOP;
+        -- The probes of deliveries are LATERAL ... LIMIT 1 so that each is one index lookup
+        -- (a sublink may be planned as a hash of all the endpoint's delivery rows).
+        RETURN QUERY
+            SELECT epoch_row.first_id, o.txid, o.id, o.event_id, o.subscription_key, o.event_type,
+                   o.aggregate_id, o.snapshot_version,
+                   CASE WHEN m.deliver THEN o.payload::text END,
+                   m.deliver,
+                   m.deliver AND w.waiting IS NOT NULL,
+                   o.occurred_at
+              FROM ae_events.outbox AS o
+              LEFT JOIN LATERAL (
+                   SELECT true AS done FROM ae_events.deliveries AS d
+                    WHERE d.endpoint OPERATOR(pg_catalog.=) target.endpoint
+                      AND d.outbox_id OPERATOR(pg_catalog.=) o.id
+                    LIMIT 1) AS r ON true
+             CROSS JOIN LATERAL (
+                   -- ae_events._endpoint_matches, written out: a call per row costs more
+                   -- than the test.
+                   SELECT r.done IS NULL
+                          AND (target.subscription_keys IS NULL
+                               OR o.subscription_key OPERATOR(pg_catalog.=) ANY (target.subscription_keys))
+                          AND (target.filter IS NULL
+                               OR coalesce(pg_catalog.jsonb_path_match(o.payload, target.filter, '{}', true), false))
+                          AS deliver) AS m
+              LEFT JOIN LATERAL (
+                   SELECT true AS waiting FROM ae_events.deliveries AS w
+                    WHERE m.deliver
+                      AND w.endpoint OPERATOR(pg_catalog.=) target.endpoint
+                      AND w.aggregate_id OPERATOR(pg_catalog.=) o.aggregate_id
+                      AND w.status OPERATOR(pg_catalog.=) 'pending'
+                    LIMIT 1) AS w ON true
+             WHERE (o.txid, o.id) OPERATOR(pg_catalog.>) (from_txid, from_id)
+               AND (o.txid, o.id) OPERATOR(pg_catalog.<=) (end_txid, end_id)
+               AND o.txid OPERATOR(pg_catalog.>=) from_txid
+               AND o.txid OPERATOR(pg_catalog.<=) end_txid
+               AND o.id OPERATOR(pg_catalog.>=) epoch_row.first_id
+               AND o.id OPERATOR(pg_catalog.<) coalesce(epoch_row.next_first_id, 9223372036854775807)
+             ORDER BY o.txid, o.id;
+        GET DIAGNOSTICS returned = ROW_COUNT;
+        remaining := remaining OPERATOR(pg_catalog.-) returned;
+        remaining_bytes := remaining_bytes OPERATOR(pg_catalog.-) batch_bytes;
+        -- A capped epoch stops here: what follows waits for the capped event.
+        EXIT WHEN remaining OPERATOR(pg_catalog.<=) 0 OR remaining_bytes OPERATOR(pg_catalog.<=) 0
+                  OR cap_id IS NOT NULL;
+    END LOOP;
+END
+$$;
+REVOKE ALL ON FUNCTION ae_events.relay_fetch(text, text, bigint, xid8, bigint, integer, bigint, bigint) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION ae_events.relay_fetch(text, text, bigint, xid8, bigint, integer, bigint, bigint) TO ae_events_relay;
+
+-- Security round 3, cross-owner isolation of the commit-time pass (docs/security.md, section 1).
+-- The role the pass reads the source tables as bypasses row security: a table owner's policy
+-- would otherwise run inside the pass, which reads every source table. source_owners() says
+-- which source tables belong to roles other than the DBA and what the pass does with their code.
+ALTER ROLE ae_events_snapshot BYPASSRLS;
+
+CREATE FUNCTION ae_events.source_owners() RETURNS TABLE (
+    source_table text, owner text, owner_is_dba boolean, can_read_all_sources boolean,
+    meaning text)
+STRICT STABLE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'source_owners_wrapper';
+REVOKE ALL ON FUNCTION ae_events.source_owners() FROM PUBLIC;
