@@ -226,7 +226,8 @@ BEGIN
     FOR header IN SELECT h.key, h.value FROM pg_catalog.jsonb_each(headers) AS h LOOP
         -- A value is one line of visible characters (tabs allowed): no control characters.
         IF pg_catalog.jsonb_typeof(header.value) OPERATOR(pg_catalog.<>) 'string'
-           OR header.key !~ '^[!#$%&''*+.^_`|~0-9A-Za-z-]{1,256}$'
+           OR header.key !~ '^[!#$%&''*+.^_`|~0-9A-Za-z-]+$'
+           OR pg_catalog.length(header.key) OPERATOR(pg_catalog.>) 256
            OR (header.value OPERATOR(pg_catalog.#>>) '{}') ~ '[\x01-\x08\x0a-\x1f\x7f]' THEN
             RAISE EXCEPTION 'ae_events: header % needs a token name and a one-line string value without control characters',
                     pg_catalog.quote_literal(header.key)
@@ -1132,8 +1133,8 @@ CREATE FUNCTION ae_events.relay_record(endpoint text, relay text,
                                        attempted_at timestamptz[], http_statuses integer[],
                                        errors text[], next_attempt_at timestamptz[],
                                        new_cursor_epoch bigint, new_cursor_txid xid8,
-                                       new_cursor_id bigint, gone_reason text DEFAULT NULL,
-                                       endpoint_id bigint DEFAULT NULL)
+                                       new_cursor_id bigint, gone_reason text,
+                                       endpoint_id bigint)
 RETURNS boolean
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -1289,6 +1290,17 @@ AS $$
         new_cursor_id, gone_reason,
         (SELECT e.endpoint_id FROM ae_events.endpoints AS e WHERE e.endpoint OPERATOR(pg_catalog.=) relay_record.endpoint))
 $$;
+CREATE FUNCTION ae_events.relay_fetch(endpoint text, relay text, after_epoch bigint,
+                                      after_txid xid8, after_id bigint, max_events integer)
+RETURNS TABLE (epoch bigint, txid xid8, id bigint, event_id uuid, subscription_key text,
+               event_type text, aggregate_id bigint, snapshot_version integer,
+               payload text, deliver boolean, waits_behind boolean, occurred_at timestamptz)
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT * FROM ae_events.relay_fetch(endpoint, relay, after_epoch, after_txid, after_id, max_events, 9223372036854775807,
+        (SELECT e.endpoint_id FROM ae_events.endpoints AS e WHERE e.endpoint OPERATOR(pg_catalog.=) relay_fetch.endpoint))
+$$;
+GRANT EXECUTE ON FUNCTION ae_events.relay_fetch(text, text, bigint, xid8, bigint, integer) TO ae_events_relay;
 GRANT EXECUTE ON FUNCTION ae_events.relay_due(text, text, integer, bigint[]),
     ae_events.relay_record(text, text, bigint[], bigint[], text[], integer[], timestamptz[], integer[], text[], timestamptz[], bigint, xid8, bigint, text)
     TO ae_events_relay;

@@ -100,7 +100,8 @@ BEGIN
     FOR header IN SELECT h.key, h.value FROM pg_catalog.jsonb_each(headers) AS h LOOP
         -- A value is one line of visible characters (tabs allowed): no control characters.
         IF pg_catalog.jsonb_typeof(header.value) OPERATOR(pg_catalog.<>) 'string'
-           OR header.key !~ '^[!#$%&''*+.^_`|~0-9A-Za-z-]{1,256}$'
+           OR header.key !~ '^[!#$%&''*+.^_`|~0-9A-Za-z-]+$'
+           OR pg_catalog.length(header.key) OPERATOR(pg_catalog.>) 256
            OR (header.value OPERATOR(pg_catalog.#>>) '{}') ~ '[\x01-\x08\x0a-\x1f\x7f]' THEN
             RAISE EXCEPTION 'ae_events: header % needs a token name and a one-line string value without control characters',
                     pg_catalog.quote_literal(header.key)
@@ -521,8 +522,8 @@ CREATE FUNCTION ae_events.relay_record(endpoint text, relay text,
                                        attempted_at timestamptz[], http_statuses integer[],
                                        errors text[], next_attempt_at timestamptz[],
                                        new_cursor_epoch bigint, new_cursor_txid xid8,
-                                       new_cursor_id bigint, gone_reason text DEFAULT NULL,
-                                       endpoint_id bigint DEFAULT NULL)
+                                       new_cursor_id bigint, gone_reason text,
+                                       endpoint_id bigint)
 RETURNS boolean
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -807,6 +808,20 @@ END
 $$;
 REVOKE ALL ON FUNCTION ae_events.relay_fetch(text, text, bigint, xid8, bigint, integer, bigint, bigint) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION ae_events.relay_fetch(text, text, bigint, xid8, bigint, integer, bigint, bigint) TO ae_events_relay;
+
+-- Security round 3, cross-owner isolation of the commit-time pass (docs/security.md, section 1).
+-- The role the pass reads the source tables as bypasses row security: a table owner's policy
+-- would otherwise run inside the pass, which reads every source table. source_owners() says
+-- which source tables belong to roles other than the DBA and what the pass does with their code.
+ALTER ROLE ae_events_snapshot BYPASSRLS;
+
+CREATE FUNCTION ae_events.source_owners() RETURNS TABLE (
+    source_table text, owner text, owner_is_dba boolean, can_read_all_sources boolean,
+    meaning text)
+STRICT STABLE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'source_owners_wrapper';
+REVOKE ALL ON FUNCTION ae_events.source_owners() FROM PUBLIC;
 
 -- Security round 3, cross-owner isolation of the commit-time pass (docs/security.md, section 1).
 -- The role the pass reads the source tables as bypasses row security: a table owner's policy
