@@ -348,3 +348,57 @@ fn an_endpoint_created_again_under_its_name_is_a_new_endpoint_to_a_running_relay
         .collect();
     assert_eq!(recorded, [100], "nothing of the old endpoint recorded for the new one");
 }
+
+#[test]
+fn every_url_sql_accepts_is_one_the_relay_can_parse() {
+    let (_database, mut client) = delivery_database("boundary_urls");
+    let urls = [
+        // Accepted: what receivers use.
+        "https://proctor.example.com/hooks/ae?x=1#f",
+        "http://127.0.0.1:8080/",
+        "http://localhost/",
+        "https://[::1]:8443/p",
+        "http://under_score.example/",
+        "http://zürich.example/",
+        "nats://127.0.0.1:4222/ae.events",
+        // Refused: the relay's parser (WHATWG rules) rejects them, or reads them as another
+        // address than they seem to name.
+        "http://x:99999/",
+        "http://x:0/",
+        "http://x:1:2/",
+        "http://999.1.1.1/",
+        "http://1.2.3.256/",
+        "http://0x7f.1/",
+        "http://127.1/",
+        "http://foo.123/",
+        "http://[::1/",
+        "http://[zz::1]/",
+        "http://[::1]x/",
+        "http://a%41/",
+        "http://a<b/",
+        "http://a|b/",
+        "http://a\\b/",
+        "nats://[::1/ae",
+    ];
+    let mut accepted = Vec::new();
+    for (n, url) in urls.iter().enumerate() {
+        let name = format!("u{n}");
+        match client.query_one(
+            "SELECT ae_events.create_endpoint($1, $2)",
+            &[&name, url],
+        ) {
+            Ok(_) => {
+                assert!(
+                    reqwest::Url::parse(url).is_ok_and(|parsed| parsed.host().is_some()),
+                    "SQL accepted {url:?}, which the relay cannot parse"
+                );
+                accepted.push(*url);
+            }
+            Err(error) => {
+                assert_eq!(sqlstate(&error), "22023", "{url}: {error}");
+                assert!(error_message(&error).starts_with("ae_events: "));
+            }
+        }
+    }
+    assert_eq!(accepted, &urls[..7], "exactly the ordinary URLs are accepted");
+}

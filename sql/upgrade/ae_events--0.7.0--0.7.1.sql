@@ -50,10 +50,12 @@ BEGIN
     IF url IS NULL OR pg_catalog.length(url) OPERATOR(pg_catalog.>) 2048
        OR (url !~ '^https?://[^/?#@[:space:]]+(:[0-9]{1,5})?([/?#][^[:space:]]*)?$'
            AND url !~ '^nats://[^/?#@[:space:]]+(:[0-9]{1,5})?/[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$')
-       OR url ~ '^(https?|nats)://:' THEN
+       OR url ~ '^(https?|nats)://:'
+       OR NOT ae_events._relay_can_parse_authority(pg_catalog.substring(url, '^[a-z]+://([^/?#]*)')) THEN
         RAISE EXCEPTION 'ae_events: % is not an http:// or https:// URL with a host, nor nats://host:port/subject',
-                coalesce(pg_catalog.quote_literal(url), 'NULL')
-            USING ERRCODE = 'invalid_parameter_value';
+                coalesce(pg_catalog.quote_literal(pg_catalog.left(url, 200)), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'A host is a name, a dotted IPv4 address or a bracketed IPv6 address; a port is 1 to 65535.';
     END IF;
     IF subscription_keys IS NOT NULL THEN
         IF pg_catalog.cardinality(subscription_keys) OPERATOR(pg_catalog.=) 0 THEN
@@ -328,6 +330,57 @@ BEGIN
     END IF;
 END
 $$;
+
+CREATE FUNCTION ae_events._relay_can_parse_authority(authority text) RETURNS boolean
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    host text;
+    port text;
+BEGIN
+    IF authority IS NULL THEN
+        RETURN false;
+    END IF;
+    IF authority ~ '^\[' THEN
+        host := pg_catalog.substring(authority, '^\[([0-9A-Fa-f:.]+)\]');
+        port := pg_catalog.substring(authority, '^\[[0-9A-Fa-f:.]+\](.*)$');
+        IF host IS NULL THEN
+            RETURN false;
+        END IF;
+        BEGIN
+            IF pg_catalog.family(host::inet) OPERATOR(pg_catalog.<>) 6 OR pg_catalog.strpos(host, '/') OPERATOR(pg_catalog.>) 0 THEN
+                RETURN false;
+            END IF;
+        EXCEPTION WHEN OTHERS THEN
+            RETURN false;
+        END;
+    ELSE
+        host := pg_catalog.split_part(authority, ':', 1);
+        port := pg_catalog.substr(authority, pg_catalog.length(host) OPERATOR(pg_catalog.+) 1);
+        IF host !~ '^([A-Za-z0-9._-]|[^\x01-\x7f])+$' THEN
+            RETURN false;
+        END IF;
+        IF host ~* '(^|\.)(0x[0-9a-f]*|[0-9]+)\.?$' THEN
+            IF host !~ '^[0-9]{1,3}(\.[0-9]{1,3}){3}$' THEN
+                RETURN false;
+            END IF;
+            IF EXISTS (SELECT FROM pg_catalog.regexp_split_to_table(host, '\.') AS octet
+                        WHERE octet::integer OPERATOR(pg_catalog.>) 255) THEN
+                RETURN false;
+            END IF;
+        END IF;
+    END IF;
+    IF port OPERATOR(pg_catalog.<>) '' THEN
+        IF port !~ '^:[0-9]{1,5}$' OR pg_catalog.substr(port, 2)::integer NOT BETWEEN 1 AND 65535 THEN
+            RETURN false;
+        END IF;
+    END IF;
+    RETURN true;
+END
+$$;
+
+REVOKE ALL ON FUNCTION ae_events._relay_can_parse_authority(text) FROM PUBLIC;
 
 CREATE FUNCTION ae_events._require_lease(endpoint text, relay text, endpoint_id bigint)
 RETURNS ae_events.endpoints
