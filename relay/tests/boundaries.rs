@@ -165,6 +165,7 @@ fn a_relay_acts_only_under_ids_of_its_own_role_and_leases_are_bounded() {
         "SELECT ae_events.relay_release('one')",
         "SELECT * FROM ae_events.relay_lease('one', '5 min')",
         "SELECT * FROM ae_events.relay_due('held', 'one', 10, '{}', NULL, 1)",
+        "SELECT * FROM ae_events.relay_fetch('held', 'one', 0, '0', 0, 10, 1000000, 1)",
         "SELECT ae_events.relay_record('held', 'one', '{1}', '{1}', '{delivered}', '{1}', ARRAY[now()],
                                        '{200}', '{NULL}', '{NULL}', NULL, NULL, NULL, NULL, 1)",
     ] {
