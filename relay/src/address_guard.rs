@@ -135,6 +135,60 @@ impl fmt::Display for Refused {
 
 impl std::error::Error for Refused {}
 
+impl Refused {
+    /// A refusal saying why (`"127.0.0.1 is a loopback address"`).
+    pub fn new(why: String) -> Refused {
+        Refused(why)
+    }
+}
+
+/// Why a resolution gave nothing to connect to.
+#[derive(Debug)]
+pub enum Unresolved {
+    /// The name did not resolve.
+    Lookup(std::io::Error),
+    /// Every address it resolved to is refused.
+    Refused(Refused),
+}
+
+impl fmt::Display for Unresolved {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Unresolved::Lookup(error) => write!(f, "cannot resolve: {error}"),
+            Unresolved::Refused(refused) => refused.fmt(f),
+        }
+    }
+}
+
+/// Resolve `host` (a name or an IP literal, IPv6 with or without brackets) with the system
+/// resolver and keep the allowed addresses, with `port`: the addresses to connect to. When
+/// every address is refused, the refusal names the first.
+pub async fn allowed_addresses(host: &str, port: u16) -> Result<Vec<SocketAddr>, Unresolved> {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let found: Vec<SocketAddr> = match bare.parse::<IpAddr>() {
+        Ok(ip) => vec![SocketAddr::new(ip, port)],
+        Err(_) => tokio::net::lookup_host((bare, port))
+            .await
+            .map_err(Unresolved::Lookup)?
+            .collect(),
+    };
+    let (allowed, refused): (Vec<SocketAddr>, Vec<SocketAddr>) = found
+        .into_iter()
+        .partition(|address| refusal(address.ip()).is_none());
+    if allowed.is_empty() {
+        if let Some(address) = refused.first() {
+            let why = refusal(address.ip()).unwrap_or("refused");
+            let text = if bare.parse::<IpAddr>().is_ok() {
+                format!("{} is {why}", address.ip())
+            } else {
+                format!("{bare} resolves to {}, {why}", address.ip())
+            };
+            return Err(Unresolved::Refused(Refused(text)));
+        }
+    }
+    Ok(allowed)
+}
+
 /// The check of a URL's host when it is an IP address (the client does not resolve those).
 pub fn check_url(url: &reqwest::Url) -> Result<(), Refused> {
     let Some(host) = url.host_str() else {
@@ -160,19 +214,11 @@ impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
         let host = name.as_str().to_owned();
         Box::pin(async move {
-            let found: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let (allowed, refused): (Vec<SocketAddr>, Vec<SocketAddr>) = found
-                .into_iter()
-                .partition(|address| refusal(address.ip()).is_none());
-            if allowed.is_empty() {
-                if let Some(address) = refused.first() {
-                    let why = refusal(address.ip()).unwrap_or("refused");
-                    let error = Refused(format!("{host} resolves to {}, {why}", address.ip()));
-                    return Err(Box::new(error) as Box<dyn std::error::Error + Send + Sync>);
-                }
+            match allowed_addresses(&host, 0).await {
+                Ok(allowed) => Ok(Box::new(allowed.into_iter()) as Addrs),
+                Err(Unresolved::Lookup(error)) => Err(Box::new(error) as _),
+                Err(Unresolved::Refused(refused)) => Err(Box::new(refused) as _),
             }
-            Ok(Box::new(allowed.into_iter()) as Addrs)
         })
     }
 }

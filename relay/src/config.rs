@@ -34,7 +34,7 @@ pub struct RelayConfig {
     pub breaker: BreakerSettings,
     /// PEM certificates trusted for HTTPS endpoints besides the system's roots.
     pub ca_bundle: Option<PathBuf>,
-    /// Connect to public addresses only (address_guard).
+    /// Connect to public addresses only (address_guard), over HTTP and NATS.
     pub refuse_private_addresses: bool,
 }
 
@@ -43,6 +43,8 @@ impl std::fmt::Debug for RelayConfig {
         f.debug_struct("RelayConfig")
             .field("database_url", &"(hidden)")
             .field("relay_id", &self.relay_id)
+    /// Also connect to the NATS servers a server advertises (off; never under the guard).
+    pub nats_follow_discovered_servers: bool,
             .field("lease", &self.lease)
             .field("poll_interval", &self.poll_interval)
             .field("channel", &self.channel)
@@ -63,6 +65,10 @@ impl RelayConfig {
         RelayConfig {
             database_url,
             relay_id: default_relay_id(),
+            .field(
+                "nats_follow_discovered_servers",
+                &self.nats_follow_discovered_servers,
+            )
             // Another relay takes a dead one's endpoints within a lease and a renewal round.
             lease: Duration::from_secs(6),
             poll_interval: Duration::from_secs(2),
@@ -91,3 +97,4 @@ pub fn default_relay_id() -> String {
         .unwrap_or_else(|_| "relay".to_owned());
     format!("{host}:{}:{:08x}", std::process::id(), fastrand::u32(..))
 }
+            nats_follow_discovered_servers: false,

@@ -27,8 +27,11 @@ pub struct Parsed<C> {
 /// Why the command line or the file was refused.
 #[derive(Debug)]
 pub enum Error {
-    /// As clap reports it (also `--help` and `--version`, which are not failures).
-    Clap(clap::Error),
+    /// As clap reports it (also `--help` and `--version`, which are not failures), shown with
+    /// the values of secret settings masked: clap quotes the arguments it refuses, and one of
+    /// them may be the database URL (from the command line, or from the file after a stray
+    /// `--`).
+    Clap(clap::Error, Masks),
     /// The file: unreadable, not TOML, an unknown key or a bad value. The message names the
     /// file and the key; it never shows the value of an option whose env value is hidden.
     File(String),
@@ -42,9 +45,17 @@ impl Error {
     /// `--help` / `--version`.
     pub fn exit(self) -> ! {
         match self {
-            Error::Clap(error) => error.exit(),
+            Error::Clap(error, masks) => {
+                let text = masks.apply(&error.render().to_string());
+                if error.use_stderr() {
+                    eprint!("{text}");
+                } else {
+                    print!("{text}");
+                }
+                std::process::exit(error.exit_code())
+            }
             Error::File(message) => {
-                eprintln!("ae-relay: {message}");
+                eprintln!("ae-relay: {}", mask_url_passwords(&message));
                 std::process::exit(USAGE_EXIT_CODE)
             }
         }
@@ -54,8 +65,8 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Clap(error) => write!(f, "{error}"),
-            Error::File(message) => f.write_str(message),
+            Error::Clap(error, masks) => f.write_str(&masks.apply(&error.to_string())),
+            Error::File(message) => f.write_str(&mask_url_passwords(message)),
         }
     }
 }
@@ -126,7 +137,20 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let mut args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    parse_args::<C>(args.clone()).map_err(|error| match error {
+        Error::Clap(error, _) => Error::Clap(error, Masks::collect(&C::command(), &args)),
+        other => other,
+    })
+}
+
+fn clap_error(error: clap::Error) -> Error {
+    Error::Clap(error, Masks::default())
+}
+
+fn parse_args<C: CommandFactory + FromArgMatches>(
+    mut args: Vec<OsString>,
+) -> Result<Parsed<C>, Error> {
     let mut command = C::command();
     command.build();
     let first = match command.clone().try_get_matches_from(&args) {
@@ -135,9 +159,9 @@ where
         // final parse below reports it if it is missing everywhere.
         Err(error) if error.kind() == clap::error::ErrorKind::MissingRequiredArgument => {
             let relaxed = relax(C::command());
-            relaxed.try_get_matches_from(&args).map_err(Error::Clap)?
+            relaxed.try_get_matches_from(&args).map_err(clap_error)?
         }
-        Err(error) => return Err(Error::Clap(error)),
+        Err(error) => return Err(clap_error(error)),
     };
     let mut from_file = BTreeSet::new();
     let mut subcommand_name = None;
@@ -146,7 +170,10 @@ where
         if let Some(sub) = command.find_subcommand(name) {
             if let Some(path) = config_path(sub, sub_matches) {
                 let (extra, keys) = file_arguments(sub, sub_matches, &path)?;
-                args.extend(extra);
+                // Before a `--`, if any: after it they would be positional arguments (refused,
+                // and quoted in the refusal).
+                let at = args.iter().position(|a| a == "--").unwrap_or(args.len());
+                args.splice(at..at, extra);
                 from_file = keys;
             }
         }
@@ -154,8 +181,8 @@ where
     let mut command = C::command();
     let matches = command
         .try_get_matches_from_mut(&args)
-        .map_err(Error::Clap)?;
-    let cli = C::from_arg_matches(&matches).map_err(Error::Clap)?;
+        .map_err(clap_error)?;
+    let cli = C::from_arg_matches(&matches).map_err(clap_error)?;
     command.build();
     let settings = match subcommand_name.as_deref().and_then(|name| {
         Some((
@@ -185,6 +212,150 @@ fn config_path(sub: &Command, matches: &ArgMatches) -> Option<OsString> {
     sub.get_arguments().find(|arg| arg.get_id() == CONFIG_ARG)?;
     let mut raw = matches.try_get_raw(CONFIG_ARG).ok()??;
     raw.next().map(OsStr::to_owned)
+}
+
+/// The values of secret settings (the database URL) wherever they may come from, for masking
+/// error texts: the command line, the environment and the configuration file.
+#[derive(Debug, Default)]
+pub struct Masks(Vec<String>);
+
+/// What a masked value shows as.
+const HIDDEN: &str = "(hidden)";
+
+impl Masks {
+    fn collect(command: &Command, args: &[OsString]) -> Masks {
+        let mut values = Vec::new();
+        let commands: Vec<&Command> = std::iter::once(command)
+            .chain(command.get_subcommands())
+            .collect();
+        // The configuration files named on the command line or by the environment.
+        let mut files: Vec<OsString> = Vec::new();
+        for command in &commands {
+            for arg in command.get_arguments() {
+                let Some(long) = arg.get_long() else { continue };
+                let named = arguments_of(args, long);
+                if arg.get_id() == CONFIG_ARG {
+                    files.extend(named.into_iter().map(OsString::from));
+                    if let Some(env) = arg.get_env().and_then(std::env::var_os) {
+                        files.push(env);
+                    }
+                } else if is_secret(arg) {
+                    values.extend(named);
+                    if let Some(env) = arg.get_env().and_then(std::env::var_os) {
+                        values.push(env.to_string_lossy().into_owned());
+                    }
+                }
+            }
+        }
+        for file in files {
+            let Ok(text) = std::fs::read_to_string(&file) else {
+                continue;
+            };
+            let Ok(table) = text.parse::<toml::Table>() else {
+                continue;
+            };
+            for command in &commands {
+                for arg in command.get_arguments().filter(|arg| is_secret(arg)) {
+                    if let Some(toml::Value::String(value)) =
+                        arg.get_long().and_then(|long| table.get(long))
+                    {
+                        values.push(value.clone());
+                    }
+                }
+            }
+        }
+        // A URL's password alone too (a message may quote a part of it).
+        let passwords: Vec<String> = values.iter().filter_map(|v| url_password(v)).collect();
+        values.extend(passwords);
+        values.retain(|value| value.len() >= 4);
+        values.sort_by_key(|value| std::cmp::Reverse(value.len()));
+        values.dedup();
+        Masks(values)
+    }
+
+    /// The text with every secret value, and every URL's password, masked.
+    pub fn apply(&self, text: &str) -> String {
+        let mut masked = text.to_owned();
+        for value in &self.0 {
+            if masked.contains(value.as_str()) {
+                masked = masked.replace(value.as_str(), HIDDEN);
+            }
+        }
+        mask_url_passwords(&masked)
+    }
+}
+
+/// The values given to `--long` in `args` (`--long value` and `--long=value`).
+fn arguments_of(args: &[OsString], long: &str) -> Vec<String> {
+    let flag = format!("--{long}");
+    let with_equals = format!("--{long}=");
+    let mut values = Vec::new();
+    for (i, arg) in args.iter().enumerate() {
+        let arg = arg.to_string_lossy();
+        if arg == flag {
+            if let Some(next) = args.get(i + 1) {
+                values.push(next.to_string_lossy().into_owned());
+            }
+        } else if let Some(value) = arg.strip_prefix(&with_equals) {
+            values.push(value.to_owned());
+        }
+    }
+    values
+}
+
+/// The password of a `scheme://user:password@host` URL.
+fn url_password(text: &str) -> Option<String> {
+    let (_, rest) = text.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let (userinfo, _) = authority.rsplit_once('@')?;
+    let (_, password) = userinfo.split_once(':')?;
+    (!password.is_empty()).then(|| password.to_owned())
+}
+
+/// Every `scheme://user:password@` in the text with its password masked, and every
+/// `password=...` of a connection string, whatever the value came from.
+pub fn mask_url_passwords(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (before, after) = rest.split_at(at + 3);
+        out.push_str(before);
+        let end = after
+            .find(|c: char| c.is_whitespace() || "/?#'\"`".contains(c))
+            .unwrap_or(after.len());
+        let authority = &after[..end];
+        match authority.rsplit_once('@') {
+            Some((userinfo, host)) if userinfo.contains(':') => {
+                let user = userinfo.split(':').next().unwrap_or("");
+                out.push_str(user);
+                out.push(':');
+                out.push_str(HIDDEN);
+                out.push('@');
+                out.push_str(host);
+            }
+            _ => out.push_str(authority),
+        }
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    // Key/value connection strings: password=secret (quoted or not).
+    let mut masked = String::with_capacity(out.len());
+    let mut rest = out.as_str();
+    while let Some(at) = rest.find("password=") {
+        let (before, after) = rest.split_at(at + "password=".len());
+        masked.push_str(before);
+        let end = if let Some(quoted) = after.strip_prefix('\'') {
+            quoted.find('\'').map_or(after.len(), |i| i + 2)
+        } else {
+            after
+                .find(|c: char| c.is_whitespace() || c == '\'' || c == '"')
+                .unwrap_or(after.len())
+        };
+        masked.push_str(HIDDEN);
+        rest = &after[end..];
+    }
+    masked.push_str(rest);
+    masked
 }
 
 /// Options that are not settings.
@@ -582,10 +753,40 @@ mod tests {
     }
 
     #[test]
+    fn refusals_never_show_a_secret_value() {
+        let f = file("secret = \"s3cret-value\"\n");
+        // A stray `--`: the file's values go before it, not after as positional arguments.
+        let parsed = run(&["run", "--config", &f.arg(), "--"]).unwrap();
+        assert_eq!(fields(&parsed).0, "s3cret-value");
+        let path = f.arg();
+        let cases: Vec<Vec<&str>> = vec![
+            vec!["run", "--config", &path, "--", "extra"],
+            vec!["run", "--config", &path, "--", "--secret=s3cret-value"],
+            vec!["run", "--secret", "s3cret-value", "--bogus"],
+            vec!["run", "--secret=s3cret-value", "stray"],
+            vec!["run", "--secret", "s3cret-value", "--", "s3cret-value"],
+            vec!["run", "--config", &path, "--count", "x"],
+            vec!["run", "--secrett=postgres://u:s3cret@h/db"],
+            vec!["run", "--secret=x", "postgres://u:s3cret@h/db"],
+            vec!["run", "--secret=x", "host=h password=s3cret"],
+            vec!["run", "--secret=x", "--count"],
+        ];
+        for args in cases {
+            let error = run(&args).err().expect("refused");
+            let shown = error.to_string();
+            assert!(!shown.contains("s3cret"), "{args:?}: {shown}");
+        }
+        assert_eq!(
+            mask_url_passwords("at postgres://u:pw@h:5432/db and 'x://a:b@c' password=z y"),
+            "at postgres://u:(hidden)@h:5432/db and 'x://a:(hidden)@c' password=(hidden) y"
+        );
+    }
+
+    #[test]
     fn a_required_option_may_come_from_the_file_only() {
         let f = file("count = 1\n");
         match run(&["run", "--config", &f.arg()]) {
-            Err(Error::Clap(error)) => assert_eq!(
+            Err(Error::Clap(error, _)) => assert_eq!(
                 error.kind(),
                 clap::error::ErrorKind::MissingRequiredArgument
             ),

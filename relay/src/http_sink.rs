@@ -41,7 +41,9 @@ impl HttpClient {
         let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(crate::USER_AGENT)
-            .pool_idle_timeout(Duration::from_secs(60));
+            .pool_idle_timeout(Duration::from_secs(60))
+            // Counted in the relay's socket budget (sockets.rs).
+            .pool_max_idle_per_host(crate::sockets::IDLE_PER_HOST);
         if let Some(path) = &config.ca_bundle {
             builder = builder.tls_certs_merge(read_ca_bundle(path)?);
         }
@@ -120,7 +122,15 @@ pub async fn deliver(client: &HttpClient, endpoint: &EndpointConfig, event: &Eve
         }
     }
     let signature = signature_header(&endpoint.keys, &event.event_id, timestamp, &event.payload);
-    let mut headers = endpoint.headers.clone();
+    // Static headers that would pass for the relay's own or steer the connection are left out,
+    // whatever the database holds (the SQL refuses them for new definitions; older rows may
+    // have them).
+    let mut headers = reqwest::header::HeaderMap::with_capacity(endpoint.headers.len() + 8);
+    for (name, value) in &endpoint.headers {
+        if !is_reserved_header(name.as_str()) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
     let fixed: [(&str, String); 6] = [
         ("webhook-id", event.event_id.clone()),
         ("webhook-timestamp", timestamp.to_string()),
@@ -191,6 +201,8 @@ pub async fn deliver(client: &HttpClient, endpoint: &EndpointConfig, event: &Eve
             _ => break,
         }
     }
+    // Lossy: invalid UTF-8 shows as U+FFFD; sink::safe_error_text masks what the relay sent
+    // and replaces control characters before the text is recorded.
     let snippet = String::from_utf8_lossy(&snippet);
     if !snippet.trim().is_empty() {
         error.push_str(": ");
@@ -201,6 +213,44 @@ pub async fn deliver(client: &HttpClient, endpoint: &EndpointConfig, event: &Eve
         error,
         retry_after,
     }
+}
+
+/// The headers the relay sets itself (webhooks.md §2), as `is_reserved_header` compares them.
+const OWN_HEADERS: &[&str] = &[
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+    "ae-subscription-key",
+    "ae-event-type",
+    "ae-aggregate-id",
+    "ae-snapshot-version",
+    "content-type",
+    "user-agent",
+];
+
+/// Headers about the connection or the message's framing, not the event: a static one would
+/// desynchronise the request (content-length, transfer-encoding), smuggle one, or redirect it
+/// (host).
+const HOP_BY_HOP_HEADERS: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "host",
+    "content-length",
+    "expect",
+];
+
+/// Whether a static header name is one the relay does not send: the relay's own headers and
+/// hop-by-hop ones (and `proxy-*`), compared case-insensitively and with `_` taken as `-`
+/// (CGI and WSGI servers read `webhook_id` as `HTTP_WEBHOOK_ID`, the same as `webhook-id`).
+pub fn is_reserved_header(name: &str) -> bool {
+    let normalized = name.trim().to_ascii_lowercase().replace('_', "-");
+    OWN_HEADERS.contains(&normalized.as_str())
+        || HOP_BY_HOP_HEADERS.contains(&normalized.as_str())
+        || normalized.starts_with("proxy-")
 }
 
 fn describe(error: &reqwest::Error, timeout: Duration) -> String {
@@ -227,4 +277,40 @@ fn innermost<'a>(
         cause = inner;
     }
     cause
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_reserved_header;
+
+    #[test]
+    fn own_and_hop_by_hop_header_names_are_reserved_under_any_spelling() {
+        for name in [
+            "webhook-id",
+            "Webhook_Id",
+            "WEBHOOK_SIGNATURE",
+            "webhook_timestamp",
+            "ae_aggregate_id",
+            "AE-Event-Type",
+            "ae_subscription_key",
+            "ae_snapshot_version",
+            "Content_Type",
+            "user_agent",
+            "Connection",
+            "transfer_encoding",
+            "TE",
+            "upgrade",
+            "keep-alive",
+            "proxy-authorization",
+            "Proxy_Connection",
+            "host",
+            "content_length",
+            "expect",
+        ] {
+            assert!(is_reserved_header(name), "{name}");
+        }
+        for name in ["authorization", "x-tenant", "x_api_key", "webhook-extra", "ae-tenant"] {
+            assert!(!is_reserved_header(name), "{name}");
+        }
+    }
 }

@@ -3,6 +3,7 @@
 
 use ae_relay::config::{default_relay_id, RelayConfig};
 use ae_relay::database::Database;
+use ae_relay::logging::escape;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,7 +54,7 @@ enum Command {
         relay_id: Option<String>,
         /// How long an endpoint stays this relay's without renewal; another relay takes over
         /// an endpoint this long after its relay died.
-        #[arg(long, default_value = "6s", value_parser = parse_duration)]
+        #[arg(long, default_value = "6s", value_parser = parse_lease)]
         lease: Duration,
         /// How often to look for events without a notification.
         #[arg(long, default_value = "2s", value_parser = parse_duration)]
@@ -62,7 +63,7 @@ enum Command {
         #[arg(long, default_value = "ae_events")]
         channel: String,
         /// Events held in memory per endpoint at most (fetched, not finished).
-        #[arg(long, default_value_t = 2000)]
+        #[arg(long, default_value_t = 2000, value_parser = parse_positive)]
         window: usize,
         /// On SIGTERM/SIGINT, how long requests in flight may take to finish and be recorded.
         #[arg(long, default_value = "30s", value_parser = parse_duration)]
@@ -102,6 +103,11 @@ enum Command {
     },
 }
 
+        /// Also connect to the NATS servers that a NATS server advertises (its cluster's
+        /// `connect_urls`); off: only the endpoint URL's server. Ignored with
+        /// --refuse-private-addresses, whose check those addresses would escape.
+        #[arg(long)]
+        nats_follow_discovered_servers: bool,
 /// A CA bundle is read at start, so that a bad one is refused then, naming the file.
 fn parse_ca_bundle(text: &str) -> Result<PathBuf, String> {
     let path = PathBuf::from(text);
@@ -109,7 +115,14 @@ fn parse_ca_bundle(text: &str) -> Result<PathBuf, String> {
     Ok(path)
 }
 
-/// `250ms`, `2s`, `5m`, `1h`, or plain seconds.
+/// The longest duration a flag takes: every deadline the relay computes from one (now plus a
+/// lease, a cool-down, a shutdown deadline) must be a time it can hold.
+const MAX_DURATION: Duration = Duration::from_secs(30 * 86_400);
+
+/// The shortest: below a millisecond the timers cannot act on it.
+const MIN_DURATION: Duration = Duration::from_millis(1);
+
+/// `250ms`, `2s`, `5m`, `1h`, or plain seconds; from 1ms to 30 days.
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -129,7 +142,34 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     if !(seconds > 0.0 && seconds.is_finite()) {
         return Err(format!("{text:?} must be more than zero"));
     }
-    Ok(Duration::from_secs_f64(seconds))
+    match Duration::try_from_secs_f64(seconds) {
+        Ok(duration) if duration > MAX_DURATION => Err(format!(
+            "{text:?} is too long: at most 30 days ({}s)",
+            MAX_DURATION.as_secs()
+        )),
+        Ok(duration) if duration >= MIN_DURATION => Ok(duration),
+        Ok(_) => Err(format!("{text:?} is too short: at least 1ms")),
+        Err(_) => Err(format!("{text:?} is too long: at most 30 days")),
+    }
+}
+
+/// A lease of at least a second: workers stop sending a tenth of it (at least 100 ms) before
+/// it may expire and renew it every third, so a shorter one leaves no time to send.
+fn parse_lease(text: &str) -> Result<Duration, String> {
+    let lease = parse_duration(text)?;
+    if lease < Duration::from_secs(1) {
+        return Err(format!("{text:?} is too short for a lease: at least 1s"));
+    }
+    Ok(lease)
+}
+
+/// A count of at least one (a window of no events would fetch nothing).
+fn parse_positive(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(error) => Err(format!("not a count: {error}")),
+    }
 }
 
 #[tokio::main]
@@ -137,15 +177,10 @@ async fn main() -> ExitCode {
     // Flags, environment and the `run --config` file (config_file); exit 2 on a bad one.
     let parsed = ae_relay::config_file::parse::<Cli>().unwrap_or_else(|error| error.exit());
     let cli = parsed.cli;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("AE_RELAY_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Human => logs.init(),
-        LogFormat::Json => logs.json().init(),
-    }
+    ae_relay::logging::init(match cli.log_format {
+        LogFormat::Human => ae_relay::logging::Format::Human,
+        LogFormat::Json => ae_relay::logging::Format::Json,
+    });
     match cli.command {
         Command::Run {
             connection,
@@ -176,6 +211,7 @@ async fn main() -> ExitCode {
             config.breaker = ae_relay::protection::BreakerSettings {
                 failures: breaker_failures,
                 cooldown: breaker_cooldown,
+            nats_follow_discovered_servers,
                 max_cooldown: breaker_max_cooldown.max(breaker_cooldown),
             };
             config.ca_bundle = ca_bundle;
@@ -184,7 +220,7 @@ async fn main() -> ExitCode {
             match ae_relay::supervisor::run(config).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
-                    eprintln!("ae-relay: {error}");
+                    eprintln!("ae-relay: {}", escape(&error.to_string()));
                     ExitCode::FAILURE
                 }
             }
@@ -197,7 +233,8 @@ async fn check(url: &str) -> ExitCode {
     let (db, _) = match Database::connect(url, "ae_events").await {
         Ok(connected) => connected,
         Err(error) => {
-            println!("cannot connect: {error}");
+            println!("cannot connect: {}", escape(&error.to_string()));
+            config.nats_follow_discovered_servers = nats_follow_discovered_servers;
             return ExitCode::FAILURE;
         }
     };
@@ -206,7 +243,7 @@ async fn check(url: &str) -> ExitCode {
         Err(error) => {
             println!(
                 "connected, but the check failed: {}",
-                ae_relay::database::describe(&error)
+                escape(&ae_relay::database::describe(&error))
             );
             return ExitCode::FAILURE;
         }
@@ -230,14 +267,14 @@ async fn check(url: &str) -> ExitCode {
         let state = if *is_enabled {
             "enabled".to_owned()
         } else {
-            format!("disabled: {reason}")
+            format!("disabled: {}", escape(reason))
         };
         let served = if relay.is_empty() {
             String::new()
         } else {
-            format!(", served by {relay}")
+            format!(", served by {}", escape(relay))
         };
-        println!("  {name}: {state}{served}");
+        println!("  {}: {state}{served}", escape(name));
     }
     if enabled == 0 {
         println!(
@@ -245,6 +282,7 @@ async fn check(url: &str) -> ExitCode {
         );
     }
     ExitCode::SUCCESS
+        // Names, reasons and relay ids come from the database: escaped, one line each.
 }
 
 #[cfg(test)]
@@ -263,3 +301,24 @@ mod tests {
         assert!(parse_duration("3d").is_err());
     }
 }
+        // Nothing a deadline cannot hold, nothing a timer cannot act on, and no panic.
+        for text in [
+            "1e300",
+            "1e20s",
+            "600000h",
+            "31d",
+            "30000000m",
+            "0.0000001ms",
+            "1e-12",
+            "inf",
+            "NaN",
+            "-1s",
+        ] {
+            assert!(parse_duration(text).is_err(), "{text}");
+        }
+        assert_eq!(parse_duration("720h"), Ok(Duration::from_secs(30 * 86_400)));
+        assert_eq!(parse_duration("1ms"), Ok(Duration::from_millis(1)));
+        assert!(super::parse_lease("500ms").is_err());
+        assert_eq!(super::parse_lease("1s"), Ok(Duration::from_secs(1)));
+        assert!(super::parse_positive("0").is_err());
+        assert_eq!(super::parse_positive("5"), Ok(5));

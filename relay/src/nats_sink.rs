@@ -90,9 +90,34 @@ impl NatsTarget {
 #[derive(Clone, Default)]
 pub struct NatsConnections {
     servers: Arc<Mutex<HashMap<String, Arc<OnceCell<Context>>>>>,
+    options: Options,
+}
+
+/// How connections are made.
+#[derive(Clone, Copy, Debug, Default)]
+struct Options {
+    /// `--refuse-private-addresses`: the server's name is resolved by the relay, the addresses
+    /// checked, and the connection made to the allowed addresses only (and to them again when it
+    /// reconnects).
+    refuse_private_addresses: bool,
+    /// `--nats-follow-discovered-servers`: also connect to the servers a server advertises
+    /// (INFO `connect_urls`); off by default, and always off under the guard, whose check those
+    /// addresses would escape.
+    follow_discovered_servers: bool,
 }
 
 impl NatsConnections {
+    pub fn new(config: &crate::config::RelayConfig) -> NatsConnections {
+        NatsConnections {
+            servers: Arc::default(),
+            options: Options {
+                refuse_private_addresses: config.refuse_private_addresses,
+                follow_discovered_servers: config.nats_follow_discovered_servers
+                    && !config.refuse_private_addresses,
+            },
+        }
+    }
+
     /// The JetStream context of the server's connection, connecting if there is none yet. A
     /// failed connect leaves none, so the next attempt tries again.
     async fn context(&self, server: &str) -> Result<Context, String> {
@@ -101,7 +126,9 @@ impl NatsConnections {
             let mut servers = self.servers.lock().unwrap_or_else(|p| p.into_inner());
             Arc::clone(servers.entry(server.to_owned()).or_default())
         };
-        cell.get_or_try_init(|| connect(server)).await.cloned()
+        cell.get_or_try_init(|| connect(server, self.options))
+            .await
+            .cloned()
     }
 
     /// Publish one event to the endpoint's subject and wait for JetStream's acknowledgement,
@@ -174,14 +201,42 @@ impl NatsConnections {
 }
 
 /// Connect to a server; async-nats reconnects the connection by itself from then on (and logs
-/// its connects and disconnects).
-async fn connect(server: &str) -> Result<Context, String> {
-    let client = async_nats::ConnectOptions::new()
-        .name(crate::USER_AGENT)
-        .connect(server)
+/// its connects and disconnects), to the same addresses: those a server advertises are not
+/// followed unless configured.
+async fn connect(server: &str, options: Options) -> Result<Context, String> {
+    let mut connect_options = async_nats::ConnectOptions::new().name(crate::USER_AGENT);
+    if !options.follow_discovered_servers {
+        connect_options = connect_options.ignore_discovered_servers();
+    }
+    let addresses: Vec<async_nats::ServerAddr> = if options.refuse_private_addresses {
+        // Resolved here and checked: the connection goes to these addresses only, never to a
+        // name the client would resolve again by itself.
+        let (host, port) = split_server(server)?;
+        let allowed = crate::address_guard::allowed_addresses(host, port)
+            .await
+            .map_err(|why| format!("could not connect to nats://{server}: {why}"))?;
+        allowed
+            .iter()
+            .map(|address| async_nats::ServerAddr::from_str(&format!("nats://{address}")))
+            .collect::<Result<_, _>>()
+            .map_err(|error| format!("could not connect to nats://{server}: {error}"))?
+    } else {
+        vec![async_nats::ServerAddr::from_str(&format!("nats://{server}"))
+            .map_err(|error| format!("could not connect to nats://{server}: {error}"))?]
+    };
+    let client = connect_options
+        .connect(addresses)
         .await
         .map_err(|error| format!("could not connect to nats://{server}: {error}"))?;
     Ok(async_nats::jetstream::new(client))
+}
+
+/// `host:port` (as NatsTarget::parse makes it; an IPv6 host in brackets) into its parts.
+fn split_server(server: &str) -> Result<(&str, u16), String> {
+    server
+        .rsplit_once(':')
+        .and_then(|(host, port)| Some((host, port.parse().ok()?)))
+        .ok_or_else(|| format!("not host:port: {server:?}"))
 }
 
 fn describe_publish_error(
@@ -217,8 +272,12 @@ fn headers(endpoint: &EndpointConfig, event: &Event, timestamp: i64) -> HeaderMa
     };
     insert("user-agent", crate::USER_AGENT);
     for (name, value) in &endpoint.headers {
-        // HeaderMap names are lowercase.
-        if !name.as_str().starts_with("nats-") {
+        // HeaderMap names are lowercase. The relay's own and hop-by-hop names under any
+        // spelling are left out as over HTTP; `nats_msg_id` is not JetStream's, but is left
+        // out with the rest of the `nats-` names all the same.
+        if !name.as_str().replace('_', "-").starts_with("nats-")
+            && !crate::http_sink::is_reserved_header(name.as_str())
+        {
             insert(name.as_str(), &String::from_utf8_lossy(value.as_bytes()));
         }
     }
@@ -302,6 +361,7 @@ mod tests {
             keys: Vec::new(),
             cursor: Default::default(),
             rate_limit: None,
+            endpoint_id: 1,
         }
     }
 

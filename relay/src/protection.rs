@@ -82,7 +82,8 @@ impl Gate {
 
     /// Follow a change of the endpoint's rate_limit (a new limiter starts full).
     pub fn set_rate_limit(&mut self, rate_limit: Option<f64>) {
-        if self.rate.as_ref().map(|(rate, _)| *rate) == rate_limit {
+        // By bits: a NaN is the same NaN as before (`==` would rebuild a full limiter each time).
+        if self.rate.as_ref().map(|(rate, _)| rate.to_bits()) == rate_limit.map(f64::to_bits) {
             return;
         }
         self.rate = rate_limit.and_then(|rate| Some((rate, RateLimiter::direct(quota(rate)?))));
@@ -114,9 +115,9 @@ impl Gate {
         if !matches!(self.breaker, Breaker::Closed { .. }) {
             return 1;
         }
-        self.rate
-            .as_ref()
-            .map_or(usize::MAX, |(rate, _)| burst(*rate).get() as usize)
+        self.rate.as_ref().map_or(usize::MAX, |(rate, _)| {
+            effective_rate(*rate).map_or(usize::MAX, |rate| burst(rate).get() as usize)
+        })
     }
 
     /// Take a permit for one request now; false: wait (see `next_chance`).
@@ -190,7 +191,7 @@ impl Gate {
                 Transition::Closed
             }
             (Breaker::HalfOpen { cooldown, .. }, false) => {
-                let longer = (*cooldown * 2).min(self.settings.max_cooldown);
+                let longer = cooldown.saturating_mul(2).min(self.settings.max_cooldown);
                 self.open(longer, now)
             }
             // A request started before the circuit opened failed too: it stays open.
@@ -199,11 +200,35 @@ impl Gate {
     }
 
     fn open(&mut self, cooldown: Duration, now: Instant) -> Transition {
-        self.breaker = Breaker::Open {
-            until: now + cooldown,
-            cooldown,
-        };
+        // Flags bound the cool-down; saturating all the same (Instant + a huge one panics).
+        let until = now
+            .checked_add(cooldown)
+            .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365));
+        self.breaker = Breaker::Open { until, cooldown };
         Transition::Opened { cooldown }
+    }
+}
+
+/// The slowest rate acted on: one request a day. The database bounds `rate_limit`, but the
+/// relay takes whatever it is handed: a slower (or subnormal) rate would make a period the
+/// limiter cannot hold (it panicked on 1e-12 and 5e-324).
+pub const MIN_RATE: f64 = 1.0 / 86_400.0;
+
+/// The fastest rate acted on (one request a nanosecond, the limiter's resolution); above it,
+/// as for +infinity, there is no limit.
+pub const MAX_RATE: f64 = 1e9;
+
+/// The rate a limiter is built for, from any f64: None (no limit) for rates above MAX_RATE;
+/// rates below MIN_RATE, zero, negative or NaN (none of which the database accepts) are held
+/// to MIN_RATE, the safe side for a receiver that asked to be protected.
+fn effective_rate(rate: f64) -> Option<f64> {
+    if rate > MAX_RATE {
+        return None;
+    }
+    if rate >= MIN_RATE {
+        Some(rate)
+    } else {
+        Some(MIN_RATE)
     }
 }
 
@@ -215,12 +240,12 @@ fn burst(rate: f64) -> NonZeroU32 {
 }
 
 fn quota(rate: f64) -> Option<Quota> {
-    if !(rate > 0.0 && rate.is_finite()) {
-        return None;
-    }
+    let rate = effective_rate(rate)?;
     let burst = burst(rate);
-    // One permit every 1/rate seconds, up to `burst` saved.
-    Quota::with_period(Duration::from_secs_f64(1.0 / rate)).map(|quota| quota.allow_burst(burst))
+    // One permit every 1/rate seconds (at most a day, at least a nanosecond: both within what
+    // Duration and the limiter hold), up to `burst` saved.
+    let period = Duration::try_from_secs_f64(1.0 / rate).ok()?;
+    Quota::with_period(period).map(|quota| quota.allow_burst(burst))
 }
 
 #[cfg(test)]
@@ -300,6 +325,47 @@ mod tests {
             assert_eq!(gate.settled(false, now), Transition::None);
         }
         assert!(gate.try_start(now));
+    }
+
+    #[test]
+    fn any_rate_the_database_could_hand_over_is_acted_on_without_panicking() {
+        let now = Instant::now();
+        let day = Duration::from_secs(86_400);
+        for rate in [
+            5e-324,
+            1e-12,
+            f64::MIN_POSITIVE,
+            f64::EPSILON,
+            1e-6,
+            0.0,
+            -0.0,
+            -1.0,
+            f64::NAN,
+            f64::NEG_INFINITY,
+        ] {
+            // Held to one request a day: the first goes, the next one a day later.
+            let mut gate = Gate::new(settings(), Some(rate));
+            assert_eq!(gate.room(now), 1, "{rate:e}");
+            assert!(gate.try_start(now), "{rate:e}");
+            assert!(!gate.try_start(now), "{rate:e}");
+            let next = gate.next_chance(now).expect("a wait");
+            assert!(next > now + day - Duration::from_secs(2), "{rate:e}");
+            assert!(next <= now + day + Duration::from_secs(2), "{rate:e}");
+        }
+        for rate in [f64::INFINITY, f64::MAX, 1e300, 1e10] {
+            let mut gate = Gate::new(settings(), Some(rate));
+            assert_eq!(gate.room(now), usize::MAX, "{rate:e}");
+            assert!((0..1000).all(|_| gate.try_start(now)), "{rate:e}: no limit");
+        }
+        // The fastest rate acted on, and changes between extremes on a running gate.
+        let mut gate = Gate::new(settings(), Some(MAX_RATE));
+        assert!(gate.try_start(now));
+        for rate in [1e-12, 5e-324, 1e9, f64::NAN, 2.0, f64::INFINITY, 1e-300] {
+            gate.set_rate_limit(Some(rate));
+            let _ = gate.try_start(now);
+            let _ = gate.next_chance(now);
+            let _ = gate.room(now);
+        }
     }
 
     #[test]
