@@ -23,6 +23,13 @@ pub struct RelayConfig {
     /// Events an endpoint holds in memory at most, fetched but not finished: the bound on the
     /// relay's memory per endpoint.
     pub window: usize,
+    /// Payload bytes an endpoint holds in memory at most (about: a batch ends after the event
+    /// that reaches the bound, and one event is always fetched).
+    pub window_bytes: usize,
+    /// The workers' database connections (the supervisor has one more of its own).
+    pub database_connections: usize,
+    /// The longest a worker's statement may run on the server.
+    pub statement_timeout: Duration,
     /// The longest wait before reconnecting to a database that went away.
     pub max_reconnect_delay: Duration,
     /// On SIGTERM/SIGINT, how long requests in flight may take to finish (and be recorded)
@@ -36,6 +43,8 @@ pub struct RelayConfig {
     pub ca_bundle: Option<PathBuf>,
     /// Connect to public addresses only (address_guard), over HTTP and NATS.
     pub refuse_private_addresses: bool,
+    /// Also connect to the NATS servers a server advertises (off; never under the guard).
+    pub nats_follow_discovered_servers: bool,
 }
 
 impl std::fmt::Debug for RelayConfig {
@@ -43,18 +52,23 @@ impl std::fmt::Debug for RelayConfig {
         f.debug_struct("RelayConfig")
             .field("database_url", &"(hidden)")
             .field("relay_id", &self.relay_id)
-    /// Also connect to the NATS servers a server advertises (off; never under the guard).
-    pub nats_follow_discovered_servers: bool,
             .field("lease", &self.lease)
             .field("poll_interval", &self.poll_interval)
             .field("channel", &self.channel)
             .field("fetch_batch", &self.fetch_batch)
             .field("window", &self.window)
+            .field("window_bytes", &self.window_bytes)
+            .field("database_connections", &self.database_connections)
+            .field("statement_timeout", &self.statement_timeout)
             .field("max_reconnect_delay", &self.max_reconnect_delay)
             .field("shutdown_deadline", &self.shutdown_deadline)
             .field("metrics_address", &self.metrics_address)
             .field("ca_bundle", &self.ca_bundle)
             .field("refuse_private_addresses", &self.refuse_private_addresses)
+            .field(
+                "nats_follow_discovered_servers",
+                &self.nats_follow_discovered_servers,
+            )
             .field("breaker", &self.breaker)
             .finish_non_exhaustive()
     }
@@ -65,16 +79,15 @@ impl RelayConfig {
         RelayConfig {
             database_url,
             relay_id: default_relay_id(),
-            .field(
-                "nats_follow_discovered_servers",
-                &self.nats_follow_discovered_servers,
-            )
             // Another relay takes a dead one's endpoints within a lease and a renewal round.
             lease: Duration::from_secs(6),
             poll_interval: Duration::from_secs(2),
             channel: "ae_events".to_owned(),
             fetch_batch: 500,
             window: 2000,
+            window_bytes: 64 << 20,
+            database_connections: 8,
+            statement_timeout: Duration::from_secs(30),
             max_reconnect_delay: Duration::from_secs(30),
             shutdown_deadline: Duration::from_secs(30),
             metrics_address: None,
@@ -85,6 +98,7 @@ impl RelayConfig {
             },
             ca_bundle: None,
             refuse_private_addresses: false,
+            nats_follow_discovered_servers: false,
         }
     }
 }
@@ -97,4 +111,54 @@ pub fn default_relay_id() -> String {
         .unwrap_or_else(|_| "relay".to_owned());
     format!("{host}:{}:{:08x}", std::process::id(), fastrand::u32(..))
 }
-            nats_follow_discovered_servers: false,
+
+/// A size in bytes: a number with an optional unit, `kB`/`MB`/`GB` (powers of 1000) or
+/// `KiB`/`MiB`/`GiB` (powers of 1024): `64MiB`, `500kB`, `1048576`.
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("not a size: {text:?} (e.g. 64MiB)"))?;
+    let unit: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "kB" | "KB" => 1000,
+        "MB" => 1000 * 1000,
+        "GB" => 1000 * 1000 * 1000,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "unknown unit in {text:?} (B, kB, MB, GB, KiB, MiB, GiB)"
+            ))
+        }
+    };
+    let bytes = number
+        .checked_mul(unit)
+        .and_then(|bytes| usize::try_from(bytes).ok())
+        .ok_or_else(|| format!("{text:?} is too large"))?;
+    if bytes == 0 {
+        return Err(format!("{text:?} must be more than zero"));
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("500kB"), Ok(500_000));
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert_eq!(parse_size("2 GiB"), Ok(2 << 30));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("99999999999999999999GiB").is_err());
+    }
+}

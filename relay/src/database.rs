@@ -1,6 +1,13 @@
-//! The relay's connection: the extension's relay functions (sql/src/endpoints.sql), and the
-//! notifications that wake the endpoints' workers. One connection serves every worker;
-//! tokio-postgres pipelines their calls.
+//! The relay's connections to the extension's relay functions (sql/src/endpoints.sql):
+//! - the supervisor's own connection ([`Database`]): LISTEN (the notifications that wake the
+//!   workers), relay_lease, relay_status, relay_release. Workers never use it, so a slow call of
+//!   one endpoint can never hold up a lease renewal.
+//! - the workers' pool ([`Pool`], `--database-connections`): relay_fetch, relay_due and
+//!   relay_record. A worker makes at most one fetch or due call and one record at a time, so a
+//!   slow endpoint (a costly filter) holds at most two connections and the others go on.
+//!   Every connection has `statement_timeout` set, and a call a worker abandons (its lease fence
+//!   passed) is cancelled on the server and its connection closed, so that no abandoned query
+//!   keeps running.
 
 use crate::endpoint::{EndpointConfig, Event, Position};
 use crate::signing::SigningKey;
@@ -12,10 +19,43 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_postgres::{AsyncMessage, Client, NoTls, Row, Statement};
 
-pub type DbError = tokio_postgres::Error;
+/// A failed database call: the server's or the connection's error, or no connection from the
+/// workers' pool.
+#[derive(Debug)]
+pub enum DbError {
+    Postgres(tokio_postgres::Error),
+    Pool(String),
+}
+
+impl From<tokio_postgres::Error> for DbError {
+    fn from(error: tokio_postgres::Error) -> DbError {
+        DbError::Postgres(error)
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for DbError {
+    fn from(error: deadpool_postgres::PoolError) -> DbError {
+        match error {
+            deadpool_postgres::PoolError::Backend(error) => DbError::Postgres(error),
+            other => DbError::Pool(other.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for DbError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&describe(self))
+    }
+}
+
+impl std::error::Error for DbError {}
 
 /// A database error with what the server said (tokio-postgres' own text is only "db error").
 pub fn describe(error: &DbError) -> String {
+    let error = match error {
+        DbError::Postgres(error) => error,
+        DbError::Pool(reason) => return format!("no database connection: {reason}"),
+    };
     match error.as_db_error() {
         Some(db) => format!(
             "{}: {} (SQLSTATE {})",
@@ -33,7 +73,281 @@ pub struct Database {
     /// parsed and planned again on every call.
     prepared: Mutex<HashMap<&'static str, Statement>>,
     /// Ends (with the error) when the connection is lost.
-    pub connection: JoinHandle<Result<(), DbError>>,
+    pub connection: JoinHandle<Result<(), tokio_postgres::Error>>,
+}
+
+/// The workers' connections: at most `size` of them, each with `statement_timeout` set.
+#[derive(Clone)]
+pub struct Pool {
+    pool: deadpool_postgres::Pool,
+}
+
+/// A connection taken from the pool for one call. Dropped before [`InUse::done`] (the caller
+/// gave up on the call: its fence passed, or its task was aborted), the query may still be
+/// running on the server: it is cancelled there and the connection closed, not handed to the
+/// next caller (which would wait behind it).
+struct InUse {
+    object: Option<deadpool_postgres::Object>,
+}
+
+impl InUse {
+    fn client(&self) -> Result<&deadpool_postgres::ClientWrapper, DbError> {
+        self.object
+            .as_deref()
+            .ok_or_else(|| DbError::Pool("connection already returned".to_owned()))
+    }
+
+    /// The call ended (answered or failed): the connection goes back to the pool.
+    fn done(mut self) {
+        self.object.take();
+    }
+}
+
+impl Drop for InUse {
+    fn drop(&mut self) {
+        let Some(object) = self.object.take() else {
+            return;
+        };
+        let cancel = object.cancel_token();
+        let client = deadpool_postgres::Object::take(object);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                // Best effort: the statement timeout ends the query if this cannot.
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(10), cancel.cancel_query(NoTls)).await;
+                drop(client);
+            });
+        }
+    }
+}
+
+impl Pool {
+    /// The pool (connections are made when first needed). `statement_timeout`: the longest a
+    /// statement of a worker may run on the server.
+    pub fn new(url: &str, size: usize, statement_timeout: Duration) -> Result<Pool, String> {
+        let mut config: tokio_postgres::Config = url.parse().map_err(|_| {
+            "the database URL (--database-url / DATABASE_URL) cannot be parsed".to_owned()
+        })?;
+        // Kept with whatever options the URL gives (a later -c wins).
+        // PostgreSQL takes at most i32::MAX milliseconds (about 24 days).
+        let options = format!(
+            "{} -c statement_timeout={}",
+            config.get_options().unwrap_or(""),
+            statement_timeout.as_millis().clamp(1, i32::MAX as u128)
+        );
+        config.options(options.trim());
+        if config.get_application_name().is_none() {
+            config.application_name("ae-relay");
+        }
+        let manager = deadpool_postgres::Manager::from_config(
+            config,
+            NoTls,
+            deadpool_postgres::ManagerConfig {
+                recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+            },
+        );
+        let pool = deadpool_postgres::Pool::builder(manager)
+            .max_size(size.max(1))
+            .build()
+            .map_err(|error| format!("cannot set up the database connections: {error}"))?;
+        Ok(Pool { pool })
+    }
+
+    async fn take(&self) -> Result<InUse, DbError> {
+        Ok(InUse {
+            object: Some(self.pool.get().await?),
+        })
+    }
+    /// The events after `after` in delivery order: at most `max_events`, and ending after the
+    /// event whose payload reaches `max_bytes` (at least one event).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn fetch(
+        &self,
+        endpoint: &str,
+        endpoint_id: i64,
+        relay: &str,
+        after: Position,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<FetchedRow>, DbError> {
+        let connection = self.take().await?;
+        let client = connection.client()?;
+        let statement = client
+            .prepare_cached(
+                "SELECT epoch, txid::text, id, event_id::text, subscription_key, event_type,
+                        aggregate_id, snapshot_version, payload, deliver, waits_behind, occurred_at
+                   FROM ae_events.relay_fetch($1, $2, $3, $4::text::xid8, $5, $6, $7, $8)",
+            )
+            .await;
+        let rows = match statement {
+            Ok(statement) => {
+                client
+                    .query(
+                        &statement,
+                        &[
+                            &endpoint,
+                            &relay,
+                            &after.epoch,
+                            &after.txid.to_string(),
+                            &after.id,
+                            &count(max_events),
+                            &bytes(max_bytes),
+                            &endpoint_id,
+                        ],
+                    )
+                    .await
+            }
+            Err(error) => Err(error),
+        };
+        connection.done();
+        Ok(rows?
+            .iter()
+            .map(|row| {
+                let deliver: bool = row.get(9);
+                FetchedRow {
+                    position: Position {
+                        epoch: row.get(0),
+                        txid: parse_txid(row.get(1)),
+                        id: row.get(2),
+                    },
+                    event: deliver.then(|| Event {
+                        id: row.get(2),
+                        event_id: row.get(3),
+                        subscription_key: row.get(4),
+                        event_type: row.get(5),
+                        aggregate_id: row.get(6),
+                        snapshot_version: row.get(7),
+                        payload: row.get::<_, Option<String>>(8).unwrap_or_default().into(),
+                        attempts: 0,
+                        occurred_at: row.get(11),
+                    }),
+                    waits_behind: row.get(10),
+                }
+            })
+            .collect())
+    }
+
+    /// Pending rows due now: at most `max_events`, fewer when their payloads reach `max_bytes`.
+    pub async fn due(
+        &self,
+        endpoint: &str,
+        endpoint_id: i64,
+        relay: &str,
+        max_events: usize,
+        busy_instances: &[i64],
+        max_bytes: usize,
+    ) -> Result<Vec<Event>, DbError> {
+        let connection = self.take().await?;
+        let client = connection.client()?;
+        let statement = client
+            .prepare_cached(
+                "SELECT id, event_id::text, subscription_key, event_type, aggregate_id,
+                        snapshot_version, payload, attempts, occurred_at
+                   FROM ae_events.relay_due($1, $2, $3, $4, $5, $6)",
+            )
+            .await;
+        let rows = match statement {
+            Ok(statement) => {
+                client
+                    .query(
+                        &statement,
+                        &[
+                            &endpoint,
+                            &relay,
+                            &count(max_events),
+                            &busy_instances,
+                            &bytes(max_bytes),
+                            &endpoint_id,
+                        ],
+                    )
+                    .await
+            }
+            Err(error) => Err(error),
+        };
+        connection.done();
+        Ok(rows?
+            .iter()
+            .map(|row| Event {
+                id: row.get(0),
+                event_id: row.get(1),
+                subscription_key: row.get(2),
+                event_type: row.get(3),
+                aggregate_id: row.get(4),
+                snapshot_version: row.get(5),
+                payload: row.get::<_, String>(6).into(),
+                attempts: row.get(7),
+                occurred_at: row.get(8),
+            })
+            .collect())
+    }
+
+    /// Write outcomes and move the cursor in one transaction. False: the endpoint is no longer
+    /// this relay's (nothing was written).
+    pub async fn record(
+        &self,
+        endpoint: &str,
+        endpoint_id: i64,
+        relay: &str,
+        outcomes: &[Outcome],
+        cursor: Option<Position>,
+        gone_reason: Option<&str>,
+    ) -> Result<bool, DbError> {
+        let ids: Vec<i64> = outcomes.iter().map(|o| o.outbox_id).collect();
+        let aggregates: Vec<i64> = outcomes.iter().map(|o| o.aggregate_id).collect();
+        let statuses: Vec<&str> = outcomes.iter().map(|o| o.status).collect();
+        let attempts: Vec<i32> = outcomes.iter().map(|o| o.attempts).collect();
+        let attempted_at: Vec<Option<SystemTime>> =
+            outcomes.iter().map(|o| o.attempted_at).collect();
+        let http_statuses: Vec<Option<i32>> = outcomes.iter().map(|o| o.http_status).collect();
+        let errors: Vec<Option<&str>> = outcomes.iter().map(|o| o.error.as_deref()).collect();
+        let next: Vec<Option<SystemTime>> = outcomes.iter().map(|o| o.next_attempt_at).collect();
+        let connection = self.take().await?;
+        let client = connection.client()?;
+        let statement = client
+            .prepare_cached(
+                "SELECT ae_events.relay_record($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
+                                               $11, $12::text::xid8, $13, $14, $15)",
+            )
+            .await;
+        let row = match statement {
+            Ok(statement) => {
+                client
+                    .query_one(
+                        &statement,
+                        &[
+                            &endpoint,
+                            &relay,
+                            &ids,
+                            &aggregates,
+                            &statuses,
+                            &attempts,
+                            &attempted_at,
+                            &http_statuses,
+                            &errors,
+                            &next,
+                            &cursor.map(|c| c.epoch),
+                            &cursor.map(|c| c.txid.to_string()),
+                            &cursor.map(|c| c.id),
+                            &gone_reason,
+                            &endpoint_id,
+                        ],
+                    )
+                    .await
+            }
+            Err(error) => Err(error),
+        };
+        connection.done();
+        Ok(row?.get(0))
+    }
+}
+
+/// A count as the SQL functions take it.
+fn count(n: usize) -> i32 {
+    n.clamp(1, i32::MAX as usize) as i32
+}
+
+fn bytes(n: usize) -> i64 {
+    n.clamp(1, i64::MAX as usize) as i64
 }
 
 /// A fetched row: an event to send, or one the endpoint skips (its position still counts).
@@ -135,6 +449,18 @@ impl Database {
         Ok(statement)
     }
 
+    /// The longest a statement on this connection may run on the server (a call the supervisor
+    /// gave up on does not go on there).
+    pub async fn set_statement_timeout(&self, timeout: Duration) -> Result<(), DbError> {
+        self.client
+            .batch_execute(&format!(
+                "SET statement_timeout = {}",
+                timeout.as_millis().clamp(1, i32::MAX as u128)
+            ))
+            .await?;
+        Ok(())
+    }
+
     pub fn is_closed(&self) -> bool {
         self.client.is_closed()
     }
@@ -149,7 +475,8 @@ impl Database {
             .client
             .query(
                 &self.prepared("SELECT endpoint, url, headers::text, timeout_ms, retry_schedule_ms, retry_jitter,
-                        max_in_flight, secrets, cursor_epoch, cursor_txid::text, cursor_id, rate_limit
+                        max_in_flight, secrets, cursor_epoch, cursor_txid::text, cursor_id, rate_limit,
+                        endpoint_id
                    FROM ae_events.relay_lease($1, make_interval(secs => $2::float8))").await?,
                 &[&relay, &lease.as_secs_f64()],
             )
@@ -163,148 +490,8 @@ impl Database {
                 &self.prepared("SELECT ae_events.relay_release($1)").await?,
                 &[&relay],
             )
-            .await
-            .map(|_| ())
-    }
-
-    pub async fn fetch(
-        &self,
-        endpoint: &str,
-        relay: &str,
-        after: Position,
-        max_events: usize,
-    ) -> Result<Vec<FetchedRow>, DbError> {
-        let rows = self
-            .client
-            .query(
-                &self.prepared("SELECT epoch, txid::text, id, event_id::text, subscription_key, event_type,
-                        aggregate_id, snapshot_version, payload, deliver, waits_behind, occurred_at
-                   FROM ae_events.relay_fetch($1, $2, $3, $4::text::xid8, $5, $6)").await?,
-                &[
-                    &endpoint,
-                    &relay,
-                    &after.epoch,
-                    &after.txid.to_string(),
-                    &after.id,
-                    &(max_events.min(i32::MAX as usize) as i32),
-                ],
-            )
             .await?;
-        Ok(rows
-            .iter()
-            .map(|row| {
-                let deliver: bool = row.get(9);
-                FetchedRow {
-                    position: Position {
-                        epoch: row.get(0),
-                        txid: parse_txid(row.get(1)),
-                        id: row.get(2),
-                    },
-                    event: deliver.then(|| Event {
-                        id: row.get(2),
-                        event_id: row.get(3),
-                        subscription_key: row.get(4),
-                        event_type: row.get(5),
-                        aggregate_id: row.get(6),
-                        snapshot_version: row.get(7),
-                        payload: row.get::<_, Option<String>>(8).unwrap_or_default().into(),
-                        attempts: 0,
-                        occurred_at: row.get(11),
-                    }),
-                    waits_behind: row.get(10),
-                }
-            })
-            .collect())
-    }
-
-    pub async fn due(
-        &self,
-        endpoint: &str,
-        relay: &str,
-        max_events: usize,
-        busy_instances: &[i64],
-    ) -> Result<Vec<Event>, DbError> {
-        let rows = self
-            .client
-            .query(
-                &self
-                    .prepared(
-                        "SELECT id, event_id::text, subscription_key, event_type, aggregate_id,
-                        snapshot_version, payload, attempts, occurred_at
-                   FROM ae_events.relay_due($1, $2, $3, $4)",
-                    )
-                    .await?,
-                &[
-                    &endpoint,
-                    &relay,
-                    &(max_events.min(i32::MAX as usize) as i32),
-                    &busy_instances,
-                ],
-            )
-            .await?;
-        Ok(rows
-            .iter()
-            .map(|row| Event {
-                id: row.get(0),
-                event_id: row.get(1),
-                subscription_key: row.get(2),
-                event_type: row.get(3),
-                aggregate_id: row.get(4),
-                snapshot_version: row.get(5),
-                payload: row.get::<_, String>(6).into(),
-                attempts: row.get(7),
-                occurred_at: row.get(8),
-            })
-            .collect())
-    }
-
-    /// Write outcomes and move the cursor in one transaction. False: the endpoint is no longer
-    /// this relay's (nothing was written).
-    pub async fn record(
-        &self,
-        endpoint: &str,
-        relay: &str,
-        outcomes: &[Outcome],
-        cursor: Option<Position>,
-        gone_reason: Option<&str>,
-    ) -> Result<bool, DbError> {
-        let ids: Vec<i64> = outcomes.iter().map(|o| o.outbox_id).collect();
-        let aggregates: Vec<i64> = outcomes.iter().map(|o| o.aggregate_id).collect();
-        let statuses: Vec<&str> = outcomes.iter().map(|o| o.status).collect();
-        let attempts: Vec<i32> = outcomes.iter().map(|o| o.attempts).collect();
-        let attempted_at: Vec<Option<SystemTime>> =
-            outcomes.iter().map(|o| o.attempted_at).collect();
-        let http_statuses: Vec<Option<i32>> = outcomes.iter().map(|o| o.http_status).collect();
-        let errors: Vec<Option<&str>> = outcomes.iter().map(|o| o.error.as_deref()).collect();
-        let next: Vec<Option<SystemTime>> = outcomes.iter().map(|o| o.next_attempt_at).collect();
-        let row = self
-            .client
-            .query_one(
-                &self
-                    .prepared(
-                        "SELECT ae_events.relay_record($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
-                                               $11, $12::text::xid8, $13, $14)",
-                    )
-                    .await?,
-                &[
-                    &endpoint,
-                    &relay,
-                    &ids,
-                    &aggregates,
-                    &statuses,
-                    &attempts,
-                    &attempted_at,
-                    &http_statuses,
-                    &errors,
-                    &next,
-                    &cursor.map(|c| c.epoch),
-                    &cursor.map(|c| c.txid.to_string()),
-                    &cursor.map(|c| c.id),
-                    &gone_reason,
-                ],
-            )
-            .await?;
-        Ok(row.get(0))
+        Ok(())
     }
 
     /// Per endpoint this relay holds: its backlog, pending deliveries and dead letters.
@@ -404,6 +591,7 @@ fn endpoint_config(row: &Row) -> EndpointConfig {
             id: row.get(10),
         },
         rate_limit: row.get::<_, Option<f64>>(11).filter(|rate| *rate > 0.0),
+        endpoint_id: row.get(12),
     }
 }
 

@@ -22,6 +22,9 @@ pub struct EndpointConfig {
     pub cursor: Position,
     /// Requests per second at most (None: no limit).
     pub rate_limit: Option<f64>,
+    /// Which endpoint of this name (one dropped and created again gets a new id): the relay
+    /// functions refuse calls for another.
+    pub endpoint_id: i64,
 }
 
 /// A place in the outbox's delivery order: epoch (first id of the cluster's range), transaction

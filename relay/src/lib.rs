@@ -9,23 +9,25 @@
 //! (rate limit, circuit breaker), `address_guard` (`--refuse-private-addresses`), `http_sink`
 //! (one attempt over HTTP), `nats_sink` (one publish to NATS JetStream), `sink` (which of the two
 //! an endpoint's URL names), `scheduling` (one endpoint's delivery loop), `supervisor` (leases
-//! and fair shares, workers, reconnects), `metrics` (/metrics, /healthz, /readyz).
+//! and fair shares, workers, reconnects), `sockets` (the file descriptor limit and the socket
+//! budget), `metrics` (/metrics, /healthz, /readyz).
 
 pub mod address_guard;
 pub mod config;
 pub mod config_file;
 pub mod database;
 pub mod endpoint;
-pub mod http_sink;
 pub mod failpoint;
-pub mod metrics;
+pub mod http_sink;
 pub mod logging;
+pub mod metrics;
 pub mod nats_sink;
 pub mod protection;
 pub mod retry;
 pub mod scheduling;
 pub mod signing;
 pub mod sink;
+pub mod sockets;
 pub mod supervisor;
 
 /// The `user-agent` of every request (webhooks.md §2).

@@ -65,6 +65,18 @@ enum Command {
         /// Events held in memory per endpoint at most (fetched, not finished).
         #[arg(long, default_value_t = 2000, value_parser = parse_positive)]
         window: usize,
+        /// Payload bytes held in memory per endpoint at most (about: a fetch ends after the
+        /// event that reaches it, and always brings one event), e.g. 64MiB, 500MB.
+        #[arg(long, default_value = "64MiB", value_parser = ae_relay::config::parse_size)]
+        window_bytes: usize,
+        /// Database connections for the endpoints' calls (fetch, due, record); the relay has
+        /// one more of its own for leases and notifications.
+        #[arg(long, default_value_t = 8, value_parser = parse_positive)]
+        database_connections: usize,
+        /// The longest an endpoint's database call may run on the server (statement_timeout of
+        /// its connections).
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        statement_timeout: Duration,
         /// On SIGTERM/SIGINT, how long requests in flight may take to finish and be recorded.
         #[arg(long, default_value = "30s", value_parser = parse_duration)]
         shutdown_deadline: Duration,
@@ -91,6 +103,11 @@ enum Command {
         /// connection time (a refused attempt fails and is retried like any other).
         #[arg(long)]
         refuse_private_addresses: bool,
+        /// Also connect to the NATS servers that a NATS server advertises (its cluster's
+        /// `connect_urls`); off: only the endpoint URL's server. Ignored with
+        /// --refuse-private-addresses, whose check those addresses would escape.
+        #[arg(long)]
+        nats_follow_discovered_servers: bool,
         /// TOML file of settings: keys are these options' long names (lease = "6s"); the
         /// command line and the environment override it.
         #[arg(long, env = "AE_RELAY_CONFIG", value_name = "FILE")]
@@ -103,11 +120,6 @@ enum Command {
     },
 }
 
-        /// Also connect to the NATS servers that a NATS server advertises (its cluster's
-        /// `connect_urls`); off: only the endpoint URL's server. Ignored with
-        /// --refuse-private-addresses, whose check those addresses would escape.
-        #[arg(long)]
-        nats_follow_discovered_servers: bool,
 /// A CA bundle is read at start, so that a bad one is refused then, naming the file.
 fn parse_ca_bundle(text: &str) -> Result<PathBuf, String> {
     let path = PathBuf::from(text);
@@ -189,6 +201,9 @@ async fn main() -> ExitCode {
             poll_interval,
             channel,
             window,
+            window_bytes,
+            database_connections,
+            statement_timeout,
             shutdown_deadline,
             metrics_address,
             breaker_failures,
@@ -196,6 +211,7 @@ async fn main() -> ExitCode {
             breaker_max_cooldown,
             ca_bundle,
             refuse_private_addresses,
+            nats_follow_discovered_servers,
             config: _,
         } => {
             // Every setting with its source; the database URL shows as (hidden).
@@ -206,16 +222,19 @@ async fn main() -> ExitCode {
             config.poll_interval = poll_interval;
             config.channel = channel;
             config.window = window.max(1);
+            config.window_bytes = window_bytes;
+            config.database_connections = database_connections;
+            config.statement_timeout = statement_timeout;
             config.shutdown_deadline = shutdown_deadline;
             config.metrics_address = metrics_address;
             config.breaker = ae_relay::protection::BreakerSettings {
                 failures: breaker_failures,
                 cooldown: breaker_cooldown,
-            nats_follow_discovered_servers,
                 max_cooldown: breaker_max_cooldown.max(breaker_cooldown),
             };
             config.ca_bundle = ca_bundle;
             config.refuse_private_addresses = refuse_private_addresses;
+            config.nats_follow_discovered_servers = nats_follow_discovered_servers;
             config.fetch_batch = config.fetch_batch.min(config.window);
             match ae_relay::supervisor::run(config).await {
                 Ok(()) => ExitCode::SUCCESS,
@@ -234,7 +253,6 @@ async fn check(url: &str) -> ExitCode {
         Ok(connected) => connected,
         Err(error) => {
             println!("cannot connect: {}", escape(&error.to_string()));
-            config.nats_follow_discovered_servers = nats_follow_discovered_servers;
             return ExitCode::FAILURE;
         }
     };
@@ -264,6 +282,7 @@ async fn check(url: &str) -> ExitCode {
     let enabled = report.endpoints.iter().filter(|e| e.1).count();
     println!("{} endpoints, {enabled} enabled", report.endpoints.len());
     for (name, is_enabled, reason, relay) in &report.endpoints {
+        // Names, reasons and relay ids come from the database: escaped, one line each.
         let state = if *is_enabled {
             "enabled".to_owned()
         } else {
@@ -282,7 +301,6 @@ async fn check(url: &str) -> ExitCode {
         );
     }
     ExitCode::SUCCESS
-        // Names, reasons and relay ids come from the database: escaped, one line each.
 }
 
 #[cfg(test)]
@@ -299,8 +317,6 @@ mod tests {
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("3d").is_err());
-    }
-}
         // Nothing a deadline cannot hold, nothing a timer cannot act on, and no panic.
         for text in [
             "1e300",
@@ -322,3 +338,5 @@ mod tests {
         assert_eq!(super::parse_lease("1s"), Ok(Duration::from_secs(1)));
         assert!(super::parse_positive("0").is_err());
         assert_eq!(super::parse_positive("5"), Ok(5));
+    }
+}

@@ -8,12 +8,20 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use std::collections::HashSet;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EndpointLabel {
     pub endpoint: String,
+}
+
+/// What the relay refused or held back for want of file descriptors.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabel {
+    /// request (waited for a socket), metrics_connection (closed at once).
+    pub what: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -60,6 +68,11 @@ pub struct Metrics {
     pub circuit_state: Family<EndpointLabel, Gauge>,
     pub circuit_opened: Family<EndpointLabel, Counter>,
     pub endpoints_held: Gauge,
+    /// Sockets for all endpoints' requests together (sockets::Plan).
+    pub socket_budget: Gauge,
+    pub refused: Family<RefusedLabel, Counter>,
+    /// When a refused metrics connection was last logged.
+    metrics_refusal_logged: Mutex<Option<std::time::Instant>>,
     /// Connected, and the last lease round succeeded.
     pub ready: AtomicBool,
     /// The endpoints whose backlog series were set last (removed when no longer held).
@@ -87,6 +100,18 @@ impl Metrics {
         let circuit_state = Family::<EndpointLabel, Gauge>::default();
         let circuit_opened = Family::<EndpointLabel, Counter>::default();
         let endpoints_held = Gauge::default();
+        let socket_budget = Gauge::default();
+        let refused = Family::<RefusedLabel, Counter>::default();
+        registry.register(
+            "socket_budget",
+            "Sockets all endpoints' requests may hold together (below the limit on open files)",
+            socket_budget.clone(),
+        );
+        registry.register(
+            "refused",
+            "Requests held back because every socket of the budget was in use, and metrics connections closed because all were taken",
+            refused.clone(),
+        );
         registry.register(
             "attempts",
             "Attempts by endpoint and outcome",
@@ -155,6 +180,9 @@ impl Metrics {
             circuit_state,
             circuit_opened,
             endpoints_held,
+            socket_budget,
+            refused,
+            metrics_refusal_logged: Mutex::new(None),
             ready: AtomicBool::new(false),
             status_reported: Mutex::new(HashSet::new()),
         })
@@ -231,16 +259,163 @@ impl Metrics {
         }
     }
 
+    /// Count one refusal (`request`, `metrics_connection`).
+    pub fn refused(&self, what: &str) {
+        self.refused
+            .get_or_create(&RefusedLabel {
+                what: what.to_owned(),
+            })
+            .inc();
+    }
+
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
     }
 }
 
-/// Serve /metrics, /healthz and /readyz until the process ends.
-pub async fn serve(address: std::net::SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
+/// The metrics listener: at most `slots` connections at once, each for at most `lifetime`;
+/// one more is accepted and closed at once (counted, logged at most every 10 s), so that idle
+/// or slow clients cannot use up the relay's file descriptors.
+struct BoundedListener {
+    listener: tokio::net::TcpListener,
+    slots: Arc<tokio::sync::Semaphore>,
+    connections: usize,
+    lifetime: std::time::Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl axum::serve::Listener for BoundedListener {
+    type Io = BoundedConnection;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (BoundedConnection, std::net::SocketAddr) {
+        loop {
+            match self.listener.accept().await {
+                Ok((stream, peer)) => match self.slots.clone().try_acquire_owned() {
+                    Ok(slot) => {
+                        let deadline = Box::pin(tokio::time::sleep(self.lifetime));
+                        return (
+                            BoundedConnection {
+                                stream,
+                                _slot: slot,
+                                deadline,
+                            },
+                            peer,
+                        );
+                    }
+                    Err(_) => {
+                        drop(stream);
+                        self.metrics.refused("metrics_connection");
+                        self.log_refusal();
+                    }
+                },
+                // Out of descriptors, or the peer gave up: wait a little and go on.
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+impl BoundedListener {
+    fn log_refusal(&self) {
+        if let Ok(mut last) = self.metrics.metrics_refusal_logged.lock() {
+            let now = std::time::Instant::now();
+            if last.is_none_or(|at| now.duration_since(at) >= std::time::Duration::from_secs(10)) {
+                *last = Some(now);
+                tracing::warn!(
+                    connections = self.slots_total(),
+                    "metrics listener: every connection slot is taken; further connections are closed"
+                );
+            }
+        }
+    }
+
+    fn slots_total(&self) -> usize {
+        self.connections
+    }
+}
+
+/// An accepted metrics connection: holds its slot; reads and writes fail once its lifetime is
+/// over, which closes it.
+struct BoundedConnection {
+    stream: tokio::net::TcpStream,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl BoundedConnection {
+    fn expired(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        self.deadline.as_mut().poll(cx).is_ready()
+    }
+}
+
+fn lifetime_over() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "metrics connection open too long",
+    )
+}
+
+impl tokio::io::AsyncRead for BoundedConnection {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.expired(cx) {
+            return std::task::Poll::Ready(Err(lifetime_over()));
+        }
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for BoundedConnection {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.expired(cx) {
+            return std::task::Poll::Ready(Err(lifetime_over()));
+        }
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// Serve /metrics, /healthz and /readyz until the process ends, on at most `connections`
+/// connections at once.
+pub async fn serve(
+    address: std::net::SocketAddr,
+    metrics: Arc<Metrics>,
+    connections: usize,
+) -> std::io::Result<()> {
     use axum::http::{header, StatusCode};
     use axum::routing::get;
-    let listener = tokio::net::TcpListener::bind(address).await?;
+    let listener = BoundedListener {
+        listener: tokio::net::TcpListener::bind(address).await?,
+        slots: Arc::new(tokio::sync::Semaphore::new(connections.max(1))),
+        connections: connections.max(1),
+        lifetime: crate::sockets::METRICS_CONNECTION_LIFETIME,
+        metrics: metrics.clone(),
+    };
     let app = axum::Router::new()
         .route(
             "/metrics",

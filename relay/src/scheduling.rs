@@ -12,12 +12,13 @@
 //! - Pending rows (retries, parked events, redeliveries, replays) come from `relay_due`.
 
 use crate::config::RelayConfig;
-use crate::database::{Database, DbError, Outcome};
+use crate::database::{DbError, Outcome, Pool};
 use crate::endpoint::{EndpointConfig, Event, Position};
 use crate::metrics::{EndpointMetrics, Metrics};
 use crate::protection::{Gate, Transition};
 use crate::retry;
 use crate::sink::{Attempt, Sinks};
+use crate::sockets::SocketBudget;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -82,7 +83,14 @@ async fn written(writing: &mut Option<Writing>) -> Result<bool, DbError> {
 }
 
 pub struct Worker {
-    db: Arc<Database>,
+    db: Pool,
+    /// The relay's sockets for requests: this worker's share, and permits for its requests.
+    sockets: Arc<SocketBudget>,
+    /// One permit per request in flight (released as requests settle).
+    permits: Vec<tokio::sync::OwnedSemaphorePermit>,
+    /// Payload bytes of the events this worker holds (queued, in flight): at most about
+    /// `--window-bytes`.
+    held_bytes: usize,
     sinks: Sinks,
     relay: RelayConfig,
     config: watch::Receiver<Arc<EndpointConfig>>,
@@ -128,7 +136,8 @@ pub struct Worker {
 /// What every worker of a relay shares.
 #[derive(Clone)]
 pub struct Shared {
-    pub db: Arc<Database>,
+    pub db: Pool,
+    pub sockets: Arc<SocketBudget>,
     pub sinks: Sinks,
     pub relay: RelayConfig,
     pub metrics: Arc<Metrics>,
@@ -150,6 +159,7 @@ impl Worker {
     ) -> Worker {
         let Shared {
             db,
+            sockets,
             sinks,
             relay,
             metrics,
@@ -166,6 +176,9 @@ impl Worker {
         let now = Instant::now();
         Worker {
             db,
+            sockets,
+            permits: Vec::new(),
+            held_bytes: 0,
             sinks,
             relay,
             config,
@@ -197,6 +210,22 @@ impl Worker {
 
     fn name(&self) -> String {
         self.config.borrow().name.clone()
+    }
+
+    /// The endpoint's name and id, as the relay functions take them.
+    fn identity(&self) -> (String, i64) {
+        let config = self.config.borrow();
+        (config.name.clone(), config.endpoint_id)
+    }
+
+    /// Requests in flight at most: the endpoint's max_in_flight, within its share of the
+    /// relay's sockets.
+    fn limit(&self) -> usize {
+        self.config
+            .borrow()
+            .max_in_flight
+            .min(self.sockets.share())
+            .max(1)
     }
 
     /// Deliver until the endpoint is gone, no longer held, or the relay shuts down.
@@ -251,7 +280,7 @@ impl Worker {
             // Wake for what can happen then: a poll, a due check when a request could start,
             // a flush (not while stopping). A deadline already past would spin the loop.
             let mut deadline = self.next_poll;
-            if !stopping && self.in_flight.len() < self.config.borrow().max_in_flight {
+            if !stopping && self.in_flight.len() < self.limit() {
                 deadline = deadline.min(self.next_due_check);
             }
             if let (false, true, Some(oldest)) =
@@ -260,16 +289,15 @@ impl Worker {
                 deadline = deadline.min(oldest + FLUSH_AGE);
             }
             // Requests held back by the rate limit or an open circuit: wake when one may go.
-            if !stopping
-                && !self.ready.is_empty()
-                && self.in_flight.len() < self.config.borrow().max_in_flight
-            {
+            if !stopping && !self.ready.is_empty() && self.in_flight.len() < self.limit() {
                 if let Some(chance) = self.gate.next_chance(Instant::now()) {
                     deadline = deadline.min(chance);
                 }
             }
-            let more_to_fetch =
-                !stopping && !self.caught_up && self.window.len() < self.relay.window;
+            let more_to_fetch = !stopping
+                && !self.caught_up
+                && self.window.len() < self.relay.window
+                && self.held_bytes < self.relay.window_bytes;
             if more_to_fetch {
                 continue;
             }
@@ -277,11 +305,15 @@ impl Worker {
             tokio::select! {
                 Some(joined) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {
                     if let Ok((source, event, at, took, attempt)) = joined {
+                        self.held_bytes = self.held_bytes.saturating_sub(event.payload.len());
                         self.settle(source, event, at, took, attempt);
                     }
                     while let Some(Ok((source, event, at, took, attempt))) = self.in_flight.try_join_next() {
+                        self.held_bytes = self.held_bytes.saturating_sub(event.payload.len());
                         self.settle(source, event, at, took, attempt);
                     }
+                    // A socket per request in flight: the others go back to the relay's budget.
+                    self.permits.truncate(self.in_flight.len());
                 }
                 changed = self.woken.changed(), if !self.signals_closed => {
                     match changed {
@@ -322,16 +354,30 @@ impl Worker {
 
     async fn fetch_if_needed(&mut self) -> Result<(), DbError> {
         let room = self.relay.window.saturating_sub(self.window.len());
-        if self.caught_up || room == 0 {
+        let room_bytes = self.relay.window_bytes.saturating_sub(self.held_bytes);
+        if self.caught_up || room == 0 || room_bytes == 0 {
             return Ok(());
         }
         let asked = room.min(self.relay.fetch_batch);
-        let name = self.name();
+        let (name, endpoint_id) = self.identity();
         let rows = self
             .db
-            .fetch(&name, &self.relay.relay_id, self.fetched_through, asked)
+            .fetch(
+                &name,
+                endpoint_id,
+                &self.relay.relay_id,
+                self.fetched_through,
+                asked,
+                room_bytes,
+            )
             .await?;
-        self.caught_up = rows.len() < asked;
+        // Fewer rows than asked: caught up, unless the batch ended on the byte bound.
+        let bytes: usize = rows
+            .iter()
+            .filter_map(|row| row.event.as_ref())
+            .map(|event| event.payload.len())
+            .sum();
+        self.caught_up = rows.len() < asked && bytes < room_bytes;
         for row in rows {
             self.fetched_through = row.position;
             let sequence = self.first_slot + self.window.len() as u64;
@@ -340,6 +386,7 @@ impl Worker {
                 finished: row.event.is_none(),
             });
             let Some(event) = row.event else { continue };
+            self.held_bytes += event.payload.len();
             let instance = event.aggregate_id;
             let parked_unwritten = self.parked_unwritten.contains(&instance)
                 || self
@@ -380,6 +427,7 @@ impl Worker {
     /// whichever relay holds the endpoint next.
     fn lapse(&mut self) -> Stopped {
         self.in_flight.abort_all();
+        self.permits.clear();
         if let Some(writing) = self.writing.take() {
             writing.task.abort();
         }
@@ -394,10 +442,8 @@ impl Worker {
 
     /// Start the heads of ready instances, up to max_in_flight, as the gate allows.
     fn dispatch_ready(&mut self) {
-        let (limit, rate_limit) = {
-            let config = self.config.borrow();
-            (config.max_in_flight, config.rate_limit)
-        };
+        let limit = self.limit();
+        let rate_limit = self.config.borrow().rate_limit;
         self.gate.set_rate_limit(rate_limit);
         if !self.lease_covers_a_request() {
             return;
@@ -414,10 +460,16 @@ impl Worker {
             else {
                 continue;
             };
+            let Some(permit) = self.sockets.try_acquire() else {
+                self.ready.push_front(instance);
+                self.sockets.held_back();
+                break;
+            };
             if !self.try_pass_gate() {
                 self.ready.push_front(instance);
                 break;
             }
+            self.permits.push(permit);
             self.start(Source::Fresh(sequence), event);
         }
     }
@@ -425,14 +477,27 @@ impl Worker {
     /// Start pending rows that are due (retries, parked events, redeliveries).
     async fn dispatch_due(&mut self) -> Result<(), DbError> {
         let now = Instant::now();
-        let limit = self.config.borrow().max_in_flight;
+        let limit = self.limit();
         if now < self.next_due_check
             || self.in_flight.len() >= limit
             || !self.lease_covers_a_request()
         {
             return Ok(());
         }
-        let room = (limit - self.in_flight.len()).min(self.gate.room(now));
+        // Held back by memory or sockets: looked at again at the next poll (not at once: a due
+        // check in the past would spin the loop).
+        let room_bytes = self.relay.window_bytes.saturating_sub(self.held_bytes);
+        let sockets = self.sockets.available();
+        if room_bytes == 0 || sockets == 0 {
+            if sockets == 0 {
+                self.sockets.held_back();
+            }
+            self.next_due_check = now + self.relay.poll_interval;
+            return Ok(());
+        }
+        let room = (limit - self.in_flight.len())
+            .min(self.gate.room(now))
+            .min(sockets);
         if room == 0 {
             self.next_due_check = self
                 .gate
@@ -444,10 +509,17 @@ impl Worker {
         if let Some(writing) = &self.writing {
             busy.extend(writing.unwritten.iter().copied());
         }
-        let name = self.name();
+        let (name, endpoint_id) = self.identity();
         let due = self
             .db
-            .due(&name, &self.relay.relay_id, room, &busy)
+            .due(
+                &name,
+                endpoint_id,
+                &self.relay.relay_id,
+                room,
+                &busy,
+                room_bytes,
+            )
             .await?;
         self.next_due_check = if due.len() == room {
             now
@@ -458,11 +530,17 @@ impl Worker {
             if self.busy.contains(&event.aggregate_id) {
                 continue;
             }
+            let Some(permit) = self.sockets.try_acquire() else {
+                self.next_due_check = now + self.relay.poll_interval;
+                break;
+            };
             if !self.try_pass_gate() {
                 // The rest are due still: asked for again when the gate opens.
                 self.next_due_check = self.gate.next_chance(Instant::now()).unwrap_or(now);
                 break;
             }
+            self.permits.push(permit);
+            self.held_bytes += event.payload.len();
             self.start(Source::Pending, event);
         }
         Ok(())
@@ -616,6 +694,8 @@ impl Worker {
 
     /// A fresh event that must wait behind a pending one of its instance.
     fn park(&mut self, sequence: u64, event: Event) {
+        // Not kept: relay_due hands it out again when its turn comes.
+        self.held_bytes = self.held_bytes.saturating_sub(event.payload.len());
         self.push_outcome(Outcome {
             outbox_id: event.id,
             aggregate_id: event.aggregate_id,
@@ -661,16 +741,23 @@ impl Worker {
             .map(|last| self.window[last].position);
         let outcomes = std::mem::take(&mut self.outcomes);
         self.oldest_outcome = None;
-        let (db, name, relay, gone) = (
+        let (name, endpoint_id) = self.identity();
+        let (db, relay, gone) = (
             self.db.clone(),
-            self.name(),
             self.relay.relay_id.clone(),
             self.gone.clone(),
         );
         self.writing = Some(Writing {
             task: tokio::spawn(async move {
-                db.record(&name, &relay, &outcomes, cursor, gone.as_deref())
-                    .await
+                db.record(
+                    &name,
+                    endpoint_id,
+                    &relay,
+                    &outcomes,
+                    cursor,
+                    gone.as_deref(),
+                )
+                .await
             }),
             finished,
             unwritten: std::mem::take(&mut self.unwritten),

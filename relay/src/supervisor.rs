@@ -3,12 +3,13 @@
 //! in-flight requests finish and giving its endpoints back.
 
 use crate::config::RelayConfig;
-use crate::database::{describe, Database, DbError};
+use crate::database::{describe, Database, DbError, Pool};
 use crate::endpoint::EndpointConfig;
-use crate::http_sink;
+use crate::failpoint::At;
 use crate::metrics::Metrics;
 use crate::scheduling::{Shared, Signals, Stopped, Worker};
 use crate::sink::Sinks;
+use crate::sockets::{self, SocketBudget};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +18,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 struct RunningWorker {
+    /// Which endpoint of its name it serves.
+    endpoint_id: i64,
     config: watch::Sender<Arc<EndpointConfig>>,
     /// Until when its endpoint's lease surely holds; renewed only while the endpoint is held,
     /// so a worker that is handing its endpoint over stops sending before the lease runs out.
@@ -35,7 +38,21 @@ enum Ended {
 /// Run until SIGINT/SIGTERM.
 pub async fn run(config: RelayConfig) -> Result<(), Box<dyn std::error::Error>> {
     crate::database::check_url(&config.database_url)?;
-    let sinks = Sinks::new(http_sink::HttpClient::new(&config)?);
+    // Before any socket is opened: what the relay may open, and how it is split.
+    let plan = sockets::Plan::new(sockets::raise_file_limit(), config.database_connections);
+    tracing::info!(
+        open_files = plan.file_limit,
+        reserved = plan.reserved,
+        metrics_connections = plan.metrics_connections,
+        request_sockets = plan.requests,
+        "file descriptors"
+    );
+    let pool = Pool::new(
+        &config.database_url,
+        config.database_connections,
+        config.statement_timeout,
+    )?;
+    let sinks = Sinks::new(&config)?;
     let (shutdown_tx, shutdown) = watch::channel(false);
     // Registered before anything else (not when the task first runs): a SIGTERM that comes
     // while the relay starts is a stop, not the default death.
@@ -52,10 +69,15 @@ pub async fn run(config: RelayConfig) -> Result<(), Box<dyn std::error::Error>> 
     });
     tracing::info!(relay = %config.relay_id, "ae-relay starting");
     let metrics = Metrics::new();
+    let sockets = SocketBudget::new(&plan, metrics.clone());
     if let Some(address) = config.metrics_address {
         let metrics = metrics.clone();
         // Bind now, so that a bad address stops the relay at start.
-        let server = tokio::spawn(crate::metrics::serve(address, metrics));
+        let server = tokio::spawn(crate::metrics::serve(
+            address,
+            metrics,
+            plan.metrics_connections,
+        ));
         tokio::task::yield_now().await;
         if server.is_finished() {
             if let Ok(Err(error)) = server.await {
@@ -75,9 +97,14 @@ pub async fn run(config: RelayConfig) -> Result<(), Box<dyn std::error::Error>> 
                     &config,
                     db,
                     woken,
-                    sinks.clone(),
+                    Shared {
+                        db: pool.clone(),
+                        sockets: sockets.clone(),
+                        sinks: sinks.clone(),
+                        relay: config.clone(),
+                        metrics: metrics.clone(),
+                    },
                     shutdown.clone(),
-                    metrics.clone(),
                 )
                 .await
                 {
@@ -104,14 +131,22 @@ async fn serve(
     config: &RelayConfig,
     db: Arc<Database>,
     woken: watch::Receiver<u64>,
-    sinks: Sinks,
+    shared: Shared,
     mut shutdown: watch::Receiver<bool>,
-    metrics: Arc<Metrics>,
 ) -> Ended {
+    let metrics: Arc<Metrics> = shared.metrics.clone();
     let mut workers: HashMap<String, RunningWorker> = HashMap::new();
-    // Workers of endpoints this relay gave up (its fair share shrank): they finish and end.
-    let mut handing_over: HashMap<String, RunningWorker> = HashMap::new();
+    // Workers of endpoints this relay gave up (its fair share shrank, or the endpoint was
+    // dropped and created again under its name): they finish and end. By name and id.
+    let mut handing_over: HashMap<(String, i64), RunningWorker> = HashMap::new();
+    // Endpoints whose worker panicked: not restarted before the time, which doubles with each
+    // panic in a row, so that one that panics every time does not spin.
+    let mut restart_after: HashMap<String, (Instant, Duration)> = HashMap::new();
     let renew_every = config.lease / 3;
+    // A lease call the supervisor gives up on (it reconnects) does not go on on the server.
+    if let Err(error) = db.set_statement_timeout(renew_every).await {
+        return Ended::Lost(describe(&error));
+    }
     let ended = loop {
         if db.connection.is_finished() || db.is_closed() {
             break Ended::Lost("connection closed".to_owned());
@@ -135,6 +170,7 @@ async fn serve(
                 let valid_until = asked_at + config.lease;
                 metrics.set_ready(true);
                 metrics.endpoints_held.set(held.len() as i64);
+                shared.sockets.set_endpoints(held.len());
                 // The backlog gauges cost a query per round (counting events after each
                 // cursor): only when /metrics is served. Bounded like the lease call: a hanging
                 // one means the connection is lost.
@@ -160,6 +196,19 @@ async fn serve(
                 }
                 let names: Vec<String> = held.iter().map(|e| e.name.clone()).collect();
                 for endpoint in held {
+                    // The name now names another endpoint (dropped and created again): the old
+                    // one's worker stops (its requests in flight finish; the database refuses
+                    // its outcomes) and a new one starts from the new endpoint's cursor.
+                    if workers
+                        .get(&endpoint.name)
+                        .is_some_and(|worker| worker.endpoint_id != endpoint.endpoint_id)
+                    {
+                        if let Some(old) = workers.remove(&endpoint.name) {
+                            let _ = old.stop.send(true);
+                            tracing::info!(endpoint = %endpoint.name, "endpoint created again: its old worker stops");
+                            handing_over.insert((endpoint.name.clone(), old.endpoint_id), old);
+                        }
+                    }
                     if let Some(worker) = workers.get(&endpoint.name) {
                         if !worker.task.is_finished() {
                             let _ = worker.lease_valid_until.send(valid_until);
@@ -179,34 +228,43 @@ async fn serve(
                         }
                     }
                     if let Some(old) = workers.remove(&endpoint.name) {
-                        report(&endpoint.name, old.task.await);
+                        if report(&endpoint.name, old.task.await) {
+                            pause_after_panic(&mut restart_after, &endpoint.name);
+                        }
+                    }
+                    if restart_after
+                        .get(&endpoint.name)
+                        .is_some_and(|(after, _)| Instant::now() < *after)
+                    {
+                        continue;
                     }
                     tracing::info!(endpoint = %endpoint.name, url = %endpoint.url, "serving endpoint");
                     let name = endpoint.name.clone();
+                    let endpoint_id = endpoint.endpoint_id;
                     let (config_tx, config_rx) = watch::channel(Arc::new(endpoint));
                     let (lease_tx, lease_rx) = watch::channel(valid_until);
                     let (stop_tx, stop_rx) = watch::channel(*shutdown.borrow());
-                    let worker = Worker::new(
-                        Shared {
-                            db: db.clone(),
-                            sinks: sinks.clone(),
-                            relay: config.clone(),
-                            metrics: metrics.clone(),
-                        },
-                        config_rx,
-                        Signals {
-                            woken: woken.clone(),
-                            shutdown: stop_rx,
-                            lease_valid_until: lease_rx,
-                        },
-                    );
+                    let shared = shared.clone();
+                    let signals = Signals {
+                        woken: woken.clone(),
+                        shutdown: stop_rx,
+                        lease_valid_until: lease_rx,
+                    };
+                    // Built inside its task: a panic there (an endpoint setting the worker
+                    // cannot take) ends that task only, not the relay (reported as a JoinError).
+                    let task = tokio::spawn(async move {
+                        let name = config_rx.borrow().name.clone();
+                        crate::failpoint::check(At::WorkerStart, &name);
+                        Worker::new(shared, config_rx, signals).run().await
+                    });
                     workers.insert(
                         name,
                         RunningWorker {
+                            endpoint_id,
                             config: config_tx,
                             lease_valid_until: lease_tx,
                             stop: stop_tx,
-                            task: tokio::spawn(worker.run()),
+                            task,
                         },
                     );
                 }
@@ -225,7 +283,8 @@ async fn serve(
                         tracing::info!(endpoint = %name, "no longer serving endpoint");
                         // One handed over earlier has ended by now (within its lease, before
                         // the endpoint could come back): say how.
-                        if let Some(earlier) = handing_over.insert(name.clone(), worker) {
+                        let key = (name.clone(), worker.endpoint_id);
+                        if let Some(earlier) = handing_over.insert(key, worker) {
                             report(&name, earlier.task.await);
                         }
                     }
@@ -237,7 +296,9 @@ async fn serve(
             }
         }
         // A worker that ended: say why; the next lease round starts a new one if still held.
-        report_ended(&mut workers).await;
+        for name in report_ended(&mut workers).await {
+            pause_after_panic(&mut restart_after, &name);
+        }
         report_ended(&mut handing_over).await;
         tokio::select! {
             _ = tokio::time::sleep(renew_every) => {}
@@ -252,9 +313,16 @@ async fn serve(
             for worker in workers.values().chain(handing_over.values()) {
                 let _ = worker.stop.send(true);
             }
-            for (name, mut worker) in workers.drain().chain(handing_over.drain()) {
+            let all = workers.drain().chain(
+                handing_over
+                    .drain()
+                    .map(|((name, _), worker)| (name, worker)),
+            );
+            for (name, mut worker) in all {
                 match tokio::time::timeout_at(deadline, &mut worker.task).await {
-                    Ok(result) => report(&name, result),
+                    Ok(result) => {
+                        report(&name, result);
+                    }
                     Err(_) => {
                         worker.task.abort();
                         tracing::warn!(endpoint = %name, "shutdown deadline passed; requests in flight abandoned");
@@ -270,7 +338,7 @@ async fn serve(
         lost => {
             metrics.set_ready(false);
             metrics.endpoints_held.set(0);
-            for (_, worker) in workers.drain().chain(handing_over.drain()) {
+            for worker in workers.into_values().chain(handing_over.into_values()) {
                 worker.task.abort();
             }
             lost
@@ -278,21 +346,64 @@ async fn serve(
     }
 }
 
-/// Remove the workers that ended and say why each did.
-async fn report_ended(workers: &mut HashMap<String, RunningWorker>) {
-    let ended: Vec<String> = workers
+/// The pause before restarting a worker that panicked, doubled for each panic in a row.
+const PANIC_BACKOFF_FIRST: Duration = Duration::from_secs(1);
+const PANIC_BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// A worker of the endpoint panicked: no new one before a pause, twice the last one.
+fn pause_after_panic(restart_after: &mut HashMap<String, (Instant, Duration)>, name: &str) {
+    let delay = restart_after
+        .get(name)
+        .map_or(PANIC_BACKOFF_FIRST, |(_, last)| {
+            (*last * 2).min(PANIC_BACKOFF_MAX)
+        });
+    tracing::warn!(endpoint = %name, retry_in_ms = delay.as_millis() as u64, "endpoint worker restarts after a pause");
+    restart_after.insert(name.to_owned(), (Instant::now() + delay, delay));
+}
+
+/// Remove the workers that ended and say why each did; the names of those that panicked.
+async fn report_ended<K: Clone + Eq + std::hash::Hash + EndpointKey>(
+    workers: &mut HashMap<K, RunningWorker>,
+) -> Vec<String> {
+    let mut panicked = Vec::new();
+    let ended: Vec<K> = workers
         .iter()
         .filter(|(_, worker)| worker.task.is_finished())
-        .map(|(name, _)| name.clone())
+        .map(|(key, _)| key.clone())
         .collect();
-    for name in ended {
-        if let Some(worker) = workers.remove(&name) {
-            report(&name, worker.task.await);
+    for key in ended {
+        if let Some(worker) = workers.remove(&key) {
+            if report(key.name(), worker.task.await) {
+                panicked.push(key.name().to_owned());
+            }
         }
+    }
+    panicked
+}
+
+/// The endpoint name of a worker's key (workers by name, those handed over by name and id).
+trait EndpointKey {
+    fn name(&self) -> &str;
+}
+
+impl EndpointKey for String {
+    fn name(&self) -> &str {
+        self
     }
 }
 
-fn report(name: &str, result: Result<Result<Stopped, DbError>, tokio::task::JoinError>) {
+impl EndpointKey for (String, i64) {
+    fn name(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Log how a worker ended; true when it panicked.
+fn report(name: &str, result: Result<Result<Stopped, DbError>, tokio::task::JoinError>) -> bool {
+    if matches!(&result, Err(error) if error.is_panic()) {
+        tracing::error!(endpoint = %name, "endpoint worker panicked; restarting it");
+        return true;
+    }
     match result {
         Ok(Ok(Stopped::Gone)) => {
             tracing::warn!(endpoint = %name, "receiver answered 410 Gone: endpoint disabled")
@@ -308,11 +419,9 @@ fn report(name: &str, result: Result<Result<Stopped, DbError>, tokio::task::Join
         Ok(Err(error)) => {
             tracing::warn!(endpoint = %name, error = %describe(&error), "endpoint worker failed; restarting it")
         }
-        Err(error) if error.is_cancelled() => {}
-        Err(error) => {
-            tracing::error!(endpoint = %name, %error, "endpoint worker panicked; restarting it")
-        }
+        Err(_) => {}
     }
+    false
 }
 
 /// SIGTERM and SIGINT.
