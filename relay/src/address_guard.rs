@@ -2,13 +2,13 @@
 //! (loopback, private, link-local with the cloud metadata service, and the like), so that
 //! whoever sets an endpoint URL cannot make the relay reach them (SSRF).
 //!
-//! The check is on the addresses the connection uses: a DNS resolver that drops the refused
-//! ones (a name that resolves to a public address when checked and a private one when connected
-//! cannot slip through: there is one resolution, and it is the one connected to), and a check of
-//! IP-literal hosts, which the HTTP client connects to without resolving.
+//! The check is on the addresses the connection uses: the connectors (HTTP: transport.rs, NATS:
+//! nats_sink.rs) resolve a name once, drop the refused addresses and connect only to the ones
+//! left (a name that resolves to a public address when checked and a private one when connected
+//! cannot slip through: there is one resolution, and it is the one connected to); an IP-literal
+//! host is checked as it is.
 
 use ipnet::{Ipv4Net, Ipv6Net};
-use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -204,25 +204,6 @@ pub fn check_url(url: &reqwest::Url) -> Result<(), Refused> {
     }
 }
 
-/// The system resolver (getaddrinfo, as the client's default) keeping only allowed addresses.
-/// When some are refused and others not, the connection goes to the others; when all are
-/// refused, the attempt fails saying why.
-#[derive(Clone, Debug, Default)]
-pub struct GuardedResolver;
-
-impl Resolve for GuardedResolver {
-    fn resolve(&self, name: Name) -> Resolving {
-        let host = name.as_str().to_owned();
-        Box::pin(async move {
-            match allowed_addresses(&host, 0).await {
-                Ok(allowed) => Ok(Box::new(allowed.into_iter()) as Addrs),
-                Err(Unresolved::Lookup(error)) => Err(Box::new(error) as _),
-                Err(Unresolved::Refused(refused)) => Err(Box::new(refused) as _),
-            }
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,10 +274,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_resolver_refuses_names_of_private_addresses() {
-        let name: Name = "localhost".parse().unwrap();
-        let error = match GuardedResolver.resolve(name).await {
-            Ok(addresses) => panic!("resolved: {:?}", addresses.collect::<Vec<_>>()),
+    async fn names_of_private_addresses_are_refused_when_resolved() {
+        let error = match allowed_addresses("localhost", 80).await {
+            Ok(addresses) => panic!("resolved: {addresses:?}"),
             Err(error) => error.to_string(),
         };
         assert!(
@@ -304,5 +284,15 @@ mod tests {
             "{error}"
         );
         assert!(error.contains("loopback"), "{error}");
+        let error = allowed_addresses("[::1]", 80)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("refused: ::1 is a loopback address"),
+            "{error}"
+        );
+        let public = allowed_addresses("8.8.8.8", 443).await.unwrap();
+        assert_eq!(public, vec!["8.8.8.8:443".parse().unwrap()]);
     }
 }

@@ -1,13 +1,20 @@
 //! One attempt to deliver an event over HTTP (webhooks.md §2-3): the request with its headers
 //! and signatures, and what the answer means.
 
-use crate::address_guard::{self, GuardedResolver, Refused};
+use crate::address_guard::{self, Refused};
 use crate::config::RelayConfig;
 use crate::endpoint::{EndpointConfig, Event};
 use crate::retry::parse_retry_after;
 use crate::signing::signature_header;
-use reqwest::header::{HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
-use std::path::Path;
+use crate::transport;
+use base64::Engine as _;
+use http_body_util::BodyExt as _;
+use hyper_util::client::proxy::matcher::Matcher;
+use reqwest::header::{
+    HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, PROXY_AUTHORIZATION, RETRY_AFTER,
+    USER_AGENT,
+};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The most of a failed answer's body kept as its error text.
@@ -27,76 +34,31 @@ pub enum Attempt {
     },
 }
 
-/// The HTTP client every endpoint shares: no redirects followed (a 3xx is a failure), no
-/// cookies, rustls verifying certificates against the system's roots and `--ca-bundle`'s, and
-/// with `--refuse-private-addresses` connecting to public addresses only.
+/// The HTTP client every endpoint shares (transport.rs): HTTP/1.1, no redirects followed (a
+/// 3xx is a failure), no cookies, rustls verifying certificates against the system's roots and
+/// `--ca-bundle`'s, interim responses bounded, and with `--refuse-private-addresses` connecting
+/// to public addresses only.
 #[derive(Clone)]
 pub struct HttpClient {
-    client: reqwest::Client,
+    client: transport::Client,
+    /// The environment's proxies (None under the guard): a plain-HTTP request through one
+    /// carries its credentials.
+    proxies: Option<Arc<Matcher>>,
     refuse_private_addresses: bool,
 }
 
 impl HttpClient {
     pub fn new(config: &RelayConfig) -> Result<HttpClient, String> {
-        let mut builder = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(crate::USER_AGENT)
-            .pool_idle_timeout(Duration::from_secs(60))
-            // Counted in the relay's socket budget (sockets.rs).
-            .pool_max_idle_per_host(crate::sockets::IDLE_PER_HOST);
-        if let Some(path) = &config.ca_bundle {
-            builder = builder.tls_certs_merge(read_ca_bundle(path)?);
-        }
-        if config.refuse_private_addresses {
-            // A proxy would resolve and connect in the relay's stead, out of the guard's sight.
-            builder = builder.dns_resolver(GuardedResolver).no_proxy();
-        }
-        let client = builder.build().map_err(|error| match &config.ca_bundle {
-            Some(path) => format!(
-                "cannot set up the HTTP client with the CA bundle {}: {}",
-                path.display(),
-                innermost(&error)
-            ),
-            None => format!("cannot set up the HTTP client: {}", innermost(&error)),
-        })?;
+        let (client, proxies) = transport::client(config)?;
         Ok(HttpClient {
             client,
+            proxies,
             refuse_private_addresses: config.refuse_private_addresses,
         })
     }
 }
 
-/// The certificates of a PEM file (one or more): refused, naming the file, when it cannot be
-/// read or holds none.
-pub fn read_ca_bundle(path: &Path) -> Result<Vec<reqwest::Certificate>, String> {
-    let pem = std::fs::read(path)
-        .map_err(|error| format!("cannot read the CA bundle {}: {error}", path.display()))?;
-    let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(|error| {
-        format!(
-            "the CA bundle {} is not PEM certificates: {}",
-            path.display(),
-            innermost(&error)
-        )
-    })?;
-    if certificates.is_empty() {
-        return Err(format!(
-            "the CA bundle {} holds no certificate (expected PEM \"BEGIN CERTIFICATE\" blocks)",
-            path.display()
-        ));
-    }
-    // The PEM parser checks the armour only; the TLS set-up checks the certificates.
-    reqwest::Client::builder()
-        .tls_certs_merge(certificates.clone())
-        .build()
-        .map_err(|error| {
-            format!(
-                "the CA bundle {} holds a certificate that cannot be used: {}",
-                path.display(),
-                innermost(&error)
-            )
-        })?;
-    Ok(certificates)
-}
+pub use crate::transport::read_ca_bundle;
 
 /// Send one event to the endpoint and classify the answer.
 pub async fn deliver(client: &HttpClient, endpoint: &EndpointConfig, event: &Event) -> Attempt {
@@ -149,21 +111,65 @@ pub async fn deliver(client: &HttpClient, endpoint: &EndpointConfig, event: &Eve
         HeaderName::from_static("ae-snapshot-version"),
         HeaderValue::from(event.snapshot_version),
     );
-    let request = client
-        .client
-        .post(url)
-        .headers(headers)
-        .timeout(endpoint.timeout)
-        .body(event.payload.clone());
-    let mut response = match request.send().await {
-        Ok(response) => response,
+    headers.insert(USER_AGENT, HeaderValue::from_static(crate::USER_AGENT));
+    // Credentials in the URL are sent as Basic authentication (not as part of the host),
+    // unless a static header says otherwise.
+    let mut url = url;
+    if !url.username().is_empty() || url.password().is_some() {
+        let user = percent_decode(url.username());
+        let password = url.password().map(percent_decode).unwrap_or_default();
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
+        if !headers.contains_key(AUTHORIZATION) {
+            let credentials =
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+            if let Ok(value) = HeaderValue::try_from(format!("Basic {credentials}")) {
+                headers.insert(AUTHORIZATION, value);
+            }
+        }
+    }
+    let uri: http::Uri = match url.as_str().parse() {
+        Ok(uri) => uri,
         Err(error) => {
             return Attempt::Failed {
                 status: None,
-                error: describe(&error, endpoint.timeout),
+                error: format!("the URL {:?} cannot be used: {error}", endpoint.url),
                 retry_after: None,
             }
         }
+    };
+    if let Some(proxy) = client
+        .proxies
+        .as_ref()
+        .filter(|_| uri.scheme_str() == Some("http"))
+        .and_then(|proxies| proxies.intercept(&uri))
+    {
+        if let Some(auth) = proxy.basic_auth() {
+            headers.insert(PROXY_AUTHORIZATION, auth.clone());
+        }
+    }
+    let mut request = http::Request::new(transport::Body::new(event.payload.clone()));
+    *request.method_mut() = http::Method::POST;
+    *request.uri_mut() = uri;
+    *request.headers_mut() = headers;
+    // The whole attempt (connecting, sending, the answer's head and the part of its body that
+    // is read) within the endpoint's timeout.
+    let deadline = tokio::time::Instant::now() + endpoint.timeout;
+    let timed_out = || Attempt::Failed {
+        status: None,
+        error: format!("timed out after {} ms", endpoint.timeout.as_millis()),
+        retry_after: None,
+    };
+    let response = match tokio::time::timeout_at(deadline, client.client.request(request)).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(error)) => {
+            return Attempt::Failed {
+                status: None,
+                error: describe(&error),
+                retry_after: None,
+            }
+        }
+        Err(_) => return timed_out(),
     };
     let status = response.status().as_u16();
     // A 2xx body is not read: the status is the answer (dropping the response discards it).
@@ -191,12 +197,15 @@ pub async fn deliver(client: &HttpClient, endpoint: &EndpointConfig, event: &Eve
     }
     // Chunk by chunk, stopping at the cap: a huge or endless body is never read whole (a chunk
     // is at most what the connection has buffered; only the part under the cap is kept).
+    let mut body = response.into_body();
     let mut snippet = Vec::with_capacity(ERROR_BODY_BYTES);
     while snippet.len() < ERROR_BODY_BYTES {
-        match tokio::time::timeout(endpoint.timeout, response.chunk()).await {
-            Ok(Ok(Some(chunk))) => {
-                let room = ERROR_BODY_BYTES - snippet.len();
-                snippet.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(Some(Ok(frame))) => {
+                if let Ok(chunk) = frame.into_data() {
+                    let room = ERROR_BODY_BYTES - snippet.len();
+                    snippet.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                }
             }
             _ => break,
         }
@@ -215,48 +224,61 @@ pub async fn deliver(client: &HttpClient, endpoint: &EndpointConfig, event: &Eve
     }
 }
 
-/// The headers the relay sets itself (webhooks.md §2), as `is_reserved_header` compares them.
-const OWN_HEADERS: &[&str] = &[
-    "webhook-id",
-    "webhook-timestamp",
-    "webhook-signature",
-    "ae-subscription-key",
-    "ae-event-type",
-    "ae-aggregate-id",
-    "ae-snapshot-version",
+/// Headers about the message's framing and the connection, or that the relay sets itself: a
+/// static one would desynchronise the request (content-length, transfer-encoding), smuggle one,
+/// redirect it (host) or pass for the relay's own.
+const RESERVED_HEADERS: &[&str] = &[
     "content-type",
+    "content-length",
+    "content-encoding",
+    "host",
     "user-agent",
-];
-
-/// Headers about the connection or the message's framing, not the event: a static one would
-/// desynchronise the request (content-length, transfer-encoding), smuggle one, or redirect it
-/// (host).
-const HOP_BY_HOP_HEADERS: &[&str] = &[
+    "transfer-encoding",
     "connection",
     "keep-alive",
-    "transfer-encoding",
     "te",
     "trailer",
     "upgrade",
-    "host",
-    "content-length",
     "expect",
 ];
 
-/// Whether a static header name is one the relay does not send: the relay's own headers and
-/// hop-by-hop ones (and `proxy-*`), compared case-insensitively and with `_` taken as `-`
-/// (CGI and WSGI servers read `webhook_id` as `HTTP_WEBHOOK_ID`, the same as `webhook-id`).
+/// Whether a static header name is one the relay does not send: those above, `proxy-*`, and
+/// the relay's own `webhook-*` and `ae-*` (webhooks.md §2), compared case-insensitively and
+/// with `_` taken as `-` (CGI and WSGI servers read `webhook_id` as `HTTP_WEBHOOK_ID`, the same
+/// as `webhook-id`). The SQL refuses the same names for new definitions.
 pub fn is_reserved_header(name: &str) -> bool {
     let normalized = name.trim().to_ascii_lowercase().replace('_', "-");
-    OWN_HEADERS.contains(&normalized.as_str())
-        || HOP_BY_HOP_HEADERS.contains(&normalized.as_str())
-        || normalized.starts_with("proxy-")
+    RESERVED_HEADERS.contains(&normalized.as_str())
+        || ["proxy-", "webhook-", "ae-"]
+            .iter()
+            .any(|prefix| normalized.starts_with(prefix))
 }
 
-fn describe(error: &reqwest::Error, timeout: Duration) -> String {
-    if error.is_timeout() {
-        return format!("timed out after {} ms", timeout.as_millis());
+/// `%XX` escapes of a URL's user or password decoded (invalid UTF-8 as U+FFFD).
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                decoded.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                decoded.push(byte);
+                i += 1;
+            }
+        }
     }
+    String::from_utf8_lossy(&decoded).into_owned()
+}
+
+fn describe(error: &hyper_util::client::legacy::Error) -> String {
     // The innermost cause says what happened (connection refused, TLS, DNS).
     let cause = innermost(error);
     if let Some(refused) = cause.downcast_ref::<Refused>() {
@@ -309,7 +331,16 @@ mod tests {
         ] {
             assert!(is_reserved_header(name), "{name}");
         }
-        for name in ["authorization", "x-tenant", "x_api_key", "webhook-extra", "ae-tenant"] {
+        for name in ["webhook-extra", "ae_tenant", "content_encoding"] {
+            assert!(is_reserved_header(name), "{name}");
+        }
+        for name in [
+            "authorization",
+            "x-tenant",
+            "x_api_key",
+            "webhooks",
+            "aether",
+        ] {
             assert!(!is_reserved_header(name), "{name}");
         }
     }

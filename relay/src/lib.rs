@@ -29,6 +29,7 @@ pub mod signing;
 pub mod sink;
 pub mod sockets;
 pub mod supervisor;
+pub mod transport;
 
 /// The `user-agent` of every request (webhooks.md §2).
 pub const USER_AGENT: &str = concat!("ae-relay/", env!("CARGO_PKG_VERSION"));

@@ -644,7 +644,10 @@ fn a_nats_server_cannot_steer_the_relay_to_the_servers_it_advertises() {
                 "followed with the flag ({made} connections)\n{log}"
             );
         } else {
-            assert!(made >= 3, "the relay reconnected to its server: {made}\n{log}");
+            assert!(
+                made >= 3,
+                "the relay reconnected to its server: {made}\n{log}"
+            );
             assert_eq!(
                 elsewhere.count(),
                 0,
@@ -689,7 +692,8 @@ fn argument_errors_never_echo_a_database_url() {
     };
     let with_url = format!("--database-url={url}");
     let typo = format!("--databse-url={url}");
-    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>)> = vec![
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>);
+    let cases: Vec<Case> = vec![
         (vec!["run", "--config", &file, "--", "extra"], vec![]),
         (vec!["run", "--config", &file, "--lease", "nope"], vec![]),
         (vec!["run", "--config", &file, "--window", "0"], vec![]),
@@ -735,4 +739,87 @@ fn argument_errors_never_echo_a_database_url() {
     assert!(stderr.contains("database-url=(hidden)"), "{stderr}");
     assert!(!stderr.contains("s3cret"), "{stderr}");
     let _ = std::fs::remove_dir_all(&directory);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Row 15: a receiver that streams interim (1xx) responses and never answers.
+// ---------------------------------------------------------------------------------------------
+
+/// The process's CPU time so far (user + system), from /proc/<pid>/stat.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // After the command's name (in parentheses, which may hold spaces): fields 14 and 15.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: u64 = fields
+        .get(11..13)
+        .map(|f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum())
+        .unwrap_or(0);
+    // The kernel's USER_HZ is 100 on Linux.
+    Duration::from_millis(ticks * 10)
+}
+
+#[test]
+fn a_receiver_streaming_interim_responses_is_cut_off_and_costs_the_relay_little() {
+    let (database, mut client) = delivery_database("hostile_interim");
+    let streamed = Arc::new(AtomicUsize::new(0));
+    let counter = streamed.clone();
+    // `100 Continue` after `100 Continue`, as fast as the relay reads them, never a status.
+    let endless = RawReceiver::start(move |_, stream| {
+        let chunk = b"HTTP/1.1 100 Continue\r\n\r\n".repeat(64);
+        while stream.write_all(&chunk).is_ok() {
+            counter.fetch_add(64, Ordering::Relaxed);
+        }
+    });
+    let healthy = Receiver::ok();
+    create_endpoint(&mut client, "endless", &endless.url(), "{30s}");
+    create_endpoint(&mut client, "healthy", &healthy.url("/"), "{200ms}");
+    client
+        .execute(
+            "SELECT ae_events.alter_endpoint('endless', timeout => '20 seconds')",
+            &[],
+        )
+        .unwrap();
+    let relay = Spawned::start(&database, &[], &[]);
+    // The relay at rest: its CPU time over a second with nothing to send.
+    std::thread::sleep(Duration::from_secs(2));
+    let (rest_cpu, rest_at) = (cpu_time(relay.pid()), Instant::now());
+    std::thread::sleep(Duration::from_secs(1));
+    let at_rest = cpu_time(relay.pid()).saturating_sub(rest_cpu).as_secs_f64()
+        / rest_at.elapsed().as_secs_f64();
+    let (cpu_before, started) = (cpu_time(relay.pid()), Instant::now());
+    insert_instances(&mut client, 1, 1);
+    wait_until_sql(
+        &mut client,
+        "the endless receiver's attempt recorded as failed",
+        Duration::from_secs(15),
+        "SELECT count(*) = 1 FROM ae_events.delivery_status
+          WHERE endpoint = 'endless' AND status = 'pending' AND attempts = 1",
+    );
+    let took = started.elapsed();
+    let (_, _, error) = delivery_row(&mut client, "endless").unwrap();
+    let error = error.unwrap_or_default();
+    assert!(error.contains("interim"), "{error}");
+    // Well before the endpoint's 20 s timeout.
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    // The healthy endpoint delivers meanwhile, and later events too.
+    healthy.wait_for(
+        "the healthy endpoint's event",
+        Duration::from_secs(10),
+        |r| !r.is_empty(),
+    );
+    let busy = cpu_time(relay.pid())
+        .saturating_sub(cpu_before)
+        .as_secs_f64()
+        / started.elapsed().as_secs_f64();
+    eprintln!(
+        "cut off after {took:?}, {} interim responses written; relay CPU {:.0} % of wall time \
+         ({:.0} % at rest)",
+        streamed.load(Ordering::Relaxed),
+        busy * 100.0,
+        at_rest * 100.0
+    );
+    assert!(busy < 0.5, "the relay used {:.0} % of a core", busy * 100.0);
 }
