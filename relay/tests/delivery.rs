@@ -738,7 +738,7 @@ fn the_status_views_show_attempts_and_errors_and_only_the_right_roles_reach_what
         "SELECT ae_events.rotate_endpoint_secret('down')",
         "SELECT ae_events.replay_endpoint('down', now())",
         "SELECT * FROM ae_events.delivery_status",
-        "SELECT * FROM ae_events.relay_fetch('down', 'x', 0, '0', 0, 10)",
+        "SELECT * FROM ae_events.relay_fetch('down', 'x', 0, '0', 0, 10, 1000000, 1)",
     ] {
         let error = app.query(query, &[]).unwrap_err();
         assert_eq!(

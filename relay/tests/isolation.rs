@@ -138,6 +138,52 @@ fn a_slow_filter_on_one_endpoint_delays_no_other_and_its_queries_end_at_the_stat
     assert_eq!(slow.count(), 0);
 }
 
+#[test]
+fn a_fetch_the_relay_abandons_is_cancelled_on_the_server() {
+    let cluster = Cluster::shared();
+    let (database, mut client) = delivery_database("isolation_abandoned");
+    let mut watcher = cluster.connect(&database);
+    let deep = format!("{{\"deep\": {}1{}}}", "[1,".repeat(40), "]".repeat(40));
+    insert_candidate(&mut client, 2, &deep);
+    let slow = Receiver::ok();
+    client
+        .query_one(
+            "SELECT ae_events.create_endpoint('slow', $1, NULL, $2::text::jsonpath)",
+            &[
+                &slow.url("/"),
+                &"exists($.**.**.**.**.**.** ? (@ == \"never\"))",
+            ],
+        )
+        .unwrap();
+    for id in 100..103 {
+        insert_instance_of(&mut client, id, 2);
+    }
+    // A 2 s lease: the worker gives up its fetch after less than 2 s, long before the 30 s
+    // statement timeout, and the call must not go on on the server (15 s per event).
+    let relay = Relay::start(
+        cluster,
+        &database,
+        &["--lease", "2s", "--statement-timeout", "30s"],
+    );
+    within(
+        WAIT,
+        || relay.log(),
+        |log| log.contains("lease not renewed in time"),
+    );
+    let mut longest = 0.0f64;
+    let until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < until {
+        longest = longest.max(longest_relay_statement(&mut watcher, &database));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("longest relay statement {longest:.2} s");
+    assert!(
+        longest < 3.0,
+        "an abandoned relay statement ran {longest:.2} s"
+    );
+    assert_eq!(slow.count(), 0);
+}
+
 /// A TCP listener that accepts connections and never answers: a receiver that hangs.
 struct Hanging {
     port: u16,
@@ -480,4 +526,64 @@ fn one_megabyte_payloads_stay_within_the_window_bytes() {
         bound >> 20
     );
     let _ = std::io::stderr().flush();
+}
+
+#[test]
+fn relay_fetch_ends_its_batch_after_the_event_that_reaches_max_bytes() {
+    let cluster = Cluster::shared();
+    let (database, mut client) = delivery_database("isolation_fetch_bytes");
+    create_endpoint(&mut client, "direct", "http://127.0.0.1:1/", "{1s}");
+    for id in 1..=3 {
+        insert_instance(&mut client, id);
+    }
+    let sizes: Vec<i64> = client
+        .query(
+            "SELECT octet_length(payload::text)::bigint FROM ae_events.outbox ORDER BY txid, id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(sizes.len(), 3);
+    ensure_relay_login(cluster);
+    let mut relay = cluster.connect_as(&database, "relay_user");
+    let lease = relay
+        .query_one(
+            "SELECT endpoint_id, cursor_epoch, cursor_txid::text, cursor_id
+               FROM ae_events.relay_lease('fetch-bytes', '1 minute')",
+            &[],
+        )
+        .unwrap();
+    let (endpoint_id, epoch, txid, id): (i64, i64, String, i64) =
+        (lease.get(0), lease.get(1), lease.get(2), lease.get(3));
+    let mut fetched = |max_bytes: i64| -> Result<usize, postgres::Error> {
+        relay
+            .query(
+                "SELECT * FROM ae_events.relay_fetch('direct', 'fetch-bytes', $1, $2::text::xid8, $3, 10, $4, $5)",
+                &[&epoch, &txid, &id, &max_bytes, &endpoint_id],
+            )
+            .map(|rows| rows.len())
+    };
+    // Always one event, even when it alone is over the bound.
+    assert_eq!(fetched(1).unwrap(), 1);
+    assert_eq!(fetched(sizes[0]).unwrap(), 1);
+    // The batch ends after the event that reaches the bound.
+    assert_eq!(fetched(sizes[0] + 1).unwrap(), 2);
+    assert_eq!(fetched(sizes[0] + sizes[1]).unwrap(), 2);
+    assert_eq!(fetched(sizes[0] + sizes[1] + 1).unwrap(), 3);
+    assert_eq!(fetched(i64::MAX).unwrap(), 3);
+    for bad in [0, -1] {
+        let error = fetched(bad).unwrap_err();
+        assert_eq!(sqlstate(&error), "22023", "{}", error_message(&error));
+        assert!(error_message(&error).contains("max_bytes must be at least 1"));
+    }
+    // Another endpoint id under the name is refused.
+    let error = relay
+        .query(
+            "SELECT * FROM ae_events.relay_fetch('direct', 'fetch-bytes', $1, $2::text::xid8, $3, 10, 1000, $4)",
+            &[&epoch, &txid, &id, &(endpoint_id + 1)],
+        )
+        .unwrap_err();
+    assert_eq!(sqlstate(&error), "55000", "{}", error_message(&error));
 }

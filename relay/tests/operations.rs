@@ -234,18 +234,23 @@ fn a_relay_cut_off_from_the_database_stops_sending_before_another_takes_over() {
         &database,
         &["--relay-id", "second", "--lease", "3s"],
     );
-    // Cut the first relay off without closing its connection (as a network partition would):
-    // its database session is stopped, so its calls hang instead of failing.
-    let backend: i32 = client
-        .query_one(
-            "SELECT pid FROM pg_stat_activity WHERE usename = 'relay_fenced'",
+    // Cut the first relay off without closing its connections (as a network partition would):
+    // its database sessions (its own and its workers' pool) are stopped, so its calls hang
+    // instead of failing.
+    let backends: Vec<String> = client
+        .query(
+            "SELECT pid::text FROM pg_stat_activity WHERE usename = 'relay_fenced'",
             &[],
         )
         .unwrap()
-        .get(0);
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert!(!backends.is_empty());
     let signal = |name: &str| {
         std::process::Command::new("kill")
-            .args([name, &backend.to_string()])
+            .arg(name)
+            .args(&backends)
             .status()
             .unwrap()
     };
