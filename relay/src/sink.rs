@@ -22,7 +22,7 @@ pub const ERROR_TEXT_BYTES: usize = 1024;
 
 /// A header value this long or longer is masked wherever an error text repeats it (shorter
 /// ones are words like `t1` that masking would only garble).
-pub const SECRET_MIN_BYTES: usize = 8;
+pub const SECRET_MIN_BYTES: usize = 6;
 
 /// What replaces a masked value.
 pub const REDACTED: &str = "[redacted]";
