@@ -887,28 +887,6 @@ AS $$
      ORDER BY e.endpoint
 $$;
 
-CREATE FUNCTION ae_events._require_lease(endpoint text, relay text) RETURNS ae_events.endpoints
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    held ae_events.endpoints;
-BEGIN
-    SELECT * INTO held FROM ae_events.endpoints AS e
-     WHERE e.endpoint OPERATOR(pg_catalog.=) _require_lease.endpoint
-       AND e.relay OPERATOR(pg_catalog.=) _require_lease.relay
-       AND e.enabled
-       AND e.lease_expires_at OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp();
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'ae_events: relay % does not hold endpoint %',
-                pg_catalog.quote_literal(relay), pg_catalog.quote_literal(endpoint)
-            USING ERRCODE = 'object_not_in_prerequisite_state',
-                  HINT = 'Its lease expired, another relay took it, or it was disabled or dropped.';
-    END IF;
-    RETURN held;
-END
-$$;
-
 -- The endpoint, if this relay holds it under its role and it is the same endpoint the relay was
 -- handed (endpoint_id: one dropped and created again under its name is another).
 CREATE FUNCTION ae_events._require_lease(endpoint text, relay text, endpoint_id bigint)
@@ -1287,7 +1265,6 @@ REVOKE ALL ON FUNCTION ae_events._endpoint_for_update(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ae_events._relay_can_parse_authority(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ae_events._check_endpoint_settings(text, text[], jsonpath, jsonb, interval, interval[], double precision, interval, integer, double precision) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ae_events._endpoint_matches(text[], jsonpath, text, jsonb) FROM PUBLIC;
-REVOKE ALL ON FUNCTION ae_events._require_lease(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ae_events._require_lease(text, text, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ae_events._require_own_relay(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ae_events._disable(text, text) FROM PUBLIC;
@@ -1318,45 +1295,3 @@ GRANT EXECUTE ON FUNCTION ae_events.relay_lease(text, interval), ae_events.relay
 GRANT SELECT ON ae_events.endpoint_secrets TO ae_events_relay;
 GRANT SELECT ON ae_events.endpoint_status, ae_events.delivery_status TO ae_events_reader, ae_events_relay;
 GRANT SELECT ON ae_events.relays TO ae_events_reader, ae_events_relay;
-
--- TEMPORARY (lead, during the session): the relay's old calls until its endpoint_id plumbing
--- lands; removed before the commit that ends the work.
-CREATE FUNCTION ae_events.relay_due(endpoint text, relay text, max_events integer,
-                                    busy_instances bigint[])
-RETURNS TABLE (id bigint, event_id uuid, subscription_key text, event_type text,
-               aggregate_id bigint, snapshot_version integer, payload text, attempts integer,
-               occurred_at timestamptz)
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT * FROM ae_events.relay_due(endpoint, relay, max_events, busy_instances, NULL,
-        (SELECT e.endpoint_id FROM ae_events.endpoints AS e WHERE e.endpoint OPERATOR(pg_catalog.=) relay_due.endpoint))
-$$;
-CREATE FUNCTION ae_events.relay_record(endpoint text, relay text,
-                                       outbox_ids bigint[], aggregate_ids bigint[],
-                                       statuses text[], attempts integer[],
-                                       attempted_at timestamptz[], http_statuses integer[],
-                                       errors text[], next_attempt_at timestamptz[],
-                                       new_cursor_epoch bigint, new_cursor_txid xid8,
-                                       new_cursor_id bigint, gone_reason text)
-RETURNS boolean
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT ae_events.relay_record(endpoint, relay, outbox_ids, aggregate_ids, statuses, attempts,
-        attempted_at, http_statuses, errors, next_attempt_at, new_cursor_epoch, new_cursor_txid,
-        new_cursor_id, gone_reason,
-        (SELECT e.endpoint_id FROM ae_events.endpoints AS e WHERE e.endpoint OPERATOR(pg_catalog.=) relay_record.endpoint))
-$$;
-CREATE FUNCTION ae_events.relay_fetch(endpoint text, relay text, after_epoch bigint,
-                                      after_txid xid8, after_id bigint, max_events integer)
-RETURNS TABLE (epoch bigint, txid xid8, id bigint, event_id uuid, subscription_key text,
-               event_type text, aggregate_id bigint, snapshot_version integer,
-               payload text, deliver boolean, waits_behind boolean, occurred_at timestamptz)
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT * FROM ae_events.relay_fetch(endpoint, relay, after_epoch, after_txid, after_id, max_events, 9223372036854775807,
-        (SELECT e.endpoint_id FROM ae_events.endpoints AS e WHERE e.endpoint OPERATOR(pg_catalog.=) relay_fetch.endpoint))
-$$;
-GRANT EXECUTE ON FUNCTION ae_events.relay_fetch(text, text, bigint, xid8, bigint, integer) TO ae_events_relay;
-GRANT EXECUTE ON FUNCTION ae_events.relay_due(text, text, integer, bigint[]),
-    ae_events.relay_record(text, text, bigint[], bigint[], text[], integer[], timestamptz[], integer[], text[], timestamptz[], bigint, xid8, bigint, text)
-    TO ae_events_relay;

@@ -412,6 +412,9 @@ BEGIN
 END
 $$;
 
+-- Replaced by the one above, which names the endpoint_id.
+DROP FUNCTION ae_events._require_lease(text, text);
+
 DROP FUNCTION ae_events.relay_lease(text, interval);
 
 CREATE FUNCTION ae_events.relay_lease(relay text, lease interval)
