@@ -823,3 +823,111 @@ fn a_receiver_streaming_interim_responses_is_cut_off_and_costs_the_relay_little(
     );
     assert!(busy < 0.5, "the relay used {:.0} % of a core", busy * 100.0);
 }
+
+// ---------------------------------------------------------------------------------------------
+// The relay's own HTTP transport (row 15) keeps the environment's proxy, and the guard keeps
+// it out.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn the_environments_proxy_is_used_without_the_guard_and_never_with_it() {
+    // A forward proxy: it answers plain-HTTP requests itself and refuses tunnels.
+    let proxy = RawReceiver::start(|request, stream| {
+        if request.head.starts_with("CONNECT ") {
+            answer(stream, "403 Forbidden", b"no tunnels here");
+        } else {
+            answer(stream, "200 OK", b"");
+        }
+    });
+    let proxy_url = format!("http://someone:pr0xy-pass@127.0.0.1:{}", proxy.port);
+    let environment = [
+        ("HTTP_PROXY", proxy_url.as_str()),
+        ("HTTPS_PROXY", proxy_url.as_str()),
+        ("http_proxy", proxy_url.as_str()),
+        ("https_proxy", proxy_url.as_str()),
+        ("NO_PROXY", ""),
+        ("no_proxy", ""),
+    ];
+    let mut relays = Vec::new();
+    let mut clients = Vec::new();
+    for (name, guard) in [("hostile_proxy", false), ("hostile_proxy_guarded", true)] {
+        let (database, mut client) = delivery_database(name);
+        create_endpoint(
+            &mut client,
+            "plain",
+            "http://receiver.example.invalid/hook",
+            "{1s}",
+        );
+        create_endpoint(
+            &mut client,
+            "tls",
+            "https://receiver.example.invalid/hook",
+            "{1s}",
+        );
+        insert_instances(&mut client, 1, 1);
+        let extra: &[&str] = if guard {
+            &["--refuse-private-addresses"]
+        } else {
+            &[]
+        };
+        relays.push(Spawned::start(&database, extra, &environment));
+        clients.push(client);
+    }
+    let (mut open, mut guarded) = {
+        let mut iter = clients.into_iter();
+        (iter.next().unwrap(), iter.next().unwrap())
+    };
+    wait_until_sql(
+        &mut open,
+        "delivered through the proxy",
+        Duration::from_secs(20),
+        "SELECT count(*) = 1 FROM ae_events.delivery_status
+          WHERE endpoint = 'plain' AND status = 'delivered'",
+    );
+    wait_until_sql(
+        &mut open,
+        "the tunnel refused",
+        Duration::from_secs(20),
+        "SELECT count(*) = 1 FROM ae_events.delivery_status
+          WHERE endpoint = 'tls' AND last_error LIKE '%the proxy refused the tunnel: HTTP/1.1 403%'",
+    );
+    wait_until_sql(
+        &mut guarded,
+        "both attempts failed without the proxy",
+        Duration::from_secs(20),
+        "SELECT count(*) = 2 FROM ae_events.delivery_status WHERE last_error IS NOT NULL",
+    );
+    let credentials = format!(
+        "Basic {}",
+        base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            "someone:pr0xy-pass"
+        )
+    );
+    let requests = proxy.requests();
+    let posts: Vec<&RawRequest> = requests
+        .iter()
+        .filter(|r| r.head.starts_with("POST "))
+        .collect();
+    let connects: Vec<&RawRequest> = requests
+        .iter()
+        .filter(|r| r.head.starts_with("CONNECT "))
+        .collect();
+    // Only the relay without the guard came: one POST in absolute form, one CONNECT.
+    assert_eq!(posts.len(), 1, "{requests:?}");
+    assert!(posts[0]
+        .head
+        .starts_with("POST http://receiver.example.invalid/hook HTTP/1.1\r\n"));
+    assert_eq!(
+        posts[0].header("proxy-authorization"),
+        Some(credentials.clone())
+    );
+    assert_eq!(connects.len(), 1, "{requests:?}");
+    assert!(connects[0]
+        .head
+        .starts_with("CONNECT receiver.example.invalid:443 HTTP/1.1\r\n"));
+    assert_eq!(connects[0].header("proxy-authorization"), Some(credentials));
+    for relay in &relays {
+        assert!(!relay.log().contains("pr0xy-pass"));
+    }
+}
