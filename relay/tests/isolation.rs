@@ -538,7 +538,7 @@ fn relay_fetch_ends_its_batch_after_the_event_that_reaches_max_bytes() {
     }
     let sizes: Vec<i64> = client
         .query(
-            "SELECT octet_length(payload::text)::bigint FROM ae_events.outbox ORDER BY txid, id",
+            "SELECT pg_column_size(payload || '{}'::jsonb)::bigint FROM ae_events.outbox ORDER BY txid, id",
             &[],
         )
         .unwrap()
