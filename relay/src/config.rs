@@ -112,6 +112,15 @@ pub fn default_relay_id() -> String {
     format!("{host}:{}:{:08x}", std::process::id(), fastrand::u32(..))
 }
 
+/// The workers' database connections: 1 to 1000 (each is a server process).
+pub fn parse_connections(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if (1..=1000).contains(&n) => Ok(n),
+        Ok(n) => Err(format!("{n} database connections: between 1 and 1000")),
+        Err(error) => Err(format!("not a count: {error}")),
+    }
+}
+
 /// A size in bytes: a number with an optional unit, `kB`/`MB`/`GB` (powers of 1000) or
 /// `KiB`/`MiB`/`GiB` (powers of 1024): `64MiB`, `500kB`, `1048576`.
 pub fn parse_size(text: &str) -> Result<usize, String> {

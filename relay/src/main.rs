@@ -71,7 +71,7 @@ enum Command {
         window_bytes: usize,
         /// Database connections for the endpoints' calls (fetch, due, record); the relay has
         /// one more of its own for leases and notifications.
-        #[arg(long, default_value_t = 8, value_parser = parse_positive)]
+        #[arg(long, default_value_t = 8, value_parser = ae_relay::config::parse_connections)]
         database_connections: usize,
         /// The longest an endpoint's database call may run on the server (statement_timeout of
         /// its connections).

@@ -43,8 +43,10 @@ impl Plan {
     /// `database_connections`: the workers' pool; the supervisor's connection and a cancel
     /// request per pooled connection count too.
     pub fn new(file_limit: u64, database_connections: usize) -> Plan {
-        let reserved = RESERVED + 2 * database_connections as u64 + 2;
-        let left = file_limit.saturating_sub(reserved + METRICS_CONNECTIONS as u64);
+        let reserved = RESERVED
+            .saturating_add((database_connections as u64).saturating_mul(2))
+            .saturating_add(2);
+        let left = file_limit.saturating_sub(reserved.saturating_add(METRICS_CONNECTIONS as u64));
         Plan {
             file_limit,
             reserved,
@@ -153,5 +155,6 @@ mod tests {
         budget.set_endpoints(10_000);
         assert_eq!(budget.share(), 1);
         assert_eq!(Plan::new(10, 8).requests, 1);
+        assert_eq!(Plan::new(u64::MAX, usize::MAX).requests, 1);
     }
 }
