@@ -18,7 +18,8 @@
 use crate::address_guard::{self, Unresolved};
 use crate::config::RelayConfig;
 use hyper::rt::ReadBufCursor;
-use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::client::legacy::connect::dns::Name;
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::pki_types::pem::PemObject;
@@ -26,6 +27,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use std::fmt;
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -61,9 +63,14 @@ pub fn client(config: &RelayConfig) -> Result<(Client, Option<Arc<Matcher>>), St
         None => format!("cannot set up the HTTP client: {error}"),
     })?;
     let proxies = (!config.refuse_private_addresses).then(|| Arc::new(Matcher::from_env()));
-    let connector = Connector {
-        tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
+    let mut tcp = HttpConnector::new_with_resolver(Resolver {
         refuse_private_addresses: config.refuse_private_addresses,
+    });
+    tcp.enforce_http(false);
+    tcp.set_nodelay(true);
+    let connector = Connector {
+        tcp,
+        tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
         proxies: proxies.clone(),
     };
     let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
@@ -130,9 +137,44 @@ pub fn read_ca_bundle(path: &Path) -> Result<Vec<CertificateDer<'static>>, Strin
 /// Makes the connections of the client (see the module's documentation).
 #[derive(Clone)]
 pub struct Connector {
+    /// TCP: hyper-util's connector (happy eyeballs, TCP_NODELAY) over the relay's resolver.
+    tcp: HttpConnector<Resolver>,
     tls: tokio_rustls::TlsConnector,
-    refuse_private_addresses: bool,
     proxies: Option<Arc<Matcher>>,
+}
+
+/// The system's resolver, keeping the allowed addresses only under the guard. (An IP-literal
+/// host is not resolved: http_sink checks it before the request.)
+#[derive(Clone)]
+struct Resolver {
+    refuse_private_addresses: bool,
+}
+
+impl tower_service::Service<Name> for Resolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        let guard = self.refuse_private_addresses;
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let addresses: Vec<SocketAddr> = if guard {
+                match address_guard::allowed_addresses(&host, 0).await {
+                    Ok(addresses) => addresses,
+                    Err(Unresolved::Refused(refused)) => return Err(Box::new(refused) as BoxError),
+                    Err(Unresolved::Lookup(error)) => return Err(Box::new(error) as BoxError),
+                }
+            } else {
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect()
+            };
+            Ok(addresses.into_iter())
+        })
+    }
 }
 
 impl tower_service::Service<http::Uri> for Connector {
@@ -170,18 +212,13 @@ impl Connector {
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         let proxy = self.proxies.as_ref().and_then(|m| m.intercept(&uri));
         let (tcp, proxied) = match proxy {
-            None => (self.tcp(&host, port).await?, false),
+            None => (self.tcp(uri.clone()).await?, false),
             Some(proxy) => {
-                let proxy_uri = proxy.uri();
-                if proxy_uri.scheme_str() != Some("http") {
-                    return Err(
-                        format!("only http:// proxies are supported, not {proxy_uri}").into(),
-                    );
+                if proxy.uri().scheme_str() != Some("http") {
+                    let shown = proxy.uri().host().unwrap_or("");
+                    return Err(format!("only http:// proxies are supported ({shown})").into());
                 }
-                let proxy_host = proxy_uri.host().ok_or("no host in the proxy URL")?;
-                let proxy_host = proxy_host.trim_start_matches('[').trim_end_matches(']');
-                let proxy_port = proxy_uri.port_u16().unwrap_or(80);
-                let mut tcp = self.tcp(proxy_host, proxy_port).await?;
+                let mut tcp = self.tcp(proxy.uri().clone()).await?;
                 if https {
                     tunnel(&mut tcp, &host, port, proxy.basic_auth()).await?;
                 }
@@ -199,31 +236,12 @@ impl Connector {
         Ok(Bounded::new(io, proxied))
     }
 
-    /// A TCP connection to the first address of the host that accepts one: with the guard,
-    /// among those it allowed only.
-    async fn tcp(&self, host: &str, port: u16) -> Result<TcpStream, BoxError> {
-        let addresses = if self.refuse_private_addresses {
-            match address_guard::allowed_addresses(host, port).await {
-                Ok(addresses) => addresses,
-                Err(Unresolved::Refused(refused)) => return Err(Box::new(refused)),
-                Err(Unresolved::Lookup(error)) => return Err(Box::new(error)),
-            }
-        } else {
-            tokio::net::lookup_host((host, port)).await?.collect()
-        };
-        let mut last = None;
-        for address in addresses {
-            match TcpStream::connect(address).await {
-                Ok(stream) => {
-                    stream.set_nodelay(true)?;
-                    return Ok(stream);
-                }
-                Err(error) => last = Some(error),
-            }
-        }
-        Err(Box::new(last.unwrap_or_else(|| {
-            io::Error::new(io::ErrorKind::NotFound, format!("{host} has no address"))
-        })))
+    /// A TCP connection to the URI's host and port (happy eyeballs among its addresses; under
+    /// the guard, among those it allowed only).
+    async fn tcp(&self, uri: http::Uri) -> Result<TcpStream, BoxError> {
+        let mut connector = self.tcp.clone();
+        let stream = tower_service::Service::call(&mut connector, uri).await?;
+        Ok(stream.into_inner())
     }
 }
 
