@@ -26,6 +26,9 @@ pub struct RelayConfig {
     /// Payload bytes an endpoint holds in memory at most (about: a batch ends after the event
     /// that reaches the bound, and one event is always fetched).
     pub window_bytes: usize,
+    /// Payload bytes all endpoints together hold at most (about): each endpoint gets an equal
+    /// share of it when that is below `window_bytes`.
+    pub total_window_bytes: usize,
     /// The workers' database connections (the supervisor has one more of its own).
     pub database_connections: usize,
     /// The longest a worker's statement may run on the server.
@@ -58,6 +61,7 @@ impl std::fmt::Debug for RelayConfig {
             .field("fetch_batch", &self.fetch_batch)
             .field("window", &self.window)
             .field("window_bytes", &self.window_bytes)
+            .field("total_window_bytes", &self.total_window_bytes)
             .field("database_connections", &self.database_connections)
             .field("statement_timeout", &self.statement_timeout)
             .field("max_reconnect_delay", &self.max_reconnect_delay)
@@ -86,6 +90,7 @@ impl RelayConfig {
             fetch_batch: 500,
             window: 2000,
             window_bytes: 64 << 20,
+            total_window_bytes: 1 << 30,
             database_connections: 8,
             statement_timeout: Duration::from_secs(30),
             max_reconnect_delay: Duration::from_secs(30),

@@ -69,6 +69,10 @@ enum Command {
         /// event that reaches it, and always brings one event), e.g. 64MiB, 500MB.
         #[arg(long, default_value = "64MiB", value_parser = ae_relay::config::parse_size)]
         window_bytes: usize,
+        /// Payload bytes all endpoints together hold at most (about): each endpoint gets an
+        /// equal share of it when that is below --window-bytes.
+        #[arg(long, default_value = "1GiB", value_parser = ae_relay::config::parse_size)]
+        total_window_bytes: usize,
         /// Database connections for the endpoints' calls (fetch, due, record); the relay has
         /// one more of its own for leases and notifications.
         #[arg(long, default_value_t = 8, value_parser = ae_relay::config::parse_connections)]
@@ -202,6 +206,7 @@ async fn main() -> ExitCode {
             channel,
             window,
             window_bytes,
+            total_window_bytes,
             database_connections,
             statement_timeout,
             shutdown_deadline,
@@ -223,6 +228,7 @@ async fn main() -> ExitCode {
             config.channel = channel;
             config.window = window.max(1);
             config.window_bytes = window_bytes;
+            config.total_window_bytes = total_window_bytes;
             config.database_connections = database_connections;
             config.statement_timeout = statement_timeout;
             config.shutdown_deadline = shutdown_deadline;

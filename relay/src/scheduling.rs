@@ -218,6 +218,13 @@ impl Worker {
         (config.name.clone(), config.endpoint_id)
     }
 
+    /// Payload bytes this endpoint may hold: `--window-bytes`, within its share of
+    /// `--total-window-bytes` (the relay's, divided by the endpoints it holds).
+    fn window_bytes(&self) -> usize {
+        let share = self.relay.total_window_bytes / self.sockets.endpoints();
+        self.relay.window_bytes.min(share).max(1)
+    }
+
     /// Requests in flight at most: the endpoint's max_in_flight, within its share of the
     /// relay's sockets.
     fn limit(&self) -> usize {
@@ -297,7 +304,7 @@ impl Worker {
             let more_to_fetch = !stopping
                 && !self.caught_up
                 && self.window.len() < self.relay.window
-                && self.held_bytes < self.relay.window_bytes;
+                && self.held_bytes < self.window_bytes();
             if more_to_fetch {
                 continue;
             }
@@ -354,7 +361,7 @@ impl Worker {
 
     async fn fetch_if_needed(&mut self) -> Result<(), DbError> {
         let room = self.relay.window.saturating_sub(self.window.len());
-        let room_bytes = self.relay.window_bytes.saturating_sub(self.held_bytes);
+        let room_bytes = self.window_bytes().saturating_sub(self.held_bytes);
         if self.caught_up || room == 0 || room_bytes == 0 {
             return Ok(());
         }
@@ -486,7 +493,7 @@ impl Worker {
         }
         // Held back by memory or sockets: looked at again at the next poll (not at once: a due
         // check in the past would spin the loop).
-        let room_bytes = self.relay.window_bytes.saturating_sub(self.held_bytes);
+        let room_bytes = self.window_bytes().saturating_sub(self.held_bytes);
         let sockets = self.sockets.available();
         if room_bytes == 0 || sockets == 0 {
             if sockets == 0 {

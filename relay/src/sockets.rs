@@ -94,9 +94,15 @@ impl SocketBudget {
         })
     }
 
-    /// The endpoints this relay holds now: their shares follow.
+    /// The endpoints this relay holds now: their shares (of sockets, and of
+    /// `--total-window-bytes`) follow.
     pub fn set_endpoints(&self, endpoints: usize) {
         self.endpoints.store(endpoints.max(1), Ordering::Relaxed);
+    }
+
+    /// The endpoints this relay holds (at least 1).
+    pub fn endpoints(&self) -> usize {
+        self.endpoints.load(Ordering::Relaxed).max(1)
     }
 
     /// Requests in flight one endpoint may have: the budget, less the idle connections each
