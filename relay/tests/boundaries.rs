@@ -52,7 +52,7 @@ fn every_value_sql_accepts_is_one_the_relay_can_act_on() {
         ("alter_endpoint('kept', disable_after => '367 days')", "disable_after must be"),
         ("rotate_endpoint_secret('kept', grace => '10000 years')", "grace must be between 0 and 366 days"),
         // Sizes.
-        ("alter_endpoint('kept', retry_schedule => array_fill('1 s'::interval, ARRAY[101]))", "at most 100 delays"),
+        ("alter_endpoint('kept', retry_schedule => array_fill('1 s'::interval, ARRAY[1001]))", "at most 1000 delays"),
         ("alter_endpoint('kept', headers => (SELECT jsonb_object_agg('x-h' || i, 'v') FROM generate_series(1, 51) AS i))", "at most 50 headers"),
         ("alter_endpoint('kept', headers => jsonb_build_object('x-big', repeat('v', 20000)))", "at most 50 headers and 16 kB"),
         ("alter_endpoint('kept', url => 'http://x/' || repeat('a', 3000))", "is not an http:// or https:// URL"),

@@ -308,12 +308,12 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF retry_schedule IS NULL OR pg_catalog.array_position(retry_schedule, NULL) IS NOT NULL
-       OR pg_catalog.cardinality(retry_schedule) OPERATOR(pg_catalog.>) 100
+       OR pg_catalog.cardinality(retry_schedule) OPERATOR(pg_catalog.>) 1000
        OR EXISTS (SELECT FROM pg_catalog.unnest(retry_schedule) AS d
                    WHERE d OPERATOR(pg_catalog.<) interval '0'
                       OR d OPERATOR(pg_catalog.>) interval '7 days') THEN
-        RAISE EXCEPTION 'ae_events: retry_schedule must be at most 100 delays between 0 and 7 days, not %',
-                coalesce(retry_schedule::text, 'NULL')
+        RAISE EXCEPTION 'ae_events: retry_schedule must be at most 1000 delays between 0 and 7 days, not %',
+                coalesce(pg_catalog.left(retry_schedule::text, 200), 'NULL')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF retry_jitter IS NULL OR retry_jitter NOT BETWEEN 0 AND 1 THEN
