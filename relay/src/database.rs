@@ -128,8 +128,8 @@ impl Pool {
         let mut config: tokio_postgres::Config = url.parse().map_err(|_| {
             "the database URL (--database-url / DATABASE_URL) cannot be parsed".to_owned()
         })?;
-        // Kept with whatever options the URL gives (a later -c wins).
-        // PostgreSQL takes at most i32::MAX milliseconds (about 24 days).
+        // Added to the URL's own options (this later -c wins); PostgreSQL takes at most
+        // i32::MAX milliseconds (about 24 days).
         let options = format!(
             "{} -c statement_timeout={}",
             config.get_options().unwrap_or(""),
@@ -158,6 +158,7 @@ impl Pool {
             object: Some(self.pool.get().await?),
         })
     }
+
     /// The events after `after` in delivery order: at most `max_events`, and ending after the
     /// event whose payload reaches `max_bytes` (at least one event).
     #[allow(clippy::too_many_arguments)]
