@@ -60,7 +60,7 @@ enum Command {
         #[arg(long, default_value = "2s", value_parser = parse_duration)]
         poll_interval: Duration,
         /// The notification channel (the extension's ae_events.channel setting).
-        #[arg(long, default_value = "ae_events")]
+        #[arg(long, default_value = "ae_events", value_parser = parse_channel)]
         channel: String,
         /// Events held in memory per endpoint at most (fetched, not finished).
         #[arg(long, default_value_t = 2000, value_parser = parse_positive)]
@@ -177,6 +177,19 @@ fn parse_lease(text: &str) -> Result<Duration, String> {
         return Err(format!("{text:?} is too short for a lease: at least 1s"));
     }
     Ok(lease)
+}
+
+/// A channel name PostgreSQL can LISTEN on (as the extension's setting checks it): not
+/// empty, shorter than 64 bytes, no NUL (no control characters either).
+fn parse_channel(text: &str) -> Result<String, String> {
+    if text.is_empty() || text.len() >= 64 || text.chars().any(char::is_control) {
+        return Err(
+            "a channel name is 1 to 63 bytes without control characters (the extension's \
+             ae_events.channel)"
+                .to_owned(),
+        );
+    }
+    Ok(text.to_owned())
 }
 
 /// A count of at least one (a window of no events would fetch nothing).
@@ -343,6 +356,13 @@ mod tests {
         assert!(super::parse_lease("500ms").is_err());
         assert_eq!(super::parse_lease("1s"), Ok(Duration::from_secs(1)));
         assert!(super::parse_positive("0").is_err());
+        assert!(super::parse_channel("").is_err());
+        assert!(super::parse_channel(&"c".repeat(64)).is_err());
+        assert!(super::parse_channel("a\0b").is_err());
+        assert_eq!(
+            super::parse_channel("ae_events"),
+            Ok("ae_events".to_owned())
+        );
         assert_eq!(super::parse_positive("5"), Ok(5));
     }
 }

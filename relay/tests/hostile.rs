@@ -698,6 +698,27 @@ fn argument_errors_never_echo_a_database_url() {
         (vec!["run", "--config", &file, "--lease", "nope"], vec![]),
         (vec!["run", "--config", &file, "--window", "0"], vec![]),
         (vec!["run", "--config", &file, "--lease", "1e300"], vec![]),
+        // Values the relay could not act on are refused at start too (row 2).
+        (vec!["run", "--config", &file, "--lease", "500ms"], vec![]),
+        (
+            vec!["run", "--config", &file, "--poll-interval", "1e20"],
+            vec![],
+        ),
+        (
+            vec![
+                "run",
+                "--config",
+                &file,
+                "--breaker-max-cooldown",
+                "900000h",
+            ],
+            vec![],
+        ),
+        (
+            vec!["run", "--config", &file, "--shutdown-deadline", "0.0001ms"],
+            vec![],
+        ),
+        (vec!["run", "--config", &file, "--channel="], vec![]),
         (vec!["run", "--database-url", url, "--bogus"], vec![]),
         (vec!["run", &with_url, "stray"], vec![]),
         (vec!["run", &with_url, "--", url], vec![]),
