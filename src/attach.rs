@@ -6,8 +6,9 @@
 //! transaction at commit, in one set-based pass (`emitter.rs`), so that rows written after the
 //! change in the same transaction are in the snapshot.
 
+use crate::isolation;
 use crate::settings;
-use crate::sources::{Source, SOURCES};
+use crate::sources::{self, Source, SOURCES};
 use pgrx::prelude::*;
 
 /// On `ti.instance`: records inserts, and emits at commit (created events).
@@ -144,6 +145,7 @@ fn attach() -> bool {
         });
     }
     grant_reads_to_snapshot_role(true);
+    notice_owners_other_than_the_dba();
     if !missing.is_empty() {
         notice_even_during_create_extension(&format!(
             "source tables {} do not exist; their changes emit no updated events until SELECT ae_events.attach(); is run after they are created",
@@ -210,4 +212,107 @@ fn detach() -> bool {
     }
     grant_reads_to_snapshot_role(false);
     table_exists("ti.instance")
+}
+
+/// A source table as `source_owners()` describes it.
+struct SourceOwner {
+    table: &'static str,
+    owner: Option<pg_sys::Oid>,
+    owner_is_dba: bool,
+    can_read_all_sources: bool,
+    meaning: &'static str,
+}
+
+fn source_owner(source: Source) -> SourceOwner {
+    let table = source.table();
+    let relation = sources::table_oid(source);
+    let owner = isolation::table_owner(relation);
+    let Some(role) = owner else {
+        return SourceOwner {
+            table,
+            owner: None,
+            owner_is_dba: false,
+            can_read_all_sources: false,
+            meaning: "does not exist: changes to it emit nothing until it is created and SELECT ae_events.attach(); runs",
+        };
+    };
+    let owner_is_dba = isolation::is_dba(role);
+    let can_read_all_sources = isolation::can_read_all_sources(role);
+    let meaning = if owner_is_dba {
+        "owned by the DBA: functions in its index predicates and expressions run inside the pass, as ae_events_snapshot"
+    } else if can_read_all_sources {
+        "its owner can read every source table: its functions run inside the pass, as ae_events_snapshot, and learn nothing new; its row security policies do not apply to the pass"
+    } else {
+        "its owner cannot read every source table: the pass refuses to run its owner's functions (a write whose pass would run one fails with 42501) and ignores its row security policies"
+    };
+    SourceOwner {
+        table,
+        owner,
+        owner_is_dba,
+        can_read_all_sources,
+        meaning,
+    }
+}
+
+/// One row per source table: its owner, whether that is the DBA (a superuser or the extension's
+/// owner), whether the owner can read every source table, and what that means for code the
+/// owner puts on it (docs/security.md, section 1). NULL owner: the table does not exist.
+#[pg_extern(stable, parallel_safe)]
+#[allow(clippy::type_complexity)]
+fn source_owners() -> TableIterator<
+    'static,
+    (
+        name!(source_table, String),
+        name!(owner, Option<String>),
+        name!(owner_is_dba, Option<bool>),
+        name!(can_read_all_sources, Option<bool>),
+        name!(meaning, String),
+    ),
+> {
+    let rows: Vec<_> = SOURCES
+        .into_iter()
+        .map(|source| {
+            let row = source_owner(source);
+            let exists = row.owner.is_some();
+            (
+                row.table.to_owned(),
+                row.owner.map(isolation::role_name),
+                exists.then_some(row.owner_is_dba),
+                exists.then_some(row.can_read_all_sources),
+                row.meaning.to_owned(),
+            )
+        })
+        .collect();
+    TableIterator::new(rows)
+}
+
+/// attach() names the source tables whose owner is not the DBA, and what the pass does with
+/// their owners' code.
+fn notice_owners_other_than_the_dba() {
+    let (readers, others): (Vec<SourceOwner>, Vec<SourceOwner>) = SOURCES
+        .into_iter()
+        .map(source_owner)
+        .filter(|row| row.owner.is_some() && !row.owner_is_dba)
+        .partition(|row| row.can_read_all_sources);
+    let describe = |rows: &[SourceOwner]| {
+        rows.iter()
+            .map(|row| {
+                let owner = row.owner.map(isolation::role_name).unwrap_or_default();
+                format!("{} (owner {owner})", row.table)
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if !others.is_empty() {
+        notice_even_during_create_extension(&format!(
+            "source tables {} belong to roles that cannot read every source table: the commit-time pass refuses to run their functions (a write whose pass would run one fails with 42501) and does not apply their row security policies; see SELECT * FROM ae_events.source_owners(); and docs/security.md",
+            describe(&others)
+        ));
+    }
+    if !readers.is_empty() {
+        notice_even_during_create_extension(&format!(
+            "source tables {} belong to roles other than the DBA that can read every source table: their functions run inside the commit-time pass (they learn nothing new) and their row security policies do not apply to it; see SELECT * FROM ae_events.source_owners(); and docs/security.md",
+            describe(&readers)
+        ));
+    }
 }

@@ -18,7 +18,7 @@ use crate::redaction::Rules;
 use crate::rows::{sorted_unique, Connection};
 use crate::sources::SOURCES;
 use crate::versions::{self, NewState};
-use crate::{capture, lookup, pending, settings, snapshot};
+use crate::{capture, isolation, lookup, pending, settings, snapshot};
 use pgrx::prelude::*;
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
@@ -65,6 +65,7 @@ pub fn emit_pending() {
         if changes.is_empty() {
             break;
         }
+        isolation::require_tables();
         interlock_locks(&catalog, &changes).acquire(&catalog);
         in_chunks(
             &catalog,
@@ -131,6 +132,7 @@ pub fn resend(instance_ids: Vec<i64>) -> i64 {
     let catalog = ExtensionCatalog::current();
     let _privileges = OwnerPrivileges::enter(catalog.owner);
     let rules = payload_rules();
+    isolation::require_tables();
     let written = in_chunks(
         &catalog,
         EventKind::Updated,

@@ -106,6 +106,14 @@ pub fn raise(code: PgSqlErrorCode, message: String, detail: Option<String>) -> !
     unreachable!("ereport(ERROR) does not return")
 }
 
+/// Raise an ERROR with the given SQLSTATE, message (prefixed here) and hint.
+pub fn raise_with_hint(code: PgSqlErrorCode, message: String, hint: String) -> ! {
+    ErrorReport::new(code, prefixed(message), "ae_events")
+        .set_hint(hint)
+        .report(PgLogLevel::ERROR);
+    unreachable!("ereport(ERROR) does not return")
+}
+
 /// Report a WARNING (prefixed).
 pub fn warn(message: impl fmt::Display) {
     ereport!(
@@ -116,7 +124,7 @@ pub fn warn(message: impl fmt::Display) {
 }
 
 /// Raise a caught error again, its message saying what failed (`action`, e.g. "write the
-/// created event of ti.instance 789"). The SQLSTATE and detail are kept.
+/// created event of ti.instance 789"). The SQLSTATE, detail and hint are kept.
 pub fn raise_naming(caught: CaughtError, action: &str) -> ! {
     let report = match &caught {
         CaughtError::PostgresError(report) | CaughtError::ErrorReport(report) => report,
@@ -124,9 +132,17 @@ pub fn raise_naming(caught: CaughtError, action: &str) -> ! {
     };
     let message = report.message();
     let message = message.strip_prefix(PREFIX).unwrap_or(message);
-    raise(
+    let mut again = ErrorReport::new(
         report.sql_error_code(),
-        format!("cannot {action}: {message}"),
-        report.detail().map(str::to_owned),
-    )
+        prefixed(format!("cannot {action}: {message}")),
+        "ae_events",
+    );
+    if let Some(detail) = report.detail() {
+        again = again.set_detail(detail);
+    }
+    if let Some(hint) = report.hint() {
+        again = again.set_hint(hint);
+    }
+    again.report(PgLogLevel::ERROR);
+    unreachable!("ereport(ERROR) does not return")
 }

@@ -19,7 +19,9 @@ mod rows;
 mod settings;
 mod timefmt;
 
-// The model: which tables bubble up, and what their keys identify.
+// The model: which tables bubble up, and what their keys identify; what may run while the pass
+// reads them (cross-owner isolation).
+mod isolation;
 mod sources;
 
 // Capture: immediate row triggers record changes in the transaction's memory.
@@ -83,6 +85,7 @@ pub extern "C-unwind" fn _PG_init() {
     settings::register();
     pending::register_subtransaction_callback();
     config_cache::register_invalidation_callback();
+    isolation::register_fmgr_hooks();
     // SAFETY: the callback is a plain function that lives as long as the library.
     unsafe { pg_sys::RegisterXactCallback(Some(on_transaction_end), std::ptr::null_mut()) };
 }
@@ -101,5 +104,6 @@ unsafe extern "C-unwind" fn on_transaction_end(
     ) {
         pending::forget_transaction();
         notification::transaction_ended();
+        privileges::forget_readers();
     }
 }

@@ -113,10 +113,12 @@ impl OwnerPrivileges {
 
 /// Reads the application's tables as `ae_events_snapshot` (see the module's comment), each
 /// statement with the latest committed state (`rows::LatestSnapshots`); restores the previous
-/// role on drop.
+/// role on drop. While one is alive, `reading_sources()` is true: the fmgr hook
+/// (`isolation.rs`) then refuses functions of owners that cannot read every source table.
 pub struct SnapshotReader {
     _latest: crate::rows::LatestSnapshots,
     _switch: RoleSwitch,
+    _reading: Reading,
 }
 
 impl SnapshotReader {
@@ -124,7 +126,53 @@ impl SnapshotReader {
         SnapshotReader {
             _latest: crate::rows::LatestSnapshots::enter(),
             _switch: RoleSwitch::enter(catalog.snapshot_role),
+            _reading: Reading::enter(),
         }
+    }
+}
+
+thread_local! {
+    /// How many `SnapshotReader`s are alive (nested readers are possible).
+    static READERS: Cell<u32> = const { Cell::new(0) };
+    /// Counts the outermost readers entered: caches that hold for one read (`isolation.rs`'s
+    /// trusted functions) are keyed by it.
+    static READS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Whether the pass is reading the application's tables now (a `SnapshotReader` is alive).
+/// One thread-local load: the fmgr hook asks on every lookup of a non-builtin function.
+pub fn reading_sources() -> bool {
+    READERS.get() != 0
+}
+
+/// The number of the current outermost read (see `READS`).
+pub fn current_read() -> u64 {
+    READS.get()
+}
+
+/// At a transaction's end no reader is alive: forget any count an abort left behind (the guards'
+/// drops run while a Rust panic unwinds; this also covers an error that bypassed them).
+pub fn forget_readers() {
+    READERS.set(0);
+}
+
+/// The counted part of a `SnapshotReader`. Its drop runs also while a panic unwinds (an error
+/// inside the read): the count must not outlive the read.
+struct Reading;
+
+impl Reading {
+    fn enter() -> Reading {
+        if READERS.get() == 0 {
+            READS.set(READS.get().wrapping_add(1));
+        }
+        READERS.set(READERS.get().saturating_add(1));
+        Reading
+    }
+}
+
+impl Drop for Reading {
+    fn drop(&mut self) {
+        READERS.set(READERS.get().saturating_sub(1));
     }
 }
 

@@ -85,6 +85,8 @@ fn a_source_table_owner_gains_nothing_from_code_the_pass_plans_or_reads() {
     let owner = format!("{database}_owner");
     hand_the_tables_to(&mut dba, &owner);
     let mut attacker = Cluster::shared().connect_as(&database, &owner);
+    // The owner of every source table can read them all: its functions may run in the pass
+    // (as the snapshot role; they learn nothing new), its policies do not, its views are refused.
     attacker
         .batch_execute(
             "-- planned: partial index predicates and index expressions of the tables read
@@ -94,12 +96,8 @@ fn a_source_table_owner_gains_nothing_from_code_the_pass_plans_or_reads() {
                  WHERE ae.predicate();
              -- read: a row security policy on a table the pass reads
              ALTER TABLE tcf.measurement ENABLE ROW LEVEL SECURITY;
+             ALTER TABLE tcf.measurement FORCE ROW LEVEL SECURITY;
              CREATE POLICY everyone ON tcf.measurement USING (ae.escalate('row security policy'));
-             -- a table replaced by a view whose function runs as the reader
-             ALTER TABLE ae.catalog_assessment RENAME TO catalog_assessment_rows;
-             CREATE VIEW ae.catalog_assessment AS
-                 SELECT * FROM ae.catalog_assessment_rows WHERE ae.escalate('view');
-             GRANT SELECT ON ae.catalog_assessment TO PUBLIC;
              -- a trigger and a rule on source tables
              CREATE FUNCTION ae.trap_trigger() RETURNS trigger LANGUAGE plpgsql AS $f$
              BEGIN PERFORM ae.escalate('trigger'); RETURN NULL; END $f$;
@@ -125,21 +123,41 @@ fn a_source_table_owner_gains_nothing_from_code_the_pass_plans_or_reads() {
     dba.batch_execute("SELECT ae_events.resend(ARRAY[789])")
         .unwrap();
 
+    // A table replaced by a view, whose function would run as the reader: refused.
+    attacker
+        .batch_execute(
+            "ALTER TABLE ae.catalog_assessment RENAME TO catalog_assessment_rows;
+             CREATE VIEW ae.catalog_assessment AS
+                 SELECT * FROM ae.catalog_assessment_rows WHERE ae.escalate('view');
+             GRANT SELECT ON ae.catalog_assessment TO PUBLIC;",
+        )
+        .unwrap();
+    let error = attacker
+        .batch_execute("UPDATE can.candidate SET first_name = 'Again' WHERE id = 101")
+        .unwrap_err();
+    assert_eq!(sqlstate(&error), "42809", "{error:?}");
+    assert_eq!(
+        error_message(&error),
+        "ae_events: ae.catalog_assessment is a view; the pass reads tables only"
+    );
+
     assert!(
         !is_superuser(&mut dba, &owner),
         "the table owner became a superuser"
     );
     let seen = seen_as(&mut dba);
-    // The traps did run inside the pass, as the snapshot role (not as the extension's owner).
-    for at in [
-        "partial index predicate",
-        "index expression",
-        "row security policy",
-        "view",
-    ] {
+    // The planned traps did run inside the pass, as the snapshot role (not as the extension's
+    // owner); the policy and the view never ran there.
+    for at in ["partial index predicate", "index expression"] {
         assert!(
             seen.contains(&("ae_events_snapshot".to_owned(), at.to_owned())),
             "{at} did not run in the pass: {seen:?}"
+        );
+    }
+    for at in ["row security policy", "view"] {
+        assert!(
+            !seen.contains(&("ae_events_snapshot".to_owned(), at.to_owned())),
+            "{at} ran in the pass: {seen:?}"
         );
     }
     for (role, at) in &seen {
@@ -152,6 +170,11 @@ fn a_source_table_owner_gains_nothing_from_code_the_pass_plans_or_reads() {
     let rows = outbox_rows(&mut dba);
     let last_790 = rows.iter().rfind(|row| row.aggregate_id == 790).unwrap();
     assert_eq!(last_790.payload["candidate"]["first_name"], "Changed");
+    dba.batch_execute(
+        "DROP VIEW ae.catalog_assessment;
+         ALTER TABLE ae.catalog_assessment_rows RENAME TO catalog_assessment;",
+    )
+    .unwrap();
     let snapshot: serde_json::Value = dba
         .query_one("SELECT ae_events.snapshot(790)", &[])
         .unwrap()
@@ -171,7 +194,8 @@ fn the_snapshot_role_cannot_log_in_and_holds_only_select_on_the_source_tables() 
         )
         .unwrap();
     assert!(!role.get::<_, bool>(0) && !role.get::<_, bool>(1) && !role.get::<_, bool>(2));
-    assert!(!role.get::<_, bool>(3) && !role.get::<_, bool>(4) && !role.get::<_, bool>(5));
+    // BYPASSRLS, its one attribute: no table owner's row security policy runs in the pass.
+    assert!(!role.get::<_, bool>(3) && role.get::<_, bool>(4) && !role.get::<_, bool>(5));
     assert_eq!(role.get::<_, i64>(6), 0);
     let privileges: Vec<String> = dba
         .query(
@@ -650,4 +674,372 @@ fn a_role_that_can_only_connect_cannot_hold_up_commits() {
         committed,
         "the application's commit waited for the attacker's locks"
     );
+}
+
+/// A connection as `user` whose notices and warnings are collected as "SEVERITY message".
+fn connect_as_collecting_notices(
+    database: &str,
+    user: &str,
+) -> (Client, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let notices = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = notices.clone();
+    let mut config: postgres::Config = Cluster::shared().url(database).parse().unwrap();
+    config.user(user);
+    config.notice_callback(move |notice| {
+        seen.lock()
+            .unwrap()
+            .push(format!("{} {}", notice.severity(), notice.message()))
+    });
+    (config.connect(postgres::NoTls).unwrap(), notices)
+}
+
+/// Values of other services that the owner of can.candidate alone cannot read: instance
+/// 789's external id and old id (ti), measurement 505's report URL (tcf).
+const OTHER_SERVICES_SECRETS: &str =
+    "UPDATE ti.instance SET external_id = 'SECRET-TI-789' WHERE id = 789;
+     UPDATE tcf.measurement SET report_url = 'SECRET-TCF-505' WHERE id = 505;";
+
+/// `svc` becomes the owner of can.candidate only (the DBA keeps the other ten tables and the
+/// schemas), with a schema of its own for its functions and a sequence anyone may set.
+fn hand_the_candidates_to(dba: &mut Client, svc: &str) {
+    dba.batch_execute(&format!(
+        "{OTHER_SERVICES_SECRETS}
+         CREATE ROLE {svc} LOGIN;
+         ALTER TABLE can.candidate OWNER TO {svc};
+         GRANT USAGE, CREATE ON SCHEMA can TO {svc};
+         CREATE SCHEMA svc AUTHORIZATION {svc};
+         GRANT USAGE ON SCHEMA svc TO PUBLIC;"
+    ))
+    .unwrap();
+}
+
+/// The issue's attack: `leak()` reads other services' rows and passes them on through every
+/// channel a function has (a notice, NOTIFY, a session setting, a sequence, a session advisory
+/// lock), and the owner plants it in a partial index predicate of its table, which the planner
+/// folds while the pass plans its reads.
+fn plant_the_leak(database: &str, svc: &str) {
+    let mut attacker = Cluster::shared().connect_as(database, svc);
+    attacker
+        .batch_execute(
+            "CREATE SEQUENCE svc.stolen;
+             GRANT USAGE, UPDATE, SELECT ON SEQUENCE svc.stolen TO PUBLIC;
+             CREATE FUNCTION svc.leak() RETURNS boolean IMMUTABLE LANGUAGE plpgsql AS $f$
+             DECLARE
+                 stolen text;
+                 old_id bigint;
+             BEGIN
+                 SELECT string_agg(i.external_id, ',') || ';' ||
+                        (SELECT string_agg(m.report_url, ',') FROM tcf.measurement AS m),
+                        max(i.old_id)
+                   INTO stolen, old_id FROM ti.instance AS i;
+                 IF stolen IS NULL THEN
+                     RETURN true; -- not inside the pass: the owner reads nothing of ti
+                 END IF;
+                 RAISE NOTICE 'stolen: %', stolen;
+                 PERFORM pg_notify('svc_leak', stolen);
+                 PERFORM set_config('svc.stolen', stolen, false);
+                 PERFORM setval('svc.stolen', old_id);
+                 PERFORM pg_try_advisory_lock(old_id);
+                 RETURN true;
+             EXCEPTION WHEN OTHERS THEN
+                 RETURN true;
+             END $f$;
+             CREATE INDEX candidate_leak ON can.candidate (id) WHERE svc.leak();",
+        )
+        .unwrap();
+}
+
+fn insert_instance_of_candidate_101(client: &mut Client, id: i64) -> Result<(), postgres::Error> {
+    client.batch_execute(&format!(
+        "INSERT INTO ti.instance (id, external_id, old_id, score, instance_status, candidate_id,
+             catalog_assessment_id, measurement_id, session_instance_id,
+             workflow_candidate_step_id, created_at, created_by, updated_at, updated_by)
+         VALUES ({id}, 'ext_{id}', NULL, NULL, 'in_progress', 101, 202, 505, NULL, NULL,
+                 now(), 1, now(), 1)"
+    ))
+}
+
+fn assert_refused_naming_the_leak(error: &postgres::Error, svc: &str) {
+    assert_eq!(sqlstate(error), "42501", "{error:?}");
+    let message = error_message(error);
+    assert!(
+        message.starts_with("ae_events: ")
+            && message.contains(&format!(
+                "the commit-time pass refuses to run function svc.leak() (owned by {svc})"
+            )),
+        "{message}"
+    );
+    let hint = error
+        .as_db_error()
+        .and_then(|e| e.hint())
+        .unwrap_or_default();
+    assert!(hint.contains("docs/security.md"), "{hint}");
+    assert!(!message.contains("SECRET"), "{message}");
+}
+
+#[test]
+fn the_owner_of_one_source_table_learns_nothing_of_the_others_through_the_pass() {
+    let (database, mut dba) = seeded_database("cross_owner");
+    let svc = format!("{database}_can");
+    hand_the_candidates_to(&mut dba, &svc);
+    plant_the_leak(&database, &svc);
+    let events_before = outbox_instances(&mut dba);
+    // The owner listens on its channel from another session.
+    let mut listener = Cluster::shared().connect_as(&database, &svc);
+    listener.batch_execute("LISTEN svc_leak").unwrap();
+
+    // The application creates an instance (a fresh session: the pass is the first to plan a
+    // read of can.candidate there, so the planner folds the predicate inside the pass).
+    let (mut application, application_notices) =
+        connect_as_collecting_notices(&database, "postgres");
+    let error = insert_instance_of_candidate_101(&mut application, 790).unwrap_err();
+    assert_refused_naming_the_leak(&error, &svc);
+
+    // The owner changes its own row, so that the pass runs in its own session. (Its UPDATE
+    // folds the predicate as the owner, which the index's relcache entry keeps: changing the
+    // index makes the pass fold it again.)
+    let (mut owner, owner_notices) = connect_as_collecting_notices(&database, &svc);
+    let error = owner
+        .batch_execute(
+            "BEGIN;
+             UPDATE can.candidate SET first_name = 'Changed' WHERE id = 101;
+             ALTER INDEX can.candidate_leak SET (fillfactor = 90);
+             COMMIT;",
+        )
+        .unwrap_err();
+    assert_refused_naming_the_leak(&error, &svc);
+    owner.batch_execute("ROLLBACK").unwrap();
+
+    // Nothing carries another service's value: notices, notifications, the owner's session
+    // setting, the sequence (not transactional), session advisory locks.
+    let notices: Vec<String> = application_notices
+        .lock()
+        .unwrap()
+        .iter()
+        .chain(owner_notices.lock().unwrap().iter())
+        .cloned()
+        .collect();
+    assert!(
+        notices.iter().all(|notice| !notice.contains("SECRET")),
+        "{notices:?}"
+    );
+    let received = drain_notifications(&mut listener, Duration::from_secs(1));
+    assert!(received.is_empty(), "{received:?}");
+    for session in [&mut application, &mut owner] {
+        let setting: Option<String> = session
+            .query_one("SELECT current_setting('svc.stolen', true)", &[])
+            .unwrap()
+            .get(0);
+        assert!(setting.unwrap_or_default().is_empty());
+    }
+    let (last_value, is_called): (i64, bool) = {
+        let row = owner
+            .query_one("SELECT last_value, is_called FROM svc.stolen", &[])
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!((last_value, is_called), (1, false), "the sequence was set");
+    let advisory: i64 = dba
+        .query_one(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 1234",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(advisory, 0, "a session advisory lock carries the old id");
+    // No event was written for either.
+    assert_eq!(outbox_instances(&mut dba), events_before);
+}
+
+#[test]
+fn code_of_the_dba_or_of_a_role_that_reads_every_source_table_runs_in_the_pass() {
+    let (database, mut dba) = seeded_database("trusted_code");
+    let svc = format!("{database}_can");
+    let reader = format!("{database}_reads_all");
+    hand_the_candidates_to(&mut dba, &svc);
+    // The DBA's function and one of a role that can read every source table, in partial index
+    // predicates of the owner's table (the DBA creates the indexes: it may, as a superuser).
+    dba.batch_execute(&format!(
+        "CREATE ROLE {reader} LOGIN;
+         GRANT USAGE ON SCHEMA ti, can, ae, tcf TO {reader};
+         GRANT SELECT ON ALL TABLES IN SCHEMA ti, can, ae, tcf TO {reader};
+         CREATE SCHEMA trusted AUTHORIZATION {reader};
+         GRANT USAGE ON SCHEMA trusted TO PUBLIC;
+         CREATE FUNCTION public.dba_check() RETURNS boolean IMMUTABLE LANGUAGE plpgsql AS $f$
+         BEGIN RAISE NOTICE 'dba_check ran as %', current_user; RETURN true; END $f$;"
+    ))
+    .unwrap();
+    Cluster::shared()
+        .connect_as(&database, &reader)
+        .batch_execute(
+            "CREATE FUNCTION trusted.reader_check() RETURNS boolean IMMUTABLE LANGUAGE plpgsql AS $f$
+             BEGIN RAISE NOTICE 'reader_check ran as %', current_user; RETURN true; END $f$;",
+        )
+        .unwrap();
+    dba.batch_execute(
+        "CREATE INDEX candidate_dba ON can.candidate (id) WHERE public.dba_check();
+         CREATE INDEX candidate_reader ON can.candidate (user_id) WHERE trusted.reader_check();",
+    )
+    .unwrap();
+
+    let (mut application, notices) = connect_as_collecting_notices(&database, "postgres");
+    insert_instance_of_candidate_101(&mut application, 790).unwrap();
+    let notices = notices.lock().unwrap().clone();
+    for check in ["dba_check", "reader_check"] {
+        assert!(
+            notices.contains(&format!("NOTICE {check} ran as ae_events_snapshot")),
+            "{check} did not run in the pass: {notices:?}"
+        );
+    }
+    let rows = outbox_rows(&mut dba);
+    let created = rows.iter().find(|row| row.aggregate_id == 790).unwrap();
+    assert_eq!(
+        created.payload["candidate"]["email"],
+        "candidate@example.com"
+    );
+}
+
+#[test]
+fn row_security_policies_never_run_in_the_pass() {
+    let (database, mut dba) = seeded_database("policies");
+    let svc = format!("{database}_can");
+    hand_the_candidates_to(&mut dba, &svc);
+    let mut listener = Cluster::shared().connect_as(&database, &svc);
+    listener.batch_execute("LISTEN svc_leak").unwrap();
+    // Built-in functions only (the fmgr hook does not see them): the policy runs a query as the
+    // role that reads, and NOTIFYs what it finds. A second policy hides candidate 101.
+    Cluster::shared()
+        .connect_as(&database, &svc)
+        .batch_execute(
+            "ALTER TABLE can.candidate ENABLE ROW LEVEL SECURITY;
+             ALTER TABLE can.candidate FORCE ROW LEVEL SECURITY;
+             CREATE POLICY leak ON can.candidate USING (
+                 query_to_xml('SELECT pg_notify(''svc_leak'', string_agg(external_id, '',''))
+                                 FROM ti.instance', false, false, '') IS NOT NULL);
+             CREATE POLICY hide ON can.candidate AS RESTRICTIVE USING (id <> 101);",
+        )
+        .unwrap();
+
+    insert_instance_of_candidate_101(&mut dba, 790).unwrap();
+    dba.batch_execute("UPDATE can.candidate SET first_name = 'Changed' WHERE id = 101")
+        .unwrap();
+
+    let received = drain_notifications(&mut listener, Duration::from_secs(1));
+    assert!(received.is_empty(), "the policy ran: {received:?}");
+    // The pass sees every row: the events show the candidate the policy hides.
+    let rows = outbox_rows(&mut dba);
+    let created = rows.iter().find(|row| row.aggregate_id == 790).unwrap();
+    assert_eq!(
+        created.payload["candidate"]["email"],
+        "candidate@example.com"
+    );
+    let updated = rows.iter().rfind(|row| row.aggregate_id == 789).unwrap();
+    assert_eq!(updated.payload["candidate"]["first_name"], "Changed");
+}
+
+#[test]
+fn a_view_in_a_source_tables_place_is_refused_before_the_pass_reads() {
+    let (database, mut dba) = seeded_database("view_in_place");
+    let mut listener = Cluster::shared().connect(&database);
+    listener.batch_execute("LISTEN view_ran").unwrap();
+    dba.batch_execute(
+        "ALTER TABLE ae.catalog_assessment RENAME TO catalog_assessment_rows;
+         CREATE VIEW ae.catalog_assessment AS
+             SELECT * FROM ae.catalog_assessment_rows
+              WHERE pg_notify('view_ran', current_user) IS NULL;
+         GRANT SELECT ON ae.catalog_assessment TO ae_events_snapshot;",
+    )
+    .unwrap();
+    let error = insert_instance_of_candidate_101(&mut dba, 790).unwrap_err();
+    assert_eq!(sqlstate(&error), "42809", "{error:?}");
+    assert_eq!(
+        error_message(&error),
+        "ae_events: ae.catalog_assessment is a view; the pass reads tables only"
+    );
+    let hint = error
+        .as_db_error()
+        .and_then(|e| e.hint())
+        .unwrap_or_default();
+    assert!(hint.contains("docs/security.md"), "{hint}");
+    assert!(drain_notifications(&mut listener, Duration::from_millis(500)).is_empty());
+    assert_eq!(outbox_instances(&mut dba), vec![789]);
+    // A table again: events flow.
+    dba.batch_execute(
+        "DROP VIEW ae.catalog_assessment;
+         ALTER TABLE ae.catalog_assessment_rows RENAME TO catalog_assessment;",
+    )
+    .unwrap();
+    insert_instance_of_candidate_101(&mut dba, 790).unwrap();
+    assert_eq!(outbox_instances(&mut dba), vec![789, 790]);
+}
+
+/// A row of `ae_events.source_owners()`.
+type SourceOwnerRow = (String, Option<String>, Option<bool>, Option<bool>, String);
+
+#[test]
+fn source_owners_and_attach_say_which_tables_the_dba_does_not_own() {
+    let (database, mut dba) = seeded_database("source_owners");
+    let svc = format!("{database}_can");
+    let reader = format!("{database}_reads_all");
+    hand_the_candidates_to(&mut dba, &svc);
+    dba.batch_execute(&format!(
+        "CREATE ROLE {reader} LOGIN;
+         GRANT SELECT ON ALL TABLES IN SCHEMA ti, can, ae, tcf TO {reader};
+         ALTER TABLE tcf.skill OWNER TO {reader};
+         ALTER TABLE tcf.ordinal RENAME TO ordinal_gone;"
+    ))
+    .unwrap();
+    let rows: Vec<SourceOwnerRow> = dba
+        .query("SELECT * FROM ae_events.source_owners()", &[])
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4)))
+        .collect();
+    assert_eq!(rows.len(), 11, "{rows:?}");
+    let row = |table: &str| rows.iter().find(|row| row.0 == table).unwrap().clone();
+    let candidate = row("can.candidate");
+    assert_eq!(
+        (candidate.1.as_deref(), candidate.2, candidate.3),
+        (Some(svc.as_str()), Some(false), Some(false))
+    );
+    assert!(candidate.4.contains("refuses"), "{}", candidate.4);
+    let skill = row("tcf.skill");
+    assert_eq!(
+        (skill.1.as_deref(), skill.2, skill.3),
+        (Some(reader.as_str()), Some(false), Some(true))
+    );
+    assert!(skill.4.contains("learn nothing new"), "{}", skill.4);
+    let instance = row("ti.instance");
+    assert_eq!(
+        (instance.1.as_deref(), instance.2, instance.3),
+        (Some("postgres"), Some(true), Some(true))
+    );
+    let ordinal = row("tcf.ordinal");
+    assert_eq!((ordinal.1, ordinal.2, ordinal.3), (None, None, None));
+    assert!(ordinal.4.contains("does not exist"), "{}", ordinal.4);
+
+    // attach() names both kinds of owner, and what the pass does with their code.
+    let (mut session, notices) = connect_as_collecting_notices(&database, "postgres");
+    session.batch_execute("SELECT ae_events.attach()").unwrap();
+    let notices = notices.lock().unwrap().clone();
+    assert!(
+        notices.iter().any(|notice| notice
+            .starts_with("NOTICE ae_events: source tables can.candidate (owner ")
+            && notice.contains(&svc)
+            && notice.contains("refuses to run their functions")),
+        "{notices:?}"
+    );
+    assert!(
+        notices
+            .iter()
+            .any(|notice| notice.contains("tcf.skill (owner ")
+                && notice.contains("learn nothing new")),
+        "{notices:?}"
+    );
+    // Only the DBA may call it.
+    let error = Cluster::shared()
+        .connect_as(&database, &svc)
+        .query("SELECT * FROM ae_events.source_owners()", &[])
+        .unwrap_err();
+    assert_eq!(sqlstate(&error), "42501");
 }

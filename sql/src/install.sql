@@ -5,6 +5,8 @@ REVOKE ALL ON FUNCTION ae_events.attach() FROM PUBLIC;
 REVOKE ALL ON FUNCTION ae_events.detach() FROM PUBLIC;
 -- resend() writes events as the extension's owner: only roles the DBA grants it to.
 REVOKE ALL ON FUNCTION ae_events.resend(bigint[]) FROM PUBLIC;
+-- The source tables' owners and what the pass lets their code do: for the DBA.
+REVOKE ALL ON FUNCTION ae_events.source_owners() FROM PUBLIC;
 
 -- The trigger functions record changes that the pass turns into events as the extension's owner:
 -- only attach() may put them on a table (it runs as the DBA). Each also refuses to run on a table
@@ -13,13 +15,16 @@ REVOKE ALL ON FUNCTION ae_events.capture_instance_insert() FROM PUBLIC;
 REVOKE ALL ON FUNCTION ae_events.capture_change() FROM PUBLIC;
 REVOKE ALL ON FUNCTION ae_events.emit_pending_events() FROM PUBLIC;
 
--- The role the pass reads the application's tables as (src/privileges.rs): NOLOGIN, no
--- attributes, no members; attach() grants it SELECT on the source tables and nothing else holds
--- it. Cluster-wide like the other roles: created once, kept when the extension is dropped.
+-- The role the pass reads the application's tables as (src/privileges.rs): NOLOGIN, no members,
+-- no attribute but BYPASSRLS; attach() grants it SELECT on the source tables and nothing else
+-- holds it. BYPASSRLS: a table owner's row security policy would run inside the pass, which
+-- reads every source table, and can pass rows on with built-in functions alone
+-- (docs/security.md, section 1). Cluster-wide like the other roles: created once, kept when the
+-- extension is dropped.
 DO $$
 BEGIN
     BEGIN
-        CREATE ROLE ae_events_snapshot NOLOGIN NOINHERIT;
+        CREATE ROLE ae_events_snapshot NOLOGIN NOINHERIT BYPASSRLS;
     EXCEPTION WHEN duplicate_object OR unique_violation THEN
         NULL;
     END;
@@ -32,10 +37,10 @@ BEGIN
     IF EXISTS (SELECT FROM pg_catalog.pg_authid AS a
                 WHERE a.rolname OPERATOR(pg_catalog.=) 'ae_events_snapshot'
                   AND (a.rolcanlogin OR a.rolsuper OR a.rolcreatedb OR a.rolcreaterole
-                       OR a.rolinherit OR a.rolreplication OR a.rolbypassrls
+                       OR a.rolinherit OR a.rolreplication OR NOT a.rolbypassrls
                        OR a.rolpassword IS NOT NULL)) THEN
         ALTER ROLE ae_events_snapshot NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT
-            NOREPLICATION NOBYPASSRLS PASSWORD NULL;
+            NOREPLICATION BYPASSRLS PASSWORD NULL;
     END IF;
     IF EXISTS (SELECT FROM pg_catalog.pg_auth_members AS m
                 WHERE m.roleid OPERATOR(pg_catalog.=) 'ae_events_snapshot'::pg_catalog.regrole) THEN

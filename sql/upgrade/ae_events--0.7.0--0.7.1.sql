@@ -880,17 +880,3 @@ STRICT STABLE PARALLEL SAFE
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'source_owners_wrapper';
 REVOKE ALL ON FUNCTION ae_events.source_owners() FROM PUBLIC;
-
--- Security round 3, cross-owner isolation of the commit-time pass (docs/security.md, section 1).
--- The role the pass reads the source tables as bypasses row security: a table owner's policy
--- would otherwise run inside the pass, which reads every source table. source_owners() says
--- which source tables belong to roles other than the DBA and what the pass does with their code.
-ALTER ROLE ae_events_snapshot BYPASSRLS;
-
-CREATE FUNCTION ae_events.source_owners() RETURNS TABLE (
-    source_table text, owner text, owner_is_dba boolean, can_read_all_sources boolean,
-    meaning text)
-STRICT STABLE PARALLEL SAFE
-LANGUAGE c
-AS 'MODULE_PATHNAME', 'source_owners_wrapper';
-REVOKE ALL ON FUNCTION ae_events.source_owners() FROM PUBLIC;
