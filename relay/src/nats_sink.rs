@@ -191,6 +191,13 @@ impl NatsConnections {
             Some(false) => "not connected to the NATS server (reconnecting)",
             None => "could not connect to the NATS server",
         };
+        if connected == Some(false) && self.options.refuse_private_addresses {
+            // Under the guard the client reconnects to the addresses checked when it was made,
+            // never to a name: forget it, so that the next attempt resolves and checks anew
+            // (the server may have moved).
+            let mut servers = self.servers.lock().unwrap_or_else(|p| p.into_inner());
+            servers.remove(&target.server);
+        }
         format!(
             "timed out after {} ms publishing to {} on nats://{}: {why}",
             timeout.as_millis(),
@@ -221,8 +228,10 @@ async fn connect(server: &str, options: Options) -> Result<Context, String> {
             .collect::<Result<_, _>>()
             .map_err(|error| format!("could not connect to nats://{server}: {error}"))?
     } else {
-        vec![async_nats::ServerAddr::from_str(&format!("nats://{server}"))
-            .map_err(|error| format!("could not connect to nats://{server}: {error}"))?]
+        vec![
+            async_nats::ServerAddr::from_str(&format!("nats://{server}"))
+                .map_err(|error| format!("could not connect to nats://{server}: {error}"))?,
+        ]
     };
     let client = connect_options
         .connect(addresses)
