@@ -39,8 +39,50 @@ pub fn init(format: Format) {
                 .delimited(" "),
             )
             .init(),
-        Format::Json => logs.json().init(),
+        // serde_json escapes the C0 controls but writes C1 ones (U+0080 to U+009F, of which
+        // U+009B is a terminal's CSI) as they are: those are escaped on the way out.
+        Format::Json => logs
+            .json()
+            .with_writer(|| EscapeC1(std::io::stderr()))
+            .init(),
     }
+}
+
+/// Writes JSON lines with the C1 control characters (UTF-8 `C2 80` to `C2 9F`) as `\u00XX`
+/// escapes, which mean the same inside a JSON string (they cannot occur outside one).
+struct EscapeC1<W>(W);
+
+impl<W: std::io::Write> std::io::Write for EscapeC1<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write_all(&escape_c1(buf))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+fn escape_c1(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let is_c1 = |pair: &[u8]| pair[0] == 0xC2 && (0x80..=0x9F).contains(&pair[1]);
+    if !bytes.windows(2).any(is_c1) {
+        return std::borrow::Cow::Borrowed(bytes);
+    }
+    let mut escaped = Vec::with_capacity(bytes.len() + 16);
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes.get(i..i + 2) {
+            Some(pair) if is_c1(pair) => {
+                escaped.extend_from_slice(format!("\\u{:04x}", pair[1]).as_bytes());
+                i += 2;
+            }
+            _ => {
+                escaped.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    std::borrow::Cow::Owned(escaped)
 }
 
 /// Characters that could forge a line or steer a terminal when written raw: C0 and C1 controls
@@ -91,5 +133,16 @@ mod tests {
         );
         assert_eq!(escape("plain text, ünïcode"), "plain text, ünïcode");
         assert_eq!(escape(""), "");
+    }
+
+    #[test]
+    fn c1_controls_are_escaped_in_json_lines() {
+        let line = "{\"endpoint\":\"a\u{9b}2Jb\u{85}é\"}\n";
+        let escaped = escape_c1(line.as_bytes()).into_owned();
+        let escaped = String::from_utf8(escaped).unwrap();
+        assert_eq!(escaped, "{\"endpoint\":\"a\\u009b2Jb\\u0085é\"}\n");
+        let value: serde_json::Value = serde_json::from_str(&escaped).unwrap();
+        assert_eq!(value["endpoint"], "a\u{9b}2Jb\u{85}é");
+        assert!(matches!(escape_c1(b"plain"), std::borrow::Cow::Borrowed(_)));
     }
 }

@@ -362,8 +362,9 @@ fn endpoint_names_cannot_forge_a_log_line_or_drive_a_terminal() {
     let receiver = Receiver::ok();
     let forged = "a\nFAKE ERROR line";
     let escape = "\x1b[2J\x1b[31mred";
+    let c1 = "c1\u{9b}2J";
     // create_endpoint refuses control characters now; a row from before may hold them.
-    for (i, name) in [forged, escape].into_iter().enumerate() {
+    for (i, name) in [forged, escape, c1].into_iter().enumerate() {
         let placeholder = format!("placeholder{i}");
         create_endpoint(&mut client, &placeholder, &receiver.url("/"), "{200ms}");
         client
@@ -378,7 +379,7 @@ fn endpoint_names_cannot_forge_a_log_line_or_drive_a_terminal() {
         let before = receiver.count();
         let relay = Spawned::start(&database, &["--log-format", format], &[]);
         receiver.wait_for("both endpoints' events", Duration::from_secs(30), |r| {
-            r.len() >= before + 6
+            r.len() >= before + 9
         });
         std::thread::sleep(Duration::from_millis(500));
         let log = relay.log_bytes();
@@ -388,6 +389,10 @@ fn endpoint_names_cannot_forge_a_log_line_or_drive_a_terminal() {
         assert!(
             !log.contains(&0x1b),
             "an ESC byte in the {format} log:\n{text}"
+        );
+        assert!(
+            !log.windows(2).any(|pair| pair == [0xC2, 0x9B]),
+            "a raw CSI (U+009B) in the {format} log:\n{text}"
         );
         for line in text.lines() {
             assert!(
