@@ -142,10 +142,10 @@ pub fn is_dba(role: pg_sys::Oid) -> bool {
     superuser || role == ExtensionCatalog::current().owner
 }
 
-/// Whether `role` can read every row of every source table that exists: SELECT on the table
-/// (directly, through a role it belongs to, or pg_read_all_data) and no row security policy
-/// that applies to it, unless it owns the table (an owner can drop its policies). Such a role
-/// learns nothing from what the pass reads.
+/// Whether `role` can read every row of every source table that exists: USAGE on its schema,
+/// SELECT on the table (directly, through a role it belongs to, or pg_read_all_data) and no row
+/// security policy that applies to it, unless it owns the table (an owner can drop its
+/// policies). Such a role learns nothing from what the pass reads.
 pub fn can_read_all_sources(role: pg_sys::Oid) -> bool {
     SOURCES.into_iter().all(|source| {
         let table = sources::table_oid(source);
@@ -154,14 +154,28 @@ pub fn can_read_all_sources(role: pg_sys::Oid) -> bool {
         }
         // SAFETY: catalog lookups by oid; noError: an unexpected state reads as "not allowed".
         unsafe {
-            pg_sys::pg_class_aclcheck(table, role, pg_sys::ACL_SELECT as pg_sys::AclMode)
-                == pg_sys::AclResult::ACLCHECK_OK
+            may_use_schema(pg_sys::get_rel_namespace(table), role)
+                && pg_sys::pg_class_aclcheck(table, role, pg_sys::ACL_SELECT as pg_sys::AclMode)
+                    == pg_sys::AclResult::ACLCHECK_OK
                 && (pg_sys::check_enable_rls(table, role, true)
                     != pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32
                     || table_owner(table)
                         .is_some_and(|owner| pg_sys::has_privs_of_role(role, owner)))
         }
     })
+}
+
+/// USAGE on a schema (PostgreSQL 16 made the per-kind ACL checks one function).
+fn may_use_schema(schema: pg_sys::Oid, role: pg_sys::Oid) -> bool {
+    let usage = pg_sys::ACL_USAGE as pg_sys::AclMode;
+    #[cfg(feature = "pg15")]
+    // SAFETY: a catalog lookup by oid.
+    let result = unsafe { pg_sys::pg_namespace_aclcheck(schema, role, usage) };
+    #[cfg(not(feature = "pg15"))]
+    // SAFETY: as above.
+    let result =
+        unsafe { pg_sys::object_aclcheck(pg_sys::NamespaceRelationId, schema, role, usage) };
+    result == pg_sys::AclResult::ACLCHECK_OK
 }
 
 /// The owner of a relation, from the system caches.

@@ -759,13 +759,13 @@ fn insert_instance_of_candidate_101(client: &mut Client, id: i64) -> Result<(), 
     ))
 }
 
-fn assert_refused_naming_the_leak(error: &postgres::Error, svc: &str) {
+fn assert_refused_naming(error: &postgres::Error, function: &str, svc: &str) {
     assert_eq!(sqlstate(error), "42501", "{error:?}");
     let message = error_message(error);
     assert!(
         message.starts_with("ae_events: ")
             && message.contains(&format!(
-                "the commit-time pass refuses to run function svc.leak() (owned by {svc})"
+                "the commit-time pass refuses to run function {function} (owned by {svc})"
             )),
         "{message}"
     );
@@ -793,7 +793,7 @@ fn the_owner_of_one_source_table_learns_nothing_of_the_others_through_the_pass()
     let (mut application, application_notices) =
         connect_as_collecting_notices(&database, "postgres");
     let error = insert_instance_of_candidate_101(&mut application, 790).unwrap_err();
-    assert_refused_naming_the_leak(&error, &svc);
+    assert_refused_naming(&error, "svc.leak()", &svc);
 
     // The owner changes its own row, so that the pass runs in its own session. (Its UPDATE
     // folds the predicate as the owner, which the index's relcache entry keeps: changing the
@@ -807,7 +807,7 @@ fn the_owner_of_one_source_table_learns_nothing_of_the_others_through_the_pass()
              COMMIT;",
         )
         .unwrap_err();
-    assert_refused_naming_the_leak(&error, &svc);
+    assert_refused_naming(&error, "svc.leak()", &svc);
     owner.batch_execute("ROLLBACK").unwrap();
 
     // Nothing carries another service's value: notices, notifications, the owner's session
@@ -849,6 +849,26 @@ fn the_owner_of_one_source_table_learns_nothing_of_the_others_through_the_pass()
     assert_eq!(advisory, 0, "a session advisory lock carries the old id");
     // No event was written for either.
     assert_eq!(outbox_instances(&mut dba), events_before);
+
+    // A SQL function is checked as well: the hook keeps the planner from inlining its body,
+    // which here runs the query as whoever evaluates it.
+    Cluster::shared()
+        .connect_as(&database, &svc)
+        .batch_execute(
+            "DROP INDEX can.candidate_leak;
+             CREATE FUNCTION svc.leak_sql() RETURNS boolean IMMUTABLE LANGUAGE sql AS $f$
+                 SELECT query_to_xml(CASE WHEN current_user = 'ae_events_snapshot'
+                     THEN 'SELECT pg_notify(''svc_leak'', string_agg(external_id, '','')) FROM ti.instance'
+                     ELSE 'SELECT 1' END, false, false, '') IS NOT NULL
+             $f$;
+             CREATE INDEX candidate_leak_sql ON can.candidate (id) WHERE svc.leak_sql();",
+        )
+        .unwrap();
+    let mut application = Cluster::shared().connect(&database);
+    let error = insert_instance_of_candidate_101(&mut application, 791).unwrap_err();
+    assert_refused_naming(&error, "svc.leak_sql()", &svc);
+    let received = drain_notifications(&mut listener, Duration::from_millis(500));
+    assert!(received.is_empty(), "{received:?}");
 }
 
 #[test]
@@ -984,6 +1004,7 @@ fn source_owners_and_attach_say_which_tables_the_dba_does_not_own() {
     hand_the_candidates_to(&mut dba, &svc);
     dba.batch_execute(&format!(
         "CREATE ROLE {reader} LOGIN;
+         GRANT USAGE ON SCHEMA ti, can, ae, tcf TO {reader};
          GRANT SELECT ON ALL TABLES IN SCHEMA ti, can, ae, tcf TO {reader};
          ALTER TABLE tcf.skill OWNER TO {reader};
          ALTER TABLE tcf.ordinal RENAME TO ordinal_gone;"
