@@ -400,7 +400,6 @@ impl InterimWatch {
 /// documentation).
 pub struct Bounded {
     io: Box<dyn Io>,
-    scratch: Box<[u8]>,
     watch: InterimWatch,
     proxied: bool,
 }
@@ -409,11 +408,19 @@ impl Bounded {
     fn new(io: Box<dyn Io>, proxied: bool) -> Bounded {
         Bounded {
             io,
-            scratch: vec![0; 16 * 1024].into_boxed_slice(),
             watch: InterimWatch::new(),
             proxied,
         }
     }
+}
+
+/// Bytes are read here, looked at, then copied into hyper's buffer: one buffer per thread
+/// rather than one per connection (thousands may be open).
+const SCRATCH_BYTES: usize = 16 * 1024;
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0; SCRATCH_BYTES].into_boxed_slice());
 }
 
 impl Connection for Bounded {
@@ -428,16 +435,21 @@ impl hyper::rt::Read for Bounded {
         cx: &mut Context<'_>,
         mut buf: ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
-        let Bounded {
-            io, scratch, watch, ..
-        } = &mut *self;
-        let room = buf.remaining().min(scratch.len());
-        let mut read = ReadBuf::new(&mut scratch[..room]);
-        ready!(Pin::new(io).poll_read(cx, &mut read))?;
-        let filled = read.filled();
-        watch.read(filled).map_err(io::Error::other)?;
-        buf.put_slice(filled);
-        Poll::Ready(Ok(()))
+        let Bounded { io, watch, .. } = &mut *self;
+        let mut read_into = |scratch: &mut [u8]| {
+            let room = buf.remaining().min(scratch.len());
+            let mut read = ReadBuf::new(&mut scratch[..room]);
+            ready!(Pin::new(&mut *io).poll_read(cx, &mut read))?;
+            let filled = read.filled();
+            watch.read(filled).map_err(io::Error::other)?;
+            buf.put_slice(filled);
+            Poll::Ready(Ok(()))
+        };
+        SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+            Ok(mut scratch) => read_into(&mut scratch),
+            // Not reentered in practice; a buffer of its own if it ever is.
+            Err(_) => read_into(&mut vec![0; SCRATCH_BYTES]),
+        })
     }
 }
 
