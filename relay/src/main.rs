@@ -176,6 +176,10 @@ fn parse_lease(text: &str) -> Result<Duration, String> {
     if lease < Duration::from_secs(1) {
         return Err(format!("{text:?} is too short for a lease: at least 1s"));
     }
+    // relay_lease refuses longer ones: a dead relay's endpoints would wait that long.
+    if lease > Duration::from_secs(600) {
+        return Err(format!("{text:?} is too long for a lease: at most 10m"));
+    }
     Ok(lease)
 }
 
@@ -354,6 +358,8 @@ mod tests {
         assert_eq!(parse_duration("720h"), Ok(Duration::from_secs(30 * 86_400)));
         assert_eq!(parse_duration("1ms"), Ok(Duration::from_millis(1)));
         assert!(super::parse_lease("500ms").is_err());
+        assert!(super::parse_lease("11m").is_err());
+        assert_eq!(super::parse_lease("10m"), Ok(Duration::from_secs(600)));
         assert_eq!(super::parse_lease("1s"), Ok(Duration::from_secs(1)));
         assert!(super::parse_positive("0").is_err());
         assert!(super::parse_channel("").is_err());

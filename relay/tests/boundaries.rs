@@ -107,7 +107,12 @@ fn a_disable_after_from_before_the_bound_still_records_and_keeps_the_schedule() 
     let cluster = Cluster::shared();
     let (database, mut client) = delivery_database("boundary_disable_after");
     let receiver = Receiver::start(|_, _| Answer::status(500));
-    create_endpoint(&mut client, "patient", &receiver.url("/"), "{300ms,300ms,1h}");
+    create_endpoint(
+        &mut client,
+        "patient",
+        &receiver.url("/"),
+        "{300ms,300ms,1h}",
+    );
     // A row written before 0.7.1 bounded it (the DBA's UPDATE stands in for that).
     client
         .execute(
@@ -135,7 +140,11 @@ fn a_disable_after_from_before_the_bound_still_records_and_keeps_the_schedule() 
         )
         .unwrap();
     assert_eq!(
-        (row.get::<_, String>(0), row.get::<_, bool>(1), row.get::<_, bool>(2)),
+        (
+            row.get::<_, String>(0),
+            row.get::<_, bool>(1),
+            row.get::<_, bool>(2)
+        ),
         ("pending".to_owned(), true, true)
     );
 }
@@ -148,12 +157,7 @@ fn a_relay_acts_only_under_ids_of_its_own_role_and_leases_are_bounded() {
     create_relay_role(&mut client, "relay_two");
     let receiver = Receiver::ok();
     create_endpoint(&mut client, "held", &receiver.url("/"), "{1s}");
-    let relay = Relay::start_as(
-        cluster,
-        &database,
-        "relay_one",
-        &["--relay-id", "one"],
-    );
+    let relay = Relay::start_as(cluster, &database, "relay_one", &["--relay-id", "one"]);
     wait_until_sql(
         &mut client,
         "relay one holds the endpoint",
@@ -201,13 +205,13 @@ fn a_relay_acts_only_under_ids_of_its_own_role_and_leases_are_bounded() {
     // Once relay one has stopped (it gives its endpoints back), its id is free again.
     assert!(relay.terminate().success());
     let leased: i64 = other
-        .query(
-            "SELECT * FROM ae_events.relay_lease('one', '2 s')",
-            &[],
-        )
+        .query("SELECT * FROM ae_events.relay_lease('one', '2 s')", &[])
         .unwrap()
         .len() as i64;
-    assert_eq!(leased, 1, "relay_two may use the expired id and takes the endpoint");
+    assert_eq!(
+        leased, 1,
+        "relay_two may use the expired id and takes the endpoint"
+    );
 }
 
 #[test]
@@ -252,8 +256,7 @@ fn header_values_echoed_by_a_receiver_are_masked_in_stored_errors() {
         .unwrap()
         .get(0);
     assert_eq!(
-        stored,
-        "HTTP 401: bad credentials [redacted] (key k-55d)",
+        stored, "HTTP 401: bad credentials [redacted] (key k-55d)",
         "values of 6 characters or more are masked; shorter ones are no secrets"
     );
     // A stale endpoint_id (the endpoint was dropped and created again) writes nothing.
@@ -347,7 +350,11 @@ fn an_endpoint_created_again_under_its_name_is_a_new_endpoint_to_a_running_relay
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(recorded, [100], "nothing of the old endpoint recorded for the new one");
+    assert_eq!(
+        recorded,
+        [100],
+        "nothing of the old endpoint recorded for the new one"
+    );
 }
 
 #[test]
@@ -384,10 +391,7 @@ fn every_url_sql_accepts_is_one_the_relay_can_parse() {
     let mut accepted = Vec::new();
     for (n, url) in urls.iter().enumerate() {
         let name = format!("u{n}");
-        match client.query_one(
-            "SELECT ae_events.create_endpoint($1, $2)",
-            &[&name, url],
-        ) {
+        match client.query_one("SELECT ae_events.create_endpoint($1, $2)", &[&name, url]) {
             Ok(_) => {
                 assert!(
                     reqwest::Url::parse(url).is_ok_and(|parsed| parsed.host().is_some()),
@@ -401,5 +405,9 @@ fn every_url_sql_accepts_is_one_the_relay_can_parse() {
             }
         }
     }
-    assert_eq!(accepted, &urls[..7], "exactly the ordinary URLs are accepted");
+    assert_eq!(
+        accepted,
+        &urls[..7],
+        "exactly the ordinary URLs are accepted"
+    );
 }

@@ -710,6 +710,8 @@ fn argument_errors_never_echo_a_database_url() {
         (vec!["run", "--config", &file, "--lease", "1e300"], vec![]),
         // Values the relay could not act on are refused at start too (row 2).
         (vec!["run", "--config", &file, "--lease", "500ms"], vec![]),
+        // relay_lease refuses leases over 10 minutes: refused at start, not at every renewal.
+        (vec!["run", "--config", &file, "--lease", "11m"], vec![]),
         (
             vec!["run", "--config", &file, "--poll-interval", "1e20"],
             vec![],
