@@ -7,9 +7,10 @@
 //!   belong to the owner.
 //! - Every read of the application's tables (snapshots, bubble-up lookups) runs as
 //!   `ae_events_snapshot` (`SnapshotReader`): a NOLOGIN role that holds SELECT on the source
-//!   tables (granted by `attach()`) and nothing else. A source table's owner controls code that
-//!   runs while those tables are planned and read (index predicates and expressions, operators,
-//!   policies, views); it runs with the rights of that role, so owning a table gains nothing.
+//!   tables (granted by `attach()`) and nothing else but BYPASSRLS. A source table's owner
+//!   controls code that runs while those tables are planned and read (index predicates and
+//!   expressions, operators); since that role reads every source table, such code runs only if
+//!   its owner could read them all itself (`isolation.rs`).
 
 use crate::errors::{self, EventError};
 use crate::settings::ScopedSetting;
