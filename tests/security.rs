@@ -744,7 +744,9 @@ fn plant_the_leak(database: &str, svc: &str) {
              EXCEPTION WHEN OTHERS THEN
                  RETURN true;
              END $f$;
-             CREATE INDEX candidate_leak ON can.candidate (id) WHERE svc.leak();",
+             CREATE INDEX candidate_leak ON can.candidate (id) WHERE svc.leak();
+             CREATE FUNCTION svc.one() RETURNS integer LANGUAGE plpgsql AS $f$
+             BEGIN RETURN 1; END $f$;",
         )
         .unwrap();
 }
@@ -869,6 +871,22 @@ fn the_owner_of_one_source_table_learns_nothing_of_the_others_through_the_pass()
     assert_refused_naming(&error, "svc.leak_sql()", &svc);
     let received = drain_notifications(&mut listener, Duration::from_millis(500));
     assert!(received.is_empty(), "{received:?}");
+
+    // A refused pass inside a savepoint leaves nothing behind: outside the pass, the owner's
+    // functions run as before.
+    let mut session = Cluster::shared().connect(&database);
+    session.batch_execute("BEGIN; SAVEPOINT before").unwrap();
+    insert_instance_of_candidate_101(&mut session, 792).unwrap();
+    let error = session
+        .batch_execute("SET CONSTRAINTS ALL IMMEDIATE")
+        .unwrap_err();
+    assert_refused_naming(&error, "svc.leak_sql()", &svc);
+    session
+        .batch_execute("ROLLBACK TO SAVEPOINT before")
+        .unwrap();
+    let one: i32 = session.query_one("SELECT svc.one()", &[]).unwrap().get(0);
+    assert_eq!(one, 1);
+    session.batch_execute("COMMIT").unwrap();
 }
 
 #[test]
