@@ -11,7 +11,9 @@
 //!   (`fmgr_info`), and does not inline a SQL function the hook claims, so SQL bodies are
 //!   checked too; built-in functions never reach the hook;
 //! - the relations the pass names must be tables (`require_tables`): a view in a source table's
-//!   place would run its code, built-in functions included, with the pass's rights;
+//!   place would run its code, built-in functions included, with the pass's rights; and so must
+//!   every relation a query of the pass reads, checked as the executor starts it
+//!   (`check_permissions`);
 //! - row security policies do not apply (the role has BYPASSRLS, install.sql): a policy can leak
 //!   with built-in functions alone, which the hook does not see.
 
@@ -27,24 +29,28 @@ use std::sync::OnceLock;
 struct PreviousHooks {
     needs: pg_sys::needs_fmgr_hook_type,
     fmgr: pg_sys::fmgr_hook_type,
+    check_permissions: pg_sys::ExecutorCheckPerms_hook_type,
 }
 
 static PREVIOUS: OnceLock<PreviousHooks> = OnceLock::new();
 
-/// Install the fmgr hooks (from `_PG_init`, once per backend).
-pub fn register_fmgr_hooks() {
+/// Install the fmgr hooks and the executor's permission-check hook (from `_PG_init`, once per
+/// backend).
+pub fn register_hooks() {
     // SAFETY: _PG_init runs once per process, before any query of this library; the previous
     // hooks are kept and chained.
     unsafe {
         let previous = PreviousHooks {
             needs: pg_sys::needs_fmgr_hook,
             fmgr: pg_sys::fmgr_hook,
+            check_permissions: pg_sys::ExecutorCheckPerms_hook,
         };
         if PREVIOUS.set(previous).is_err() {
             return;
         }
         pg_sys::needs_fmgr_hook = Some(needs_fmgr_hook);
         pg_sys::fmgr_hook = Some(fmgr_hook);
+        pg_sys::ExecutorCheckPerms_hook = Some(check_permissions);
     }
 }
 
@@ -248,7 +254,92 @@ fn not_a_table(kind: u8) -> Option<&'static str> {
         pg_sys::RELKIND_VIEW => Some("a view"),
         pg_sys::RELKIND_MATVIEW => Some("a materialized view"),
         pg_sys::RELKIND_FOREIGN_TABLE => Some("a foreign table"),
+        0 => None, // gone (dropped meanwhile): the executor reports it
         _ => Some("not a table"),
+    }
+}
+
+/// Called as the executor starts each query, with the relations it reads (a view there too,
+/// expanded, for its permission check). While the pass reads, every one must be a table: should
+/// a query of the pass be planned again after `require_tables` and find a view under a source
+/// table's name (its schema renamed and another made in its place), it fails here, before the
+/// view's code runs.
+#[cfg(feature = "pg15")]
+#[pg_guard]
+unsafe extern "C-unwind" fn check_permissions(
+    range_table: *mut pg_sys::List,
+    ereport_on_violation: bool,
+) -> bool {
+    if privileges::reading_sources() {
+        require_tables_among(range_table);
+    }
+    match PREVIOUS
+        .get()
+        .and_then(|previous| previous.check_permissions)
+    {
+        // SAFETY: the hook installed before ours, with the same arguments.
+        Some(previous) => unsafe { previous(range_table, ereport_on_violation) },
+        None => true,
+    }
+}
+
+/// As above (PostgreSQL 16 added the permission infos).
+#[cfg(not(feature = "pg15"))]
+#[pg_guard]
+unsafe extern "C-unwind" fn check_permissions(
+    range_table: *mut pg_sys::List,
+    permission_infos: *mut pg_sys::List,
+    ereport_on_violation: bool,
+) -> bool {
+    if privileges::reading_sources() {
+        require_tables_among(range_table);
+    }
+    match PREVIOUS
+        .get()
+        .and_then(|previous| previous.check_permissions)
+    {
+        // SAFETY: the hook installed before ours, with the same arguments.
+        Some(previous) => unsafe { previous(range_table, permission_infos, ereport_on_violation) },
+        None => true,
+    }
+}
+
+/// Refuse (42809) unless every relation of a range table is a table. (PostgreSQL 15 keeps a
+/// view's own entry, with its oid, among the expanded view's; 16 keeps the oid on the view's
+/// subquery entry.)
+fn require_tables_among(range_table: *mut pg_sys::List) {
+    // SAFETY: the executor passes its range table, a List of RangeTblEntry pointers.
+    let entries = unsafe { pgrx::PgList::<pg_sys::RangeTblEntry>::from_pg(range_table) };
+    for entry in entries.iter_ptr() {
+        // SAFETY: a valid entry of that list.
+        let relation = unsafe { (*entry).relid };
+        if relation == pg_sys::InvalidOid {
+            continue;
+        }
+        // SAFETY: a syscache lookup by oid ('\0' for a relation that is gone).
+        let kind = unsafe { pg_sys::get_rel_relkind(relation) } as u8;
+        if let Some(what) = not_a_table(kind) {
+            let name = relation_name(relation);
+            crate::errors::raise_with_hint(
+                PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
+                format!("{name} is {what}; the pass reads tables only"),
+                format!(
+                    "A relation in a source table's place would run its own code with the rights of the role that reads every source table. Make {name} a table again (or SELECT ae_events.detach() to stop events). See docs/security.md, section 1."
+                ),
+            );
+        }
+    }
+}
+
+/// `schema.name` of a relation.
+fn relation_name(relation: pg_sys::Oid) -> String {
+    // SAFETY: syscache lookups by oid; NULL for what is gone.
+    unsafe {
+        let schema = owned_text(pg_sys::get_namespace_name(pg_sys::get_rel_namespace(
+            relation,
+        )));
+        let name = owned_text(pg_sys::get_rel_name(relation));
+        format!("{schema}.{name}")
     }
 }
 

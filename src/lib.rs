@@ -85,7 +85,7 @@ pub extern "C-unwind" fn _PG_init() {
     settings::register();
     pending::register_subtransaction_callback();
     config_cache::register_invalidation_callback();
-    isolation::register_fmgr_hooks();
+    isolation::register_hooks();
     // SAFETY: the callback is a plain function that lives as long as the library.
     unsafe { pg_sys::RegisterXactCallback(Some(on_transaction_end), std::ptr::null_mut()) };
 }
