@@ -91,7 +91,7 @@ impl RelayConfig {
             window: 2000,
             window_bytes: 64 << 20,
             total_window_bytes: 1 << 30,
-            database_connections: 8,
+            database_connections: 4,
             statement_timeout: Duration::from_secs(30),
             max_reconnect_delay: Duration::from_secs(30),
             shutdown_deadline: Duration::from_secs(30),

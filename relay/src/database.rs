@@ -159,6 +159,24 @@ impl Pool {
         })
     }
 
+    /// One statement on a connection of the pool (prepared once per connection). The connection
+    /// goes back to the pool when the call ends; dropped before that (the caller gave up), it is
+    /// cancelled and closed (`InUse`).
+    async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<Row>, DbError> {
+        let connection = self.take().await?;
+        let client = connection.client()?;
+        let rows = match client.prepare_cached(sql).await {
+            Ok(statement) => client.query(&statement, params).await,
+            Err(error) => Err(error),
+        };
+        connection.done();
+        Ok(rows?)
+    }
+
     /// The events after `after` in delivery order: at most `max_events`, and ending after the
     /// event whose payload reaches `max_bytes` (at least one event).
     #[allow(clippy::too_many_arguments)]
@@ -171,37 +189,24 @@ impl Pool {
         max_events: usize,
         max_bytes: usize,
     ) -> Result<Vec<FetchedRow>, DbError> {
-        let connection = self.take().await?;
-        let client = connection.client()?;
-        let statement = client
-            .prepare_cached(
+        let rows = self
+            .query(
                 "SELECT epoch, txid::text, id, event_id::text, subscription_key, event_type,
                         aggregate_id, snapshot_version, payload, deliver, waits_behind, occurred_at
                    FROM ae_events.relay_fetch($1, $2, $3, $4::text::xid8, $5, $6, $7, $8)",
+                &[
+                    &endpoint,
+                    &relay,
+                    &after.epoch,
+                    &after.txid.to_string(),
+                    &after.id,
+                    &count(max_events),
+                    &bytes(max_bytes),
+                    &endpoint_id,
+                ],
             )
-            .await;
-        let rows = match statement {
-            Ok(statement) => {
-                client
-                    .query(
-                        &statement,
-                        &[
-                            &endpoint,
-                            &relay,
-                            &after.epoch,
-                            &after.txid.to_string(),
-                            &after.id,
-                            &count(max_events),
-                            &bytes(max_bytes),
-                            &endpoint_id,
-                        ],
-                    )
-                    .await
-            }
-            Err(error) => Err(error),
-        };
-        connection.done();
-        Ok(rows?
+            .await?;
+        Ok(rows
             .iter()
             .map(|row| {
                 let deliver: bool = row.get(9);
@@ -238,35 +243,22 @@ impl Pool {
         busy_instances: &[i64],
         max_bytes: usize,
     ) -> Result<Vec<Event>, DbError> {
-        let connection = self.take().await?;
-        let client = connection.client()?;
-        let statement = client
-            .prepare_cached(
+        let rows = self
+            .query(
                 "SELECT id, event_id::text, subscription_key, event_type, aggregate_id,
                         snapshot_version, payload, attempts, occurred_at
                    FROM ae_events.relay_due($1, $2, $3, $4, $5, $6)",
+                &[
+                    &endpoint,
+                    &relay,
+                    &count(max_events),
+                    &busy_instances,
+                    &bytes(max_bytes),
+                    &endpoint_id,
+                ],
             )
-            .await;
-        let rows = match statement {
-            Ok(statement) => {
-                client
-                    .query(
-                        &statement,
-                        &[
-                            &endpoint,
-                            &relay,
-                            &count(max_events),
-                            &busy_instances,
-                            &bytes(max_bytes),
-                            &endpoint_id,
-                        ],
-                    )
-                    .await
-            }
-            Err(error) => Err(error),
-        };
-        connection.done();
-        Ok(rows?
+            .await?;
+        Ok(rows
             .iter()
             .map(|row| Event {
                 id: row.get(0),
@@ -302,43 +294,32 @@ impl Pool {
         let http_statuses: Vec<Option<i32>> = outcomes.iter().map(|o| o.http_status).collect();
         let errors: Vec<Option<&str>> = outcomes.iter().map(|o| o.error.as_deref()).collect();
         let next: Vec<Option<SystemTime>> = outcomes.iter().map(|o| o.next_attempt_at).collect();
-        let connection = self.take().await?;
-        let client = connection.client()?;
-        let statement = client
-            .prepare_cached(
+        let rows = self
+            .query(
                 "SELECT ae_events.relay_record($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
                                                $11, $12::text::xid8, $13, $14, $15)",
+                &[
+                    &endpoint,
+                    &relay,
+                    &ids,
+                    &aggregates,
+                    &statuses,
+                    &attempts,
+                    &attempted_at,
+                    &http_statuses,
+                    &errors,
+                    &next,
+                    &cursor.map(|c| c.epoch),
+                    &cursor.map(|c| c.txid.to_string()),
+                    &cursor.map(|c| c.id),
+                    &gone_reason,
+                    &endpoint_id,
+                ],
             )
-            .await;
-        let row = match statement {
-            Ok(statement) => {
-                client
-                    .query_one(
-                        &statement,
-                        &[
-                            &endpoint,
-                            &relay,
-                            &ids,
-                            &aggregates,
-                            &statuses,
-                            &attempts,
-                            &attempted_at,
-                            &http_statuses,
-                            &errors,
-                            &next,
-                            &cursor.map(|c| c.epoch),
-                            &cursor.map(|c| c.txid.to_string()),
-                            &cursor.map(|c| c.id),
-                            &gone_reason,
-                            &endpoint_id,
-                        ],
-                    )
-                    .await
-            }
-            Err(error) => Err(error),
-        };
-        connection.done();
-        Ok(row?.get(0))
+            .await?;
+        // relay_record returns one row; none would be a broken server: "not held" stops the
+        // worker, and the next one starts from the database's state.
+        Ok(rows.first().is_some_and(|row| row.get(0)))
     }
 }
 

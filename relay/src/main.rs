@@ -74,8 +74,9 @@ enum Command {
         #[arg(long, default_value = "1GiB", value_parser = ae_relay::config::parse_size)]
         total_window_bytes: usize,
         /// Database connections for the endpoints' calls (fetch, due, record); the relay has
-        /// one more of its own for leases and notifications.
-        #[arg(long, default_value_t = 8, value_parser = ae_relay::config::parse_connections)]
+        /// one more of its own for leases and notifications. More isolate more slow endpoints
+        /// from the others; on a small database server each one more costs it CPU.
+        #[arg(long, default_value_t = 4, value_parser = ae_relay::config::parse_connections)]
         database_connections: usize,
         /// The longest an endpoint's database call may run on the server (statement_timeout of
         /// its connections).
