@@ -853,24 +853,31 @@ fn the_owner_of_one_source_table_learns_nothing_of_the_others_through_the_pass()
     assert_eq!(outbox_instances(&mut dba), events_before);
 
     // A SQL function is checked as well: the hook keeps the planner from inlining its body,
-    // which here runs the query as whoever evaluates it.
-    Cluster::shared()
-        .connect_as(&database, &svc)
-        .batch_execute(
-            "DROP INDEX can.candidate_leak;
-             CREATE FUNCTION svc.leak_sql() RETURNS boolean IMMUTABLE LANGUAGE sql AS $f$
-                 SELECT query_to_xml(CASE WHEN current_user = 'ae_events_snapshot'
-                     THEN 'SELECT pg_notify(''svc_leak'', string_agg(external_id, '','')) FROM ti.instance'
-                     ELSE 'SELECT 1' END, false, false, '') IS NOT NULL
-             $f$;
-             CREATE INDEX candidate_leak_sql ON can.candidate (id) WHERE svc.leak_sql();",
-        )
-        .unwrap();
-    let mut application = Cluster::shared().connect(&database);
-    let error = insert_instance_of_candidate_101(&mut application, 791).unwrap_err();
-    assert_refused_naming(&error, "svc.leak_sql()", &svc);
-    let received = drain_notifications(&mut listener, Duration::from_millis(500));
-    assert!(received.is_empty(), "{received:?}");
+    // which here runs the query as whoever evaluates it (through query_to_xml: a server built
+    // without libxml, as PyPI's PostgreSQL 16-18 are, cannot run it, so there this part is
+    // skipped; Debian's 15 runs it).
+    let has_xml = dba.simple_query("SELECT '<a/>'::xml").is_ok();
+    if has_xml {
+        Cluster::shared()
+            .connect_as(&database, &svc)
+            .batch_execute(
+                "DROP INDEX can.candidate_leak;
+                 CREATE FUNCTION svc.leak_sql() RETURNS boolean IMMUTABLE LANGUAGE sql AS $f$
+                     SELECT query_to_xml(CASE WHEN current_user = 'ae_events_snapshot'
+                         THEN 'SELECT pg_notify(''svc_leak'', string_agg(external_id, '','')) FROM ti.instance'
+                         ELSE 'SELECT 1' END, false, false, '') IS NOT NULL
+                 $f$;
+                 CREATE INDEX candidate_leak_sql ON can.candidate (id) WHERE svc.leak_sql();",
+            )
+            .unwrap();
+        let mut application = Cluster::shared().connect(&database);
+        let error = insert_instance_of_candidate_101(&mut application, 791).unwrap_err();
+        assert_refused_naming(&error, "svc.leak_sql()", &svc);
+        let received = drain_notifications(&mut listener, Duration::from_millis(500));
+        assert!(received.is_empty(), "{received:?}");
+    } else {
+        eprintln!("no libxml in this server: the SQL-function case is skipped");
+    }
 
     // A refused pass inside a savepoint leaves nothing behind: outside the pass, the owner's
     // functions run as before.
@@ -880,7 +887,13 @@ fn the_owner_of_one_source_table_learns_nothing_of_the_others_through_the_pass()
     let error = session
         .batch_execute("SET CONSTRAINTS ALL IMMEDIATE")
         .unwrap_err();
-    assert_refused_naming(&error, "svc.leak_sql()", &svc);
+    // The function planted last: the SQL one, or the PL/pgSQL one where it was skipped.
+    let planted = if has_xml {
+        "svc.leak_sql()"
+    } else {
+        "svc.leak()"
+    };
+    assert_refused_naming(&error, planted, &svc);
     session
         .batch_execute("ROLLBACK TO SAVEPOINT before")
         .unwrap();
