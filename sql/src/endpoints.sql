@@ -1197,20 +1197,21 @@ BEGIN
         RETURN false;
     END IF;
     -- Header values of 6 characters or more (shorter ones are no secrets, and would mask
-    -- ordinary words), longest first so that one inside another is masked whole.
-    FOR header IN SELECT h.value FROM pg_catalog.jsonb_each_text(held.headers) AS h
-                   WHERE pg_catalog.length(h.value) OPERATOR(pg_catalog.>=) 6
-                   ORDER BY pg_catalog.length(h.value) DESC LOOP
-        errors := ARRAY(SELECT pg_catalog.replace(x.e, header.value, '[redacted]')
-                          FROM pg_catalog.unnest(errors) WITH ORDINALITY AS x (e, n) ORDER BY x.n);
-    END LOOP;
-    errors := ARRAY(SELECT pg_catalog.left(x.e, 2000)
-                      FROM pg_catalog.unnest(errors) WITH ORDINALITY AS x (e, n) ORDER BY x.n);
+    -- ordinary words), longest first so that one inside another is masked whole. Only when
+    -- there is an error text: a batch of deliveries has none, and is the common case.
+    IF EXISTS (SELECT FROM pg_catalog.unnest(errors) AS x (e) WHERE x.e IS NOT NULL) THEN
+        FOR header IN SELECT h.value FROM pg_catalog.jsonb_each_text(held.headers) AS h
+                       WHERE pg_catalog.length(h.value) OPERATOR(pg_catalog.>=) 6
+                       ORDER BY pg_catalog.length(h.value) DESC LOOP
+            errors := ARRAY(SELECT pg_catalog.replace(x.e, header.value, '[redacted]')
+                              FROM pg_catalog.unnest(errors) WITH ORDINALITY AS x (e, n) ORDER BY x.n);
+        END LOOP;
+    END IF;
     INSERT INTO ae_events.deliveries AS d
            (endpoint, outbox_id, aggregate_id, status, attempts, first_attempt_at, last_attempt_at,
             last_status, last_error, next_attempt_at, delivered_at, dead_at)
     SELECT held.endpoint, r.outbox_id, r.aggregate_id, r.status, r.attempts, r.attempted_at,
-           r.attempted_at, r.http_status, r.error,
+           r.attempted_at, r.http_status, pg_catalog.left(r.error, 2000),
            CASE WHEN r.status OPERATOR(pg_catalog.=) 'pending' THEN coalesce(r.next_attempt_at, pg_catalog.now()) END,
            CASE WHEN r.status OPERATOR(pg_catalog.=) 'delivered' THEN r.attempted_at END,
            CASE WHEN r.status OPERATOR(pg_catalog.=) 'dead' THEN r.attempted_at END
