@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use postgres::Client;
+use std::sync::{Mutex, MutexGuard};
 
 const EARLIER_RELEASES: &[&str] = &[
     "0.1.0", "0.2.0", "0.3.0", "0.4.0", "0.5.0", "0.6.0", "0.7.0",
@@ -14,6 +15,13 @@ const EARLIER_RELEASES: &[&str] = &[
 /// delivery and its relays, which the write path does not use; 0.7.1 changed only the library);
 /// with the others it refuses until the update.
 const LIBRARY_WRITES_WITH: &[&str] = &["0.5.0", "0.6.0", "0.7.0"];
+
+/// The scripts of earlier releases change the cluster-wide role `ae_events_snapshot` without a
+/// lock (0.7.1's take one): the tests that run them in this shared cluster take turns.
+fn earlier_release_scripts() -> MutexGuard<'static, ()> {
+    static TURN: Mutex<()> = Mutex::new(());
+    TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// The extension's objects as the catalog describes them, for comparing two databases.
 fn extension_objects(client: &mut Client) -> Vec<String> {
@@ -77,6 +85,7 @@ fn extension_objects(client: &mut Client) -> Vec<String> {
 
 #[test]
 fn update_from_each_earlier_release_matches_a_fresh_install_and_keeps_events() {
+    let _turn = earlier_release_scripts();
     let cluster = Cluster::shared();
     let fresh_database = cluster.database("fresh", ForeignKeys::With);
     let mut fresh = cluster.connect(&fresh_database);
@@ -164,6 +173,7 @@ fn update_from_each_earlier_release_matches_a_fresh_install_and_keeps_events() {
 /// belong to `ae_events_relay`, so every relay keeps its access; new ones belong to their creator.
 #[test]
 fn update_from_0_4_0_gives_existing_consumers_to_every_relay() {
+    let _turn = earlier_release_scripts();
     let cluster = Cluster::shared();
     let database = cluster.empty_database("upgrade_consumers");
     let mut client = cluster.connect(&database);
@@ -200,4 +210,79 @@ fn update_from_0_4_0_gives_existing_consumers_to_every_relay() {
         .unwrap()
         .get(0);
     assert_eq!(owner, relay);
+}
+
+/// A DBA updating every database of a cluster at once: the role the pass reads as is the
+/// cluster's, and the second update used to fail with "tuple concurrently updated" once the
+/// first committed its change of that role.
+#[test]
+fn databases_of_one_cluster_can_be_updated_at_the_same_moment() {
+    let _turn = earlier_release_scripts();
+    let cluster = Cluster::shared();
+    let mut clients: Vec<Client> = ["concurrent_a", "concurrent_b"]
+        .into_iter()
+        .map(|name| {
+            let database = cluster.empty_database(name);
+            let mut client = cluster.connect(&database);
+            load_schema(&mut client, ForeignKeys::With);
+            // 0.7.0 leaves the role without BYPASSRLS, which the update to 0.7.1 gives it.
+            client
+                .batch_execute("CREATE EXTENSION ae_events VERSION '0.7.0'")
+                .unwrap();
+            client
+        })
+        .collect();
+    let mut second = clients.pop().unwrap();
+    let mut first = clients.pop().unwrap();
+    first
+        .batch_execute("BEGIN; ALTER EXTENSION ae_events UPDATE")
+        .unwrap();
+    let second_pid: i32 = second
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    let second_update = std::thread::spawn(move || {
+        let outcome = second.batch_execute("ALTER EXTENSION ae_events UPDATE");
+        (second, outcome)
+    });
+    // The second update is waiting on the first before the first commits.
+    let mut waiting = false;
+    for _ in 0..500 {
+        let waits: bool = first
+            .query_one(
+                "SELECT count(*) > 0 FROM pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock'",
+                &[&second_pid],
+            )
+            .unwrap()
+            .get(0);
+        if waits {
+            waiting = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(waiting, "the second update never waited on the first");
+    first.batch_execute("COMMIT").unwrap();
+    let (mut second, outcome) = second_update.join().unwrap();
+    outcome.unwrap_or_else(|error| panic!("the second update failed: {error:?}"));
+    for client in [&mut first, &mut second] {
+        let bypasses: bool = client
+            .query_one(
+                "SELECT rolbypassrls FROM pg_authid WHERE rolname = 'ae_events_snapshot'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert!(bypasses);
+        let (installed, newest): (String, String) = client
+            .query_one(
+                "SELECT e.extversion, a.default_version FROM pg_extension AS e
+                   JOIN pg_available_extensions AS a ON a.name = e.extname
+                  WHERE e.extname = 'ae_events'",
+                &[],
+            )
+            .map(|row| (row.get(0), row.get(1)))
+            .unwrap();
+        assert_eq!(installed, newest);
+    }
 }

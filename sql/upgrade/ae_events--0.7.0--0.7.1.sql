@@ -872,7 +872,19 @@ GRANT EXECUTE ON FUNCTION ae_events.relay_fetch(text, text, bigint, xid8, bigint
 -- The role the pass reads the source tables as bypasses row security: a table owner's policy
 -- would otherwise run inside the pass, which reads every source table. source_owners() says
 -- which source tables belong to roles other than the DBA and what the pass does with their code.
-ALTER ROLE ae_events_snapshot BYPASSRLS;
+-- Databases of one cluster may be updated at the same moment and the role is the cluster's: the
+-- lock on pg_authid (shared, so cluster-wide) makes the check and the change one step, and a
+-- role already right is left alone ("tuple concurrently updated" otherwise).
+DO $$
+BEGIN
+    LOCK TABLE pg_catalog.pg_authid IN SHARE ROW EXCLUSIVE MODE;
+    IF EXISTS (SELECT FROM pg_catalog.pg_authid AS a
+                WHERE a.rolname OPERATOR(pg_catalog.=) 'ae_events_snapshot'
+                  AND NOT a.rolbypassrls) THEN
+        ALTER ROLE ae_events_snapshot BYPASSRLS;
+    END IF;
+END
+$$;
 
 CREATE FUNCTION ae_events.source_owners() RETURNS TABLE (
     source_table text, owner text, owner_is_dba boolean, can_read_all_sources boolean,
