@@ -31,12 +31,11 @@ BEGIN
 END
 $$;
 -- A role of that name made by someone else before: stripped of what it must not have. Installs
--- and updates in other databases may run at the same moment: the lock on pg_authid (a shared
--- catalog, so cluster-wide) makes the check and the change one step, and a role already right
--- is left alone.
+-- and updates in other databases may run at the same moment: under the lock on pg_authid taken
+-- at the top of the script (sql/src/outbox.sql), the check and the change are one step, and a
+-- role already right is left alone.
 DO $$
 BEGIN
-    LOCK TABLE pg_catalog.pg_authid IN SHARE ROW EXCLUSIVE MODE;
     IF EXISTS (SELECT FROM pg_catalog.pg_authid AS a
                 WHERE a.rolname OPERATOR(pg_catalog.=) 'ae_events_snapshot'
                   AND (a.rolcanlogin OR a.rolsuper OR a.rolcreatedb OR a.rolcreaterole

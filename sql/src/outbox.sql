@@ -1,3 +1,9 @@
+-- Roles are the cluster's and installs or updates in other databases of it may run at the same
+-- moment: taken first, this lock (pg_authid is shared, so it is cluster-wide) lets one script at a
+-- time create or change the extension's roles; a later lock, after a CREATE ROLE, could deadlock
+-- with a second script waiting on that role. Logins are not blocked (they read pg_authid only).
+LOCK TABLE pg_catalog.pg_authid IN SHARE ROW EXCLUSIVE MODE;
+
 -- The append-only outbox (shared/contract/events.md §1). Column names are fixed: relays, analysts and
 -- Debezium's outbox event router depend on them.
 CREATE TABLE ae_events.outbox (

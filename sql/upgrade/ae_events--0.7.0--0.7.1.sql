@@ -7,6 +7,12 @@
 
 \echo Use "ALTER EXTENSION ae_events UPDATE TO '0.7.1'" to load this file. \quit
 
+-- Roles are the cluster's and installs or updates in other databases of it may run at the same
+-- moment: taken first, this lock (pg_authid is shared, so it is cluster-wide) lets one script at a
+-- time create or change the extension's roles; a later lock, after a CREATE ROLE, could deadlock
+-- with a second script waiting on that role. Logins are not blocked (they read pg_authid only).
+LOCK TABLE pg_catalog.pg_authid IN SHARE ROW EXCLUSIVE MODE;
+
 CREATE FUNCTION ae_events.configuration_changed() RETURNS trigger
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'configuration_changed_wrapper';
@@ -872,12 +878,11 @@ GRANT EXECUTE ON FUNCTION ae_events.relay_fetch(text, text, bigint, xid8, bigint
 -- The role the pass reads the source tables as bypasses row security: a table owner's policy
 -- would otherwise run inside the pass, which reads every source table. source_owners() says
 -- which source tables belong to roles other than the DBA and what the pass does with their code.
--- Databases of one cluster may be updated at the same moment and the role is the cluster's: the
--- lock on pg_authid (shared, so cluster-wide) makes the check and the change one step, and a
--- role already right is left alone ("tuple concurrently updated" otherwise).
+-- Databases of one cluster may be updated at the same moment and the role is the cluster's: under
+-- the lock taken at the top, the check and the change are one step, and a role already right is
+-- left alone ("tuple concurrently updated" otherwise).
 DO $$
 BEGIN
-    LOCK TABLE pg_catalog.pg_authid IN SHARE ROW EXCLUSIVE MODE;
     IF EXISTS (SELECT FROM pg_catalog.pg_authid AS a
                 WHERE a.rolname OPERATOR(pg_catalog.=) 'ae_events_snapshot'
                   AND NOT a.rolbypassrls) THEN
