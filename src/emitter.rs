@@ -18,7 +18,7 @@ use crate::redaction::Rules;
 use crate::rows::{sorted_unique, Connection};
 use crate::sources::SOURCES;
 use crate::versions::{self, NewState};
-use crate::{capture, isolation, lookup, pending, settings, snapshot};
+use crate::{capture, fanout, isolation, lookup, pending, settings, snapshot};
 use pgrx::prelude::*;
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
@@ -81,9 +81,7 @@ pub fn emit_pending() {
         if changes.touched.is_empty() {
             continue;
         }
-        let touched = read_sources(&catalog, |connection| {
-            lookup::affected_instances(connection, &changes.touched)
-        });
+        let touched = instances_to_update(&catalog, &changes.touched);
         // An instance created in this pass already shows the final state in its created
         // event; a deleted one has nothing to show.
         let updated = difference(&difference(&touched, &changes.created), &gone);
@@ -96,6 +94,48 @@ pub fn emit_pending() {
             },
         );
     }
+}
+
+/// The instances whose updated events this pass writes: those the touched rows reach, unless
+/// they are more than `ae_events.fanout_inline_limit`; then the changes are recorded as deferred
+/// fan-outs (`fanout.rs`) and only the instances changed themselves are updated here. (The
+/// interlock's exclusive locks are held, so the record is what a creation waits for, not the
+/// fan-out.)
+fn instances_to_update(
+    catalog: &ExtensionCatalog,
+    touched: &std::collections::BTreeMap<crate::sources::Key, Vec<i64>>,
+) -> Vec<i64> {
+    let limit = settings::fanout_inline_limit();
+    let within = read_sources(catalog, |connection| {
+        lookup::affected_instances_within(connection, touched, limit)
+    });
+    if let Some(instances) = within {
+        return instances;
+    }
+    let recorded = Spi::connect_mut(|client| fanout::record(Connection::of(client), touched));
+    if let Err(error) = recorded {
+        error.report();
+    }
+    touched
+        .get(&crate::sources::Key::Instance)
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Give each instance an updated event if its snapshot changed since its last event (for a
+/// deferred fan-out's page, `fanout.rs`).
+pub fn update_instances(instance_ids: &[i64]) -> usize {
+    let catalog = ExtensionCatalog::current();
+    let _privileges = OwnerPrivileges::enter(catalog.owner);
+    let rules = payload_rules();
+    in_chunks(
+        &catalog,
+        EventKind::Updated,
+        instance_ids,
+        |connection, chunk, budget| {
+            emit_updated(connection, &catalog, &rules, chunk, budget, Unchanged::Skip)
+        },
+    )
 }
 
 /// The interlock's locks for this pass (`interlock.rs`).

@@ -36,6 +36,7 @@ mod snapshot;
 
 // Write: the commit-time pass: interlock, outbox, versions, notifications.
 mod emitter;
+mod fanout;
 mod eventid;
 mod interlock;
 mod notification;
@@ -77,6 +78,11 @@ extension_sql_file!(
     "../sql/src/endpoints.sql",
     name = "endpoints",
     requires = ["consumers", "analytics", secrets::strong_random_bytes]
+);
+extension_sql_file!(
+    "../sql/src/fanout.sql",
+    name = "fanout",
+    requires = ["consumers", fanout::run_fanouts]
 );
 extension_sql_file!("../sql/src/install.sql", name = "install", finalize);
 

@@ -173,6 +173,37 @@ impl KeptPlan {
         result
     }
 
+    /// Open a cursor on the plan (with the latest committed state while a `LatestSnapshots` is
+    /// alive, as `run` reads); its rows are fetched a batch at a time with `Cursor::fetch`, which
+    /// may run under another role (permissions are checked when it opens). Frees the arguments.
+    pub fn open_cursor<'conn>(
+        &self,
+        _connection: Connection<'conn>,
+        mut arguments: Vec<pg_sys::Datum>,
+    ) -> Result<Cursor<'conn>, EventError> {
+        let nulls = vec![b' ' as std::ffi::c_char; arguments.len()];
+        // SAFETY: a kept plan and arguments of its parameter types; the portal copies them.
+        let portal = LatestSnapshots::reading(|read_only| unsafe {
+            pg_sys::SPI_cursor_open(
+                std::ptr::null(),
+                self.plan.as_ptr(),
+                arguments.as_mut_ptr(),
+                nulls.as_ptr(),
+                read_only,
+            )
+        });
+        for argument in arguments {
+            // SAFETY: palloc'd by the caller for this call.
+            unsafe { pg_sys::pfree(argument.cast_mut_ptr()) };
+        }
+        NonNull::new(portal)
+            .map(|portal| Cursor {
+                portal,
+                _connection: PhantomData,
+            })
+            .ok_or_else(|| EventError::internal("SPI_cursor_open failed"))
+    }
+
     fn fetch_all(
         portal: pg_sys::Portal,
         batch: usize,
@@ -193,6 +224,37 @@ impl KeptPlan {
                 return Ok(());
             }
             rows.for_each(&mut read)?;
+        }
+    }
+}
+
+/// An open cursor of a kept plan; closed when dropped.
+pub struct Cursor<'conn> {
+    portal: NonNull<pg_sys::PortalData>,
+    _connection: PhantomData<Connection<'conn>>,
+}
+
+impl<'conn> Cursor<'conn> {
+    /// The next `batch` rows (none at the end).
+    pub fn fetch(&mut self, batch: usize) -> ResultRows<'conn> {
+        // SAFETY: an open portal; the fetched rows are in SPI_tuptable, freed with the result.
+        unsafe {
+            pg_sys::SPI_tuptable = std::ptr::null_mut();
+            pg_sys::SPI_cursor_fetch(self.portal.as_ptr(), true, batch as std::ffi::c_long);
+            ResultRows {
+                table: pg_sys::SPI_tuptable,
+                count: pg_sys::SPI_processed as usize,
+                _connection: PhantomData,
+            }
+        }
+    }
+}
+
+impl Drop for Cursor<'_> {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            // SAFETY: the portal was opened by `open_cursor` and is closed once.
+            unsafe { pg_sys::SPI_cursor_close(self.portal.as_ptr()) };
         }
     }
 }
@@ -402,6 +464,20 @@ impl ColumnValue for String {
         let bytes = unsafe { varlena_bytes(datum, false) };
         String::from_utf8(bytes)
             .map_err(|_| "text that is not UTF-8 (the database must use UTF8)".to_owned())
+    }
+}
+
+/// An `int8[]` value, elements that are NULL as `None`.
+pub struct Int8Array(pub Vec<Option<i64>>);
+
+impl ColumnValue for Int8Array {
+    const TYPE: pg_sys::Oid = pg_sys::INT8ARRAYOID;
+
+    unsafe fn from_datum(datum: pg_sys::Datum) -> Result<Self, String> {
+        // SAFETY: a non-null int8[] datum (caller's contract); pgrx detoasts and copies it.
+        unsafe { <Vec<Option<i64>> as FromDatum>::from_datum(datum, false) }
+            .map(Int8Array)
+            .ok_or_else(|| "a NULL int8[]".to_owned())
     }
 }
 

@@ -27,6 +27,8 @@ static CHANNEL: GucSetting<Option<CString>> =
 static NOTIFY: GucSetting<NotifyMode> = GucSetting::<NotifyMode>::new(NotifyMode::Reference);
 /// In kB; -1 means no limit.
 static NOTIFY_PAYLOAD_BUDGET: GucSetting<i32> = GucSetting::<i32>::new(1024);
+/// Instances a transaction's changes may reach before their updated events are deferred.
+static FANOUT_INLINE_LIMIT: GucSetting<i32> = GucSetting::<i32>::new(1000);
 
 pub fn register() {
     GucRegistry::define_bool_guc(
@@ -73,6 +75,20 @@ pub fn register() {
         GucContext::Suset,
         GucFlags::UNIT_KB,
     );
+    GucRegistry::define_int_guc(
+        c"ae_events.fanout_inline_limit",
+        c"Instances that the changes of one transaction may reach before their updated events are deferred.",
+        c"A change to a candidate, measurement or reference row whose instances number more than \
+          this is recorded in ae_events.fanouts at commit, and ae_events.run_fanouts() (run by the \
+          relays) writes the updated events afterwards, a page at a time: the commit, and the \
+          instance creations that wait for it, stay short. 0 defers every such change. Only a \
+          superuser may change it.",
+        &FANOUT_INLINE_LIMIT,
+        0,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
     // SAFETY: called from _PG_init with a static, NUL-terminated prefix.
     unsafe { pg_sys::MarkGUCPrefixReserved(c"ae_events".as_ptr()) };
 }
@@ -118,6 +134,12 @@ impl ScopedSetting {
 
 pub fn enabled() -> bool {
     ENABLED.get()
+}
+
+/// How many instances a transaction's changes may reach and still get their updated events in
+/// that transaction (`fanout.rs`).
+pub fn fanout_inline_limit() -> usize {
+    usize::try_from(FANOUT_INLINE_LIMIT.get()).unwrap_or(0)
 }
 
 pub fn notify_mode() -> NotifyMode {

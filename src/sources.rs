@@ -133,6 +133,25 @@ pub enum Key {
 }
 
 impl Key {
+    /// Every key, in the order of `describe`'s table.
+    pub const ALL: [Key; 10] = [
+        Key::Instance,
+        Key::Candidate,
+        Key::Measurement,
+        Key::CatalogAssessment,
+        Key::Assessment,
+        Key::Catalog,
+        Key::SectionConfigurationAttribute,
+        Key::Attribute,
+        Key::Skill,
+        Key::Ordinal,
+    ];
+
+    /// The key whose table `describe` names.
+    pub fn from_table(table: &str) -> Option<Key> {
+        Key::ALL.into_iter().find(|key| key.describe() == table)
+    }
+
     pub fn describe(self) -> &'static str {
         match self {
             Key::Instance => "ti.instance",
