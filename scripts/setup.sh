@@ -181,6 +181,17 @@ if [ "$(id -u)" -eq 0 ] && ! runuser -u postgres -- "$bindir/postgres" --version
     done
 fi
 
+# The OpenAPI 3.1 validator that tests/catalog.rs runs on ae_events.openapi(): PyPI's
+# openapi-spec-validator with its dependencies, in a directory of this repository (run as
+# PYTHONPATH=.tools/openapi-spec-validator python3 -m openapi_spec_validator FILE).
+openapi_dir="$repo/.tools/openapi-spec-validator"
+if ! compgen -G "$openapi_dir/openapi_spec_validator-0.7.*.dist-info" >/dev/null; then
+    echo "setup: installing openapi-spec-validator (PyPI) into .tools/openapi-spec-validator"
+    rm -rf "$openapi_dir"
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+        --target "$openapi_dir" 'openapi-spec-validator==0.7.*'
+fi
+
 # Build the extension and install it where this PostgreSQL looks for extensions.
 extension_dir="$("$PG_CONFIG" --sharedir)/extension"
 install_flags=(--pg-config "$PG_CONFIG")

@@ -28,7 +28,9 @@ mod sources;
 mod capture;
 mod pending;
 
-// Build: changed rows -> instance ids -> rows -> payloads (encoded as jsonb, rules applied).
+// Build: changed rows -> instance ids -> rows -> payloads (encoded as jsonb, rules applied);
+// the catalog: each payload's JSON Schema and the webhooks' OpenAPI, derived from its types.
+mod catalog;
 mod lookup;
 mod payload;
 mod redaction;
@@ -83,6 +85,11 @@ extension_sql_file!(
     "../sql/src/fanout.sql",
     name = "fanout",
     requires = ["consumers", fanout::run_fanouts]
+);
+extension_sql_file!(
+    "../sql/src/catalog.sql",
+    name = "catalog",
+    requires = ["consumers", "payload_rules", catalog::_event_schema, catalog::_openapi]
 );
 extension_sql_file!("../sql/src/install.sql", name = "install", finalize);
 

@@ -4,7 +4,9 @@
 use crate::jsonb;
 use crate::rows::{varlena_bytes, ColumnValue};
 use pgrx::pg_sys;
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::{Serialize, Serializer};
+use std::borrow::Cow;
 use std::cell::OnceCell;
 use std::rc::Rc;
 
@@ -151,7 +153,85 @@ impl ColumnValue for IntervalText {
     }
 }
 
-#[derive(Serialize, Debug)]
+// The JSON Schema of each value type, as it is serialized (src/catalog.rs builds each
+// subscription key's schema from the structs below, which derive theirs from these).
+
+impl JsonSchema for UtcTimestamp {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> Cow<'static, str> {
+        "UtcTimestamp".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        // What rfc3339_utc_in writes: years outside 0000-9999 in ISO 8601's expanded form and
+        // the infinities are no RFC 3339 date-times, so the pattern, not the format, is exact.
+        json_schema!({
+            "type": "string",
+            "format": "date-time",
+            "pattern": "^(-?infinity|([0-9]{4}|[+-][0-9]{4,})-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,6})?Z)$",
+            "description": "RFC 3339 in UTC with Z; years outside 0000-9999 as ISO 8601 expanded years (+12345-06-07T08:09:10Z), and \"infinity\" / \"-infinity\""
+        })
+    }
+}
+
+impl JsonSchema for NumericValue {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> Cow<'static, str> {
+        "Numeric".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        // A pattern constrains strings only: numbers pass, strings only if special.
+        json_schema!({
+            "type": ["number", "string"],
+            "pattern": "^(NaN|-?Infinity)$",
+            "description": "a PostgreSQL numeric with its own digits (85.50); NaN and the infinities as the strings \"NaN\", \"Infinity\", \"-Infinity\""
+        })
+    }
+}
+
+impl JsonSchema for JsonbValue {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> Cow<'static, str> {
+        "Jsonb".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        // Free shape: the stored jsonb as it is (an object in the seed, but the column takes any).
+        json_schema!({
+            "description": "stored jsonb, as it is: its shape varies per tenant configuration"
+        })
+    }
+}
+
+impl<T: JsonSchema> JsonSchema for Shared<T> {
+    fn inline_schema() -> bool {
+        T::inline_schema()
+    }
+
+    fn schema_name() -> Cow<'static, str> {
+        T::schema_name()
+    }
+
+    fn schema_id() -> Cow<'static, str> {
+        T::schema_id()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        T::json_schema(generator)
+    }
+}
+
+#[derive(Serialize, JsonSchema, Debug)]
 pub struct TestInstance {
     pub id: i64,
     pub external_id: Option<String>,
@@ -172,7 +252,7 @@ pub struct TestInstance {
     pub measurement: Option<Rc<Measurement>>,
 }
 
-#[derive(Serialize, Debug)]
+#[derive(Serialize, JsonSchema, Debug)]
 pub struct Candidate {
     pub id: i64,
     pub external_id: Option<String>,
@@ -190,14 +270,14 @@ pub struct Candidate {
     pub cf: JsonbValue,
 }
 
-#[derive(Serialize, Debug)]
+#[derive(Serialize, JsonSchema, Debug)]
 pub struct CatalogAssessment {
     pub id: i64,
     pub assessment: Option<Assessment>,
     pub catalog: Option<Catalog>,
 }
 
-#[derive(Serialize, Debug)]
+#[derive(Serialize, JsonSchema, Debug)]
 pub struct Assessment {
     pub id: i64,
     pub name: String,
@@ -207,17 +287,20 @@ pub struct Assessment {
     pub updated_at: UtcTimestamp,
 }
 
-#[derive(Serialize, Debug)]
+#[derive(Serialize, JsonSchema, Debug)]
 pub struct Catalog {
     pub id: i64,
     pub name: String,
     pub description: Option<String>,
 }
 
-#[derive(Serialize, Debug)]
+#[derive(Serialize, JsonSchema, Debug)]
 pub struct Measurement {
     pub id: i64,
     pub status: String,
+    #[schemars(
+        description = "a PostgreSQL interval in its postgres style (00:00:00, 1 day 02:03:04.5)"
+    )]
     pub time_taken: Option<String>,
     pub report_url: Option<String>,
     pub report_file_id: Option<i64>,
@@ -227,7 +310,7 @@ pub struct Measurement {
     pub measurement_attributes: Vec<MeasurementAttribute>,
 }
 
-#[derive(Serialize, Debug)]
+#[derive(Serialize, JsonSchema, Debug)]
 pub struct MeasurementAttribute {
     pub id: i64,
     pub numerical_score: Option<NumericValue>,
@@ -240,11 +323,12 @@ pub struct MeasurementAttribute {
     pub updated_at: UtcTimestamp,
     pub updated_by: i64,
     /// Shared by every attribute of the chunk that refers to the same row (read and built once).
+    #[schemars(description = "null when the referenced row does not exist")]
     pub section_configuration_attribute: Option<Rc<Shared<SectionConfigurationAttribute>>>,
     pub ordinal: Option<Rc<Shared<Ordinal>>>,
 }
 
-#[derive(Serialize, Debug)]
+#[derive(Serialize, JsonSchema, Debug)]
 pub struct SectionConfigurationAttribute {
     pub id: i64,
     #[serde(rename = "type")]
@@ -254,7 +338,7 @@ pub struct SectionConfigurationAttribute {
     pub attribute: Option<Attribute>,
 }
 
-#[derive(Serialize, Debug)]
+#[derive(Serialize, JsonSchema, Debug)]
 pub struct Attribute {
     pub id: i64,
     pub name: String,
@@ -265,13 +349,13 @@ pub struct Attribute {
     pub skill: Option<Skill>,
 }
 
-#[derive(Serialize, Debug)]
+#[derive(Serialize, JsonSchema, Debug)]
 pub struct Skill {
     pub id: i64,
     pub name: String,
 }
 
-#[derive(Serialize, Debug)]
+#[derive(Serialize, JsonSchema, Debug)]
 pub struct Ordinal {
     pub id: i64,
     pub label: String,

@@ -266,6 +266,24 @@ impl Rules {
         Ok(rules)
     }
 
+    /// Rules given as (path, action) pairs, as the table holds them (the catalog applies the
+    /// rules in force to its examples: `catalog.rs`).
+    pub fn from_pairs<'a>(
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Rules, String> {
+        let mut rules = Rules::default();
+        for (path, action) in pairs {
+            let action = match action {
+                "remove" => Action::Remove,
+                "null" => Action::Null,
+                "sha256" => Action::Sha256,
+                other => return Err(format!("the payload rule for {path}: action {other}")),
+            };
+            rules.add(path, action);
+        }
+        Ok(rules)
+    }
+
     fn add(&mut self, path: &str, action: Action) {
         let segments: Vec<&str> = path.split('.').collect();
         self.root.insert(&segments, action);

@@ -944,3 +944,54 @@ GRANT SELECT ON ae_events.fanouts TO ae_events_reader, ae_events_relay;
 REVOKE ALL ON FUNCTION ae_events.run_fanouts() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION ae_events.run_fanouts() TO ae_events_relay;
 -- (End of the deferred fan-outs part.)
+
+-- Issue 23, part 1 (event catalog): ae_events.event_schema(), ae_events.openapi() and their
+-- internal functions (src/catalog.rs, sql/src/catalog.sql).
+CREATE FUNCTION ae_events."_event_schema"(
+	"subscription_key" TEXT,
+	"rule_paths" TEXT[],
+	"rule_actions" TEXT[]
+) RETURNS jsonb
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', '_event_schema_wrapper';
+
+CREATE FUNCTION ae_events."_openapi"(
+	"rule_paths" TEXT[],
+	"rule_actions" TEXT[]
+) RETURNS jsonb
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', '_openapi_wrapper';
+
+CREATE FUNCTION ae_events.event_schema(subscription_key text) RETURNS jsonb
+LANGUAGE sql STABLE STRICT PARALLEL SAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+SELECT ae_events._event_schema(
+    subscription_key,
+    ARRAY(SELECT r.path FROM ae_events.payload_rules AS r ORDER BY r.path),
+    ARRAY(SELECT r.action FROM ae_events.payload_rules AS r ORDER BY r.path))
+$$;
+
+CREATE FUNCTION ae_events.openapi() RETURNS jsonb
+LANGUAGE sql STABLE PARALLEL SAFE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+SELECT ae_events._openapi(
+    ARRAY(SELECT r.path FROM ae_events.payload_rules AS r ORDER BY r.path),
+    ARRAY(SELECT r.action FROM ae_events.payload_rules AS r ORDER BY r.path))
+$$;
+
+COMMENT ON FUNCTION ae_events.event_schema(text) IS
+    'ae_events: the JSON Schema (draft 2020-12) of a subscription key''s webhook body, payload rules in force applied';
+COMMENT ON FUNCTION ae_events.openapi() IS
+    'ae_events: the OpenAPI 3.1 document of the webhooks (one per subscription key), payload rules in force applied';
+
+REVOKE ALL ON FUNCTION ae_events._event_schema(text, text[], text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ae_events._openapi(text[], text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ae_events.event_schema(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ae_events.openapi() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION ae_events.event_schema(text), ae_events.openapi()
+    TO ae_events_reader, ae_events_relay;
+-- (End of the event catalog part.)

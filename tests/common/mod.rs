@@ -315,7 +315,15 @@ fn stop_when_this_process_ends(data_dir: &Path) {
 }
 
 /// The outbox rows of a database, oldest first: (aggregate_id, payload, event_id as text).
+/// Every payload is validated against its key's JSON Schema (`validate_rows`).
 pub fn outbox_rows(client: &mut Client) -> Vec<OutboxRow> {
+    let rows = outbox_rows_unvalidated(client);
+    validate_rows(client, &rows);
+    rows
+}
+
+/// The outbox rows without validating them: for a test that planted rows by hand.
+pub fn outbox_rows_unvalidated(client: &mut Client) -> Vec<OutboxRow> {
     client
         .query(
             "SELECT id, event_id::text, subscription_key, event_type, aggregate_type, aggregate_id,
@@ -546,5 +554,130 @@ pub fn wait_until_a_session_waits_for_a_lock(cluster: &Cluster, database: &str) 
             "the second transaction never waited"
         );
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The JSON Schema of a subscription key's webhook body as committed in docs/schemas/ (what a
+/// fresh install's `ae_events.event_schema` gives, no payload rules): None for a key the catalog
+/// does not have.
+pub fn builtin_schema(key: &str) -> Option<serde_json::Value> {
+    let path = repository_root()
+        .join("docs/schemas")
+        .join(format!("{key}.json"));
+    let text = std::fs::read_to_string(path).ok()?;
+    Some(serde_json::from_str(&text).expect("a committed schema is JSON"))
+}
+
+/// The committed schemas, compiled once per test process.
+fn builtin_validators() -> &'static std::sync::Mutex<
+    std::collections::HashMap<String, Option<std::sync::Arc<jsonschema::Validator>>>,
+> {
+    static VALIDATORS: OnceLock<
+        std::sync::Mutex<
+            std::collections::HashMap<String, Option<std::sync::Arc<jsonschema::Validator>>>,
+        >,
+    > = OnceLock::new();
+    VALIDATORS.get_or_init(Default::default)
+}
+
+/// What is wrong with `payload` as a body of `schema` (JSON Schema draft 2020-12, validated by
+/// the `jsonschema` crate): empty when it is valid.
+pub fn schema_errors(schema: &serde_json::Value, payload: &serde_json::Value) -> Vec<String> {
+    let validator =
+        jsonschema::draft202012::new(schema).expect("the schema is a valid JSON Schema");
+    errors_of(&validator, payload)
+}
+
+fn errors_of(validator: &jsonschema::Validator, payload: &serde_json::Value) -> Vec<String> {
+    validator
+        .iter_errors(payload)
+        .map(|error| format!("{} (at {})", error, error.instance_path()))
+        .collect()
+}
+
+/// Panics unless `payload` validates against `schema`.
+pub fn assert_valid(schema: &serde_json::Value, key: &str, payload: &serde_json::Value) {
+    let errors = schema_errors(schema, payload);
+    assert!(
+        errors.is_empty(),
+        "a {key} payload does not validate against its schema: {errors:#?}\n{payload}"
+    );
+}
+
+/// What is wrong with a webhook body of `key` against the committed schema (the relay's test
+/// receivers check every body with it); empty for a valid body or a key without a schema.
+pub fn builtin_schema_errors(key: &str, body: &str) -> Vec<String> {
+    let validator = {
+        let mut validators = builtin_validators().lock().unwrap();
+        validators
+            .entry(key.to_owned())
+            .or_insert_with(|| {
+                builtin_schema(key).map(|schema| {
+                    std::sync::Arc::new(
+                        jsonschema::draft202012::new(&schema).expect("a valid committed schema"),
+                    )
+                })
+            })
+            .clone()
+    };
+    let Some(validator) = validator else {
+        return Vec::new();
+    };
+    match serde_json::from_str::<serde_json::Value>(body) {
+        Ok(payload) => errors_of(&validator, &payload),
+        Err(error) => vec![format!("the body is not JSON: {error}")],
+    }
+}
+
+/// The schema of `key` with the payload rules in force (`ae_events.event_schema`), or the
+/// committed one where the database has no `event_schema` (an earlier release) and no rules;
+/// None for a key the catalog does not have, or where neither can be had (a role that may not
+/// call it).
+pub fn schema_in_force(client: &mut Client, key: &str) -> Option<serde_json::Value> {
+    let builtin = builtin_schema(key)?;
+    let row = client
+        .query_one(
+            "SELECT p IS NOT NULL, p IS NOT NULL AND has_function_privilege(p, 'EXECUTE'),
+                    to_regclass('ae_events.payload_rules') IS NOT NULL
+               FROM to_regprocedure('ae_events.event_schema(text)') AS p",
+            &[],
+        )
+        .ok()?;
+    let (exists, callable, has_rules_table): (bool, bool, bool) =
+        (row.get(0), row.get(1), row.get(2));
+    if callable {
+        let row = client
+            .query_one("SELECT ae_events.event_schema($1)", &[&key])
+            .expect("ae_events.event_schema");
+        return Some(row.get(0));
+    }
+    if exists {
+        return None;
+    }
+    if !has_rules_table {
+        return Some(builtin);
+    }
+    let no_rules: bool = client
+        .query_one(
+            "SELECT NOT EXISTS (SELECT FROM ae_events.payload_rules)",
+            &[],
+        )
+        .ok()?
+        .get(0);
+    no_rules.then_some(builtin)
+}
+
+/// Validates every row's payload against its key's schema in force (`schema_in_force`): a
+/// payload that does not validate fails the test.
+pub fn validate_rows(client: &mut Client, rows: &[OutboxRow]) {
+    let mut schemas: std::collections::HashMap<String, Option<serde_json::Value>> =
+        std::collections::HashMap::new();
+    for row in rows {
+        let schema = schemas
+            .entry(row.subscription_key.clone())
+            .or_insert_with(|| schema_in_force(client, &row.subscription_key));
+        if let Some(schema) = schema {
+            assert_valid(schema, &row.subscription_key, &row.payload);
+        }
     }
 }
