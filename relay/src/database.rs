@@ -274,6 +274,13 @@ impl Pool {
             .collect())
     }
 
+    /// One step of the deferred fan-outs (`ae_events.run_fanouts()`, in a transaction of its
+    /// own): how many instances it found or gave their events; 0 when none waits.
+    pub async fn run_fanouts(&self) -> Result<i64, DbError> {
+        let rows = self.query("SELECT ae_events.run_fanouts()", &[]).await?;
+        Ok(rows.first().map(|row| row.get(0)).unwrap_or(0))
+    }
+
     /// Write outcomes and move the cursor in one transaction. False: the endpoint is no longer
     /// this relay's (nothing was written).
     pub async fn record(

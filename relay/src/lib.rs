@@ -6,7 +6,8 @@
 //! TOML file below flags and environment), `database` (the connection, its notifications and
 //! the extension's relay functions), `endpoint` (an endpoint's settings and secrets as the
 //! database hands them out), `signing`, `retry` (the schedule and `Retry-After`), `protection`
-//! (rate limit, circuit breaker), `address_guard` (`--refuse-private-addresses`), `http_sink`
+//! (rate limit, circuit breaker), `fanout` (running the database's deferred fan-outs),
+//! `address_guard` (`--refuse-private-addresses`), `http_sink`
 //! (one attempt over HTTP), `nats_sink` (one publish to NATS JetStream), `sink` (which of the two
 //! an endpoint's URL names), `scheduling` (one endpoint's delivery loop), `supervisor` (leases
 //! and fair shares, workers, reconnects), `sockets` (the file descriptor limit and the socket
@@ -18,6 +19,7 @@ pub mod config_file;
 pub mod database;
 pub mod endpoint;
 pub mod failpoint;
+pub mod fanout;
 pub mod http_sink;
 pub mod logging;
 pub mod metrics;

@@ -327,3 +327,50 @@ fn json_logs_are_one_object_a_line_and_never_show_secrets_or_headers() {
         "no header value in the logs"
     );
 }
+
+/// A rename whose fan-out is deferred (docs/updated-events.md#large-fan-outs): the running relay
+/// writes the updated events itself (`ae_events.run_fanouts()`) and delivers each, in order
+/// after its instance's created event.
+#[test]
+fn a_relay_runs_deferred_fanouts_and_delivers_their_events() {
+    let cluster = Cluster::shared();
+    let (database, mut client) = delivery_database("relay_fanout");
+    let receiver = Receiver::ok();
+    create_endpoint(&mut client, "fanout", &receiver.url("/hooks"), "{1s}");
+    client
+        .batch_execute(
+            "UPDATE ae_events.bubble_up SET enabled = true WHERE source_table = 'ae.assessment';
+             INSERT INTO ti.instance
+             SELECT n, NULL, NULL, NULL, 'in_progress', 1, 1, NULL, NULL, NULL, now(), 1, now(), 1
+                 FROM generate_series(1, 300) AS n;",
+        )
+        .unwrap();
+    // A transaction of its own (one string of statements would be one transaction).
+    client
+        .batch_execute(
+            "SET ae_events.fanout_inline_limit = 0;
+             UPDATE ae.assessment SET name = 'renamed' WHERE id = 1;",
+        )
+        .unwrap();
+    let waiting: i64 = client
+        .query_one("SELECT count(*) FROM ae_events.fanouts", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(waiting, 1, "the rename's events wait for a relay");
+    let _relay = Relay::start(cluster, &database, &[]);
+    let requests = receiver.wait_for("the rename's 300 updated events", WAIT, |requests| {
+        requests.len() >= 600
+    });
+    assert_in_order_per_instance(&requests);
+    let renamed = requests
+        .iter()
+        .filter(|request| request.version() == 2 && request.body.contains("\"renamed\""))
+        .count();
+    assert_eq!(renamed, 300);
+    wait_until_sql(
+        &mut client,
+        "the fan-out to be done",
+        WAIT,
+        "SELECT NOT EXISTS (SELECT FROM ae_events.fanouts)",
+    );
+}
