@@ -257,20 +257,49 @@ fn randomized_writers_leave_every_instance_with_its_true_last_event() {
              INSERT INTO tcf.measurement
              SELECT 2000 + n, 'pending', '00:00:00', NULL, NULL, now(), NULL, NULL
                FROM generate_series(1, 10) AS n;
-             CREATE SEQUENCE public.stress_ids START 100000;",
+             CREATE SEQUENCE public.stress_ids START 100000;
+             UPDATE ae_events.bubble_up SET enabled = true WHERE source_table = 'ae.assessment';",
         )
         .unwrap();
+    // Renames of the assessment every instance is of: writers 0 and 2 defer their fan-outs
+    // (run meanwhile by `runner`), 1 and 3 write them in their own transactions.
+    let writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let runner = {
+        let database = database.clone();
+        let writing = writing.clone();
+        std::thread::spawn(move || {
+            let mut client = Cluster::shared().connect(&database);
+            while writing.load(std::sync::atomic::Ordering::SeqCst) {
+                let handled: i64 = client
+                    .query_one("SELECT ae_events.run_fanouts()", &[])
+                    .unwrap()
+                    .get(0);
+                if handled == 0 {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+            }
+        })
+    };
     let writers: Vec<_> = (0..4u64)
         .map(|writer| {
             let database = database.clone();
             std::thread::spawn(move || {
                 let mut client = Cluster::shared().connect(&database);
+                if writer % 2 == 0 {
+                    client
+                        .batch_execute("SET ae_events.fanout_inline_limit = 0")
+                        .unwrap();
+                }
                 let mut random = Random(0x9E37_79B9_7F4A_7C15 ^ ((writer + 1) * 7919));
                 let mut retries = 0;
                 for _ in 0..120 {
                     let candidate = 1001 + random.below(10);
                     let measurement = 2001 + random.below(10);
-                    let statement = match random.below(7) {
+                    let statement = match random.below(8) {
+                        7 => "UPDATE ae.assessment SET name = 'a' || nextval('public.stress_ids')
+                               WHERE id = (SELECT assessment_id FROM ae.catalog_assessment
+                                            WHERE id = 202)"
+                            .to_owned(),
                         0..=2 => format!(
                             "INSERT INTO ti.instance SELECT nextval('public.stress_ids'), NULL, NULL,
                                  NULL, 'in_progress', {candidate}, 202, {measurement}, NULL, NULL,
@@ -318,6 +347,20 @@ fn randomized_writers_leave_every_instance_with_its_true_last_event() {
         })
         .collect();
     let retries: i32 = writers.into_iter().map(|w| w.join().unwrap()).sum();
+    writing.store(false, std::sync::atomic::Ordering::SeqCst);
+    runner.join().unwrap();
+    // The fan-outs recorded last, run now.
+    while client
+        .query_one("SELECT ae_events.run_fanouts()", &[])
+        .unwrap()
+        .get::<_, i64>(0)
+        > 0
+    {}
+    let deferred: i64 = client
+        .query_one("SELECT count(*) FROM ae_events.fanouts", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(deferred, 0);
     let instances: i64 = client
         .query_one("SELECT count(*) FROM ti.instance", &[])
         .unwrap()
@@ -340,4 +383,63 @@ fn randomized_writers_leave_every_instance_with_its_true_last_event() {
         stale.is_empty(),
         "instances whose last event is not their snapshot: {stale:?} ({retries} retries)"
     );
+}
+
+/// A rename of the assessment 790 is of (bubble-up on for `ae.assessment`), with its fan-out
+/// written in its own transaction and deferred (`ae_events.fanout_inline_limit = 0`), races
+/// 790's creation both ways: once the fan-outs have run, 789's and 790's last events show it.
+#[test]
+fn a_reference_change_racing_a_creation_is_never_lost_inline_or_deferred() {
+    for limit in [1000, 0] {
+        for creation_first in [true, false] {
+            let cluster = Cluster::shared();
+            let (database, mut first) =
+                seeded_database(&format!("reference_race_{limit}_{creation_first}"));
+            first
+                .batch_execute(
+                    "UPDATE ae_events.bubble_up SET enabled = true
+                      WHERE source_table = 'ae.assessment'",
+                )
+                .unwrap();
+            let rename = format!(
+                "SET ae_events.fanout_inline_limit = {limit};
+                 UPDATE ae.assessment SET name = 'Changed'
+                  WHERE id = (SELECT assessment_id FROM ae.catalog_assessment WHERE id = 202)"
+            );
+            let (held, second) = if creation_first {
+                (INSERT_790.to_owned(), rename)
+            } else {
+                (rename, INSERT_790.to_owned())
+            };
+            // The first has run its pass (its locks taken) and holds; the second waits for it.
+            first
+                .batch_execute(&format!("BEGIN; {held}; SET CONSTRAINTS ALL IMMEDIATE;"))
+                .unwrap();
+            let second = {
+                let database = database.clone();
+                std::thread::spawn(move || {
+                    Cluster::shared()
+                        .connect(&database)
+                        .batch_execute(&second)
+                        .unwrap()
+                })
+            };
+            wait_until_a_session_waits_for_a_lock(cluster, &database);
+            first.batch_execute("COMMIT").unwrap();
+            second.join().unwrap();
+            while first
+                .query_one("SELECT ae_events.run_fanouts()", &[])
+                .unwrap()
+                .get::<_, i64>(0)
+                > 0
+            {}
+            for instance in [789, 790] {
+                let payload = assert_last_event_is_the_snapshot(&mut first, instance);
+                assert_eq!(
+                    payload["catalog_assessment"]["assessment"]["name"], "Changed",
+                    "limit {limit}, creation first: {creation_first}, instance {instance}"
+                );
+            }
+        }
+    }
 }
