@@ -12,9 +12,10 @@
 //! first has committed, and then reads with a new snapshot (the pass reads the latest committed
 //! state, `rows::LatestSnapshots`): a changer's lookup then finds the builder's instance, or the
 //! builder reads the changer's row. A changer holds its locks while it gives the instances it
-//! found their events, so a creation waits for the end of a change's fan-out: taking them after
+//! found their events, so a creation waits for the end of a change's fan-out (taking them after
 //! the fan-out and looking again was tried, and deadlocked with the version locks the fan-out
-//! holds. Instances reached only through bubble-up are committed and
+//! holds): at most `ae_events.fanout_inline_limit` instances; a larger fan-out is only recorded
+//! under the locks and run after the commit (`fanout.rs`). Instances reached only through bubble-up are committed and
 //! visible to every lookup: they need no lock (their passes are ordered by the version lock).
 //!
 //! Keys (`acquire` says what kind of lock): (the table's oid, the row's id modulo `BUCKETS`) for the instance-specific tables

@@ -21,6 +21,7 @@
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
+mod fanout_load;
 
 use common::*;
 use postgres::Client;
@@ -46,6 +47,8 @@ struct Sizes {
     attributes: i64,
     /// Seconds the concurrency workload runs per variant.
     concurrency_seconds: u64,
+    /// Instances of the assessment renamed under a creation load (`fanout_load.rs`).
+    fan_out_under_load: i64,
 }
 
 impl Sizes {
@@ -61,6 +64,7 @@ impl Sizes {
                 fan_out: 300,
                 attributes: 2_000,
                 concurrency_seconds: 2,
+                fan_out_under_load: 500,
             }
         } else {
             Sizes {
@@ -73,6 +77,7 @@ impl Sizes {
                 fan_out: 50_000,
                 attributes: 100_000,
                 concurrency_seconds: 20,
+                fan_out_under_load: 100_000,
             }
         };
         (sizes, smoke)
@@ -328,7 +333,7 @@ fn main() {
     }
     let machine = machine_description(&mut bench.connect("postgres"));
 
-    // `--only bulk|single-row|scale|updates|concurrency|attributes` (comma-separated) runs one workload (the bulk one always checks payloads).
+    // `--only bulk|single-row|scale|updates|concurrency|attributes|fanout-load` (comma-separated) runs one workload (the bulk one always checks payloads).
     let only = std::env::args().skip_while(|arg| arg != "--only").nth(1);
     let runs = |workload: &str| {
         only.as_deref()
@@ -361,6 +366,11 @@ fn main() {
     } else {
         Vec::new()
     };
+    let fanout_load = if runs("fanout-load") {
+        fanout_load::fanout_under_load(&bench)
+    } else {
+        Vec::new()
+    };
 
     println!("\n## Results\n\n{machine}\n");
     if let (Some(bulk), Some(check)) = (&bulk, &payload_check) {
@@ -381,6 +391,7 @@ fn main() {
     if !attributes.is_empty() {
         print_attributes(&attributes);
     }
+    fanout_load::print(&fanout_load);
     if smoke {
         println!("\n(smoke run: sizes too small for the figures to mean anything)");
     }
