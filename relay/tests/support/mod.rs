@@ -81,6 +81,8 @@ struct ReceiverState {
     /// Requests whose connection closed before they were answered: webhook-id and when.
     cancelled: CancelLog,
     behaviour: Arc<Behaviour>,
+    /// ae.test_instance.* bodies that do not validate against the built-in schema.
+    invalid: Arc<Mutex<Vec<String>>>,
 }
 
 /// An HTTP server on 127.0.0.1 (axum, on its own runtime). `behaviour` gets the request and how
@@ -90,6 +92,7 @@ pub struct Receiver {
     requests: Arc<Mutex<Vec<Received>>>,
     overlaps: Arc<Mutex<Overlaps>>,
     cancelled: CancelLog,
+    invalid: Arc<Mutex<Vec<String>>>,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -115,6 +118,18 @@ async fn receive(
         body,
         at: Instant::now(),
     };
+    // Every ae.test_instance.* body is validated against the built-in schema (docs/schemas/,
+    // no payload rules: the relay's tests set none); `requests()` fails the test on one.
+    let key = received.header("ae-subscription-key");
+    if key.starts_with("ae.test_instance.") {
+        let errors = builtin_schema_errors(key, &received.body);
+        if !errors.is_empty() {
+            state.invalid.lock().unwrap().push(format!(
+                "{key} {}: {errors:#?}",
+                received.header("webhook-id")
+            ));
+        }
+    }
     let earlier = {
         let mut log = state.requests.lock().unwrap();
         let earlier = log
@@ -199,11 +214,13 @@ impl Receiver {
         let requests: Arc<Mutex<Vec<Received>>> = Arc::default();
         let overlaps: Arc<Mutex<Overlaps>> = Arc::default();
         let cancelled: CancelLog = Arc::default();
+        let invalid: Arc<Mutex<Vec<String>>> = Arc::default();
         let state = Arc::new(ReceiverState {
             requests: requests.clone(),
             overlaps: overlaps.clone(),
             cancelled: cancelled.clone(),
             behaviour: Arc::new(behaviour),
+            invalid: invalid.clone(),
         });
         let app = axum::Router::new().fallback(receive).with_state(state);
         runtime.spawn(async move {
@@ -214,6 +231,7 @@ impl Receiver {
             requests,
             overlaps,
             cancelled,
+            invalid,
             _runtime: runtime,
         }
     }
@@ -227,8 +245,20 @@ impl Receiver {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
+    /// The requests so far; fails the test if a body did not validate against its schema.
     pub fn requests(&self) -> Vec<Received> {
+        self.assert_valid_bodies();
         self.requests.lock().unwrap().clone()
+    }
+
+    /// Fails the test if an ae.test_instance.* body did not validate against the built-in
+    /// schema.
+    pub fn assert_valid_bodies(&self) {
+        let invalid = self.invalid.lock().unwrap().clone();
+        assert!(
+            invalid.is_empty(),
+            "webhook bodies that do not validate against their schema: {invalid:#?}"
+        );
     }
 
     /// Requests that came while another one for the same path and instance was in flight.
@@ -259,6 +289,15 @@ impl Receiver {
             requests.len()
         );
         requests
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        // A test that never looked at the requests still fails on an invalid body.
+        if !std::thread::panicking() {
+            self.assert_valid_bodies();
+        }
     }
 }
 
