@@ -33,6 +33,10 @@ PG_CONFIG="${PG_CONFIG:-$default_pg_config}"
 
 packages=(libclang-dev clang sudo nats-server)
 [ "$PG_VERSION" = 15 ] && packages+=(postgresql-15 postgresql-server-dev-15)
+# Node.js and npm run the receiver kit's snippet (docs/receivers); a Node.js from elsewhere (with
+# its own npm) is used as it is.
+command -v node >/dev/null 2>&1 || packages+=(nodejs)
+command -v npm >/dev/null 2>&1 || packages+=(npm)
 [ "$PG_VERSION" != 15 ] && ! python3 -m pip --version >/dev/null 2>&1 && packages+=(python3-pip)
 missing=()
 for package in "${packages[@]}"; do
@@ -190,6 +194,16 @@ if ! compgen -G "$openapi_dir/openapi_spec_validator-0.7.*.dist-info" >/dev/null
     rm -rf "$openapi_dir"
     python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
         --target "$openapi_dir" 'openapi-spec-validator==0.7.*'
+fi
+
+# The Standard Webhooks libraries the receiver kit's snippets use (docs/receivers.md; run by
+# relay/tests/receivers.rs): PyPI's standardwebhooks in .receivers/python (PYTHONPATH), npm's
+# in .receivers/node_modules (the test runs the Node.js snippet from .receivers).
+pip_install "$repo/.receivers/python" 'standardwebhooks==1.3.0' 'standardwebhooks-1.3.0'
+if ! grep -qs '"version": "1.3.0"' "$repo/.receivers/node_modules/standardwebhooks/package.json"; then
+    echo "setup: installing standardwebhooks 1.3.0 (npm) into .receivers/node_modules"
+    npm install --silent --no-audit --no-fund --save-exact --prefix "$repo/.receivers" \
+        standardwebhooks@1.3.0
 fi
 
 # Build the extension and install it where this PostgreSQL looks for extensions.

@@ -87,6 +87,16 @@ extension_sql_file!(
     requires = ["consumers", fanout::run_fanouts]
 );
 extension_sql_file!(
+    "../sql/src/test_events.sql",
+    name = "test_events",
+    requires = ["endpoints"]
+);
+extension_sql_file!(
+    "../sql/src/instance_events.sql",
+    name = "instance_events",
+    requires = ["consumers", "analytics"]
+);
+extension_sql_file!(
     "../sql/src/catalog.sql",
     name = "catalog",
     requires = ["consumers", "payload_rules", catalog::_event_schema, catalog::_openapi]

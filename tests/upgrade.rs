@@ -45,8 +45,11 @@ fn extension_objects(client: &mut Client) -> Vec<String> {
              SELECT 'constraint ' || conrelid::regclass::text || ' ' || pg_get_constraintdef(oid)
                FROM pg_constraint WHERE connamespace = 'ae_events'::regnamespace
              UNION ALL
-             SELECT 'trigger ' || pg_get_triggerdef(oid) || ' enabled ' || tgenabled::text FROM pg_trigger WHERE tgname LIKE 'ae_events%'
-                 OR tgrelid IN (SELECT oid FROM pg_class WHERE relnamespace = 'ae_events'::regnamespace)
+             -- Not a foreign key's internal triggers (named by oid; the constraint is compared).
+             SELECT 'trigger ' || pg_get_triggerdef(oid) || ' enabled ' || tgenabled::text FROM pg_trigger
+              WHERE NOT tgisinternal
+                AND (tgname LIKE 'ae_events%'
+                     OR tgrelid IN (SELECT oid FROM pg_class WHERE relnamespace = 'ae_events'::regnamespace))
              UNION ALL
              SELECT 'bubble_up ' || source_table || ' ' || enabled::text FROM ae_events.bubble_up
              UNION ALL

@@ -226,6 +226,7 @@ impl Pool {
                         payload: row.get::<_, Option<String>>(8).unwrap_or_default().into(),
                         attempts: 0,
                         occurred_at: row.get(11),
+                        test: false,
                     }),
                     waits_behind: row.get(10),
                 }
@@ -270,8 +271,80 @@ impl Pool {
                 payload: row.get::<_, String>(6).into(),
                 attempts: row.get(7),
                 occurred_at: row.get(8),
+                test: false,
             })
             .collect())
+    }
+
+    /// Test events of `send_test_event` due now: at most `max_events` (each is the seed's
+    /// example, a few kB; at most 10 wait per endpoint).
+    pub async fn tests(
+        &self,
+        endpoint: &str,
+        endpoint_id: i64,
+        relay: &str,
+        max_events: usize,
+    ) -> Result<Vec<Event>, DbError> {
+        let rows = self
+            .query(
+                "SELECT id, webhook_id::text, subscription_key, event_type, aggregate_id,
+                        snapshot_version, payload, attempts, requested_at
+                   FROM ae_events.relay_tests($1, $2, $3, $4)",
+                &[&endpoint, &relay, &count(max_events), &endpoint_id],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| Event {
+                id: row.get(0),
+                event_id: row.get(1),
+                subscription_key: row.get(2),
+                event_type: row.get(3),
+                aggregate_id: row.get(4),
+                snapshot_version: row.get(5),
+                payload: row.get::<_, String>(6).into(),
+                attempts: row.get(7),
+                occurred_at: row.get(8),
+                test: true,
+            })
+            .collect())
+    }
+
+    /// Write test events' outcomes (`outbox_id` is the test event's id). False: the endpoint is
+    /// no longer this relay's (nothing was written).
+    pub async fn record_tests(
+        &self,
+        endpoint: &str,
+        endpoint_id: i64,
+        relay: &str,
+        outcomes: &[Outcome],
+    ) -> Result<bool, DbError> {
+        let ids: Vec<i64> = outcomes.iter().map(|o| o.outbox_id).collect();
+        let statuses: Vec<&str> = outcomes.iter().map(|o| o.status).collect();
+        let attempts: Vec<i32> = outcomes.iter().map(|o| o.attempts).collect();
+        let attempted_at: Vec<Option<SystemTime>> =
+            outcomes.iter().map(|o| o.attempted_at).collect();
+        let http_statuses: Vec<Option<i32>> = outcomes.iter().map(|o| o.http_status).collect();
+        let errors: Vec<Option<&str>> = outcomes.iter().map(|o| o.error.as_deref()).collect();
+        let next: Vec<Option<SystemTime>> = outcomes.iter().map(|o| o.next_attempt_at).collect();
+        let rows = self
+            .query(
+                "SELECT ae_events.relay_record_tests($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                &[
+                    &endpoint,
+                    &relay,
+                    &endpoint_id,
+                    &ids,
+                    &statuses,
+                    &attempts,
+                    &attempted_at,
+                    &http_statuses,
+                    &errors,
+                    &next,
+                ],
+            )
+            .await?;
+        Ok(rows.first().is_some_and(|row| row.get(0)))
     }
 
     /// One step of the deferred fan-outs (`ae_events.run_fanouts()`, in a transaction of its

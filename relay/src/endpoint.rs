@@ -36,7 +36,8 @@ pub struct Position {
     pub id: i64,
 }
 
-/// One event to send (from the outbox, through relay_fetch or relay_due).
+/// One event to send (from the outbox, through relay_fetch or relay_due), or a test event of
+/// `send_test_event` (through relay_tests).
 #[derive(Clone, Debug)]
 pub struct Event {
     pub id: i64,
@@ -52,4 +53,7 @@ pub struct Event {
     pub attempts: i32,
     /// The event's time (its transaction's), for the commit-to-delivery lag metric.
     pub occurred_at: std::time::SystemTime,
+    /// A test event: sent with `ae-test: true`, outside its instance's order, its outcome
+    /// recorded by relay_record_tests (`id` is its test_events id).
+    pub test: bool,
 }

@@ -111,6 +111,12 @@ pub async fn deliver(client: &HttpClient, endpoint: &EndpointConfig, event: &Eve
         HeaderName::from_static("ae-snapshot-version"),
         HeaderValue::from(event.snapshot_version),
     );
+    if event.test {
+        headers.insert(
+            HeaderName::from_static("ae-test"),
+            HeaderValue::from_static("true"),
+        );
+    }
     headers.insert(USER_AGENT, HeaderValue::from_static(crate::USER_AGENT));
     // Credentials in the URL are sent as Basic authentication (not as part of the host),
     // unless a static header says otherwise.

@@ -300,6 +300,9 @@ fn headers(endpoint: &EndpointConfig, event: &Event, timestamp: i64) -> HeaderMa
     insert("ae-event-type", &event.event_type);
     insert("ae-aggregate-id", &event.aggregate_id.to_string());
     insert("ae-snapshot-version", &event.snapshot_version.to_string());
+    if event.test {
+        insert("ae-test", "true");
+    }
     headers
 }
 
@@ -385,6 +388,7 @@ mod tests {
             payload: bytes::Bytes::from_static(b"{\"a\": 1}"),
             attempts: 0,
             occurred_at: std::time::SystemTime::now(),
+            test: false,
         }
     }
 

@@ -10,6 +10,8 @@
 //!   instance's events are parked behind it (pending rows wait for the earliest one of their
 //!   instance: `relay_due`), so only that instance waits.
 //! - Pending rows (retries, parked events, redeliveries, replays) come from `relay_due`.
+//! - Test events of `send_test_event` come from `relay_tests` (asked at most once per poll
+//!   interval), outside any instance's order, and their outcomes go to `relay_record_tests`.
 
 use crate::config::RelayConfig;
 use crate::database::{DbError, Outcome, Pool};
@@ -29,6 +31,10 @@ use tokio::time::Instant;
 /// Outcomes are written when this many are waiting, or when the oldest is this old.
 const FLUSH_COUNT: usize = 256;
 const FLUSH_AGE: Duration = Duration::from_millis(20);
+/// After each notification, one more fetch this much later: with `ae_events.notify =
+/// reference` a backend sends no wake-up for commits within `ae_events.notify_interval` (5 ms)
+/// of its last one, so such a commit is fetched by this follow-up (docs/relays.md).
+const FOLLOW_UP: Duration = Duration::from_millis(25);
 
 /// Why a worker stopped.
 #[derive(Debug)]
@@ -51,6 +57,8 @@ enum Source {
     Fresh(u64),
     /// A pending row from relay_due.
     Pending,
+    /// A test event from relay_tests.
+    Test,
 }
 
 struct Slot {
@@ -70,6 +78,8 @@ struct Writing {
     parked: HashSet<i64>,
     /// It settles a pending row: the instance's next one may be due once it is written.
     pending_settled: bool,
+    /// The test events whose outcomes it writes.
+    tests: Vec<i64>,
 }
 
 /// What a write in flight comes back with: whether the endpoint was still held (a panicked or
@@ -124,10 +134,15 @@ pub struct Worker {
     /// The write in flight, if any.
     writing: Option<Writing>,
     outcomes: Vec<Outcome>,
+    /// Test events' outcomes (relay_record_tests), and the test events in flight or not yet
+    /// written: relay_tests still hands them out as pending until they are.
+    test_outcomes: Vec<Outcome>,
+    tests_busy: HashSet<i64>,
     oldest_outcome: Option<Instant>,
     caught_up: bool,
     next_poll: Instant,
     next_due_check: Instant,
+    next_test_check: Instant,
     gone: Option<String>,
     /// The notification or shutdown sender is gone: stop waiting on them.
     signals_closed: bool,
@@ -199,10 +214,13 @@ impl Worker {
             in_flight: JoinSet::new(),
             writing: None,
             outcomes: Vec::new(),
+            test_outcomes: Vec::new(),
+            tests_busy: HashSet::new(),
             oldest_outcome: None,
             caught_up: false,
             next_poll: now,
             next_due_check: now,
+            next_test_check: now,
             gone: None,
             signals_closed: false,
         }
@@ -271,6 +289,10 @@ impl Worker {
                     Ok(started) => started?,
                     Err(_) => return Ok(self.lapse()),
                 }
+                match tokio::time::timeout_at(fence, self.dispatch_tests()).await {
+                    Ok(started) => started?,
+                    Err(_) => return Ok(self.lapse()),
+                }
             }
             // While stopping, outcomes wait for the last one: a 410 disables the endpoint with
             // that write, and nothing could be written after it.
@@ -288,7 +310,7 @@ impl Worker {
             // a flush (not while stopping). A deadline already past would spin the loop.
             let mut deadline = self.next_poll;
             if !stopping && self.in_flight.len() < self.limit() {
-                deadline = deadline.min(self.next_due_check);
+                deadline = deadline.min(self.next_due_check).min(self.next_test_check);
             }
             if let (false, true, Some(oldest)) =
                 (stopping, self.writing.is_none(), self.oldest_outcome)
@@ -324,7 +346,10 @@ impl Worker {
                 }
                 changed = self.woken.changed(), if !self.signals_closed => {
                     match changed {
-                        Ok(()) => self.caught_up = false,
+                        Ok(()) => {
+                            self.caught_up = false;
+                            self.next_poll = self.next_poll.min(Instant::now() + FOLLOW_UP);
+                        }
                         // The connection is gone; the next database call says so.
                         Err(_) => self.signals_closed = true,
                     }
@@ -556,6 +581,59 @@ impl Worker {
         Ok(())
     }
 
+    /// Start test events that are due, within the same limits as pending rows; asked for at most
+    /// once per poll interval (or when a retry of one is due), so that an endpoint without test
+    /// events costs one small query per poll.
+    async fn dispatch_tests(&mut self) -> Result<(), DbError> {
+        let now = Instant::now();
+        let limit = self.limit();
+        if now < self.next_test_check
+            || self.in_flight.len() >= limit
+            || !self.lease_covers_a_request()
+        {
+            return Ok(());
+        }
+        self.next_test_check = now + self.relay.poll_interval;
+        let room_bytes = self.window_bytes().saturating_sub(self.held_bytes);
+        let room = (limit - self.in_flight.len())
+            .min(self.gate.room(now))
+            .min(self.sockets.available());
+        if room == 0 || room_bytes == 0 {
+            return Ok(());
+        }
+        let (name, endpoint_id) = self.identity();
+        let due = self
+            .db
+            .tests(
+                &name,
+                endpoint_id,
+                &self.relay.relay_id,
+                room + self.tests_busy.len(),
+            )
+            .await?;
+        let mut started = 0;
+        for event in due {
+            if self.tests_busy.contains(&event.id) {
+                continue;
+            }
+            if started == room {
+                break;
+            }
+            let Some(permit) = self.sockets.try_acquire() else {
+                break;
+            };
+            if !self.try_pass_gate() {
+                break;
+            }
+            self.permits.push(permit);
+            self.held_bytes += event.payload.len();
+            self.tests_busy.insert(event.id);
+            started += 1;
+            self.start(Source::Test, event);
+        }
+        Ok(())
+    }
+
     /// A permit for one request from the rate limit and the circuit breaker.
     fn try_pass_gate(&mut self) -> bool {
         let passed = self.gate.try_start(Instant::now());
@@ -580,7 +658,10 @@ impl Worker {
     }
 
     fn start(&mut self, source: Source, event: Event) {
-        self.busy.insert(event.aggregate_id);
+        // A test event's instance is the example's: it holds up no real instance.
+        if !matches!(source, Source::Test) {
+            self.busy.insert(event.aggregate_id);
+        }
         let sinks = self.sinks.clone();
         let config = Arc::clone(&self.config.borrow());
         self.metrics.in_flight.inc();
@@ -604,7 +685,10 @@ impl Worker {
         let instance = event.aggregate_id;
         self.metrics.in_flight.dec();
         self.metrics.attempt_seconds.observe(took.as_secs_f64());
-        self.busy.remove(&instance);
+        let test = matches!(source, Source::Test);
+        if !test {
+            self.busy.remove(&instance);
+        }
         let attempts = event.attempts + 1;
         let config = Arc::clone(&self.config.borrow());
         let (schedule, jitter) = (&config.retry_schedule, config.retry_jitter);
@@ -620,8 +704,9 @@ impl Worker {
         };
         let mut instance_waits = false;
         let succeeded = matches!(attempt, Attempt::Delivered { .. });
-        if let (true, Ok(lag)) = (
+        if let (true, false, Ok(lag)) = (
             succeeded,
+            test,
             SystemTime::now().duration_since(event.occurred_at),
         ) {
             self.metrics.lag_seconds.observe(lag.as_secs_f64());
@@ -659,7 +744,11 @@ impl Worker {
                     Some(delay) => {
                         outcome.status = "pending";
                         outcome.next_attempt_at = Some(SystemTime::now() + delay);
-                        self.next_due_check = self.next_due_check.min(Instant::now() + delay);
+                        if test {
+                            self.next_test_check = self.next_test_check.min(Instant::now() + delay);
+                        } else {
+                            self.next_due_check = self.next_due_check.min(Instant::now() + delay);
+                        }
                         instance_waits = true;
                         &self.metrics.retry
                     }
@@ -673,6 +762,12 @@ impl Worker {
         counter.inc();
         tracing::debug!(endpoint = %self.name(), event = %event.event_id, status = outcome.status,
                         attempts, error = ?outcome.error, "attempt");
+        if test {
+            // Written by relay_record_tests; it is in no instance's order.
+            self.test_outcomes.push(outcome);
+            self.oldest_outcome.get_or_insert_with(Instant::now);
+            return;
+        }
         self.push_outcome(outcome);
         match source {
             Source::Fresh(sequence) => {
@@ -690,6 +785,7 @@ impl Worker {
                     self.ready.push_back(instance);
                 }
             }
+            Source::Test => {}
             Source::Pending => {
                 // Its instance's next pending row (if any) goes once this outcome is written.
                 self.pending_settled = true;
@@ -743,13 +839,19 @@ impl Worker {
         while finished < self.window.len() && self.window[finished].finished {
             finished += 1;
         }
-        if self.outcomes.is_empty() && finished == 0 && self.gone.is_none() {
+        if self.outcomes.is_empty()
+            && self.test_outcomes.is_empty()
+            && finished == 0
+            && self.gone.is_none()
+        {
             return;
         }
         let cursor = finished
             .checked_sub(1)
             .map(|last| self.window[last].position);
         let outcomes = std::mem::take(&mut self.outcomes);
+        let test_outcomes = std::mem::take(&mut self.test_outcomes);
+        let tests = test_outcomes.iter().map(|o| o.outbox_id).collect();
         self.oldest_outcome = None;
         let (name, endpoint_id) = self.identity();
         let (db, relay, gone) = (
@@ -759,6 +861,18 @@ impl Worker {
         );
         self.writing = Some(Writing {
             task: tokio::spawn(async move {
+                // Test events first: a 410 to one disables the endpoint with the write below,
+                // and nothing could be written after it.
+                if !test_outcomes.is_empty()
+                    && !db
+                        .record_tests(&name, endpoint_id, &relay, &test_outcomes)
+                        .await?
+                {
+                    return Ok(false);
+                }
+                if outcomes.is_empty() && cursor.is_none() && gone.is_none() {
+                    return Ok(true);
+                }
                 db.record(
                     &name,
                     endpoint_id,
@@ -773,6 +887,7 @@ impl Worker {
             unwritten: std::mem::take(&mut self.unwritten),
             parked: std::mem::take(&mut self.parked_unwritten),
             pending_settled: std::mem::take(&mut self.pending_settled),
+            tests,
         });
     }
 
@@ -784,6 +899,9 @@ impl Worker {
         };
         if !held {
             return false;
+        }
+        for test in &writing.tests {
+            self.tests_busy.remove(test);
         }
         // The next pending rows of instances whose pending row was settled may be due now.
         if writing.pending_settled {

@@ -995,3 +995,486 @@ REVOKE ALL ON FUNCTION ae_events.openapi() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION ae_events.event_schema(text), ae_events.openapi()
     TO ae_events_reader, ae_events_relay;
 -- (End of the event catalog part.)
+
+-- Event catalog, part 2 (issue 23): test events (send_test_event), the operator role, the
+-- instance_events view (sql/src/test_events.sql, sql/src/instance_events.sql).
+
+-- Test events (shared/contract/catalog.md §2, docs/receivers.md): send_test_event queues the
+-- seed's example payload for ONE endpoint. It never enters the outbox, so no consumer, other
+-- endpoint or analyst view of events (events, instance_events, stats) sees it; the relay takes it
+-- with relay_tests, outside the per-instance order, signs it like any delivery, adds the header
+-- `ae-test: true` and records it with relay_record_tests. delivery_status shows it with is_test.
+
+CREATE TABLE ae_events.test_events (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    -- The endpoint it is for (one dropped takes its test events along).
+    endpoint_id bigint NOT NULL REFERENCES ae_events.endpoints (endpoint_id) ON DELETE CASCADE,
+    -- Its webhook-id: the value send_test_event returns.
+    webhook_id uuid NOT NULL UNIQUE,
+    subscription_key text NOT NULL,
+    event_type text NOT NULL,
+    -- The example's instance and version, sent as ae-aggregate-id and ae-snapshot-version.
+    aggregate_id bigint NOT NULL,
+    snapshot_version integer NOT NULL,
+    payload jsonb NOT NULL,
+    requested_by name NOT NULL,
+    requested_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    status text NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'delivered', 'dead')),
+    attempts integer NOT NULL DEFAULT 0,
+    first_attempt_at timestamptz,
+    last_attempt_at timestamptz,
+    last_status integer,
+    last_error text,
+    next_attempt_at timestamptz DEFAULT pg_catalog.now(),
+    delivered_at timestamptz,
+    dead_at timestamptz
+);
+
+COMMENT ON TABLE ae_events.test_events IS
+    'ae_events: test events queued by send_test_event, one endpoint each, and their outcome (read ae_events.delivery_status WHERE is_test)';
+
+-- The relay's probe for due ones; few rows are pending (at most 10 per endpoint).
+CREATE INDEX test_events_due_idx ON ae_events.test_events (endpoint_id, next_attempt_at)
+    WHERE status OPERATOR(pg_catalog.=) 'pending';
+CREATE INDEX test_events_requested_at_idx ON ae_events.test_events (requested_at);
+
+-- The seed's example payload (shared/contract/ae.test_instance.created.txt), exactly; the
+-- tests compare it with tests/seed_example_payload.json.
+CREATE FUNCTION ae_events._example_payload() RETURNS jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT $example$
+    {
+        "id": 789,
+        "external_id": "ext_ti_789",
+        "old_id": 1234,
+        "score": null,
+        "instance_status": "in_progress",
+        "candidate_id": 101,
+        "catalog_assessment_id": 202,
+        "measurement_id": 505,
+        "session_instance_id": 3001,
+        "workflow_candidate_step_id": 4001,
+        "created_at": "2023-11-05T10:00:00Z",
+        "created_by": 1,
+        "updated_at": "2023-11-05T10:00:00Z",
+        "updated_by": 1,
+        "candidate": {
+            "id": 101,
+            "external_id": "ext_can_101",
+            "user_id": 123,
+            "email": "candidate@example.com",
+            "first_name": "Jane",
+            "last_name": "Doe",
+            "middle_name": "Marie",
+            "phone_number": "+19876543210",
+            "country": "USA",
+            "is_tnc_accepted": true,
+            "is_recording_consent_accepted": true,
+            "resume_file_id": 2001,
+            "profile_pic_file_id": 3001,
+            "cf": {}
+        },
+        "catalog_assessment": {
+            "id": 202,
+            "assessment": {
+                "id": 303,
+                "name": "Python Proficiency Test",
+                "level": "intermediate",
+                "status": "published",
+                "created_at": "2023-11-01T10:00:00Z",
+                "updated_at": "2023-11-01T10:00:00Z"
+            },
+            "catalog": {
+                "id": 404,
+                "name": "Standard Assessments",
+                "description": "Standard assessment catalog for technical roles."
+            }
+        },
+        "measurement": {
+            "id": 505,
+            "status": "pending",
+            "time_taken": "00:00:00",
+            "report_url": null,
+            "report_file_id": null,
+            "measured_at": "2023-11-05T10:00:00Z",
+            "measured_by": null,
+            "form_instance_id": null,
+            "measurement_attributes": [
+                {
+                    "id": 1,
+                    "numerical_score": null,
+                    "percentile_score": null,
+                    "remarks": null,
+                    "description": "Initial state",
+                    "additional_attributes": {},
+                    "created_at": "2023-11-05T10:00:00Z",
+                    "created_by": 1,
+                    "updated_at": "2023-11-05T10:00:00Z",
+                    "updated_by": 1,
+                    "section_configuration_attribute": {
+                        "id": 10,
+                        "type": "numerical",
+                        "recommended_value": 70,
+                        "recommended_ordinal_id": null,
+                        "attribute": {
+                            "id": 10,
+                            "name": "Logical Reasoning",
+                            "attribute_type": "skill",
+                            "is_required": true,
+                            "min_value": 0,
+                            "max_value": 100,
+                            "skill": {
+                                "id": 5,
+                                "name": "Logic"
+                            }
+                        }
+                    },
+                    "ordinal": null
+                }
+            ]
+        }
+    }
+    $example$::jsonb
+$$;
+
+-- Queue the example payload of a subscription key for one endpoint; returns its webhook-id.
+-- The created event carries the seed's example (version 1); the updated one the same payload
+-- with its own key and event type (version 2). At most 10 test events per endpoint wait at a
+-- time (54000 beyond), so that a caller cannot flood the relay or the receiver.
+CREATE FUNCTION ae_events.send_test_event(endpoint text,
+                                          subscription_key text DEFAULT 'ae.test_instance.created')
+RETURNS uuid
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    -- Locked: the count of pending test events below holds until this transaction ends.
+    target ae_events.endpoints := ae_events._endpoint_for_update(endpoint);
+    example jsonb := ae_events._example_payload();
+    waiting bigint;
+    new_id uuid := pg_catalog.gen_random_uuid();
+BEGIN
+    IF subscription_key IS NULL
+       OR subscription_key NOT IN ('ae.test_instance.created', 'ae.test_instance.updated') THEN
+        RAISE EXCEPTION 'ae_events: there is no example for subscription key %',
+                coalesce(pg_catalog.quote_literal(subscription_key), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'The keys are ae.test_instance.created and ae.test_instance.updated.';
+    END IF;
+    IF target.subscription_keys IS NOT NULL
+       AND NOT subscription_key OPERATOR(pg_catalog.=) ANY (target.subscription_keys) THEN
+        RAISE EXCEPTION 'ae_events: endpoint % does not subscribe to %',
+                pg_catalog.quote_literal(endpoint), subscription_key
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Its keys: ' OPERATOR(pg_catalog.||) pg_catalog.array_to_string(target.subscription_keys, ', ');
+    END IF;
+    IF NOT target.enabled THEN
+        RAISE EXCEPTION 'ae_events: endpoint % is disabled: no relay would send the test event',
+                pg_catalog.quote_literal(endpoint)
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = coalesce('Disabled: ' OPERATOR(pg_catalog.||) target.disabled_reason, ''),
+                  HINT = 'Enable it with ae_events.enable_endpoint first.';
+    END IF;
+    SELECT pg_catalog.count(*) INTO waiting FROM ae_events.test_events AS t
+     WHERE t.endpoint_id OPERATOR(pg_catalog.=) target.endpoint_id
+       AND t.status OPERATOR(pg_catalog.=) 'pending';
+    IF waiting OPERATOR(pg_catalog.>=) 10 THEN
+        RAISE EXCEPTION 'ae_events: endpoint % has 10 test events waiting already', pg_catalog.quote_literal(endpoint)
+            USING ERRCODE = 'program_limit_exceeded',
+                  HINT = 'Wait until they are delivered or dead-lettered: SELECT * FROM ae_events.delivery_status WHERE is_test AND status = ''pending''.';
+    END IF;
+    INSERT INTO ae_events.test_events (endpoint_id, webhook_id, subscription_key, event_type,
+                                       aggregate_id, snapshot_version, payload, requested_by)
+    VALUES (target.endpoint_id, new_id, subscription_key,
+            pg_catalog.translate(subscription_key, '.', '_'),
+            (example OPERATOR(pg_catalog.->>) 'id')::bigint,
+            CASE WHEN subscription_key OPERATOR(pg_catalog.=) 'ae.test_instance.created' THEN 1 ELSE 2 END,
+            example, ae_events._calling_role());
+    RETURN new_id;
+END
+$$;
+
+-- The relay's side: the endpoint's test events due now (at most max_events), oldest first.
+CREATE FUNCTION ae_events.relay_tests(endpoint text, relay text, max_events integer,
+                                      endpoint_id bigint)
+RETURNS TABLE (id bigint, webhook_id uuid, subscription_key text, event_type text,
+               aggregate_id bigint, snapshot_version integer, payload text, attempts integer,
+               requested_at timestamptz)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    target ae_events.endpoints := ae_events._require_lease(endpoint, relay, endpoint_id);
+BEGIN
+    IF max_events IS NULL OR max_events OPERATOR(pg_catalog.<) 1 THEN
+        RAISE EXCEPTION 'ae_events: max_events must be at least 1, not %', max_events
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN QUERY
+        SELECT t.id, t.webhook_id, t.subscription_key, t.event_type, t.aggregate_id,
+               t.snapshot_version, t.payload::text, t.attempts, t.requested_at
+          FROM ae_events.test_events AS t
+         WHERE t.endpoint_id OPERATOR(pg_catalog.=) target.endpoint_id
+           AND t.status OPERATOR(pg_catalog.=) 'pending'
+           AND t.next_attempt_at OPERATOR(pg_catalog.<=) pg_catalog.clock_timestamp()
+         ORDER BY t.next_attempt_at, t.id
+         LIMIT max_events;
+END
+$$;
+
+-- The outcomes of test events' attempts (as relay_record's: delivered / pending with its next
+-- attempt / dead). Returns false, writing nothing, if the relay no longer holds the endpoint.
+-- Error texts are stored with the endpoint's static header values masked, at most 2000
+-- characters long. A test event's outcome leaves the endpoint's failing_since alone.
+CREATE FUNCTION ae_events.relay_record_tests(endpoint text, relay text, endpoint_id bigint,
+                                             ids bigint[], statuses text[], attempts integer[],
+                                             attempted_at timestamptz[], http_statuses integer[],
+                                             errors text[], next_attempt_at timestamptz[])
+RETURNS boolean
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    held ae_events.endpoints;
+    header record;
+BEGIN
+    IF endpoint_id IS NULL THEN
+        RAISE EXCEPTION 'ae_events: the endpoint_id relay_lease handed out is needed, not NULL'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    PERFORM ae_events._require_own_relay(relay);
+    SELECT * INTO held FROM ae_events.endpoints AS e
+     WHERE e.endpoint OPERATOR(pg_catalog.=) relay_record_tests.endpoint
+       AND e.endpoint_id OPERATOR(pg_catalog.=) relay_record_tests.endpoint_id
+       AND e.relay OPERATOR(pg_catalog.=) relay_record_tests.relay
+       AND e.relay_role OPERATOR(pg_catalog.=) ae_events._calling_role()
+       AND e.enabled
+     FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    IF EXISTS (SELECT FROM pg_catalog.unnest(errors) AS x (e) WHERE x.e IS NOT NULL) THEN
+        FOR header IN SELECT h.value FROM pg_catalog.jsonb_each_text(held.headers) AS h
+                       WHERE pg_catalog.length(h.value) OPERATOR(pg_catalog.>=) 6
+                       ORDER BY pg_catalog.length(h.value) DESC LOOP
+            errors := ARRAY(SELECT pg_catalog.replace(x.e, header.value, '[redacted]')
+                              FROM pg_catalog.unnest(errors) WITH ORDINALITY AS x (e, n) ORDER BY x.n);
+        END LOOP;
+    END IF;
+    UPDATE ae_events.test_events AS t
+       SET status = r.status,
+           attempts = r.attempts,
+           first_attempt_at = coalesce(t.first_attempt_at, r.attempted_at),
+           last_attempt_at = coalesce(r.attempted_at, t.last_attempt_at),
+           last_status = r.http_status,
+           last_error = pg_catalog.left(r.error, 2000),
+           next_attempt_at = CASE WHEN r.status OPERATOR(pg_catalog.=) 'pending'
+                                  THEN coalesce(r.next_attempt_at, pg_catalog.now()) END,
+           delivered_at = CASE WHEN r.status OPERATOR(pg_catalog.=) 'delivered' THEN r.attempted_at END,
+           dead_at = CASE WHEN r.status OPERATOR(pg_catalog.=) 'dead' THEN r.attempted_at END
+      -- The parameters qualified: unqualified, attempts and the like are the table's columns.
+      FROM ROWS FROM (pg_catalog.unnest(relay_record_tests.ids),
+                      pg_catalog.unnest(relay_record_tests.statuses),
+                      pg_catalog.unnest(relay_record_tests.attempts),
+                      pg_catalog.unnest(relay_record_tests.attempted_at),
+                      pg_catalog.unnest(relay_record_tests.http_statuses),
+                      pg_catalog.unnest(relay_record_tests.errors),
+                      pg_catalog.unnest(relay_record_tests.next_attempt_at))
+           AS r (id, status, attempts, attempted_at, http_status, error, next_attempt_at)
+     WHERE t.id OPERATOR(pg_catalog.=) r.id
+       AND t.endpoint_id OPERATOR(pg_catalog.=) held.endpoint_id
+       AND r.status IN ('pending', 'delivered', 'dead');
+    RETURN true;
+END
+$$;
+
+-- For analysts and DBAs: per endpoint and event its deliveries, test events included
+-- (is_test; their id is NULL: they are not in the outbox). Replaces the view of endpoints.sql.
+CREATE OR REPLACE VIEW ae_events.delivery_status AS
+SELECT d.endpoint, d.outbox_id AS id, o.event_id, o.subscription_key AS event,
+       d.aggregate_id AS instance_id, o.snapshot_version, o.occurred_at,
+       d.status, d.attempts, d.last_status, d.last_error,
+       d.first_attempt_at, d.last_attempt_at, d.delivered_at, d.dead_at, d.next_attempt_at,
+       false AS is_test
+  FROM ae_events.deliveries AS d
+  LEFT JOIN ae_events.outbox AS o ON o.id OPERATOR(pg_catalog.=) d.outbox_id
+UNION ALL
+SELECT e.endpoint, NULL::bigint, t.webhook_id, t.subscription_key,
+       t.aggregate_id, t.snapshot_version, t.requested_at,
+       t.status, t.attempts, t.last_status, t.last_error,
+       t.first_attempt_at, t.last_attempt_at, t.delivered_at, t.dead_at, t.next_attempt_at,
+       true
+  FROM ae_events.test_events AS t
+  JOIN ae_events.endpoints AS e ON e.endpoint_id OPERATOR(pg_catalog.=) t.endpoint_id;
+
+COMMENT ON VIEW ae_events.delivery_status IS
+    'ae_events: per endpoint and event its deliveries: status (pending, delivered, dead), attempts, last HTTP status or error, times; is_test: a test event of send_test_event';
+
+-- The console's operators (shared/contract/console.md §2), cluster-wide like the other roles: for
+-- now they may send test events; the DBA grants the role to people.
+DO $$
+BEGIN
+    BEGIN
+        CREATE ROLE ae_events_operator NOLOGIN;
+    EXCEPTION WHEN duplicate_object OR unique_violation THEN
+        NULL;
+    END;
+END
+$$;
+
+REVOKE ALL ON FUNCTION ae_events._example_payload() FROM PUBLIC;
+REVOKE ALL ON FUNCTION ae_events.send_test_event(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ae_events.relay_tests(text, text, integer, bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ae_events.relay_record_tests(text, text, bigint, bigint[], text[], integer[], timestamptz[], integer[], text[], timestamptz[]) FROM PUBLIC;
+GRANT USAGE ON SCHEMA ae_events TO ae_events_operator;
+GRANT EXECUTE ON FUNCTION ae_events.send_test_event(text, text) TO ae_events_operator;
+GRANT EXECUTE ON FUNCTION ae_events.relay_tests(text, text, integer, bigint),
+    ae_events.relay_record_tests(text, text, bigint, bigint[], text[], integer[], timestamptz[], integer[], text[], timestamptz[])
+    TO ae_events_relay;
+
+-- For analysts (shared/contract/catalog.md §3, docs/events.md): one row per ae.test_instance.*
+-- event of the outbox with the payload's scalar fields as typed columns, named <object>_<field>
+-- (instance_ for the top level). Read from the stored payload, so payload rules apply as they did
+-- when the event was stored: a removed or nulled field is NULL; a hashed field shows its hash in a
+-- text column and is NULL in a typed one (a number, boolean, time or interval column; the hash is
+-- in the payload column). Test events are never in the outbox, so never here.
+
+-- A payload timestamp (RFC 3339 in UTC, an expanded signed year outside 0000-9999, or
+-- [-]infinity: src/timefmt.rs) as timestamptz; anything else (a hash) is NULL. No exception
+-- block (a subtransaction per row): the payload renders only values PostgreSQL can read back.
+CREATE FUNCTION ae_events._payload_timestamptz(value text) RETURNS timestamptz
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    part text[];
+    year bigint;
+BEGIN
+    -- The common case first: a year of four digits (0000 is 1 BC: made below).
+    IF value ~ '^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]+Z$' AND value !~ '^0000' THEN
+        RETURN value::timestamptz;
+    END IF;
+    IF value IN ('infinity', '-infinity') THEN
+        RETURN value::timestamptz;
+    END IF;
+    part := pg_catalog.regexp_match(value,
+        '^([+-]?[0-9]{4,})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2}(\.[0-9]+)?)Z$');
+    IF part IS NULL THEN
+        RETURN NULL;
+    END IF;
+    year := part[1]::bigint;
+    -- ISO 8601's year 0 is 1 BC, make_timestamptz's -1.
+    IF year OPERATOR(pg_catalog.<=) 0 THEN
+        year := year OPERATOR(pg_catalog.-) 1;
+    END IF;
+    RETURN pg_catalog.make_timestamptz(year::integer, part[2]::integer, part[3]::integer,
+                                       part[4]::integer, part[5]::integer,
+                                       part[6]::double precision, 'UTC');
+END
+$$;
+
+-- A payload interval (PostgreSQL's postgres style: src/timefmt.rs) as interval; a hash is NULL.
+CREATE FUNCTION ae_events._payload_interval(value text) RETURNS interval
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF value IS NULL OR value ~ '^[0-9a-f]{64}$' THEN
+        RETURN NULL;
+    END IF;
+    RETURN value::interval;
+END
+$$;
+
+CREATE VIEW ae_events.instance_events AS
+SELECT
+       o.id,
+       o.event_id,
+       o.subscription_key AS event,
+       o.snapshot_version,
+       o.occurred_at,
+       CASE WHEN pg_catalog.jsonb_typeof(o.payload OPERATOR(pg_catalog.#>) '{id}') OPERATOR(pg_catalog.=) 'number'
+            THEN (o.payload OPERATOR(pg_catalog.#>) '{id}')::bigint END AS instance_id,
+       o.payload OPERATOR(pg_catalog.#>>) '{external_id}' AS instance_external_id,
+       CASE WHEN pg_catalog.jsonb_typeof(o.payload OPERATOR(pg_catalog.#>) '{old_id}') OPERATOR(pg_catalog.=) 'number'
+            THEN (o.payload OPERATOR(pg_catalog.#>) '{old_id}')::bigint END AS instance_old_id,
+       CASE WHEN pg_catalog.jsonb_typeof(o.payload OPERATOR(pg_catalog.#>) '{score}') OPERATOR(pg_catalog.=) 'number'
+            THEN (o.payload OPERATOR(pg_catalog.#>) '{score}')::numeric
+            WHEN o.payload OPERATOR(pg_catalog.#>>) '{score}' IN ('NaN', 'Infinity', '-Infinity') THEN (o.payload OPERATOR(pg_catalog.#>>) '{score}')::numeric END AS instance_score,
+       o.payload OPERATOR(pg_catalog.#>>) '{instance_status}' AS instance_status,
+       CASE WHEN pg_catalog.jsonb_typeof(o.payload OPERATOR(pg_catalog.#>) '{candidate_id}') OPERATOR(pg_catalog.=) 'number'
+            THEN (o.payload OPERATOR(pg_catalog.#>) '{candidate_id}')::bigint END AS instance_candidate_id,
+       CASE WHEN pg_catalog.jsonb_typeof(o.payload OPERATOR(pg_catalog.#>) '{catalog_assessment_id}') OPERATOR(pg_catalog.=) 'number'
+            THEN (o.payload OPERATOR(pg_catalog.#>) '{catalog_assessment_id}')::bigint END AS instance_catalog_assessment_id,
+       CASE WHEN pg_catalog.jsonb_typeof(o.payload OPERATOR(pg_catalog.#>) '{measurement_id}') OPERATOR(pg_catalog.=) 'number'
+            THEN (o.payload OPERATOR(pg_catalog.#>) '{measurement_id}')::bigint END AS instance_measurement_id,
+       CASE WHEN pg_catalog.jsonb_typeof(o.payload OPERATOR(pg_catalog.#>) '{session_instance_id}') OPERATOR(pg_catalog.=) 'number'
+            THEN (o.payload OPERATOR(pg_catalog.#>) '{session_instance_id}')::bigint END AS instance_session_instance_id,
+       CASE WHEN pg_catalog.jsonb_typeof(o.payload OPERATOR(pg_catalog.#>) '{workflow_candidate_step_id}') OPERATOR(pg_catalog.=) 'number'
+            THEN (o.payload OPERATOR(pg_catalog.#>) '{workflow_candidate_step_id}')::bigint END AS instance_workflow_candidate_step_id,
+       ae_events._payload_timestamptz(o.payload OPERATOR(pg_catalog.#>>) '{created_at}') AS instance_created_at,
+       CASE WHEN pg_catalog.jsonb_typeof(o.payload OPERATOR(pg_catalog.#>) '{created_by}') OPERATOR(pg_catalog.=) 'number'
+            THEN (o.payload OPERATOR(pg_catalog.#>) '{created_by}')::bigint END AS instance_created_by,
+       ae_events._payload_timestamptz(o.payload OPERATOR(pg_catalog.#>>) '{updated_at}') AS instance_updated_at,
+       CASE WHEN pg_catalog.jsonb_typeof(o.payload OPERATOR(pg_catalog.#>) '{updated_by}') OPERATOR(pg_catalog.=) 'number'
+            THEN (o.payload OPERATOR(pg_catalog.#>) '{updated_by}')::bigint END AS instance_updated_by,
+       CASE WHEN pg_catalog.jsonb_typeof(o.payload OPERATOR(pg_catalog.#>) '{candidate,id}') OPERATOR(pg_catalog.=) 'number'
+            THEN (o.payload OPERATOR(pg_catalog.#>) '{candidate,id}')::bigint END AS candidate_id,
+       o.payload OPERATOR(pg_catalog.#>>) '{candidate,external_id}' AS candidate_external_id,
+       CASE WHEN pg_catalog.jsonb_typeof(o.payload OPERATOR(pg_catalog.#>) '{candidate,user_id}') OPERATOR(pg_catalog.=) 'number'
+            THEN (o.payload OPERATOR(pg_catalog.#>) '{candidate,user_id}')::bigint END AS candidate_user_id,
+       o.payload OPERATOR(pg_catalog.#>>) '{candidate,email}' AS candidate_email,
+       o.payload OPERATOR(pg_catalog.#>>) '{candidate,first_name}' AS candidate_first_name,
+       o.payload OPERATOR(pg_catalog.#>>) '{candidate,last_name}' AS candidate_last_name,
+       o.payload OPERATOR(pg_catalog.#>>) '{candidate,middle_name}' AS candidate_middle_name,
+       o.payload OPERATOR(pg_catalog.#>>) '{candidate,phone_number}' AS candidate_phone_number,
+       o.payload OPERATOR(pg_catalog.#>>) '{candidate,country}' AS candidate_country,
+       CASE WHEN pg_catalog.jsonb_typeof(o.payload OPERATOR(pg_catalog.#>) '{candidate,is_tnc_accepted}') OPERATOR(pg_catalog.=) 'boolean'
+            THEN (o.payload OPERATOR(pg_catalog.#>) '{candidate,is_tnc_accepted}')::boolean END AS candidate_is_tnc_accepted,
+       CASE WHEN pg_catalog.jsonb_typeof(o.payload OPERATOR(pg_catalog.#>) '{candidate,is_recording_consent_accepted}') OPERATOR(pg_catalog.=) 'boolean'
+            THEN (o.payload OPERATOR(pg_catalog.#>) '{candidate,is_recording_consent_accepted}')::boolean END AS candidate_is_recording_consent_accepted,
+       CASE WHEN pg_catalog.jsonb_typeof(o.payload OPERATOR(pg_catalog.#>) '{candidate,resume_file_id}') OPERATOR(pg_catalog.=) 'number'
+            THEN (o.payload OPERATOR(pg_catalog.#>) '{candidate,resume_file_id}')::bigint END AS candidate_resume_file_id,
+       CASE WHEN pg_catalog.jsonb_typeof(o.payload OPERATOR(pg_catalog.#>) '{candidate,profile_pic_file_id}') OPERATOR(pg_catalog.=) 'number'
+            THEN (o.payload OPERATOR(pg_catalog.#>) '{candidate,profile_pic_file_id}')::bigint END AS candidate_profile_pic_file_id,
+       CASE WHEN pg_catalog.jsonb_typeof(o.payload OPERATOR(pg_catalog.#>) '{catalog_assessment,id}') OPERATOR(pg_catalog.=) 'number'
+            THEN (o.payload OPERATOR(pg_catalog.#>) '{catalog_assessment,id}')::bigint END AS catalog_assessment_id,
+       CASE WHEN pg_catalog.jsonb_typeof(o.payload OPERATOR(pg_catalog.#>) '{catalog_assessment,assessment,id}') OPERATOR(pg_catalog.=) 'number'
+            THEN (o.payload OPERATOR(pg_catalog.#>) '{catalog_assessment,assessment,id}')::bigint END AS assessment_id,
+       o.payload OPERATOR(pg_catalog.#>>) '{catalog_assessment,assessment,name}' AS assessment_name,
+       o.payload OPERATOR(pg_catalog.#>>) '{catalog_assessment,assessment,level}' AS assessment_level,
+       o.payload OPERATOR(pg_catalog.#>>) '{catalog_assessment,assessment,status}' AS assessment_status,
+       ae_events._payload_timestamptz(o.payload OPERATOR(pg_catalog.#>>) '{catalog_assessment,assessment,created_at}') AS assessment_created_at,
+       ae_events._payload_timestamptz(o.payload OPERATOR(pg_catalog.#>>) '{catalog_assessment,assessment,updated_at}') AS assessment_updated_at,
+       CASE WHEN pg_catalog.jsonb_typeof(o.payload OPERATOR(pg_catalog.#>) '{catalog_assessment,catalog,id}') OPERATOR(pg_catalog.=) 'number'
+            THEN (o.payload OPERATOR(pg_catalog.#>) '{catalog_assessment,catalog,id}')::bigint END AS catalog_id,
+       o.payload OPERATOR(pg_catalog.#>>) '{catalog_assessment,catalog,name}' AS catalog_name,
+       o.payload OPERATOR(pg_catalog.#>>) '{catalog_assessment,catalog,description}' AS catalog_description,
+       CASE WHEN pg_catalog.jsonb_typeof(o.payload OPERATOR(pg_catalog.#>) '{measurement,id}') OPERATOR(pg_catalog.=) 'number'
+            THEN (o.payload OPERATOR(pg_catalog.#>) '{measurement,id}')::bigint END AS measurement_id,
+       o.payload OPERATOR(pg_catalog.#>>) '{measurement,status}' AS measurement_status,
+       ae_events._payload_interval(o.payload OPERATOR(pg_catalog.#>>) '{measurement,time_taken}') AS measurement_time_taken,
+       o.payload OPERATOR(pg_catalog.#>>) '{measurement,report_url}' AS measurement_report_url,
+       CASE WHEN pg_catalog.jsonb_typeof(o.payload OPERATOR(pg_catalog.#>) '{measurement,report_file_id}') OPERATOR(pg_catalog.=) 'number'
+            THEN (o.payload OPERATOR(pg_catalog.#>) '{measurement,report_file_id}')::bigint END AS measurement_report_file_id,
+       ae_events._payload_timestamptz(o.payload OPERATOR(pg_catalog.#>>) '{measurement,measured_at}') AS measurement_measured_at,
+       CASE WHEN pg_catalog.jsonb_typeof(o.payload OPERATOR(pg_catalog.#>) '{measurement,measured_by}') OPERATOR(pg_catalog.=) 'number'
+            THEN (o.payload OPERATOR(pg_catalog.#>) '{measurement,measured_by}')::bigint END AS measurement_measured_by,
+       CASE WHEN pg_catalog.jsonb_typeof(o.payload OPERATOR(pg_catalog.#>) '{measurement,form_instance_id}') OPERATOR(pg_catalog.=) 'number'
+            THEN (o.payload OPERATOR(pg_catalog.#>) '{measurement,form_instance_id}')::bigint END AS measurement_form_instance_id,
+       o.payload
+  FROM ae_events.outbox AS o
+ WHERE o.subscription_key LIKE 'ae.test\_instance.%';
+
+COMMENT ON VIEW ae_events.instance_events IS
+    'ae_events: one row per ae.test_instance.* event with the payload''s scalar fields as typed columns (<object>_<field>), payload rules applied as stored';
+
+REVOKE ALL ON FUNCTION ae_events._payload_timestamptz(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ae_events._payload_interval(text) FROM PUBLIC;
+GRANT SELECT ON ae_events.instance_events TO ae_events_reader;
+-- (End of the test events and instance_events part.)
