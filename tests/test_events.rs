@@ -94,6 +94,21 @@ fn send_test_event_queues_the_seeds_example_for_one_endpoint_and_refuses_what_it
         .get(0);
     assert_eq!(waiting, 10);
 
+    // prune() deletes finished test events of before its cutoff, never a waiting one.
+    client
+        .batch_execute(
+            "UPDATE ae_events.test_events SET requested_at = now() - interval '2 days';
+             UPDATE ae_events.test_events SET status = 'delivered', next_attempt_at = NULL
+              WHERE id IN (SELECT id FROM ae_events.test_events ORDER BY id LIMIT 3);
+             SELECT ae_events.prune('1 day');",
+        )
+        .unwrap();
+    let left: i64 = client
+        .query_one("SELECT count(*) FROM ae_events.test_events", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 8);
+
     // Dropping the endpoint drops its test events.
     client
         .batch_execute("SELECT ae_events.drop_endpoint('all')")

@@ -114,6 +114,11 @@ BEGIN
         deleted := deleted OPERATOR(pg_catalog.+) batch;
         EXIT WHEN batch OPERATOR(pg_catalog.<) batch_size;
     END LOOP;
+    -- Test events of send_test_event (test_events.sql) go with the events of their time once
+    -- finished; they are not counted.
+    DELETE FROM ae_events.test_events AS t
+     WHERE t.status OPERATOR(pg_catalog.<>) 'pending'
+       AND t.requested_at OPERATOR(pg_catalog.<) cutoff;
     RETURN deleted;
 END
 $$;

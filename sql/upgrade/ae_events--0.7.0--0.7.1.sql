@@ -1477,4 +1477,67 @@ COMMENT ON VIEW ae_events.instance_events IS
 REVOKE ALL ON FUNCTION ae_events._payload_timestamptz(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ae_events._payload_interval(text) FROM PUBLIC;
 GRANT SELECT ON ae_events.instance_events TO ae_events_reader;
+
+-- prune() deletes finished test events with the events of their time.
+CREATE OR REPLACE FUNCTION ae_events.prune(older_than interval, batch_size integer DEFAULT 10000)
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cutoff timestamptz := pg_catalog.now() OPERATOR(pg_catalog.-) older_than;
+    deleted bigint := 0;
+    batch bigint;
+    pruned_ids bigint[];
+BEGIN
+    IF older_than IS NULL OR older_than OPERATOR(pg_catalog.<) interval '0' THEN
+        RAISE EXCEPTION 'ae_events: prune needs an age of zero or more, not %', older_than
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF batch_size IS NULL OR batch_size OPERATOR(pg_catalog.<) 1 THEN
+        RAISE EXCEPTION 'ae_events: batch_size must be at least 1, not %', batch_size
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    LOOP
+        pruned_ids := ARRAY(
+                   SELECT o.id
+                     FROM ae_events._epochs() AS e
+                     JOIN ae_events.outbox AS o
+                       ON o.id OPERATOR(pg_catalog.>=) e.first_id
+                      AND (e.next_first_id IS NULL OR o.id OPERATOR(pg_catalog.<) e.next_first_id)
+                    WHERE o.occurred_at OPERATOR(pg_catalog.<) cutoff
+                      AND NOT EXISTS (
+                              SELECT FROM ae_events.consumers AS c
+                               WHERE (e.first_id, o.txid, o.id) OPERATOR(pg_catalog.>)
+                                     (c.cursor_epoch, c.cursor_txid, c.cursor_id))
+                      -- Nor one a webhook endpoint has not passed yet or still has to send.
+                      AND NOT EXISTS (
+                              SELECT FROM ae_events.endpoints AS p
+                               WHERE (e.first_id, o.txid, o.id) OPERATOR(pg_catalog.>)
+                                     (p.cursor_epoch, p.cursor_txid, p.cursor_id)
+                                  OR EXISTS (
+                                         SELECT FROM ae_events.deliveries AS d
+                                          WHERE d.endpoint OPERATOR(pg_catalog.=) p.endpoint
+                                            AND d.outbox_id OPERATOR(pg_catalog.=) o.id
+                                            AND d.status OPERATOR(pg_catalog.=) 'pending'))
+                    ORDER BY o.id
+                    LIMIT batch_size);
+        -- Their delivery records go with them.
+        DELETE FROM ae_events.deliveries AS d
+         USING ae_events.endpoints AS p
+         WHERE d.endpoint OPERATOR(pg_catalog.=) p.endpoint
+           AND d.outbox_id OPERATOR(pg_catalog.=) ANY (pruned_ids);
+        DELETE FROM ae_events.outbox AS d WHERE d.id OPERATOR(pg_catalog.=) ANY (pruned_ids);
+        GET DIAGNOSTICS batch = ROW_COUNT;
+        deleted := deleted OPERATOR(pg_catalog.+) batch;
+        EXIT WHEN batch OPERATOR(pg_catalog.<) batch_size;
+    END LOOP;
+    -- Test events of send_test_event (test_events.sql) go with the events of their time once
+    -- finished; they are not counted.
+    DELETE FROM ae_events.test_events AS t
+     WHERE t.status OPERATOR(pg_catalog.<>) 'pending'
+       AND t.requested_at OPERATOR(pg_catalog.<) cutoff;
+    RETURN deleted;
+END
+$$;
 -- (End of the test events and instance_events part.)
