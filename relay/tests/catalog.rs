@@ -59,7 +59,7 @@ fn schema_prints_the_databases_document_with_its_rules() {
     let cluster = Cluster::shared();
     // After the extension made its roles.
     let database = cluster.database("schema_command", ForeignKeys::Without);
-    ensure_relay_login(&cluster);
+    ensure_relay_login(cluster);
     let mut client = cluster.connect(&database);
     client
         .batch_execute("INSERT INTO ae_events.payload_rules VALUES ('candidate.email', 'remove')")
@@ -97,7 +97,7 @@ fn the_receivers_validate_every_test_instance_body() {
     let cluster = Cluster::shared();
     let receiver = Receiver::ok();
     create_endpoint(&mut client, "validated", &receiver.url("/"), "{100ms}");
-    let _relay = Relay::start(&cluster, &database, &[]);
+    let _relay = Relay::start(cluster, &database, &[]);
     insert_instance(&mut client, 1);
     client
         .batch_execute("UPDATE ti.instance SET score = 'NaN' WHERE id = 1")
