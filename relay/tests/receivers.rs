@@ -305,6 +305,13 @@ fn a_test_event_reaches_only_its_endpoint_signed_and_shows_as_a_test_in_the_reco
 
 #[test]
 fn the_receiver_kits_snippets_verify_real_deliveries_and_refuse_a_tampered_body() {
+    // docs/receivers.md shows the files as they are.
+    let root = repository_root();
+    let doc = std::fs::read_to_string(root.join("docs/receivers.md")).unwrap();
+    for file in ["docs/receivers/verify.py", "docs/receivers/verify.mjs"] {
+        let code = std::fs::read_to_string(root.join(file)).unwrap();
+        assert!(doc.contains(&code), "docs/receivers.md quotes {file} as it is");
+    }
     let cluster = Cluster::shared();
     let (database, mut client) = delivery_database("receiver_kit");
     let captured = Receiver::ok();
