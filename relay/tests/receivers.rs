@@ -243,13 +243,13 @@ fn a_test_event_reaches_only_its_endpoint_signed_and_shows_as_a_test_in_the_reco
         },
         |ids| !ids.is_empty(),
     );
-    assert_eq!(polled, [real.clone()]);
+    assert_eq!(polled, std::slice::from_ref(&real));
     for view in ["outbox", "events", "instance_events"] {
         let ids = strings(
             &mut client,
             &format!("SELECT event_id::text FROM ae_events.{view}"),
         );
-        assert_eq!(ids, [real.clone()], "{view}");
+        assert_eq!(ids, std::slice::from_ref(&real), "{view}");
     }
 
     // The records: a's two test events, delivered at the first attempt, marked as tests.
@@ -259,7 +259,8 @@ fn a_test_event_reaches_only_its_endpoint_signed_and_shows_as_a_test_in_the_reco
         WAIT,
         "SELECT count(*) = 2 FROM ae_events.delivery_status WHERE is_test AND status = 'delivered'",
     );
-    let tests: Vec<(String, String, String, i32, Option<i32>, Option<i64>)> = client
+    type Record = (String, String, String, i32, Option<i32>, Option<i64>);
+    let tests: Vec<Record> = client
         .query(
             "SELECT endpoint, event_id::text, event, attempts, last_status, id
                FROM ae_events.delivery_status WHERE is_test ORDER BY snapshot_version",
@@ -310,7 +311,10 @@ fn the_receiver_kits_snippets_verify_real_deliveries_and_refuse_a_tampered_body(
     let doc = std::fs::read_to_string(root.join("docs/receivers.md")).unwrap();
     for file in ["docs/receivers/verify.py", "docs/receivers/verify.mjs"] {
         let code = std::fs::read_to_string(root.join(file)).unwrap();
-        assert!(doc.contains(&code), "docs/receivers.md quotes {file} as it is");
+        assert!(
+            doc.contains(&code),
+            "docs/receivers.md quotes {file} as it is"
+        );
     }
     let cluster = Cluster::shared();
     let (database, mut client) = delivery_database("receiver_kit");
