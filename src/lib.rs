@@ -99,7 +99,13 @@ extension_sql_file!(
 extension_sql_file!(
     "../sql/src/catalog.sql",
     name = "catalog",
-    requires = ["consumers", "payload_rules", catalog::_event_schema, catalog::_openapi]
+    requires = [
+        "consumers",
+        "payload_rules",
+        "test_events",
+        catalog::_event_schema,
+        catalog::_openapi
+    ]
 );
 extension_sql_file!("../sql/src/install.sql", name = "install", finalize);
 

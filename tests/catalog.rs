@@ -96,7 +96,7 @@ fn an_unknown_key_is_refused_with_the_keys_in_the_hint() {
 }
 
 #[test]
-fn readers_and_relays_may_read_the_catalog_and_the_application_may_not() {
+fn readers_relays_and_operators_may_read_the_catalog_and_the_application_may_not() {
     let cluster = Cluster::shared();
     let database = cluster.database("catalog_grants", ForeignKeys::Without);
     let mut client = cluster.connect(&database);
@@ -109,6 +109,9 @@ fn readers_and_relays_may_read_the_catalog_and_the_application_may_not() {
                  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'catalog_relay') THEN
                      CREATE ROLE catalog_relay LOGIN IN ROLE ae_events_relay;
                  END IF;
+                 IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'catalog_operator') THEN
+                     CREATE ROLE catalog_operator LOGIN IN ROLE ae_events_operator;
+                 END IF;
                  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'catalog_app') THEN
                      CREATE ROLE catalog_app LOGIN;
                  END IF;
@@ -117,7 +120,7 @@ fn readers_and_relays_may_read_the_catalog_and_the_application_may_not() {
              INSERT INTO ae_events.payload_rules VALUES ('candidate.email', 'remove');",
         )
         .unwrap();
-    for role in ["catalog_reader", "catalog_relay"] {
+    for role in ["catalog_reader", "catalog_relay", "catalog_operator"] {
         let mut as_role = cluster.connect_as(&database, role);
         // The rules in force apply, though the role cannot read them.
         let schema = event_schema(&mut as_role, "ae.test_instance.created");

@@ -3,7 +3,7 @@
 -- payloads' Rust types, with the payload rules in force applied. They describe what receivers
 -- get (public schema information, no secret), but they show which fields rules hide, and the
 -- rules are not the application's to read: SECURITY DEFINER to read them, EXECUTE for the
--- extension's roles (and the DBA).
+-- extension's roles (readers, relays, operators) and the DBA.
 CREATE FUNCTION ae_events.event_schema(subscription_key text) RETURNS jsonb
 LANGUAGE sql STABLE STRICT PARALLEL SAFE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -33,4 +33,4 @@ REVOKE ALL ON FUNCTION ae_events._openapi(text[], text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ae_events.event_schema(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ae_events.openapi() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION ae_events.event_schema(text), ae_events.openapi()
-    TO ae_events_reader, ae_events_relay;
+    TO ae_events_reader, ae_events_relay, ae_events_operator;

@@ -1541,3 +1541,8 @@ BEGIN
 END
 $$;
 -- (End of the test events and instance_events part.)
+
+-- Issue 23, part 1 (event catalog), continued: operators (made by the test events part above)
+-- may read the catalog too (sql/src/catalog.sql).
+GRANT EXECUTE ON FUNCTION ae_events.event_schema(text), ae_events.openapi() TO ae_events_operator;
+-- (End of the event catalog's second part.)
