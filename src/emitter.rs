@@ -326,6 +326,7 @@ fn write_context(catalog: &ExtensionCatalog) -> WriteContext {
         notify: settings::notify_mode(),
         channel: settings::channel(),
         notify_payload_budget: settings::notify_payload_budget(),
+        notify_interval: settings::notify_interval(),
     }
 }
 

@@ -113,6 +113,7 @@ extension_sql_file!("../sql/src/install.sql", name = "install", finalize);
 pub extern "C-unwind" fn _PG_init() {
     settings::register();
     pending::register_subtransaction_callback();
+    notification::register_subtransaction_callback();
     config_cache::register_invalidation_callback();
     isolation::register_hooks();
     // SAFETY: the callback is a plain function that lives as long as the library.
@@ -132,7 +133,7 @@ unsafe extern "C-unwind" fn on_transaction_end(
         XACT_EVENT_COMMIT | XACT_EVENT_ABORT | XACT_EVENT_PREPARE
     ) {
         pending::forget_transaction();
-        notification::transaction_ended();
+        notification::transaction_ended(event == XACT_EVENT_COMMIT);
         privileges::forget_readers();
     }
 }

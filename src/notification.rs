@@ -54,9 +54,66 @@ pub fn budget_allows(budget: Option<u64>) -> bool {
     budget.is_none_or(|budget| EMBEDDED_BYTES.get() < budget)
 }
 
-/// Called when the transaction ends (`lib.rs`): the next one's payload budget starts empty.
-pub fn transaction_ended() {
+/// Called when the transaction ends (`lib.rs`): the next one's payload budget starts empty, and
+/// a committed wake-up starts this backend's quiet interval.
+pub fn transaction_ended(committed: bool) {
     EMBEDDED_BYTES.set(0);
+    if ANNOUNCED_IN.take().is_some() && committed {
+        LAST_WAKE_UP.set(Some(std::time::Instant::now()));
+    }
+}
+
+thread_local! {
+    /// The subtransaction that queued this transaction's wake-up (`notify = reference`), if any.
+    static ANNOUNCED_IN: Cell<Option<pg_sys::SubTransactionId>> = const { Cell::new(None) };
+    /// When this backend last committed a wake-up.
+    static LAST_WAKE_UP: Cell<Option<std::time::Instant>> = const { Cell::new(None) };
+}
+
+/// With `notify = reference` a notification only wakes listeners up, and one per commit
+/// serializes commits (PostgreSQL takes a cluster-wide lock for it): a transaction announces its
+/// events once, and not at all within `interval` of this backend's last committed wake-up. A
+/// listener that polls once more shortly after each notification (ae-relay does, 25 ms later)
+/// misses nothing: a skipped commit is one that came within `interval` after one it was woken
+/// for. Returns whether to send.
+pub fn wake_up_due(interval: std::time::Duration) -> bool {
+    if ANNOUNCED_IN.get().is_some() {
+        return false;
+    }
+    if LAST_WAKE_UP
+        .get()
+        .is_some_and(|last| last.elapsed() < interval)
+    {
+        return false;
+    }
+    // SAFETY: plain read of the transaction state.
+    ANNOUNCED_IN.set(Some(unsafe { pg_sys::GetCurrentSubTransactionId() }));
+    true
+}
+
+/// A rolled-back subtransaction takes its queued notifications with it: if it (or one inside
+/// it) queued the wake-up, the transaction's later events must announce again. Subtransaction
+/// ids grow, and every id at or above the aborted one belongs to it.
+#[pg_guard]
+unsafe extern "C-unwind" fn on_subtransaction_event(
+    event: pg_sys::SubXactEvent::Type,
+    my_subid: pg_sys::SubTransactionId,
+    _parent_subid: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB
+        && ANNOUNCED_IN
+            .get()
+            .is_some_and(|announced| announced >= my_subid)
+    {
+        ANNOUNCED_IN.set(None);
+    }
+}
+
+/// Called once per backend, from `_PG_init`.
+pub fn register_subtransaction_callback() {
+    // SAFETY: the callback is a plain function that lives as long as the library.
+    unsafe { pg_sys::RegisterSubXactCallback(Some(on_subtransaction_event), std::ptr::null_mut()) };
 }
 
 /// Queue the notification; PostgreSQL delivers it when the transaction commits.

@@ -72,6 +72,8 @@ pub struct WriteContext {
     pub channel: String,
     /// Bytes of payload a transaction's notifications may carry (None: no limit).
     pub notify_payload_budget: Option<u64>,
+    /// With `notify = reference`: no wake-up within this long of the backend's last one.
+    pub notify_interval: std::time::Duration,
 }
 
 struct Drain {
@@ -298,7 +300,12 @@ fn next_row() -> Option<OutboxRow> {
             .report()
         };
         let event_id = eventid::next().unwrap_or_else(|error| error.report());
-        if drain.context.notify != NotifyMode::Off {
+        let announce = match drain.context.notify {
+            NotifyMode::Full => true,
+            NotifyMode::Reference => notification::wake_up_due(drain.context.notify_interval),
+            NotifyMode::Off => false,
+        };
+        if announce {
             let event_id_text = event_id.to_string();
             let envelope = Envelope {
                 id,

@@ -27,6 +27,8 @@ static CHANNEL: GucSetting<Option<CString>> =
 static NOTIFY: GucSetting<NotifyMode> = GucSetting::<NotifyMode>::new(NotifyMode::Reference);
 /// In kB; -1 means no limit.
 static NOTIFY_PAYLOAD_BUDGET: GucSetting<i32> = GucSetting::<i32>::new(1024);
+/// In ms: with notify = reference, no wake-up within this long of the backend's last one.
+static NOTIFY_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(5);
 /// Instances a transaction's changes may reach before their updated events are deferred.
 static FANOUT_INLINE_LIMIT: GucSetting<i32> = GucSetting::<i32>::new(1000);
 
@@ -74,6 +76,19 @@ pub fn register() {
         i32::MAX,
         GucContext::Suset,
         GucFlags::UNIT_KB,
+    );
+    GucRegistry::define_int_guc(
+        c"ae_events.notify_interval",
+        c"With notify = reference: how long after a backend's last wake-up its commits send none.",
+        c"A reference notification only wakes listeners up, and one per commit serializes commits. \
+          A transaction sends at most one, and none within this interval of the backend's last \
+          committed one; listeners poll once more shortly after each notification (ae-relay 25 ms \
+          later). 0: one per transaction that writes events. Only a superuser may change it.",
+        &NOTIFY_INTERVAL,
+        0,
+        60_000,
+        GucContext::Suset,
+        GucFlags::UNIT_MS,
     );
     GucRegistry::define_int_guc(
         c"ae_events.fanout_inline_limit",
@@ -134,6 +149,11 @@ impl ScopedSetting {
 
 pub fn enabled() -> bool {
     ENABLED.get()
+}
+
+/// With notify = reference: the quiet interval after a backend's wake-up (`notification.rs`).
+pub fn notify_interval() -> std::time::Duration {
+    std::time::Duration::from_millis(u64::try_from(NOTIFY_INTERVAL.get()).unwrap_or(0))
 }
 
 /// How many instances a transaction's changes may reach and still get their updated events in

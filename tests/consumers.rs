@@ -257,7 +257,8 @@ fn the_relay_loop_wakes_on_notify_and_catches_up_after_a_disconnect() {
     insert_instance(&mut app, 1);
     insert_instance(&mut app, 2);
     let woken = drain_notifications(&mut relay, Duration::from_millis(1500));
-    assert_eq!(woken.len(), 2, "NOTIFY wakes the relay up");
+    // (The second commit may come within ae_events.notify_interval of the first: one wake-up.)
+    assert!(!woken.is_empty(), "NOTIFY wakes the relay up");
     drain(&mut relay, &mut delivered, 2);
     assert_eq!(delivered, vec![1, 2]);
 

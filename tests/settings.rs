@@ -155,3 +155,65 @@ fn bad_values_are_refused_when_set() {
         .get(0);
     assert_eq!(budget, "1MB");
 }
+
+/// With `notify = reference` (the default) a notification only wakes listeners up: a
+/// transaction sends one however many events it writes, and none within
+/// `ae_events.notify_interval` of the backend's last committed one; one that a rolled-back
+/// savepoint took away is sent again by the transaction's later events.
+#[test]
+fn reference_wake_ups_come_once_per_transaction_and_not_within_the_interval() {
+    let cluster = Cluster::shared();
+    let database = cluster.database("wake_ups", ForeignKeys::Without);
+    let mut app = cluster.connect(&database);
+    app.batch_execute(MINIMAL_REFERENCE_DATA).unwrap();
+    let mut listener = cluster.connect(&database);
+    listener.batch_execute("LISTEN ae_events").unwrap();
+    let ids = |received: &[(String, String)]| -> Vec<i64> {
+        received
+            .iter()
+            .map(|(_, text)| {
+                serde_json::from_str::<Value>(text).unwrap()["aggregate_id"]
+                    .as_i64()
+                    .unwrap()
+            })
+            .collect()
+    };
+
+    app.batch_execute(
+        "SET ae_events.notify_interval = 0;
+         BEGIN;
+         INSERT INTO ti.instance VALUES (1, NULL, NULL, NULL, 'in_progress', 1, 1, NULL, NULL, NULL, now(), 1, now(), 1);
+         INSERT INTO ti.instance VALUES (2, NULL, NULL, NULL, 'in_progress', 1, 1, NULL, NULL, NULL, now(), 1, now(), 1);
+         INSERT INTO ti.instance VALUES (3, NULL, NULL, NULL, 'in_progress', 1, 1, NULL, NULL, NULL, now(), 1, now(), 1);
+         COMMIT;",
+    )
+    .unwrap();
+    assert_eq!(ids(&drain_notifications(&mut listener, WAIT)), vec![1]);
+
+    // Interval 0: every transaction wakes listeners.
+    insert_instance(&mut app, 4);
+    insert_instance(&mut app, 5);
+    assert_eq!(ids(&drain_notifications(&mut listener, WAIT)), vec![4, 5]);
+
+    // Within the interval of the last wake-up (5's commit): quiet.
+    app.batch_execute("SET ae_events.notify_interval = '1min'")
+        .unwrap();
+    insert_instance(&mut app, 6);
+    insert_instance(&mut app, 7);
+    assert!(drain_notifications(&mut listener, Duration::from_millis(700)).is_empty());
+
+    app.batch_execute(
+        "SET ae_events.notify_interval = 0;
+         BEGIN;
+         SAVEPOINT s;
+         INSERT INTO ti.instance VALUES (8, NULL, NULL, NULL, 'in_progress', 1, 1, NULL, NULL, NULL, now(), 1, now(), 1);
+         SET CONSTRAINTS ALL IMMEDIATE;
+         ROLLBACK TO s;
+         INSERT INTO ti.instance VALUES (9, NULL, NULL, NULL, 'in_progress', 1, 1, NULL, NULL, NULL, now(), 1, now(), 1);
+         COMMIT;",
+    )
+    .unwrap();
+    assert_eq!(ids(&drain_notifications(&mut listener, WAIT)), vec![9]);
+    // Every event is in the outbox, announced or not.
+    assert_eq!(outbox_instances(&mut app), vec![1, 2, 3, 4, 5, 6, 7, 9]);
+}

@@ -374,3 +374,34 @@ fn a_relay_runs_deferred_fanouts_and_delivers_their_events() {
         "SELECT NOT EXISTS (SELECT FROM ae_events.fanouts)",
     );
 }
+
+/// With `ae_events.notify = reference` a commit within `ae_events.notify_interval` of the
+/// session's last wake-up sends none: the relay's fetch 25 ms after each notification delivers
+/// it all the same, long before its next poll (60 s here).
+#[test]
+fn a_commit_without_a_wake_up_is_delivered_by_the_fetch_that_follows_a_notification() {
+    let cluster = Cluster::shared();
+    let (database, mut client) = delivery_database("follow_up");
+    client
+        .batch_execute(&format!(
+            "ALTER DATABASE {database} SET ae_events.notify_interval = '1min'"
+        ))
+        .unwrap();
+    let receiver = Receiver::ok();
+    create_endpoint(&mut client, "follow_up", &receiver.url("/hooks"), "{1s}");
+    let mut app = cluster.connect(&database);
+    insert_instance(&mut app, 1);
+    // Fetched when the relay starts: once it has arrived, the relay listens and is idle.
+    let relay = Relay::start(cluster, &database, &["--poll-interval", "60s"]);
+    let first = within(WAIT, || receiver.count(), |count| *count == 1);
+    assert_eq!(first, 1, "{}", relay.log());
+    std::thread::sleep(Duration::from_millis(200));
+    // A fresh session: its first commit wakes the relay, its second (10 ms later) does not.
+    let mut app = cluster.connect(&database);
+    insert_instance(&mut app, 2);
+    std::thread::sleep(Duration::from_millis(10));
+    insert_instance(&mut app, 3);
+    let requests = receiver.wait_for("both events", Duration::from_secs(10), |r| r.len() >= 3);
+    let instances: Vec<i64> = requests.iter().map(|r| r.instance()).collect();
+    assert_eq!(instances, vec![1, 2, 3]);
+}

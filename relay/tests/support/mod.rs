@@ -332,7 +332,11 @@ impl Relay {
             } else {
                 &["--lease", "2s"][..]
             })
-            .args(["--poll-interval", "250ms"])
+            .args(if extra.contains(&"--poll-interval") {
+                &[][..]
+            } else {
+                &["--poll-interval", "250ms"][..]
+            })
             .args(extra)
             .env("DATABASE_URL", url)
             .env("AE_RELAY_LOG", "info,ae_relay=debug")
