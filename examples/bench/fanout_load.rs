@@ -70,10 +70,10 @@ pub fn fanout_under_load(bench: &Bench) -> Vec<FanoutLoad> {
              CREATE INDEX ON ti.instance (catalog_assessment_id);
              CREATE INDEX ON ae.catalog_assessment (assessment_id);
              CREATE EXTENSION ae_events;
-             UPDATE ae_events.bubble_up SET enabled = true WHERE source_table = 'ae.assessment';
-             VACUUM ANALYZE;"
+             UPDATE ae_events.bubble_up SET enabled = true WHERE source_table = 'ae.assessment';"
         ))
         .unwrap();
+    client.batch_execute("VACUUM ANALYZE").unwrap();
     let mut results = Vec::new();
     for (label, inline_limit) in [
         ("deferred (default limit 1000)", None),
