@@ -163,10 +163,8 @@ fn add_null(schema: &mut Value) {
         return;
     };
     match object.get_mut("type") {
-        Some(Value::Array(types)) => {
-            if !types.contains(&Value::from("null")) {
-                types.push(Value::from("null"));
-            }
+        Some(Value::Array(types)) if !types.contains(&Value::from("null")) => {
+            types.push(Value::from("null"));
         }
         Some(Value::String(single)) if single != "null" => {
             let single = std::mem::take(single);

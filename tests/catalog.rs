@@ -143,6 +143,9 @@ fn readers_relays_and_operators_may_read_the_catalog_and_the_application_may_not
     }
 }
 
+/// A change made to the seed's example.
+type Change = Box<dyn Fn(&mut Value)>;
+
 /// The schema is not permissive: the seed's example validates, and the same with a field
 /// left out, a wrong type or an unknown field at a level the seed fixes does not.
 #[test]
@@ -160,7 +163,7 @@ fn altered_payloads_fail_validation() {
             change(&mut payload);
             schema_errors(&schema, &payload)
         };
-        let must_fail: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+        let must_fail: Vec<(&str, Change)> = vec![
             (
                 "top-level field removed",
                 Box::new(|p| {
@@ -223,7 +226,7 @@ fn altered_payloads_fail_validation() {
         for (what, change) in must_fail {
             assert!(!altered(&*change).is_empty(), "{key}: {what} validated");
         }
-        let must_pass: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+        let must_pass: Vec<(&str, Change)> = vec![
             (
                 "free-form cf",
                 Box::new(|p| p["candidate"]["cf"] = json!({"team": {"lead": [1, "x", null]}})),
