@@ -396,3 +396,57 @@ fn the_receiver_kits_snippets_verify_real_deliveries_and_refuse_a_tampered_body(
         );
     }
 }
+
+#[test]
+fn a_failing_test_event_holds_up_no_real_event_and_is_retried_with_its_webhook_id() {
+    let cluster = Cluster::shared();
+    let (database, mut client) = delivery_database("test_event_retry");
+    // The test event's first attempt fails; everything else is taken.
+    let receiver = Receiver::start(|request, earlier| {
+        if request.header("ae-test") == "true" && earlier == 0 {
+            Answer::status(500)
+        } else {
+            Answer::status(200)
+        }
+    });
+    create_endpoint(&mut client, "flaky", &receiver.url("/hooks"), "{1 hour}");
+    let test = send_test_event(&mut client, "flaky", "ae.test_instance.created");
+    let _relay = Relay::start(cluster, &database, &[]);
+    wait_until_sql(
+        &mut client,
+        "the test event's failed attempt",
+        WAIT,
+        "SELECT attempts = 1 AND status = 'pending' AND last_status = 500
+           FROM ae_events.delivery_status WHERE is_test",
+    );
+
+    // A real event of the example's instance (789) goes at once: the test event's retry, an
+    // hour away, holds up no instance.
+    insert_instance(&mut client, 789);
+    let real: String = client
+        .query_one("SELECT event_id::text FROM ae_events.outbox", &[])
+        .unwrap()
+        .get(0);
+    receiver.wait_for("the real event of instance 789", WAIT, |r| {
+        r.iter().any(|x| x.header("webhook-id") == real)
+    });
+
+    // Its retry, made due now, is sent again under the same webhook-id and recorded.
+    client
+        .batch_execute("UPDATE ae_events.test_events SET next_attempt_at = now()")
+        .unwrap();
+    let requests = receiver.wait_for("the test event's second attempt", WAIT, |r| {
+        r.iter().filter(|x| x.header("webhook-id") == test).count() == 2
+    });
+    assert!(requests
+        .iter()
+        .filter(|x| x.header("webhook-id") == test)
+        .all(|x| x.header("ae-test") == "true"));
+    wait_until_sql(
+        &mut client,
+        "the test event delivered at its second attempt",
+        WAIT,
+        "SELECT attempts = 2 AND status = 'delivered' AND last_status = 200
+           FROM ae_events.delivery_status WHERE is_test",
+    );
+}
