@@ -481,16 +481,27 @@ pub fn delivery(
         .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
 }
 
-/// The events of the outbox: (event_id, instance, version, payload text), in id order.
+/// The events of the outbox: (event_id, instance, version, payload text), in id order. Each
+/// ae.test_instance.* payload is validated against the built-in schema (the relay's tests set
+/// no payload rules).
 pub fn outbox_events(client: &mut Client) -> Vec<(String, i64, i32, String)> {
     client
         .query(
-            "SELECT event_id::text, aggregate_id, snapshot_version, payload::text FROM ae_events.outbox ORDER BY id",
+            "SELECT event_id::text, aggregate_id, snapshot_version, payload::text, subscription_key
+               FROM ae_events.outbox ORDER BY id",
             &[],
         )
         .unwrap()
         .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .map(|r| {
+            let (key, payload): (String, String) = (r.get(4), r.get(3));
+            let errors = builtin_schema_errors(&key, &payload);
+            assert!(
+                errors.is_empty(),
+                "a {key} payload does not validate against its schema: {errors:#?}\n{payload}"
+            );
+            (r.get(0), r.get(1), r.get(2), payload)
+        })
         .collect()
 }
 
