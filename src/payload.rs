@@ -247,8 +247,13 @@ pub struct TestInstance {
     pub created_by: i64,
     pub updated_at: UtcTimestamp,
     pub updated_by: i64,
+    #[schemars(description = "null when the referenced row does not exist")]
     pub candidate: Option<Rc<Candidate>>,
+    #[schemars(description = "null when the referenced row does not exist")]
     pub catalog_assessment: Option<Rc<Shared<CatalogAssessment>>>,
+    #[schemars(
+        description = "null when the instance has no measurement or the referenced row does not exist"
+    )]
     pub measurement: Option<Rc<Measurement>>,
 }
 
@@ -267,13 +272,18 @@ pub struct Candidate {
     pub is_recording_consent_accepted: Option<bool>,
     pub resume_file_id: Option<i64>,
     pub profile_pic_file_id: Option<i64>,
+    #[schemars(
+        description = "stored jsonb (can.candidate.cf), as it is: its shape varies per tenant configuration"
+    )]
     pub cf: JsonbValue,
 }
 
 #[derive(Serialize, JsonSchema, Debug)]
 pub struct CatalogAssessment {
     pub id: i64,
+    #[schemars(description = "null when the referenced row does not exist")]
     pub assessment: Option<Assessment>,
+    #[schemars(description = "null when the referenced row does not exist")]
     pub catalog: Option<Catalog>,
 }
 
@@ -325,6 +335,9 @@ pub struct MeasurementAttribute {
     /// Shared by every attribute of the chunk that refers to the same row (read and built once).
     #[schemars(description = "null when the referenced row does not exist")]
     pub section_configuration_attribute: Option<Rc<Shared<SectionConfigurationAttribute>>>,
+    #[schemars(
+        description = "null when the attribute has no ordinal or the referenced row does not exist"
+    )]
     pub ordinal: Option<Rc<Shared<Ordinal>>>,
 }
 
@@ -335,6 +348,7 @@ pub struct SectionConfigurationAttribute {
     pub kind: String,
     pub recommended_value: Option<NumericValue>,
     pub recommended_ordinal_id: Option<i64>,
+    #[schemars(description = "null when the referenced row does not exist")]
     pub attribute: Option<Attribute>,
 }
 
@@ -346,6 +360,9 @@ pub struct Attribute {
     pub is_required: bool,
     pub min_value: NumericValue,
     pub max_value: NumericValue,
+    #[schemars(
+        description = "null when the attribute has no skill or the referenced row does not exist"
+    )]
     pub skill: Option<Skill>,
 }
 
