@@ -75,10 +75,13 @@ pub fn fanout_under_load(bench: &Bench) -> Vec<FanoutLoad> {
         .unwrap();
     client.batch_execute("VACUUM ANALYZE").unwrap();
     let mut results = Vec::new();
-    for (label, inline_limit) in [
+    for (round, (label, inline_limit)) in [
         ("deferred (default limit 1000)", None),
         ("in the rename's transaction", Some(i32::MAX)),
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let before = updated_events(&mut client);
         let origin = Instant::now();
         let stop = Arc::new(AtomicBool::new(false));
@@ -117,7 +120,7 @@ pub fn fanout_under_load(bench: &Bench) -> Vec<FanoutLoad> {
         let rename_started = Instant::now();
         renamer
             .batch_execute(&format!(
-                "UPDATE ae.assessment SET name = 'Renamed {label}' WHERE id = 11"
+                "UPDATE ae.assessment SET name = 'Renamed {round}' WHERE id = 11"
             ))
             .unwrap();
         let rename_commit = rename_started.elapsed().as_secs_f64();
