@@ -46,10 +46,19 @@ fn send_test_event_queues_the_seeds_example_for_one_endpoint_and_refuses_what_it
     };
     assert_eq!(
         (key.as_str(), event_type.as_str(), instance, version),
-        ("ae.test_instance.created", "ae_test_instance_created", 789, 1)
+        (
+            "ae.test_instance.created",
+            "ae_test_instance_created",
+            789,
+            1
+        )
     );
     let payload: serde_json::Value = serde_json::from_str(&payload).unwrap();
-    assert_eq!(payload, seed_example_payload(), "exactly the seed's example");
+    assert_eq!(
+        payload,
+        seed_example_payload(),
+        "exactly the seed's example"
+    );
     let outbox: i64 = client
         .query_one("SELECT count(*) FROM ae_events.outbox", &[])
         .unwrap()
@@ -109,13 +118,24 @@ fn send_test_event_queues_the_seeds_example_for_one_endpoint_and_refuses_what_it
         .get(0);
     assert_eq!(left, 8);
 
-    // Dropping the endpoint drops its test events.
+    // A dropped endpoint's test events are shown nowhere, and prune() deletes them.
     client
         .batch_execute("SELECT ae_events.drop_endpoint('all')")
+        .unwrap();
+    let shown: i64 = client
+        .query_one(
+            "SELECT count(*) FROM ae_events.delivery_status WHERE endpoint = 'all'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(shown, 0);
+    client
+        .batch_execute("SELECT ae_events.prune('1 day')")
         .unwrap();
     let left: i64 = client
         .query_one("SELECT count(*) FROM ae_events.test_events", &[])
         .unwrap()
         .get(0);
-    assert_eq!(left, 1);
+    assert_eq!(left, 1, "the other endpoint's");
 }

@@ -115,10 +115,12 @@ BEGIN
         EXIT WHEN batch OPERATOR(pg_catalog.<) batch_size;
     END LOOP;
     -- Test events of send_test_event (test_events.sql) go with the events of their time once
-    -- finished; they are not counted.
+    -- finished, and those of dropped endpoints; they are not counted.
     DELETE FROM ae_events.test_events AS t
-     WHERE t.status OPERATOR(pg_catalog.<>) 'pending'
-       AND t.requested_at OPERATOR(pg_catalog.<) cutoff;
+     WHERE (t.status OPERATOR(pg_catalog.<>) 'pending'
+            AND t.requested_at OPERATOR(pg_catalog.<) cutoff)
+        OR NOT EXISTS (SELECT FROM ae_events.endpoints AS e
+                        WHERE e.endpoint_id OPERATOR(pg_catalog.=) t.endpoint_id);
     RETURN deleted;
 END
 $$;
