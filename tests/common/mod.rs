@@ -667,6 +667,14 @@ pub fn schema_in_force(client: &mut Client, key: &str) -> Option<serde_json::Val
     no_rules.then_some(builtin)
 }
 
+/// Panics unless `payload` validates against `key`'s schema in force in the client's database
+/// (`schema_in_force`); a key the catalog does not have is not checked.
+pub fn validate_payload(client: &mut Client, key: &str, payload: &serde_json::Value) {
+    if let Some(schema) = schema_in_force(client, key) {
+        assert_valid(&schema, key, payload);
+    }
+}
+
 /// Validates every row's payload against its key's schema in force (`schema_in_force`): a
 /// payload that does not validate fails the test.
 pub fn validate_rows(client: &mut Client, rows: &[OutboxRow]) {
