@@ -146,12 +146,15 @@ INSERT INTO can.candidate VALUES (1, NULL, 7, 'ünïcødé@example.com', 'Zoë',
 ";
 
 fn payload_of(app: &mut Client, instance_id: i64) -> Value {
-    app.query_one(
-        "SELECT payload FROM ae_events.outbox WHERE aggregate_id = $1",
-        &[&instance_id],
-    )
-    .unwrap()
-    .get(0)
+    let payload: Value = app
+        .query_one(
+            "SELECT payload FROM ae_events.outbox WHERE aggregate_id = $1",
+            &[&instance_id],
+        )
+        .unwrap()
+        .get(0);
+    validate_payload(app, "ae.test_instance.created", &payload);
+    payload
 }
 
 fn edge_database(foreign_keys: ForeignKeys) -> (String, Client) {
