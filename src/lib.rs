@@ -107,6 +107,11 @@ extension_sql_file!(
         catalog::_openapi
     ]
 );
+extension_sql_file!(
+    "../sql/src/privacy.sql",
+    name = "privacy",
+    requires = ["consumers", "endpoints", settings::_payload_retention]
+);
 extension_sql_file!("../sql/src/install.sql", name = "install", finalize);
 
 #[pg_guard]

@@ -31,6 +31,8 @@ static NOTIFY_PAYLOAD_BUDGET: GucSetting<i32> = GucSetting::<i32>::new(1024);
 static NOTIFY_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(5);
 /// Instances a transaction's changes may reach before their updated events are deferred.
 static FANOUT_INLINE_LIMIT: GucSetting<i32> = GucSetting::<i32>::new(1000);
+/// In minutes; -1: payloads are kept until their events are pruned (`prune()`, docs/privacy.md).
+static PAYLOAD_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(-1);
 
 pub fn register() {
     GucRegistry::define_bool_guc(
@@ -104,6 +106,20 @@ pub fn register() {
         GucContext::Suset,
         GucFlags::default(),
     );
+    // An interval as PostgreSQL's own time settings take one ('30d', '12h', '90min'), checked
+    // when it is set; a superuser's, like the others: it decides how long personal data stays.
+    GucRegistry::define_int_guc(
+        c"ae_events.payload_retention",
+        c"How long event payloads are kept: ae_events.prune() replaces older ones by JSON null.",
+        c"Only once every enabled endpoint has delivered or dead-lettered the event and every \
+          consumer has acknowledged it; the event's metadata and delivery history stay. -1 (the \
+          default): payloads are kept until their events are pruned. Only a superuser may change it.",
+        &PAYLOAD_RETENTION,
+        -1,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::UNIT_MIN,
+    );
     // SAFETY: called from _PG_init with a static, NUL-terminated prefix.
     unsafe { pg_sys::MarkGUCPrefixReserved(c"ae_events".as_ptr()) };
 }
@@ -160,6 +176,18 @@ pub fn notify_interval() -> std::time::Duration {
 /// that transaction (`fanout.rs`).
 pub fn fanout_inline_limit() -> usize {
     usize::try_from(FANOUT_INLINE_LIMIT.get()).unwrap_or(0)
+}
+
+/// ae_events.payload_retention as an interval; NULL when unset (-1). A function, not
+/// current_setting(): calling it loads the library, so the setting is parsed with its unit even
+/// in a session that has not loaded it yet.
+#[pg_extern(stable, parallel_safe)]
+fn _payload_retention() -> Option<Interval> {
+    let minutes = PAYLOAD_RETENTION.get();
+    if minutes < 0 {
+        return None;
+    }
+    Interval::new(0, 0, i64::from(minutes) * 60_000_000).ok()
 }
 
 pub fn notify_mode() -> NotifyMode {

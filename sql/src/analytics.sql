@@ -35,7 +35,9 @@ SELECT o.id,
            '[]'::jsonb)) AS attribute_count,
        CASE WHEN pg_catalog.jsonb_typeof(o.payload OPERATOR(pg_catalog.->) 'score') OPERATOR(pg_catalog.=) 'number'
             THEN (o.payload OPERATOR(pg_catalog.->>) 'score')::numeric END AS score,
-       o.txid
+       o.txid,
+       -- prune() replaced the payload by JSON null (ae_events.payload_retention).
+       pg_catalog.jsonb_typeof(o.payload) OPERATOR(pg_catalog.=) 'null' AS payload_expired
   FROM ae_events.outbox AS o
  WHERE o.aggregate_type OPERATOR(pg_catalog.=) 'test_instance';
 
@@ -61,6 +63,12 @@ $$;
 -- Delete events older than older_than, batch_size at a time, never one that a consumer has not
 -- acknowledged or a webhook endpoint has not finished, with their delivery records. Returns how
 -- many were deleted.
+-- With ae_events.payload_retention set, the payloads of events older than it become JSON null
+-- first (docs/privacy.md), once every consumer has acknowledged the event and every enabled
+-- endpoint has delivered or dead-lettered it (not matching it counts as done); the row, its
+-- metadata and its delivery records stay. A disabled endpoint does not hold payloads back: its
+-- pending deliveries of an expired event are dead-lettered, and so are the events it had not
+-- reached yet (it is not sent them once enabled again).
 CREATE FUNCTION ae_events.prune(older_than interval, batch_size integer DEFAULT 10000)
 RETURNS bigint
 LANGUAGE plpgsql
@@ -71,6 +79,10 @@ DECLARE
     deleted bigint := 0;
     batch bigint;
     pruned_ids bigint[];
+    retention interval;
+    expire_cutoff timestamptz;
+    expired_ids bigint[];
+    last_expired_id bigint := -1;
 BEGIN
     IF older_than IS NULL OR older_than OPERATOR(pg_catalog.<) interval '0' THEN
         RAISE EXCEPTION 'ae_events: prune needs an age of zero or more, not %', older_than
@@ -79,6 +91,73 @@ BEGIN
     IF batch_size IS NULL OR batch_size OPERATOR(pg_catalog.<) 1 THEN
         RAISE EXCEPTION 'ae_events: batch_size must be at least 1, not %', batch_size
             USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    retention := ae_events._payload_retention();
+    IF retention IS NOT NULL THEN
+        expire_cutoff := pg_catalog.now() OPERATOR(pg_catalog.-) retention;
+        LOOP
+            -- In id order from where the last batch ended. A payload of more than 16 bytes is
+            -- not JSON null: the test needs no decompression then.
+            expired_ids := ARRAY(
+                       SELECT o.id
+                         FROM ae_events._epochs() AS e
+                         JOIN ae_events.outbox AS o
+                           ON o.id OPERATOR(pg_catalog.>=) e.first_id
+                          AND (e.next_first_id IS NULL OR o.id OPERATOR(pg_catalog.<) e.next_first_id)
+                        WHERE o.occurred_at OPERATOR(pg_catalog.<) expire_cutoff
+                          AND o.id OPERATOR(pg_catalog.>) last_expired_id
+                          AND (pg_catalog.pg_column_size(o.payload) OPERATOR(pg_catalog.>) 16
+                               OR o.payload OPERATOR(pg_catalog.<>) 'null'::jsonb)
+                          AND NOT EXISTS (
+                                  SELECT FROM ae_events.consumers AS c
+                                   WHERE (e.first_id, o.txid, o.id) OPERATOR(pg_catalog.>)
+                                         (c.cursor_epoch, c.cursor_txid, c.cursor_id))
+                          AND NOT EXISTS (
+                                  SELECT FROM ae_events.endpoints AS p
+                                   WHERE p.enabled
+                                     AND ((e.first_id, o.txid, o.id) OPERATOR(pg_catalog.>)
+                                          (p.cursor_epoch, p.cursor_txid, p.cursor_id)
+                                          OR EXISTS (
+                                                 SELECT FROM ae_events.deliveries AS d
+                                                  WHERE d.endpoint OPERATOR(pg_catalog.=) p.endpoint
+                                                    AND d.outbox_id OPERATOR(pg_catalog.=) o.id
+                                                    AND d.status OPERATOR(pg_catalog.=) 'pending')))
+                        ORDER BY o.id
+                        LIMIT batch_size);
+            EXIT WHEN pg_catalog.cardinality(expired_ids) OPERATOR(pg_catalog.=) 0;
+            last_expired_id := expired_ids[pg_catalog.cardinality(expired_ids)];
+            -- A disabled endpoint that has not reached the event and would send it: it never
+            -- can now; a dead delivery record says so (relay_fetch passes over an event that has
+            -- one). Matched on the payload before it goes.
+            INSERT INTO ae_events.deliveries AS d
+                   (endpoint, outbox_id, aggregate_id, status, attempts, last_error, dead_at)
+            SELECT p.endpoint, o.id, o.aggregate_id, 'dead', 0,
+                   'ae_events: the payload expired (ae_events.payload_retention) before it was delivered',
+                   pg_catalog.now()
+              FROM ae_events._epochs() AS e
+              JOIN ae_events.outbox AS o
+                ON o.id OPERATOR(pg_catalog.>=) e.first_id
+               AND (e.next_first_id IS NULL OR o.id OPERATOR(pg_catalog.<) e.next_first_id)
+              JOIN ae_events.endpoints AS p
+                ON NOT p.enabled
+               AND (e.first_id, o.txid, o.id) OPERATOR(pg_catalog.>)
+                   (p.cursor_epoch, p.cursor_txid, p.cursor_id)
+             WHERE o.id OPERATOR(pg_catalog.=) ANY (expired_ids)
+               AND ae_events._endpoint_matches(p.subscription_keys, p.filter,
+                                               o.subscription_key, o.payload)
+            ON CONFLICT ON CONSTRAINT deliveries_pkey DO NOTHING;
+            UPDATE ae_events.outbox AS o SET payload = 'null'::jsonb
+             WHERE o.id OPERATOR(pg_catalog.=) ANY (expired_ids);
+            -- Only a disabled endpoint can still have one pending: it cannot be sent any more.
+            UPDATE ae_events.deliveries AS d
+               SET status = 'dead', dead_at = pg_catalog.now(), next_attempt_at = NULL,
+                   last_error = 'ae_events: the payload expired (ae_events.payload_retention) before it was delivered'
+              FROM ae_events.endpoints AS p
+             WHERE d.endpoint OPERATOR(pg_catalog.=) p.endpoint
+               AND d.outbox_id OPERATOR(pg_catalog.=) ANY (expired_ids)
+               AND d.status OPERATOR(pg_catalog.=) 'pending';
+            EXIT WHEN pg_catalog.cardinality(expired_ids) OPERATOR(pg_catalog.<) batch_size;
+        END LOOP;
     END IF;
     LOOP
         pruned_ids := ARRAY(

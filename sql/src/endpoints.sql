@@ -585,6 +585,17 @@ BEGIN
         RAISE EXCEPTION 'ae_events: redeliver needs an array of event ids, not NULL'
             USING ERRCODE = 'null_value_not_allowed';
     END IF;
+    -- An expired payload (ae_events.payload_retention) cannot be sent again: said plainly.
+    SELECT wanted INTO missing FROM pg_catalog.unnest(event_ids) AS wanted
+     WHERE EXISTS (SELECT FROM ae_events.outbox AS o
+                    WHERE o.event_id OPERATOR(pg_catalog.=) wanted
+                      AND o.payload OPERATOR(pg_catalog.=) 'null'::jsonb)
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'ae_events: event % cannot be sent again: its payload expired', missing
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'prune() replaced it by null after ae_events.payload_retention; the event''s metadata and delivery history are kept.';
+    END IF;
     SELECT wanted INTO missing FROM pg_catalog.unnest(event_ids) AS wanted
      WHERE NOT EXISTS (SELECT FROM ae_events.outbox AS o
                         WHERE o.event_id OPERATOR(pg_catalog.=) wanted
@@ -618,10 +629,22 @@ AS $$
 DECLARE
     target ae_events.endpoints := ae_events._endpoint_for_update(endpoint);
     scheduled bigint;
+    expired bigint;
 BEGIN
     IF since IS NULL THEN
         RAISE EXCEPTION 'ae_events: replay_endpoint needs a start time, not NULL'
             USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    -- Events whose payload expired (ae_events.payload_retention) are left out, with a notice.
+    SELECT pg_catalog.count(*) INTO expired
+      FROM ae_events.outbox AS o
+     WHERE o.occurred_at OPERATOR(pg_catalog.>=) since
+       AND o.payload OPERATOR(pg_catalog.=) 'null'::jsonb
+       -- Its keys only: the filter was the payload's.
+       AND ae_events._endpoint_matches(target.subscription_keys, NULL, o.subscription_key, o.payload);
+    IF expired OPERATOR(pg_catalog.>) 0 THEN
+        RAISE NOTICE 'ae_events: % events since % are not replayed: their payloads expired', expired, since
+            USING DETAIL = 'prune() replaced them by null after ae_events.payload_retention.';
     END IF;
     INSERT INTO ae_events.deliveries AS d (endpoint, outbox_id, aggregate_id, status, next_attempt_at)
     SELECT target.endpoint, o.id, o.aggregate_id, 'pending', pg_catalog.now()
@@ -630,6 +653,7 @@ BEGIN
         ON o.id OPERATOR(pg_catalog.>=) e.first_id
        AND (e.next_first_id IS NULL OR o.id OPERATOR(pg_catalog.<) e.next_first_id)
      WHERE o.occurred_at OPERATOR(pg_catalog.>=) since
+       AND o.payload OPERATOR(pg_catalog.<>) 'null'::jsonb
        AND ae_events._endpoint_matches(target.subscription_keys, target.filter,
                                        o.subscription_key, o.payload)
        AND ((e.first_id, o.txid, o.id) OPERATOR(pg_catalog.<=)

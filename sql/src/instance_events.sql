@@ -128,7 +128,10 @@ SELECT
             THEN (o.payload OPERATOR(pg_catalog.#>) '{measurement,measured_by}')::bigint END AS measurement_measured_by,
        CASE WHEN pg_catalog.jsonb_typeof(o.payload OPERATOR(pg_catalog.#>) '{measurement,form_instance_id}') OPERATOR(pg_catalog.=) 'number'
             THEN (o.payload OPERATOR(pg_catalog.#>) '{measurement,form_instance_id}')::bigint END AS measurement_form_instance_id,
-       o.payload
+       o.payload,
+       -- prune() replaced the payload by JSON null (ae_events.payload_retention): every payload
+       -- column is NULL.
+       pg_catalog.jsonb_typeof(o.payload) OPERATOR(pg_catalog.=) 'null' AS payload_expired
   FROM ae_events.outbox AS o
  WHERE o.subscription_key LIKE 'ae.test\_instance.%';
 

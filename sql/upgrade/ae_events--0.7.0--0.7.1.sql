@@ -1566,3 +1566,589 @@ $$;
 -- may read the catalog too (sql/src/catalog.sql).
 GRANT EXECUTE ON FUNCTION ae_events.event_schema(text), ae_events.openapi() TO ae_events_operator;
 -- (End of the event catalog's second part.)
+
+-- Issue 24, part 2 (personal data: erase_candidate, ae_events.erasures, payload_retention and
+-- payload_expired; sql/src/privacy.sql, src/settings.rs). The outbox gets a supporting index
+-- for the candidate lookup: built here, on the whole outbox (docs/privacy.md).
+CREATE FUNCTION ae_events."_payload_retention"() RETURNS interval
+STRICT STABLE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', '_payload_retention_wrapper';
+-- Personal data (shared/contract/privacy.md, docs/privacy.md): erasing a candidate from the
+-- stored events. Retention (ae_events.payload_retention) is in prune() (analytics.sql).
+--
+-- The outbox is append-only except here and in retention: erase_candidate rewrites the payloads
+-- of a candidate's events in place (same row, ids, keys, versions, txid), so cursors, delivery
+-- order and delivery records are untouched and a pending delivery is sent with the erased payload
+-- under the same webhook-id.
+
+-- A payload's candidate, as the payload names it: candidate_id, else candidate.id (a payload rule
+-- may have removed or nulled either; 'sha256' leaves the hex hash of the id's text), and the
+-- event's id, for batches in id order. Events of other aggregates have NULL. Costs writers one
+-- small btree entry per event (docs/privacy.md has the figure). The expression is written out
+-- the same in every query that must use this index.
+CREATE INDEX outbox_candidate_idx ON ae_events.outbox
+    ((coalesce(NULLIF(payload OPERATOR(pg_catalog.->) 'candidate_id', 'null'::jsonb),
+               NULLIF(payload OPERATOR(pg_catalog.#>) '{candidate,id}', 'null'::jsonb))),
+     id);
+
+-- One row per erase_candidate call: when, by which role, which candidate, how many events were
+-- rewritten. Readable by the DBA only (the candidate id is personal data's key). Dumped with the
+-- database: it is the evidence that a request was answered, and later error texts are masked by it.
+CREATE TABLE ae_events.erasures (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    erased_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    erased_by name NOT NULL,
+    candidate_id bigint NOT NULL,
+    events bigint NOT NULL
+);
+
+COMMENT ON TABLE ae_events.erasures IS
+    'ae_events: erasures of candidates from the stored events (erase_candidate): when, by whom, which candidate, how many events';
+
+CREATE INDEX erasures_candidate_idx ON ae_events.erasures (candidate_id);
+
+SELECT pg_catalog.pg_extension_config_dump('ae_events.erasures', '');
+SELECT pg_catalog.pg_extension_config_dump('ae_events.erasures_id_seq', '');
+
+-- The values a payload may name a candidate by: its id, and the hex SHA-256 of the id's text (a
+-- 'sha256' payload rule on candidate_id or candidate.id).
+CREATE FUNCTION ae_events._candidate_keys(candidate_id bigint) RETURNS jsonb[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT ARRAY[pg_catalog.to_jsonb(candidate_id),
+                 pg_catalog.to_jsonb(pg_catalog.encode(
+                     pg_catalog.sha256(pg_catalog.convert_to(candidate_id::text, 'UTF8')), 'hex'))]
+$$;
+
+-- The payload with every field of candidate except id set to null (fields a rule removed stay
+-- absent; a hashed one becomes null too). A payload without a candidate object is returned as it
+-- is.
+CREATE FUNCTION ae_events._erased_payload(payload jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE
+        WHEN pg_catalog.jsonb_typeof(payload OPERATOR(pg_catalog.->) 'candidate') OPERATOR(pg_catalog.=) 'object'
+             AND EXISTS (SELECT FROM pg_catalog.jsonb_each(payload OPERATOR(pg_catalog.->) 'candidate') AS c
+                          WHERE c.key OPERATOR(pg_catalog.<>) 'id'
+                            AND c.value OPERATOR(pg_catalog.<>) 'null'::jsonb)
+        THEN payload OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('candidate',
+                 (SELECT pg_catalog.jsonb_object_agg(c.key,
+                             CASE WHEN c.key OPERATOR(pg_catalog.=) 'id' THEN c.value ELSE 'null'::jsonb END)
+                    FROM pg_catalog.jsonb_each(payload OPERATOR(pg_catalog.->) 'candidate') AS c))
+        ELSE payload
+    END
+$$;
+
+-- Erase these events: rewrite their payloads, and replace the error texts of their delivery
+-- records by '[erased]' (a receiver may echo the payload in its answer, in any encoding: JSON
+-- escapes, URL encoding, cut at 2000 characters; searching for the values could miss one, so
+-- every error text of an erased event goes). Returns how many payloads changed.
+CREATE FUNCTION ae_events._erase_events(ids bigint[]) RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    rewritten bigint;
+BEGIN
+    UPDATE ae_events.outbox AS o
+       SET payload = ae_events._erased_payload(o.payload)
+     WHERE o.id OPERATOR(pg_catalog.=) ANY (ids)
+       AND ae_events._erased_payload(o.payload) OPERATOR(pg_catalog.<>) o.payload;
+    GET DIAGNOSTICS rewritten = ROW_COUNT;
+    -- Through each endpoint's primary key (endpoint, outbox_id), as prune() does.
+    UPDATE ae_events.deliveries AS d
+       SET last_error = '[erased]'
+      FROM ae_events.endpoints AS p
+     WHERE d.endpoint OPERATOR(pg_catalog.=) p.endpoint
+       AND d.outbox_id OPERATOR(pg_catalog.=) ANY (ids)
+       AND d.last_error IS NOT NULL
+       AND d.last_error OPERATOR(pg_catalog.<>) '[erased]';
+    -- Operational events (alerts.sql) carry an attempt's error text too, and a failing or
+    -- disabled one does not say which event's: the error texts of every operational event about
+    -- an endpoint that attempted one of these events, since its first attempt, go as well.
+    UPDATE ae_events.outbox AS a
+       SET payload = pg_catalog.jsonb_set(a.payload, '{last_error}', '"[erased]"')
+      FROM (SELECT p.endpoint_id, pg_catalog.min(d.first_attempt_at) AS since
+              FROM ae_events.endpoints AS p
+              JOIN ae_events.deliveries AS d
+                ON d.endpoint OPERATOR(pg_catalog.=) p.endpoint
+               AND d.outbox_id OPERATOR(pg_catalog.=) ANY (ids)
+             WHERE d.first_attempt_at IS NOT NULL
+             GROUP BY p.endpoint_id) AS t
+     WHERE a.aggregate_type OPERATOR(pg_catalog.=) 'endpoint'
+       AND a.aggregate_id OPERATOR(pg_catalog.=) t.endpoint_id
+       AND a.occurred_at OPERATOR(pg_catalog.>=) t.since
+       AND pg_catalog.jsonb_typeof(a.payload OPERATOR(pg_catalog.->) 'last_error') OPERATOR(pg_catalog.=) 'string'
+       AND a.payload OPERATOR(pg_catalog.->>) 'last_error' OPERATOR(pg_catalog.<>) '[erased]';
+    RETURN rewritten;
+END
+$$;
+
+-- Erase a candidate from every stored event (shared/contract/privacy.md §1); returns how many
+-- events were rewritten. The candidate's events are those whose payload names the candidate
+-- (candidate_id or candidate.id, plain or hashed: also events of instances deleted since), and,
+-- where a payload rule removed or nulled both, those of the instances ti.instance gives the
+-- candidate now. A batch of 1000 events at a time (bounded memory), all in the caller's
+-- transaction: relays see every event of the candidate erased at once when it commits, or none.
+CREATE FUNCTION ae_events.erase_candidate(candidate_id bigint) RETURNS bigint
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    batch_size constant integer := 1000;
+    candidate_key jsonb;
+    instance_id bigint;
+    last_id bigint;
+    ids bigint[];
+    erased bigint := 0;
+BEGIN
+    IF candidate_id IS NULL THEN
+        RAISE EXCEPTION 'ae_events: erase_candidate needs a candidate id, not NULL'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    -- relay_record, redeliver and replay_endpoint lock their endpoint's row before they write
+    -- delivery records: with these share locks, taken in one order before any delivery record is
+    -- touched, none of them is writing one of those this clears, and none can wait on a record
+    -- this holds while holding one this needs (no deadlock). Relays go on fetching and sending
+    -- meanwhile; their records wait for this transaction's end.
+    PERFORM FROM ae_events.endpoints AS p ORDER BY p.endpoint FOR SHARE;
+    FOREACH candidate_key IN ARRAY ae_events._candidate_keys(candidate_id) LOOP
+        last_id := -1;
+        LOOP
+            ids := ARRAY(
+                SELECT o.id FROM ae_events.outbox AS o
+                 WHERE coalesce(NULLIF(o.payload OPERATOR(pg_catalog.->) 'candidate_id', 'null'::jsonb),
+                                NULLIF(o.payload OPERATOR(pg_catalog.#>) '{candidate,id}', 'null'::jsonb))
+                       OPERATOR(pg_catalog.=) candidate_key
+                   AND o.id OPERATOR(pg_catalog.>) last_id
+                 ORDER BY 1
+                 LIMIT batch_size);
+            EXIT WHEN pg_catalog.cardinality(ids) OPERATOR(pg_catalog.=) 0;
+            last_id := ids[pg_catalog.cardinality(ids)];
+            erased := erased OPERATOR(pg_catalog.+) ae_events._erase_events(ids);
+        END LOOP;
+    END LOOP;
+    -- Payloads that name no candidate (both fields removed or nulled by rules): the instances
+    -- the source table gives the candidate now.
+    IF pg_catalog.to_regclass('ti.instance') IS NOT NULL THEN
+        FOR instance_id IN EXECUTE
+            'SELECT i.id FROM ti.instance AS i WHERE i.candidate_id OPERATOR(pg_catalog.=) $1'
+            USING candidate_id LOOP
+            last_id := -1;
+            LOOP
+                ids := ARRAY(
+                    SELECT o.id FROM ae_events.outbox AS o
+                     WHERE o.aggregate_type OPERATOR(pg_catalog.=) 'test_instance'
+                       AND o.aggregate_id OPERATOR(pg_catalog.=) instance_id
+                       AND o.id OPERATOR(pg_catalog.>) last_id
+                       AND coalesce(NULLIF(o.payload OPERATOR(pg_catalog.->) 'candidate_id', 'null'::jsonb),
+                                    NULLIF(o.payload OPERATOR(pg_catalog.#>) '{candidate,id}', 'null'::jsonb)) IS NULL
+                     ORDER BY o.id
+                     LIMIT batch_size);
+                EXIT WHEN pg_catalog.cardinality(ids) OPERATOR(pg_catalog.=) 0;
+                last_id := ids[pg_catalog.cardinality(ids)];
+                erased := erased OPERATOR(pg_catalog.+) ae_events._erase_events(ids);
+            END LOOP;
+        END LOOP;
+    END IF;
+    INSERT INTO ae_events.erasures (erased_by, candidate_id, events)
+    VALUES (ae_events._calling_role(), candidate_id, erased);
+    RETURN erased;
+END
+$$;
+
+COMMENT ON FUNCTION ae_events.erase_candidate(bigint) IS
+    'ae_events: sets every field of candidate except id to null in the stored events of that candidate, clears their delivery error texts, records it in ae_events.erasures; returns the number of events rewritten';
+
+-- An error text recorded for an erased candidate's event becomes '[erased]': an attempt in
+-- flight when the erasure committed had read the payload before it, and the receiver's answer
+-- (which may echo the values) is recorded after it. Only rows with an error text fire it (a
+-- delivered batch has none), and it stops at one probe of an empty table while no candidate was
+-- ever erased.
+CREATE FUNCTION ae_events._erased_delivery_error() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    candidate_key jsonb;
+BEGIN
+    IF NOT EXISTS (SELECT FROM ae_events.erasures) THEN
+        RETURN NEW;
+    END IF;
+    SELECT coalesce(NULLIF(o.payload OPERATOR(pg_catalog.->) 'candidate_id', 'null'::jsonb),
+                    NULLIF(o.payload OPERATOR(pg_catalog.#>) '{candidate,id}', 'null'::jsonb))
+      INTO candidate_key
+      FROM ae_events.outbox AS o WHERE o.id OPERATOR(pg_catalog.=) NEW.outbox_id;
+    IF candidate_key IS NOT NULL
+       AND EXISTS (SELECT FROM ae_events.erasures AS er
+                    WHERE candidate_key OPERATOR(pg_catalog.=) ANY (ae_events._candidate_keys(er.candidate_id))) THEN
+        NEW.last_error := '[erased]';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER erased_candidate_errors
+    BEFORE INSERT OR UPDATE OF last_error ON ae_events.deliveries
+    FOR EACH ROW
+    WHEN (NEW.last_error IS NOT NULL AND NEW.last_error OPERATOR(pg_catalog.<>) '[erased]')
+    EXECUTE FUNCTION ae_events._erased_delivery_error();
+
+REVOKE ALL ON ae_events.erasures FROM PUBLIC;
+REVOKE ALL ON FUNCTION ae_events._candidate_keys(bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ae_events._erased_payload(jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ae_events._erase_events(bigint[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ae_events.erase_candidate(bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ae_events._erased_delivery_error() FROM PUBLIC;
+-- prune()'s reading of ae_events.payload_retention (src/settings.rs).
+REVOKE ALL ON FUNCTION ae_events._payload_retention() FROM PUBLIC;
+
+CREATE OR REPLACE VIEW ae_events.events AS
+SELECT o.id,
+       o.event_id,
+       o.subscription_key AS event,
+       o.aggregate_id AS instance_id,
+       o.snapshot_version,
+       o.occurred_at,
+       o.payload OPERATOR(pg_catalog.->>) 'instance_status' AS instance_status,
+       CASE WHEN pg_catalog.jsonb_typeof(o.payload OPERATOR(pg_catalog.->) 'candidate_id') OPERATOR(pg_catalog.=) 'number'
+            THEN (o.payload OPERATOR(pg_catalog.->>) 'candidate_id')::bigint END AS candidate_id,
+       pg_catalog.concat_ws(' ',
+           o.payload OPERATOR(pg_catalog.#>>) '{candidate,first_name}',
+           o.payload OPERATOR(pg_catalog.#>>) '{candidate,last_name}') AS candidate_name,
+       CASE WHEN pg_catalog.jsonb_typeof(o.payload OPERATOR(pg_catalog.->) 'catalog_assessment_id') OPERATOR(pg_catalog.=) 'number'
+            THEN (o.payload OPERATOR(pg_catalog.->>) 'catalog_assessment_id')::bigint END AS catalog_assessment_id,
+       o.payload OPERATOR(pg_catalog.#>>) '{catalog_assessment,assessment,name}' AS assessment_name,
+       o.payload OPERATOR(pg_catalog.#>>) '{catalog_assessment,assessment,status}' AS assessment_status,
+       o.payload OPERATOR(pg_catalog.#>>) '{catalog_assessment,catalog,name}' AS catalog_name,
+       CASE WHEN pg_catalog.jsonb_typeof(o.payload OPERATOR(pg_catalog.->) 'measurement_id') OPERATOR(pg_catalog.=) 'number'
+            THEN (o.payload OPERATOR(pg_catalog.->>) 'measurement_id')::bigint END AS measurement_id,
+       o.payload OPERATOR(pg_catalog.#>>) '{measurement,status}' AS measurement_status,
+       pg_catalog.jsonb_array_length(coalesce(
+           o.payload OPERATOR(pg_catalog.#>) '{measurement,measurement_attributes}',
+           '[]'::jsonb)) AS attribute_count,
+       CASE WHEN pg_catalog.jsonb_typeof(o.payload OPERATOR(pg_catalog.->) 'score') OPERATOR(pg_catalog.=) 'number'
+            THEN (o.payload OPERATOR(pg_catalog.->>) 'score')::numeric END AS score,
+       o.txid,
+       -- prune() replaced the payload by JSON null (ae_events.payload_retention).
+       pg_catalog.jsonb_typeof(o.payload) OPERATOR(pg_catalog.=) 'null' AS payload_expired
+  FROM ae_events.outbox AS o
+ WHERE o.aggregate_type OPERATOR(pg_catalog.=) 'test_instance';
+
+CREATE OR REPLACE FUNCTION ae_events.prune(older_than interval, batch_size integer DEFAULT 10000)
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cutoff timestamptz := pg_catalog.now() OPERATOR(pg_catalog.-) older_than;
+    deleted bigint := 0;
+    batch bigint;
+    pruned_ids bigint[];
+    retention interval;
+    expire_cutoff timestamptz;
+    expired_ids bigint[];
+    last_expired_id bigint := -1;
+BEGIN
+    IF older_than IS NULL OR older_than OPERATOR(pg_catalog.<) interval '0' THEN
+        RAISE EXCEPTION 'ae_events: prune needs an age of zero or more, not %', older_than
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF batch_size IS NULL OR batch_size OPERATOR(pg_catalog.<) 1 THEN
+        RAISE EXCEPTION 'ae_events: batch_size must be at least 1, not %', batch_size
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    retention := ae_events._payload_retention();
+    IF retention IS NOT NULL THEN
+        expire_cutoff := pg_catalog.now() OPERATOR(pg_catalog.-) retention;
+        LOOP
+            -- In id order from where the last batch ended. A payload of more than 16 bytes is
+            -- not JSON null: the test needs no decompression then.
+            expired_ids := ARRAY(
+                       SELECT o.id
+                         FROM ae_events._epochs() AS e
+                         JOIN ae_events.outbox AS o
+                           ON o.id OPERATOR(pg_catalog.>=) e.first_id
+                          AND (e.next_first_id IS NULL OR o.id OPERATOR(pg_catalog.<) e.next_first_id)
+                        WHERE o.occurred_at OPERATOR(pg_catalog.<) expire_cutoff
+                          AND o.id OPERATOR(pg_catalog.>) last_expired_id
+                          AND (pg_catalog.pg_column_size(o.payload) OPERATOR(pg_catalog.>) 16
+                               OR o.payload OPERATOR(pg_catalog.<>) 'null'::jsonb)
+                          AND NOT EXISTS (
+                                  SELECT FROM ae_events.consumers AS c
+                                   WHERE (e.first_id, o.txid, o.id) OPERATOR(pg_catalog.>)
+                                         (c.cursor_epoch, c.cursor_txid, c.cursor_id))
+                          AND NOT EXISTS (
+                                  SELECT FROM ae_events.endpoints AS p
+                                   WHERE p.enabled
+                                     AND ((e.first_id, o.txid, o.id) OPERATOR(pg_catalog.>)
+                                          (p.cursor_epoch, p.cursor_txid, p.cursor_id)
+                                          OR EXISTS (
+                                                 SELECT FROM ae_events.deliveries AS d
+                                                  WHERE d.endpoint OPERATOR(pg_catalog.=) p.endpoint
+                                                    AND d.outbox_id OPERATOR(pg_catalog.=) o.id
+                                                    AND d.status OPERATOR(pg_catalog.=) 'pending')))
+                        ORDER BY o.id
+                        LIMIT batch_size);
+            EXIT WHEN pg_catalog.cardinality(expired_ids) OPERATOR(pg_catalog.=) 0;
+            last_expired_id := expired_ids[pg_catalog.cardinality(expired_ids)];
+            -- A disabled endpoint that has not reached the event and would send it: it never
+            -- can now; a dead delivery record says so (relay_fetch passes over an event that has
+            -- one). Matched on the payload before it goes.
+            INSERT INTO ae_events.deliveries AS d
+                   (endpoint, outbox_id, aggregate_id, status, attempts, last_error, dead_at)
+            SELECT p.endpoint, o.id, o.aggregate_id, 'dead', 0,
+                   'ae_events: the payload expired (ae_events.payload_retention) before it was delivered',
+                   pg_catalog.now()
+              FROM ae_events._epochs() AS e
+              JOIN ae_events.outbox AS o
+                ON o.id OPERATOR(pg_catalog.>=) e.first_id
+               AND (e.next_first_id IS NULL OR o.id OPERATOR(pg_catalog.<) e.next_first_id)
+              JOIN ae_events.endpoints AS p
+                ON NOT p.enabled
+               AND (e.first_id, o.txid, o.id) OPERATOR(pg_catalog.>)
+                   (p.cursor_epoch, p.cursor_txid, p.cursor_id)
+             WHERE o.id OPERATOR(pg_catalog.=) ANY (expired_ids)
+               AND ae_events._endpoint_matches(p.subscription_keys, p.filter,
+                                               o.subscription_key, o.payload)
+            ON CONFLICT ON CONSTRAINT deliveries_pkey DO NOTHING;
+            UPDATE ae_events.outbox AS o SET payload = 'null'::jsonb
+             WHERE o.id OPERATOR(pg_catalog.=) ANY (expired_ids);
+            -- Only a disabled endpoint can still have one pending: it cannot be sent any more.
+            UPDATE ae_events.deliveries AS d
+               SET status = 'dead', dead_at = pg_catalog.now(), next_attempt_at = NULL,
+                   last_error = 'ae_events: the payload expired (ae_events.payload_retention) before it was delivered'
+              FROM ae_events.endpoints AS p
+             WHERE d.endpoint OPERATOR(pg_catalog.=) p.endpoint
+               AND d.outbox_id OPERATOR(pg_catalog.=) ANY (expired_ids)
+               AND d.status OPERATOR(pg_catalog.=) 'pending';
+            EXIT WHEN pg_catalog.cardinality(expired_ids) OPERATOR(pg_catalog.<) batch_size;
+        END LOOP;
+    END IF;
+    LOOP
+        pruned_ids := ARRAY(
+                   SELECT o.id
+                     FROM ae_events._epochs() AS e
+                     JOIN ae_events.outbox AS o
+                       ON o.id OPERATOR(pg_catalog.>=) e.first_id
+                      AND (e.next_first_id IS NULL OR o.id OPERATOR(pg_catalog.<) e.next_first_id)
+                    WHERE o.occurred_at OPERATOR(pg_catalog.<) cutoff
+                      AND NOT EXISTS (
+                              SELECT FROM ae_events.consumers AS c
+                               WHERE (e.first_id, o.txid, o.id) OPERATOR(pg_catalog.>)
+                                     (c.cursor_epoch, c.cursor_txid, c.cursor_id))
+                      -- Nor one a webhook endpoint has not passed yet or still has to send.
+                      AND NOT EXISTS (
+                              SELECT FROM ae_events.endpoints AS p
+                               WHERE (e.first_id, o.txid, o.id) OPERATOR(pg_catalog.>)
+                                     (p.cursor_epoch, p.cursor_txid, p.cursor_id)
+                                  OR EXISTS (
+                                         SELECT FROM ae_events.deliveries AS d
+                                          WHERE d.endpoint OPERATOR(pg_catalog.=) p.endpoint
+                                            AND d.outbox_id OPERATOR(pg_catalog.=) o.id
+                                            AND d.status OPERATOR(pg_catalog.=) 'pending'))
+                    ORDER BY o.id
+                    LIMIT batch_size);
+        -- Their delivery records go with them.
+        DELETE FROM ae_events.deliveries AS d
+         USING ae_events.endpoints AS p
+         WHERE d.endpoint OPERATOR(pg_catalog.=) p.endpoint
+           AND d.outbox_id OPERATOR(pg_catalog.=) ANY (pruned_ids);
+        DELETE FROM ae_events.outbox AS d WHERE d.id OPERATOR(pg_catalog.=) ANY (pruned_ids);
+        GET DIAGNOSTICS batch = ROW_COUNT;
+        deleted := deleted OPERATOR(pg_catalog.+) batch;
+        EXIT WHEN batch OPERATOR(pg_catalog.<) batch_size;
+    END LOOP;
+    -- Test events of send_test_event (test_events.sql) go with the events of their time once
+    -- finished, and those of dropped endpoints; they are not counted.
+    DELETE FROM ae_events.test_events AS t
+     WHERE (t.status OPERATOR(pg_catalog.<>) 'pending'
+            AND t.requested_at OPERATOR(pg_catalog.<) cutoff)
+        OR NOT EXISTS (SELECT FROM ae_events.endpoints AS e
+                        WHERE e.endpoint_id OPERATOR(pg_catalog.=) t.endpoint_id);
+    RETURN deleted;
+END
+$$;
+
+CREATE OR REPLACE VIEW ae_events.instance_events AS
+SELECT
+       o.id,
+       o.event_id,
+       o.subscription_key AS event,
+       o.snapshot_version,
+       o.occurred_at,
+       CASE WHEN pg_catalog.jsonb_typeof(o.payload OPERATOR(pg_catalog.#>) '{id}') OPERATOR(pg_catalog.=) 'number'
+            THEN (o.payload OPERATOR(pg_catalog.#>) '{id}')::bigint END AS instance_id,
+       o.payload OPERATOR(pg_catalog.#>>) '{external_id}' AS instance_external_id,
+       CASE WHEN pg_catalog.jsonb_typeof(o.payload OPERATOR(pg_catalog.#>) '{old_id}') OPERATOR(pg_catalog.=) 'number'
+            THEN (o.payload OPERATOR(pg_catalog.#>) '{old_id}')::bigint END AS instance_old_id,
+       CASE WHEN pg_catalog.jsonb_typeof(o.payload OPERATOR(pg_catalog.#>) '{score}') OPERATOR(pg_catalog.=) 'number'
+            THEN (o.payload OPERATOR(pg_catalog.#>) '{score}')::numeric
+            WHEN o.payload OPERATOR(pg_catalog.#>>) '{score}' IN ('NaN', 'Infinity', '-Infinity') THEN (o.payload OPERATOR(pg_catalog.#>>) '{score}')::numeric END AS instance_score,
+       o.payload OPERATOR(pg_catalog.#>>) '{instance_status}' AS instance_status,
+       CASE WHEN pg_catalog.jsonb_typeof(o.payload OPERATOR(pg_catalog.#>) '{candidate_id}') OPERATOR(pg_catalog.=) 'number'
+            THEN (o.payload OPERATOR(pg_catalog.#>) '{candidate_id}')::bigint END AS instance_candidate_id,
+       CASE WHEN pg_catalog.jsonb_typeof(o.payload OPERATOR(pg_catalog.#>) '{catalog_assessment_id}') OPERATOR(pg_catalog.=) 'number'
+            THEN (o.payload OPERATOR(pg_catalog.#>) '{catalog_assessment_id}')::bigint END AS instance_catalog_assessment_id,
+       CASE WHEN pg_catalog.jsonb_typeof(o.payload OPERATOR(pg_catalog.#>) '{measurement_id}') OPERATOR(pg_catalog.=) 'number'
+            THEN (o.payload OPERATOR(pg_catalog.#>) '{measurement_id}')::bigint END AS instance_measurement_id,
+       CASE WHEN pg_catalog.jsonb_typeof(o.payload OPERATOR(pg_catalog.#>) '{session_instance_id}') OPERATOR(pg_catalog.=) 'number'
+            THEN (o.payload OPERATOR(pg_catalog.#>) '{session_instance_id}')::bigint END AS instance_session_instance_id,
+       CASE WHEN pg_catalog.jsonb_typeof(o.payload OPERATOR(pg_catalog.#>) '{workflow_candidate_step_id}') OPERATOR(pg_catalog.=) 'number'
+            THEN (o.payload OPERATOR(pg_catalog.#>) '{workflow_candidate_step_id}')::bigint END AS instance_workflow_candidate_step_id,
+       ae_events._payload_timestamptz(o.payload OPERATOR(pg_catalog.#>>) '{created_at}') AS instance_created_at,
+       CASE WHEN pg_catalog.jsonb_typeof(o.payload OPERATOR(pg_catalog.#>) '{created_by}') OPERATOR(pg_catalog.=) 'number'
+            THEN (o.payload OPERATOR(pg_catalog.#>) '{created_by}')::bigint END AS instance_created_by,
+       ae_events._payload_timestamptz(o.payload OPERATOR(pg_catalog.#>>) '{updated_at}') AS instance_updated_at,
+       CASE WHEN pg_catalog.jsonb_typeof(o.payload OPERATOR(pg_catalog.#>) '{updated_by}') OPERATOR(pg_catalog.=) 'number'
+            THEN (o.payload OPERATOR(pg_catalog.#>) '{updated_by}')::bigint END AS instance_updated_by,
+       CASE WHEN pg_catalog.jsonb_typeof(o.payload OPERATOR(pg_catalog.#>) '{candidate,id}') OPERATOR(pg_catalog.=) 'number'
+            THEN (o.payload OPERATOR(pg_catalog.#>) '{candidate,id}')::bigint END AS candidate_id,
+       o.payload OPERATOR(pg_catalog.#>>) '{candidate,external_id}' AS candidate_external_id,
+       CASE WHEN pg_catalog.jsonb_typeof(o.payload OPERATOR(pg_catalog.#>) '{candidate,user_id}') OPERATOR(pg_catalog.=) 'number'
+            THEN (o.payload OPERATOR(pg_catalog.#>) '{candidate,user_id}')::bigint END AS candidate_user_id,
+       o.payload OPERATOR(pg_catalog.#>>) '{candidate,email}' AS candidate_email,
+       o.payload OPERATOR(pg_catalog.#>>) '{candidate,first_name}' AS candidate_first_name,
+       o.payload OPERATOR(pg_catalog.#>>) '{candidate,last_name}' AS candidate_last_name,
+       o.payload OPERATOR(pg_catalog.#>>) '{candidate,middle_name}' AS candidate_middle_name,
+       o.payload OPERATOR(pg_catalog.#>>) '{candidate,phone_number}' AS candidate_phone_number,
+       o.payload OPERATOR(pg_catalog.#>>) '{candidate,country}' AS candidate_country,
+       CASE WHEN pg_catalog.jsonb_typeof(o.payload OPERATOR(pg_catalog.#>) '{candidate,is_tnc_accepted}') OPERATOR(pg_catalog.=) 'boolean'
+            THEN (o.payload OPERATOR(pg_catalog.#>) '{candidate,is_tnc_accepted}')::boolean END AS candidate_is_tnc_accepted,
+       CASE WHEN pg_catalog.jsonb_typeof(o.payload OPERATOR(pg_catalog.#>) '{candidate,is_recording_consent_accepted}') OPERATOR(pg_catalog.=) 'boolean'
+            THEN (o.payload OPERATOR(pg_catalog.#>) '{candidate,is_recording_consent_accepted}')::boolean END AS candidate_is_recording_consent_accepted,
+       CASE WHEN pg_catalog.jsonb_typeof(o.payload OPERATOR(pg_catalog.#>) '{candidate,resume_file_id}') OPERATOR(pg_catalog.=) 'number'
+            THEN (o.payload OPERATOR(pg_catalog.#>) '{candidate,resume_file_id}')::bigint END AS candidate_resume_file_id,
+       CASE WHEN pg_catalog.jsonb_typeof(o.payload OPERATOR(pg_catalog.#>) '{candidate,profile_pic_file_id}') OPERATOR(pg_catalog.=) 'number'
+            THEN (o.payload OPERATOR(pg_catalog.#>) '{candidate,profile_pic_file_id}')::bigint END AS candidate_profile_pic_file_id,
+       CASE WHEN pg_catalog.jsonb_typeof(o.payload OPERATOR(pg_catalog.#>) '{catalog_assessment,id}') OPERATOR(pg_catalog.=) 'number'
+            THEN (o.payload OPERATOR(pg_catalog.#>) '{catalog_assessment,id}')::bigint END AS catalog_assessment_id,
+       CASE WHEN pg_catalog.jsonb_typeof(o.payload OPERATOR(pg_catalog.#>) '{catalog_assessment,assessment,id}') OPERATOR(pg_catalog.=) 'number'
+            THEN (o.payload OPERATOR(pg_catalog.#>) '{catalog_assessment,assessment,id}')::bigint END AS assessment_id,
+       o.payload OPERATOR(pg_catalog.#>>) '{catalog_assessment,assessment,name}' AS assessment_name,
+       o.payload OPERATOR(pg_catalog.#>>) '{catalog_assessment,assessment,level}' AS assessment_level,
+       o.payload OPERATOR(pg_catalog.#>>) '{catalog_assessment,assessment,status}' AS assessment_status,
+       ae_events._payload_timestamptz(o.payload OPERATOR(pg_catalog.#>>) '{catalog_assessment,assessment,created_at}') AS assessment_created_at,
+       ae_events._payload_timestamptz(o.payload OPERATOR(pg_catalog.#>>) '{catalog_assessment,assessment,updated_at}') AS assessment_updated_at,
+       CASE WHEN pg_catalog.jsonb_typeof(o.payload OPERATOR(pg_catalog.#>) '{catalog_assessment,catalog,id}') OPERATOR(pg_catalog.=) 'number'
+            THEN (o.payload OPERATOR(pg_catalog.#>) '{catalog_assessment,catalog,id}')::bigint END AS catalog_id,
+       o.payload OPERATOR(pg_catalog.#>>) '{catalog_assessment,catalog,name}' AS catalog_name,
+       o.payload OPERATOR(pg_catalog.#>>) '{catalog_assessment,catalog,description}' AS catalog_description,
+       CASE WHEN pg_catalog.jsonb_typeof(o.payload OPERATOR(pg_catalog.#>) '{measurement,id}') OPERATOR(pg_catalog.=) 'number'
+            THEN (o.payload OPERATOR(pg_catalog.#>) '{measurement,id}')::bigint END AS measurement_id,
+       o.payload OPERATOR(pg_catalog.#>>) '{measurement,status}' AS measurement_status,
+       ae_events._payload_interval(o.payload OPERATOR(pg_catalog.#>>) '{measurement,time_taken}') AS measurement_time_taken,
+       o.payload OPERATOR(pg_catalog.#>>) '{measurement,report_url}' AS measurement_report_url,
+       CASE WHEN pg_catalog.jsonb_typeof(o.payload OPERATOR(pg_catalog.#>) '{measurement,report_file_id}') OPERATOR(pg_catalog.=) 'number'
+            THEN (o.payload OPERATOR(pg_catalog.#>) '{measurement,report_file_id}')::bigint END AS measurement_report_file_id,
+       ae_events._payload_timestamptz(o.payload OPERATOR(pg_catalog.#>>) '{measurement,measured_at}') AS measurement_measured_at,
+       CASE WHEN pg_catalog.jsonb_typeof(o.payload OPERATOR(pg_catalog.#>) '{measurement,measured_by}') OPERATOR(pg_catalog.=) 'number'
+            THEN (o.payload OPERATOR(pg_catalog.#>) '{measurement,measured_by}')::bigint END AS measurement_measured_by,
+       CASE WHEN pg_catalog.jsonb_typeof(o.payload OPERATOR(pg_catalog.#>) '{measurement,form_instance_id}') OPERATOR(pg_catalog.=) 'number'
+            THEN (o.payload OPERATOR(pg_catalog.#>) '{measurement,form_instance_id}')::bigint END AS measurement_form_instance_id,
+       o.payload,
+       -- prune() replaced the payload by JSON null (ae_events.payload_retention): every payload
+       -- column is NULL.
+       pg_catalog.jsonb_typeof(o.payload) OPERATOR(pg_catalog.=) 'null' AS payload_expired
+  FROM ae_events.outbox AS o
+ WHERE o.subscription_key LIKE 'ae.test\_instance.%';
+
+CREATE OR REPLACE FUNCTION ae_events.redeliver(endpoint text, event_ids uuid[]) RETURNS bigint
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    target ae_events.endpoints := ae_events._endpoint_for_update(endpoint);
+    missing uuid;
+    scheduled bigint;
+BEGIN
+    IF event_ids IS NULL THEN
+        RAISE EXCEPTION 'ae_events: redeliver needs an array of event ids, not NULL'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    -- An expired payload (ae_events.payload_retention) cannot be sent again: said plainly.
+    SELECT wanted INTO missing FROM pg_catalog.unnest(event_ids) AS wanted
+     WHERE EXISTS (SELECT FROM ae_events.outbox AS o
+                    WHERE o.event_id OPERATOR(pg_catalog.=) wanted
+                      AND o.payload OPERATOR(pg_catalog.=) 'null'::jsonb)
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'ae_events: event % cannot be sent again: its payload expired', missing
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'prune() replaced it by null after ae_events.payload_retention; the event''s metadata and delivery history are kept.';
+    END IF;
+    SELECT wanted INTO missing FROM pg_catalog.unnest(event_ids) AS wanted
+     WHERE NOT EXISTS (SELECT FROM ae_events.outbox AS o
+                        WHERE o.event_id OPERATOR(pg_catalog.=) wanted
+                          AND ae_events._endpoint_matches(target.subscription_keys, target.filter,
+                                                          o.subscription_key, o.payload))
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'ae_events: event % is not in the outbox or not for endpoint %',
+                coalesce(missing::text, 'NULL'), pg_catalog.quote_literal(endpoint)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    INSERT INTO ae_events.deliveries AS d (endpoint, outbox_id, aggregate_id, status, next_attempt_at)
+    SELECT target.endpoint, o.id, o.aggregate_id, 'pending', pg_catalog.now()
+      FROM ae_events.outbox AS o
+     WHERE o.event_id OPERATOR(pg_catalog.=) ANY (event_ids)
+    ON CONFLICT ON CONSTRAINT deliveries_pkey DO UPDATE
+       SET status = 'pending', attempts = 0, next_attempt_at = pg_catalog.now(), dead_at = NULL;
+    GET DIAGNOSTICS scheduled = ROW_COUNT;
+    RETURN scheduled;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION ae_events.replay_endpoint(endpoint text, since timestamptz) RETURNS bigint
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    target ae_events.endpoints := ae_events._endpoint_for_update(endpoint);
+    scheduled bigint;
+    expired bigint;
+BEGIN
+    IF since IS NULL THEN
+        RAISE EXCEPTION 'ae_events: replay_endpoint needs a start time, not NULL'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    -- Events whose payload expired (ae_events.payload_retention) are left out, with a notice.
+    SELECT pg_catalog.count(*) INTO expired
+      FROM ae_events.outbox AS o
+     WHERE o.occurred_at OPERATOR(pg_catalog.>=) since
+       AND o.payload OPERATOR(pg_catalog.=) 'null'::jsonb
+       -- Its keys only: the filter was the payload's.
+       AND ae_events._endpoint_matches(target.subscription_keys, NULL, o.subscription_key, o.payload);
+    IF expired OPERATOR(pg_catalog.>) 0 THEN
+        RAISE NOTICE 'ae_events: % events since % are not replayed: their payloads expired', expired, since
+            USING DETAIL = 'prune() replaced them by null after ae_events.payload_retention.';
+    END IF;
+    INSERT INTO ae_events.deliveries AS d (endpoint, outbox_id, aggregate_id, status, next_attempt_at)
+    SELECT target.endpoint, o.id, o.aggregate_id, 'pending', pg_catalog.now()
+      FROM ae_events._epochs() AS e
+      JOIN ae_events.outbox AS o
+        ON o.id OPERATOR(pg_catalog.>=) e.first_id
+       AND (e.next_first_id IS NULL OR o.id OPERATOR(pg_catalog.<) e.next_first_id)
+     WHERE o.occurred_at OPERATOR(pg_catalog.>=) since
+       AND o.payload OPERATOR(pg_catalog.<>) 'null'::jsonb
+       AND ae_events._endpoint_matches(target.subscription_keys, target.filter,
+                                       o.subscription_key, o.payload)
+       AND ((e.first_id, o.txid, o.id) OPERATOR(pg_catalog.<=)
+                (target.cursor_epoch, target.cursor_txid, target.cursor_id)
+            OR EXISTS (SELECT FROM ae_events.deliveries AS x
+                        WHERE x.endpoint OPERATOR(pg_catalog.=) target.endpoint
+                          AND x.outbox_id OPERATOR(pg_catalog.=) o.id))
+    ON CONFLICT ON CONSTRAINT deliveries_pkey DO UPDATE
+       SET status = 'pending', attempts = 0, next_attempt_at = pg_catalog.now(), dead_at = NULL;
+    GET DIAGNOSTICS scheduled = ROW_COUNT;
+    RETURN scheduled;
+END
+$$;
+
+-- (End of the personal data part.)
