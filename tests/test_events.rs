@@ -60,7 +60,10 @@ fn send_test_event_queues_the_seeds_example_for_one_endpoint_and_refuses_what_it
         "exactly the seed's example"
     );
     let outbox: i64 = client
-        .query_one("SELECT count(*) FROM ae_events.outbox", &[])
+        .query_one(
+            "SELECT count(*) FROM ae_events.outbox WHERE event_id = $1::text::uuid",
+            &[&id],
+        )
         .unwrap()
         .get(0);
     assert_eq!(outbox, 0, "a test event is no event of the outbox");
