@@ -203,19 +203,8 @@ mod tests {
 
     #[test]
     fn every_key_but_the_instance_has_a_schema_qualified_lookup() {
-        let keys = [
-            Key::Candidate,
-            Key::Measurement,
-            Key::CatalogAssessment,
-            Key::Assessment,
-            Key::Catalog,
-            Key::SectionConfigurationAttribute,
-            Key::Attribute,
-            Key::Skill,
-            Key::Ordinal,
-        ];
         assert_eq!(instances_query(Key::Instance), None);
-        for key in keys {
+        for key in Key::ALL.into_iter().filter(|key| *key != Key::Instance) {
             let sql = instances_query(key).unwrap_or_default();
             assert!(
                 sql.starts_with("SELECT i.id::pg_catalog.int8"),

@@ -139,38 +139,19 @@ impl KeptPlan {
     /// the arguments.
     pub fn for_each_batched(
         &self,
-        _connection: Connection<'_>,
-        mut arguments: Vec<pg_sys::Datum>,
+        connection: Connection<'_>,
+        arguments: Vec<pg_sys::Datum>,
         batch: usize,
-        read: impl FnMut(&Row) -> Result<(), EventError>,
+        mut read: impl FnMut(&Row) -> Result<(), EventError>,
     ) -> Result<(), EventError> {
-        let nulls = vec![b' ' as std::ffi::c_char; arguments.len()];
-        // SAFETY: a kept plan and arguments of its parameter types; the portal copies them and
-        // keeps the snapshot it was opened with.
-        let portal = LatestSnapshots::reading(|read_only| unsafe {
-            pg_sys::SPI_cursor_open(
-                std::ptr::null(),
-                self.plan.as_ptr(),
-                arguments.as_mut_ptr(),
-                nulls.as_ptr(),
-                read_only,
-            )
-        });
-        let result = if portal.is_null() {
-            Err(EventError::internal("SPI_cursor_open failed"))
-        } else {
-            Self::fetch_all(portal, batch, read)
-        };
-        // SAFETY: the portal was opened above; the arguments were palloc'd for this call.
-        unsafe {
-            if !portal.is_null() {
-                pg_sys::SPI_cursor_close(portal);
+        let mut cursor = self.open_cursor(connection, arguments)?;
+        loop {
+            let rows = cursor.fetch(batch);
+            if rows.count == 0 || rows.table.is_null() {
+                return Ok(());
             }
-            for argument in arguments {
-                pg_sys::pfree(argument.cast_mut_ptr());
-            }
+            rows.for_each(&mut read)?;
         }
-        result
     }
 
     /// Open a cursor on the plan (with the latest committed state while a `LatestSnapshots` is
@@ -202,29 +183,6 @@ impl KeptPlan {
                 _connection: PhantomData,
             })
             .ok_or_else(|| EventError::internal("SPI_cursor_open failed"))
-    }
-
-    fn fetch_all(
-        portal: pg_sys::Portal,
-        batch: usize,
-        mut read: impl FnMut(&Row) -> Result<(), EventError>,
-    ) -> Result<(), EventError> {
-        loop {
-            // SAFETY: an open portal; the fetched rows are in SPI_tuptable, freed with `rows`.
-            let rows = unsafe {
-                pg_sys::SPI_tuptable = std::ptr::null_mut();
-                pg_sys::SPI_cursor_fetch(portal, true, batch as std::ffi::c_long);
-                ResultRows {
-                    table: pg_sys::SPI_tuptable,
-                    count: pg_sys::SPI_processed as usize,
-                    _connection: PhantomData,
-                }
-            };
-            if rows.count == 0 {
-                return Ok(());
-            }
-            rows.for_each(&mut read)?;
-        }
     }
 }
 

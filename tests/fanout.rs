@@ -13,17 +13,22 @@ use std::time::Duration;
 /// `ae.assessment`.
 fn instances_of_one_assessment(client: &mut Client, count: i64) {
     client.batch_execute(MINIMAL_REFERENCE_DATA).unwrap();
+    insert_instances(client, count);
+    client
+        .batch_execute(
+            "UPDATE ae_events.bubble_up SET enabled = true WHERE source_table = 'ae.assessment'",
+        )
+        .unwrap();
+}
+
+/// Instances 1 to `count` of catalog assessment 1, in one transaction.
+fn insert_instances(client: &mut Client, count: i64) {
     client
         .execute(
             "INSERT INTO ti.instance
              SELECT n, NULL, NULL, NULL, 'in_progress', 1, 1, NULL, NULL, NULL, now(), 1, now(), 1
                FROM generate_series(1, $1::bigint) AS n",
             &[&count],
-        )
-        .unwrap();
-    client
-        .batch_execute(
-            "UPDATE ae_events.bubble_up SET enabled = true WHERE source_table = 'ae.assessment'",
         )
         .unwrap();
 }
@@ -92,14 +97,7 @@ fn a_change_reaching_more_instances_than_the_limit_is_written_after_its_commit_a
     client
         .batch_execute("DELETE FROM ti.instance WHERE id > 0; TRUNCATE ae_events.outbox;")
         .unwrap();
-    client
-        .execute(
-            "INSERT INTO ti.instance
-             SELECT n, NULL, NULL, NULL, 'in_progress', 1, 1, NULL, NULL, NULL, now(), 1, now(), 1
-               FROM generate_series(1, 2500) AS n",
-            &[],
-        )
-        .unwrap();
+    insert_instances(&mut client, 2500);
 
     // Over it: the commit records the change and writes no updated event.
     client
