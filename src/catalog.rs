@@ -13,6 +13,10 @@
 //! Adding a key (the operational events of the alerts issue) is one line in `EVENTS`: its
 //! payload type (deriving `Serialize` and `JsonSchema`) and its example.
 
+use crate::alerts::{
+    DeliveryDeadLettered, EndpointDisabled, EndpointFailing, EndpointRecovered,
+    DEAD_LETTERED_EXAMPLE, DISABLED_EXAMPLE, FAILING_EXAMPLE, RECOVERED_EXAMPLE,
+};
 use crate::errors::raise;
 use crate::jsonb::StoredJsonb;
 use crate::payload::TestInstance;
@@ -34,6 +38,9 @@ pub struct EventKind {
     schema: fn() -> Value,
     /// The example payload (JSON text).
     example: &'static str,
+    /// Whether payload rules shape it: the instance events' payloads, not the operational
+    /// events' (alerts.rs), which SQL writes without them.
+    ruled: bool,
 }
 
 impl EventKind {
@@ -51,6 +58,25 @@ impl EventKind {
             description,
             schema: payload_schema::<T>,
             example,
+            ruled: true,
+        }
+    }
+
+    /// An operational event's key (alerts.rs): payload rules do not apply to it.
+    const fn operational<T: JsonSchema>(
+        key: &'static str,
+        description: &'static str,
+        example: &'static str,
+    ) -> EventKind {
+        EventKind {
+            ruled: false,
+            ..EventKind::of::<T>(
+                key,
+                "",
+                "endpoint",
+                description,
+                example,
+            )
         }
     }
 
@@ -83,6 +109,45 @@ pub const EVENTS: &[EventKind] = &[
          header counts the instance's events.",
         SEED_EXAMPLE,
     ),
+    EventKind {
+        event_type: "ae_endpoint_failing",
+        ..EventKind::operational::<EndpointFailing>(
+            "ae.endpoint.failing",
+            "Operational: an endpoint has failed for its alert_after (by default 3 attempts in a \
+             row or 5 minutes since its first failure, whichever comes first). Once per failing \
+             period; sent to the endpoints that name this key, never to the endpoint it is about.",
+            FAILING_EXAMPLE,
+        )
+    },
+    EventKind {
+        event_type: "ae_endpoint_recovered",
+        ..EventKind::operational::<EndpointRecovered>(
+            "ae.endpoint.recovered",
+            "Operational: an endpoint announced as failing delivered again. Once per failing \
+             period; failing_since and failing_seconds say how long it failed.",
+            RECOVERED_EXAMPLE,
+        )
+    },
+    EventKind {
+        event_type: "ae_endpoint_disabled",
+        ..EventKind::operational::<EndpointDisabled>(
+            "ae.endpoint.disabled",
+            "Operational: an endpoint was disabled, by a 410 Gone (cause gone), by its \
+             disable_after (cause disable_after) or by a DBA or operator (cause operator). Once \
+             per disabling; ae_events.enable_endpoint resumes it.",
+            DISABLED_EXAMPLE,
+        )
+    },
+    EventKind {
+        event_type: "ae_delivery_dead_lettered",
+        ..EventKind::operational::<DeliveryDeadLettered>(
+            "ae.delivery.dead_lettered",
+            "Operational: an event was dead-lettered for an endpoint (every attempt of its retry \
+             schedule failed); names the event (event_id, subscription_key, instance_id). Once \
+             per event and endpoint; ae_events.redeliver sends it again.",
+            DEAD_LETTERED_EXAMPLE,
+        )
+    },
 ];
 
 pub fn event_kind(key: &str) -> Option<&'static EventKind> {
@@ -266,7 +331,9 @@ fn annotate(schema: &mut Value, note: &str) {
 /// (the example with the rules applied, made by `ruled_example`).
 pub fn event_schema_of(kind: &EventKind, rules: &[Rule], example: Value) -> Value {
     let mut schema = (kind.schema)();
-    apply_rules(&mut schema, rules);
+    if kind.ruled {
+        apply_rules(&mut schema, rules);
+    }
     if let Some(object) = schema.as_object_mut() {
         object.insert("title".into(), Value::from(kind.key));
         object.insert("description".into(), Value::from(kind.description));
@@ -463,7 +530,7 @@ fn ruled_example(kind: &EventKind, rules: &[Rule]) -> Value {
         Ok(example) => example,
         Err(error) => raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, error, None),
     };
-    if rules.is_empty() {
+    if rules.is_empty() || !kind.ruled {
         return example;
     }
     let compiled = Rules::from_pairs(rules.iter().map(|(p, a)| (p.as_str(), a.as_str())))
@@ -716,7 +783,7 @@ mod tests {
         let serialized = serde_json::to_value(full_payload()).unwrap();
         let mut from_value = BTreeSet::new();
         value_paths(&serialized, "", &mut from_value);
-        for kind in EVENTS {
+        for kind in EVENTS.iter().filter(|kind| kind.ruled) {
             let schema = event_schema_of(kind, &[], seed());
             let mut from_schema = BTreeSet::new();
             schema_paths(&schema, "", &mut from_schema);
@@ -727,6 +794,60 @@ mod tests {
             value_paths(&seed(), "", &mut from_seed);
             assert!(from_seed.is_subset(&from_value));
             assert_eq!(from_value.difference(&from_seed).count(), 6);
+        }
+    }
+
+    /// The operational events' schemas: exactly the serialized fields of their types, and their
+    /// examples validate (the SQL's payloads are validated by tests/alerts.rs).
+    #[test]
+    fn operational_schemas_have_exactly_the_serialized_fields() {
+        use crate::alerts::*;
+        let state = || EndpointState {
+            endpoint: "e".into(),
+            endpoint_id: 1,
+            url: "u".into(),
+            at: UtcTimestamp(0),
+            reason: "r".into(),
+            last_status: Some(500),
+            last_error: Some("x".into()),
+            failing_since: Some(UtcTimestamp(0)),
+            failing_seconds: Some(1.5),
+            failed_attempts: 3,
+            backlog: 1,
+        };
+        let values = [
+            serde_json::to_value(EndpointFailing { state: state() }).unwrap(),
+            serde_json::to_value(EndpointRecovered { state: state() }).unwrap(),
+            serde_json::to_value(EndpointDisabled {
+                state: state(),
+                cause: DisableCause::DisableAfter,
+            })
+            .unwrap(),
+            serde_json::to_value(DeliveryDeadLettered {
+                state: state(),
+                event_id: "01938f52-7a3e-7c41-9d2a-5b8e0f6c1d24".into(),
+                subscription_key: "ae.test_instance.created".into(),
+                instance_id: 789,
+                attempts: 8,
+            })
+            .unwrap(),
+        ];
+        let operational: Vec<&EventKind> = EVENTS.iter().filter(|kind| !kind.ruled).collect();
+        assert_eq!(operational.len(), 4);
+        for (kind, value) in operational.into_iter().zip(values) {
+            let schema = event_schema_of(kind, &[], kind.example().unwrap());
+            let mut from_schema = BTreeSet::new();
+            schema_paths(&schema, "", &mut from_schema);
+            let mut from_value = BTreeSet::new();
+            value_paths(&value, "", &mut from_value);
+            assert_eq!(from_schema, from_value, "{}", kind.key);
+            let validator = jsonschema::draft202012::new(&schema).unwrap();
+            validator.validate(&value).unwrap();
+            validator.validate(&kind.example().unwrap()).unwrap();
+            assert_eq!(kind.event_type, kind.key.replace('.', "_"));
+            // Rules do not touch them.
+            let rules = vec![("endpoint".to_owned(), "remove".to_owned())];
+            assert_eq!(event_schema_of(kind, &rules, kind.example().unwrap()), schema);
         }
     }
 

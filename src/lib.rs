@@ -30,6 +30,7 @@ mod pending;
 
 // Build: changed rows -> instance ids -> rows -> payloads (encoded as jsonb, rules applied);
 // the catalog: each payload's JSON Schema and the webhooks' OpenAPI, derived from its types.
+mod alerts;
 mod catalog;
 mod lookup;
 mod payload;
@@ -80,6 +81,11 @@ extension_sql_file!(
     "../sql/src/endpoints.sql",
     name = "endpoints",
     requires = ["consumers", "analytics", secrets::strong_random_bytes]
+);
+extension_sql_file!(
+    "../sql/src/alerts.sql",
+    name = "alerts",
+    requires = ["endpoints"]
 );
 extension_sql_file!(
     "../sql/src/fanout.sql",

@@ -10,7 +10,14 @@ use postgres::Client;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
-const KEYS: &[&str] = &["ae.test_instance.created", "ae.test_instance.updated"];
+const KEYS: &[&str] = &[
+    "ae.test_instance.created",
+    "ae.test_instance.updated",
+    "ae.endpoint.failing",
+    "ae.endpoint.recovered",
+    "ae.endpoint.disabled",
+    "ae.delivery.dead_lettered",
+];
 
 fn event_schema(client: &mut Client, key: &str) -> Value {
     client
@@ -154,7 +161,8 @@ fn altered_payloads_fail_validation() {
     let rows = outbox_rows(&mut client);
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].payload, seed_example_payload());
-    for key in KEYS {
+    // The instance events' keys (the operational ones: relay/tests/alerts.rs and the unit tests).
+    for key in KEYS.iter().filter(|key| key.starts_with("ae.test_instance.")) {
         let schema = event_schema(&mut client, key);
         assert_eq!(schema["examples"][0], seed_example_payload());
         assert_valid(&schema, key, &seed_example_payload());

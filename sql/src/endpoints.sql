@@ -48,7 +48,18 @@ CREATE TABLE ae_events.endpoints (
     -- same name is another endpoint to the relays (their calls name both).
     endpoint_id bigint GENERATED ALWAYS AS IDENTITY UNIQUE,
     -- The role of the relay holding the lease: relays act only under their own role's ids.
-    relay_role name
+    relay_role name,
+    -- Operational events (sql/src/alerts.sql, docs/alerts.md). ae.endpoint.failing once this
+    -- many attempts failed in a row, or alert_after after the first failure, whichever first.
+    alert_after_attempts integer NOT NULL DEFAULT 3,
+    alert_after interval NOT NULL DEFAULT '5 minutes',
+    -- Attempts failed in a row (reset by a delivery and by enable_endpoint).
+    failed_attempts integer NOT NULL DEFAULT 0,
+    -- The start of the failing period an ae.endpoint.failing announced; NULL: none announced
+    -- (cleared with ae.endpoint.recovered).
+    alert_failing_since timestamptz,
+    -- The snapshot_version of the last operational event about the endpoint.
+    alert_version integer NOT NULL DEFAULT 0
 );
 
 COMMENT ON TABLE ae_events.endpoints IS
@@ -243,13 +254,23 @@ BEGIN
                       HINT = 'NULL subscribes to every key.';
         END IF;
         SELECT k INTO unknown_key FROM pg_catalog.unnest(subscription_keys) AS k
-         WHERE k IS NULL OR k NOT IN ('ae.test_instance.created', 'ae.test_instance.updated')
+         WHERE k IS NULL OR k NOT IN ('ae.test_instance.created', 'ae.test_instance.updated',
+                                      'ae.endpoint.failing', 'ae.endpoint.recovered',
+                                      'ae.endpoint.disabled', 'ae.delivery.dead_lettered')
          LIMIT 1;
         IF FOUND THEN
             RAISE EXCEPTION 'ae_events: unknown subscription key %',
                     coalesce(pg_catalog.quote_literal(unknown_key), 'NULL')
                 USING ERRCODE = 'invalid_parameter_value',
-                      HINT = 'The keys are ae.test_instance.created and ae.test_instance.updated.';
+                      HINT = 'The keys are ae.test_instance.created, ae.test_instance.updated and the operational ae.endpoint.failing, ae.endpoint.recovered, ae.endpoint.disabled, ae.delivery.dead_lettered.';
+        END IF;
+        -- The relay orders an endpoint's deliveries by aggregate_id: an instance's id and an
+        -- endpoint's id must never meet in one endpoint's order (docs/alerts.md).
+        IF EXISTS (SELECT FROM pg_catalog.unnest(subscription_keys) AS k WHERE k LIKE 'ae.test\_instance.%')
+           AND EXISTS (SELECT FROM pg_catalog.unnest(subscription_keys) AS k WHERE k NOT LIKE 'ae.test\_instance.%') THEN
+            RAISE EXCEPTION 'ae_events: an endpoint receives ae.test_instance.* events or operational events, not both'
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Create one endpoint for each (docs/alerts.md).';
         END IF;
     END IF;
     IF filter IS NOT NULL THEN
@@ -414,7 +435,9 @@ END
 $$;
 
 -- Change an endpoint; NULL leaves a setting as it is (clear_filter removes the filter;
--- subscription_keys => '{*}' goes back to every key).
+-- subscription_keys => '{*}' goes back to every ae.test_instance.* key). alert_after_attempts /
+-- alert_after: ae.endpoint.failing after this many attempts failed in a row or this long since
+-- the first failure, whichever comes first (docs/alerts.md).
 CREATE FUNCTION ae_events.alter_endpoint(endpoint text,
                                          url text DEFAULT NULL,
                                          subscription_keys text[] DEFAULT NULL,
@@ -426,7 +449,9 @@ CREATE FUNCTION ae_events.alter_endpoint(endpoint text,
                                          disable_after interval DEFAULT NULL,
                                          max_in_flight integer DEFAULT NULL,
                                          clear_filter boolean DEFAULT false,
-                                         rate_limit double precision DEFAULT NULL)
+                                         rate_limit double precision DEFAULT NULL,
+                                         alert_after interval DEFAULT NULL,
+                                         alert_after_attempts integer DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -447,6 +472,15 @@ BEGIN
         coalesce(timeout, current.timeout), coalesce(retry_schedule, current.retry_schedule),
         coalesce(retry_jitter, current.retry_jitter), coalesce(disable_after, current.disable_after),
         coalesce(max_in_flight, current.max_in_flight), new_rate_limit);
+    IF alert_after IS NOT NULL AND (alert_after OPERATOR(pg_catalog.<=) interval '0'
+                                    OR alert_after OPERATOR(pg_catalog.>) interval '366 days') THEN
+        RAISE EXCEPTION 'ae_events: alert_after must be more than 0 and at most 366 days, not %', alert_after
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF alert_after_attempts IS NOT NULL AND alert_after_attempts NOT BETWEEN 1 AND 1000 THEN
+        RAISE EXCEPTION 'ae_events: alert_after_attempts must be between 1 and 1000, not %', alert_after_attempts
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     UPDATE ae_events.endpoints AS e
        SET url = coalesce(alter_endpoint.url, e.url),
            subscription_keys = new_keys,
@@ -457,7 +491,9 @@ BEGIN
            retry_jitter = coalesce(alter_endpoint.retry_jitter, e.retry_jitter),
            disable_after = coalesce(alter_endpoint.disable_after, e.disable_after),
            max_in_flight = coalesce(alter_endpoint.max_in_flight, e.max_in_flight),
-           rate_limit = new_rate_limit
+           rate_limit = new_rate_limit,
+           alert_after = coalesce(alter_endpoint.alert_after, e.alert_after),
+           alert_after_attempts = coalesce(alter_endpoint.alert_after_attempts, e.alert_after_attempts)
      WHERE e.endpoint OPERATOR(pg_catalog.=) alter_endpoint.endpoint;
 END
 $$;
@@ -501,15 +537,29 @@ BEGIN
 END
 $$;
 
--- Disable an endpoint (locked by the caller), saying why; its relay lets go of it.
-CREATE FUNCTION ae_events._disable(endpoint text, reason text) RETURNS void
-LANGUAGE sql
+-- Disable an endpoint (locked by the caller), saying why; its relay lets go of it. An enabled
+-- one that is disabled gets its ae.endpoint.disabled event (cause: gone, disable_after or
+-- operator), in this transaction; disabling a disabled one again writes none.
+CREATE FUNCTION ae_events._disable(endpoint text, reason text, cause text,
+                                   last_status integer, last_error text) RETURNS void
+LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    was ae_events.endpoints;
+BEGIN
+    SELECT * INTO was FROM ae_events.endpoints AS e
+     WHERE e.endpoint OPERATOR(pg_catalog.=) _disable.endpoint;
     UPDATE ae_events.endpoints AS e
        SET enabled = false, disabled_reason = reason, disabled_at = pg_catalog.now(),
            relay = NULL, relay_role = NULL, lease_expires_at = NULL
      WHERE e.endpoint OPERATOR(pg_catalog.=) _disable.endpoint;
+    IF was.enabled THEN
+        PERFORM ae_events._write_alert(was.endpoint_id, 'ae.endpoint.disabled', reason,
+                                       last_status, last_error,
+                                       pg_catalog.jsonb_build_object('cause', cause));
+    END IF;
+END
 $$;
 
 -- Enable an endpoint (again): delivery resumes at its cursor and its pending events.
@@ -521,7 +571,8 @@ AS $$
 BEGIN
     PERFORM ae_events._endpoint_for_update(endpoint);
     UPDATE ae_events.endpoints AS e
-       SET enabled = true, disabled_reason = NULL, disabled_at = NULL, failing_since = NULL
+       SET enabled = true, disabled_reason = NULL, disabled_at = NULL, failing_since = NULL,
+           failed_attempts = 0
      WHERE e.endpoint OPERATOR(pg_catalog.=) enable_endpoint.endpoint;
 END
 $$;
@@ -534,7 +585,8 @@ AS $$
 BEGIN
     PERFORM ae_events._endpoint_for_update(endpoint);
     PERFORM ae_events._disable(endpoint,
-                               coalesce(reason, 'disabled by ' OPERATOR(pg_catalog.||) ae_events._calling_role()));
+                               coalesce(reason, 'disabled by ' OPERATOR(pg_catalog.||) ae_events._calling_role()),
+                               'operator', NULL, NULL);
 END
 $$;
 
@@ -556,15 +608,17 @@ BEGIN
 END
 $$;
 
--- Whether an event goes to an endpoint: its subscription keys, then its filter (evaluated
--- silently: a payload the filter cannot be applied to does not match).
+-- Whether an event goes to an endpoint: its subscription keys (NULL: the ae.test_instance.*
+-- keys, no operational event), then its filter (evaluated silently: a payload the filter cannot
+-- be applied to does not match).
 CREATE FUNCTION ae_events._endpoint_matches(subscription_keys text[], filter jsonpath,
                                             subscription_key text, payload jsonb)
 RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT (subscription_keys IS NULL OR subscription_key OPERATOR(pg_catalog.=) ANY (subscription_keys))
+    SELECT (CASE WHEN subscription_keys IS NULL THEN subscription_key LIKE 'ae.test\_instance.%'
+                 ELSE subscription_key OPERATOR(pg_catalog.=) ANY (subscription_keys) END)
        AND (filter IS NULL OR coalesce(pg_catalog.jsonb_path_match(payload, filter, '{}', true), false))
 $$;
 
@@ -832,6 +886,8 @@ BEGIN
                 FOR UPDATE SKIP LOCKED)
         RETURNING e.endpoint)
     SELECT coalesce(pg_catalog.array_agg(t.endpoint), '{}') INTO taken FROM took AS t;
+    -- Failing endpoints whose retries are far apart are announced by the clock (alerts.sql).
+    PERFORM ae_events._alert_overdue(relay_lease.relay);
     RETURN QUERY
     SELECT h.endpoint, h.url, h.headers,
            (EXTRACT(epoch FROM h.timeout) OPERATOR(pg_catalog.*) 1000)::bigint,
@@ -896,8 +952,9 @@ AS $$
                            OR o.id OPERATOR(pg_catalog.>=) (
                                SELECT pg_catalog.min(n.first_id) FROM ae_events.epochs AS n
                                 WHERE n.first_id OPERATOR(pg_catalog.>) e.cursor_epoch))
-                      AND (e.subscription_keys IS NULL
-                           OR o.subscription_key OPERATOR(pg_catalog.=) ANY (e.subscription_keys))
+                      AND (CASE WHEN e.subscription_keys IS NULL
+                                THEN o.aggregate_type OPERATOR(pg_catalog.=) 'test_instance'
+                                ELSE o.subscription_key OPERATOR(pg_catalog.=) ANY (e.subscription_keys) END)
                     LIMIT 100000) AS o) AS ahead
      CROSS JOIN LATERAL (
            SELECT pg_catalog.min(o.occurred_at) AS oldest
@@ -1094,8 +1151,13 @@ BEGIN
                    -- ae_events._endpoint_matches, written out: a call per row costs more
                    -- than the test.
                    SELECT r.done IS NULL
-                          AND (target.subscription_keys IS NULL
-                               OR o.subscription_key OPERATOR(pg_catalog.=) ANY (target.subscription_keys))
+                          -- NULL keys: the ae.test_instance.* events only; an operational
+                          -- event never goes to the endpoint it is about (alerts.sql).
+                          AND (CASE WHEN target.subscription_keys IS NULL
+                                    THEN o.aggregate_type OPERATOR(pg_catalog.=) 'test_instance'
+                                    ELSE o.subscription_key OPERATOR(pg_catalog.=) ANY (target.subscription_keys)
+                                         AND NOT (o.aggregate_type OPERATOR(pg_catalog.=) 'endpoint'
+                                                  AND o.aggregate_id OPERATOR(pg_catalog.=) target.endpoint_id) END)
                           AND (target.filter IS NULL
                                OR coalesce(pg_catalog.jsonb_path_match(o.payload, target.filter, '{}', true), false))
                           AS deliver) AS m
@@ -1186,6 +1248,7 @@ $$;
 -- Returns false if the endpoint is no longer the relay's, or is not the endpoint_id it was handed
 -- (nothing is written then). Error texts are stored with the values of the endpoint's static
 -- headers masked (a receiver may echo a credential back) and at most 2000 characters long.
+-- The operational events the outcomes cause (alerts.sql) are written in the same transaction.
 CREATE FUNCTION ae_events.relay_record(endpoint text, relay text,
                                        outbox_ids bigint[], aggregate_ids bigint[],
                                        statuses text[], attempts integer[],
@@ -1203,6 +1266,11 @@ DECLARE
     held ae_events.endpoints;
     any_delivered boolean;
     first_failure timestamptz;
+    failures integer;
+    newly_dead bigint[];
+    last_failed_status integer;
+    last_failed_error text;
+    last_delivered_status integer;
     header record;
 BEGIN
     IF endpoint_id IS NULL THEN
@@ -1231,6 +1299,18 @@ BEGIN
                               FROM pg_catalog.unnest(errors) WITH ORDINALITY AS x (e, n) ORDER BY x.n);
         END LOOP;
     END IF;
+    -- Events dead-lettered by this batch that were not dead for the endpoint already (a batch
+    -- recorded again announces nothing twice): one ae.delivery.dead_lettered each.
+    IF 'dead' OPERATOR(pg_catalog.=) ANY (statuses) THEN
+        newly_dead := ARRAY(
+            SELECT r.outbox_id
+              FROM ROWS FROM (pg_catalog.unnest(outbox_ids), pg_catalog.unnest(statuses)) AS r (outbox_id, status)
+             WHERE r.status OPERATOR(pg_catalog.=) 'dead'
+               AND NOT EXISTS (SELECT FROM ae_events.deliveries AS d
+                                WHERE d.endpoint OPERATOR(pg_catalog.=) held.endpoint
+                                  AND d.outbox_id OPERATOR(pg_catalog.=) r.outbox_id
+                                  AND d.status OPERATOR(pg_catalog.=) 'dead'));
+    END IF;
     INSERT INTO ae_events.deliveries AS d
            (endpoint, outbox_id, aggregate_id, status, attempts, first_attempt_at, last_attempt_at,
             last_status, last_error, next_attempt_at, delivered_at, dead_at)
@@ -1255,14 +1335,27 @@ BEGIN
            next_attempt_at = excluded.next_attempt_at,
            delivered_at = coalesce(excluded.delivered_at, d.delivered_at),
            dead_at = excluded.dead_at;
-    -- failing_since: cleared by a delivery, else set by the first failure.
+    -- failing_since: cleared by a delivery, else set by the first failure; failed_attempts the
+    -- same, counting attempts. The latest failed and delivered attempts say why, for alerts.
     SELECT bool_or(s OPERATOR(pg_catalog.=) 'delivered'),
-           min(t) FILTER (WHERE s OPERATOR(pg_catalog.<>) 'delivered' AND t IS NOT NULL)
-      INTO any_delivered, first_failure
-      FROM ROWS FROM (pg_catalog.unnest(statuses), pg_catalog.unnest(attempted_at)) AS r (s, t);
+           min(t) FILTER (WHERE s OPERATOR(pg_catalog.<>) 'delivered' AND t IS NOT NULL),
+           pg_catalog.count(*) FILTER (WHERE s OPERATOR(pg_catalog.<>) 'delivered' AND t IS NOT NULL),
+           (pg_catalog.array_agg(h ORDER BY t DESC, n DESC)
+                FILTER (WHERE s OPERATOR(pg_catalog.<>) 'delivered' AND t IS NOT NULL))[1],
+           (pg_catalog.array_agg(x ORDER BY t DESC, n DESC)
+                FILTER (WHERE s OPERATOR(pg_catalog.<>) 'delivered' AND t IS NOT NULL))[1],
+           (pg_catalog.array_agg(h ORDER BY t DESC, n DESC)
+                FILTER (WHERE s OPERATOR(pg_catalog.=) 'delivered'))[1]
+      INTO any_delivered, first_failure, failures, last_failed_status, last_failed_error,
+           last_delivered_status
+      FROM ROWS FROM (pg_catalog.unnest(statuses), pg_catalog.unnest(attempted_at),
+                      pg_catalog.unnest(http_statuses), pg_catalog.unnest(errors))
+           WITH ORDINALITY AS r (s, t, h, x, n);
     UPDATE ae_events.endpoints AS e
        SET failing_since = CASE WHEN any_delivered THEN NULL
                                 ELSE coalesce(e.failing_since, first_failure) END,
+           failed_attempts = CASE WHEN any_delivered THEN 0
+                                  ELSE e.failed_attempts OPERATOR(pg_catalog.+) failures END,
            cursor_epoch = CASE WHEN c.moves THEN new_cursor_epoch ELSE e.cursor_epoch END,
            cursor_txid = CASE WHEN c.moves THEN new_cursor_txid ELSE e.cursor_txid END,
            cursor_id = CASE WHEN c.moves THEN new_cursor_id ELSE e.cursor_id END
@@ -1271,15 +1364,23 @@ BEGIN
                        (held.cursor_epoch, held.cursor_txid, held.cursor_id) AS moves) AS c
      WHERE e.endpoint OPERATOR(pg_catalog.=) held.endpoint
     RETURNING e.* INTO held;
+    IF newly_dead IS NOT NULL AND pg_catalog.cardinality(newly_dead) OPERATOR(pg_catalog.>) 0 THEN
+        PERFORM ae_events._alert_dead_letters(held, newly_dead);
+    END IF;
     IF gone_reason IS NOT NULL THEN
-        PERFORM ae_events._disable(held.endpoint, gone_reason);
+        PERFORM ae_events._disable(held.endpoint, gone_reason, 'gone', last_failed_status,
+                                   last_failed_error);
     -- now() - failing_since, not now() - disable_after: no timestamp out of range, whatever
     -- an older row holds.
     ELSIF (pg_catalog.now() OPERATOR(pg_catalog.-) held.failing_since) OPERATOR(pg_catalog.>)
           held.disable_after THEN
         PERFORM ae_events._disable(held.endpoint,
             pg_catalog.format('every attempt failed since %s (disable_after %s)',
-                              held.failing_since, held.disable_after));
+                              held.failing_since, held.disable_after),
+            'disable_after', last_failed_status, last_failed_error);
+    ELSIF any_delivered OR failures OPERATOR(pg_catalog.>) 0 THEN
+        PERFORM ae_events._alert_after_record(held, any_delivered, last_delivered_status,
+                                              last_failed_status, last_failed_error);
     END IF;
     RETURN true;
 END
@@ -1294,11 +1395,11 @@ REVOKE ALL ON FUNCTION ae_events._check_endpoint_settings(text, text[], jsonpath
 REVOKE ALL ON FUNCTION ae_events._endpoint_matches(text[], jsonpath, text, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ae_events._require_lease(text, text, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ae_events._require_own_relay(text) FROM PUBLIC;
-REVOKE ALL ON FUNCTION ae_events._disable(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ae_events._disable(text, text, text, integer, text) FROM PUBLIC;
 -- Managing endpoints is the DBA's (who may grant these to an administrating role).
 REVOKE ALL ON FUNCTION ae_events.create_endpoint(text, text, text[], jsonpath) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ae_events.create_endpoint(text, text, text[], text) FROM PUBLIC;
-REVOKE ALL ON FUNCTION ae_events.alter_endpoint(text, text, text[], jsonpath, jsonb, interval, interval[], double precision, interval, integer, boolean, double precision) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ae_events.alter_endpoint(text, text, text[], jsonpath, jsonb, interval, interval[], double precision, interval, integer, boolean, double precision, interval, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ae_events.rotate_endpoint_secret(text, interval, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ae_events.enable_endpoint(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ae_events.disable_endpoint(text, text) FROM PUBLIC;

@@ -2152,3 +2152,943 @@ END
 $$;
 
 -- (End of the personal data part.)
+
+-- Issue 24, part 1 (operational events: ae.endpoint.failing / recovered / disabled,
+-- ae.delivery.dead_lettered; sql/src/alerts.sql, sql/src/endpoints.sql): the endpoints' alert
+-- settings and state, the alert functions, and the endpoint functions that write them.
+ALTER TABLE ae_events.endpoints
+    ADD COLUMN alert_after_attempts integer NOT NULL DEFAULT 3,
+    ADD COLUMN alert_after interval NOT NULL DEFAULT '5 minutes',
+    ADD COLUMN failed_attempts integer NOT NULL DEFAULT 0,
+    ADD COLUMN alert_failing_since timestamptz,
+    ADD COLUMN alert_version integer NOT NULL DEFAULT 0;
+
+-- The URL as alerts show it: no user info, no query or fragment (either may carry a credential).
+CREATE FUNCTION ae_events._alert_url(url text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT pg_catalog.regexp_replace(
+               pg_catalog.regexp_replace(url, '^([A-Za-z]+://)[^/?#]*@', '\1'),
+               '[?#].*$', '')
+$$;
+
+-- A text cut to at most max_bytes bytes of UTF-8, on a character boundary.
+CREATE FUNCTION ae_events._cut_bytes(value text, max_bytes integer) RETURNS text
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cut text := pg_catalog.left(value, max_bytes);
+BEGIN
+    -- A character is 1 to 4 bytes: each pass drops at least a quarter of the excess.
+    WHILE pg_catalog.octet_length(cut) OPERATOR(pg_catalog.>) max_bytes LOOP
+        cut := pg_catalog.left(cut, pg_catalog.length(cut) OPERATOR(pg_catalog.-)
+                   ((pg_catalog.octet_length(cut) OPERATOR(pg_catalog.-) max_bytes OPERATOR(pg_catalog.+) 3) OPERATOR(pg_catalog./) 4));
+    END LOOP;
+    RETURN cut;
+END
+$$;
+
+-- A timestamp as the payloads write them: RFC 3339 in UTC with Z.
+CREATE FUNCTION ae_events._alert_time(at timestamptz) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT pg_catalog.to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+$$;
+
+-- Write one operational event about an endpoint (its row locked by the caller, its state
+-- already changed): the common fields, then `extra` (the key's own). last_status / last_error:
+-- the attempt that says why; NULL for both, in a failing or disabled event, takes the endpoint's
+-- latest failed attempt that is still pending.
+CREATE FUNCTION ae_events._write_alert(endpoint_id bigint, subscription_key text, reason text,
+                                       last_status integer, last_error text, extra jsonb)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    about ae_events.endpoints;
+    at timestamptz := pg_catalog.now();
+    backlog bigint;
+    since timestamptz;
+BEGIN
+    UPDATE ae_events.endpoints AS e
+       SET alert_version = e.alert_version OPERATOR(pg_catalog.+) 1
+     WHERE e.endpoint_id OPERATOR(pg_catalog.=) _write_alert.endpoint_id
+    RETURNING e.* INTO about;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    -- Pending rows are few (deliveries_due_idx): what waits for the endpoint.
+    SELECT pg_catalog.count(*) INTO backlog FROM ae_events.deliveries AS d
+     WHERE d.endpoint OPERATOR(pg_catalog.=) about.endpoint
+       AND d.status OPERATOR(pg_catalog.=) 'pending';
+    IF last_status IS NULL AND last_error IS NULL
+       AND subscription_key IN ('ae.endpoint.failing', 'ae.endpoint.disabled') THEN
+        SELECT d.last_status, d.last_error INTO last_status, last_error
+          FROM ae_events.deliveries AS d
+         WHERE d.endpoint OPERATOR(pg_catalog.=) about.endpoint
+           AND d.status OPERATOR(pg_catalog.=) 'pending'
+           AND d.last_attempt_at IS NOT NULL
+         ORDER BY d.last_attempt_at DESC
+         LIMIT 1;
+    END IF;
+    -- A recovered endpoint's failing period is the one its failing event announced.
+    since := coalesce(about.failing_since, about.alert_failing_since);
+    PERFORM ae_events._ensure_epoch();
+    INSERT INTO ae_events.outbox (event_id, subscription_key, event_type, aggregate_type,
+                                  aggregate_id, snapshot_version, payload, occurred_at, txid)
+    VALUES (pg_catalog.gen_random_uuid(), subscription_key,
+            pg_catalog.translate(subscription_key, '.', '_'), 'endpoint', about.endpoint_id,
+            about.alert_version,
+            pg_catalog.jsonb_build_object(
+                'endpoint', about.endpoint,
+                'endpoint_id', about.endpoint_id,
+                'url', ae_events._alert_url(about.url),
+                'at', ae_events._alert_time(at),
+                'reason', reason,
+                'last_status', last_status,
+                'last_error', ae_events._cut_bytes(last_error, 512),
+                'failing_since', ae_events._alert_time(since),
+                'failing_seconds', pg_catalog.round(EXTRACT(epoch FROM at OPERATOR(pg_catalog.-) since), 3),
+                'failed_attempts', about.failed_attempts,
+                'backlog', backlog)
+                OPERATOR(pg_catalog.||) coalesce(extra, '{}'),
+            at, pg_catalog.pg_current_xact_id());
+END
+$$;
+
+-- After relay_record wrote a batch's outcomes (the endpoint locked, failing_since and
+-- failed_attempts updated): the failing event when the endpoint has failed for alert_after
+-- (alert_after_attempts attempts in a row, or alert_after since its first failure) and its
+-- failing period was not announced yet; the recovered event when an announced period ends.
+CREATE FUNCTION ae_events._alert_after_record(about ae_events.endpoints, delivered boolean,
+                                              delivered_status integer, last_status integer,
+                                              last_error text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF delivered THEN
+        IF about.alert_failing_since IS NOT NULL THEN
+            PERFORM ae_events._write_alert(about.endpoint_id, 'ae.endpoint.recovered',
+                                           'delivered again', delivered_status, NULL, '{}');
+            UPDATE ae_events.endpoints AS e SET alert_failing_since = NULL
+             WHERE e.endpoint_id OPERATOR(pg_catalog.=) about.endpoint_id;
+        END IF;
+    ELSIF about.failing_since IS NOT NULL AND about.alert_failing_since IS NULL
+          AND (about.failed_attempts OPERATOR(pg_catalog.>=) about.alert_after_attempts
+               OR pg_catalog.now() OPERATOR(pg_catalog.-) about.failing_since
+                  OPERATOR(pg_catalog.>=) about.alert_after) THEN
+        UPDATE ae_events.endpoints AS e SET alert_failing_since = about.failing_since
+         WHERE e.endpoint_id OPERATOR(pg_catalog.=) about.endpoint_id;
+        PERFORM ae_events._write_alert(
+            about.endpoint_id, 'ae.endpoint.failing',
+            CASE WHEN about.failed_attempts OPERATOR(pg_catalog.>=) about.alert_after_attempts
+                 THEN pg_catalog.format('%s attempts failed in a row', about.failed_attempts)
+                 ELSE pg_catalog.format('every attempt failed for %s', pg_catalog.date_trunc('second', pg_catalog.now() OPERATOR(pg_catalog.-) about.failing_since))
+            END,
+            last_status, last_error, '{}');
+    END IF;
+END
+$$;
+
+-- The dead_lettered events of a batch: one per event newly dead for the endpoint (ids), with the
+-- row relay_record just wrote. Operational events that die get none: their endpoint's failing
+-- and disabled events tell it, and one would otherwise answer another between alert endpoints.
+CREATE FUNCTION ae_events._alert_dead_letters(about ae_events.endpoints, ids bigint[])
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    dead record;
+BEGIN
+    FOR dead IN SELECT o.event_id, o.subscription_key, o.aggregate_id, d.attempts,
+                       d.last_status, d.last_error
+                  FROM ae_events.deliveries AS d
+                  JOIN ae_events.outbox AS o ON o.id OPERATOR(pg_catalog.=) d.outbox_id
+                 WHERE d.endpoint OPERATOR(pg_catalog.=) about.endpoint
+                   AND d.outbox_id OPERATOR(pg_catalog.=) ANY (ids)
+                   AND d.status OPERATOR(pg_catalog.=) 'dead'
+                   AND o.aggregate_type OPERATOR(pg_catalog.<>) 'endpoint'
+                 ORDER BY d.outbox_id LOOP
+        PERFORM ae_events._write_alert(
+            about.endpoint_id, 'ae.delivery.dead_lettered',
+            pg_catalog.format('event %s failed %s attempts: dead-lettered', dead.event_id, dead.attempts),
+            dead.last_status, dead.last_error,
+            pg_catalog.jsonb_build_object('event_id', dead.event_id,
+                                          'subscription_key', dead.subscription_key,
+                                          'instance_id', dead.aggregate_id,
+                                          'attempts', dead.attempts));
+    END LOOP;
+END
+$$;
+
+-- Called by relay_lease: endpoints of this relay that have failed for alert_after by the clock
+-- (their retries may be far apart) with a pending delivery, not announced yet. Skips an endpoint
+-- whose row is locked (its relay_record decides then).
+CREATE FUNCTION ae_events._alert_overdue(relay text) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    overdue ae_events.endpoints;
+BEGIN
+    FOR overdue IN SELECT * FROM ae_events.endpoints AS e
+                    WHERE e.relay OPERATOR(pg_catalog.=) _alert_overdue.relay
+                      AND e.enabled
+                      AND e.alert_failing_since IS NULL
+                      AND e.failing_since IS NOT NULL
+                      AND pg_catalog.now() OPERATOR(pg_catalog.-) e.failing_since
+                          OPERATOR(pg_catalog.>=) e.alert_after
+                      AND EXISTS (SELECT FROM ae_events.deliveries AS d
+                                   WHERE d.endpoint OPERATOR(pg_catalog.=) e.endpoint
+                                     AND d.status OPERATOR(pg_catalog.=) 'pending')
+                      FOR UPDATE SKIP LOCKED LOOP
+        PERFORM ae_events._alert_after_record(overdue, false, NULL, NULL, NULL);
+    END LOOP;
+END
+$$;
+
+REVOKE ALL ON FUNCTION ae_events._alert_url(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ae_events._cut_bytes(text, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ae_events._alert_time(timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ae_events._write_alert(bigint, text, text, integer, text, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ae_events._alert_after_record(ae_events.endpoints, boolean, integer, integer, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ae_events._alert_dead_letters(ae_events.endpoints, bigint[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ae_events._alert_overdue(text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION ae_events._check_endpoint_settings(
+    url text, subscription_keys text[], filter jsonpath, headers jsonb, timeout interval,
+    retry_schedule interval[], retry_jitter double precision, disable_after interval,
+    max_in_flight integer, rate_limit double precision)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    unknown_key text;
+    header record;
+BEGIN
+    -- http(s)://host[:port][/path]; nats://host[:port]/subject publishes to NATS JetStream
+    -- (a subject of tokens, no wildcards: events are published to it).
+    IF url IS NULL OR pg_catalog.length(url) OPERATOR(pg_catalog.>) 2048
+       OR (url !~ '^https?://[^/?#@[:space:]]+(:[0-9]{1,5})?([/?#][^[:space:]]*)?$'
+           AND url !~ '^nats://[^/?#@[:space:]]+(:[0-9]{1,5})?/[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$')
+       OR url ~ '^(https?|nats)://:'
+       OR NOT ae_events._relay_can_parse_authority(pg_catalog.substring(url, '^[a-z]+://([^/?#]*)')) THEN
+        RAISE EXCEPTION 'ae_events: % is not an http:// or https:// URL with a host, nor nats://host:port/subject',
+                coalesce(pg_catalog.quote_literal(pg_catalog.left(url, 200)), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'A host is a name, a dotted IPv4 address or a bracketed IPv6 address; a port is 1 to 65535.';
+    END IF;
+    IF subscription_keys IS NOT NULL THEN
+        IF pg_catalog.cardinality(subscription_keys) OPERATOR(pg_catalog.=) 0 THEN
+            RAISE EXCEPTION 'ae_events: subscription_keys is empty: the endpoint would receive nothing'
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'NULL subscribes to every key.';
+        END IF;
+        SELECT k INTO unknown_key FROM pg_catalog.unnest(subscription_keys) AS k
+         WHERE k IS NULL OR k NOT IN ('ae.test_instance.created', 'ae.test_instance.updated',
+                                      'ae.endpoint.failing', 'ae.endpoint.recovered',
+                                      'ae.endpoint.disabled', 'ae.delivery.dead_lettered')
+         LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'ae_events: unknown subscription key %',
+                    coalesce(pg_catalog.quote_literal(unknown_key), 'NULL')
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'The keys are ae.test_instance.created, ae.test_instance.updated and the operational ae.endpoint.failing, ae.endpoint.recovered, ae.endpoint.disabled, ae.delivery.dead_lettered.';
+        END IF;
+        -- The relay orders an endpoint's deliveries by aggregate_id: an instance's id and an
+        -- endpoint's id must never meet in one endpoint's order (docs/alerts.md).
+        IF EXISTS (SELECT FROM pg_catalog.unnest(subscription_keys) AS k WHERE k LIKE 'ae.test\_instance.%')
+           AND EXISTS (SELECT FROM pg_catalog.unnest(subscription_keys) AS k WHERE k NOT LIKE 'ae.test\_instance.%') THEN
+            RAISE EXCEPTION 'ae_events: an endpoint receives ae.test_instance.* events or operational events, not both'
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Create one endpoint for each (docs/alerts.md).';
+        END IF;
+    END IF;
+    IF filter IS NOT NULL THEN
+        IF pg_catalog.length(filter::text) OPERATOR(pg_catalog.>) 4096 THEN
+            RAISE EXCEPTION 'ae_events: the filter may be at most 4096 characters long'
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        -- A predicate gives true or false on any payload; a plain path gives values (22038).
+        BEGIN
+            PERFORM pg_catalog.jsonb_path_match('{}'::jsonb, filter);
+        EXCEPTION WHEN singleton_sql_json_item_required OR sql_json_scalar_required THEN
+            RAISE EXCEPTION 'ae_events: the filter % is not a predicate',
+                    pg_catalog.quote_literal(filter::text)
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Write a condition, e.g. $.catalog_assessment.catalog.id == 404.';
+        WHEN OTHERS THEN
+            NULL;  -- a predicate that fails on {} (e.g. arithmetic) is evaluated silently later
+        END;
+    END IF;
+    IF headers IS NULL OR pg_catalog.jsonb_typeof(headers) OPERATOR(pg_catalog.<>) 'object' THEN
+        RAISE EXCEPTION 'ae_events: headers must be a JSON object of names and string values'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF (SELECT pg_catalog.count(*) FROM pg_catalog.jsonb_object_keys(headers)) OPERATOR(pg_catalog.>) 50
+       OR pg_catalog.octet_length(headers::text) OPERATOR(pg_catalog.>) 16384 THEN
+        RAISE EXCEPTION 'ae_events: headers may hold at most 50 headers and 16 kB'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    FOR header IN SELECT h.key, h.value FROM pg_catalog.jsonb_each(headers) AS h LOOP
+        -- A value is one line of visible characters (tabs allowed): no control characters.
+        IF pg_catalog.jsonb_typeof(header.value) OPERATOR(pg_catalog.<>) 'string'
+           OR header.key !~ '^[!#$%&''*+.^_`|~0-9A-Za-z-]+$'
+           OR pg_catalog.length(header.key) OPERATOR(pg_catalog.>) 256
+           OR (header.value OPERATOR(pg_catalog.#>>) '{}') ~ '[\x01-\x08\x0a-\x1f\x7f]' THEN
+            RAISE EXCEPTION 'ae_events: header % needs a token name and a one-line string value without control characters',
+                    pg_catalog.quote_literal(header.key)
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        -- Compared as receivers may read them: case-insensitive, and "_" as "-" (CGI and WSGI
+        -- servers turn both into "_": webhook_id would reach them as the relay's webhook-id).
+        -- Hop-by-hop and framing headers are the HTTP client's.
+        IF pg_catalog.translate(pg_catalog.lower(header.key), '_', '-') IN (
+               'content-type', 'content-length', 'content-encoding', 'host', 'user-agent',
+               'transfer-encoding', 'connection', 'keep-alive', 'te', 'trailer', 'upgrade',
+               'expect', 'proxy-authorization', 'proxy-authenticate', 'proxy-connection')
+           OR pg_catalog.translate(pg_catalog.lower(header.key), '_', '-') LIKE 'webhook-%'
+           OR pg_catalog.translate(pg_catalog.lower(header.key), '_', '-') LIKE 'ae-%' THEN
+            RAISE EXCEPTION 'ae_events: header % is set by the relay or by HTTP itself', pg_catalog.quote_literal(header.key)
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Names are compared without case, with "_" as "-".';
+        END IF;
+    END LOOP;
+    IF timeout IS NULL OR timeout OPERATOR(pg_catalog.<=) interval '0'
+       OR timeout OPERATOR(pg_catalog.>) interval '5 minutes' THEN
+        RAISE EXCEPTION 'ae_events: timeout must be more than 0 and at most 5 minutes, not %', timeout
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF retry_schedule IS NULL OR pg_catalog.array_position(retry_schedule, NULL) IS NOT NULL
+       OR pg_catalog.cardinality(retry_schedule) OPERATOR(pg_catalog.>) 1000
+       OR EXISTS (SELECT FROM pg_catalog.unnest(retry_schedule) AS d
+                   WHERE d OPERATOR(pg_catalog.<) interval '0'
+                      OR d OPERATOR(pg_catalog.>) interval '7 days') THEN
+        RAISE EXCEPTION 'ae_events: retry_schedule must be at most 1000 delays between 0 and 7 days, not %',
+                coalesce(pg_catalog.left(retry_schedule::text, 200), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF retry_jitter IS NULL OR retry_jitter NOT BETWEEN 0 AND 1 THEN
+        RAISE EXCEPTION 'ae_events: retry_jitter must be between 0 and 1, not %', retry_jitter
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- Bounded so that the relay can do arithmetic with it (10000 years overflowed timestamps).
+    IF disable_after IS NULL OR disable_after OPERATOR(pg_catalog.<=) interval '0'
+       OR disable_after OPERATOR(pg_catalog.>) interval '366 days' THEN
+        RAISE EXCEPTION 'ae_events: disable_after must be more than 0 and at most 366 days, not %', disable_after
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF max_in_flight IS NULL OR max_in_flight NOT BETWEEN 1 AND 256 THEN
+        RAISE EXCEPTION 'ae_events: max_in_flight must be between 1 and 256, not %', max_in_flight
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- At least one request per 1000 s: a relay's rate limiter cannot represent periods of
+    -- centuries (1e-12 made every relay serving the endpoint panic).
+    IF rate_limit IS NOT NULL AND NOT (rate_limit OPERATOR(pg_catalog.>=) 0.001
+                                       AND rate_limit OPERATOR(pg_catalog.<=) 100000) THEN
+        RAISE EXCEPTION 'ae_events: rate_limit must be between 0.001 and 100000 requests per second, not %', rate_limit
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'rate_limit => 0 removes the limit.';
+    END IF;
+END
+$$;
+
+DROP FUNCTION ae_events.alter_endpoint(text, text, text[], jsonpath, jsonb, interval, interval[], double precision, interval, integer, boolean, double precision);
+
+CREATE FUNCTION ae_events.alter_endpoint(endpoint text,
+                                         url text DEFAULT NULL,
+                                         subscription_keys text[] DEFAULT NULL,
+                                         filter jsonpath DEFAULT NULL,
+                                         headers jsonb DEFAULT NULL,
+                                         timeout interval DEFAULT NULL,
+                                         retry_schedule interval[] DEFAULT NULL,
+                                         retry_jitter double precision DEFAULT NULL,
+                                         disable_after interval DEFAULT NULL,
+                                         max_in_flight integer DEFAULT NULL,
+                                         clear_filter boolean DEFAULT false,
+                                         rate_limit double precision DEFAULT NULL,
+                                         alert_after interval DEFAULT NULL,
+                                         alert_after_attempts integer DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    current ae_events.endpoints := ae_events._endpoint_for_update(endpoint);
+    new_keys text[] := CASE WHEN subscription_keys OPERATOR(pg_catalog.=) '{*}' THEN NULL
+                            ELSE coalesce(subscription_keys, current.subscription_keys) END;
+    new_filter jsonpath := CASE WHEN clear_filter THEN NULL
+                                ELSE coalesce(filter, current.filter) END;
+    -- 0 removes the limit.
+    new_rate_limit double precision := CASE WHEN rate_limit OPERATOR(pg_catalog.=) 0 THEN NULL
+                                            ELSE coalesce(rate_limit, current.rate_limit) END;
+BEGIN
+    PERFORM ae_events._check_endpoint_settings(
+        coalesce(url, current.url), new_keys, new_filter, coalesce(headers, current.headers),
+        coalesce(timeout, current.timeout), coalesce(retry_schedule, current.retry_schedule),
+        coalesce(retry_jitter, current.retry_jitter), coalesce(disable_after, current.disable_after),
+        coalesce(max_in_flight, current.max_in_flight), new_rate_limit);
+    IF alert_after IS NOT NULL AND (alert_after OPERATOR(pg_catalog.<=) interval '0'
+                                    OR alert_after OPERATOR(pg_catalog.>) interval '366 days') THEN
+        RAISE EXCEPTION 'ae_events: alert_after must be more than 0 and at most 366 days, not %', alert_after
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF alert_after_attempts IS NOT NULL AND alert_after_attempts NOT BETWEEN 1 AND 1000 THEN
+        RAISE EXCEPTION 'ae_events: alert_after_attempts must be between 1 and 1000, not %', alert_after_attempts
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    UPDATE ae_events.endpoints AS e
+       SET url = coalesce(alter_endpoint.url, e.url),
+           subscription_keys = new_keys,
+           filter = new_filter,
+           headers = coalesce(alter_endpoint.headers, e.headers),
+           timeout = coalesce(alter_endpoint.timeout, e.timeout),
+           retry_schedule = coalesce(alter_endpoint.retry_schedule, e.retry_schedule),
+           retry_jitter = coalesce(alter_endpoint.retry_jitter, e.retry_jitter),
+           disable_after = coalesce(alter_endpoint.disable_after, e.disable_after),
+           max_in_flight = coalesce(alter_endpoint.max_in_flight, e.max_in_flight),
+           rate_limit = new_rate_limit,
+           alert_after = coalesce(alter_endpoint.alert_after, e.alert_after),
+           alert_after_attempts = coalesce(alter_endpoint.alert_after_attempts, e.alert_after_attempts)
+     WHERE e.endpoint OPERATOR(pg_catalog.=) alter_endpoint.endpoint;
+END
+$$;
+
+REVOKE ALL ON FUNCTION ae_events.alter_endpoint(text, text, text[], jsonpath, jsonb, interval, interval[], double precision, interval, integer, boolean, double precision, interval, integer) FROM PUBLIC;
+
+DROP FUNCTION ae_events._disable(text, text);
+
+CREATE FUNCTION ae_events._disable(endpoint text, reason text, cause text,
+                                   last_status integer, last_error text) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    was ae_events.endpoints;
+BEGIN
+    SELECT * INTO was FROM ae_events.endpoints AS e
+     WHERE e.endpoint OPERATOR(pg_catalog.=) _disable.endpoint;
+    UPDATE ae_events.endpoints AS e
+       SET enabled = false, disabled_reason = reason, disabled_at = pg_catalog.now(),
+           relay = NULL, relay_role = NULL, lease_expires_at = NULL
+     WHERE e.endpoint OPERATOR(pg_catalog.=) _disable.endpoint;
+    IF was.enabled THEN
+        PERFORM ae_events._write_alert(was.endpoint_id, 'ae.endpoint.disabled', reason,
+                                       last_status, last_error,
+                                       pg_catalog.jsonb_build_object('cause', cause));
+    END IF;
+END
+$$;
+
+REVOKE ALL ON FUNCTION ae_events._disable(text, text, text, integer, text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION ae_events.enable_endpoint(endpoint text) RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM ae_events._endpoint_for_update(endpoint);
+    UPDATE ae_events.endpoints AS e
+       SET enabled = true, disabled_reason = NULL, disabled_at = NULL, failing_since = NULL,
+           failed_attempts = 0
+     WHERE e.endpoint OPERATOR(pg_catalog.=) enable_endpoint.endpoint;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION ae_events.disable_endpoint(endpoint text, reason text DEFAULT NULL) RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM ae_events._endpoint_for_update(endpoint);
+    PERFORM ae_events._disable(endpoint,
+                               coalesce(reason, 'disabled by ' OPERATOR(pg_catalog.||) ae_events._calling_role()),
+                               'operator', NULL, NULL);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION ae_events._endpoint_matches(subscription_keys text[], filter jsonpath,
+                                            subscription_key text, payload jsonb)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT (CASE WHEN subscription_keys IS NULL THEN subscription_key LIKE 'ae.test\_instance.%'
+                 ELSE subscription_key OPERATOR(pg_catalog.=) ANY (subscription_keys) END)
+       AND (filter IS NULL OR coalesce(pg_catalog.jsonb_path_match(payload, filter, '{}', true), false))
+$$;
+
+CREATE OR REPLACE FUNCTION ae_events.relay_lease(relay text, lease interval)
+RETURNS TABLE (endpoint text, url text, headers jsonb, timeout_ms bigint,
+               retry_schedule_ms bigint[], retry_jitter double precision, max_in_flight integer,
+               secrets text[], cursor_epoch bigint, cursor_txid xid8, cursor_id bigint,
+               rate_limit double precision, endpoint_id bigint)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    now_at timestamptz := pg_catalog.clock_timestamp();
+    caller name := ae_events._calling_role();
+    live_relays bigint;
+    enabled_endpoints bigint;
+    fair_share bigint;
+    kept text[];
+    taken text[];
+    registered integer;
+BEGIN
+    IF relay IS NULL OR relay OPERATOR(pg_catalog.=) '' OR lease IS NULL
+       OR lease OPERATOR(pg_catalog.<=) interval '0' THEN
+        RAISE EXCEPTION 'ae_events: relay_lease needs a relay id and a positive lease'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF lease OPERATOR(pg_catalog.>) interval '10 minutes' THEN
+        RAISE EXCEPTION 'ae_events: a lease lasts at most 10 minutes, not %', lease
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Another relay takes a dead relay''s endpoints only once its lease expired.';
+    END IF;
+    IF pg_catalog.length(relay) OPERATOR(pg_catalog.>) 200 OR relay ~ '[\x01-\x1f\x7f-\x9f]' THEN
+        RAISE EXCEPTION 'ae_events: a relay id is at most 200 characters, without control characters'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- An id alive under another role is refused; an expired one is free again.
+    INSERT INTO ae_events.relays AS r (relay, seen_at, expires_at, role)
+    VALUES (relay_lease.relay, now_at, now_at OPERATOR(pg_catalog.+) lease, caller)
+    ON CONFLICT ON CONSTRAINT relays_pkey
+    DO UPDATE SET seen_at = excluded.seen_at, expires_at = excluded.expires_at,
+                  role = excluded.role,
+                  started_at = CASE WHEN r.role IS NOT DISTINCT FROM excluded.role THEN r.started_at
+                                    ELSE excluded.started_at END
+       WHERE r.role IS NULL OR r.role OPERATOR(pg_catalog.=) excluded.role
+          OR r.expires_at OPERATOR(pg_catalog.<) now_at;
+    GET DIAGNOSTICS registered = ROW_COUNT;
+    IF registered OPERATOR(pg_catalog.=) 0 THEN
+        PERFORM ae_events._require_own_relay(relay);
+    END IF;
+    DELETE FROM ae_events.relays AS r WHERE r.expires_at OPERATOR(pg_catalog.<) now_at;
+    UPDATE ae_events.endpoints AS e SET relay = NULL, relay_role = NULL, lease_expires_at = NULL
+     WHERE e.relay OPERATOR(pg_catalog.=) relay_lease.relay AND NOT e.enabled;
+    SELECT pg_catalog.count(*) INTO live_relays FROM ae_events.relays;
+    SELECT pg_catalog.count(*) INTO enabled_endpoints FROM ae_events.endpoints AS e WHERE e.enabled;
+    fair_share := (enabled_endpoints OPERATOR(pg_catalog.+) live_relays OPERATOR(pg_catalog.-) 1)
+                  OPERATOR(pg_catalog./) GREATEST(live_relays, 1);
+    WITH renewed AS (
+        UPDATE ae_events.endpoints AS e
+           SET lease_expires_at = now_at OPERATOR(pg_catalog.+) lease
+         WHERE e.endpoint IN (
+               SELECT h.endpoint FROM ae_events.endpoints AS h
+                WHERE h.relay OPERATOR(pg_catalog.=) relay_lease.relay AND h.enabled
+                  AND h.relay_role OPERATOR(pg_catalog.=) caller
+                  AND h.lease_expires_at OPERATOR(pg_catalog.>=) now_at
+                ORDER BY h.endpoint
+                LIMIT fair_share)
+        RETURNING e.endpoint)
+    SELECT coalesce(pg_catalog.array_agg(r.endpoint), '{}') INTO kept FROM renewed AS r;
+    WITH took AS (
+        UPDATE ae_events.endpoints AS e
+           SET relay = relay_lease.relay,
+               relay_role = caller,
+               lease_expires_at = now_at OPERATOR(pg_catalog.+) lease
+         WHERE e.endpoint IN (
+               SELECT f.endpoint FROM ae_events.endpoints AS f
+                WHERE f.enabled
+                  AND (f.relay IS NULL OR f.lease_expires_at IS NULL
+                       OR f.lease_expires_at OPERATOR(pg_catalog.<) now_at)
+                ORDER BY f.endpoint
+                LIMIT GREATEST(fair_share OPERATOR(pg_catalog.-) pg_catalog.cardinality(kept), 0)
+                FOR UPDATE SKIP LOCKED)
+        RETURNING e.endpoint)
+    SELECT coalesce(pg_catalog.array_agg(t.endpoint), '{}') INTO taken FROM took AS t;
+    -- Failing endpoints whose retries are far apart are announced by the clock (alerts.sql).
+    PERFORM ae_events._alert_overdue(relay_lease.relay);
+    RETURN QUERY
+    SELECT h.endpoint, h.url, h.headers,
+           (EXTRACT(epoch FROM h.timeout) OPERATOR(pg_catalog.*) 1000)::bigint,
+           ARRAY(SELECT (EXTRACT(epoch FROM d) OPERATOR(pg_catalog.*) 1000)::bigint
+                   FROM pg_catalog.unnest(h.retry_schedule) WITH ORDINALITY AS s (d, n) ORDER BY n),
+           h.retry_jitter, h.max_in_flight,
+           ARRAY(SELECT s.secret FROM ae_events.endpoint_secrets AS s
+                  WHERE s.endpoint OPERATOR(pg_catalog.=) h.endpoint
+                    AND (s.expires_at IS NULL OR s.expires_at OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp())
+                  ORDER BY s.created_at DESC, s.secret),
+           h.cursor_epoch, h.cursor_txid, h.cursor_id, h.rate_limit, h.endpoint_id
+      FROM ae_events.endpoints AS h
+     WHERE h.endpoint OPERATOR(pg_catalog.=) ANY (kept OPERATOR(pg_catalog.||) taken)
+     ORDER BY h.endpoint;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION ae_events.relay_status(relay text)
+RETURNS TABLE (endpoint text, backlog bigint, oldest_waiting_at timestamptz, pending bigint,
+               dead bigint)
+LANGUAGE sql STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT e.endpoint, ahead.events,
+           CASE WHEN ahead.oldest IS NULL THEN waiting.oldest
+                WHEN waiting.oldest IS NULL THEN ahead.oldest
+                ELSE LEAST(ahead.oldest, waiting.oldest) END,
+           (SELECT pg_catalog.count(*) FROM ae_events.deliveries AS d
+             WHERE d.endpoint OPERATOR(pg_catalog.=) e.endpoint AND d.status OPERATOR(pg_catalog.=) 'pending'),
+           (SELECT pg_catalog.count(*) FROM ae_events.deliveries AS d
+             WHERE d.endpoint OPERATOR(pg_catalog.=) e.endpoint AND d.status OPERATOR(pg_catalog.=) 'dead')
+      FROM ae_events.endpoints AS e
+     CROSS JOIN LATERAL (
+           SELECT pg_catalog.count(*) AS events, pg_catalog.min(o.occurred_at) AS oldest
+             FROM (SELECT o.occurred_at FROM ae_events.outbox AS o
+                    WHERE (o.id OPERATOR(pg_catalog.>=) e.cursor_epoch
+                           AND (o.txid, o.id) OPERATOR(pg_catalog.>) (e.cursor_txid, e.cursor_id)
+                           AND o.txid OPERATOR(pg_catalog.>=) e.cursor_txid
+                           OR o.id OPERATOR(pg_catalog.>=) (
+                               SELECT pg_catalog.min(n.first_id) FROM ae_events.epochs AS n
+                                WHERE n.first_id OPERATOR(pg_catalog.>) e.cursor_epoch))
+                      AND (CASE WHEN e.subscription_keys IS NULL
+                                THEN o.aggregate_type OPERATOR(pg_catalog.=) 'test_instance'
+                                ELSE o.subscription_key OPERATOR(pg_catalog.=) ANY (e.subscription_keys) END)
+                    LIMIT 100000) AS o) AS ahead
+     CROSS JOIN LATERAL (
+           SELECT pg_catalog.min(o.occurred_at) AS oldest
+             FROM ae_events.deliveries AS d
+             JOIN ae_events.outbox AS o ON o.id OPERATOR(pg_catalog.=) d.outbox_id
+            WHERE d.endpoint OPERATOR(pg_catalog.=) e.endpoint
+              AND d.status OPERATOR(pg_catalog.=) 'pending') AS waiting
+     WHERE e.relay OPERATOR(pg_catalog.=) relay_status.relay
+       AND e.relay_role OPERATOR(pg_catalog.=) ae_events._calling_role()
+       AND e.lease_expires_at OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp()
+     ORDER BY e.endpoint
+$$;
+
+CREATE OR REPLACE FUNCTION ae_events.relay_fetch(endpoint text, relay text, after_epoch bigint,
+                                      after_txid xid8, after_id bigint, max_events integer,
+                                      max_bytes bigint, endpoint_id bigint)
+RETURNS TABLE (epoch bigint, txid xid8, id bigint, event_id uuid, subscription_key text,
+               event_type text, aggregate_id bigint, snapshot_version integer,
+               payload text, deliver boolean, waits_behind boolean, occurred_at timestamptz)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    target ae_events.endpoints := ae_events._require_lease(endpoint, relay, endpoint_id);
+    horizon xid8 := ae_events._delivery_horizon();
+    epoch_row record;
+    from_txid xid8;
+    from_id bigint;
+    below_txid xid8;
+    end_txid xid8;
+    end_id bigint;
+    cap_txid xid8;
+    cap_id bigint;
+    ahead record;
+    changed boolean;
+    remaining integer := max_events;
+    returned integer;
+    remaining_bytes bigint := max_bytes;
+    batch_bytes bigint;
+BEGIN
+    IF max_events IS NULL OR max_events OPERATOR(pg_catalog.<) 1 THEN
+        RAISE EXCEPTION 'ae_events: max_events must be at least 1, not %', max_events
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF max_bytes IS NULL OR max_bytes OPERATOR(pg_catalog.<) 1 THEN
+        RAISE EXCEPTION 'ae_events: max_bytes must be at least 1, not %', max_bytes
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    FOR epoch_row IN SELECT * FROM ae_events._epochs() AS e
+                      WHERE e.next_first_id IS NULL
+                         OR e.next_first_id OPERATOR(pg_catalog.>) after_epoch
+                      ORDER BY e.first_id LOOP
+        IF epoch_row.first_id OPERATOR(pg_catalog.<=) after_epoch THEN
+            from_txid := after_txid;
+            from_id := after_id;
+        ELSE
+            from_txid := '0';
+            from_id := -1;
+        END IF;
+        below_txid := CASE WHEN epoch_row.open THEN horizon ELSE '18446744073709551615'::xid8 END;
+        -- The batch: up to the remaining-th final event, or the first whose payload reaches
+        -- the remaining bytes. A payload's size is its jsonb's, uncompressed (about its JSON
+        -- text's, which escapes make up to 6 times larger): "|| '{}'" hands back the payload
+        -- detoasted, without the cost of writing it as text.
+        SELECT s.txid, s.id, s.upto INTO end_txid, end_id, batch_bytes
+          FROM (SELECT z.txid, z.id, z.size,
+                       pg_catalog.sum(z.size) OVER (ORDER BY z.txid, z.id) AS upto
+                  FROM (SELECT o.txid, o.id,
+                               pg_catalog.pg_column_size(o.payload OPERATOR(pg_catalog.||) '{}'::jsonb)::bigint AS size
+                          FROM ae_events.outbox AS o
+                         WHERE (o.txid, o.id) OPERATOR(pg_catalog.>) (from_txid, from_id)
+                           AND o.txid OPERATOR(pg_catalog.<) below_txid
+                           AND o.id OPERATOR(pg_catalog.>=) epoch_row.first_id
+                           AND o.id OPERATOR(pg_catalog.<) coalesce(epoch_row.next_first_id, 9223372036854775807)
+                         ORDER BY o.txid, o.id
+                         LIMIT remaining) AS z) AS s
+         WHERE s.upto OPERATOR(pg_catalog.-) s.size OPERATOR(pg_catalog.<) remaining_bytes
+         ORDER BY s.txid DESC, s.id DESC
+         LIMIT 1;
+        CONTINUE WHEN end_id IS NULL;
+        cap_txid := NULL;
+        cap_id := NULL;
+        -- An event of the batch whose instance's previous event lies after the batch: extend
+        -- the batch to it if it is final, else end the batch before that event (cap).
+        LOOP
+            changed := false;
+            FOR ahead IN
+                SELECT b.txid AS b_txid, b.id AS b_id, p.txid AS p_txid, p.id AS p_id
+                  FROM ae_events.outbox AS b
+                 CROSS JOIN LATERAL (
+                       SELECT p.txid, p.id FROM ae_events.outbox AS p
+                        WHERE p.aggregate_type OPERATOR(pg_catalog.=) b.aggregate_type
+                          AND p.aggregate_id OPERATOR(pg_catalog.=) b.aggregate_id
+                          AND p.id OPERATOR(pg_catalog.<) b.id
+                          AND p.id OPERATOR(pg_catalog.>=) epoch_row.first_id
+                        ORDER BY p.id DESC
+                        LIMIT 1) AS p
+                 WHERE (b.txid, b.id) OPERATOR(pg_catalog.>) (from_txid, from_id)
+                   AND (b.txid, b.id) OPERATOR(pg_catalog.<=) (end_txid, end_id)
+                   -- Plain bounds too: the planner estimates these (not the row comparisons)
+                   -- and so scans the index range, not the outbox.
+                   AND b.txid OPERATOR(pg_catalog.>=) from_txid
+                   AND b.txid OPERATOR(pg_catalog.<=) end_txid
+                   AND b.txid OPERATOR(pg_catalog.<) below_txid
+                   AND b.id OPERATOR(pg_catalog.>=) epoch_row.first_id
+                   AND b.id OPERATOR(pg_catalog.<) coalesce(epoch_row.next_first_id, 9223372036854775807)
+                   AND (p.txid, p.id) OPERATOR(pg_catalog.>) (end_txid, end_id)
+                 ORDER BY b.txid, b.id
+            LOOP
+                IF ahead.p_txid OPERATOR(pg_catalog.<) below_txid
+                   AND (cap_id IS NULL
+                        OR (ahead.p_txid, ahead.p_id) OPERATOR(pg_catalog.<) (cap_txid, cap_id)) THEN
+                    end_txid := ahead.p_txid;
+                    end_id := ahead.p_id;
+                ELSE
+                    cap_txid := ahead.b_txid;
+                    cap_id := ahead.b_id;
+                    -- The batch ends just before the capped event.
+                    SELECT o.txid, o.id INTO end_txid, end_id FROM ae_events.outbox AS o
+                     WHERE (o.txid, o.id) OPERATOR(pg_catalog.>) (from_txid, from_id)
+                       AND (o.txid, o.id) OPERATOR(pg_catalog.<) (cap_txid, cap_id)
+                       AND o.txid OPERATOR(pg_catalog.>=) from_txid
+                       AND o.txid OPERATOR(pg_catalog.<=) cap_txid
+                       AND o.id OPERATOR(pg_catalog.>=) epoch_row.first_id
+                       AND o.id OPERATOR(pg_catalog.<) coalesce(epoch_row.next_first_id, 9223372036854775807)
+                     ORDER BY o.txid DESC, o.id DESC LIMIT 1;
+                    IF NOT FOUND THEN
+                        end_txid := from_txid;
+                        end_id := from_id;
+                    END IF;
+                END IF;
+                changed := true;
+                EXIT;
+            END LOOP;
+            EXIT WHEN NOT changed;
+        END LOOP;
+        -- The probes of deliveries are LATERAL ... LIMIT 1 so that each is one index lookup
+        -- (a sublink may be planned as a hash of all the endpoint's delivery rows).
+        RETURN QUERY
+            SELECT epoch_row.first_id, o.txid, o.id, o.event_id, o.subscription_key, o.event_type,
+                   o.aggregate_id, o.snapshot_version,
+                   CASE WHEN m.deliver THEN o.payload::text END,
+                   m.deliver,
+                   m.deliver AND w.waiting IS NOT NULL,
+                   o.occurred_at
+              FROM ae_events.outbox AS o
+              LEFT JOIN LATERAL (
+                   SELECT true AS done FROM ae_events.deliveries AS d
+                    WHERE d.endpoint OPERATOR(pg_catalog.=) target.endpoint
+                      AND d.outbox_id OPERATOR(pg_catalog.=) o.id
+                    LIMIT 1) AS r ON true
+             CROSS JOIN LATERAL (
+                   -- ae_events._endpoint_matches, written out: a call per row costs more
+                   -- than the test.
+                   SELECT r.done IS NULL
+                          -- NULL keys: the ae.test_instance.* events only; an operational
+                          -- event never goes to the endpoint it is about (alerts.sql).
+                          AND (CASE WHEN target.subscription_keys IS NULL
+                                    THEN o.aggregate_type OPERATOR(pg_catalog.=) 'test_instance'
+                                    ELSE o.subscription_key OPERATOR(pg_catalog.=) ANY (target.subscription_keys)
+                                         AND NOT (o.aggregate_type OPERATOR(pg_catalog.=) 'endpoint'
+                                                  AND o.aggregate_id OPERATOR(pg_catalog.=) target.endpoint_id) END)
+                          AND (target.filter IS NULL
+                               OR coalesce(pg_catalog.jsonb_path_match(o.payload, target.filter, '{}', true), false))
+                          -- Not an expired payload (prune, payload_retention: only an endpoint
+                          -- disabled meanwhile can meet one); a payload of more than 16 bytes
+                          -- is none, without decompressing it.
+                          AND (pg_catalog.pg_column_size(o.payload) OPERATOR(pg_catalog.>) 16
+                               OR o.payload OPERATOR(pg_catalog.<>) 'null'::jsonb)
+                          AS deliver) AS m
+              LEFT JOIN LATERAL (
+                   SELECT true AS waiting FROM ae_events.deliveries AS w
+                    WHERE m.deliver
+                      AND w.endpoint OPERATOR(pg_catalog.=) target.endpoint
+                      AND w.aggregate_id OPERATOR(pg_catalog.=) o.aggregate_id
+                      AND w.status OPERATOR(pg_catalog.=) 'pending'
+                    LIMIT 1) AS w ON true
+             WHERE (o.txid, o.id) OPERATOR(pg_catalog.>) (from_txid, from_id)
+               AND (o.txid, o.id) OPERATOR(pg_catalog.<=) (end_txid, end_id)
+               AND o.txid OPERATOR(pg_catalog.>=) from_txid
+               AND o.txid OPERATOR(pg_catalog.<=) end_txid
+               AND o.id OPERATOR(pg_catalog.>=) epoch_row.first_id
+               AND o.id OPERATOR(pg_catalog.<) coalesce(epoch_row.next_first_id, 9223372036854775807)
+             ORDER BY o.txid, o.id;
+        GET DIAGNOSTICS returned = ROW_COUNT;
+        remaining := remaining OPERATOR(pg_catalog.-) returned;
+        remaining_bytes := remaining_bytes OPERATOR(pg_catalog.-) batch_bytes;
+        -- A capped epoch stops here: what follows waits for the capped event.
+        EXIT WHEN remaining OPERATOR(pg_catalog.<=) 0 OR remaining_bytes OPERATOR(pg_catalog.<=) 0
+                  OR cap_id IS NOT NULL;
+    END LOOP;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION ae_events.relay_record(endpoint text, relay text,
+                                       outbox_ids bigint[], aggregate_ids bigint[],
+                                       statuses text[], attempts integer[],
+                                       attempted_at timestamptz[], http_statuses integer[],
+                                       errors text[], next_attempt_at timestamptz[],
+                                       new_cursor_epoch bigint, new_cursor_txid xid8,
+                                       new_cursor_id bigint, gone_reason text,
+                                       endpoint_id bigint)
+RETURNS boolean
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    held ae_events.endpoints;
+    any_delivered boolean;
+    first_failure timestamptz;
+    failures integer;
+    newly_dead bigint[];
+    last_failed_status integer;
+    last_failed_error text;
+    last_delivered_status integer;
+    header record;
+BEGIN
+    IF endpoint_id IS NULL THEN
+        RAISE EXCEPTION 'ae_events: the endpoint_id relay_lease handed out is needed, not NULL'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    PERFORM ae_events._require_own_relay(relay);
+    SELECT * INTO held FROM ae_events.endpoints AS e
+     WHERE e.endpoint OPERATOR(pg_catalog.=) relay_record.endpoint
+       AND e.endpoint_id OPERATOR(pg_catalog.=) relay_record.endpoint_id
+       AND e.relay OPERATOR(pg_catalog.=) relay_record.relay
+       AND e.relay_role OPERATOR(pg_catalog.=) ae_events._calling_role()
+       AND e.enabled
+     FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    -- Header values of 6 characters or more (shorter ones are no secrets, and would mask
+    -- ordinary words), longest first so that one inside another is masked whole. Only when
+    -- there is an error text: a batch of deliveries has none, and is the common case.
+    IF EXISTS (SELECT FROM pg_catalog.unnest(errors) AS x (e) WHERE x.e IS NOT NULL) THEN
+        -- An erased candidate's events: no error text (privacy.sql).
+        errors := ae_events._mask_erased_errors(outbox_ids, errors);
+        FOR header IN SELECT h.value FROM pg_catalog.jsonb_each_text(held.headers) AS h
+                       WHERE pg_catalog.length(h.value) OPERATOR(pg_catalog.>=) 6
+                       ORDER BY pg_catalog.length(h.value) DESC LOOP
+            errors := ARRAY(SELECT pg_catalog.replace(x.e, header.value, '[redacted]')
+                              FROM pg_catalog.unnest(errors) WITH ORDINALITY AS x (e, n) ORDER BY x.n);
+        END LOOP;
+    END IF;
+    -- Events dead-lettered by this batch that were not dead for the endpoint already (a batch
+    -- recorded again announces nothing twice): one ae.delivery.dead_lettered each.
+    IF 'dead' OPERATOR(pg_catalog.=) ANY (statuses) THEN
+        newly_dead := ARRAY(
+            SELECT r.outbox_id
+              FROM ROWS FROM (pg_catalog.unnest(outbox_ids), pg_catalog.unnest(statuses)) AS r (outbox_id, status)
+             WHERE r.status OPERATOR(pg_catalog.=) 'dead'
+               AND NOT EXISTS (SELECT FROM ae_events.deliveries AS d
+                                WHERE d.endpoint OPERATOR(pg_catalog.=) held.endpoint
+                                  AND d.outbox_id OPERATOR(pg_catalog.=) r.outbox_id
+                                  AND d.status OPERATOR(pg_catalog.=) 'dead'));
+    END IF;
+    INSERT INTO ae_events.deliveries AS d
+           (endpoint, outbox_id, aggregate_id, status, attempts, first_attempt_at, last_attempt_at,
+            last_status, last_error, next_attempt_at, delivered_at, dead_at)
+    SELECT held.endpoint, r.outbox_id, r.aggregate_id, r.status, r.attempts, r.attempted_at,
+           r.attempted_at, r.http_status, pg_catalog.left(r.error, 2000),
+           CASE WHEN r.status OPERATOR(pg_catalog.=) 'pending' THEN coalesce(r.next_attempt_at, pg_catalog.now()) END,
+           CASE WHEN r.status OPERATOR(pg_catalog.=) 'delivered' THEN r.attempted_at END,
+           CASE WHEN r.status OPERATOR(pg_catalog.=) 'dead' THEN r.attempted_at END
+      FROM ROWS FROM (pg_catalog.unnest(outbox_ids), pg_catalog.unnest(aggregate_ids),
+                      pg_catalog.unnest(statuses), pg_catalog.unnest(attempts),
+                      pg_catalog.unnest(attempted_at), pg_catalog.unnest(http_statuses),
+                      pg_catalog.unnest(errors), pg_catalog.unnest(next_attempt_at))
+           AS r (outbox_id, aggregate_id, status, attempts, attempted_at, http_status, error,
+                 next_attempt_at)
+    ON CONFLICT ON CONSTRAINT deliveries_pkey DO UPDATE
+       SET status = excluded.status,
+           attempts = excluded.attempts,
+           first_attempt_at = coalesce(d.first_attempt_at, excluded.first_attempt_at),
+           last_attempt_at = coalesce(excluded.last_attempt_at, d.last_attempt_at),
+           last_status = CASE WHEN excluded.last_attempt_at IS NULL THEN d.last_status ELSE excluded.last_status END,
+           last_error = CASE WHEN excluded.last_attempt_at IS NULL THEN d.last_error ELSE excluded.last_error END,
+           next_attempt_at = excluded.next_attempt_at,
+           delivered_at = coalesce(excluded.delivered_at, d.delivered_at),
+           dead_at = excluded.dead_at;
+    -- failing_since: cleared by a delivery, else set by the first failure; failed_attempts the
+    -- same, counting attempts. The latest failed and delivered attempts say why, for alerts.
+    SELECT bool_or(s OPERATOR(pg_catalog.=) 'delivered'),
+           min(t) FILTER (WHERE s OPERATOR(pg_catalog.<>) 'delivered' AND t IS NOT NULL),
+           pg_catalog.count(*) FILTER (WHERE s OPERATOR(pg_catalog.<>) 'delivered' AND t IS NOT NULL),
+           (pg_catalog.array_agg(h ORDER BY t DESC, n DESC)
+                FILTER (WHERE s OPERATOR(pg_catalog.<>) 'delivered' AND t IS NOT NULL))[1],
+           (pg_catalog.array_agg(x ORDER BY t DESC, n DESC)
+                FILTER (WHERE s OPERATOR(pg_catalog.<>) 'delivered' AND t IS NOT NULL))[1],
+           (pg_catalog.array_agg(h ORDER BY t DESC, n DESC)
+                FILTER (WHERE s OPERATOR(pg_catalog.=) 'delivered'))[1]
+      INTO any_delivered, first_failure, failures, last_failed_status, last_failed_error,
+           last_delivered_status
+      FROM ROWS FROM (pg_catalog.unnest(statuses), pg_catalog.unnest(attempted_at),
+                      pg_catalog.unnest(http_statuses), pg_catalog.unnest(errors))
+           WITH ORDINALITY AS r (s, t, h, x, n);
+    UPDATE ae_events.endpoints AS e
+       SET failing_since = CASE WHEN any_delivered THEN NULL
+                                ELSE coalesce(e.failing_since, first_failure) END,
+           failed_attempts = CASE WHEN any_delivered THEN 0
+                                  ELSE e.failed_attempts OPERATOR(pg_catalog.+) failures END,
+           cursor_epoch = CASE WHEN c.moves THEN new_cursor_epoch ELSE e.cursor_epoch END,
+           cursor_txid = CASE WHEN c.moves THEN new_cursor_txid ELSE e.cursor_txid END,
+           cursor_id = CASE WHEN c.moves THEN new_cursor_id ELSE e.cursor_id END
+      FROM (SELECT new_cursor_id IS NOT NULL
+                   AND (new_cursor_epoch, new_cursor_txid, new_cursor_id) OPERATOR(pg_catalog.>)
+                       (held.cursor_epoch, held.cursor_txid, held.cursor_id) AS moves) AS c
+     WHERE e.endpoint OPERATOR(pg_catalog.=) held.endpoint
+    RETURNING e.* INTO held;
+    IF newly_dead IS NOT NULL AND pg_catalog.cardinality(newly_dead) OPERATOR(pg_catalog.>) 0 THEN
+        PERFORM ae_events._alert_dead_letters(held, newly_dead);
+    END IF;
+    IF gone_reason IS NOT NULL THEN
+        PERFORM ae_events._disable(held.endpoint, gone_reason, 'gone', last_failed_status,
+                                   last_failed_error);
+    -- now() - failing_since, not now() - disable_after: no timestamp out of range, whatever
+    -- an older row holds.
+    ELSIF (pg_catalog.now() OPERATOR(pg_catalog.-) held.failing_since) OPERATOR(pg_catalog.>)
+          held.disable_after THEN
+        PERFORM ae_events._disable(held.endpoint,
+            pg_catalog.format('every attempt failed since %s (disable_after %s)',
+                              held.failing_since, held.disable_after),
+            'disable_after', last_failed_status, last_failed_error);
+    ELSIF any_delivered OR failures OPERATOR(pg_catalog.>) 0 THEN
+        PERFORM ae_events._alert_after_record(held, any_delivered, last_delivered_status,
+                                              last_failed_status, last_failed_error);
+    END IF;
+    RETURN true;
+END
+$$;
+
+-- (End of the operational events part.)
