@@ -301,6 +301,22 @@ fn apply_rules(schema: &mut Value, rules: &[Rule]) {
     }
 }
 
+/// `ae_events.erase_candidate` sets every field of `candidate` but `id` to null in stored events,
+/// and a pending delivery is sent so (docs/privacy.md): those fields allow null.
+fn allow_erasure(schema: &mut Value) {
+    let Some(Value::Object(fields)) =
+        child(schema, "candidate").and_then(|c| c.get_mut("properties"))
+    else {
+        return;
+    };
+    for (name, field) in fields.iter_mut() {
+        if name != "id" && !allows_null(field) {
+            add_null(field);
+            annotate(field, "null once the candidate is erased (erase_candidate)");
+        }
+    }
+}
+
 /// The schema of a property (`*`: of an array's elements).
 fn child<'a>(schema: &'a mut Value, segment: &str) -> Option<&'a mut Value> {
     if segment == "*" {
@@ -333,6 +349,7 @@ pub fn event_schema_of(kind: &EventKind, rules: &[Rule], example: Value) -> Valu
     let mut schema = (kind.schema)();
     if kind.ruled {
         apply_rules(&mut schema, rules);
+        allow_erasure(&mut schema);
     }
     if let Some(object) = schema.as_object_mut() {
         object.insert("title".into(), Value::from(kind.key));
@@ -871,7 +888,11 @@ mod tests {
         assert_eq!(at("created_at")["type"], json!("string"));
         assert_eq!(at("created_at")["format"], json!("date-time"));
         assert_eq!(at("candidate")["type"], json!(["object", "null"]));
-        assert_eq!(at("candidate.is_tnc_accepted")["type"], json!("boolean"));
+        // Not null in the source; null once the candidate is erased (allow_erasure).
+        assert_eq!(
+            at("candidate.is_tnc_accepted")["type"],
+            json!(["boolean", "null"])
+        );
         assert_eq!(at("candidate.cf").get("type"), None);
         assert_eq!(
             at("measurement.measurement_attributes")["type"],
@@ -915,7 +936,11 @@ mod tests {
             candidate["properties"]["phone_number"]["type"],
             json!(["string", "null"])
         );
-        assert_eq!(candidate["properties"]["user_id"]["type"], json!("string"));
+        // Hashed, and null once the candidate is erased.
+        assert_eq!(
+            candidate["properties"]["user_id"]["type"],
+            json!(["string", "null"])
+        );
         let attribute = &schema["properties"]["measurement"]["properties"]
             ["measurement_attributes"]["items"]["properties"];
         assert_eq!(attribute["remarks"]["type"], json!(["string", "null"]));
