@@ -22,15 +22,16 @@ const OPERATIONAL_KEYS: &[&str] = &[
     "ae.delivery.dead_lettered",
 ];
 
-/// An endpoint subscribed to the four operational keys, with fast retries.
-fn create_alert_endpoint(client: &mut Client, name: &str, url: &str) {
-    client
-        .execute(
+/// An endpoint subscribed to the four operational keys, with fast retries; its secret.
+fn create_alert_endpoint(client: &mut Client, name: &str, url: &str) -> String {
+    let secret: String = client
+        .query_one(
             "SELECT ae_events.create_endpoint($1, $2, ARRAY['ae.endpoint.failing',
                  'ae.endpoint.recovered', 'ae.endpoint.disabled', 'ae.delivery.dead_lettered'])",
             &[&name, &url],
         )
-        .unwrap();
+        .unwrap()
+        .get(0);
     client
         .execute(
             "SELECT ae_events.alter_endpoint($1, retry_schedule => array_fill('300 ms'::interval, ARRAY[20]),
@@ -38,6 +39,7 @@ fn create_alert_endpoint(client: &mut Client, name: &str, url: &str) {
             &[&name],
         )
         .unwrap();
+    secret
 }
 
 fn endpoint_id(client: &mut Client, name: &str) -> i64 {
@@ -468,10 +470,68 @@ fn bad_alert_settings_and_mixed_keys_are_refused() {
     let row = client
         .query_one(
             "SELECT alert_after::text, alert_after_attempts, subscription_keys IS NULL
-               FROM ae_events.endpoints WHERE endpoint = 'target'",
+               FROM ae_events.endpoint_status WHERE endpoint = 'target'",
             &[],
         )
         .unwrap();
     let settings: (String, i32, bool) = (row.get(0), row.get(1), row.get(2));
     assert_eq!(settings, ("00:00:30".to_owned(), 5, true));
+}
+
+/// docs/alerts/chat_adapter.py (PyPI's standardwebhooks from .receivers/python, installed by
+/// scripts/setup.sh) as an alert endpoint: it verifies the relay's request and posts one line
+/// to a chat's incoming webhook (a receiver here).
+#[test]
+fn the_chat_adapter_of_the_docs_posts_an_alert_to_the_chat() {
+    let cluster = Cluster::shared();
+    let (database, mut client) = delivery_database("alerts_chat");
+    let chat = Receiver::ok();
+    let gone = Receiver::start(|_, _| Answer::status(410));
+    let root = repository_root();
+    let library = root.join(".receivers/python");
+    assert!(
+        library.join("standardwebhooks").exists(),
+        "PyPI's standardwebhooks is not in .receivers/python: run scripts/setup.sh"
+    );
+    let port = free_port();
+    let secret = create_alert_endpoint(
+        &mut client,
+        "chat",
+        &format!("http://127.0.0.1:{port}/alerts"),
+    );
+    // Killed when the test ends, whichever way.
+    struct Adapter(std::process::Child);
+    impl Drop for Adapter {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _adapter = Adapter(
+        std::process::Command::new("python3")
+            .arg(root.join("docs/alerts/chat_adapter.py"))
+            .env("PYTHONPATH", library)
+            .env("WEBHOOK_SECRET", &secret)
+            .env("CHAT_WEBHOOK_URL", chat.url("/chat"))
+            .env("PORT", port.to_string())
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 (run scripts/setup.sh)"),
+    );
+    create_endpoint(&mut client, "gone", &gone.url("/"), "{300ms}");
+    let _relay = Relay::start(cluster, &database, &[]);
+    create_instances(&mut client, &[1]);
+    let posted = chat.wait_for("the chat message", Duration::from_secs(60), |r| {
+        !r.is_empty()
+    });
+    let message: Value = serde_json::from_str(&posted[0].body).unwrap();
+    let text = message["text"].as_str().unwrap();
+    assert!(
+        text.starts_with(&format!(
+            ":no_entry: gone ({}) was disabled (gone)",
+            gone.url("/")
+        )),
+        "{text}"
+    );
+    assert!(text.contains("last status 410"), "{text}");
 }

@@ -737,7 +737,12 @@ SELECT e.endpoint, e.url, e.subscription_keys, e.filter::text AS filter,
          WHERE d.endpoint OPERATOR(pg_catalog.=) e.endpoint AND d.status OPERATOR(pg_catalog.=) 'dead') AS dead,
        e.cursor_id AS cursor_event,
        e.created_at,
-       e.rate_limit
+       e.rate_limit,
+       -- Operational events (alerts.sql): the settings and the state behind them.
+       e.alert_after,
+       e.alert_after_attempts,
+       e.failed_attempts,
+       e.alert_failing_since
   FROM ae_events.endpoints AS e;
 
 COMMENT ON VIEW ae_events.endpoint_status IS

@@ -2922,11 +2922,6 @@ BEGIN
                                                   AND o.aggregate_id OPERATOR(pg_catalog.=) target.endpoint_id) END)
                           AND (target.filter IS NULL
                                OR coalesce(pg_catalog.jsonb_path_match(o.payload, target.filter, '{}', true), false))
-                          -- Not an expired payload (prune, payload_retention: only an endpoint
-                          -- disabled meanwhile can meet one); a payload of more than 16 bytes
-                          -- is none, without decompressing it.
-                          AND (pg_catalog.pg_column_size(o.payload) OPERATOR(pg_catalog.>) 16
-                               OR o.payload OPERATOR(pg_catalog.<>) 'null'::jsonb)
                           AS deliver) AS m
               LEFT JOIN LATERAL (
                    SELECT true AS waiting FROM ae_events.deliveries AS w
@@ -2995,8 +2990,6 @@ BEGIN
     -- ordinary words), longest first so that one inside another is masked whole. Only when
     -- there is an error text: a batch of deliveries has none, and is the common case.
     IF EXISTS (SELECT FROM pg_catalog.unnest(errors) AS x (e) WHERE x.e IS NOT NULL) THEN
-        -- An erased candidate's events: no error text (privacy.sql).
-        errors := ae_events._mask_erased_errors(outbox_ids, errors);
         FOR header IN SELECT h.value FROM pg_catalog.jsonb_each_text(held.headers) AS h
                        WHERE pg_catalog.length(h.value) OPERATOR(pg_catalog.>=) 6
                        ORDER BY pg_catalog.length(h.value) DESC LOOP
@@ -3090,6 +3083,28 @@ BEGIN
     RETURN true;
 END
 $$;
+
+CREATE OR REPLACE VIEW ae_events.endpoint_status AS
+SELECT e.endpoint, e.url, e.subscription_keys, e.filter::text AS filter,
+       ARRAY(SELECT k FROM pg_catalog.jsonb_object_keys(e.headers) AS k ORDER BY k) AS header_names,
+       e.timeout, e.retry_schedule, e.retry_jitter, e.disable_after, e.max_in_flight,
+       e.enabled, e.disabled_reason, e.disabled_at, e.failing_since,
+       e.relay, e.lease_expires_at,
+       (SELECT pg_catalog.count(*) FROM ae_events.deliveries AS d
+         WHERE d.endpoint OPERATOR(pg_catalog.=) e.endpoint AND d.status OPERATOR(pg_catalog.=) 'pending') AS pending,
+       (SELECT pg_catalog.min(d.next_attempt_at) FROM ae_events.deliveries AS d
+         WHERE d.endpoint OPERATOR(pg_catalog.=) e.endpoint AND d.status OPERATOR(pg_catalog.=) 'pending') AS next_attempt_at,
+       (SELECT pg_catalog.count(*) FROM ae_events.deliveries AS d
+         WHERE d.endpoint OPERATOR(pg_catalog.=) e.endpoint AND d.status OPERATOR(pg_catalog.=) 'dead') AS dead,
+       e.cursor_id AS cursor_event,
+       e.created_at,
+       e.rate_limit,
+       -- Operational events (alerts.sql): the settings and the state behind them.
+       e.alert_after,
+       e.alert_after_attempts,
+       e.failed_attempts,
+       e.alert_failing_since
+  FROM ae_events.endpoints AS e;
 
 -- (End of the operational events part.)
 
