@@ -581,3 +581,58 @@ fn retention_expires_payloads_once_delivered_and_acknowledged_and_keeps_the_rest
         .unwrap();
     assert!(expired(&mut client).iter().all(|e| e.1 && e.2 && e.3));
 }
+
+#[test]
+fn erase_candidate_finds_a_candidates_events_by_index_in_a_large_outbox() {
+    let (_database, mut client) = seeded_database("erase_large");
+    // 20,000 events of 1,000 candidates (20 each), written directly.
+    client
+        .batch_execute(
+            "INSERT INTO ae_events.outbox (event_id, subscription_key, event_type, aggregate_type,
+                                           aggregate_id, snapshot_version, payload, occurred_at, txid)
+             SELECT gen_random_uuid(), 'ae.test_instance.updated', 'ae_test_instance_updated',
+                    'test_instance', 10000 + g, 2,
+                    jsonb_build_object('id', 10000 + g, 'candidate_id', 1000 + g % 1000,
+                                       'candidate', jsonb_build_object('id', 1000 + g % 1000,
+                                                                       'email', 'p' || g || '@example.com')),
+                    now(), pg_current_xact_id()
+               FROM generate_series(1, 20000) AS g;
+             ANALYZE ae_events.outbox;",
+        )
+        .unwrap();
+    let plan: String = client
+        .query(
+            "EXPLAIN SELECT o.id FROM ae_events.outbox AS o
+              WHERE coalesce(NULLIF(o.payload OPERATOR(pg_catalog.->) 'candidate_id', 'null'::jsonb),
+                             NULLIF(o.payload OPERATOR(pg_catalog.#>) '{candidate,id}', 'null'::jsonb))
+                    OPERATOR(pg_catalog.=) '1042'::jsonb
+                AND o.id OPERATOR(pg_catalog.>) -1
+              ORDER BY 1 LIMIT 1000",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(plan.contains("outbox_candidate_idx"), "{plan}");
+    assert!(!plan.contains("Seq Scan"), "{plan}");
+    let erased: i64 = client
+        .query_one("SELECT ae_events.erase_candidate(1042)", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(erased, 20);
+    let left: i64 = client
+        .query_one(
+            "SELECT count(*) FROM ae_events.outbox
+              WHERE payload #>> '{candidate,email}' IS NOT NULL",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        left,
+        20_000 - 20 + 1,
+        "the others' and the seed's events keep theirs"
+    );
+}
