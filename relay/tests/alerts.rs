@@ -535,3 +535,46 @@ fn the_chat_adapter_of_the_docs_posts_an_alert_to_the_chat() {
     );
     assert!(text.contains("last status 410"), "{text}");
 }
+
+/// An endpoint whose next attempt is far away is announced by the clock: relay_lease (every
+/// third of the lease) checks alert_after for the endpoints its relay holds.
+#[test]
+fn the_clock_announces_a_failing_endpoint_whose_retries_are_far_apart() {
+    let (_, mut client) = delivery_database("alerts_clock");
+    create_endpoint(&mut client, "slow", "http://127.0.0.1:9/", "{1h}");
+    client
+        .execute(
+            "SELECT ae_events.alter_endpoint('slow', alert_after => '1 second')",
+            &[],
+        )
+        .unwrap();
+    create_instances(&mut client, &[1]);
+    // The relay's calls, made here as the DBA: one failed attempt, the next in an hour.
+    let record = "SELECT ae_events.relay_record('slow', 'clock', ARRAY[o.id], ARRAY[o.aggregate_id],
+                      '{pending}', '{1}', ARRAY[now()], '{503}', '{\"HTTP 503 Service Unavailable\"}',
+                      ARRAY[now() + interval '1 hour'], NULL, NULL, NULL, NULL, e.endpoint_id)
+                    FROM ae_events.outbox AS o, ae_events.endpoints AS e
+                   WHERE o.aggregate_type = 'test_instance' AND e.endpoint = 'slow'";
+    let lease = "SELECT count(*) FROM ae_events.relay_lease('clock', '1 minute')";
+    client.query_one(lease, &[]).unwrap();
+    assert!(client.query_one(record, &[]).unwrap().get::<_, bool>(0));
+    client.query_one(lease, &[]).unwrap();
+    assert!(operational_events(&mut client).is_empty());
+    std::thread::sleep(Duration::from_millis(1200));
+    client.query_one(lease, &[]).unwrap();
+    client.query_one(lease, &[]).unwrap();
+    let events = operational_events(&mut client);
+    assert_eq!(events.len(), 1, "{events:#?}");
+    let (key, _, version, payload) = &events[0];
+    assert_eq!((key.as_str(), *version), ("ae.endpoint.failing", 1));
+    assert!(
+        payload["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("every attempt failed for 00:00:0"),
+        "{payload}"
+    );
+    assert_eq!(payload["last_status"], 503);
+    assert_eq!(payload["last_error"], "HTTP 503 Service Unavailable");
+    assert_eq!(payload["failed_attempts"], 1);
+}
