@@ -548,6 +548,9 @@ fn the_clock_announces_a_failing_endpoint_whose_retries_are_far_apart() {
             &[],
         )
         .unwrap();
+    client
+        .execute("SELECT ae_events.create_consumer('analytics')", &[])
+        .unwrap();
     create_instances(&mut client, &[1]);
     // The relay's calls, made here as the DBA: one failed attempt, the next in an hour.
     let record = "SELECT ae_events.relay_record('slow', 'clock', ARRAY[o.id], ARRAY[o.aggregate_id],
@@ -577,4 +580,15 @@ fn the_clock_announces_a_failing_endpoint_whose_retries_are_far_apart() {
     assert_eq!(payload["last_status"], 503);
     assert_eq!(payload["last_error"], "HTTP 503 Service Unavailable");
     assert_eq!(payload["failed_attempts"], 1);
+    // Consumers read them like any event.
+    let polled: Vec<String> = client
+        .query(
+            "SELECT subscription_key FROM ae_events.poll('analytics', 100) ORDER BY id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(polled, ["ae.test_instance.created", "ae.endpoint.failing"]);
 }
