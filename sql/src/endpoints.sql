@@ -1341,21 +1341,28 @@ BEGIN
            delivered_at = coalesce(excluded.delivered_at, d.delivered_at),
            dead_at = excluded.dead_at;
     -- failing_since: cleared by a delivery, else set by the first failure; failed_attempts the
-    -- same, counting attempts. The latest failed and delivered attempts say why, for alerts.
+    -- same, counting attempts.
     SELECT bool_or(s OPERATOR(pg_catalog.=) 'delivered'),
            min(t) FILTER (WHERE s OPERATOR(pg_catalog.<>) 'delivered' AND t IS NOT NULL),
-           pg_catalog.count(*) FILTER (WHERE s OPERATOR(pg_catalog.<>) 'delivered' AND t IS NOT NULL),
-           (pg_catalog.array_agg(h ORDER BY t DESC, n DESC)
-                FILTER (WHERE s OPERATOR(pg_catalog.<>) 'delivered' AND t IS NOT NULL))[1],
-           (pg_catalog.array_agg(x ORDER BY t DESC, n DESC)
-                FILTER (WHERE s OPERATOR(pg_catalog.<>) 'delivered' AND t IS NOT NULL))[1],
-           (pg_catalog.array_agg(h ORDER BY t DESC, n DESC)
-                FILTER (WHERE s OPERATOR(pg_catalog.=) 'delivered'))[1]
-      INTO any_delivered, first_failure, failures, last_failed_status, last_failed_error,
-           last_delivered_status
-      FROM ROWS FROM (pg_catalog.unnest(statuses), pg_catalog.unnest(attempted_at),
-                      pg_catalog.unnest(http_statuses), pg_catalog.unnest(errors))
-           WITH ORDINALITY AS r (s, t, h, x, n);
+           pg_catalog.count(*) FILTER (WHERE s OPERATOR(pg_catalog.<>) 'delivered' AND t IS NOT NULL)
+      INTO any_delivered, first_failure, failures
+      FROM ROWS FROM (pg_catalog.unnest(statuses), pg_catalog.unnest(attempted_at)) AS r (s, t);
+    -- For the operational events (alerts.sql), the latest failed and delivered attempts say
+    -- why; not looked for in a batch of deliveries only (the common case) of an endpoint whose
+    -- failing was not announced.
+    IF gone_reason IS NOT NULL OR failures OPERATOR(pg_catalog.>) 0
+       OR (any_delivered AND held.alert_failing_since IS NOT NULL) THEN
+        SELECT (pg_catalog.array_agg(h ORDER BY t DESC, n DESC)
+                    FILTER (WHERE s OPERATOR(pg_catalog.<>) 'delivered' AND t IS NOT NULL))[1],
+               (pg_catalog.array_agg(x ORDER BY t DESC, n DESC)
+                    FILTER (WHERE s OPERATOR(pg_catalog.<>) 'delivered' AND t IS NOT NULL))[1],
+               (pg_catalog.array_agg(h ORDER BY t DESC, n DESC)
+                    FILTER (WHERE s OPERATOR(pg_catalog.=) 'delivered'))[1]
+          INTO last_failed_status, last_failed_error, last_delivered_status
+          FROM ROWS FROM (pg_catalog.unnest(statuses), pg_catalog.unnest(attempted_at),
+                          pg_catalog.unnest(http_statuses), pg_catalog.unnest(errors))
+               WITH ORDINALITY AS r (s, t, h, x, n);
+    END IF;
     UPDATE ae_events.endpoints AS e
        SET failing_since = CASE WHEN any_delivered THEN NULL
                                 ELSE coalesce(e.failing_since, first_failure) END,

@@ -2153,6 +2153,325 @@ $$;
 
 -- (End of the personal data part.)
 
+-- Issue 24, part 2 (personal data), continued: relay_fetch and relay_record as in
+-- sql/src/endpoints.sql (the operational events' copies above carried an earlier draft of the
+-- erasure's edits to them; erasure masks error texts with a trigger on deliveries instead).
+CREATE OR REPLACE FUNCTION ae_events.relay_fetch(endpoint text, relay text, after_epoch bigint,
+                                      after_txid xid8, after_id bigint, max_events integer,
+                                      max_bytes bigint, endpoint_id bigint)
+RETURNS TABLE (epoch bigint, txid xid8, id bigint, event_id uuid, subscription_key text,
+               event_type text, aggregate_id bigint, snapshot_version integer,
+               payload text, deliver boolean, waits_behind boolean, occurred_at timestamptz)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    target ae_events.endpoints := ae_events._require_lease(endpoint, relay, endpoint_id);
+    horizon xid8 := ae_events._delivery_horizon();
+    epoch_row record;
+    from_txid xid8;
+    from_id bigint;
+    below_txid xid8;
+    end_txid xid8;
+    end_id bigint;
+    cap_txid xid8;
+    cap_id bigint;
+    ahead record;
+    changed boolean;
+    remaining integer := max_events;
+    returned integer;
+    remaining_bytes bigint := max_bytes;
+    batch_bytes bigint;
+BEGIN
+    IF max_events IS NULL OR max_events OPERATOR(pg_catalog.<) 1 THEN
+        RAISE EXCEPTION 'ae_events: max_events must be at least 1, not %', max_events
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF max_bytes IS NULL OR max_bytes OPERATOR(pg_catalog.<) 1 THEN
+        RAISE EXCEPTION 'ae_events: max_bytes must be at least 1, not %', max_bytes
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    FOR epoch_row IN SELECT * FROM ae_events._epochs() AS e
+                      WHERE e.next_first_id IS NULL
+                         OR e.next_first_id OPERATOR(pg_catalog.>) after_epoch
+                      ORDER BY e.first_id LOOP
+        IF epoch_row.first_id OPERATOR(pg_catalog.<=) after_epoch THEN
+            from_txid := after_txid;
+            from_id := after_id;
+        ELSE
+            from_txid := '0';
+            from_id := -1;
+        END IF;
+        below_txid := CASE WHEN epoch_row.open THEN horizon ELSE '18446744073709551615'::xid8 END;
+        -- The batch: up to the remaining-th final event, or the first whose payload reaches
+        -- the remaining bytes. A payload's size is its jsonb's, uncompressed (about its JSON
+        -- text's, which escapes make up to 6 times larger): "|| '{}'" hands back the payload
+        -- detoasted, without the cost of writing it as text.
+        SELECT s.txid, s.id, s.upto INTO end_txid, end_id, batch_bytes
+          FROM (SELECT z.txid, z.id, z.size,
+                       pg_catalog.sum(z.size) OVER (ORDER BY z.txid, z.id) AS upto
+                  FROM (SELECT o.txid, o.id,
+                               pg_catalog.pg_column_size(o.payload OPERATOR(pg_catalog.||) '{}'::jsonb)::bigint AS size
+                          FROM ae_events.outbox AS o
+                         WHERE (o.txid, o.id) OPERATOR(pg_catalog.>) (from_txid, from_id)
+                           AND o.txid OPERATOR(pg_catalog.<) below_txid
+                           AND o.id OPERATOR(pg_catalog.>=) epoch_row.first_id
+                           AND o.id OPERATOR(pg_catalog.<) coalesce(epoch_row.next_first_id, 9223372036854775807)
+                         ORDER BY o.txid, o.id
+                         LIMIT remaining) AS z) AS s
+         WHERE s.upto OPERATOR(pg_catalog.-) s.size OPERATOR(pg_catalog.<) remaining_bytes
+         ORDER BY s.txid DESC, s.id DESC
+         LIMIT 1;
+        CONTINUE WHEN end_id IS NULL;
+        cap_txid := NULL;
+        cap_id := NULL;
+        -- An event of the batch whose instance's previous event lies after the batch: extend
+        -- the batch to it if it is final, else end the batch before that event (cap).
+        LOOP
+            changed := false;
+            FOR ahead IN
+                SELECT b.txid AS b_txid, b.id AS b_id, p.txid AS p_txid, p.id AS p_id
+                  FROM ae_events.outbox AS b
+                 CROSS JOIN LATERAL (
+                       SELECT p.txid, p.id FROM ae_events.outbox AS p
+                        WHERE p.aggregate_type OPERATOR(pg_catalog.=) b.aggregate_type
+                          AND p.aggregate_id OPERATOR(pg_catalog.=) b.aggregate_id
+                          AND p.id OPERATOR(pg_catalog.<) b.id
+                          AND p.id OPERATOR(pg_catalog.>=) epoch_row.first_id
+                        ORDER BY p.id DESC
+                        LIMIT 1) AS p
+                 WHERE (b.txid, b.id) OPERATOR(pg_catalog.>) (from_txid, from_id)
+                   AND (b.txid, b.id) OPERATOR(pg_catalog.<=) (end_txid, end_id)
+                   -- Plain bounds too: the planner estimates these (not the row comparisons)
+                   -- and so scans the index range, not the outbox.
+                   AND b.txid OPERATOR(pg_catalog.>=) from_txid
+                   AND b.txid OPERATOR(pg_catalog.<=) end_txid
+                   AND b.txid OPERATOR(pg_catalog.<) below_txid
+                   AND b.id OPERATOR(pg_catalog.>=) epoch_row.first_id
+                   AND b.id OPERATOR(pg_catalog.<) coalesce(epoch_row.next_first_id, 9223372036854775807)
+                   AND (p.txid, p.id) OPERATOR(pg_catalog.>) (end_txid, end_id)
+                 ORDER BY b.txid, b.id
+            LOOP
+                IF ahead.p_txid OPERATOR(pg_catalog.<) below_txid
+                   AND (cap_id IS NULL
+                        OR (ahead.p_txid, ahead.p_id) OPERATOR(pg_catalog.<) (cap_txid, cap_id)) THEN
+                    end_txid := ahead.p_txid;
+                    end_id := ahead.p_id;
+                ELSE
+                    cap_txid := ahead.b_txid;
+                    cap_id := ahead.b_id;
+                    -- The batch ends just before the capped event.
+                    SELECT o.txid, o.id INTO end_txid, end_id FROM ae_events.outbox AS o
+                     WHERE (o.txid, o.id) OPERATOR(pg_catalog.>) (from_txid, from_id)
+                       AND (o.txid, o.id) OPERATOR(pg_catalog.<) (cap_txid, cap_id)
+                       AND o.txid OPERATOR(pg_catalog.>=) from_txid
+                       AND o.txid OPERATOR(pg_catalog.<=) cap_txid
+                       AND o.id OPERATOR(pg_catalog.>=) epoch_row.first_id
+                       AND o.id OPERATOR(pg_catalog.<) coalesce(epoch_row.next_first_id, 9223372036854775807)
+                     ORDER BY o.txid DESC, o.id DESC LIMIT 1;
+                    IF NOT FOUND THEN
+                        end_txid := from_txid;
+                        end_id := from_id;
+                    END IF;
+                END IF;
+                changed := true;
+                EXIT;
+            END LOOP;
+            EXIT WHEN NOT changed;
+        END LOOP;
+        -- The probes of deliveries are LATERAL ... LIMIT 1 so that each is one index lookup
+        -- (a sublink may be planned as a hash of all the endpoint's delivery rows).
+        RETURN QUERY
+            SELECT epoch_row.first_id, o.txid, o.id, o.event_id, o.subscription_key, o.event_type,
+                   o.aggregate_id, o.snapshot_version,
+                   CASE WHEN m.deliver THEN o.payload::text END,
+                   m.deliver,
+                   m.deliver AND w.waiting IS NOT NULL,
+                   o.occurred_at
+              FROM ae_events.outbox AS o
+              LEFT JOIN LATERAL (
+                   SELECT true AS done FROM ae_events.deliveries AS d
+                    WHERE d.endpoint OPERATOR(pg_catalog.=) target.endpoint
+                      AND d.outbox_id OPERATOR(pg_catalog.=) o.id
+                    LIMIT 1) AS r ON true
+             CROSS JOIN LATERAL (
+                   -- ae_events._endpoint_matches, written out: a call per row costs more
+                   -- than the test.
+                   SELECT r.done IS NULL
+                          -- NULL keys: the ae.test_instance.* events only; an operational
+                          -- event never goes to the endpoint it is about (alerts.sql).
+                          AND (CASE WHEN target.subscription_keys IS NULL
+                                    THEN o.aggregate_type OPERATOR(pg_catalog.=) 'test_instance'
+                                    ELSE o.subscription_key OPERATOR(pg_catalog.=) ANY (target.subscription_keys)
+                                         AND NOT (o.aggregate_type OPERATOR(pg_catalog.=) 'endpoint'
+                                                  AND o.aggregate_id OPERATOR(pg_catalog.=) target.endpoint_id) END)
+                          AND (target.filter IS NULL
+                               OR coalesce(pg_catalog.jsonb_path_match(o.payload, target.filter, '{}', true), false))
+                          AS deliver) AS m
+              LEFT JOIN LATERAL (
+                   SELECT true AS waiting FROM ae_events.deliveries AS w
+                    WHERE m.deliver
+                      AND w.endpoint OPERATOR(pg_catalog.=) target.endpoint
+                      AND w.aggregate_id OPERATOR(pg_catalog.=) o.aggregate_id
+                      AND w.status OPERATOR(pg_catalog.=) 'pending'
+                    LIMIT 1) AS w ON true
+             WHERE (o.txid, o.id) OPERATOR(pg_catalog.>) (from_txid, from_id)
+               AND (o.txid, o.id) OPERATOR(pg_catalog.<=) (end_txid, end_id)
+               AND o.txid OPERATOR(pg_catalog.>=) from_txid
+               AND o.txid OPERATOR(pg_catalog.<=) end_txid
+               AND o.id OPERATOR(pg_catalog.>=) epoch_row.first_id
+               AND o.id OPERATOR(pg_catalog.<) coalesce(epoch_row.next_first_id, 9223372036854775807)
+             ORDER BY o.txid, o.id;
+        GET DIAGNOSTICS returned = ROW_COUNT;
+        remaining := remaining OPERATOR(pg_catalog.-) returned;
+        remaining_bytes := remaining_bytes OPERATOR(pg_catalog.-) batch_bytes;
+        -- A capped epoch stops here: what follows waits for the capped event.
+        EXIT WHEN remaining OPERATOR(pg_catalog.<=) 0 OR remaining_bytes OPERATOR(pg_catalog.<=) 0
+                  OR cap_id IS NOT NULL;
+    END LOOP;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION ae_events.relay_record(endpoint text, relay text,
+                                       outbox_ids bigint[], aggregate_ids bigint[],
+                                       statuses text[], attempts integer[],
+                                       attempted_at timestamptz[], http_statuses integer[],
+                                       errors text[], next_attempt_at timestamptz[],
+                                       new_cursor_epoch bigint, new_cursor_txid xid8,
+                                       new_cursor_id bigint, gone_reason text,
+                                       endpoint_id bigint)
+RETURNS boolean
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    held ae_events.endpoints;
+    any_delivered boolean;
+    first_failure timestamptz;
+    failures integer;
+    newly_dead bigint[];
+    last_failed_status integer;
+    last_failed_error text;
+    last_delivered_status integer;
+    header record;
+BEGIN
+    IF endpoint_id IS NULL THEN
+        RAISE EXCEPTION 'ae_events: the endpoint_id relay_lease handed out is needed, not NULL'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    PERFORM ae_events._require_own_relay(relay);
+    SELECT * INTO held FROM ae_events.endpoints AS e
+     WHERE e.endpoint OPERATOR(pg_catalog.=) relay_record.endpoint
+       AND e.endpoint_id OPERATOR(pg_catalog.=) relay_record.endpoint_id
+       AND e.relay OPERATOR(pg_catalog.=) relay_record.relay
+       AND e.relay_role OPERATOR(pg_catalog.=) ae_events._calling_role()
+       AND e.enabled
+     FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    -- Header values of 6 characters or more (shorter ones are no secrets, and would mask
+    -- ordinary words), longest first so that one inside another is masked whole. Only when
+    -- there is an error text: a batch of deliveries has none, and is the common case.
+    IF EXISTS (SELECT FROM pg_catalog.unnest(errors) AS x (e) WHERE x.e IS NOT NULL) THEN
+        FOR header IN SELECT h.value FROM pg_catalog.jsonb_each_text(held.headers) AS h
+                       WHERE pg_catalog.length(h.value) OPERATOR(pg_catalog.>=) 6
+                       ORDER BY pg_catalog.length(h.value) DESC LOOP
+            errors := ARRAY(SELECT pg_catalog.replace(x.e, header.value, '[redacted]')
+                              FROM pg_catalog.unnest(errors) WITH ORDINALITY AS x (e, n) ORDER BY x.n);
+        END LOOP;
+    END IF;
+    -- Events dead-lettered by this batch that were not dead for the endpoint already (a batch
+    -- recorded again announces nothing twice): one ae.delivery.dead_lettered each.
+    IF 'dead' OPERATOR(pg_catalog.=) ANY (statuses) THEN
+        newly_dead := ARRAY(
+            SELECT r.outbox_id
+              FROM ROWS FROM (pg_catalog.unnest(outbox_ids), pg_catalog.unnest(statuses)) AS r (outbox_id, status)
+             WHERE r.status OPERATOR(pg_catalog.=) 'dead'
+               AND NOT EXISTS (SELECT FROM ae_events.deliveries AS d
+                                WHERE d.endpoint OPERATOR(pg_catalog.=) held.endpoint
+                                  AND d.outbox_id OPERATOR(pg_catalog.=) r.outbox_id
+                                  AND d.status OPERATOR(pg_catalog.=) 'dead'));
+    END IF;
+    INSERT INTO ae_events.deliveries AS d
+           (endpoint, outbox_id, aggregate_id, status, attempts, first_attempt_at, last_attempt_at,
+            last_status, last_error, next_attempt_at, delivered_at, dead_at)
+    SELECT held.endpoint, r.outbox_id, r.aggregate_id, r.status, r.attempts, r.attempted_at,
+           r.attempted_at, r.http_status, pg_catalog.left(r.error, 2000),
+           CASE WHEN r.status OPERATOR(pg_catalog.=) 'pending' THEN coalesce(r.next_attempt_at, pg_catalog.now()) END,
+           CASE WHEN r.status OPERATOR(pg_catalog.=) 'delivered' THEN r.attempted_at END,
+           CASE WHEN r.status OPERATOR(pg_catalog.=) 'dead' THEN r.attempted_at END
+      FROM ROWS FROM (pg_catalog.unnest(outbox_ids), pg_catalog.unnest(aggregate_ids),
+                      pg_catalog.unnest(statuses), pg_catalog.unnest(attempts),
+                      pg_catalog.unnest(attempted_at), pg_catalog.unnest(http_statuses),
+                      pg_catalog.unnest(errors), pg_catalog.unnest(next_attempt_at))
+           AS r (outbox_id, aggregate_id, status, attempts, attempted_at, http_status, error,
+                 next_attempt_at)
+    ON CONFLICT ON CONSTRAINT deliveries_pkey DO UPDATE
+       SET status = excluded.status,
+           attempts = excluded.attempts,
+           first_attempt_at = coalesce(d.first_attempt_at, excluded.first_attempt_at),
+           last_attempt_at = coalesce(excluded.last_attempt_at, d.last_attempt_at),
+           last_status = CASE WHEN excluded.last_attempt_at IS NULL THEN d.last_status ELSE excluded.last_status END,
+           last_error = CASE WHEN excluded.last_attempt_at IS NULL THEN d.last_error ELSE excluded.last_error END,
+           next_attempt_at = excluded.next_attempt_at,
+           delivered_at = coalesce(excluded.delivered_at, d.delivered_at),
+           dead_at = excluded.dead_at;
+    -- failing_since: cleared by a delivery, else set by the first failure; failed_attempts the
+    -- same, counting attempts. The latest failed and delivered attempts say why, for alerts.
+    SELECT bool_or(s OPERATOR(pg_catalog.=) 'delivered'),
+           min(t) FILTER (WHERE s OPERATOR(pg_catalog.<>) 'delivered' AND t IS NOT NULL),
+           pg_catalog.count(*) FILTER (WHERE s OPERATOR(pg_catalog.<>) 'delivered' AND t IS NOT NULL),
+           (pg_catalog.array_agg(h ORDER BY t DESC, n DESC)
+                FILTER (WHERE s OPERATOR(pg_catalog.<>) 'delivered' AND t IS NOT NULL))[1],
+           (pg_catalog.array_agg(x ORDER BY t DESC, n DESC)
+                FILTER (WHERE s OPERATOR(pg_catalog.<>) 'delivered' AND t IS NOT NULL))[1],
+           (pg_catalog.array_agg(h ORDER BY t DESC, n DESC)
+                FILTER (WHERE s OPERATOR(pg_catalog.=) 'delivered'))[1]
+      INTO any_delivered, first_failure, failures, last_failed_status, last_failed_error,
+           last_delivered_status
+      FROM ROWS FROM (pg_catalog.unnest(statuses), pg_catalog.unnest(attempted_at),
+                      pg_catalog.unnest(http_statuses), pg_catalog.unnest(errors))
+           WITH ORDINALITY AS r (s, t, h, x, n);
+    UPDATE ae_events.endpoints AS e
+       SET failing_since = CASE WHEN any_delivered THEN NULL
+                                ELSE coalesce(e.failing_since, first_failure) END,
+           failed_attempts = CASE WHEN any_delivered THEN 0
+                                  ELSE e.failed_attempts OPERATOR(pg_catalog.+) failures END,
+           cursor_epoch = CASE WHEN c.moves THEN new_cursor_epoch ELSE e.cursor_epoch END,
+           cursor_txid = CASE WHEN c.moves THEN new_cursor_txid ELSE e.cursor_txid END,
+           cursor_id = CASE WHEN c.moves THEN new_cursor_id ELSE e.cursor_id END
+      FROM (SELECT new_cursor_id IS NOT NULL
+                   AND (new_cursor_epoch, new_cursor_txid, new_cursor_id) OPERATOR(pg_catalog.>)
+                       (held.cursor_epoch, held.cursor_txid, held.cursor_id) AS moves) AS c
+     WHERE e.endpoint OPERATOR(pg_catalog.=) held.endpoint
+    RETURNING e.* INTO held;
+    IF newly_dead IS NOT NULL AND pg_catalog.cardinality(newly_dead) OPERATOR(pg_catalog.>) 0 THEN
+        PERFORM ae_events._alert_dead_letters(held, newly_dead);
+    END IF;
+    IF gone_reason IS NOT NULL THEN
+        PERFORM ae_events._disable(held.endpoint, gone_reason, 'gone', last_failed_status,
+                                   last_failed_error);
+    -- now() - failing_since, not now() - disable_after: no timestamp out of range, whatever
+    -- an older row holds.
+    ELSIF (pg_catalog.now() OPERATOR(pg_catalog.-) held.failing_since) OPERATOR(pg_catalog.>)
+          held.disable_after THEN
+        PERFORM ae_events._disable(held.endpoint,
+            pg_catalog.format('every attempt failed since %s (disable_after %s)',
+                              held.failing_since, held.disable_after),
+            'disable_after', last_failed_status, last_failed_error);
+    ELSIF any_delivered OR failures OPERATOR(pg_catalog.>) 0 THEN
+        PERFORM ae_events._alert_after_record(held, any_delivered, last_delivered_status,
+                                              last_failed_status, last_failed_error);
+    END IF;
+    RETURN true;
+END
+$$;
+
+-- (End of the personal data part, continued.)
+
 -- Issue 24, part 1 (operational events: ae.endpoint.failing / recovered / disabled,
 -- ae.delivery.dead_lettered; sql/src/alerts.sql, sql/src/endpoints.sql): the endpoints' alert
 -- settings and state, the alert functions, and the endpoint functions that write them.
@@ -3034,21 +3353,28 @@ BEGIN
            delivered_at = coalesce(excluded.delivered_at, d.delivered_at),
            dead_at = excluded.dead_at;
     -- failing_since: cleared by a delivery, else set by the first failure; failed_attempts the
-    -- same, counting attempts. The latest failed and delivered attempts say why, for alerts.
+    -- same, counting attempts.
     SELECT bool_or(s OPERATOR(pg_catalog.=) 'delivered'),
            min(t) FILTER (WHERE s OPERATOR(pg_catalog.<>) 'delivered' AND t IS NOT NULL),
-           pg_catalog.count(*) FILTER (WHERE s OPERATOR(pg_catalog.<>) 'delivered' AND t IS NOT NULL),
-           (pg_catalog.array_agg(h ORDER BY t DESC, n DESC)
-                FILTER (WHERE s OPERATOR(pg_catalog.<>) 'delivered' AND t IS NOT NULL))[1],
-           (pg_catalog.array_agg(x ORDER BY t DESC, n DESC)
-                FILTER (WHERE s OPERATOR(pg_catalog.<>) 'delivered' AND t IS NOT NULL))[1],
-           (pg_catalog.array_agg(h ORDER BY t DESC, n DESC)
-                FILTER (WHERE s OPERATOR(pg_catalog.=) 'delivered'))[1]
-      INTO any_delivered, first_failure, failures, last_failed_status, last_failed_error,
-           last_delivered_status
-      FROM ROWS FROM (pg_catalog.unnest(statuses), pg_catalog.unnest(attempted_at),
-                      pg_catalog.unnest(http_statuses), pg_catalog.unnest(errors))
-           WITH ORDINALITY AS r (s, t, h, x, n);
+           pg_catalog.count(*) FILTER (WHERE s OPERATOR(pg_catalog.<>) 'delivered' AND t IS NOT NULL)
+      INTO any_delivered, first_failure, failures
+      FROM ROWS FROM (pg_catalog.unnest(statuses), pg_catalog.unnest(attempted_at)) AS r (s, t);
+    -- For the operational events (alerts.sql), the latest failed and delivered attempts say
+    -- why; not looked for in a batch of deliveries only (the common case) of an endpoint whose
+    -- failing was not announced.
+    IF gone_reason IS NOT NULL OR failures OPERATOR(pg_catalog.>) 0
+       OR (any_delivered AND held.alert_failing_since IS NOT NULL) THEN
+        SELECT (pg_catalog.array_agg(h ORDER BY t DESC, n DESC)
+                    FILTER (WHERE s OPERATOR(pg_catalog.<>) 'delivered' AND t IS NOT NULL))[1],
+               (pg_catalog.array_agg(x ORDER BY t DESC, n DESC)
+                    FILTER (WHERE s OPERATOR(pg_catalog.<>) 'delivered' AND t IS NOT NULL))[1],
+               (pg_catalog.array_agg(h ORDER BY t DESC, n DESC)
+                    FILTER (WHERE s OPERATOR(pg_catalog.=) 'delivered'))[1]
+          INTO last_failed_status, last_failed_error, last_delivered_status
+          FROM ROWS FROM (pg_catalog.unnest(statuses), pg_catalog.unnest(attempted_at),
+                          pg_catalog.unnest(http_statuses), pg_catalog.unnest(errors))
+               WITH ORDINALITY AS r (s, t, h, x, n);
+    END IF;
     UPDATE ae_events.endpoints AS e
        SET failing_since = CASE WHEN any_delivered THEN NULL
                                 ELSE coalesce(e.failing_since, first_failure) END,
@@ -3107,322 +3433,3 @@ SELECT e.endpoint, e.url, e.subscription_keys, e.filter::text AS filter,
   FROM ae_events.endpoints AS e;
 
 -- (End of the operational events part.)
-
--- Issue 24, part 2 (personal data), continued: relay_fetch and relay_record as in
--- sql/src/endpoints.sql (the operational events' copies above carried an earlier draft of the
--- erasure's edits to them; erasure masks error texts with a trigger on deliveries instead).
-CREATE OR REPLACE FUNCTION ae_events.relay_fetch(endpoint text, relay text, after_epoch bigint,
-                                      after_txid xid8, after_id bigint, max_events integer,
-                                      max_bytes bigint, endpoint_id bigint)
-RETURNS TABLE (epoch bigint, txid xid8, id bigint, event_id uuid, subscription_key text,
-               event_type text, aggregate_id bigint, snapshot_version integer,
-               payload text, deliver boolean, waits_behind boolean, occurred_at timestamptz)
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    target ae_events.endpoints := ae_events._require_lease(endpoint, relay, endpoint_id);
-    horizon xid8 := ae_events._delivery_horizon();
-    epoch_row record;
-    from_txid xid8;
-    from_id bigint;
-    below_txid xid8;
-    end_txid xid8;
-    end_id bigint;
-    cap_txid xid8;
-    cap_id bigint;
-    ahead record;
-    changed boolean;
-    remaining integer := max_events;
-    returned integer;
-    remaining_bytes bigint := max_bytes;
-    batch_bytes bigint;
-BEGIN
-    IF max_events IS NULL OR max_events OPERATOR(pg_catalog.<) 1 THEN
-        RAISE EXCEPTION 'ae_events: max_events must be at least 1, not %', max_events
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    IF max_bytes IS NULL OR max_bytes OPERATOR(pg_catalog.<) 1 THEN
-        RAISE EXCEPTION 'ae_events: max_bytes must be at least 1, not %', max_bytes
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    FOR epoch_row IN SELECT * FROM ae_events._epochs() AS e
-                      WHERE e.next_first_id IS NULL
-                         OR e.next_first_id OPERATOR(pg_catalog.>) after_epoch
-                      ORDER BY e.first_id LOOP
-        IF epoch_row.first_id OPERATOR(pg_catalog.<=) after_epoch THEN
-            from_txid := after_txid;
-            from_id := after_id;
-        ELSE
-            from_txid := '0';
-            from_id := -1;
-        END IF;
-        below_txid := CASE WHEN epoch_row.open THEN horizon ELSE '18446744073709551615'::xid8 END;
-        -- The batch: up to the remaining-th final event, or the first whose payload reaches
-        -- the remaining bytes. A payload's size is its jsonb's, uncompressed (about its JSON
-        -- text's, which escapes make up to 6 times larger): "|| '{}'" hands back the payload
-        -- detoasted, without the cost of writing it as text.
-        SELECT s.txid, s.id, s.upto INTO end_txid, end_id, batch_bytes
-          FROM (SELECT z.txid, z.id, z.size,
-                       pg_catalog.sum(z.size) OVER (ORDER BY z.txid, z.id) AS upto
-                  FROM (SELECT o.txid, o.id,
-                               pg_catalog.pg_column_size(o.payload OPERATOR(pg_catalog.||) '{}'::jsonb)::bigint AS size
-                          FROM ae_events.outbox AS o
-                         WHERE (o.txid, o.id) OPERATOR(pg_catalog.>) (from_txid, from_id)
-                           AND o.txid OPERATOR(pg_catalog.<) below_txid
-                           AND o.id OPERATOR(pg_catalog.>=) epoch_row.first_id
-                           AND o.id OPERATOR(pg_catalog.<) coalesce(epoch_row.next_first_id, 9223372036854775807)
-                         ORDER BY o.txid, o.id
-                         LIMIT remaining) AS z) AS s
-         WHERE s.upto OPERATOR(pg_catalog.-) s.size OPERATOR(pg_catalog.<) remaining_bytes
-         ORDER BY s.txid DESC, s.id DESC
-         LIMIT 1;
-        CONTINUE WHEN end_id IS NULL;
-        cap_txid := NULL;
-        cap_id := NULL;
-        -- An event of the batch whose instance's previous event lies after the batch: extend
-        -- the batch to it if it is final, else end the batch before that event (cap).
-        LOOP
-            changed := false;
-            FOR ahead IN
-                SELECT b.txid AS b_txid, b.id AS b_id, p.txid AS p_txid, p.id AS p_id
-                  FROM ae_events.outbox AS b
-                 CROSS JOIN LATERAL (
-                       SELECT p.txid, p.id FROM ae_events.outbox AS p
-                        WHERE p.aggregate_type OPERATOR(pg_catalog.=) b.aggregate_type
-                          AND p.aggregate_id OPERATOR(pg_catalog.=) b.aggregate_id
-                          AND p.id OPERATOR(pg_catalog.<) b.id
-                          AND p.id OPERATOR(pg_catalog.>=) epoch_row.first_id
-                        ORDER BY p.id DESC
-                        LIMIT 1) AS p
-                 WHERE (b.txid, b.id) OPERATOR(pg_catalog.>) (from_txid, from_id)
-                   AND (b.txid, b.id) OPERATOR(pg_catalog.<=) (end_txid, end_id)
-                   -- Plain bounds too: the planner estimates these (not the row comparisons)
-                   -- and so scans the index range, not the outbox.
-                   AND b.txid OPERATOR(pg_catalog.>=) from_txid
-                   AND b.txid OPERATOR(pg_catalog.<=) end_txid
-                   AND b.txid OPERATOR(pg_catalog.<) below_txid
-                   AND b.id OPERATOR(pg_catalog.>=) epoch_row.first_id
-                   AND b.id OPERATOR(pg_catalog.<) coalesce(epoch_row.next_first_id, 9223372036854775807)
-                   AND (p.txid, p.id) OPERATOR(pg_catalog.>) (end_txid, end_id)
-                 ORDER BY b.txid, b.id
-            LOOP
-                IF ahead.p_txid OPERATOR(pg_catalog.<) below_txid
-                   AND (cap_id IS NULL
-                        OR (ahead.p_txid, ahead.p_id) OPERATOR(pg_catalog.<) (cap_txid, cap_id)) THEN
-                    end_txid := ahead.p_txid;
-                    end_id := ahead.p_id;
-                ELSE
-                    cap_txid := ahead.b_txid;
-                    cap_id := ahead.b_id;
-                    -- The batch ends just before the capped event.
-                    SELECT o.txid, o.id INTO end_txid, end_id FROM ae_events.outbox AS o
-                     WHERE (o.txid, o.id) OPERATOR(pg_catalog.>) (from_txid, from_id)
-                       AND (o.txid, o.id) OPERATOR(pg_catalog.<) (cap_txid, cap_id)
-                       AND o.txid OPERATOR(pg_catalog.>=) from_txid
-                       AND o.txid OPERATOR(pg_catalog.<=) cap_txid
-                       AND o.id OPERATOR(pg_catalog.>=) epoch_row.first_id
-                       AND o.id OPERATOR(pg_catalog.<) coalesce(epoch_row.next_first_id, 9223372036854775807)
-                     ORDER BY o.txid DESC, o.id DESC LIMIT 1;
-                    IF NOT FOUND THEN
-                        end_txid := from_txid;
-                        end_id := from_id;
-                    END IF;
-                END IF;
-                changed := true;
-                EXIT;
-            END LOOP;
-            EXIT WHEN NOT changed;
-        END LOOP;
-        -- The probes of deliveries are LATERAL ... LIMIT 1 so that each is one index lookup
-        -- (a sublink may be planned as a hash of all the endpoint's delivery rows).
-        RETURN QUERY
-            SELECT epoch_row.first_id, o.txid, o.id, o.event_id, o.subscription_key, o.event_type,
-                   o.aggregate_id, o.snapshot_version,
-                   CASE WHEN m.deliver THEN o.payload::text END,
-                   m.deliver,
-                   m.deliver AND w.waiting IS NOT NULL,
-                   o.occurred_at
-              FROM ae_events.outbox AS o
-              LEFT JOIN LATERAL (
-                   SELECT true AS done FROM ae_events.deliveries AS d
-                    WHERE d.endpoint OPERATOR(pg_catalog.=) target.endpoint
-                      AND d.outbox_id OPERATOR(pg_catalog.=) o.id
-                    LIMIT 1) AS r ON true
-             CROSS JOIN LATERAL (
-                   -- ae_events._endpoint_matches, written out: a call per row costs more
-                   -- than the test.
-                   SELECT r.done IS NULL
-                          -- NULL keys: the ae.test_instance.* events only; an operational
-                          -- event never goes to the endpoint it is about (alerts.sql).
-                          AND (CASE WHEN target.subscription_keys IS NULL
-                                    THEN o.aggregate_type OPERATOR(pg_catalog.=) 'test_instance'
-                                    ELSE o.subscription_key OPERATOR(pg_catalog.=) ANY (target.subscription_keys)
-                                         AND NOT (o.aggregate_type OPERATOR(pg_catalog.=) 'endpoint'
-                                                  AND o.aggregate_id OPERATOR(pg_catalog.=) target.endpoint_id) END)
-                          AND (target.filter IS NULL
-                               OR coalesce(pg_catalog.jsonb_path_match(o.payload, target.filter, '{}', true), false))
-                          AS deliver) AS m
-              LEFT JOIN LATERAL (
-                   SELECT true AS waiting FROM ae_events.deliveries AS w
-                    WHERE m.deliver
-                      AND w.endpoint OPERATOR(pg_catalog.=) target.endpoint
-                      AND w.aggregate_id OPERATOR(pg_catalog.=) o.aggregate_id
-                      AND w.status OPERATOR(pg_catalog.=) 'pending'
-                    LIMIT 1) AS w ON true
-             WHERE (o.txid, o.id) OPERATOR(pg_catalog.>) (from_txid, from_id)
-               AND (o.txid, o.id) OPERATOR(pg_catalog.<=) (end_txid, end_id)
-               AND o.txid OPERATOR(pg_catalog.>=) from_txid
-               AND o.txid OPERATOR(pg_catalog.<=) end_txid
-               AND o.id OPERATOR(pg_catalog.>=) epoch_row.first_id
-               AND o.id OPERATOR(pg_catalog.<) coalesce(epoch_row.next_first_id, 9223372036854775807)
-             ORDER BY o.txid, o.id;
-        GET DIAGNOSTICS returned = ROW_COUNT;
-        remaining := remaining OPERATOR(pg_catalog.-) returned;
-        remaining_bytes := remaining_bytes OPERATOR(pg_catalog.-) batch_bytes;
-        -- A capped epoch stops here: what follows waits for the capped event.
-        EXIT WHEN remaining OPERATOR(pg_catalog.<=) 0 OR remaining_bytes OPERATOR(pg_catalog.<=) 0
-                  OR cap_id IS NOT NULL;
-    END LOOP;
-END
-$$;
-
-CREATE OR REPLACE FUNCTION ae_events.relay_record(endpoint text, relay text,
-                                       outbox_ids bigint[], aggregate_ids bigint[],
-                                       statuses text[], attempts integer[],
-                                       attempted_at timestamptz[], http_statuses integer[],
-                                       errors text[], next_attempt_at timestamptz[],
-                                       new_cursor_epoch bigint, new_cursor_txid xid8,
-                                       new_cursor_id bigint, gone_reason text,
-                                       endpoint_id bigint)
-RETURNS boolean
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    held ae_events.endpoints;
-    any_delivered boolean;
-    first_failure timestamptz;
-    failures integer;
-    newly_dead bigint[];
-    last_failed_status integer;
-    last_failed_error text;
-    last_delivered_status integer;
-    header record;
-BEGIN
-    IF endpoint_id IS NULL THEN
-        RAISE EXCEPTION 'ae_events: the endpoint_id relay_lease handed out is needed, not NULL'
-            USING ERRCODE = 'null_value_not_allowed';
-    END IF;
-    PERFORM ae_events._require_own_relay(relay);
-    SELECT * INTO held FROM ae_events.endpoints AS e
-     WHERE e.endpoint OPERATOR(pg_catalog.=) relay_record.endpoint
-       AND e.endpoint_id OPERATOR(pg_catalog.=) relay_record.endpoint_id
-       AND e.relay OPERATOR(pg_catalog.=) relay_record.relay
-       AND e.relay_role OPERATOR(pg_catalog.=) ae_events._calling_role()
-       AND e.enabled
-     FOR UPDATE;
-    IF NOT FOUND THEN
-        RETURN false;
-    END IF;
-    -- Header values of 6 characters or more (shorter ones are no secrets, and would mask
-    -- ordinary words), longest first so that one inside another is masked whole. Only when
-    -- there is an error text: a batch of deliveries has none, and is the common case.
-    IF EXISTS (SELECT FROM pg_catalog.unnest(errors) AS x (e) WHERE x.e IS NOT NULL) THEN
-        FOR header IN SELECT h.value FROM pg_catalog.jsonb_each_text(held.headers) AS h
-                       WHERE pg_catalog.length(h.value) OPERATOR(pg_catalog.>=) 6
-                       ORDER BY pg_catalog.length(h.value) DESC LOOP
-            errors := ARRAY(SELECT pg_catalog.replace(x.e, header.value, '[redacted]')
-                              FROM pg_catalog.unnest(errors) WITH ORDINALITY AS x (e, n) ORDER BY x.n);
-        END LOOP;
-    END IF;
-    -- Events dead-lettered by this batch that were not dead for the endpoint already (a batch
-    -- recorded again announces nothing twice): one ae.delivery.dead_lettered each.
-    IF 'dead' OPERATOR(pg_catalog.=) ANY (statuses) THEN
-        newly_dead := ARRAY(
-            SELECT r.outbox_id
-              FROM ROWS FROM (pg_catalog.unnest(outbox_ids), pg_catalog.unnest(statuses)) AS r (outbox_id, status)
-             WHERE r.status OPERATOR(pg_catalog.=) 'dead'
-               AND NOT EXISTS (SELECT FROM ae_events.deliveries AS d
-                                WHERE d.endpoint OPERATOR(pg_catalog.=) held.endpoint
-                                  AND d.outbox_id OPERATOR(pg_catalog.=) r.outbox_id
-                                  AND d.status OPERATOR(pg_catalog.=) 'dead'));
-    END IF;
-    INSERT INTO ae_events.deliveries AS d
-           (endpoint, outbox_id, aggregate_id, status, attempts, first_attempt_at, last_attempt_at,
-            last_status, last_error, next_attempt_at, delivered_at, dead_at)
-    SELECT held.endpoint, r.outbox_id, r.aggregate_id, r.status, r.attempts, r.attempted_at,
-           r.attempted_at, r.http_status, pg_catalog.left(r.error, 2000),
-           CASE WHEN r.status OPERATOR(pg_catalog.=) 'pending' THEN coalesce(r.next_attempt_at, pg_catalog.now()) END,
-           CASE WHEN r.status OPERATOR(pg_catalog.=) 'delivered' THEN r.attempted_at END,
-           CASE WHEN r.status OPERATOR(pg_catalog.=) 'dead' THEN r.attempted_at END
-      FROM ROWS FROM (pg_catalog.unnest(outbox_ids), pg_catalog.unnest(aggregate_ids),
-                      pg_catalog.unnest(statuses), pg_catalog.unnest(attempts),
-                      pg_catalog.unnest(attempted_at), pg_catalog.unnest(http_statuses),
-                      pg_catalog.unnest(errors), pg_catalog.unnest(next_attempt_at))
-           AS r (outbox_id, aggregate_id, status, attempts, attempted_at, http_status, error,
-                 next_attempt_at)
-    ON CONFLICT ON CONSTRAINT deliveries_pkey DO UPDATE
-       SET status = excluded.status,
-           attempts = excluded.attempts,
-           first_attempt_at = coalesce(d.first_attempt_at, excluded.first_attempt_at),
-           last_attempt_at = coalesce(excluded.last_attempt_at, d.last_attempt_at),
-           last_status = CASE WHEN excluded.last_attempt_at IS NULL THEN d.last_status ELSE excluded.last_status END,
-           last_error = CASE WHEN excluded.last_attempt_at IS NULL THEN d.last_error ELSE excluded.last_error END,
-           next_attempt_at = excluded.next_attempt_at,
-           delivered_at = coalesce(excluded.delivered_at, d.delivered_at),
-           dead_at = excluded.dead_at;
-    -- failing_since: cleared by a delivery, else set by the first failure; failed_attempts the
-    -- same, counting attempts. The latest failed and delivered attempts say why, for alerts.
-    SELECT bool_or(s OPERATOR(pg_catalog.=) 'delivered'),
-           min(t) FILTER (WHERE s OPERATOR(pg_catalog.<>) 'delivered' AND t IS NOT NULL),
-           pg_catalog.count(*) FILTER (WHERE s OPERATOR(pg_catalog.<>) 'delivered' AND t IS NOT NULL),
-           (pg_catalog.array_agg(h ORDER BY t DESC, n DESC)
-                FILTER (WHERE s OPERATOR(pg_catalog.<>) 'delivered' AND t IS NOT NULL))[1],
-           (pg_catalog.array_agg(x ORDER BY t DESC, n DESC)
-                FILTER (WHERE s OPERATOR(pg_catalog.<>) 'delivered' AND t IS NOT NULL))[1],
-           (pg_catalog.array_agg(h ORDER BY t DESC, n DESC)
-                FILTER (WHERE s OPERATOR(pg_catalog.=) 'delivered'))[1]
-      INTO any_delivered, first_failure, failures, last_failed_status, last_failed_error,
-           last_delivered_status
-      FROM ROWS FROM (pg_catalog.unnest(statuses), pg_catalog.unnest(attempted_at),
-                      pg_catalog.unnest(http_statuses), pg_catalog.unnest(errors))
-           WITH ORDINALITY AS r (s, t, h, x, n);
-    UPDATE ae_events.endpoints AS e
-       SET failing_since = CASE WHEN any_delivered THEN NULL
-                                ELSE coalesce(e.failing_since, first_failure) END,
-           failed_attempts = CASE WHEN any_delivered THEN 0
-                                  ELSE e.failed_attempts OPERATOR(pg_catalog.+) failures END,
-           cursor_epoch = CASE WHEN c.moves THEN new_cursor_epoch ELSE e.cursor_epoch END,
-           cursor_txid = CASE WHEN c.moves THEN new_cursor_txid ELSE e.cursor_txid END,
-           cursor_id = CASE WHEN c.moves THEN new_cursor_id ELSE e.cursor_id END
-      FROM (SELECT new_cursor_id IS NOT NULL
-                   AND (new_cursor_epoch, new_cursor_txid, new_cursor_id) OPERATOR(pg_catalog.>)
-                       (held.cursor_epoch, held.cursor_txid, held.cursor_id) AS moves) AS c
-     WHERE e.endpoint OPERATOR(pg_catalog.=) held.endpoint
-    RETURNING e.* INTO held;
-    IF newly_dead IS NOT NULL AND pg_catalog.cardinality(newly_dead) OPERATOR(pg_catalog.>) 0 THEN
-        PERFORM ae_events._alert_dead_letters(held, newly_dead);
-    END IF;
-    IF gone_reason IS NOT NULL THEN
-        PERFORM ae_events._disable(held.endpoint, gone_reason, 'gone', last_failed_status,
-                                   last_failed_error);
-    -- now() - failing_since, not now() - disable_after: no timestamp out of range, whatever
-    -- an older row holds.
-    ELSIF (pg_catalog.now() OPERATOR(pg_catalog.-) held.failing_since) OPERATOR(pg_catalog.>)
-          held.disable_after THEN
-        PERFORM ae_events._disable(held.endpoint,
-            pg_catalog.format('every attempt failed since %s (disable_after %s)',
-                              held.failing_since, held.disable_after),
-            'disable_after', last_failed_status, last_failed_error);
-    ELSIF any_delivered OR failures OPERATOR(pg_catalog.>) 0 THEN
-        PERFORM ae_events._alert_after_record(held, any_delivered, last_delivered_status,
-                                              last_failed_status, last_failed_error);
-    END IF;
-    RETURN true;
-END
-$$;
-
--- (End of the personal data part, continued.)
