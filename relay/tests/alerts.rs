@@ -459,6 +459,14 @@ fn bad_alert_settings_and_mixed_keys_are_refused() {
             "{call}: {db_error:?}"
         );
     }
+    // NULL keys: no operational event, not even a test one.
+    let error = client
+        .query_one(
+            "SELECT ae_events.send_test_event('target', 'ae.endpoint.failing')",
+            &[],
+        )
+        .unwrap_err();
+    assert_eq!(error.code().unwrap().code(), "22023", "{error:?}");
     // Nothing half-changed; good values are taken.
     client
         .execute(
@@ -534,6 +542,24 @@ fn the_chat_adapter_of_the_docs_posts_an_alert_to_the_chat() {
         "{text}"
     );
     assert!(text.contains("last status 410"), "{text}");
+    // A test event of an operational key: the catalog's example, to this endpoint only.
+    client
+        .query_one(
+            "SELECT ae_events.send_test_event('chat', 'ae.endpoint.failing')",
+            &[],
+        )
+        .unwrap();
+    let posted = chat.wait_for("the test event's message", Duration::from_secs(60), |r| {
+        r.len() >= 2
+    });
+    let message: Value = serde_json::from_str(&posted[1].body).unwrap();
+    let text = message["text"].as_str().unwrap();
+    assert!(
+        text.starts_with(
+            ":red_circle: proctoring (https://proctor.example.com/hooks/ae) is failing"
+        ),
+        "{text}"
+    );
 }
 
 /// An endpoint whose next attempt is far away is announced by the clock: relay_lease (every

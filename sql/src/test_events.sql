@@ -142,7 +142,8 @@ $$;
 
 -- Queue the example payload of a subscription key for one endpoint; returns its webhook-id.
 -- The created event carries the seed's example (version 1); the updated one the same payload
--- with its own key and event type (version 2). At most 10 test events per endpoint wait at a
+-- with its own key and event type (version 2); an operational key (alerts.sql) its catalog
+-- example (src/alerts.rs), about the example's endpoint_id (version 1). At most 10 test events per endpoint wait at a
 -- time (54000 beyond), so that a caller cannot flood the relay or the receiver.
 CREATE FUNCTION ae_events.send_test_event(endpoint text,
                                           subscription_key text DEFAULT 'ae.test_instance.created')
@@ -153,7 +154,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     target ae_events.endpoints;
-    example jsonb := ae_events._example_payload();
+    example jsonb;
     waiting bigint;
     new_id uuid := pg_catalog.gen_random_uuid();
 BEGIN
@@ -171,19 +172,24 @@ BEGIN
                   HINT = 'SELECT endpoint FROM ae_events.endpoint_status; lists them.';
     END IF;
     IF subscription_key IS NULL
-       OR subscription_key NOT IN ('ae.test_instance.created', 'ae.test_instance.updated') THEN
+       OR subscription_key NOT IN ('ae.test_instance.created', 'ae.test_instance.updated',
+                                   'ae.endpoint.failing', 'ae.endpoint.recovered',
+                                   'ae.endpoint.disabled', 'ae.delivery.dead_lettered') THEN
         RAISE EXCEPTION 'ae_events: there is no example for subscription key %',
                 coalesce(pg_catalog.quote_literal(subscription_key), 'NULL')
             USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'The keys are ae.test_instance.created and ae.test_instance.updated.';
+                  HINT = 'The keys are ae.test_instance.created, ae.test_instance.updated and the operational ae.endpoint.failing, ae.endpoint.recovered, ae.endpoint.disabled, ae.delivery.dead_lettered.';
     END IF;
-    IF target.subscription_keys IS NOT NULL
-       AND NOT subscription_key OPERATOR(pg_catalog.=) ANY (target.subscription_keys) THEN
+    -- NULL keys: the ae.test_instance.* keys (endpoints.sql, _endpoint_matches).
+    IF NOT ae_events._endpoint_matches(target.subscription_keys, NULL, subscription_key, NULL) THEN
         RAISE EXCEPTION 'ae_events: endpoint % does not subscribe to %',
                 pg_catalog.quote_literal(endpoint), subscription_key
             USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'Its keys: ' OPERATOR(pg_catalog.||) pg_catalog.array_to_string(target.subscription_keys, ', ');
+                  HINT = coalesce('Its keys: ' OPERATOR(pg_catalog.||) pg_catalog.array_to_string(target.subscription_keys, ', '),
+                                  'Its keys are NULL: the ae.test_instance.* keys.');
     END IF;
+    example := CASE WHEN subscription_key LIKE 'ae.test\_instance.%' THEN ae_events._example_payload()
+                    ELSE ae_events._event_schema(subscription_key, '{}', '{}') OPERATOR(pg_catalog.#>) '{examples,0}' END;
     IF NOT target.enabled THEN
         RAISE EXCEPTION 'ae_events: endpoint % is disabled: no relay would send the test event',
                 pg_catalog.quote_literal(endpoint)
@@ -207,8 +213,8 @@ BEGIN
                                        aggregate_id, snapshot_version, payload, requested_by)
     VALUES (target.endpoint_id, new_id, subscription_key,
             pg_catalog.translate(subscription_key, '.', '_'),
-            (example OPERATOR(pg_catalog.->>) 'id')::bigint,
-            CASE WHEN subscription_key OPERATOR(pg_catalog.=) 'ae.test_instance.created' THEN 1 ELSE 2 END,
+            coalesce(example OPERATOR(pg_catalog.->>) 'id', example OPERATOR(pg_catalog.->>) 'endpoint_id')::bigint,
+            CASE WHEN subscription_key OPERATOR(pg_catalog.=) 'ae.test_instance.updated' THEN 2 ELSE 1 END,
             example, ae_events._calling_role());
     RETURN new_id;
 END

@@ -2472,6 +2472,7 @@ $$;
 
 -- (End of the personal data part, continued.)
 
+
 -- Issue 24, part 1 (operational events: ae.endpoint.failing / recovered / disabled,
 -- ae.delivery.dead_lettered; sql/src/alerts.sql, sql/src/endpoints.sql): the endpoints' alert
 -- settings and state, the alert functions, and the endpoint functions that write them.
@@ -2909,6 +2910,81 @@ END
 $$;
 
 REVOKE ALL ON FUNCTION ae_events._disable(text, text, text, integer, text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION ae_events.send_test_event(endpoint text,
+                                          subscription_key text DEFAULT 'ae.test_instance.created')
+RETURNS uuid
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    target ae_events.endpoints;
+    example jsonb;
+    waiting bigint;
+    new_id uuid := pg_catalog.gen_random_uuid();
+BEGIN
+    -- Not locked (unlike _endpoint_for_update): a caller's open transaction must not hold up
+    -- relay_record, which locks the row. The same errors.
+    IF endpoint IS NULL THEN
+        RAISE EXCEPTION 'ae_events: an endpoint name is needed, not NULL'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    SELECT * INTO target FROM ae_events.endpoints AS e
+     WHERE e.endpoint OPERATOR(pg_catalog.=) send_test_event.endpoint;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'ae_events: there is no endpoint %', pg_catalog.quote_literal(endpoint)
+            USING ERRCODE = 'undefined_object',
+                  HINT = 'SELECT endpoint FROM ae_events.endpoint_status; lists them.';
+    END IF;
+    IF subscription_key IS NULL
+       OR subscription_key NOT IN ('ae.test_instance.created', 'ae.test_instance.updated',
+                                   'ae.endpoint.failing', 'ae.endpoint.recovered',
+                                   'ae.endpoint.disabled', 'ae.delivery.dead_lettered') THEN
+        RAISE EXCEPTION 'ae_events: there is no example for subscription key %',
+                coalesce(pg_catalog.quote_literal(subscription_key), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'The keys are ae.test_instance.created, ae.test_instance.updated and the operational ae.endpoint.failing, ae.endpoint.recovered, ae.endpoint.disabled, ae.delivery.dead_lettered.';
+    END IF;
+    -- NULL keys: the ae.test_instance.* keys (endpoints.sql, _endpoint_matches).
+    IF NOT ae_events._endpoint_matches(target.subscription_keys, NULL, subscription_key, NULL) THEN
+        RAISE EXCEPTION 'ae_events: endpoint % does not subscribe to %',
+                pg_catalog.quote_literal(endpoint), subscription_key
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = coalesce('Its keys: ' OPERATOR(pg_catalog.||) pg_catalog.array_to_string(target.subscription_keys, ', '),
+                                  'Its keys are NULL: the ae.test_instance.* keys.');
+    END IF;
+    example := CASE WHEN subscription_key LIKE 'ae.test\_instance.%' THEN ae_events._example_payload()
+                    ELSE ae_events._event_schema(subscription_key, '{}', '{}') OPERATOR(pg_catalog.#>) '{examples,0}' END;
+    IF NOT target.enabled THEN
+        RAISE EXCEPTION 'ae_events: endpoint % is disabled: no relay would send the test event',
+                pg_catalog.quote_literal(endpoint)
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = coalesce('Disabled: ' OPERATOR(pg_catalog.||) target.disabled_reason, ''),
+                  HINT = 'Enable it with ae_events.enable_endpoint first.';
+    END IF;
+    -- One call per endpoint at a time counts and inserts, so that the bound holds; the lock
+    -- (the table's oid and the endpoint's id) is taken by nothing else of the extension.
+    PERFORM pg_catalog.pg_advisory_xact_lock('ae_events.test_events'::pg_catalog.regclass::pg_catalog.oid::integer,
+                                             (target.endpoint_id OPERATOR(pg_catalog.%) 2147483647)::integer);
+    SELECT pg_catalog.count(*) INTO waiting FROM ae_events.test_events AS t
+     WHERE t.endpoint_id OPERATOR(pg_catalog.=) target.endpoint_id
+       AND t.status OPERATOR(pg_catalog.=) 'pending';
+    IF waiting OPERATOR(pg_catalog.>=) 10 THEN
+        RAISE EXCEPTION 'ae_events: endpoint % has 10 test events waiting already', pg_catalog.quote_literal(endpoint)
+            USING ERRCODE = 'program_limit_exceeded',
+                  HINT = 'Wait until they are delivered or dead-lettered: SELECT * FROM ae_events.delivery_status WHERE is_test AND status = ''pending''.';
+    END IF;
+    INSERT INTO ae_events.test_events (endpoint_id, webhook_id, subscription_key, event_type,
+                                       aggregate_id, snapshot_version, payload, requested_by)
+    VALUES (target.endpoint_id, new_id, subscription_key,
+            pg_catalog.translate(subscription_key, '.', '_'),
+            coalesce(example OPERATOR(pg_catalog.->>) 'id', example OPERATOR(pg_catalog.->>) 'endpoint_id')::bigint,
+            CASE WHEN subscription_key OPERATOR(pg_catalog.=) 'ae.test_instance.updated' THEN 2 ELSE 1 END,
+            example, ae_events._calling_role());
+    RETURN new_id;
+END
+$$;
 
 CREATE OR REPLACE FUNCTION ae_events.enable_endpoint(endpoint text) RETURNS void
 LANGUAGE plpgsql
