@@ -636,3 +636,46 @@ fn erase_candidate_finds_a_candidates_events_by_index_in_a_large_outbox() {
         "the others' and the seed's events keep theirs"
     );
 }
+
+#[test]
+fn erase_candidate_waits_for_a_recording_in_progress_and_clears_what_it_recorded() {
+    let cluster = Cluster::shared();
+    let (database, _client) = seeded_database("erase_recording");
+    // A relay recording an outcome (relay_record locks its endpoint's row first): a failed
+    // attempt whose error text echoes the payload, not committed yet.
+    let mut relay = cluster.connect(&database);
+    relay
+        .batch_execute("SELECT ae_events.create_endpoint('hook', 'http://127.0.0.1:9/hook')")
+        .unwrap();
+    relay
+        .batch_execute(
+            "BEGIN;
+             SELECT FROM ae_events.endpoints WHERE endpoint = 'hook' FOR UPDATE;
+             INSERT INTO ae_events.deliveries (endpoint, outbox_id, aggregate_id, status, attempts,
+                                               last_status, last_error, next_attempt_at)
+             SELECT 'hook', id, aggregate_id, 'pending', 1, 400,
+                    'HTTP 400: bad email candidate@example.com', now()
+               FROM ae_events.outbox;",
+        )
+        .unwrap();
+    let erasing = {
+        let url = cluster.url(&database);
+        std::thread::spawn(move || {
+            let mut dba = Client::connect(&url, postgres::NoTls).unwrap();
+            dba.query_one("SELECT ae_events.erase_candidate(101)", &[])
+                .unwrap()
+                .get::<_, i64>(0)
+        })
+    };
+    wait_until_a_session_waits_for_a_lock(cluster, &database);
+    relay.batch_execute("COMMIT").unwrap();
+    assert_eq!(erasing.join().unwrap(), 1);
+    let error: String = relay
+        .query_one("SELECT last_error FROM ae_events.deliveries", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        error, "[erased]",
+        "recorded before the erasure's commit, cleared by it"
+    );
+}

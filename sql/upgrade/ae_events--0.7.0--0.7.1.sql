@@ -1705,17 +1705,40 @@ DECLARE
     last_id bigint;
     ids bigint[];
     erased bigint := 0;
+    busy text;
 BEGIN
     IF candidate_id IS NULL THEN
         RAISE EXCEPTION 'ae_events: erase_candidate needs a candidate id, not NULL'
             USING ERRCODE = 'null_value_not_allowed';
     END IF;
     -- relay_record, redeliver and replay_endpoint lock their endpoint's row before they write
-    -- delivery records: with these share locks, taken in one order before any delivery record is
-    -- touched, none of them is writing one of those this clears, and none can wait on a record
-    -- this holds while holding one this needs (no deadlock). Relays go on fetching and sending
-    -- meanwhile; their records wait for this transaction's end.
-    PERFORM FROM ae_events.endpoints AS p ORDER BY p.endpoint FOR SHARE;
+    -- delivery records: with a share lock on every endpoint's row, taken before any delivery
+    -- record is touched, none of them is writing one of those this clears. Relays go on fetching
+    -- and sending meanwhile; their records wait for this transaction's end. The locks are taken
+    -- without waiting while holding others (relay_lease updates several rows in no set order, and
+    -- could otherwise deadlock with this): on a busy one, those taken are let go, the busy one is
+    -- waited for holding nothing, and all are tried again.
+    LOOP
+        BEGIN
+            FOR busy IN SELECT p.endpoint FROM ae_events.endpoints AS p ORDER BY p.endpoint LOOP
+                PERFORM FROM ae_events.endpoints AS p
+                 WHERE p.endpoint OPERATOR(pg_catalog.=) busy
+                   FOR SHARE NOWAIT;
+            END LOOP;
+            EXIT;
+        EXCEPTION WHEN lock_not_available THEN
+            NULL;  -- the block's locks are released with it
+        END;
+        -- Wait until the busy one is free, holding nothing, then try all again.
+        BEGIN
+            PERFORM FROM ae_events.endpoints AS p
+             WHERE p.endpoint OPERATOR(pg_catalog.=) busy
+               FOR SHARE;
+            RAISE EXCEPTION USING ERRCODE = 'lock_not_available';  -- lets it go again
+        EXCEPTION WHEN lock_not_available THEN
+            NULL;
+        END;
+    END LOOP;
     FOREACH candidate_key IN ARRAY ae_events._candidate_keys(candidate_id) LOOP
         last_id := -1;
         LOOP
