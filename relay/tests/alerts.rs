@@ -563,9 +563,11 @@ fn the_chat_adapter_of_the_docs_posts_an_alert_to_the_chat() {
 }
 
 /// An endpoint whose next attempt is far away is announced by the clock: relay_lease (every
-/// third of the lease) checks alert_after for the endpoints its relay holds.
+/// third of the lease) checks alert_after for the endpoints its relay holds. Then its
+/// disable_after disables it (announced), and once enabled again its first delivery ends the
+/// failing period announced before (recovered). The relay's calls are made here by hand.
 #[test]
-fn the_clock_announces_a_failing_endpoint_whose_retries_are_far_apart() {
+fn the_clock_announces_a_failing_endpoint_then_disable_after_and_recovery_after_enabling() {
     let (_, mut client) = delivery_database("alerts_clock");
     create_endpoint(&mut client, "slow", "http://127.0.0.1:9/", "{1h}");
     client
@@ -617,4 +619,49 @@ fn the_clock_announces_a_failing_endpoint_whose_retries_are_far_apart() {
         .map(|row| row.get(0))
         .collect();
     assert_eq!(polled, ["ae.test_instance.created", "ae.endpoint.failing"]);
+
+    // Failing for longer than disable_after: disabled (cause disable_after) by the next record.
+    client
+        .execute(
+            "SELECT ae_events.alter_endpoint('slow', disable_after => '1 second')",
+            &[],
+        )
+        .unwrap();
+    let record_at = |attempt: i32, status: &str, http: i32| {
+        format!(
+            "SELECT ae_events.relay_record('slow', 'clock', ARRAY[o.id], ARRAY[o.aggregate_id],
+                 '{{{status}}}', '{{{attempt}}}', ARRAY[now()], '{{{http}}}', '{{NULL}}',
+                 ARRAY[CASE WHEN '{status}' = 'pending' THEN now() + interval '1 hour' END],
+                 NULL, NULL, NULL, NULL, e.endpoint_id)
+               FROM ae_events.outbox AS o, ae_events.endpoints AS e
+              WHERE o.aggregate_type = 'test_instance' AND e.endpoint = 'slow'"
+        )
+    };
+    client.query_one(lease, &[]).unwrap();
+    assert!(client
+        .query_one(&record_at(2, "pending", 503), &[])
+        .unwrap()
+        .get::<_, bool>(0));
+    // Enabled again, it delivers: the failing period announced before the disabling ends.
+    client
+        .execute("SELECT ae_events.enable_endpoint('slow')", &[])
+        .unwrap();
+    client.query_one(lease, &[]).unwrap();
+    assert!(client
+        .query_one(&record_at(3, "delivered", 200), &[])
+        .unwrap()
+        .get::<_, bool>(0));
+    let events = operational_events(&mut client);
+    let keys: Vec<(&str, i32)> = events.iter().map(|e| (e.0.as_str(), e.2)).collect();
+    assert_eq!(
+        keys,
+        [
+            ("ae.endpoint.failing", 1),
+            ("ae.endpoint.disabled", 2),
+            ("ae.endpoint.recovered", 3)
+        ]
+    );
+    assert_eq!(events[1].3["cause"], "disable_after");
+    assert_eq!(events[1].3["last_status"], 503);
+    assert_eq!(events[2].3["failing_since"], events[0].3["failing_since"]);
 }
