@@ -1274,6 +1274,7 @@ DECLARE
     failures integer;
     newly_dead bigint[];
     last_failed_status integer;
+    last_failed_id bigint;
     last_failed_error text;
     last_delivered_status integer;
     header record;
@@ -1348,20 +1349,23 @@ BEGIN
       INTO any_delivered, first_failure, failures
       FROM ROWS FROM (pg_catalog.unnest(statuses), pg_catalog.unnest(attempted_at)) AS r (s, t);
     -- For the operational events (alerts.sql), the latest failed and delivered attempts say
-    -- why; not looked for in a batch of deliveries only (the common case) of an endpoint whose
-    -- failing was not announced.
+    -- why (the error text as stored just now, masked); not looked for in a batch of deliveries
+    -- only (the common case) of an endpoint whose failing was not announced.
     IF gone_reason IS NOT NULL OR failures OPERATOR(pg_catalog.>) 0
        OR (any_delivered AND held.alert_failing_since IS NOT NULL) THEN
         SELECT (pg_catalog.array_agg(h ORDER BY t DESC, n DESC)
                     FILTER (WHERE s OPERATOR(pg_catalog.<>) 'delivered' AND t IS NOT NULL))[1],
-               (pg_catalog.array_agg(x ORDER BY t DESC, n DESC)
+               (pg_catalog.array_agg(i ORDER BY t DESC, n DESC)
                     FILTER (WHERE s OPERATOR(pg_catalog.<>) 'delivered' AND t IS NOT NULL))[1],
                (pg_catalog.array_agg(h ORDER BY t DESC, n DESC)
                     FILTER (WHERE s OPERATOR(pg_catalog.=) 'delivered'))[1]
-          INTO last_failed_status, last_failed_error, last_delivered_status
+          INTO last_failed_status, last_failed_id, last_delivered_status
           FROM ROWS FROM (pg_catalog.unnest(statuses), pg_catalog.unnest(attempted_at),
-                          pg_catalog.unnest(http_statuses), pg_catalog.unnest(errors))
-               WITH ORDINALITY AS r (s, t, h, x, n);
+                          pg_catalog.unnest(http_statuses), pg_catalog.unnest(outbox_ids))
+               WITH ORDINALITY AS r (s, t, h, i, n);
+        SELECT d.last_error INTO last_failed_error FROM ae_events.deliveries AS d
+         WHERE d.endpoint OPERATOR(pg_catalog.=) held.endpoint
+           AND d.outbox_id OPERATOR(pg_catalog.=) last_failed_id;
     END IF;
     UPDATE ae_events.endpoints AS e
        SET failing_since = CASE WHEN any_delivered THEN NULL
