@@ -70,13 +70,7 @@ impl EventKind {
     ) -> EventKind {
         EventKind {
             ruled: false,
-            ..EventKind::of::<T>(
-                key,
-                "",
-                "endpoint",
-                description,
-                example,
-            )
+            ..EventKind::of::<T>(key, "", "endpoint", description, example)
         }
     }
 
@@ -864,7 +858,10 @@ mod tests {
             assert_eq!(kind.event_type, kind.key.replace('.', "_"));
             // Rules do not touch them.
             let rules = vec![("endpoint".to_owned(), "remove".to_owned())];
-            assert_eq!(event_schema_of(kind, &rules, kind.example().unwrap()), schema);
+            assert_eq!(
+                event_schema_of(kind, &rules, kind.example().unwrap()),
+                schema
+            );
         }
     }
 

@@ -162,7 +162,10 @@ fn altered_payloads_fail_validation() {
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].payload, seed_example_payload());
     // The instance events' keys (the operational ones: relay/tests/alerts.rs and the unit tests).
-    for key in KEYS.iter().filter(|key| key.starts_with("ae.test_instance.")) {
+    for key in KEYS
+        .iter()
+        .filter(|key| key.starts_with("ae.test_instance."))
+    {
         let schema = event_schema(&mut client, key);
         assert_eq!(schema["examples"][0], seed_example_payload());
         assert_valid(&schema, key, &seed_example_payload());
