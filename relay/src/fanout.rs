@@ -5,6 +5,8 @@
 //! takes a fan-out no other session is running).
 
 use crate::database::{describe, Pool};
+use crate::metrics::Metrics;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -14,15 +16,19 @@ const IDLE: Duration = Duration::from_secs(1);
 const AFTER_ERROR: Duration = Duration::from_secs(5);
 
 /// Run fan-outs until shutdown.
-pub async fn run(pool: Pool, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(pool: Pool, metrics: Arc<Metrics>, mut shutdown: watch::Receiver<bool>) {
     loop {
         let pause = match pool.run_fanouts().await {
             Ok(0) => IDLE,
             Ok(handled) => {
+                metrics
+                    .fanout_instances
+                    .inc_by(u64::try_from(handled).unwrap_or(0));
                 tracing::debug!(instances = handled, "fan-out step");
                 Duration::ZERO
             }
             Err(error) => {
+                metrics.fanout_errors.inc();
                 tracing::warn!(error = %describe(&error), "cannot run the deferred fan-outs");
                 AFTER_ERROR
             }

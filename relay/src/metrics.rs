@@ -71,6 +71,9 @@ pub struct Metrics {
     /// Sockets for all endpoints' requests together (sockets::Plan).
     pub socket_budget: Gauge,
     pub refused: Family<RefusedLabel, Counter>,
+    /// Instances the deferred fan-out steps found or gave their updated events (`fanout.rs`).
+    pub fanout_instances: Counter,
+    pub fanout_errors: Counter,
     /// When a refused metrics connection was last logged.
     metrics_refusal_logged: Mutex<Option<std::time::Instant>>,
     /// Connected, and the last lease round succeeded.
@@ -102,6 +105,18 @@ impl Metrics {
         let endpoints_held = Gauge::default();
         let socket_budget = Gauge::default();
         let refused = Family::<RefusedLabel, Counter>::default();
+        let fanout_instances = Counter::default();
+        let fanout_errors = Counter::default();
+        registry.register(
+            "fanout_instances",
+            "Instances this relay's steps of the deferred fan-outs (ae_events.run_fanouts) found or gave their updated events",
+            fanout_instances.clone(),
+        );
+        registry.register(
+            "fanout_errors",
+            "Steps of the deferred fan-outs that failed (logged; tried again 5 s later)",
+            fanout_errors.clone(),
+        );
         registry.register(
             "socket_budget",
             "Sockets all endpoints' requests may hold together (below the limit on open files)",
@@ -182,6 +197,8 @@ impl Metrics {
             endpoints_held,
             socket_budget,
             refused,
+            fanout_instances,
+            fanout_errors,
             metrics_refusal_logged: Mutex::new(None),
             ready: AtomicBool::new(false),
             status_reported: Mutex::new(HashSet::new()),

@@ -86,7 +86,11 @@ pub async fn run(config: RelayConfig) -> Result<(), Box<dyn std::error::Error>> 
         }
     }
     // Deferred fan-outs run beside delivery, on a connection of the pool.
-    tokio::spawn(crate::fanout::run(pool.clone(), shutdown.clone()));
+    tokio::spawn(crate::fanout::run(
+        pool.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
     let mut delay = Duration::from_millis(250);
     loop {
         if *shutdown.borrow() {

@@ -357,7 +357,9 @@ fn a_relay_runs_deferred_fanouts_and_delivers_their_events() {
         .unwrap()
         .get(0);
     assert_eq!(waiting, 1, "the rename's events wait for a relay");
-    let _relay = Relay::start(cluster, &database, &[]);
+    let port = free_port();
+    let address = format!("127.0.0.1:{port}");
+    let _relay = Relay::start(cluster, &database, &["--metrics-address", &address]);
     let requests = receiver.wait_for("the rename's 300 updated events", WAIT, |requests| {
         requests.len() >= 600
     });
@@ -373,6 +375,16 @@ fn a_relay_runs_deferred_fanouts_and_delivers_their_events() {
         WAIT,
         "SELECT NOT EXISTS (SELECT FROM ae_events.fanouts)",
     );
+    // Found 300, then gave 300 their events.
+    let (_, text) = get(port, "/metrics").expect("/metrics answers");
+    assert!(
+        text.lines()
+            .any(|line| line == "ae_relay_fanout_instances_total 600"),
+        "{text}"
+    );
+    assert!(text
+        .lines()
+        .any(|line| line == "ae_relay_fanout_errors_total 0"));
 }
 
 /// With `ae_events.notify = reference` a commit within `ae_events.notify_interval` of the
