@@ -39,15 +39,16 @@ mod snapshot;
 
 // Write: the commit-time pass: interlock, outbox, versions, notifications.
 mod emitter;
-mod fanout;
 mod eventid;
+mod fanout;
 mod interlock;
 mod notification;
 mod outbox;
 mod versions;
 
-// Install and on demand: attach()/detach(), snapshot()/resend().
+// Install and on demand: attach()/detach(), snapshot()/resend(), run_fanouts().
 mod attach;
+mod fanout_runner;
 mod replay;
 
 // Deliver: webhook endpoints' secrets (the endpoints and delivery state are SQL, served by
@@ -90,7 +91,7 @@ extension_sql_file!(
 extension_sql_file!(
     "../sql/src/fanout.sql",
     name = "fanout",
-    requires = ["consumers", fanout::run_fanouts]
+    requires = ["consumers", fanout_runner::run_fanouts]
 );
 extension_sql_file!(
     "../sql/src/test_events.sql",

@@ -196,8 +196,7 @@ fn instance_events_columns_equal_the_payload_for_the_seed_and_for_every_nullable
     let (ruled_event, ruled_payload) = event_of(&mut client, 789);
     let row = view_row(&mut client, &ruled_event);
     assert_eq!(
-        row["candidate_email"],
-        ruled_payload["candidate"]["email"],
+        row["candidate_email"], ruled_payload["candidate"]["email"],
         "the hash"
     );
     assert_ne!(row["candidate_email"], seed["candidate"]["email"]);
