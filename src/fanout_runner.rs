@@ -191,9 +191,9 @@ fn expand(
         )?;
     }
     drop(cursor);
-    run_by_id(connection, &FOUND_PLAN, FOUND, fanout.id, found)?;
+    run_bookkeeping(connection, &FOUND_PLAN, FOUND, &[fanout.id, found])?;
     if found == 0 {
-        run_by_id(connection, &FINISH_PLAN, FINISH, fanout.id, 0)?;
+        run_bookkeeping(connection, &FINISH_PLAN, FINISH, &[fanout.id])?;
     }
     Ok(found)
 }
@@ -215,27 +215,25 @@ fn take_page(connection: Connection<'_>, fanout: &Fanout) -> Result<Vec<i64>, Ev
         },
     )?;
     let done = i64::try_from(instances.len()).unwrap_or(i64::MAX);
-    run_by_id(connection, &DONE_PLAN, DONE, fanout.id, done)?;
-    run_by_id(connection, &FINISH_PLAN, FINISH, fanout.id, 0)?;
+    run_bookkeeping(connection, &DONE_PLAN, DONE, &[fanout.id, done])?;
+    run_bookkeeping(connection, &FINISH_PLAN, FINISH, &[fanout.id])?;
     Ok(instances)
 }
 
-/// Run one of the bookkeeping statements with the fan-out's id and a number.
-fn run_by_id(
+/// Run one of the bookkeeping statements, whose parameters are all `int8` (the fan-out's id
+/// first).
+fn run_bookkeeping(
     connection: Connection<'_>,
     slot: &'static std::thread::LocalKey<RefCell<Option<KeptPlan>>>,
     sql: &str,
-    id: i64,
-    number: i64,
+    arguments: &[i64],
 ) -> Result<(), EventError> {
-    let types: &[pg_sys::Oid] = if sql.contains("$2") {
-        &[pg_sys::INT8OID, pg_sys::INT8OID]
-    } else {
-        &[pg_sys::INT8OID]
-    };
-    with_kept_plan(connection, slot, sql, types, |plan| {
-        let mut arguments = vec![pg_sys::Datum::from(id), pg_sys::Datum::from(number)];
-        arguments.truncate(types.len());
+    let types = vec![pg_sys::INT8OID; arguments.len()];
+    with_kept_plan(connection, slot, sql, &types, |plan| {
+        let mut arguments: Vec<pg_sys::Datum> = arguments
+            .iter()
+            .map(|&value| pg_sys::Datum::from(value))
+            .collect();
         plan.run(connection, &mut arguments).map(drop)
     })
 }

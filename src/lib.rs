@@ -124,12 +124,28 @@ extension_sql_file!("../sql/src/install.sql", name = "install", finalize);
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     settings::register();
-    pending::register_subtransaction_callback();
-    notification::register_subtransaction_callback();
     config_cache::register_invalidation_callback();
     isolation::register_hooks();
-    // SAFETY: the callback is a plain function that lives as long as the library.
-    unsafe { pg_sys::RegisterXactCallback(Some(on_transaction_end), std::ptr::null_mut()) };
+    // SAFETY: the callbacks are plain functions that live as long as the library.
+    unsafe {
+        pg_sys::RegisterXactCallback(Some(on_transaction_end), std::ptr::null_mut());
+        pg_sys::RegisterSubXactCallback(Some(on_subtransaction_end), std::ptr::null_mut());
+    }
+}
+
+/// What a rolled-back subtransaction takes with it (its recorded changes, a wake-up it queued):
+/// one callback for both, as for the transaction's end.
+#[pg_guard]
+unsafe extern "C-unwind" fn on_subtransaction_end(
+    event: pg_sys::SubXactEvent::Type,
+    my_subid: pg_sys::SubTransactionId,
+    _parent_subid: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
+        pending::forget_subtransaction(my_subid);
+        notification::subtransaction_aborted(my_subid);
+    }
 }
 
 /// What a transaction's end resets, wherever it lives (capture's records, the notification

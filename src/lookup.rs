@@ -14,7 +14,6 @@ use std::thread::LocalKey;
 type KeyPlans = RefCell<Vec<(Key, KeptPlan)>>;
 
 thread_local! {
-    static INSTANCE_QUERIES: KeyPlans = const { RefCell::new(Vec::new()) };
     static BOUNDED_QUERIES: KeyPlans = const { RefCell::new(Vec::new()) };
     static EXPANSION_QUERIES: KeyPlans = const { RefCell::new(Vec::new()) };
 }

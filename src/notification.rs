@@ -91,29 +91,17 @@ pub fn wake_up_due(interval: std::time::Duration) -> bool {
     true
 }
 
-/// A rolled-back subtransaction takes its queued notifications with it: if it (or one inside
-/// it) queued the wake-up, the transaction's later events must announce again. Subtransaction
-/// ids grow, and every id at or above the aborted one belongs to it.
-#[pg_guard]
-unsafe extern "C-unwind" fn on_subtransaction_event(
-    event: pg_sys::SubXactEvent::Type,
-    my_subid: pg_sys::SubTransactionId,
-    _parent_subid: pg_sys::SubTransactionId,
-    _arg: *mut std::ffi::c_void,
-) {
-    if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB
-        && ANNOUNCED_IN
-            .get()
-            .is_some_and(|announced| announced >= my_subid)
+/// Called when a subtransaction rolls back (`lib.rs`): it takes its queued notifications with
+/// it, so if it (or one inside it) queued the wake-up, the transaction's later events must
+/// announce again. Subtransaction ids grow, and every id at or above the aborted one belongs to
+/// it.
+pub fn subtransaction_aborted(aborted: pg_sys::SubTransactionId) {
+    if ANNOUNCED_IN
+        .get()
+        .is_some_and(|announced| announced >= aborted)
     {
         ANNOUNCED_IN.set(None);
     }
-}
-
-/// Called once per backend, from `_PG_init`.
-pub fn register_subtransaction_callback() {
-    // SAFETY: the callback is a plain function that lives as long as the library.
-    unsafe { pg_sys::RegisterSubXactCallback(Some(on_subtransaction_event), std::ptr::null_mut()) };
 }
 
 /// Queue the notification; PostgreSQL delivers it when the transaction commits.

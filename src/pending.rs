@@ -10,7 +10,6 @@
 use crate::rows::sorted_unique;
 use crate::sources::{EnabledSources, Key};
 use pgrx::pg_sys;
-use pgrx::prelude::*;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 
@@ -160,7 +159,9 @@ pub fn take_unemitted() -> Changes {
     changes
 }
 
-fn forget_subtransaction(aborted: pg_sys::SubTransactionId) {
+/// Called when a subtransaction rolls back (`lib.rs`): its changes are forgotten, and those it
+/// had emitted are pending again.
+pub fn forget_subtransaction(aborted: pg_sys::SubTransactionId) {
     // Subtransaction ids grow within a transaction, and when `aborted` ends every subtransaction
     // started after it is its descendant: all ids >= aborted are rolled back with it.
     CURRENT.with_borrow_mut(|events| {
@@ -185,22 +186,4 @@ fn forget_subtransaction(aborted: pg_sys::SubTransactionId) {
 /// Called when the transaction ends (`lib.rs`): nothing recorded outlives it.
 pub fn forget_transaction() {
     CURRENT.with_borrow_mut(|events| *events = TransactionEvents::default());
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn on_subtransaction_event(
-    event: pg_sys::SubXactEvent::Type,
-    my_subid: pg_sys::SubTransactionId,
-    _parent_subid: pg_sys::SubTransactionId,
-    _arg: *mut std::ffi::c_void,
-) {
-    if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
-        forget_subtransaction(my_subid);
-    }
-}
-
-/// Called once per backend, from `_PG_init`.
-pub fn register_subtransaction_callback() {
-    // SAFETY: the callback is a plain function that lives as long as the library.
-    unsafe { pg_sys::RegisterSubXactCallback(Some(on_subtransaction_event), std::ptr::null_mut()) };
 }
