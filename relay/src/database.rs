@@ -259,21 +259,7 @@ impl Pool {
                 ],
             )
             .await?;
-        Ok(rows
-            .iter()
-            .map(|row| Event {
-                id: row.get(0),
-                event_id: row.get(1),
-                subscription_key: row.get(2),
-                event_type: row.get(3),
-                aggregate_id: row.get(4),
-                snapshot_version: row.get(5),
-                payload: row.get::<_, String>(6).into(),
-                attempts: row.get(7),
-                occurred_at: row.get(8),
-                test: false,
-            })
-            .collect())
+        Ok(rows.iter().map(|row| due_event(row, false)).collect())
     }
 
     /// Test events of `send_test_event` due now: at most `max_events` (each is the seed's
@@ -293,21 +279,7 @@ impl Pool {
                 &[&endpoint, &relay, &count(max_events), &endpoint_id],
             )
             .await?;
-        Ok(rows
-            .iter()
-            .map(|row| Event {
-                id: row.get(0),
-                event_id: row.get(1),
-                subscription_key: row.get(2),
-                event_type: row.get(3),
-                aggregate_id: row.get(4),
-                snapshot_version: row.get(5),
-                payload: row.get::<_, String>(6).into(),
-                attempts: row.get(7),
-                occurred_at: row.get(8),
-                test: true,
-            })
-            .collect())
+        Ok(rows.iter().map(|row| due_event(row, true)).collect())
     }
 
     /// Write test events' outcomes (`outbox_id` is the test event's id). False: the endpoint is
@@ -319,14 +291,7 @@ impl Pool {
         relay: &str,
         outcomes: &[Outcome],
     ) -> Result<bool, DbError> {
-        let ids: Vec<i64> = outcomes.iter().map(|o| o.outbox_id).collect();
-        let statuses: Vec<&str> = outcomes.iter().map(|o| o.status).collect();
-        let attempts: Vec<i32> = outcomes.iter().map(|o| o.attempts).collect();
-        let attempted_at: Vec<Option<SystemTime>> =
-            outcomes.iter().map(|o| o.attempted_at).collect();
-        let http_statuses: Vec<Option<i32>> = outcomes.iter().map(|o| o.http_status).collect();
-        let errors: Vec<Option<&str>> = outcomes.iter().map(|o| o.error.as_deref()).collect();
-        let next: Vec<Option<SystemTime>> = outcomes.iter().map(|o| o.next_attempt_at).collect();
+        let columns = OutcomeColumns::of(outcomes);
         let rows = self
             .query(
                 "SELECT ae_events.relay_record_tests($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
@@ -334,13 +299,13 @@ impl Pool {
                     &endpoint,
                     &relay,
                     &endpoint_id,
-                    &ids,
-                    &statuses,
-                    &attempts,
-                    &attempted_at,
-                    &http_statuses,
-                    &errors,
-                    &next,
+                    &columns.ids,
+                    &columns.statuses,
+                    &columns.attempts,
+                    &columns.attempted_at,
+                    &columns.http_statuses,
+                    &columns.errors,
+                    &columns.next,
                 ],
             )
             .await?;
@@ -365,15 +330,8 @@ impl Pool {
         cursor: Option<Position>,
         gone_reason: Option<&str>,
     ) -> Result<bool, DbError> {
-        let ids: Vec<i64> = outcomes.iter().map(|o| o.outbox_id).collect();
+        let columns = OutcomeColumns::of(outcomes);
         let aggregates: Vec<i64> = outcomes.iter().map(|o| o.aggregate_id).collect();
-        let statuses: Vec<&str> = outcomes.iter().map(|o| o.status).collect();
-        let attempts: Vec<i32> = outcomes.iter().map(|o| o.attempts).collect();
-        let attempted_at: Vec<Option<SystemTime>> =
-            outcomes.iter().map(|o| o.attempted_at).collect();
-        let http_statuses: Vec<Option<i32>> = outcomes.iter().map(|o| o.http_status).collect();
-        let errors: Vec<Option<&str>> = outcomes.iter().map(|o| o.error.as_deref()).collect();
-        let next: Vec<Option<SystemTime>> = outcomes.iter().map(|o| o.next_attempt_at).collect();
         let rows = self
             .query(
                 "SELECT ae_events.relay_record($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
@@ -381,14 +339,14 @@ impl Pool {
                 &[
                     &endpoint,
                     &relay,
-                    &ids,
+                    &columns.ids,
                     &aggregates,
-                    &statuses,
-                    &attempts,
-                    &attempted_at,
-                    &http_statuses,
-                    &errors,
-                    &next,
+                    &columns.statuses,
+                    &columns.attempts,
+                    &columns.attempted_at,
+                    &columns.http_statuses,
+                    &columns.errors,
+                    &columns.next,
                     &cursor.map(|c| c.epoch),
                     &cursor.map(|c| c.txid.to_string()),
                     &cursor.map(|c| c.id),
@@ -400,6 +358,47 @@ impl Pool {
         // relay_record returns one row; none would be a broken server: "not held" stops the
         // worker, and the next one starts from the database's state.
         Ok(rows.first().is_some_and(|row| row.get(0)))
+    }
+}
+
+/// An event of `relay_due` or `relay_tests` (the same columns, in the same order).
+fn due_event(row: &Row, test: bool) -> Event {
+    Event {
+        id: row.get(0),
+        event_id: row.get(1),
+        subscription_key: row.get(2),
+        event_type: row.get(3),
+        aggregate_id: row.get(4),
+        snapshot_version: row.get(5),
+        payload: row.get::<_, String>(6).into(),
+        attempts: row.get(7),
+        occurred_at: row.get(8),
+        test,
+    }
+}
+
+/// Outcomes as the array arguments `relay_record` and `relay_record_tests` take, one per column.
+struct OutcomeColumns<'a> {
+    ids: Vec<i64>,
+    statuses: Vec<&'a str>,
+    attempts: Vec<i32>,
+    attempted_at: Vec<Option<SystemTime>>,
+    http_statuses: Vec<Option<i32>>,
+    errors: Vec<Option<&'a str>>,
+    next: Vec<Option<SystemTime>>,
+}
+
+impl<'a> OutcomeColumns<'a> {
+    fn of(outcomes: &'a [Outcome]) -> Self {
+        OutcomeColumns {
+            ids: outcomes.iter().map(|o| o.outbox_id).collect(),
+            statuses: outcomes.iter().map(|o| o.status).collect(),
+            attempts: outcomes.iter().map(|o| o.attempts).collect(),
+            attempted_at: outcomes.iter().map(|o| o.attempted_at).collect(),
+            http_statuses: outcomes.iter().map(|o| o.http_status).collect(),
+            errors: outcomes.iter().map(|o| o.error.as_deref()).collect(),
+            next: outcomes.iter().map(|o| o.next_attempt_at).collect(),
+        }
     }
 }
 
