@@ -19,25 +19,7 @@ const PERSONAL: [&str; 6] = [
 
 /// A plain-text `pg_dump --data-only` of the database.
 fn data_dump(cluster: &Cluster, database: &str) -> String {
-    let output = pg_command("pg_dump")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &cluster.port.to_string(),
-            "-U",
-            "postgres",
-            "--data-only",
-            database,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
+    String::from_utf8(pg_dump(cluster, database, "--data-only")).unwrap()
 }
 
 /// Every outbox row as stored: id, its tuple's place and writer (unchanged unless the row was

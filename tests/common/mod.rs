@@ -482,6 +482,11 @@ pub fn connect_collecting_notices(
 
 /// `pg_dump -Fc` of a database.
 pub fn dump(cluster: &Cluster, database: &str) -> Vec<u8> {
+    pg_dump(cluster, database, "-Fc")
+}
+
+/// `pg_dump` of a database in the given format (`-Fc`, `--data-only`, ...).
+pub fn pg_dump(cluster: &Cluster, database: &str, format: &str) -> Vec<u8> {
     let output = pg_command("pg_dump")
         .args([
             "-h",
@@ -490,7 +495,7 @@ pub fn dump(cluster: &Cluster, database: &str) -> Vec<u8> {
             &cluster.port.to_string(),
             "-U",
             "postgres",
-            "-Fc",
+            format,
             database,
         ])
         .output()
