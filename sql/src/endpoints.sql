@@ -1247,6 +1247,32 @@ BEGIN
 END
 $$;
 
+-- The relay's error texts with the endpoint's header values masked: values of 6 characters or
+-- more (shorter ones are no secrets, and would mask ordinary words), longest first so that one
+-- inside another is masked whole. Only when there is an error text: a batch of deliveries has
+-- none, and is the common case. (relay_record and relay_record_tests.)
+CREATE FUNCTION ae_events._masked_errors(errors text[], headers jsonb) RETURNS text[]
+LANGUAGE plpgsql
+IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    header record;
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.unnest(errors) AS x (e) WHERE x.e IS NOT NULL) THEN
+        RETURN errors;
+    END IF;
+    FOR header IN SELECT h.value FROM pg_catalog.jsonb_each_text(headers) AS h
+                   WHERE pg_catalog.length(h.value) OPERATOR(pg_catalog.>=) 6
+                   ORDER BY pg_catalog.length(h.value) DESC LOOP
+        errors := ARRAY(SELECT pg_catalog.replace(x.e, header.value, '[redacted]')
+                          FROM pg_catalog.unnest(errors) WITH ORDINALITY AS x (e, n) ORDER BY x.n);
+    END LOOP;
+    RETURN errors;
+END
+$$;
+REVOKE ALL ON FUNCTION ae_events._masked_errors(text[], jsonb) FROM PUBLIC;
+
 -- The outcomes of attempts (and events parked behind a pending one), and the new cursor, in one
 -- transaction. Per event: status delivered / pending (next_attempt_at) / dead, attempts made so
 -- far, HTTP status or error. gone_reason: the receiver answered 410, the endpoint is disabled.
@@ -1277,7 +1303,6 @@ DECLARE
     last_failed_id bigint;
     last_failed_error text;
     last_delivered_status integer;
-    header record;
 BEGIN
     IF endpoint_id IS NULL THEN
         RAISE EXCEPTION 'ae_events: the endpoint_id relay_lease handed out is needed, not NULL'
@@ -1294,17 +1319,7 @@ BEGIN
     IF NOT FOUND THEN
         RETURN false;
     END IF;
-    -- Header values of 6 characters or more (shorter ones are no secrets, and would mask
-    -- ordinary words), longest first so that one inside another is masked whole. Only when
-    -- there is an error text: a batch of deliveries has none, and is the common case.
-    IF EXISTS (SELECT FROM pg_catalog.unnest(errors) AS x (e) WHERE x.e IS NOT NULL) THEN
-        FOR header IN SELECT h.value FROM pg_catalog.jsonb_each_text(held.headers) AS h
-                       WHERE pg_catalog.length(h.value) OPERATOR(pg_catalog.>=) 6
-                       ORDER BY pg_catalog.length(h.value) DESC LOOP
-            errors := ARRAY(SELECT pg_catalog.replace(x.e, header.value, '[redacted]')
-                              FROM pg_catalog.unnest(errors) WITH ORDINALITY AS x (e, n) ORDER BY x.n);
-        END LOOP;
-    END IF;
+    errors := ae_events._masked_errors(errors, held.headers);
     -- Events dead-lettered by this batch that were not dead for the endpoint already (a batch
     -- recorded again announces nothing twice): one ae.delivery.dead_lettered each.
     IF 'dead' OPERATOR(pg_catalog.=) ANY (statuses) THEN

@@ -264,7 +264,6 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     held ae_events.endpoints;
-    header record;
 BEGIN
     IF endpoint_id IS NULL THEN
         RAISE EXCEPTION 'ae_events: the endpoint_id relay_lease handed out is needed, not NULL'
@@ -281,14 +280,7 @@ BEGIN
     IF NOT FOUND THEN
         RETURN false;
     END IF;
-    IF EXISTS (SELECT FROM pg_catalog.unnest(errors) AS x (e) WHERE x.e IS NOT NULL) THEN
-        FOR header IN SELECT h.value FROM pg_catalog.jsonb_each_text(held.headers) AS h
-                       WHERE pg_catalog.length(h.value) OPERATOR(pg_catalog.>=) 6
-                       ORDER BY pg_catalog.length(h.value) DESC LOOP
-            errors := ARRAY(SELECT pg_catalog.replace(x.e, header.value, '[redacted]')
-                              FROM pg_catalog.unnest(errors) WITH ORDINALITY AS x (e, n) ORDER BY x.n);
-        END LOOP;
-    END IF;
+    errors := ae_events._masked_errors(errors, held.headers);
     UPDATE ae_events.test_events AS t
        SET status = r.status,
            attempts = r.attempts,

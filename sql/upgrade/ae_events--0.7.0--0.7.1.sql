@@ -3537,3 +3537,223 @@ SELECT e.endpoint, e.url, e.subscription_keys, e.filter::text AS filter,
   FROM ae_events.endpoints AS e;
 
 -- (End of the operational events part.)
+
+-- relay_record and relay_record_tests mask header values in error texts with one function
+-- (sql/src/endpoints.sql, sql/src/test_events.sql).
+-- The relay's error texts with the endpoint's header values masked: values of 6 characters or
+-- more (shorter ones are no secrets, and would mask ordinary words), longest first so that one
+-- inside another is masked whole. Only when there is an error text: a batch of deliveries has
+-- none, and is the common case. (relay_record and relay_record_tests.)
+CREATE FUNCTION ae_events._masked_errors(errors text[], headers jsonb) RETURNS text[]
+LANGUAGE plpgsql
+IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    header record;
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.unnest(errors) AS x (e) WHERE x.e IS NOT NULL) THEN
+        RETURN errors;
+    END IF;
+    FOR header IN SELECT h.value FROM pg_catalog.jsonb_each_text(headers) AS h
+                   WHERE pg_catalog.length(h.value) OPERATOR(pg_catalog.>=) 6
+                   ORDER BY pg_catalog.length(h.value) DESC LOOP
+        errors := ARRAY(SELECT pg_catalog.replace(x.e, header.value, '[redacted]')
+                          FROM pg_catalog.unnest(errors) WITH ORDINALITY AS x (e, n) ORDER BY x.n);
+    END LOOP;
+    RETURN errors;
+END
+$$;
+REVOKE ALL ON FUNCTION ae_events._masked_errors(text[], jsonb) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION ae_events.relay_record(endpoint text, relay text,
+                                       outbox_ids bigint[], aggregate_ids bigint[],
+                                       statuses text[], attempts integer[],
+                                       attempted_at timestamptz[], http_statuses integer[],
+                                       errors text[], next_attempt_at timestamptz[],
+                                       new_cursor_epoch bigint, new_cursor_txid xid8,
+                                       new_cursor_id bigint, gone_reason text,
+                                       endpoint_id bigint)
+RETURNS boolean
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    held ae_events.endpoints;
+    any_delivered boolean;
+    first_failure timestamptz;
+    failures integer;
+    newly_dead bigint[];
+    last_failed_status integer;
+    last_failed_id bigint;
+    last_failed_error text;
+    last_delivered_status integer;
+BEGIN
+    IF endpoint_id IS NULL THEN
+        RAISE EXCEPTION 'ae_events: the endpoint_id relay_lease handed out is needed, not NULL'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    PERFORM ae_events._require_own_relay(relay);
+    SELECT * INTO held FROM ae_events.endpoints AS e
+     WHERE e.endpoint OPERATOR(pg_catalog.=) relay_record.endpoint
+       AND e.endpoint_id OPERATOR(pg_catalog.=) relay_record.endpoint_id
+       AND e.relay OPERATOR(pg_catalog.=) relay_record.relay
+       AND e.relay_role OPERATOR(pg_catalog.=) ae_events._calling_role()
+       AND e.enabled
+     FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    errors := ae_events._masked_errors(errors, held.headers);
+    -- Events dead-lettered by this batch that were not dead for the endpoint already (a batch
+    -- recorded again announces nothing twice): one ae.delivery.dead_lettered each.
+    IF 'dead' OPERATOR(pg_catalog.=) ANY (statuses) THEN
+        newly_dead := ARRAY(
+            SELECT r.outbox_id
+              FROM ROWS FROM (pg_catalog.unnest(outbox_ids), pg_catalog.unnest(statuses)) AS r (outbox_id, status)
+             WHERE r.status OPERATOR(pg_catalog.=) 'dead'
+               AND NOT EXISTS (SELECT FROM ae_events.deliveries AS d
+                                WHERE d.endpoint OPERATOR(pg_catalog.=) held.endpoint
+                                  AND d.outbox_id OPERATOR(pg_catalog.=) r.outbox_id
+                                  AND d.status OPERATOR(pg_catalog.=) 'dead'));
+    END IF;
+    INSERT INTO ae_events.deliveries AS d
+           (endpoint, outbox_id, aggregate_id, status, attempts, first_attempt_at, last_attempt_at,
+            last_status, last_error, next_attempt_at, delivered_at, dead_at)
+    SELECT held.endpoint, r.outbox_id, r.aggregate_id, r.status, r.attempts, r.attempted_at,
+           r.attempted_at, r.http_status, pg_catalog.left(r.error, 2000),
+           CASE WHEN r.status OPERATOR(pg_catalog.=) 'pending' THEN coalesce(r.next_attempt_at, pg_catalog.now()) END,
+           CASE WHEN r.status OPERATOR(pg_catalog.=) 'delivered' THEN r.attempted_at END,
+           CASE WHEN r.status OPERATOR(pg_catalog.=) 'dead' THEN r.attempted_at END
+      FROM ROWS FROM (pg_catalog.unnest(outbox_ids), pg_catalog.unnest(aggregate_ids),
+                      pg_catalog.unnest(statuses), pg_catalog.unnest(attempts),
+                      pg_catalog.unnest(attempted_at), pg_catalog.unnest(http_statuses),
+                      pg_catalog.unnest(errors), pg_catalog.unnest(next_attempt_at))
+           AS r (outbox_id, aggregate_id, status, attempts, attempted_at, http_status, error,
+                 next_attempt_at)
+    ON CONFLICT ON CONSTRAINT deliveries_pkey DO UPDATE
+       SET status = excluded.status,
+           attempts = excluded.attempts,
+           first_attempt_at = coalesce(d.first_attempt_at, excluded.first_attempt_at),
+           last_attempt_at = coalesce(excluded.last_attempt_at, d.last_attempt_at),
+           last_status = CASE WHEN excluded.last_attempt_at IS NULL THEN d.last_status ELSE excluded.last_status END,
+           last_error = CASE WHEN excluded.last_attempt_at IS NULL THEN d.last_error ELSE excluded.last_error END,
+           next_attempt_at = excluded.next_attempt_at,
+           delivered_at = coalesce(excluded.delivered_at, d.delivered_at),
+           dead_at = excluded.dead_at;
+    -- failing_since: cleared by a delivery, else set by the first failure; failed_attempts the
+    -- same, counting attempts.
+    SELECT bool_or(s OPERATOR(pg_catalog.=) 'delivered'),
+           min(t) FILTER (WHERE s OPERATOR(pg_catalog.<>) 'delivered' AND t IS NOT NULL),
+           pg_catalog.count(*) FILTER (WHERE s OPERATOR(pg_catalog.<>) 'delivered' AND t IS NOT NULL)
+      INTO any_delivered, first_failure, failures
+      FROM ROWS FROM (pg_catalog.unnest(statuses), pg_catalog.unnest(attempted_at)) AS r (s, t);
+    -- For the operational events (alerts.sql), the latest failed and delivered attempts say
+    -- why (the error text as stored just now, masked); not looked for in a batch of deliveries
+    -- only (the common case) of an endpoint whose failing was not announced.
+    IF gone_reason IS NOT NULL OR failures OPERATOR(pg_catalog.>) 0
+       OR (any_delivered AND held.alert_failing_since IS NOT NULL) THEN
+        SELECT (pg_catalog.array_agg(h ORDER BY t DESC, n DESC)
+                    FILTER (WHERE s OPERATOR(pg_catalog.<>) 'delivered' AND t IS NOT NULL))[1],
+               (pg_catalog.array_agg(i ORDER BY t DESC, n DESC)
+                    FILTER (WHERE s OPERATOR(pg_catalog.<>) 'delivered' AND t IS NOT NULL))[1],
+               (pg_catalog.array_agg(h ORDER BY t DESC, n DESC)
+                    FILTER (WHERE s OPERATOR(pg_catalog.=) 'delivered'))[1]
+          INTO last_failed_status, last_failed_id, last_delivered_status
+          FROM ROWS FROM (pg_catalog.unnest(statuses), pg_catalog.unnest(attempted_at),
+                          pg_catalog.unnest(http_statuses), pg_catalog.unnest(outbox_ids))
+               WITH ORDINALITY AS r (s, t, h, i, n);
+        SELECT d.last_error INTO last_failed_error FROM ae_events.deliveries AS d
+         WHERE d.endpoint OPERATOR(pg_catalog.=) held.endpoint
+           AND d.outbox_id OPERATOR(pg_catalog.=) last_failed_id;
+    END IF;
+    UPDATE ae_events.endpoints AS e
+       SET failing_since = CASE WHEN any_delivered THEN NULL
+                                ELSE coalesce(e.failing_since, first_failure) END,
+           failed_attempts = CASE WHEN any_delivered THEN 0
+                                  ELSE e.failed_attempts OPERATOR(pg_catalog.+) failures END,
+           cursor_epoch = CASE WHEN c.moves THEN new_cursor_epoch ELSE e.cursor_epoch END,
+           cursor_txid = CASE WHEN c.moves THEN new_cursor_txid ELSE e.cursor_txid END,
+           cursor_id = CASE WHEN c.moves THEN new_cursor_id ELSE e.cursor_id END
+      FROM (SELECT new_cursor_id IS NOT NULL
+                   AND (new_cursor_epoch, new_cursor_txid, new_cursor_id) OPERATOR(pg_catalog.>)
+                       (held.cursor_epoch, held.cursor_txid, held.cursor_id) AS moves) AS c
+     WHERE e.endpoint OPERATOR(pg_catalog.=) held.endpoint
+    RETURNING e.* INTO held;
+    IF newly_dead IS NOT NULL AND pg_catalog.cardinality(newly_dead) OPERATOR(pg_catalog.>) 0 THEN
+        PERFORM ae_events._alert_dead_letters(held, newly_dead);
+    END IF;
+    IF gone_reason IS NOT NULL THEN
+        PERFORM ae_events._disable(held.endpoint, gone_reason, 'gone', last_failed_status,
+                                   last_failed_error);
+    -- now() - failing_since, not now() - disable_after: no timestamp out of range, whatever
+    -- an older row holds.
+    ELSIF (pg_catalog.now() OPERATOR(pg_catalog.-) held.failing_since) OPERATOR(pg_catalog.>)
+          held.disable_after THEN
+        PERFORM ae_events._disable(held.endpoint,
+            pg_catalog.format('every attempt failed since %s (disable_after %s)',
+                              held.failing_since, held.disable_after),
+            'disable_after', last_failed_status, last_failed_error);
+    ELSIF any_delivered OR failures OPERATOR(pg_catalog.>) 0 THEN
+        PERFORM ae_events._alert_after_record(held, any_delivered, last_delivered_status,
+                                              last_failed_status, last_failed_error);
+    END IF;
+    RETURN true;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION ae_events.relay_record_tests(endpoint text, relay text, endpoint_id bigint,
+                                             ids bigint[], statuses text[], attempts integer[],
+                                             attempted_at timestamptz[], http_statuses integer[],
+                                             errors text[], next_attempt_at timestamptz[])
+RETURNS boolean
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    held ae_events.endpoints;
+BEGIN
+    IF endpoint_id IS NULL THEN
+        RAISE EXCEPTION 'ae_events: the endpoint_id relay_lease handed out is needed, not NULL'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    PERFORM ae_events._require_own_relay(relay);
+    SELECT * INTO held FROM ae_events.endpoints AS e
+     WHERE e.endpoint OPERATOR(pg_catalog.=) relay_record_tests.endpoint
+       AND e.endpoint_id OPERATOR(pg_catalog.=) relay_record_tests.endpoint_id
+       AND e.relay OPERATOR(pg_catalog.=) relay_record_tests.relay
+       AND e.relay_role OPERATOR(pg_catalog.=) ae_events._calling_role()
+       AND e.enabled
+     FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    errors := ae_events._masked_errors(errors, held.headers);
+    UPDATE ae_events.test_events AS t
+       SET status = r.status,
+           attempts = r.attempts,
+           first_attempt_at = coalesce(t.first_attempt_at, r.attempted_at),
+           last_attempt_at = coalesce(r.attempted_at, t.last_attempt_at),
+           last_status = r.http_status,
+           last_error = pg_catalog.left(r.error, 2000),
+           next_attempt_at = CASE WHEN r.status OPERATOR(pg_catalog.=) 'pending'
+                                  THEN coalesce(r.next_attempt_at, pg_catalog.now()) END,
+           delivered_at = CASE WHEN r.status OPERATOR(pg_catalog.=) 'delivered' THEN r.attempted_at END,
+           dead_at = CASE WHEN r.status OPERATOR(pg_catalog.=) 'dead' THEN r.attempted_at END
+      -- The parameters qualified: unqualified, attempts and the like are the table's columns.
+      FROM ROWS FROM (pg_catalog.unnest(relay_record_tests.ids),
+                      pg_catalog.unnest(relay_record_tests.statuses),
+                      pg_catalog.unnest(relay_record_tests.attempts),
+                      pg_catalog.unnest(relay_record_tests.attempted_at),
+                      pg_catalog.unnest(relay_record_tests.http_statuses),
+                      pg_catalog.unnest(relay_record_tests.errors),
+                      pg_catalog.unnest(relay_record_tests.next_attempt_at))
+           AS r (id, status, attempts, attempted_at, http_status, error, next_attempt_at)
+     WHERE t.id OPERATOR(pg_catalog.=) r.id
+       AND t.endpoint_id OPERATOR(pg_catalog.=) held.endpoint_id
+       AND r.status IN ('pending', 'delivered', 'dead');
+    RETURN true;
+END
+$$;
