@@ -31,7 +31,8 @@ case "$PG_VERSION" in
 esac
 PG_CONFIG="${PG_CONFIG:-$default_pg_config}"
 
-packages=(libclang-dev clang sudo nats-server)
+# tinyproxy: the forward proxy the relay's egress tests deliver through (relay/tests/egress_transport.rs).
+packages=(libclang-dev clang sudo nats-server tinyproxy)
 [ "$PG_VERSION" = 15 ] && packages+=(postgresql-15 postgresql-server-dev-15)
 # Node.js and npm run the receiver kit's snippet (docs/receivers); a Node.js from elsewhere (with
 # its own npm) is used as it is.
