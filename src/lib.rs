@@ -51,8 +51,9 @@ mod attach;
 mod fanout_runner;
 mod replay;
 
-// Deliver: webhook endpoints' secrets (the endpoints and delivery state are SQL, served by
-// ae-relay).
+// Deliver: webhook endpoints' secrets and egress keys (the endpoints and delivery state are
+// SQL, served by ae-relay).
+mod egress_keys;
 mod secrets;
 
 ::pgrx::pg_module_magic!(name, version);
@@ -81,7 +82,13 @@ extension_sql_file!(
 extension_sql_file!(
     "../sql/src/endpoints.sql",
     name = "endpoints",
-    requires = ["consumers", "analytics", secrets::strong_random_bytes]
+    requires = [
+        "consumers",
+        "analytics",
+        secrets::strong_random_bytes,
+        egress_keys::check_client_certificate,
+        egress_keys::ed25519_public_key
+    ]
 );
 extension_sql_file!(
     "../sql/src/alerts.sql",

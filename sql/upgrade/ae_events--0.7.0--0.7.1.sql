@@ -3757,3 +3757,469 @@ BEGIN
     RETURN true;
 END
 $$;
+
+-- Egress (issue 25), part S: per-endpoint egress settings (alter_endpoint's proxy, client_certificate,
+-- client_key, oauth2_*) in ae_events.endpoint_egress (the relay role and the DBA only), handed to
+-- the relay by relay_lease; ed25519 signing keys (rotate_endpoint_secret's algorithm).
+
+CREATE TABLE ae_events.endpoint_egress (
+    endpoint text PRIMARY KEY,
+    proxy text,
+    client_certificate text,
+    client_key text,
+    client_certificate_expires_at timestamptz,
+    oauth2_token_url text,
+    oauth2_client_id text,
+    oauth2_client_secret text,
+    oauth2_scope text,
+    CHECK ((client_certificate IS NULL) OPERATOR(pg_catalog.=) (client_key IS NULL)),
+    CHECK ((oauth2_token_url IS NULL) OPERATOR(pg_catalog.=) (oauth2_client_id IS NULL)
+           AND (oauth2_token_url IS NULL) OPERATOR(pg_catalog.=) (oauth2_client_secret IS NULL))
+);
+
+
+COMMENT ON TABLE ae_events.endpoint_egress IS
+    'ae_events: per endpoint its proxy, client certificate and key, OAuth2 client credentials (alter_endpoint), readable by ae_events_relay and the DBA only';
+
+COMMENT ON TABLE ae_events.endpoint_secrets IS
+    'ae_events: signing secrets (whsec_..., ed25519 whsk_...), readable by ae_events_relay and the DBA only';
+
+SELECT pg_catalog.pg_extension_config_dump('ae_events.endpoint_egress', '');
+
+CREATE FUNCTION ae_events._check_client_certificate(certificate text, key text) RETURNS bigint
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'check_client_certificate_wrapper';
+CREATE FUNCTION ae_events._ed25519_public_key(seed bytea) RETURNS bytea
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'ed25519_public_key_wrapper';
+REVOKE ALL ON FUNCTION ae_events._check_client_certificate(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ae_events._ed25519_public_key(bytea) FROM PUBLIC;
+
+-- A new ed25519 signing key: whsk_ and the base64 of its 32-byte seed (from pg_strong_random)
+-- followed by its 32-byte public key, as libsodium keeps a secret key.
+CREATE FUNCTION ae_events._new_ed25519_secret() RETURNS text
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    seed bytea := ae_events._strong_random_bytes(32);
+BEGIN
+    -- encode() breaks base64 lines at 76 characters: one line here.
+    RETURN 'whsk_' OPERATOR(pg_catalog.||)
+           pg_catalog.translate(pg_catalog.encode(seed OPERATOR(pg_catalog.||) ae_events._ed25519_public_key(seed), 'base64'),
+                                E'\n', '');
+END
+$$;
+
+-- The egress settings alter_endpoint was given (NULL: as it is; '': cleared), checked and stored
+-- in endpoint_egress. client_certificate => '' clears the certificate and its key;
+-- oauth2_token_url => '' clears the four OAuth2 settings. Error texts never repeat a secret.
+CREATE FUNCTION ae_events._set_endpoint_egress(endpoint text, proxy text, client_certificate text,
+                                               client_key text, oauth2_token_url text,
+                                               oauth2_client_id text, oauth2_client_secret text,
+                                               oauth2_scope text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    current ae_events.endpoint_egress;
+    new_proxy text;
+    new_certificate text;
+    new_key text;
+    new_expires_at timestamptz;
+    new_token_url text;
+    new_client_id text;
+    new_client_secret text;
+    new_scope text;
+    clear_certificate boolean := client_certificate OPERATOR(pg_catalog.=) '';
+    clear_oauth2 boolean := oauth2_token_url OPERATOR(pg_catalog.=) '';
+BEGIN
+    SELECT * INTO current FROM ae_events.endpoint_egress AS g
+     WHERE g.endpoint OPERATOR(pg_catalog.=) _set_endpoint_egress.endpoint
+       FOR UPDATE;
+    new_proxy := CASE WHEN proxy OPERATOR(pg_catalog.=) '' THEN NULL ELSE coalesce(proxy, current.proxy) END;
+    -- http(s)://[user[:password]@]host[:port][/]: the relay sends HTTP through it and tunnels
+    -- HTTPS with CONNECT.
+    IF new_proxy IS NOT NULL AND proxy IS NOT NULL
+       AND (pg_catalog.length(new_proxy) OPERATOR(pg_catalog.>) 2048
+            OR new_proxy !~ '^https?://([A-Za-z0-9._~%!$&''()*+,;=:-]+@)?[^/?#@[:space:]]+/?$'
+            OR NOT ae_events._relay_can_parse_authority(
+                       pg_catalog.substring(new_proxy, '^https?://(?:[^/?#@[:space:]]+@)?([^/?#@[:space:]]+)/?$'))) THEN
+        RAISE EXCEPTION 'ae_events: proxy must be an http:// or https:// URL of a host and port, with user info or without, and no path'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'E.g. http://user:password@proxy.example:3128; proxy => '''' removes it.';
+    END IF;
+    new_certificate := CASE WHEN clear_certificate THEN NULL
+                            ELSE coalesce(client_certificate, current.client_certificate) END;
+    new_key := CASE WHEN client_key OPERATOR(pg_catalog.=) '' OR (clear_certificate AND client_key IS NULL) THEN NULL
+                    ELSE coalesce(client_key, current.client_key) END;
+    new_expires_at := current.client_certificate_expires_at;
+    IF (new_certificate IS NULL) OPERATOR(pg_catalog.<>) (new_key IS NULL) THEN
+        RAISE EXCEPTION 'ae_events: client_certificate and client_key are set together'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'client_certificate => '''' removes both.';
+    END IF;
+    IF new_certificate IS NULL THEN
+        new_expires_at := NULL;
+    ELSIF client_certificate IS NOT NULL OR client_key IS NOT NULL THEN
+        IF pg_catalog.length(new_certificate) OPERATOR(pg_catalog.>) 65536
+           OR pg_catalog.length(new_key) OPERATOR(pg_catalog.>) 16384 THEN
+            RAISE EXCEPTION 'ae_events: client_certificate may be at most 64 kB and client_key 16 kB'
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        new_expires_at := pg_catalog.to_timestamp(ae_events._check_client_certificate(new_certificate, new_key));
+    END IF;
+    new_token_url := CASE WHEN clear_oauth2 THEN NULL ELSE coalesce(oauth2_token_url, current.oauth2_token_url) END;
+    new_client_id := CASE WHEN oauth2_client_id OPERATOR(pg_catalog.=) '' OR (clear_oauth2 AND oauth2_client_id IS NULL) THEN NULL
+                          ELSE coalesce(oauth2_client_id, current.oauth2_client_id) END;
+    new_client_secret := CASE WHEN oauth2_client_secret OPERATOR(pg_catalog.=) '' OR (clear_oauth2 AND oauth2_client_secret IS NULL) THEN NULL
+                              ELSE coalesce(oauth2_client_secret, current.oauth2_client_secret) END;
+    new_scope := CASE WHEN oauth2_scope OPERATOR(pg_catalog.=) '' OR (clear_oauth2 AND oauth2_scope IS NULL) THEN NULL
+                      ELSE coalesce(oauth2_scope, current.oauth2_scope) END;
+    IF (new_token_url IS NULL) OPERATOR(pg_catalog.<>) (new_client_id IS NULL)
+       OR (new_token_url IS NULL) OPERATOR(pg_catalog.<>) (new_client_secret IS NULL)
+       OR (new_token_url IS NULL AND new_scope IS NOT NULL) THEN
+        RAISE EXCEPTION 'ae_events: oauth2_token_url, oauth2_client_id and oauth2_client_secret are set together (oauth2_scope with them)'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'oauth2_token_url => '''' removes the four.';
+    END IF;
+    -- The token URL as an endpoint's URL (the relay guards it like one); no user info.
+    IF new_token_url IS NOT NULL AND oauth2_token_url IS NOT NULL
+       AND (pg_catalog.length(new_token_url) OPERATOR(pg_catalog.>) 2048
+            OR new_token_url !~ '^https?://[^/?#@[:space:]]+(:[0-9]{1,5})?([/?#][^[:space:]]*)?$'
+            OR new_token_url ~ '^https?://:'
+            OR NOT ae_events._relay_can_parse_authority(pg_catalog.substring(new_token_url, '^[a-z]+://([^/?#]*)'))) THEN
+        RAISE EXCEPTION 'ae_events: oauth2_token_url % is not an http:// or https:// URL with a host',
+                pg_catalog.quote_literal(pg_catalog.left(new_token_url, 200))
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'A host is a name, a dotted IPv4 address or a bracketed IPv6 address; a port is 1 to 65535.';
+    END IF;
+    IF new_client_id IS NOT NULL AND oauth2_client_id IS NOT NULL
+       AND (pg_catalog.length(new_client_id) OPERATOR(pg_catalog.>) 1024 OR new_client_id ~ '[\x01-\x1f\x7f]') THEN
+        RAISE EXCEPTION 'ae_events: oauth2_client_id is at most 1024 characters, without control characters'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF new_client_secret IS NOT NULL AND oauth2_client_secret IS NOT NULL
+       AND (pg_catalog.length(new_client_secret) OPERATOR(pg_catalog.>) 4096 OR new_client_secret ~ '[\x01-\x1f\x7f]') THEN
+        RAISE EXCEPTION 'ae_events: oauth2_client_secret is at most 4096 characters, without control characters'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- RFC 6749 §3.3: scope tokens of visible ASCII but " and \, separated by spaces.
+    IF new_scope IS NOT NULL AND oauth2_scope IS NOT NULL
+       AND (pg_catalog.length(new_scope) OPERATOR(pg_catalog.>) 1024
+            OR new_scope !~ '^[!#-\[\]-~]+( [!#-\[\]-~]+)*$') THEN
+        RAISE EXCEPTION 'ae_events: oauth2_scope % is not space-separated scope tokens (at most 1024 characters)',
+                pg_catalog.quote_literal(pg_catalog.left(new_scope, 200))
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF new_proxy IS NULL AND new_certificate IS NULL AND new_token_url IS NULL THEN
+        DELETE FROM ae_events.endpoint_egress AS g
+         WHERE g.endpoint OPERATOR(pg_catalog.=) _set_endpoint_egress.endpoint;
+        RETURN;
+    END IF;
+    INSERT INTO ae_events.endpoint_egress AS g (endpoint, proxy, client_certificate, client_key,
+                                                client_certificate_expires_at, oauth2_token_url,
+                                                oauth2_client_id, oauth2_client_secret, oauth2_scope)
+    VALUES (endpoint, new_proxy, new_certificate, new_key, new_expires_at, new_token_url,
+            new_client_id, new_client_secret, new_scope)
+    ON CONFLICT ON CONSTRAINT endpoint_egress_pkey
+    DO UPDATE SET proxy = excluded.proxy, client_certificate = excluded.client_certificate,
+                  client_key = excluded.client_key,
+                  client_certificate_expires_at = excluded.client_certificate_expires_at,
+                  oauth2_token_url = excluded.oauth2_token_url,
+                  oauth2_client_id = excluded.oauth2_client_id,
+                  oauth2_client_secret = excluded.oauth2_client_secret,
+                  oauth2_scope = excluded.oauth2_scope;
+END
+$$;
+
+REVOKE ALL ON FUNCTION ae_events._new_ed25519_secret() FROM PUBLIC;
+REVOKE ALL ON FUNCTION ae_events._set_endpoint_egress(text, text, text, text, text, text, text, text) FROM PUBLIC;
+DROP FUNCTION ae_events.alter_endpoint(text, text, text[], jsonpath, jsonb, interval, interval[], double precision, interval, integer, boolean, double precision, interval, integer);
+
+-- Change an endpoint; NULL leaves a setting as it is (clear_filter removes the filter;
+-- subscription_keys => '{*}' goes back to every ae.test_instance.* key). alert_after_attempts /
+-- alert_after: ae.endpoint.failing after this many attempts failed in a row or this long since
+-- the first failure, whichever comes first (docs/alerts.md). proxy, client_certificate with
+-- client_key, oauth2_*: how the relay reaches the endpoint (docs/webhooks.md); '' removes one
+-- (client_certificate => '' the certificate and its key, oauth2_token_url => '' the four OAuth2
+-- settings).
+CREATE FUNCTION ae_events.alter_endpoint(endpoint text,
+                                         url text DEFAULT NULL,
+                                         subscription_keys text[] DEFAULT NULL,
+                                         filter jsonpath DEFAULT NULL,
+                                         headers jsonb DEFAULT NULL,
+                                         timeout interval DEFAULT NULL,
+                                         retry_schedule interval[] DEFAULT NULL,
+                                         retry_jitter double precision DEFAULT NULL,
+                                         disable_after interval DEFAULT NULL,
+                                         max_in_flight integer DEFAULT NULL,
+                                         clear_filter boolean DEFAULT false,
+                                         rate_limit double precision DEFAULT NULL,
+                                         alert_after interval DEFAULT NULL,
+                                         alert_after_attempts integer DEFAULT NULL,
+                                         proxy text DEFAULT NULL,
+                                         client_certificate text DEFAULT NULL,
+                                         client_key text DEFAULT NULL,
+                                         oauth2_token_url text DEFAULT NULL,
+                                         oauth2_client_id text DEFAULT NULL,
+                                         oauth2_client_secret text DEFAULT NULL,
+                                         oauth2_scope text DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    current ae_events.endpoints := ae_events._endpoint_for_update(endpoint);
+    new_keys text[] := CASE WHEN subscription_keys OPERATOR(pg_catalog.=) '{*}' THEN NULL
+                            ELSE coalesce(subscription_keys, current.subscription_keys) END;
+    new_filter jsonpath := CASE WHEN clear_filter THEN NULL
+                                ELSE coalesce(filter, current.filter) END;
+    -- 0 removes the limit.
+    new_rate_limit double precision := CASE WHEN rate_limit OPERATOR(pg_catalog.=) 0 THEN NULL
+                                            ELSE coalesce(rate_limit, current.rate_limit) END;
+BEGIN
+    PERFORM ae_events._check_endpoint_settings(
+        coalesce(url, current.url), new_keys, new_filter, coalesce(headers, current.headers),
+        coalesce(timeout, current.timeout), coalesce(retry_schedule, current.retry_schedule),
+        coalesce(retry_jitter, current.retry_jitter), coalesce(disable_after, current.disable_after),
+        coalesce(max_in_flight, current.max_in_flight), new_rate_limit);
+    IF alert_after IS NOT NULL AND (alert_after OPERATOR(pg_catalog.<=) interval '0'
+                                    OR alert_after OPERATOR(pg_catalog.>) interval '366 days') THEN
+        RAISE EXCEPTION 'ae_events: alert_after must be more than 0 and at most 366 days, not %', alert_after
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF alert_after_attempts IS NOT NULL AND alert_after_attempts NOT BETWEEN 1 AND 1000 THEN
+        RAISE EXCEPTION 'ae_events: alert_after_attempts must be between 1 and 1000, not %', alert_after_attempts
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    UPDATE ae_events.endpoints AS e
+       SET url = coalesce(alter_endpoint.url, e.url),
+           subscription_keys = new_keys,
+           filter = new_filter,
+           headers = coalesce(alter_endpoint.headers, e.headers),
+           timeout = coalesce(alter_endpoint.timeout, e.timeout),
+           retry_schedule = coalesce(alter_endpoint.retry_schedule, e.retry_schedule),
+           retry_jitter = coalesce(alter_endpoint.retry_jitter, e.retry_jitter),
+           disable_after = coalesce(alter_endpoint.disable_after, e.disable_after),
+           max_in_flight = coalesce(alter_endpoint.max_in_flight, e.max_in_flight),
+           rate_limit = new_rate_limit,
+           alert_after = coalesce(alter_endpoint.alert_after, e.alert_after),
+           alert_after_attempts = coalesce(alter_endpoint.alert_after_attempts, e.alert_after_attempts)
+     WHERE e.endpoint OPERATOR(pg_catalog.=) alter_endpoint.endpoint;
+    IF proxy IS NOT NULL OR client_certificate IS NOT NULL OR client_key IS NOT NULL
+       OR oauth2_token_url IS NOT NULL OR oauth2_client_id IS NOT NULL
+       OR oauth2_client_secret IS NOT NULL OR oauth2_scope IS NOT NULL THEN
+        PERFORM ae_events._set_endpoint_egress(endpoint, proxy, client_certificate, client_key,
+                                               oauth2_token_url, oauth2_client_id,
+                                               oauth2_client_secret, oauth2_scope);
+    END IF;
+END
+$$;
+
+REVOKE ALL ON FUNCTION ae_events.alter_endpoint(text, text, text[], jsonpath, jsonb, interval, interval[], double precision, interval, integer, boolean, double precision, interval, integer, text, text, text, text, text, text, text) FROM PUBLIC;
+DROP FUNCTION ae_events.rotate_endpoint_secret(text, interval, text);
+
+-- A new secret (generated, or given: whsec_ + base64 of 24 to 64 bytes). The current ones keep
+-- signing for the grace period, then stop. Returns the new secret. algorithm => 'ed25519'
+-- switches to a new ed25519 key pair (generated; the relay signs v1a with it) and returns its
+-- public key, whpk_ + base64, for the receiver; 'hmac' (the default) adds a whsec_ secret.
+CREATE FUNCTION ae_events.rotate_endpoint_secret(endpoint text,
+                                                 grace interval DEFAULT '1 day',
+                                                 new_secret text DEFAULT NULL,
+                                                 algorithm text DEFAULT 'hmac')
+RETURNS text
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    secret_to_add text;
+BEGIN
+    PERFORM ae_events._endpoint_for_update(endpoint);
+    IF algorithm IS NULL OR algorithm NOT IN ('hmac', 'ed25519') THEN
+        RAISE EXCEPTION 'ae_events: algorithm is hmac or ed25519, not %',
+                coalesce(pg_catalog.quote_literal(pg_catalog.left(algorithm, 50)), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF algorithm OPERATOR(pg_catalog.=) 'ed25519' THEN
+        IF new_secret IS NOT NULL THEN
+            RAISE EXCEPTION 'ae_events: an ed25519 key pair is generated: give no new_secret with it'
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        secret_to_add := ae_events._new_ed25519_secret();
+    ELSE
+        secret_to_add := coalesce(new_secret, ae_events._new_secret());
+        PERFORM ae_events._require_secret(secret_to_add);
+    END IF;
+    IF grace IS NULL OR grace OPERATOR(pg_catalog.<) interval '0'
+       OR grace OPERATOR(pg_catalog.>) interval '366 days' THEN
+        RAISE EXCEPTION 'ae_events: grace must be between 0 and 366 days, not %', grace
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    UPDATE ae_events.endpoint_secrets AS s
+       SET expires_at = pg_catalog.now() OPERATOR(pg_catalog.+) grace
+     WHERE s.endpoint OPERATOR(pg_catalog.=) rotate_endpoint_secret.endpoint
+       AND (s.expires_at IS NULL
+            OR s.expires_at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.+) grace));
+    BEGIN
+        INSERT INTO ae_events.endpoint_secrets (endpoint, secret) VALUES (endpoint, secret_to_add);
+    EXCEPTION WHEN unique_violation THEN
+        RAISE EXCEPTION 'ae_events: the endpoint % has that secret already', pg_catalog.quote_literal(endpoint)
+            USING ERRCODE = 'duplicate_object';
+    END;
+    -- Secrets that stopped signing are of no use.
+    DELETE FROM ae_events.endpoint_secrets AS s
+     WHERE s.endpoint OPERATOR(pg_catalog.=) rotate_endpoint_secret.endpoint
+       AND s.expires_at OPERATOR(pg_catalog.<=) pg_catalog.now();
+    IF algorithm OPERATOR(pg_catalog.=) 'ed25519' THEN
+        -- The key's last 32 bytes are its public key.
+        RETURN 'whpk_' OPERATOR(pg_catalog.||)
+               pg_catalog.encode(pg_catalog.substr(pg_catalog.decode(pg_catalog.substr(secret_to_add, 6), 'base64'), 33, 32), 'base64');
+    END IF;
+    RETURN secret_to_add;
+END
+$$;
+
+REVOKE ALL ON FUNCTION ae_events.rotate_endpoint_secret(text, interval, text, text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION ae_events.drop_endpoint(endpoint text) RETURNS boolean
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF endpoint IS NULL THEN
+        RAISE EXCEPTION 'ae_events: an endpoint name is needed, not NULL'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    DELETE FROM ae_events.deliveries AS d WHERE d.endpoint OPERATOR(pg_catalog.=) drop_endpoint.endpoint;
+    DELETE FROM ae_events.endpoint_secrets AS s WHERE s.endpoint OPERATOR(pg_catalog.=) drop_endpoint.endpoint;
+    DELETE FROM ae_events.endpoint_egress AS g WHERE g.endpoint OPERATOR(pg_catalog.=) drop_endpoint.endpoint;
+    DELETE FROM ae_events.endpoints AS e WHERE e.endpoint OPERATOR(pg_catalog.=) drop_endpoint.endpoint;
+    RETURN FOUND;
+END
+$$;
+
+DROP FUNCTION ae_events.relay_lease(text, interval);
+
+-- Renew this relay's leases and take endpoints that nobody holds (or whose relay's lease expired),
+-- up to its fair share: the enabled endpoints divided by the live relays, rounded up. Of the
+-- ones it holds beyond that share (another relay came), it renews only the share (first by
+-- name) and lets the rest run out: another relay takes them once they expired, so that no two
+-- relays ever send for one endpoint. Lets go of disabled ones. Returns the endpoints it serves,
+-- with what it needs to deliver. A lease lasts at most 10 minutes, and a relay id is its role's
+-- (_require_own_relay).
+CREATE FUNCTION ae_events.relay_lease(relay text, lease interval)
+RETURNS TABLE (endpoint text, url text, headers jsonb, timeout_ms bigint,
+               retry_schedule_ms bigint[], retry_jitter double precision, max_in_flight integer,
+               secrets text[], cursor_epoch bigint, cursor_txid xid8, cursor_id bigint,
+               rate_limit double precision, endpoint_id bigint,
+               proxy text, client_certificate text, client_key text, oauth2_token_url text,
+               oauth2_client_id text, oauth2_client_secret text, oauth2_scope text)
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    now_at timestamptz := pg_catalog.clock_timestamp();
+    caller name := ae_events._calling_role();
+    live_relays bigint;
+    enabled_endpoints bigint;
+    fair_share bigint;
+    kept text[];
+    taken text[];
+    registered integer;
+BEGIN
+    IF relay IS NULL OR relay OPERATOR(pg_catalog.=) '' OR lease IS NULL
+       OR lease OPERATOR(pg_catalog.<=) interval '0' THEN
+        RAISE EXCEPTION 'ae_events: relay_lease needs a relay id and a positive lease'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF lease OPERATOR(pg_catalog.>) interval '10 minutes' THEN
+        RAISE EXCEPTION 'ae_events: a lease lasts at most 10 minutes, not %', lease
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Another relay takes a dead relay''s endpoints only once its lease expired.';
+    END IF;
+    IF pg_catalog.length(relay) OPERATOR(pg_catalog.>) 200 OR relay ~ '[\x01-\x1f\x7f-\x9f]' THEN
+        RAISE EXCEPTION 'ae_events: a relay id is at most 200 characters, without control characters'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- An id alive under another role is refused; an expired one is free again.
+    INSERT INTO ae_events.relays AS r (relay, seen_at, expires_at, role)
+    VALUES (relay_lease.relay, now_at, now_at OPERATOR(pg_catalog.+) lease, caller)
+    ON CONFLICT ON CONSTRAINT relays_pkey
+    DO UPDATE SET seen_at = excluded.seen_at, expires_at = excluded.expires_at,
+                  role = excluded.role,
+                  started_at = CASE WHEN r.role IS NOT DISTINCT FROM excluded.role THEN r.started_at
+                                    ELSE excluded.started_at END
+       WHERE r.role IS NULL OR r.role OPERATOR(pg_catalog.=) excluded.role
+          OR r.expires_at OPERATOR(pg_catalog.<) now_at;
+    GET DIAGNOSTICS registered = ROW_COUNT;
+    IF registered OPERATOR(pg_catalog.=) 0 THEN
+        PERFORM ae_events._require_own_relay(relay);
+    END IF;
+    DELETE FROM ae_events.relays AS r WHERE r.expires_at OPERATOR(pg_catalog.<) now_at;
+    UPDATE ae_events.endpoints AS e SET relay = NULL, relay_role = NULL, lease_expires_at = NULL
+     WHERE e.relay OPERATOR(pg_catalog.=) relay_lease.relay AND NOT e.enabled;
+    SELECT pg_catalog.count(*) INTO live_relays FROM ae_events.relays;
+    SELECT pg_catalog.count(*) INTO enabled_endpoints FROM ae_events.endpoints AS e WHERE e.enabled;
+    fair_share := (enabled_endpoints OPERATOR(pg_catalog.+) live_relays OPERATOR(pg_catalog.-) 1)
+                  OPERATOR(pg_catalog./) GREATEST(live_relays, 1);
+    WITH renewed AS (
+        UPDATE ae_events.endpoints AS e
+           SET lease_expires_at = now_at OPERATOR(pg_catalog.+) lease
+         WHERE e.endpoint IN (
+               SELECT h.endpoint FROM ae_events.endpoints AS h
+                WHERE h.relay OPERATOR(pg_catalog.=) relay_lease.relay AND h.enabled
+                  AND h.relay_role OPERATOR(pg_catalog.=) caller
+                  AND h.lease_expires_at OPERATOR(pg_catalog.>=) now_at
+                ORDER BY h.endpoint
+                LIMIT fair_share)
+        RETURNING e.endpoint)
+    SELECT coalesce(pg_catalog.array_agg(r.endpoint), '{}') INTO kept FROM renewed AS r;
+    WITH took AS (
+        UPDATE ae_events.endpoints AS e
+           SET relay = relay_lease.relay,
+               relay_role = caller,
+               lease_expires_at = now_at OPERATOR(pg_catalog.+) lease
+         WHERE e.endpoint IN (
+               SELECT f.endpoint FROM ae_events.endpoints AS f
+                WHERE f.enabled
+                  AND (f.relay IS NULL OR f.lease_expires_at IS NULL
+                       OR f.lease_expires_at OPERATOR(pg_catalog.<) now_at)
+                ORDER BY f.endpoint
+                LIMIT GREATEST(fair_share OPERATOR(pg_catalog.-) pg_catalog.cardinality(kept), 0)
+                FOR UPDATE SKIP LOCKED)
+        RETURNING e.endpoint)
+    SELECT coalesce(pg_catalog.array_agg(t.endpoint), '{}') INTO taken FROM took AS t;
+    -- Failing endpoints whose retries are far apart are announced by the clock (alerts.sql).
+    PERFORM ae_events._alert_overdue(relay_lease.relay);
+    RETURN QUERY
+    SELECT h.endpoint, h.url, h.headers,
+           (EXTRACT(epoch FROM h.timeout) OPERATOR(pg_catalog.*) 1000)::bigint,
+           ARRAY(SELECT (EXTRACT(epoch FROM d) OPERATOR(pg_catalog.*) 1000)::bigint
+                   FROM pg_catalog.unnest(h.retry_schedule) WITH ORDINALITY AS s (d, n) ORDER BY n),
+           h.retry_jitter, h.max_in_flight,
+           ARRAY(SELECT s.secret FROM ae_events.endpoint_secrets AS s
+                  WHERE s.endpoint OPERATOR(pg_catalog.=) h.endpoint
+                    AND (s.expires_at IS NULL OR s.expires_at OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp())
+                  ORDER BY s.created_at DESC, s.secret),
+           h.cursor_epoch, h.cursor_txid, h.cursor_id, h.rate_limit, h.endpoint_id,
+           g.proxy, g.client_certificate, g.client_key, g.oauth2_token_url, g.oauth2_client_id,
+           g.oauth2_client_secret, g.oauth2_scope
+      FROM ae_events.endpoints AS h
+      LEFT JOIN ae_events.endpoint_egress AS g ON g.endpoint OPERATOR(pg_catalog.=) h.endpoint
+     WHERE h.endpoint OPERATOR(pg_catalog.=) ANY (kept OPERATOR(pg_catalog.||) taken)
+     ORDER BY h.endpoint;
+END
+$$;
+
+REVOKE ALL ON FUNCTION ae_events.relay_lease(text, interval) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION ae_events.relay_lease(text, interval) TO ae_events_relay;
+GRANT SELECT ON ae_events.endpoint_egress TO ae_events_relay;
+-- (End of egress part S.)
