@@ -126,6 +126,11 @@ extension_sql_file!(
     name = "privacy",
     requires = ["consumers", "endpoints", settings::_payload_retention]
 );
+extension_sql_file!(
+    "../sql/src/console.sql",
+    name = "console",
+    requires = ["endpoints", "test_events", "analytics", "privacy"]
+);
 extension_sql_file!("../sql/src/install.sql", name = "install", finalize);
 
 #[pg_guard]

@@ -183,11 +183,15 @@ BEGIN
                                             AND d.status OPERATOR(pg_catalog.=) 'pending'))
                     ORDER BY o.id
                     LIMIT batch_size);
-        -- Their delivery records go with them.
+        -- Their delivery records and attempt logs (console.sql) go with them.
         DELETE FROM ae_events.deliveries AS d
          USING ae_events.endpoints AS p
          WHERE d.endpoint OPERATOR(pg_catalog.=) p.endpoint
            AND d.outbox_id OPERATOR(pg_catalog.=) ANY (pruned_ids);
+        DELETE FROM ae_events.delivery_attempts AS a
+         USING ae_events.endpoints AS p
+         WHERE a.endpoint OPERATOR(pg_catalog.=) p.endpoint
+           AND a.outbox_id OPERATOR(pg_catalog.=) ANY (pruned_ids);
         DELETE FROM ae_events.outbox AS d WHERE d.id OPERATOR(pg_catalog.=) ANY (pruned_ids);
         GET DIAGNOSTICS batch = ROW_COUNT;
         deleted := deleted OPERATOR(pg_catalog.+) batch;
@@ -195,11 +199,19 @@ BEGIN
     END LOOP;
     -- Test events of send_test_event (test_events.sql) go with the events of their time once
     -- finished, and those of dropped endpoints; they are not counted.
-    DELETE FROM ae_events.test_events AS t
-     WHERE (t.status OPERATOR(pg_catalog.<>) 'pending'
-            AND t.requested_at OPERATOR(pg_catalog.<) cutoff)
-        OR NOT EXISTS (SELECT FROM ae_events.endpoints AS e
-                        WHERE e.endpoint_id OPERATOR(pg_catalog.=) t.endpoint_id);
+    WITH gone AS (
+        DELETE FROM ae_events.test_events AS t
+         WHERE (t.status OPERATOR(pg_catalog.<>) 'pending'
+                AND t.requested_at OPERATOR(pg_catalog.<) cutoff)
+            OR NOT EXISTS (SELECT FROM ae_events.endpoints AS e
+                            WHERE e.endpoint_id OPERATOR(pg_catalog.=) t.endpoint_id)
+        RETURNING t.id)
+    DELETE FROM ae_events.delivery_attempts AS a
+     USING gone
+     WHERE a.test_event_id OPERATOR(pg_catalog.=) gone.id;
+    -- The console's counts (console.sql) are kept 7 days.
+    DELETE FROM ae_events.endpoint_activity AS a
+     WHERE a.bucket_start OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) interval '7 days');
     RETURN deleted;
 END
 $$;

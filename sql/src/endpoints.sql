@@ -1494,7 +1494,8 @@ CREATE FUNCTION ae_events.relay_record(endpoint text, relay text,
                                        errors text[], next_attempt_at timestamptz[],
                                        new_cursor_epoch bigint, new_cursor_txid xid8,
                                        new_cursor_id bigint, gone_reason text,
-                                       endpoint_id bigint)
+                                       endpoint_id bigint,
+                                       durations_ms integer[] DEFAULT NULL)
 RETURNS boolean
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -1570,6 +1571,9 @@ BEGIN
            pg_catalog.count(*) FILTER (WHERE s OPERATOR(pg_catalog.<>) 'delivered' AND t IS NOT NULL)
       INTO any_delivered, first_failure, failures
       FROM ROWS FROM (pg_catalog.unnest(statuses), pg_catalog.unnest(attempted_at)) AS r (s, t);
+    -- The console's counts and attempt log (console.sql).
+    PERFORM ae_events._console_record(held.endpoint, outbox_ids, statuses, attempts, attempted_at,
+                                      http_statuses, durations_ms, failures);
     -- For the operational events (alerts.sql), the latest failed and delivered attempts say
     -- why (the error text as stored just now, masked); not looked for in a batch of deliveries
     -- only (the common case) of an endpoint whose failing was not announced.
@@ -1654,12 +1658,12 @@ REVOKE ALL ON FUNCTION ae_events.relay_release(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ae_events.relay_status(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ae_events.relay_fetch(text, text, bigint, xid8, bigint, integer, bigint, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ae_events.relay_due(text, text, integer, bigint[], bigint, bigint) FROM PUBLIC;
-REVOKE ALL ON FUNCTION ae_events.relay_record(text, text, bigint[], bigint[], text[], integer[], timestamptz[], integer[], text[], timestamptz[], bigint, xid8, bigint, text, bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ae_events.relay_record(text, text, bigint[], bigint[], text[], integer[], timestamptz[], integer[], text[], timestamptz[], bigint, xid8, bigint, text, bigint, integer[]) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION ae_events.relay_lease(text, interval), ae_events.relay_release(text),
     ae_events.relay_status(text),
     ae_events.relay_fetch(text, text, bigint, xid8, bigint, integer, bigint, bigint),
     ae_events.relay_due(text, text, integer, bigint[], bigint, bigint),
-    ae_events.relay_record(text, text, bigint[], bigint[], text[], integer[], timestamptz[], integer[], text[], timestamptz[], bigint, xid8, bigint, text, bigint)
+    ae_events.relay_record(text, text, bigint[], bigint[], text[], integer[], timestamptz[], integer[], text[], timestamptz[], bigint, xid8, bigint, text, bigint, integer[])
     TO ae_events_relay;
 -- Secrets: the relay (and the DBA, who owns them); never ae_events_reader.
 GRANT SELECT ON ae_events.endpoint_secrets, ae_events.endpoint_egress TO ae_events_relay;

@@ -90,6 +90,14 @@ BEGIN
        AND d.outbox_id OPERATOR(pg_catalog.=) ANY (ids)
        AND d.last_error IS NOT NULL
        AND d.last_error OPERATOR(pg_catalog.<>) '[erased]';
+    -- The attempt log (console.sql) keeps each failed attempt's error text: the same.
+    UPDATE ae_events.delivery_attempts AS a
+       SET error = '[erased]'
+      FROM ae_events.endpoints AS p
+     WHERE a.endpoint OPERATOR(pg_catalog.=) p.endpoint
+       AND a.outbox_id OPERATOR(pg_catalog.=) ANY (ids)
+       AND a.error IS NOT NULL
+       AND a.error OPERATOR(pg_catalog.<>) '[erased]';
     -- Operational events (alerts.sql) carry an attempt's error text too, and a failing or
     -- disabled one does not say which event's: the error texts of every operational event about
     -- an endpoint that attempted one of these events, since its first attempt, go as well.

@@ -256,7 +256,8 @@ $$;
 CREATE FUNCTION ae_events.relay_record_tests(endpoint text, relay text, endpoint_id bigint,
                                              ids bigint[], statuses text[], attempts integer[],
                                              attempted_at timestamptz[], http_statuses integer[],
-                                             errors text[], next_attempt_at timestamptz[])
+                                             errors text[], next_attempt_at timestamptz[],
+                                             durations_ms integer[] DEFAULT NULL)
 RETURNS boolean
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -304,6 +305,9 @@ BEGIN
      WHERE t.id OPERATOR(pg_catalog.=) r.id
        AND t.endpoint_id OPERATOR(pg_catalog.=) held.endpoint_id
        AND r.status IN ('pending', 'delivered', 'dead');
+    -- The console's attempt log (console.sql).
+    PERFORM ae_events._console_record_tests(held.endpoint, ids, statuses, attempts, attempted_at,
+                                            http_statuses, errors, durations_ms, held.endpoint_id);
     RETURN true;
 END
 $$;
@@ -345,9 +349,9 @@ $$;
 REVOKE ALL ON FUNCTION ae_events._example_payload() FROM PUBLIC;
 REVOKE ALL ON FUNCTION ae_events.send_test_event(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION ae_events.relay_tests(text, text, integer, bigint) FROM PUBLIC;
-REVOKE ALL ON FUNCTION ae_events.relay_record_tests(text, text, bigint, bigint[], text[], integer[], timestamptz[], integer[], text[], timestamptz[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION ae_events.relay_record_tests(text, text, bigint, bigint[], text[], integer[], timestamptz[], integer[], text[], timestamptz[], integer[]) FROM PUBLIC;
 GRANT USAGE ON SCHEMA ae_events TO ae_events_operator;
 GRANT EXECUTE ON FUNCTION ae_events.send_test_event(text, text) TO ae_events_operator;
 GRANT EXECUTE ON FUNCTION ae_events.relay_tests(text, text, integer, bigint),
-    ae_events.relay_record_tests(text, text, bigint, bigint[], text[], integer[], timestamptz[], integer[], text[], timestamptz[])
+    ae_events.relay_record_tests(text, text, bigint, bigint[], text[], integer[], timestamptz[], integer[], text[], timestamptz[], integer[])
     TO ae_events_relay;
