@@ -191,9 +191,15 @@ pub async fn allowed_addresses(host: &str, port: u16) -> Result<Vec<SocketAddr>,
 
 /// The check of a URL's host when it is an IP address (the client does not resolve those).
 pub fn check_url(url: &reqwest::Url) -> Result<(), Refused> {
-    let Some(host) = url.host_str() else {
-        return Ok(());
-    };
+    match url.host_str() {
+        Some(host) => check_host(host),
+        None => Ok(()),
+    }
+}
+
+/// The check of a host when it is an IP address (with or without brackets); a name is left to
+/// the resolver.
+pub fn check_host(host: &str) -> Result<(), Refused> {
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     match bare.parse::<IpAddr>() {
         Ok(ip) => match refusal(ip) {

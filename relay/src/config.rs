@@ -46,6 +46,9 @@ pub struct RelayConfig {
     pub ca_bundle: Option<PathBuf>,
     /// Connect to public addresses only (address_guard), over HTTP and NATS.
     pub refuse_private_addresses: bool,
+    /// The forward proxy of HTTP endpoints without one of their own (`--proxy`): a URL that
+    /// may hold a password (never shown).
+    pub proxy: Option<String>,
     /// Also connect to the NATS servers a server advertises (off; never under the guard).
     pub nats_follow_discovered_servers: bool,
 }
@@ -69,6 +72,7 @@ impl std::fmt::Debug for RelayConfig {
             .field("metrics_address", &self.metrics_address)
             .field("ca_bundle", &self.ca_bundle)
             .field("refuse_private_addresses", &self.refuse_private_addresses)
+            .field("proxy", &self.proxy.as_ref().map(|_| "(hidden)"))
             .field(
                 "nats_follow_discovered_servers",
                 &self.nats_follow_discovered_servers,
@@ -103,6 +107,7 @@ impl RelayConfig {
             },
             ca_bundle: None,
             refuse_private_addresses: false,
+            proxy: None,
             nats_follow_discovered_servers: false,
         }
     }

@@ -1,7 +1,6 @@
 //! One attempt to deliver an event over HTTP (webhooks.md §2-3): the request with its headers
 //! and signatures, and what the answer means.
 
-use crate::address_guard::{self, Refused};
 use crate::config::RelayConfig;
 use crate::endpoint::{EndpointConfig, Event};
 use crate::retry::parse_retry_after;
@@ -9,10 +8,8 @@ use crate::signing::signature_header;
 use crate::transport;
 use base64::Engine as _;
 use http_body_util::BodyExt as _;
-use hyper_util::client::proxy::matcher::Matcher;
 use reqwest::header::{
-    HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, PROXY_AUTHORIZATION, RETRY_AFTER,
-    USER_AGENT,
+    HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, USER_AGENT,
 };
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -34,27 +31,29 @@ pub enum Attempt {
     },
 }
 
-/// The HTTP client every endpoint shares (transport.rs): HTTP/1.1, no redirects followed (a
-/// 3xx is a failure), no cookies, rustls verifying certificates against the system's roots and
-/// `--ca-bundle`'s, interim responses bounded, and with `--refuse-private-addresses` connecting
-/// to public addresses only.
+/// The HTTP clients of the endpoints (transport.rs): HTTP/1.1, no redirects followed (a 3xx is
+/// a failure), no cookies, rustls verifying certificates against the system's roots and
+/// `--ca-bundle`'s, interim responses bounded, with `--refuse-private-addresses` connecting to
+/// public addresses only; through the endpoint's proxy or `--proxy`, presenting the endpoint's
+/// client certificate. One shared by the endpoints without settings of their own.
 #[derive(Clone)]
 pub struct HttpClient {
-    client: transport::Client,
-    /// The environment's proxies (None under the guard): a plain-HTTP request through one
-    /// carries its credentials.
-    proxies: Option<Arc<Matcher>>,
-    refuse_private_addresses: bool,
+    egresses: Arc<transport::Egresses>,
 }
 
 impl HttpClient {
     pub fn new(config: &RelayConfig) -> Result<HttpClient, String> {
-        let (client, proxies) = transport::client(config)?;
         Ok(HttpClient {
-            client,
-            proxies,
-            refuse_private_addresses: config.refuse_private_addresses,
+            egresses: Arc::new(transport::Egresses::new(config)?),
         })
+    }
+
+    /// What this endpoint's requests go through (its proxy, its client certificate), built on
+    /// its first use of these settings: webhooks and OAuth2 token requests alike. The error is
+    /// the attempt's.
+    pub fn egress(&self, endpoint: &EndpointConfig) -> Result<transport::Egress, String> {
+        let _ = endpoint;
+        self.egresses.for_endpoint(None, None, None)
     }
 }
 
@@ -73,16 +72,16 @@ pub async fn deliver(client: &HttpClient, endpoint: &EndpointConfig, event: &Eve
             retry_after: None,
         };
     };
-    if client.refuse_private_addresses {
-        // An IP-literal host is connected to without resolving: the resolver never sees it.
-        if let Err(refused) = address_guard::check_url(&url) {
+    let egress = match client.egress(endpoint) {
+        Ok(egress) => egress,
+        Err(error) => {
             return Attempt::Failed {
                 status: None,
-                error: refused.to_string(),
+                error,
                 retry_after: None,
-            };
+            }
         }
-    }
+    };
     let signature = signature_header(&endpoint.keys, &event.event_id, timestamp, &event.payload);
     // Static headers that would pass for the relay's own or steer the connection are left out,
     // whatever the database holds (the SQL refuses them for new definitions; older rows may
@@ -144,16 +143,6 @@ pub async fn deliver(client: &HttpClient, endpoint: &EndpointConfig, event: &Eve
             }
         }
     };
-    if let Some(proxy) = client
-        .proxies
-        .as_ref()
-        .filter(|_| uri.scheme_str() == Some("http"))
-        .and_then(|proxies| proxies.intercept(&uri))
-    {
-        if let Some(auth) = proxy.basic_auth() {
-            headers.insert(PROXY_AUTHORIZATION, auth.clone());
-        }
-    }
     let mut request = http::Request::new(transport::Body::new(event.payload.clone()));
     *request.method_mut() = http::Method::POST;
     *request.uri_mut() = uri;
@@ -166,12 +155,14 @@ pub async fn deliver(client: &HttpClient, endpoint: &EndpointConfig, event: &Eve
         error: format!("timed out after {} ms", endpoint.timeout.as_millis()),
         retry_after: None,
     };
-    let response = match tokio::time::timeout_at(deadline, client.client.request(request)).await {
+    // (Under the guard, an IP-literal host is checked by `send` when the request goes direct:
+    // the resolver never sees it.)
+    let response = match tokio::time::timeout_at(deadline, egress.send(request)).await {
         Ok(Ok(response)) => response,
         Ok(Err(error)) => {
             return Attempt::Failed {
                 status: None,
-                error: describe(&error),
+                error,
                 retry_after: None,
             }
         }
@@ -282,29 +273,6 @@ fn percent_decode(text: &str) -> String {
         }
     }
     String::from_utf8_lossy(&decoded).into_owned()
-}
-
-fn describe(error: &hyper_util::client::legacy::Error) -> String {
-    // The innermost cause says what happened (connection refused, TLS, DNS).
-    let cause = innermost(error);
-    if let Some(refused) = cause.downcast_ref::<Refused>() {
-        return refused.to_string();
-    }
-    if error.is_connect() {
-        format!("could not connect: {cause}")
-    } else {
-        format!("request failed: {cause}")
-    }
-}
-
-fn innermost<'a>(
-    error: &'a (dyn std::error::Error + 'static),
-) -> &'a (dyn std::error::Error + 'static) {
-    let mut cause = error;
-    while let Some(inner) = cause.source() {
-        cause = inner;
-    }
-    cause
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! The `ae-relay` command: `run` delivers webhooks until stopped; `check` says whether this
-//! relay can do its work; `schema` prints the webhooks' OpenAPI document.
+//! relay can do its work; `schema` prints the webhooks' OpenAPI document; `console` serves the
+//! operator console (docs/console.md).
 
 use ae_relay::config::{default_relay_id, RelayConfig};
 use ae_relay::database::Database;
@@ -108,6 +109,12 @@ enum Command {
         /// connection time (a refused attempt fails and is retried like any other).
         #[arg(long)]
         refuse_private_addresses: bool,
+        /// Forward proxy for the HTTP endpoints without a proxy of their own:
+        /// http://[user:password@]host:port (or https://). HTTPS goes through CONNECT, HTTP as
+        /// absolute-form requests; replaces the environment's HTTP(S)_PROXY. Under
+        /// --refuse-private-addresses the proxy's address is the one checked.
+        #[arg(long, env = "AE_RELAY_PROXY", hide_env_values = true, value_name = "URL", value_parser = parse_proxy)]
+        proxy: Option<String>,
         /// Also connect to the NATS servers that a NATS server advertises (its cluster's
         /// `connect_urls`); off: only the endpoint URL's server. Ignored with
         /// --refuse-private-addresses, whose check those addresses would escape.
@@ -115,6 +122,37 @@ enum Command {
         nats_follow_discovered_servers: bool,
         /// TOML file of settings: keys are these options' long names (lease = "6s"); the
         /// command line and the environment override it.
+        #[arg(long, env = "AE_RELAY_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Serve the operator console (web pages) until stopped: people sign in with their own
+    /// PostgreSQL role and password, and see and do what that role may (docs/console.md).
+    Console {
+        /// PostgreSQL connection URL naming the database (host, port, database name); its user
+        /// and password are not used: each session connects as the role that signed in.
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+        /// Address to serve the console on (plain HTTP: put a TLS reverse proxy in front of
+        /// it for anything but the local host).
+        #[arg(long, env = "AE_CONSOLE_LISTEN", default_value = "127.0.0.1:8088")]
+        listen: std::net::SocketAddr,
+        /// Mark the session cookie Secure: say so when the console is reached over HTTPS
+        /// (through a reverse proxy).
+        #[arg(long)]
+        secure_cookies: bool,
+        /// Sessions at most (each holds one database connection); at the bound, the least
+        /// recently used one ends.
+        #[arg(long, default_value_t = 100, value_parser = parse_positive)]
+        max_sessions: usize,
+        /// The longest a page's or an action's database call may run (statement_timeout of
+        /// each session's connection).
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        statement_timeout: Duration,
+        // How long a session may stay unused (30 minutes); only tests shorten it.
+        #[arg(long, hide = true, default_value = "30m", value_parser = parse_duration)]
+        idle_timeout: Duration,
+        /// TOML file of settings: keys are these options' long names (listen =
+        /// "127.0.0.1:8088"); the command line and the environment override it.
         #[arg(long, env = "AE_RELAY_CONFIG", value_name = "FILE")]
         config: Option<PathBuf>,
     },
@@ -146,6 +184,12 @@ fn parse_ca_bundle(text: &str) -> Result<PathBuf, String> {
     let path = PathBuf::from(text);
     ae_relay::http_sink::read_ca_bundle(&path)?;
     Ok(path)
+}
+
+/// A proxy URL is checked at start; the error never repeats it (it may hold a password).
+fn parse_proxy(text: &str) -> Result<String, String> {
+    ae_relay::transport::parse_proxy(text)?;
+    Ok(text.trim().to_owned())
 }
 
 /// The longest duration a flag takes: every deadline the relay computes from one (now plus a
@@ -250,6 +294,7 @@ async fn main() -> ExitCode {
             breaker_max_cooldown,
             ca_bundle,
             refuse_private_addresses,
+            proxy,
             nats_follow_discovered_servers,
             config: _,
         } => {
@@ -274,12 +319,37 @@ async fn main() -> ExitCode {
             };
             config.ca_bundle = ca_bundle;
             config.refuse_private_addresses = refuse_private_addresses;
+            config.proxy = proxy;
             config.nats_follow_discovered_servers = nats_follow_discovered_servers;
             config.fetch_batch = config.fetch_batch.min(config.window);
             match ae_relay::supervisor::run(config).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     eprintln!("ae-relay: {}", escape(&error.to_string()));
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Console {
+            database_url,
+            listen,
+            secure_cookies,
+            max_sessions,
+            statement_timeout,
+            idle_timeout,
+            config: _,
+        } => {
+            tracing::info!(settings = %parsed.settings, "effective settings");
+            let mut config = ae_relay::console::ConsoleConfig::new(database_url);
+            config.listen = listen;
+            config.secure_cookies = secure_cookies;
+            config.max_sessions = max_sessions;
+            config.statement_timeout = statement_timeout;
+            config.idle_timeout = idle_timeout;
+            match ae_relay::console::run(config).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("ae-relay: {}", escape(&error));
                     ExitCode::FAILURE
                 }
             }
