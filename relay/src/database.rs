@@ -9,7 +9,7 @@
 //!   passed) is cancelled on the server and its connection closed, so that no abandoned query
 //!   keeps running.
 
-use crate::endpoint::{EndpointConfig, Event, Position};
+use crate::endpoint::{ClientIdentity, Egress, EndpointConfig, Event, OAuth2Settings, Position};
 use crate::signing::SigningKey;
 use futures_util::StreamExt;
 use std::collections::HashMap;
@@ -294,7 +294,7 @@ impl Pool {
         let columns = OutcomeColumns::of(outcomes);
         let rows = self
             .query(
-                "SELECT ae_events.relay_record_tests($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                "SELECT ae_events.relay_record_tests($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
                 &[
                     &endpoint,
                     &relay,
@@ -306,6 +306,7 @@ impl Pool {
                     &columns.http_statuses,
                     &columns.errors,
                     &columns.next,
+                    &columns.durations_ms,
                 ],
             )
             .await?;
@@ -335,7 +336,7 @@ impl Pool {
         let rows = self
             .query(
                 "SELECT ae_events.relay_record($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
-                                               $11, $12::text::xid8, $13, $14, $15)",
+                                               $11, $12::text::xid8, $13, $14, $15, $16)",
                 &[
                     &endpoint,
                     &relay,
@@ -352,6 +353,7 @@ impl Pool {
                     &cursor.map(|c| c.id),
                     &gone_reason,
                     &endpoint_id,
+                    &columns.durations_ms,
                 ],
             )
             .await?;
@@ -386,6 +388,7 @@ struct OutcomeColumns<'a> {
     http_statuses: Vec<Option<i32>>,
     errors: Vec<Option<&'a str>>,
     next: Vec<Option<SystemTime>>,
+    durations_ms: Vec<Option<i32>>,
 }
 
 impl<'a> OutcomeColumns<'a> {
@@ -398,6 +401,7 @@ impl<'a> OutcomeColumns<'a> {
             http_statuses: outcomes.iter().map(|o| o.http_status).collect(),
             errors: outcomes.iter().map(|o| o.error.as_deref()).collect(),
             next: outcomes.iter().map(|o| o.next_attempt_at).collect(),
+            durations_ms: outcomes.iter().map(|o| o.duration_ms).collect(),
         }
     }
 }
@@ -443,6 +447,8 @@ pub struct Outcome {
     pub http_status: Option<i32>,
     pub error: Option<String>,
     pub next_attempt_at: Option<SystemTime>,
+    /// How long the attempt took, for the console's attempt log; None: no attempt (parked).
+    pub duration_ms: Option<i32>,
 }
 
 /// Refuse a database URL that cannot be parsed, at start rather than on every reconnect. The
@@ -537,7 +543,8 @@ impl Database {
             .query(
                 &self.prepared("SELECT endpoint, url, headers::text, timeout_ms, retry_schedule_ms, retry_jitter,
                         max_in_flight, secrets, cursor_epoch, cursor_txid::text, cursor_id, rate_limit,
-                        endpoint_id
+                        endpoint_id, proxy, client_certificate, client_key, oauth2_token_url,
+                        oauth2_client_id, oauth2_client_secret, oauth2_scope
                    FROM ae_events.relay_lease($1, make_interval(secs => $2::float8))").await?,
                 &[&relay, &lease.as_secs_f64()],
             )
@@ -653,6 +660,31 @@ fn endpoint_config(row: &Row) -> EndpointConfig {
         },
         rate_limit: row.get::<_, Option<f64>>(11).filter(|rate| *rate > 0.0),
         endpoint_id: row.get(12),
+        egress: egress(row),
+    }
+}
+
+/// The egress settings of a relay_lease row (columns 13 to 19); SQL stores them complete.
+fn egress(row: &Row) -> Egress {
+    let text = |index: usize| row.get::<_, Option<String>>(index).filter(|s| !s.is_empty());
+    Egress {
+        proxy: text(13),
+        client_identity: match (text(14), text(15)) {
+            (Some(certificate_chain_pem), Some(private_key_pem)) => Some(ClientIdentity {
+                certificate_chain_pem,
+                private_key_pem,
+            }),
+            _ => None,
+        },
+        oauth2: match (text(16), text(17), text(18)) {
+            (Some(token_url), Some(client_id), Some(client_secret)) => Some(OAuth2Settings {
+                token_url,
+                client_id,
+                client_secret,
+                scope: text(19),
+            }),
+            _ => None,
+        },
     }
 }
 

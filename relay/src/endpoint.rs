@@ -25,6 +25,104 @@ pub struct EndpointConfig {
     /// Which endpoint of this name (one dropped and created again gets a new id): the relay
     /// functions refuse calls for another.
     pub endpoint_id: i64,
+    /// How the endpoint is reached beyond its URL and headers: proxy, client certificate,
+    /// OAuth2 (alter_endpoint; docs/webhooks.md).
+    pub egress: Egress,
+}
+
+/// An endpoint's egress settings as alter_endpoint stored them (SQL checked them: a proxy URL
+/// the relay can parse, a certificate that matches its key and was valid then, OAuth2 settings
+/// complete). They hold secrets: Debug shows none of them.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Egress {
+    /// The endpoint's own forward proxy, `http(s)://[user[:password]@]host[:port]` (user info
+    /// percent-encoded as in any URL); None: the relay-wide `--proxy`, if any.
+    pub proxy: Option<String>,
+    /// The client certificate presented to this endpoint only (mutual TLS).
+    pub client_identity: Option<ClientIdentity>,
+    /// OAuth2 client credentials: a Bearer token fetched for this endpoint.
+    pub oauth2: Option<OAuth2Settings>,
+}
+
+/// A client certificate chain (PEM, the client's own certificate first) and its private key
+/// (PEM: PKCS#8, PKCS#1 RSA or SEC1 EC).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientIdentity {
+    pub certificate_chain_pem: String,
+    pub private_key_pem: String,
+}
+
+/// OAuth2 client credentials grant (RFC 6749 §4.4) settings.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct OAuth2Settings {
+    pub token_url: String,
+    pub client_id: String,
+    pub client_secret: String,
+    /// Space-separated scopes; None: the request names none.
+    pub scope: Option<String>,
+}
+
+impl Egress {
+    /// The values that are secrets, to be masked wherever an error text could repeat them: the
+    /// proxy's user info and password (as written and percent-decoded), the OAuth2 client
+    /// secret. The client key never reaches an error text.
+    pub fn secrets(&self) -> Vec<String> {
+        let mut secrets = Vec::new();
+        if let Some(url) = self
+            .proxy
+            .as_deref()
+            .and_then(|p| reqwest::Url::parse(p).ok())
+        {
+            if let Some(password) = url.password() {
+                secrets.push(password.to_owned());
+                secrets.push(decode_percent(password));
+                secrets.push(format!("{}:{password}", url.username()));
+            }
+        }
+        if let Some(oauth2) = &self.oauth2 {
+            secrets.push(oauth2.client_secret.clone());
+        }
+        secrets.retain(|secret| !secret.is_empty());
+        secrets
+    }
+}
+
+/// `%XX` escapes decoded (invalid UTF-8 as U+FFFD).
+fn decode_percent(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                decoded.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                decoded.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&decoded).into_owned()
+}
+
+impl std::fmt::Debug for Egress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Whether each is set, never a value (user info, keys, secrets).
+        f.debug_struct("Egress")
+            .field("proxy", &self.proxy.as_ref().map(|_| ".."))
+            .field(
+                "client_identity",
+                &self.client_identity.as_ref().map(|_| ".."),
+            )
+            .field("oauth2", &self.oauth2.as_ref().map(|_| ".."))
+            .finish()
+    }
 }
 
 /// A place in the outbox's delivery order: epoch (first id of the cluster's range), transaction

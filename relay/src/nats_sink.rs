@@ -374,6 +374,7 @@ mod tests {
             cursor: Default::default(),
             rate_limit: None,
             endpoint_id: 1,
+            egress: Default::default(),
         }
     }
 

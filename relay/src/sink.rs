@@ -80,12 +80,14 @@ impl Sinks {
     }
 }
 
-/// The values of the static headers sent to this endpoint that are long enough to be secrets.
+/// The values of the static headers sent to this endpoint that are long enough to be secrets,
+/// and its egress settings' secrets (proxy password, OAuth2 client secret).
 pub fn secrets(endpoint: &EndpointConfig) -> Vec<String> {
     let mut values: Vec<String> = endpoint
         .headers
         .values()
         .map(|value| String::from_utf8_lossy(value.as_bytes()).trim().to_owned())
+        .chain(endpoint.egress.secrets())
         .filter(|value| value.len() >= SECRET_MIN_BYTES)
         .collect();
     // Longest first: a value that contains another is masked whole.
