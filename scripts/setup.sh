@@ -33,6 +33,9 @@ PG_CONFIG="${PG_CONFIG:-$default_pg_config}"
 
 # tinyproxy: the forward proxy the relay's egress tests deliver through (relay/tests/egress_transport.rs).
 packages=(libclang-dev clang sudo nats-server tinyproxy)
+# Debian's python3-cryptography (for /usr/bin/python3): the receiver that verifies ed25519 (v1a)
+# signatures in relay/tests/egress_auth.rs.
+packages+=(python3-cryptography)
 [ "$PG_VERSION" = 15 ] && packages+=(postgresql-15 postgresql-server-dev-15)
 # Node.js and npm run the receiver kit's snippet (docs/receivers); a Node.js from elsewhere (with
 # its own npm) is used as it is.

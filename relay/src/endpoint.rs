@@ -65,7 +65,8 @@ pub struct OAuth2Settings {
 impl Egress {
     /// The values that are secrets, to be masked wherever an error text could repeat them: the
     /// proxy's user info and password (as written and percent-decoded), the OAuth2 client
-    /// secret. The client key never reaches an error text.
+    /// secret (and the Basic credentials made of it). The client key never reaches an error
+    /// text.
     pub fn secrets(&self) -> Vec<String> {
         let mut secrets = Vec::new();
         if let Some(url) = self
@@ -81,6 +82,7 @@ impl Egress {
         }
         if let Some(oauth2) = &self.oauth2 {
             secrets.push(oauth2.client_secret.clone());
+            secrets.push(crate::oauth2::basic_credentials(oauth2));
         }
         secrets.retain(|secret| !secret.is_empty());
         secrets

@@ -39,12 +39,15 @@ pub enum Attempt {
 #[derive(Clone)]
 pub struct HttpClient {
     egresses: Arc<transport::Egresses>,
+    /// The endpoints' OAuth2 tokens (oauth2.rs).
+    tokens: Arc<crate::oauth2::Tokens>,
 }
 
 impl HttpClient {
     pub fn new(config: &RelayConfig) -> Result<HttpClient, String> {
         Ok(HttpClient {
             egresses: Arc::new(transport::Egresses::new(config)?),
+            tokens: Arc::default(),
         })
     }
 
@@ -143,31 +146,72 @@ pub async fn deliver(client: &HttpClient, endpoint: &EndpointConfig, event: &Eve
             }
         }
     };
-    let mut request = http::Request::new(transport::Body::new(event.payload.clone()));
-    *request.method_mut() = http::Method::POST;
-    *request.uri_mut() = uri;
-    *request.headers_mut() = headers;
-    // The whole attempt (connecting, sending, the answer's head and the part of its body that
-    // is read) within the endpoint's timeout.
+    // The whole attempt (an OAuth2 token request, connecting, sending, the answer's head and
+    // the part of its body that is read) within the endpoint's timeout.
     let deadline = tokio::time::Instant::now() + endpoint.timeout;
     let timed_out = || Attempt::Failed {
         status: None,
         error: format!("timed out after {} ms", endpoint.timeout.as_millis()),
         retry_after: None,
     };
+    let failed = |error: String| Attempt::Failed {
+        status: None,
+        error,
+        retry_after: None,
+    };
+    // OAuth2 client credentials: the endpoint's Bearer token (cached) in place of any static
+    // authorization header; the headers kept for one more try with a new token after a 401.
+    let mut bearer = None;
+    let mut retry_headers = None;
+    if let Some(settings) = &endpoint.egress.oauth2 {
+        let token = client
+            .tokens
+            .bearer(&egress, endpoint.endpoint_id, settings, None);
+        match tokio::time::timeout_at(deadline, token).await {
+            Ok(Ok(token)) => {
+                headers.insert(AUTHORIZATION, token.header.clone());
+                retry_headers = Some(headers.clone());
+                bearer = Some(token);
+            }
+            Ok(Err(error)) => return failed(error),
+            Err(_) => return failed(token_timed_out(endpoint.timeout)),
+        }
+    }
+    let post = |headers: reqwest::header::HeaderMap| {
+        let mut request = http::Request::new(transport::Body::new(event.payload.clone()));
+        *request.method_mut() = http::Method::POST;
+        *request.uri_mut() = uri.clone();
+        *request.headers_mut() = headers;
+        request
+    };
     // (Under the guard, an IP-literal host is checked by `send` when the request goes direct:
     // the resolver never sees it.)
-    let response = match tokio::time::timeout_at(deadline, egress.send(request)).await {
+    let mut response = match tokio::time::timeout_at(deadline, egress.send(post(headers))).await {
         Ok(Ok(response)) => response,
-        Ok(Err(error)) => {
-            return Attempt::Failed {
-                status: None,
-                error,
-                retry_after: None,
-            }
-        }
+        Ok(Err(error)) => return failed(error),
         Err(_) => return timed_out(),
     };
+    // A 401 to a token: revoked or expired early. One new token, one more try.
+    if let (http::StatusCode::UNAUTHORIZED, Some(mut headers), Some(settings)) =
+        (response.status(), retry_headers, &endpoint.egress.oauth2)
+    {
+        drop(response);
+        let token = client
+            .tokens
+            .bearer(&egress, endpoint.endpoint_id, settings, bearer.as_ref());
+        let token = match tokio::time::timeout_at(deadline, token).await {
+            Ok(Ok(token)) => token,
+            Ok(Err(error)) => return failed(error),
+            Err(_) => return failed(token_timed_out(endpoint.timeout)),
+        };
+        headers.insert(AUTHORIZATION, token.header.clone());
+        bearer = Some(token);
+        response = match tokio::time::timeout_at(deadline, egress.send(post(headers))).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(error)) => return failed(error),
+            Err(_) => return timed_out(),
+        };
+    }
     let status = response.status().as_u16();
     // A 2xx body is not read: the status is the answer (dropping the response discards it).
     if response.status().is_success() {
@@ -214,6 +258,10 @@ pub async fn deliver(client: &HttpClient, endpoint: &EndpointConfig, event: &Eve
         error.push_str(": ");
         error.push_str(snippet.trim());
     }
+    // A receiver that echoes the Bearer token shows it masked.
+    if let Some(token) = &bearer {
+        error = crate::sink::mask(&error, &[token.secret().to_owned()]);
+    }
     Attempt::Failed {
         status: Some(status),
         error,
@@ -252,6 +300,14 @@ pub fn is_reserved_header(name: &str) -> bool {
 }
 
 /// `%XX` escapes of a URL's user or password decoded (invalid UTF-8 as U+FFFD).
+/// A token request that took the rest of the attempt's time.
+fn token_timed_out(timeout: Duration) -> String {
+    format!(
+        "OAuth2 token endpoint: no token within the attempt's {} ms",
+        timeout.as_millis()
+    )
+}
+
 fn percent_decode(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut decoded = Vec::with_capacity(bytes.len());

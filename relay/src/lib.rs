@@ -8,7 +8,7 @@
 //! database hands them out), `signing`, `retry` (the schedule and `Retry-After`), `protection`
 //! (rate limit, circuit breaker), `fanout` (running the database's deferred fan-outs),
 //! `address_guard` (`--refuse-private-addresses`), `http_sink`
-//! (one attempt over HTTP), `nats_sink` (one publish to NATS JetStream), `sink` (which of the two
+//! (one attempt over HTTP), `oauth2` (endpoints' Bearer tokens), `nats_sink` (one publish to NATS JetStream), `sink` (which of the two
 //! an endpoint's URL names), `scheduling` (one endpoint's delivery loop), `supervisor` (leases
 //! and fair shares, workers, reconnects), `sockets` (the file descriptor limit and the socket
 //! budget), `metrics` (/metrics, /healthz, /readyz).
@@ -24,6 +24,7 @@ pub mod http_sink;
 pub mod logging;
 pub mod metrics;
 pub mod nats_sink;
+pub mod oauth2;
 pub mod protection;
 pub mod retry;
 pub mod scheduling;

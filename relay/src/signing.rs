@@ -21,7 +21,7 @@ pub struct SigningKey {
 
 #[derive(Clone)]
 enum Key {
-    Hmac(hmac::Key),
+    Hmac(Box<hmac::Key>),
     Ed25519(Arc<Ed25519KeyPair>),
 }
 
@@ -65,7 +65,7 @@ impl SigningKey {
         if bytes.is_empty() {
             return None;
         }
-        let key = Key::Hmac(hmac::Key::new(hmac::HMAC_SHA256, &bytes));
+        let key = Key::Hmac(Box::new(hmac::Key::new(hmac::HMAC_SHA256, &bytes)));
         Some(SigningKey { bytes, key })
     }
 
