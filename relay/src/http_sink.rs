@@ -55,8 +55,12 @@ impl HttpClient {
     /// its first use of these settings: webhooks and OAuth2 token requests alike. The error is
     /// the attempt's.
     pub fn egress(&self, endpoint: &EndpointConfig) -> Result<transport::Egress, String> {
-        let _ = endpoint;
-        self.egresses.for_endpoint(None, None, None)
+        let identity = endpoint.egress.client_identity.as_ref();
+        self.egresses.for_endpoint(
+            endpoint.egress.proxy.as_deref(),
+            identity.map(|identity| identity.certificate_chain_pem.as_str()),
+            identity.map(|identity| identity.private_key_pem.as_str()),
+        )
     }
 }
 

@@ -871,6 +871,51 @@ mod tests {
     use super::*;
 
     #[test]
+    fn one_egress_per_distinct_setting_and_no_more_than_the_bound() {
+        let mut config = RelayConfig::new("postgres://localhost/db".to_owned());
+        config.proxy = Some("http://user:secret@127.0.0.1:3128".to_owned());
+        let egresses = Egresses::new(&config).unwrap();
+        let uri = http::Uri::from_static("https://example.com/hook");
+        let relay_wide = egresses.for_endpoint(None, None, None).unwrap();
+        assert_eq!(
+            relay_wide.proxy(&uri).unwrap().uri().authority().unwrap(),
+            "127.0.0.1:3128"
+        );
+        assert_eq!(egresses.kept(), 0, "the default one is not kept again");
+        let own = egresses
+            .for_endpoint(Some("http://127.0.0.1:8080"), None, None)
+            .unwrap();
+        assert_eq!(
+            own.proxy(&uri).unwrap().uri().authority().unwrap(),
+            "127.0.0.1:8080"
+        );
+        egresses
+            .for_endpoint(Some("http://127.0.0.1:8080"), None, None)
+            .unwrap();
+        assert_eq!(egresses.kept(), 1);
+        for port in 0..MAX_EGRESSES + 10 {
+            let url = format!("http://127.0.0.1:{}", 10_000 + port);
+            egresses.for_endpoint(Some(&url), None, None).unwrap();
+        }
+        assert_eq!(egresses.kept(), MAX_EGRESSES);
+        // Refusals say what, never the value.
+        let error = egresses
+            .for_endpoint(Some("ftp://user:hunter22@host"), None, None)
+            .err()
+            .unwrap();
+        assert_eq!(
+            error,
+            "proxy: the proxy URL must be http:// or https://, not ftp://"
+        );
+        let error = egresses
+            .for_endpoint(None, Some("not PEM"), Some("hunter22 key"))
+            .err()
+            .unwrap();
+        assert!(error.starts_with("client certificate: "), "{error}");
+        assert!(!error.contains("hunter22"), "{error}");
+    }
+
+    #[test]
     fn interim_responses_are_counted_until_the_final_one() {
         let mut watch = InterimWatch::new();
         let interim =
