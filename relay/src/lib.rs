@@ -11,11 +11,13 @@
 //! (one attempt over HTTP), `oauth2` (endpoints' Bearer tokens), `nats_sink` (one publish to NATS JetStream), `sink` (which of the two
 //! an endpoint's URL names), `scheduling` (one endpoint's delivery loop), `supervisor` (leases
 //! and fair shares, workers, reconnects), `sockets` (the file descriptor limit and the socket
-//! budget), `metrics` (/metrics, /healthz, /readyz).
+//! budget), `metrics` (/metrics, /healthz, /readyz), `console` (`ae-relay console`: the
+//! operator console's pages, sessions and actions).
 
 pub mod address_guard;
 pub mod config;
 pub mod config_file;
+pub mod console;
 pub mod database;
 pub mod endpoint;
 pub mod failpoint;

@@ -41,6 +41,8 @@ pub struct Answer {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub delay: Duration,
+    /// The body ("answer" when None).
+    pub body: Option<String>,
 }
 
 impl Answer {
@@ -49,7 +51,12 @@ impl Answer {
             status,
             headers: Vec::new(),
             delay: Duration::ZERO,
+            body: None,
         }
+    }
+    pub fn with_body(mut self, body: &str) -> Answer {
+        self.body = Some(body.to_owned());
+        self
     }
     pub fn with_header(mut self, name: &str, value: &str) -> Answer {
         self.headers.push((name.to_owned(), value.to_owned()));
@@ -179,7 +186,8 @@ async fn receive(
     )));
     tokio::time::sleep(answer.delay).await;
     guard.0 = None;
-    let mut response = axum::response::Response::new(axum::body::Body::from("answer"));
+    let body = answer.body.clone().unwrap_or_else(|| "answer".to_owned());
+    let mut response = axum::response::Response::new(axum::body::Body::from(body));
     *response.status_mut() = axum::http::StatusCode::from_u16(answer.status).unwrap();
     for (name, value) in &answer.headers {
         response.headers_mut().insert(

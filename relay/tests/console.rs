@@ -1,0 +1,1026 @@
+//! `ae-relay console` (shared/contract/console.md): the real binary against a throwaway cluster,
+//! real receivers on 127.0.0.1, the relay delivering, and Debian's chromium driven through
+//! chromedriver (WebDriver) for what a browser does (sign in, click, run or not run script).
+//!
+//! One cluster, one database, one relay, one console and one chromedriver for the whole file
+//! (started on first use); each test has its own endpoints (filtered to its own instances) and
+//! roles, so that the tests may run at once. Browser tests take turns (two cores).
+
+mod support;
+
+use fantoccini::{Client as Browser, ClientBuilder, Locator};
+use postgres::Client;
+use std::io::{Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+use support::*;
+
+const OPERATOR: (&str, &str) = ("con_operator", "operator-pass");
+const READER: (&str, &str) = ("con_reader", "reader-pass");
+const NOBODY: (&str, &str) = ("con_nobody", "nobody-pass");
+/// Roles of their own for the tests that count their role's connections.
+const SIGNOUT: (&str, &str) = ("con_signout", "signout-pass");
+const EXPIRY: (&str, &str) = ("con_expiry", "expiry-pass");
+
+/// The file's shared parts.
+struct Env {
+    database: String,
+    /// The console's port.
+    port: u16,
+    relay_pid: u32,
+    _console: Child,
+}
+
+/// Kill `pid` (with `group`: its process group) when this test process ends: statics are never
+/// dropped, and a console, relay or browser left running would outlive the test.
+// The watchdog outlives this process by design: nobody waits for it.
+#[allow(clippy::zombie_processes)]
+fn kill_when_this_process_ends(pid: u32, group: bool) {
+    let target = if group {
+        format!("-- -{pid}")
+    } else {
+        pid.to_string()
+    };
+    let script = format!(
+        "while kill -0 {me} 2>/dev/null; do sleep 0.5; done; kill -9 {target} 2>/dev/null",
+        me = std::process::id()
+    );
+    Command::new("setsid")
+        .args(["sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn the watchdog");
+}
+
+fn env() -> &'static Env {
+    static ENV: OnceLock<Env> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let cluster = Cluster::shared();
+        let (database, _client) = delivery_database("console");
+        // Password authentication for the console's roles (the cluster trusts everyone else):
+        // a wrong password must be refused by the database.
+        let hba = cluster.data_dir.join("pg_hba.conf");
+        let existing = std::fs::read_to_string(&hba).unwrap();
+        std::fs::write(
+            &hba,
+            format!("host all +console_login 127.0.0.1/32 scram-sha-256\n{existing}"),
+        )
+        .unwrap();
+        let mut admin = cluster.connect("postgres");
+        admin
+            .batch_execute(&format!(
+                "CREATE ROLE console_login NOLOGIN;
+                 CREATE ROLE {o} LOGIN PASSWORD '{op}' IN ROLE console_login, ae_events_operator;
+                 CREATE ROLE {r} LOGIN PASSWORD '{rp}' IN ROLE console_login, ae_events_reader;
+                 CREATE ROLE {n} LOGIN PASSWORD '{np}' IN ROLE console_login;
+                 CREATE ROLE {s} LOGIN PASSWORD '{sp}' IN ROLE console_login, ae_events_reader;
+                 CREATE ROLE {e} LOGIN PASSWORD '{ep}' IN ROLE console_login, ae_events_reader;
+                 SELECT pg_reload_conf();",
+                o = OPERATOR.0,
+                op = OPERATOR.1,
+                r = READER.0,
+                rp = READER.1,
+                n = NOBODY.0,
+                np = NOBODY.1,
+                s = SIGNOUT.0,
+                sp = SIGNOUT.1,
+                e = EXPIRY.0,
+                ep = EXPIRY.1,
+            ))
+            .unwrap();
+        let relay = Relay::start(cluster, &database, &[]);
+        let relay_pid = relay.pid();
+        kill_when_this_process_ends(relay_pid, false);
+        // Kept running for the whole file (never dropped: the watchdog ends it).
+        std::mem::forget(relay);
+        let (console, port) = start_console(&database, &[]);
+        Env {
+            database,
+            port,
+            relay_pid,
+            _console: console,
+        }
+    })
+}
+
+/// `ae-relay console` on a free port, once it answers; killed when this process ends.
+fn start_console(database: &str, extra: &[&str]) -> (Child, u16) {
+    let port = free_port();
+    let log = std::fs::File::create(
+        std::env::temp_dir().join(format!("ae-console-{}-{port}.log", std::process::id())),
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_ae-relay"))
+        .arg("console")
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(extra)
+        // The URL's user is not used for sessions: each signs in as its own role.
+        .env(
+            "DATABASE_URL",
+            format!(
+                "postgres://nobody-here@127.0.0.1:{}/{database}",
+                Cluster::shared().port
+            ),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start ae-relay console");
+    kill_when_this_process_ends(child.id(), false);
+    let started = within(
+        Duration::from_secs(30),
+        || get(port, "/login").map(|(status, _)| status),
+        |status| *status == Some(200),
+    );
+    assert_eq!(started, Some(200), "the console did not start");
+    (child, port)
+}
+
+// ------------------------------------------------------------------------------------------
+// Plain HTTP, for what needs no browser (and to see headers a browser hides).
+
+struct Http {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Http {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One request over HTTP/1.0 (`Connection: close`); `cookie` is the session id.
+fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    cookie: Option<&str>,
+    headers: &[(&str, &str)],
+    form: Option<&str>,
+) -> Http {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect console");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut request = format!("{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n");
+    if let Some(cookie) = cookie {
+        request.push_str(&format!("Cookie: ae_console={cookie}\r\n"));
+    }
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    let body = form.unwrap_or("");
+    if form.is_some() {
+        request.push_str(&format!(
+            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    Http {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
+}
+
+fn form_encode(pairs: &[(&str, &str)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| {
+            let value: String = v
+                .bytes()
+                .map(|b| match b {
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
+                        (b as char).to_string()
+                    }
+                    _ => format!("%{b:02X}"),
+                })
+                .collect();
+            format!("{k}={value}")
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn same_origin(port: u16) -> String {
+    format!("http://127.0.0.1:{port}")
+}
+
+/// POST /login; the answer.
+fn login(port: u16, (user, password): (&str, &str)) -> Http {
+    http(
+        port,
+        "POST",
+        "/login",
+        None,
+        &[("Origin", &same_origin(port))],
+        Some(&form_encode(&[("username", user), ("password", password)])),
+    )
+}
+
+/// A signed-in session: (cookie value, CSRF token).
+fn session(port: u16, role: (&str, &str)) -> (String, String) {
+    let answer = login(port, role);
+    assert_eq!(answer.status, 303, "sign-in of {}: {}", role.0, answer.body);
+    let set_cookie = answer.header("set-cookie").expect("a session cookie");
+    let cookie = set_cookie
+        .strip_prefix("ae_console=")
+        .and_then(|rest| rest.split(';').next())
+        .expect("ae_console cookie")
+        .to_owned();
+    let page = http(port, "GET", "/", Some(&cookie), &[], None);
+    assert_eq!(page.status, 200, "{}", page.body);
+    let csrf = page
+        .body
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a CSRF token in the page")
+        .to_owned();
+    (cookie, csrf)
+}
+
+/// POST an action form as a session.
+fn post(
+    port: u16,
+    cookie: &str,
+    path: &str,
+    fields: &[(&str, &str)],
+    origin: Option<&str>,
+) -> Http {
+    let own = same_origin(port);
+    let headers: Vec<(&str, &str)> = match origin {
+        Some(origin) => vec![("Origin", origin)],
+        None => vec![("Origin", own.as_str())],
+    };
+    http(
+        port,
+        "POST",
+        path,
+        Some(cookie),
+        &headers,
+        Some(&form_encode(fields)),
+    )
+}
+
+/// The connections the console holds for a role.
+fn console_connections(client: &mut Client, role: &str) -> i64 {
+    client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE usename = $1 AND application_name = 'ae-relay console'",
+            &[&role],
+        )
+        .unwrap()
+        .get(0)
+}
+
+/// An endpoint that takes only the events of one instance (the tests share the database).
+fn endpoint_for(client: &mut Client, name: &str, url: &str, instance: i64) -> String {
+    let secret: String = client
+        .query_one(
+            "SELECT ae_events.create_endpoint($1, $2, NULL::text[], $3::text::jsonpath)",
+            &[&name, &url, &format!("$.id == {instance}")],
+        )
+        .unwrap()
+        .get(0);
+    client
+        .execute(
+            "SELECT ae_events.alter_endpoint($1, retry_schedule => '{100 milliseconds}', retry_jitter => 0)",
+            &[&name],
+        )
+        .unwrap();
+    secret
+}
+
+fn delivery_state(client: &mut Client, endpoint: &str) -> Vec<(String, i32)> {
+    client
+        .query(
+            "SELECT status, attempts FROM ae_events.deliveries WHERE endpoint = $1 ORDER BY outbox_id",
+            &[&endpoint],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+fn wait_dead(client: &mut Client, endpoint: &str) {
+    wait_until_sql(
+        client,
+        &format!("a dead letter for {endpoint}"),
+        Duration::from_secs(60),
+        &format!(
+            "SELECT EXISTS (SELECT FROM ae_events.deliveries WHERE endpoint = '{}' AND status = 'dead')",
+            endpoint.replace('\'', "''")
+        ),
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// The browser: one chromedriver for the file; each browser test its own session, in turn.
+
+static BROWSER_TURN: Mutex<()> = Mutex::new(());
+
+fn chromedriver() -> u16 {
+    static PORT: OnceLock<u16> = OnceLock::new();
+    *PORT.get_or_init(|| {
+        let port = free_port();
+        use std::os::unix::process::CommandExt as _;
+        let child = Command::new("/usr/bin/chromedriver")
+            .arg(format!("--port={port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            // Its own process group: the watchdog ends it and the browsers it started.
+            .process_group(0)
+            .spawn()
+            .expect("start /usr/bin/chromedriver (scripts/setup.sh installs chromium-driver)");
+        kill_when_this_process_ends(child.id(), true);
+        std::mem::forget(child);
+        // Listening is enough: the first session waits for it to be ready.
+        let ready = within(
+            Duration::from_secs(30),
+            || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+            |listening| *listening,
+        );
+        assert!(ready, "chromedriver did not start");
+        port
+    })
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A headless chromium with a fresh profile. The networking flags matter: without them this
+/// machine's closed network makes chromium hang at start.
+async fn open_browser(driver: u16) -> Browser {
+    let profile = std::env::temp_dir().join(format!(
+        "ae-console-chromium-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    let mut capabilities = serde_json::Map::new();
+    capabilities.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({
+            "binary": "/usr/bin/chromium",
+            "args": [
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--disable-dev-shm-usage", "--window-size=1200,800",
+                format!("--user-data-dir={}", profile.display()),
+            ],
+        }),
+    );
+    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(capabilities)
+        .connect(&format!("http://127.0.0.1:{driver}"))
+        .await
+        .expect("a chromium session")
+}
+
+async fn browser_sign_in(browser: &Browser, port: u16, (user, password): (&str, &str)) {
+    browser
+        .goto(&format!("http://127.0.0.1:{port}/login"))
+        .await
+        .unwrap();
+    browser
+        .find(Locator::Css("input[name=username]"))
+        .await
+        .unwrap()
+        .send_keys(user)
+        .await
+        .unwrap();
+    browser
+        .find(Locator::Css("input[name=password]"))
+        .await
+        .unwrap()
+        .send_keys(password)
+        .await
+        .unwrap();
+    let submit = browser
+        .find(Locator::Css("section.login button[type=submit]"))
+        .await
+        .unwrap();
+    click_and_wait(browser, submit).await;
+    let path = browser.current_url().await.unwrap().path().to_owned();
+    assert_eq!(
+        path,
+        "/",
+        "signed in, the browser is on the endpoints page: {}",
+        visible_text(browser).await
+    );
+}
+
+/// Click, and wait until the browser shows the page the click led to (the old page's root is
+/// gone and the new one is loaded): WebDriver's click returns before that.
+async fn click_and_wait(browser: &Browser, element: fantoccini::elements::Element) {
+    let old = browser.find(Locator::Css("html")).await.unwrap();
+    element.click().await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while old.tag_name().await.is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the click led nowhere"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    while browser
+        .execute("return document.readyState;", vec![])
+        .await
+        .map(|state| state != "complete")
+        .unwrap_or(true)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the page did not load"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The page's visible text.
+async fn visible_text(browser: &Browser) -> String {
+    browser
+        .find(Locator::Css("body"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// With AE_EVENTS_BLESS=1, the page as docs/console/NAME.png.
+async fn screenshot(browser: &Browser, name: &str) {
+    if std::env::var("AE_EVENTS_BLESS").as_deref() != Ok("1") {
+        return;
+    }
+    let png = browser.screenshot().await.unwrap();
+    let path = repository_root().join(format!("docs/console/{name}.png"));
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, png).unwrap();
+}
+
+// ------------------------------------------------------------------------------------------
+
+/// The operator's story: a receiver answering 500 shows as a failing endpoint with its last
+/// status; the instance's page shows the dead letter; after the receiver recovered, Redeliver
+/// (confirmed) sends it again and the receiver gets it with the original webhook-id.
+#[test]
+fn an_operator_sees_a_failing_endpoint_and_redelivers_a_dead_letter() {
+    let env = env();
+    let mut client = Cluster::shared().connect(&env.database);
+    let recovered = Arc::new(AtomicBool::new(false));
+    let receiver = {
+        let recovered = recovered.clone();
+        Receiver::start(move |_, _| {
+            if recovered.load(Ordering::SeqCst) {
+                Answer::status(200)
+            } else {
+                Answer::status(500)
+            }
+        })
+    };
+    endpoint_for(&mut client, "recruiter", &receiver.url("/hook"), 789);
+    insert_instance(&mut client, 789);
+    wait_dead(&mut client, "recruiter");
+    let original = receiver.requests()[0].header("webhook-id").to_owned();
+    assert!(!original.is_empty());
+
+    let _turn = BROWSER_TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let rt = runtime();
+    let browser = rt.block_on(open_browser(chromedriver()));
+    rt.block_on(async {
+        browser_sign_in(&browser, env.port, OPERATOR).await;
+        let row = browser
+            .find(Locator::XPath(
+                "//tr[.//a[@class='endpoint-name' and text()='recruiter']]",
+            ))
+            .await
+            .expect("the endpoint's row on /");
+        let class = row.attr("class").await.unwrap().unwrap_or_default();
+        let text = row.text().await.unwrap();
+        assert!(class.contains("state-failing"), "{class}: {text}");
+        assert!(text.contains("failing"), "{text}");
+        assert!(text.contains("HTTP 500"), "the last status: {text}");
+        screenshot(&browser, "endpoints").await;
+
+        let link = browser.find(Locator::LinkText("recruiter")).await.unwrap();
+        click_and_wait(&browser, link).await;
+        let page = visible_text(&browser).await;
+        assert!(page.contains("Dead letters"), "{page}");
+        assert!(page.contains("HTTP 500"), "{page}");
+        screenshot(&browser, "endpoint").await;
+
+        browser
+            .goto(&format!("http://127.0.0.1:{}/instances/789", env.port))
+            .await
+            .unwrap();
+        let page = visible_text(&browser).await;
+        assert!(page.contains("dead"), "{page}");
+        screenshot(&browser, "instance").await;
+    });
+
+    recovered.store(true, Ordering::SeqCst);
+    let before = receiver.count();
+    rt.block_on(async {
+        let button = browser
+            .find(Locator::XPath(
+                "//tr[.//a[text()='recruiter']]//button[text()='Redeliver']",
+            ))
+            .await
+            .expect("a Redeliver button on the dead letter");
+        click_and_wait(&browser, button).await;
+        let page = visible_text(&browser).await;
+        assert!(page.contains("Confirm"), "a confirmation first: {page}");
+        let confirm = browser
+            .find(Locator::XPath("//button[text()='Confirm']"))
+            .await
+            .unwrap();
+        click_and_wait(&browser, confirm).await;
+        let page = visible_text(&browser).await;
+        assert!(
+            page.contains("Queued 1 delivery again"),
+            "says what it did: {page}"
+        );
+    });
+    let requests = receiver.wait_for("the redelivery", Duration::from_secs(60), |requests| {
+        requests.len() > before
+    });
+    assert_eq!(
+        requests[before].header("webhook-id"),
+        original,
+        "redelivered with the original webhook-id"
+    );
+    wait_until_sql(
+        &mut client,
+        "the redelivery recorded",
+        Duration::from_secs(60),
+        "SELECT EXISTS (SELECT FROM ae_events.deliveries WHERE endpoint = 'recruiter' AND status = 'delivered')",
+    );
+    rt.block_on(browser.close()).unwrap();
+}
+
+/// Wrong password and unknown role: one message; a role without grants: a page naming them;
+/// signing out closes the session's database connection.
+#[test]
+fn sign_in_refusals_and_signing_out() {
+    let env = env();
+    let wrong = login(env.port, (OPERATOR.0, "not-the-password"));
+    let unknown = login(env.port, ("no_such_role", "whatever"));
+    assert_eq!(wrong.status, 401, "{}", wrong.body);
+    assert_eq!(unknown.status, 401, "{}", unknown.body);
+    assert!(wrong.body.contains("wrong role name or password"));
+    assert!(wrong.header("set-cookie").is_none());
+    // The same page for both: nothing tells which roles exist.
+    assert_eq!(wrong.body, unknown.body);
+
+    let nobody = login(env.port, NOBODY);
+    assert_eq!(nobody.status, 403, "{}", nobody.body);
+    assert!(
+        nobody.body.contains("GRANT ae_events_reader TO con_nobody"),
+        "{}",
+        nobody.body
+    );
+    assert!(nobody.body.contains("ae_events_operator"));
+    assert!(nobody.header("set-cookie").is_none());
+
+    let mut admin = Cluster::shared().connect(&env.database);
+    let (cookie, csrf) = session(env.port, SIGNOUT);
+    assert_eq!(console_connections(&mut admin, SIGNOUT.0), 1);
+    let out = post(env.port, &cookie, "/logout", &[("csrf", &csrf)], None);
+    assert_eq!(out.status, 303, "{}", out.body);
+    assert!(out.header("set-cookie").unwrap_or("").contains("Max-Age=0"));
+    let left = within(
+        Duration::from_secs(30),
+        || console_connections(&mut admin, SIGNOUT.0),
+        |n| *n == 0,
+    );
+    assert_eq!(left, 0, "signing out closes the session's connection");
+    let after = http(env.port, "GET", "/", Some(&cookie), &[], None);
+    assert_eq!(after.status, 303);
+    assert_eq!(after.header("location"), Some("/login"));
+}
+
+/// A session unused for longer than the idle timeout is over: the page sends the browser to
+/// sign in again and the connection is closed. Also: Secure with --secure-cookies.
+#[test]
+fn an_idle_session_expires() {
+    let env = env();
+    let (_console, port) =
+        start_console(&env.database, &["--idle-timeout", "1s", "--secure-cookies"]);
+    let answer = login(port, EXPIRY);
+    assert_eq!(answer.status, 303, "{}", answer.body);
+    let set_cookie = answer.header("set-cookie").unwrap().to_owned();
+    assert!(set_cookie.contains("; Secure"), "{set_cookie}");
+    let cookie = set_cookie
+        .strip_prefix("ae_console=")
+        .and_then(|rest| rest.split(';').next())
+        .unwrap()
+        .to_owned();
+    assert_eq!(http(port, "GET", "/", Some(&cookie), &[], None).status, 200);
+    let mut admin = Cluster::shared().connect(&env.database);
+    assert_eq!(console_connections(&mut admin, EXPIRY.0), 1);
+    // The sweeper closes it without a request.
+    let left = within(
+        Duration::from_secs(30),
+        || console_connections(&mut admin, EXPIRY.0),
+        |n| *n == 0,
+    );
+    assert_eq!(left, 0, "an expired session's connection is closed");
+    let page = http(port, "GET", "/", Some(&cookie), &[], None);
+    assert_eq!(page.status, 303);
+    assert!(page.header("location").unwrap_or("").starts_with("/login"));
+}
+
+/// A reader sees no action buttons, and an action it forges (valid session and CSRF token) is
+/// refused by the database: 42501 on the page, nothing changed.
+#[test]
+fn a_reader_sees_no_buttons_and_the_database_refuses_its_actions() {
+    let env = env();
+    let mut client = Cluster::shared().connect(&env.database);
+    let receiver = Receiver::start(|_, _| Answer::status(500));
+    endpoint_for(&mut client, "readers_view", &receiver.url("/"), 790);
+    insert_instance(&mut client, 790);
+    wait_dead(&mut client, "readers_view");
+    let event_id: String = client
+        .query_one(
+            "SELECT event_id::text FROM ae_events.delivery_status WHERE endpoint = 'readers_view'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let (cookie, csrf) = session(env.port, READER);
+    for path in [
+        "/".to_owned(),
+        "/endpoints/readers_view".to_owned(),
+        "/instances/790".to_owned(),
+        format!("/events/{event_id}"),
+    ] {
+        let page = http(env.port, "GET", &path, Some(&cookie), &[], None);
+        assert_eq!(page.status, 200, "{path}: {}", page.body);
+        for action in [
+            "Redeliver",
+            "Replay",
+            "Disable",
+            "Enable",
+            "Send test event",
+        ] {
+            assert!(
+                !page.body.contains(&format!(">{action}</button>")),
+                "{path} shows a reader the {action} button"
+            );
+        }
+    }
+    let before = delivery_state(&mut client, "readers_view");
+    let forged = post(
+        env.port,
+        &cookie,
+        "/endpoints/readers_view/redeliver",
+        &[("csrf", &csrf), ("event_id", &event_id), ("confirm", "yes")],
+        None,
+    );
+    assert_eq!(forged.status, 403, "{}", forged.body);
+    assert!(forged.body.contains("42501"), "{}", forged.body);
+    assert!(forged.body.contains("permission denied"), "{}", forged.body);
+    let disable = post(
+        env.port,
+        &cookie,
+        "/endpoints/readers_view/disable",
+        &[("csrf", &csrf), ("confirm", "yes")],
+        None,
+    );
+    assert_eq!(disable.status, 403, "{}", disable.body);
+    assert!(disable.body.contains("42501"));
+    assert_eq!(delivery_state(&mut client, "readers_view"), before);
+    let enabled: bool = client
+        .query_one(
+            "SELECT enabled FROM ae_events.endpoints WHERE endpoint = 'readers_view'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(enabled);
+}
+
+/// A POST without the CSRF token, or from another origin, is refused; a GET to an action path
+/// changes nothing; the cookie's flags and the pages' headers.
+#[test]
+fn forged_requests_change_nothing() {
+    let env = env();
+    let mut client = Cluster::shared().connect(&env.database);
+    endpoint_for(&mut client, "csrf_target", "http://127.0.0.1:9/", 791);
+    let enabled = |client: &mut Client| -> bool {
+        client
+            .query_one(
+                "SELECT enabled FROM ae_events.endpoints WHERE endpoint = 'csrf_target'",
+                &[],
+            )
+            .unwrap()
+            .get(0)
+    };
+    let answer = login(env.port, OPERATOR);
+    let set_cookie = answer.header("set-cookie").unwrap().to_owned();
+    for flag in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(set_cookie.contains(flag), "{flag} in {set_cookie}");
+    }
+    assert!(
+        !set_cookie.contains("Secure"),
+        "not without --secure-cookies"
+    );
+    let (cookie, csrf) = session(env.port, OPERATOR);
+
+    let page = http(
+        env.port,
+        "GET",
+        "/endpoints/csrf_target",
+        Some(&cookie),
+        &[],
+        None,
+    );
+    let csp = page.header("content-security-policy").unwrap_or("");
+    assert!(
+        csp.contains("default-src 'none'") && !csp.contains("script-src"),
+        "{csp}"
+    );
+    assert!(csp.contains("frame-ancestors 'none'"));
+    assert_eq!(page.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(page.header("referrer-policy"), Some("same-origin"));
+    assert_eq!(page.header("cache-control"), Some("no-store"));
+    assert!(
+        page.body.contains(">Disable</button>"),
+        "an operator's buttons"
+    );
+
+    let no_token = post(
+        env.port,
+        &cookie,
+        "/endpoints/csrf_target/disable",
+        &[("confirm", "yes")],
+        None,
+    );
+    assert_eq!(no_token.status, 403, "{}", no_token.body);
+    let wrong_token = post(
+        env.port,
+        &cookie,
+        "/endpoints/csrf_target/disable",
+        &[("csrf", &"0".repeat(64)), ("confirm", "yes")],
+        None,
+    );
+    assert_eq!(wrong_token.status, 403);
+    let foreign = post(
+        env.port,
+        &cookie,
+        "/endpoints/csrf_target/disable",
+        &[("csrf", &csrf), ("confirm", "yes")],
+        Some("http://evil.example"),
+    );
+    assert_eq!(foreign.status, 403, "{}", foreign.body);
+    for path in [
+        "redeliver",
+        "redeliver-dead",
+        "replay",
+        "enable",
+        "disable",
+        "test",
+    ] {
+        let got = http(
+            env.port,
+            "GET",
+            &format!(
+                "/endpoints/csrf_target/{path}?csrf={csrf}&confirm=yes&since=2000-01-01T00:00"
+            ),
+            Some(&cookie),
+            &[],
+            None,
+        );
+        assert_ne!(got.status, 200, "GET {path}");
+        assert_ne!(got.status / 100, 3, "GET {path}");
+    }
+    let logout = http(env.port, "GET", "/logout", Some(&cookie), &[], None);
+    assert_ne!(logout.status, 200);
+    assert!(enabled(&mut client), "nothing was disabled");
+    let tests: i64 = client
+        .query_one(
+            "SELECT count(*) FROM ae_events.test_events t JOIN ae_events.endpoints e USING (endpoint_id)
+              WHERE e.endpoint = 'csrf_target'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(tests, 0, "no test event was sent");
+    // The session still works (the GET /logout did not end it), and the same POST with the
+    // token, confirmed, does disable: the refusals above were the checks, not a broken form.
+    let first = post(
+        env.port,
+        &cookie,
+        "/endpoints/csrf_target/disable",
+        &[("csrf", &csrf)],
+        None,
+    );
+    assert_eq!(first.status, 200);
+    assert!(first.body.contains("Confirm"));
+    assert!(enabled(&mut client), "the first step only asks");
+    let done = post(
+        env.port,
+        &cookie,
+        "/endpoints/csrf_target/disable",
+        &[("csrf", &csrf), ("confirm", "yes")],
+        None,
+    );
+    assert_eq!(done.status, 200, "{}", done.body);
+    assert!(!enabled(&mut client));
+}
+
+/// Markup in a receiver's error body, an endpoint's name and a payload value is shown as text:
+/// no script runs (the flag it would set stays unset) and the page's text shows the markup.
+#[test]
+fn markup_from_data_is_shown_as_text_and_never_runs() {
+    let env = env();
+    let mut client = Cluster::shared().connect(&env.database);
+    let body = "<script>window.pwned=1;document.title='pwned'</script><img src=x onerror=\"window.pwned=2\">";
+    let receiver = Receiver::start(move |_, _| Answer::status(500).with_body(body));
+    let name = "evil<script>window.pwned=3</script><img src=x onerror=\"window.pwned=4\">";
+    endpoint_for(&mut client, name, &receiver.url("/"), 792);
+    insert_instance(&mut client, 792);
+    set_external_id(
+        &mut client,
+        792,
+        "<script>window.pwned=5</script><img src=x onerror=\"window.pwned=6\">",
+    );
+    wait_dead(&mut client, name);
+    let event_id: String = client
+        .query_one(
+            "SELECT event_id::text FROM ae_events.outbox WHERE aggregate_id = 792 ORDER BY id DESC LIMIT 1",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+
+    let _turn = BROWSER_TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let rt = runtime();
+    let browser = rt.block_on(open_browser(chromedriver()));
+    rt.block_on(async {
+        browser_sign_in(&browser, env.port, OPERATOR).await;
+        let base = format!("http://127.0.0.1:{}", env.port);
+        let endpoint_path = format!(
+            "/endpoints/{}",
+            name.bytes()
+                .map(|b| if b.is_ascii_alphanumeric() {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                })
+                .collect::<String>()
+        );
+        for (path, shows) in [
+            (
+                "/".to_owned(),
+                vec!["<script>window.pwned=3</script>", "<script>window.pwned=1"],
+            ),
+            (
+                endpoint_path,
+                vec![
+                    "<script>window.pwned=3</script>",
+                    "onerror=\"window.pwned=2\"",
+                ],
+            ),
+            (
+                format!("/events/{event_id}"),
+                vec![
+                    "<script>window.pwned=5</script>",
+                    // In the JSON text the quotes are escaped.
+                    r#"onerror=\"window.pwned=6\""#,
+                    "<script>window.pwned=1",
+                ],
+            ),
+            (
+                "/instances/792".to_owned(),
+                vec!["<script>window.pwned=3</script>", "<script>window.pwned=1"],
+            ),
+        ] {
+            browser.goto(&format!("{base}{path}")).await.unwrap();
+            let text = visible_text(&browser).await;
+            for literal in shows {
+                assert!(
+                    text.contains(literal),
+                    "{path} shows {literal:?} as text:\n{text}"
+                );
+            }
+            let flag = browser
+                .execute("return [typeof window.pwned, document.title];", vec![])
+                .await
+                .unwrap();
+            assert_eq!(flag[0], "undefined", "script ran on {path}");
+            // The receiver's script would set the title to exactly this.
+            assert_ne!(flag[1], "pwned", "script ran on {path}");
+        }
+    });
+    rt.block_on(browser.close()).unwrap();
+}
+
+/// No page shows an endpoint's signing secret or a header value, even to a DBA (who could read
+/// them in SQL): every page's HTML is searched.
+#[test]
+fn no_secret_or_header_value_in_any_page() {
+    let env = env();
+    let mut client = Cluster::shared().connect(&env.database);
+    let receiver = Receiver::start(|request, _| {
+        // The error body echoes what the relay sent: the header value comes back (the
+        // database masks it in error texts).
+        Answer::status(500).with_body(&format!("got {}", request.header("authorization")))
+    });
+    let secret = endpoint_for(&mut client, "with_secrets", &receiver.url("/"), 793);
+    let header_value = "Bearer header-value-that-must-not-show";
+    client
+        .execute(
+            "SELECT ae_events.alter_endpoint('with_secrets', headers => $1::text::jsonb)",
+            &[&serde_json::json!({ "authorization": header_value }).to_string()],
+        )
+        .unwrap();
+    insert_instance(&mut client, 793);
+    wait_dead(&mut client, "with_secrets");
+    assert!(
+        receiver.requests()[0].header("authorization") == header_value,
+        "the receiver got the header"
+    );
+    let event_id: String = client
+        .query_one(
+            "SELECT event_id::text FROM ae_events.outbox WHERE aggregate_id = 793 ORDER BY id LIMIT 1",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    // The cluster trusts its superuser without a password: a DBA session.
+    let (cookie, _) = session(env.port, ("postgres", "any"));
+    let token = secret.trim_start_matches("whsec_");
+    for path in [
+        "/".to_owned(),
+        "/endpoints/with_secrets".to_owned(),
+        "/endpoints/with_secrets?status=dead".to_owned(),
+        format!("/events/{event_id}"),
+        "/instances/793".to_owned(),
+        "/search?q=with_secrets".to_owned(),
+        "/search?q=with".to_owned(),
+    ] {
+        let page = http(env.port, "GET", &path, Some(&cookie), &[], None);
+        assert!(
+            page.status == 200 || page.status == 303,
+            "{path}: {}",
+            page.status
+        );
+        assert!(
+            !page.body.contains(&secret) && !page.body.contains(token),
+            "{path} shows the secret"
+        );
+        assert!(
+            !page.body.contains("header-value-that-must-not-show"),
+            "{path} shows the header value"
+        );
+    }
+    let page = http(
+        env.port,
+        "GET",
+        "/endpoints/with_secrets",
+        Some(&cookie),
+        &[],
+        None,
+    );
+    assert!(
+        page.body.contains("authorization"),
+        "header names are shown"
+    );
+    let _ = env.relay_pid;
+}
