@@ -45,6 +45,9 @@ command -v npm >/dev/null 2>&1 || packages+=(npm)
 # library): on every major.
 command -v python3 >/dev/null 2>&1 || packages+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || packages+=(python3-pip)
+# The console's browser tests (relay/tests/console.rs) drive Debian's chromium through
+# chromedriver.
+packages+=(chromium chromium-driver)
 missing=()
 for package in "${packages[@]}"; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
