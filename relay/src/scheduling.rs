@@ -701,6 +701,7 @@ impl Worker {
             http_status: None,
             error: None,
             next_attempt_at: None,
+            duration_ms: Some(i32::try_from(took.as_millis()).unwrap_or(i32::MAX)),
         };
         let mut instance_waits = false;
         let succeeded = matches!(attempt, Attempt::Delivered { .. });
@@ -811,6 +812,7 @@ impl Worker {
             http_status: None,
             error: None,
             next_attempt_at: Some(SystemTime::now()),
+            duration_ms: None,
         });
         self.finish_slot(sequence);
     }

@@ -1060,3 +1060,69 @@ fn prune_keeps_what_an_endpoint_still_needs_and_removes_delivery_records_with_th
         .get(0);
     assert_eq!(rows, 0);
 }
+
+/// The console's attempt log (sql/src/console.sql, docs/console.md): the relay reports each
+/// attempt's duration; each failed one is a row with its HTTP status and time taken, a delivered
+/// one writes none, and the endpoint's counts take every outcome.
+#[test]
+fn each_failed_attempt_is_logged_with_its_duration_and_the_counts_take_every_outcome() {
+    let cluster = Cluster::shared();
+    let (database, mut client) = delivery_database("attempt_log");
+    // Two slow failures, then a delivery.
+    let receiver = Receiver::start(|_, before| {
+        if before < 2 {
+            Answer::status(503)
+                .with_body("busy")
+                .after(Duration::from_millis(150))
+        } else {
+            Answer::status(204)
+        }
+    });
+    create_endpoint(
+        &mut client,
+        "logged",
+        &receiver.url("/"),
+        "{100ms,100ms,100ms}",
+    );
+    insert_instance(&mut client, 1);
+    let relay = Relay::start(cluster, &database, &[]);
+    wait_until_sql(
+        &mut client,
+        "the delivery",
+        WAIT,
+        "SELECT EXISTS (SELECT FROM ae_events.delivery_status WHERE status = 'delivered')",
+    );
+    let attempts: Vec<(i32, Option<i32>, Option<i32>, String)> = client
+        .query(
+            "SELECT a.attempt, a.http_status, a.duration_ms, a.outcome
+               FROM ae_events.outbox AS o,
+                    ae_events.console_attempts(o.event_id) AS a
+              ORDER BY a.attempted_at",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    assert_eq!(attempts.len(), 3, "{attempts:?}\n{}", relay.log());
+    for (n, failed) in attempts[..2].iter().enumerate() {
+        assert_eq!(failed.0, n as i32 + 1, "{attempts:?}");
+        assert_eq!(failed.1, Some(503));
+        assert!(failed.2.is_some_and(|ms| ms >= 150), "{attempts:?}");
+        assert_eq!(failed.3, "failed");
+    }
+    assert_eq!(
+        (attempts[2].0, attempts[2].1, attempts[2].3.as_str()),
+        (3, Some(204), "delivered")
+    );
+    let counts: (i64, i64) = {
+        let row = client
+            .query_one(
+                "SELECT delivered_last_hour, failed_last_hour FROM ae_events.console_endpoints",
+                &[],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(counts, (1, 2));
+}
