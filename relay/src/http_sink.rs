@@ -266,6 +266,8 @@ pub async fn deliver(client: &HttpClient, endpoint: &EndpointConfig, event: &Eve
     if let Some(token) = &bearer {
         error = crate::sink::mask(&error, &[token.secret().to_owned()]);
     }
+    // So does a proxy that echoes its credentials (a plain-HTTP request carries them).
+    error = crate::sink::mask(&error, &egress.proxy_secrets(&uri));
     Attempt::Failed {
         status: Some(status),
         error,

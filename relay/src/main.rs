@@ -109,10 +109,11 @@ enum Command {
         /// connection time (a refused attempt fails and is retried like any other).
         #[arg(long)]
         refuse_private_addresses: bool,
-        /// Forward proxy for the HTTP endpoints without a proxy of their own:
-        /// http://[user:password@]host:port (or https://). HTTPS goes through CONNECT, HTTP as
-        /// absolute-form requests; replaces the environment's HTTP(S)_PROXY. Under
-        /// --refuse-private-addresses the proxy's address is the one checked.
+        /// Forward proxy for the HTTP endpoints without a proxy of their own: http://host:port
+        /// or https://host:port, with user:password@ before the host for basic authentication.
+        /// HTTPS goes through CONNECT, HTTP as absolute-form requests; replaces the
+        /// environment's HTTP(S)_PROXY. Under --refuse-private-addresses the proxy's address is
+        /// the one checked.
         #[arg(long, env = "AE_RELAY_PROXY", hide_env_values = true, value_name = "URL", value_parser = parse_proxy)]
         proxy: Option<String>,
         /// Also connect to the NATS servers that a NATS server advertises (its cluster's

@@ -78,6 +78,36 @@ impl Egress {
         self.proxies.as_ref().and_then(|m| m.intercept(uri))
     }
 
+    /// The proxy's credentials as a plain-HTTP request to `uri` carries them, and what they
+    /// decode to (`user:password`, the password): to be masked in the attempt's error text
+    /// (the proxy answers in the receiver's place and could echo them). None for HTTPS: the
+    /// tunnel's answer is not kept.
+    pub fn proxy_secrets(&self, uri: &http::Uri) -> Vec<String> {
+        let Some(auth) = self
+            .proxy(uri)
+            .filter(|_| uri.scheme_str() == Some("http"))
+            .and_then(|proxy| proxy.basic_auth().cloned())
+        else {
+            return Vec::new();
+        };
+        let header = String::from_utf8_lossy(auth.as_bytes()).into_owned();
+        let mut secrets = vec![header.clone()];
+        if let Some(encoded) = header.strip_prefix("Basic ") {
+            secrets.push(encoded.to_owned());
+            use base64::Engine as _;
+            if let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded) {
+                let decoded = String::from_utf8_lossy(&decoded).into_owned();
+                if let Some((_, password)) = decoded.split_once(':') {
+                    secrets.push(password.to_owned());
+                }
+                secrets.push(decoded);
+            }
+        }
+        // Longest first: one that contains another is masked whole.
+        secrets.sort_by_key(|secret| std::cmp::Reverse(secret.len()));
+        secrets
+    }
+
     /// Send a request (webhook or OAuth2 token request). Under the guard, an IP-literal host
     /// is checked here when the request goes direct (names are checked when resolved, a
     /// proxy's address when connecting to it); a plain-HTTP request through a proxy carries
@@ -882,6 +912,18 @@ mod tests {
             "127.0.0.1:3128"
         );
         assert_eq!(egresses.kept(), 0, "the default one is not kept again");
+        // What a plain-HTTP request carries of the credentials, masked in its error text.
+        let plain = http::Uri::from_static("http://example.com/hook");
+        assert_eq!(
+            relay_wide.proxy_secrets(&plain),
+            [
+                "Basic dXNlcjpzZWNyZXQ=",
+                "dXNlcjpzZWNyZXQ=",
+                "user:secret",
+                "secret"
+            ]
+        );
+        assert!(relay_wide.proxy_secrets(&uri).is_empty());
         let own = egresses
             .for_endpoint(Some("http://127.0.0.1:8080"), None, None)
             .unwrap();
