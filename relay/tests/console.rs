@@ -498,6 +498,8 @@ async fn screenshot(browser: &Browser, name: &str) {
 /// The operator's story: a receiver answering 500 shows as a failing endpoint with its last
 /// status; the instance's page shows the dead letter; after the receiver recovered, Redeliver
 /// (confirmed) sends it again and the receiver gets it with the original webhook-id.
+/// With AE_EVENTS_BLESS=1 it writes docs/console/*.png: run it alone then (`cargo test -p
+/// ae-relay --test console an_operator`), so that no other test's endpoints are in them.
 #[test]
 fn an_operator_sees_a_failing_endpoint_and_redelivers_a_dead_letter() {
     let env = env();
@@ -514,8 +516,14 @@ fn an_operator_sees_a_failing_endpoint_and_redelivers_a_dead_letter() {
         })
     };
     endpoint_for(&mut client, "recruiter", &receiver.url("/hook"), 789);
+    // A healthy one beside it (and in the screenshots).
+    let healthy = Receiver::ok();
+    endpoint_for(&mut client, "analytics", &healthy.url("/"), 789);
     insert_instance(&mut client, 789);
     wait_dead(&mut client, "recruiter");
+    healthy.wait_for("the healthy delivery", Duration::from_secs(60), |r| {
+        !r.is_empty()
+    });
     let original = receiver.requests()[0].header("webhook-id").to_owned();
     assert!(!original.is_empty());
 
