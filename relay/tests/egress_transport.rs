@@ -169,12 +169,7 @@ impl axum::serve::Listener for TlsListener {
             };
             match self.acceptor.accept(stream).await {
                 Ok(tls) => {
-                    let client = tls
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|chain| chain.first())
-                        .map(|certificate| certificate.to_vec());
+                    let client = presented(&tls);
                     self.peers.lock().unwrap().push(Peer {
                         ip: address.ip(),
                         client,
@@ -203,34 +198,97 @@ fn der(pem: &str) -> Vec<u8> {
         .to_vec()
 }
 
+/// A server certificate for 127.0.0.1 from the server CA, asking for a client certificate from
+/// the client CA: required or optional.
+fn server_config(server_ca: &TestCa, client_ca: &TestCa, required: bool) -> rustls::ServerConfig {
+    use rustls::pki_types::pem::PemObject;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(client_ca.der.clone()).unwrap();
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone());
+    let verifier = if required {
+        verifier.build().unwrap()
+    } else {
+        verifier.allow_unauthenticated().build().unwrap()
+    };
+    let (certificate, key) = server_ca.issue("127.0.0.1", false);
+    rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            vec![
+                rustls::pki_types::CertificateDer::from_pem_slice(certificate.as_bytes()).unwrap(),
+            ],
+            rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+        )
+        .unwrap()
+}
+
+/// The client certificate a TLS connection presented (DER).
+fn presented<T>(tls: &tokio_rustls::server::TlsStream<T>) -> Option<Vec<u8>> {
+    tls.get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(|certificate| certificate.to_vec())
+}
+
+/// TLS in front of tinyproxy: an `https://` proxy (certificate from the server CA, a client
+/// certificate asked for, optional). Records its connections.
+struct TlsFront {
+    port: u16,
+    peers: Arc<Mutex<Vec<Peer>>>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl TlsFront {
+    fn start(server_ca: &TestCa, client_ca: &TestCa, upstream: u16) -> TlsFront {
+        let acceptor =
+            tokio_rustls::TlsAcceptor::from(Arc::new(server_config(server_ca, client_ca, false)));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let tcp = runtime
+            .block_on(tokio::net::TcpListener::bind(("127.0.0.1", 0)))
+            .unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        let peers: Arc<Mutex<Vec<Peer>>> = Arc::default();
+        let recorded = peers.clone();
+        runtime.spawn(async move {
+            while let Ok((stream, address)) = tcp.accept().await {
+                let (acceptor, recorded) = (acceptor.clone(), recorded.clone());
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    recorded.lock().unwrap().push(Peer {
+                        ip: address.ip(),
+                        client: presented(&tls),
+                        refused: false,
+                    });
+                    if let Ok(mut proxy) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut tls, &mut proxy).await;
+                    }
+                });
+            }
+        });
+        TlsFront {
+            port,
+            peers,
+            _runtime: runtime,
+        }
+    }
+}
+
 impl TlsReceiver {
     fn start(server_ca: &TestCa, client_ca: &TestCa, required: bool) -> TlsReceiver {
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(client_ca.der.clone()).unwrap();
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-            roots.into(),
-            provider.clone(),
-        );
-        let verifier = if required {
-            verifier.build().unwrap()
-        } else {
-            verifier.allow_unauthenticated().build().unwrap()
-        };
-        let (certificate, key) = server_ca.issue("127.0.0.1", false);
-        use rustls::pki_types::pem::PemObject;
-        let config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(
-                vec![
-                    rustls::pki_types::CertificateDer::from_pem_slice(certificate.as_bytes())
-                        .unwrap(),
-                ],
-                rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
-            )
-            .unwrap();
+        let config = server_config(server_ca, client_ca, required);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -342,6 +400,7 @@ fn deliveries_go_through_the_proxy_and_client_certificates_go_to_their_endpoint_
     let mtls = TlsReceiver::start(&server_ca, &client_ca, true);
     let optional = TlsReceiver::start(&server_ca, &client_ca, false);
     let dead_port = free_port();
+    let front = TlsFront::start(&server_ca, &client_ca, proxy.port);
 
     let (database, mut client) = delivery_database("egress_transport");
     let endpoints = [
@@ -358,6 +417,9 @@ fn deliveries_go_through_the_proxy_and_client_certificates_go_to_their_endpoint_
         // and without one.
         ("with_certificate", mtls.url("/with_certificate")),
         ("without_certificate", mtls.url("/without_certificate")),
+        // Through an https:// proxy (TLS to the proxy, CONNECT, TLS to the receiver inside),
+        // with a certificate that goes to the receiver and not to the proxy.
+        ("https_proxy", mtls.url("/https_proxy")),
     ];
     for (name, url) in &endpoints {
         create_endpoint(&mut client, name, url, FAST);
@@ -388,6 +450,16 @@ fn deliveries_go_through_the_proxy_and_client_certificates_go_to_their_endpoint_
     );
     let identity = client_ca.issue("relay-client-with-certificate", true);
     set_client_certificate(&mut client, "with_certificate", &identity);
+    set_client_certificate(&mut client, "https_proxy", &identity);
+    alter(
+        &mut client,
+        "https_proxy",
+        "proxy",
+        &format!(
+            "https://{PROXY_USER}:{PROXY_PASSWORD}@127.0.0.1:{}",
+            front.port
+        ),
+    );
     insert_instance(&mut client, 1);
 
     let relay = Relay::start(
@@ -453,7 +525,20 @@ fn deliveries_go_through_the_proxy_and_client_certificates_go_to_their_endpoint_
         optional_peers.iter().all(|p| p.client.is_none()),
         "{optional_peers:?}"
     );
-    assert_eq!(mtls.requests(), 1, "only the endpoint with the certificate");
+    // Through the https:// proxy: delivered, the certificate presented to the receiver, never
+    // to the proxy.
+    wait_delivered(&mut client, "https_proxy");
+    let front_peers = front.peers.lock().unwrap().clone();
+    assert!(!front_peers.is_empty());
+    assert!(
+        front_peers.iter().all(|p| p.client.is_none()),
+        "{front_peers:?}"
+    );
+    assert_eq!(
+        mtls.requests(),
+        2,
+        "only the endpoints with the certificate"
+    );
 
     // The proxy's failures are recorded as such: 407 to a plain-HTTP request, any refusal of
     // a tunnel (tinyproxy answers a wrong password with 401), a proxy that is down.
