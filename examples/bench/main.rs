@@ -21,6 +21,7 @@
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
+mod console;
 mod fanout_load;
 
 use common::*;
@@ -338,7 +339,7 @@ fn main() {
     }
     let machine = machine_description(&mut bench.connect("postgres"));
 
-    // `--only bulk|single-row|scale|updates|concurrency|attributes|fanout-load` (comma-separated) runs one workload (the bulk one always checks payloads).
+    // `--only bulk|single-row|scale|updates|concurrency|attributes|fanout-load|console` (comma-separated) runs one workload (the bulk one always checks payloads).
     let only = std::env::args().skip_while(|arg| arg != "--only").nth(1);
     let runs = |workload: &str| {
         only.as_deref()
@@ -376,6 +377,7 @@ fn main() {
     } else {
         Vec::new()
     };
+    let console = runs("console").then(|| console::console_workload(&bench));
 
     println!("\n## Results\n\n{machine}\n");
     if let (Some(bulk), Some(check)) = (&bulk, &payload_check) {
@@ -397,6 +399,7 @@ fn main() {
         print_attributes(&attributes);
     }
     fanout_load::print(&fanout_load);
+    console::print(&console);
     if smoke {
         println!("\n(smoke run: sizes too small for the figures to mean anything)");
     }
