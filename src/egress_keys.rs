@@ -21,8 +21,8 @@ fn refuse(message: String) -> ! {
 /// Whether `certificate` (a PEM chain, the client's own certificate first) and `key` (a PEM
 /// private key: PKCS#8, PKCS#1 RSA or SEC1 EC) make a client identity the relay can present:
 /// raises 22023 saying why not. Returns the first certificate's end of validity (Unix seconds).
-/// Error texts never repeat the key.
-#[pg_extern(immutable, strict, parallel_safe, name = "_check_client_certificate")]
+/// Error texts never repeat the key. Volatile: it reads the clock.
+#[pg_extern(volatile, strict, parallel_safe, name = "_check_client_certificate")]
 fn check_client_certificate(certificate: &str, key: &str) -> i64 {
     match checked_certificate(certificate, key, now_unix()) {
         Ok(not_after) => not_after,

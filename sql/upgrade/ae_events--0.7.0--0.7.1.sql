@@ -3787,7 +3787,7 @@ COMMENT ON TABLE ae_events.endpoint_secrets IS
 SELECT pg_catalog.pg_extension_config_dump('ae_events.endpoint_egress', '');
 
 CREATE FUNCTION ae_events._check_client_certificate(certificate text, key text) RETURNS bigint
-IMMUTABLE STRICT PARALLEL SAFE
+VOLATILE STRICT PARALLEL SAFE
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'check_client_certificate_wrapper';
 CREATE FUNCTION ae_events._ed25519_public_key(seed bytea) RETURNS bytea
