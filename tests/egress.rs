@@ -132,14 +132,19 @@ fn egress_settings_are_checked_kept_from_everyone_but_the_relay_and_cleared() {
         "{stored:?}"
     );
 
-    dba.batch_execute(
-        "DO $$ BEGIN CREATE ROLE egress_relay LOGIN IN ROLE ae_events_relay;
-                     CREATE ROLE egress_reader LOGIN IN ROLE ae_events_reader;
-                     CREATE ROLE egress_operator LOGIN IN ROLE ae_events_operator;
-                     CREATE ROLE egress_app LOGIN;
-           EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;",
-    )
-    .unwrap();
+    // One block per role: roles are the cluster's, and the other test creates egress_relay too.
+    for (role, member_of) in [
+        ("egress_relay", " IN ROLE ae_events_relay"),
+        ("egress_reader", " IN ROLE ae_events_reader"),
+        ("egress_operator", " IN ROLE ae_events_operator"),
+        ("egress_app", ""),
+    ] {
+        dba.batch_execute(&format!(
+            "DO $$ BEGIN CREATE ROLE {role} LOGIN{member_of};
+               EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;"
+        ))
+        .unwrap();
+    }
     let mut relay = cluster.connect_as(&database, "egress_relay");
     let leased = relay
         .query_one(
@@ -184,6 +189,12 @@ fn egress_settings_are_checked_kept_from_everyone_but_the_relay_and_cleared() {
             .output()
             .unwrap();
         let dumped = String::from_utf8_lossy(&output.stdout);
+        // Refused for want of the right to read them (not, say, for a failed login).
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success() || stderr.contains("permission denied"),
+            "{role}'s pg_dump: {stderr}"
+        );
         for secret in [PROXY_PASSWORD, CLIENT_SECRET, "PRIVATE KEY-----"] {
             assert!(!dumped.contains(secret), "{role}'s pg_dump holds a secret");
         }
