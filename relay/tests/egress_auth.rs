@@ -6,7 +6,8 @@
 //!   signature are both sent;
 //! - OAuth2 client credentials: a token endpoint started by the test hands out tokens; one token
 //!   serves many deliveries, a new one is fetched after a 401 (and the attempt tried again) and
-//!   after expiry, and a failing token endpoint is recorded on the delivery (secret masked).
+//!   after expiry, and a failing token endpoint is recorded on the delivery (secret masked);
+//!   under `--refuse-private-addresses` the token URL is refused like an endpoint's.
 
 mod support;
 
@@ -397,4 +398,46 @@ fn oauth2_tokens_are_cached_renewed_after_a_401_and_after_expiry_and_failures_ar
         &eighth,
         "the event once tokens come again",
     );
+}
+
+#[test]
+fn an_oauth2_token_url_is_guarded_like_an_endpoint_url() {
+    let (database, mut client) = delivery_database("egress_oauth2_guard");
+    let token_endpoint = Receiver::ok();
+    let receiver = Receiver::ok();
+    create_endpoint(&mut client, "guarded", &receiver.url("/hook"), "{1 second}");
+    client
+        .execute(
+            "SELECT ae_events.alter_endpoint('guarded', oauth2_token_url => $1,
+                    oauth2_client_id => 'id', oauth2_client_secret => $2)",
+            &[&token_endpoint.url("/token"), &CLIENT_SECRET],
+        )
+        .unwrap();
+    let _relay = Relay::start(
+        Cluster::shared(),
+        &database,
+        &["--refuse-private-addresses"],
+    );
+    insert_instance(&mut client, 1);
+    let event = event_ids(&mut client)[0].clone();
+    wait_until_sql(
+        &mut client,
+        "a failed attempt",
+        WAIT,
+        &format!(
+            "SELECT EXISTS (SELECT FROM ae_events.delivery_status
+                             WHERE event_id = '{event}' AND attempts >= 1)"
+        ),
+    );
+    let error = delivery(&mut client, "guarded", &event).unwrap().3.unwrap();
+    assert!(
+        error.starts_with("OAuth2 token endpoint: refused: 127.0.0.1 is a loopback address"),
+        "{error}"
+    );
+    assert_eq!(
+        token_endpoint.count(),
+        0,
+        "the token URL was never contacted"
+    );
+    assert_eq!(receiver.count(), 0);
 }
