@@ -666,7 +666,10 @@ fn endpoint_config(row: &Row) -> EndpointConfig {
 
 /// The egress settings of a relay_lease row (columns 13 to 19); SQL stores them complete.
 fn egress(row: &Row) -> Egress {
-    let text = |index: usize| row.get::<_, Option<String>>(index).filter(|s| !s.is_empty());
+    let text = |index: usize| {
+        row.get::<_, Option<String>>(index)
+            .filter(|s| !s.is_empty())
+    };
     Egress {
         proxy: text(13),
         client_identity: match (text(14), text(15)) {
