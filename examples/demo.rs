@@ -162,7 +162,7 @@ fn main() {
             eprintln!("ae-relay is not built: cargo build -p ae-relay");
             std::process::exit(1)
         });
-    let mut relay = Command::new(relay_binary)
+    let mut relay = Command::new(&relay_binary)
         .args(["run", "--lease", "5s"])
         .env(
             "DATABASE_URL",
@@ -280,7 +280,62 @@ fn main() {
                 .map_or("-".to_owned(), |s| s.to_string())
         );
     }
+    if std::env::var("AE_DEMO_CONSOLE").as_deref() == Ok("1") {
+        // The relay keeps delivering while the console runs.
+        run_console(&cluster, &database, &mut app, &relay_binary);
+    } else {
+        println!(
+            "\nThe operator console shows all this in a browser: ./scripts/demo.sh --console \
+             (it prints the URL and a role to sign in with)."
+        );
+    }
     let _ = relay.kill();
     let _ = relay.wait();
     println!("The cluster stops and its files are removed when this program exits.");
+}
+
+/// `scripts/demo.sh --console`: a login role granted ae_events_operator with a password of its
+/// own (this throwaway cluster only), and `ae-relay console` on 127.0.0.1:8088
+/// (AE_CONSOLE_LISTEN to change it) until Ctrl-C.
+fn run_console(
+    cluster: &Cluster,
+    database: &str,
+    app: &mut postgres::Client,
+    relay_binary: &std::path::Path,
+) {
+    let mut bytes = [0u8; 12];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut random| std::io::Read::read_exact(&mut random, &mut bytes))
+        .expect("random bytes");
+    let password: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    app.batch_execute(&format!(
+        "CREATE ROLE demo_operator LOGIN PASSWORD '{password}';
+         GRANT ae_events_operator TO demo_operator;"
+    ))
+    .unwrap();
+    // The cluster trusts local connections; the console's role must give its password.
+    let hba = cluster.data_dir.join("pg_hba.conf");
+    let existing = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(
+        &hba,
+        format!("host all demo_operator 127.0.0.1/32 scram-sha-256\n{existing}"),
+    )
+    .unwrap();
+    app.batch_execute("SELECT pg_reload_conf()").unwrap();
+    let listen = std::env::var("AE_CONSOLE_LISTEN").unwrap_or_else(|_| "127.0.0.1:8088".into());
+    let mut console = Command::new(relay_binary)
+        .args(["console", "--listen", &listen])
+        .env(
+            "DATABASE_URL",
+            format!("postgres://127.0.0.1:{}/{database}", cluster.port),
+        )
+        .env("AE_RELAY_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start ae-relay console");
+    println!(
+        "\nThe operator console: http://{listen}/\n  sign in as demo_operator, password {password}\n\
+         (a throwaway role of this throwaway cluster). Ctrl-C stops it and the cluster."
+    );
+    let _ = console.wait();
 }
