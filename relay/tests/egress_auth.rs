@@ -282,7 +282,7 @@ fn oauth2_tokens_are_cached_renewed_after_a_401_and_after_expiry_and_failures_ar
             &[&token_endpoint.url("/token"), &CLIENT_ID, &CLIENT_SECRET],
         )
         .unwrap();
-    let _relay = Relay::start(Cluster::shared(), &database, &[]);
+    let relay = Relay::start(Cluster::shared(), &database, &[]);
 
     // One token for many deliveries.
     for instance in 1..=5 {
@@ -398,6 +398,18 @@ fn oauth2_tokens_are_cached_renewed_after_a_401_and_after_expiry_and_failures_ar
         &eighth,
         "the event once tokens come again",
     );
+
+    // Neither the secret, its Basic credentials nor a token in the relay's log (debug level).
+    let log = relay.log();
+    assert!(log.contains("serving endpoint"), "{log}");
+    for secret in [
+        CLIENT_SECRET,
+        expected.as_str(),
+        "tok-1-abcdef",
+        "tok-4-abcdef",
+    ] {
+        assert!(!log.contains(secret), "the relay's log shows {secret}");
+    }
 }
 
 #[test]
