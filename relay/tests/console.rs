@@ -1030,3 +1030,95 @@ fn no_secret_or_header_value_in_any_page() {
         "header names are shown"
     );
 }
+
+/// Every action of an operator, confirmed, goes through its SQL function and says what it did.
+#[test]
+fn an_operators_actions_go_through_the_sql_api_and_say_what_they_did() {
+    let env = env();
+    let mut client = Cluster::shared().connect(&env.database);
+    let receiver = Receiver::start(|_, _| Answer::status(500));
+    endpoint_for(&mut client, "acted_on", &receiver.url("/"), 794);
+    insert_instance(&mut client, 794);
+    wait_dead(&mut client, "acted_on");
+    let (cookie, csrf) = session(env.port, OPERATOR);
+    let act = |path: &str, fields: &[(&str, &str)]| {
+        let mut all = vec![("csrf", csrf.as_str()), ("confirm", "yes")];
+        all.extend_from_slice(fields);
+        let answer = post(
+            env.port,
+            &cookie,
+            &format!("/endpoints/acted_on/{path}"),
+            &all,
+            None,
+        );
+        assert_eq!(answer.status, 200, "{path}: {}", answer.body);
+        answer.body
+    };
+    let endpoint = |client: &mut Client| -> (bool, Option<String>) {
+        let row = client
+            .query_one(
+                "SELECT enabled, disabled_reason FROM ae_events.endpoints WHERE endpoint = 'acted_on'",
+                &[],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+
+    let body = act("disable", &[("reason", "receiver moved")]);
+    assert!(body.contains("Disabled acted_on"), "{body}");
+    assert_eq!(
+        endpoint(&mut client),
+        (false, Some("receiver moved".to_owned()))
+    );
+    let body = act("enable", &[]);
+    assert!(body.contains("Enabled acted_on"), "{body}");
+    assert!(endpoint(&mut client).0);
+
+    // Each queues the dead letter again: the receiver gets more requests.
+    let before = receiver.count();
+    let body = act("redeliver-dead", &[]);
+    assert!(
+        body.contains("Queued 1 dead letter of acted_on again"),
+        "{body}"
+    );
+    receiver.wait_for("the dead letter again", Duration::from_secs(60), |r| {
+        r.len() > before
+    });
+    wait_dead(&mut client, "acted_on");
+
+    let before = receiver.count();
+    let body = act("replay", &[("since", "2000-01-01T00:00")]);
+    assert!(body.contains("Queued 1 delivery again"), "{body}");
+    assert!(body.contains("since 2000-01-01T00:00 UTC"), "{body}");
+    receiver.wait_for("the replay", Duration::from_secs(60), |r| r.len() > before);
+
+    let body = act("test", &[("subscription_key", "ae.test_instance.created")]);
+    assert!(
+        body.contains("Queued test event ae.test_instance.created"),
+        "{body}"
+    );
+    let tests: i64 = client
+        .query_one(
+            "SELECT count(*) FROM ae_events.test_events t JOIN ae_events.endpoints e USING (endpoint_id)
+              WHERE e.endpoint = 'acted_on'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(tests, 1);
+
+    // The database's refusal is the page: a replay from a time that is none.
+    let bad = post(
+        env.port,
+        &cookie,
+        "/endpoints/acted_on/replay",
+        &[
+            ("csrf", &csrf),
+            ("confirm", "yes"),
+            ("since", "yesterday-ish"),
+        ],
+        None,
+    );
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert!(bad.body.contains("SQLSTATE 22007"), "{}", bad.body);
+}
