@@ -164,6 +164,22 @@ fn egress_settings_are_checked_kept_from_everyone_but_the_relay_and_cleared() {
         .query_one("SELECT count(*) FROM ae_events.endpoint_egress", &[])
         .unwrap();
 
+    // What may be shown is, to readers: the proxy's host and port, the certificate's expiry,
+    // the token URL and client id.
+    let shown = cluster
+        .connect_as(&database, "egress_reader")
+        .query_one(
+            "SELECT proxy_host, client_certificate_expires_at::text, oauth2_token_url,
+                    oauth2_client_id
+               FROM ae_events.endpoint_status WHERE endpoint = 'e'",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(shown.get::<_, String>(0), "proxy.example:3128");
+    assert_eq!(shown.get::<_, Option<String>>(1), stored[7]);
+    assert_eq!(shown.get::<_, String>(2), "https://auth.example/token");
+    assert_eq!(shown.get::<_, String>(3), "relay-client");
+
     // Nobody else reads them: not the table, not a view, not a non-superuser's pg_dump.
     for role in ["egress_reader", "egress_operator", "egress_app"] {
         let mut other = cluster.connect_as(&database, role);
@@ -327,6 +343,15 @@ fn rotation_to_ed25519_returns_the_public_key_and_keeps_the_old_secret_for_the_g
         .unwrap()
         .get(0);
     assert_eq!(secrets, [whsk.clone(), old.clone()]);
+    // endpoint_status shows the public key again (to readers), never the private one.
+    let shown: Vec<String> = dba
+        .query_one(
+            "SELECT signing_public_keys FROM ae_events.endpoint_status WHERE endpoint = 'e'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(shown, [whpk.clone()]);
     let grace_left: bool = dba
         .query_one(
             "SELECT expires_at BETWEEN now() + interval '59 minutes' AND now() + interval '61 minutes'
@@ -350,6 +375,14 @@ fn rotation_to_ed25519_returns_the_public_key_and_keeps_the_old_secret_for_the_g
         .map(|r| r.get(0))
         .collect();
     assert_eq!(left, [new]);
+    let shown: Vec<String> = dba
+        .query_one(
+            "SELECT signing_public_keys FROM ae_events.endpoint_status WHERE endpoint = 'e'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(shown.is_empty(), "{shown:?}");
 
     for (call, expected) in [
         ("SELECT ae_events.rotate_endpoint_secret('e', algorithm => 'rsa')", "hmac or ed25519"),

@@ -944,11 +944,26 @@ SELECT e.endpoint, e.url, e.subscription_keys, e.filter::text AS filter,
        e.alert_after,
        e.alert_after_attempts,
        e.failed_attempts,
-       e.alert_failing_since
-  FROM ae_events.endpoints AS e;
+       e.alert_failing_since,
+       -- Egress (issue 25): what may be shown of it. The ed25519 public keys receivers verify
+       -- v1a with (whpk_, newest first: the last 32 bytes of each active whsk_ key); the
+       -- proxy's host and port (never its user info); when the client certificate expires;
+       -- the OAuth2 token URL and client id (RFC 6749: an id is no secret).
+       ARRAY(SELECT 'whpk_' OPERATOR(pg_catalog.||) pg_catalog.encode(pg_catalog.substr(
+                        pg_catalog.decode(pg_catalog.substr(s.secret, 6), 'base64'), 33, 32), 'base64')
+               FROM ae_events.endpoint_secrets AS s
+              WHERE s.endpoint OPERATOR(pg_catalog.=) e.endpoint AND s.secret LIKE 'whsk\_%'
+                AND (s.expires_at IS NULL OR s.expires_at OPERATOR(pg_catalog.>) pg_catalog.now())
+              ORDER BY s.created_at DESC, s.secret) AS signing_public_keys,
+       pg_catalog.substring(g.proxy, '^https?://(?:[^/?#@[:space:]]+@)?([^/?#@[:space:]]+)') AS proxy_host,
+       g.client_certificate_expires_at,
+       g.oauth2_token_url,
+       g.oauth2_client_id
+  FROM ae_events.endpoints AS e
+  LEFT JOIN ae_events.endpoint_egress AS g ON g.endpoint OPERATOR(pg_catalog.=) e.endpoint;
 
 COMMENT ON VIEW ae_events.endpoint_status IS
-    'ae_events: webhook endpoints (no secrets, header names only), their state, pending and dead-lettered counts';
+    'ae_events: webhook endpoints (no secrets, header names only; ed25519 public keys, proxy host, certificate expiry), their state, pending and dead-lettered counts';
 
 -- For analysts: per endpoint and event, attempts and outcome. status: pending (next_attempt_at
 -- says when), delivered, dead (dead-lettered).

@@ -4219,6 +4219,46 @@ BEGIN
 END
 $$;
 
+CREATE OR REPLACE VIEW ae_events.endpoint_status AS
+SELECT e.endpoint, e.url, e.subscription_keys, e.filter::text AS filter,
+       ARRAY(SELECT k FROM pg_catalog.jsonb_object_keys(e.headers) AS k ORDER BY k) AS header_names,
+       e.timeout, e.retry_schedule, e.retry_jitter, e.disable_after, e.max_in_flight,
+       e.enabled, e.disabled_reason, e.disabled_at, e.failing_since,
+       e.relay, e.lease_expires_at,
+       (SELECT pg_catalog.count(*) FROM ae_events.deliveries AS d
+         WHERE d.endpoint OPERATOR(pg_catalog.=) e.endpoint AND d.status OPERATOR(pg_catalog.=) 'pending') AS pending,
+       (SELECT pg_catalog.min(d.next_attempt_at) FROM ae_events.deliveries AS d
+         WHERE d.endpoint OPERATOR(pg_catalog.=) e.endpoint AND d.status OPERATOR(pg_catalog.=) 'pending') AS next_attempt_at,
+       (SELECT pg_catalog.count(*) FROM ae_events.deliveries AS d
+         WHERE d.endpoint OPERATOR(pg_catalog.=) e.endpoint AND d.status OPERATOR(pg_catalog.=) 'dead') AS dead,
+       e.cursor_id AS cursor_event,
+       e.created_at,
+       e.rate_limit,
+       -- Operational events (alerts.sql): the settings and the state behind them.
+       e.alert_after,
+       e.alert_after_attempts,
+       e.failed_attempts,
+       e.alert_failing_since,
+       -- Egress (issue 25): what may be shown of it. The ed25519 public keys receivers verify
+       -- v1a with (whpk_, newest first: the last 32 bytes of each active whsk_ key); the
+       -- proxy's host and port (never its user info); when the client certificate expires;
+       -- the OAuth2 token URL and client id (RFC 6749: an id is no secret).
+       ARRAY(SELECT 'whpk_' OPERATOR(pg_catalog.||) pg_catalog.encode(pg_catalog.substr(
+                        pg_catalog.decode(pg_catalog.substr(s.secret, 6), 'base64'), 33, 32), 'base64')
+               FROM ae_events.endpoint_secrets AS s
+              WHERE s.endpoint OPERATOR(pg_catalog.=) e.endpoint AND s.secret LIKE 'whsk\_%'
+                AND (s.expires_at IS NULL OR s.expires_at OPERATOR(pg_catalog.>) pg_catalog.now())
+              ORDER BY s.created_at DESC, s.secret) AS signing_public_keys,
+       pg_catalog.substring(g.proxy, '^https?://(?:[^/?#@[:space:]]+@)?([^/?#@[:space:]]+)') AS proxy_host,
+       g.client_certificate_expires_at,
+       g.oauth2_token_url,
+       g.oauth2_client_id
+  FROM ae_events.endpoints AS e
+  LEFT JOIN ae_events.endpoint_egress AS g ON g.endpoint OPERATOR(pg_catalog.=) e.endpoint;
+
+COMMENT ON VIEW ae_events.endpoint_status IS
+    'ae_events: webhook endpoints (no secrets, header names only; ed25519 public keys, proxy host, certificate expiry), their state, pending and dead-lettered counts';
+
 REVOKE ALL ON FUNCTION ae_events.relay_lease(text, interval) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION ae_events.relay_lease(text, interval) TO ae_events_relay;
 GRANT SELECT ON ae_events.endpoint_egress TO ae_events_relay;
