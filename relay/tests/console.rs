@@ -382,7 +382,7 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// A headless chromium with a fresh profile. The networking flags matter: without them this
 /// machine's closed network makes chromium hang at start.
-async fn open_browser(driver: u16) -> Browser {
+async fn open_browser(driver: u16) -> (Browser, Profile) {
     let profile = std::env::temp_dir().join(format!(
         "ae-console-chromium-{}-{}",
         std::process::id(),
@@ -401,11 +401,21 @@ async fn open_browser(driver: u16) -> Browser {
             ],
         }),
     );
-    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+    let browser = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
         .capabilities(capabilities)
         .connect(&format!("http://127.0.0.1:{driver}"))
         .await
-        .expect("a chromium session")
+        .expect("a chromium session");
+    (browser, Profile(profile))
+}
+
+/// The browser's profile directory, removed when the test is done with it.
+struct Profile(std::path::PathBuf);
+
+impl Drop for Profile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 async fn browser_sign_in(browser: &Browser, port: u16, (user, password): (&str, &str)) {
@@ -526,7 +536,7 @@ fn an_operator_sees_a_failing_endpoint_and_redelivers_a_dead_letter() {
 
     let _turn = BROWSER_TURN.lock().unwrap_or_else(|e| e.into_inner());
     let rt = runtime();
-    let browser = rt.block_on(open_browser(chromedriver()));
+    let (browser, _profile) = rt.block_on(open_browser(chromedriver()));
     rt.block_on(async {
         browser_sign_in(&browser, env.port, OPERATOR).await;
         let row = browser
@@ -898,7 +908,7 @@ fn markup_from_data_is_shown_as_text_and_never_runs() {
 
     let _turn = BROWSER_TURN.lock().unwrap_or_else(|e| e.into_inner());
     let rt = runtime();
-    let browser = rt.block_on(open_browser(chromedriver()));
+    let (browser, _profile) = rt.block_on(open_browser(chromedriver()));
     rt.block_on(async {
         browser_sign_in(&browser, env.port, OPERATOR).await;
         let base = format!("http://127.0.0.1:{}", env.port);
