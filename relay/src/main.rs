@@ -149,6 +149,11 @@ enum Command {
         /// each session's connection).
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
         statement_timeout: Duration,
+        /// A host name the console is reached by besides its listen address (the name a reverse
+        /// proxy passes in `Host`; without a port, any port); repeat for several. Requests
+        /// naming another host are refused (421), against DNS rebinding.
+        #[arg(long = "allowed-host", value_name = "HOST", value_parser = parse_allowed_host)]
+        allowed_hosts: Vec<String>,
         // How long a session may stay unused (30 minutes); only tests shorten it.
         #[arg(long, hide = true, default_value = "30m", value_parser = parse_duration)]
         idle_timeout: Duration,
@@ -267,6 +272,21 @@ fn parse_positive(text: &str) -> Result<usize, String> {
     }
 }
 
+/// A `Host` value: a name or address, optionally `:port`; no scheme, path or user info.
+fn parse_allowed_host(text: &str) -> Result<String, String> {
+    let host = text.trim();
+    let valid = !host.is_empty()
+        && host.len() <= 255
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b));
+    if valid {
+        Ok(host.to_ascii_lowercase())
+    } else {
+        Err("a host name or address with an optional :port, e.g. console.example.com".to_owned())
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     // Flags, environment and the `run --config` file (config_file); exit 2 on a bad one.
@@ -338,6 +358,7 @@ async fn main() -> ExitCode {
             max_sessions,
             statement_timeout,
             idle_timeout,
+            allowed_hosts,
             config: _,
         } => {
             tracing::info!(settings = %parsed.settings, "effective settings");
@@ -347,6 +368,7 @@ async fn main() -> ExitCode {
             config.max_sessions = max_sessions;
             config.statement_timeout = statement_timeout;
             config.idle_timeout = idle_timeout;
+            config.allowed_hosts = allowed_hosts;
             match ae_relay::console::run(config).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {

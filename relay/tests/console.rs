@@ -169,7 +169,13 @@ fn http(
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    let mut request = format!("{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n");
+    let mut request = format!("{method} {path} HTTP/1.0\r\n");
+    if !headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("host"))
+    {
+        request.push_str(&format!("Host: 127.0.0.1:{port}\r\n"));
+    }
     if let Some(cookie) = cookie {
         request.push_str(&format!("Cookie: ae_console={cookie}\r\n"));
     }
@@ -750,6 +756,50 @@ fn a_reader_sees_no_buttons_and_the_database_refuses_its_actions() {
         .unwrap()
         .get(0);
     assert!(enabled);
+}
+
+/// A page of another site whose name an attacker points at the console's address (DNS
+/// rebinding) names its own host: refused before any page or sign-in, whatever the path.
+#[test]
+fn requests_naming_another_host_are_refused() {
+    let env = env();
+    let rebound = format!("attacker.example:{}", env.port);
+    let origin = format!("http://{rebound}");
+    let page = http(env.port, "GET", "/login", None, &[("Host", &rebound)], None);
+    assert_eq!(page.status, 421, "{}", page.body);
+    let (user, password) = OPERATOR;
+    let sign_in = http(
+        env.port,
+        "POST",
+        "/login",
+        None,
+        &[("Host", &rebound), ("Origin", &origin)],
+        Some(&form_encode(&[("username", user), ("password", password)])),
+    );
+    assert_eq!(sign_in.status, 421, "{}", sign_in.body);
+    assert!(sign_in.header("set-cookie").is_none());
+    let (cookie, _) = session(env.port, OPERATOR);
+    let read = http(
+        env.port,
+        "GET",
+        "/",
+        Some(&cookie),
+        &[("Host", &rebound)],
+        None,
+    );
+    assert_eq!(read.status, 421);
+    assert!(!read.body.contains("csrf_target") && !read.body.contains("<table"));
+    // The loopback names of the listen address are served.
+    let local = format!("localhost:{}", env.port);
+    let page = http(
+        env.port,
+        "GET",
+        "/",
+        Some(&cookie),
+        &[("Host", &local)],
+        None,
+    );
+    assert_eq!(page.status, 200);
 }
 
 /// A POST without the CSRF token, or from another origin, is refused; a GET to an action path

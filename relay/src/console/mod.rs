@@ -42,6 +42,9 @@ pub struct ConsoleConfig {
     pub max_sign_ins: usize,
     /// statement_timeout of every session's connection.
     pub statement_timeout: Duration,
+    /// `Host` header values served besides the listen address's own (and, on a loopback
+    /// address, `localhost`): the names a reverse proxy passes through.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl ConsoleConfig {
@@ -55,6 +58,7 @@ impl ConsoleConfig {
             max_sessions: 100,
             max_sign_ins: 8,
             statement_timeout: Duration::from_secs(10),
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -65,6 +69,8 @@ pub(crate) struct App {
     database: tokio_postgres::Config,
     sessions: Store,
     sign_ins: Semaphore,
+    /// The `Host` values of the listen address (lower case).
+    hosts: Vec<String>,
 }
 
 /// Serve until SIGINT/SIGTERM.
@@ -93,6 +99,7 @@ pub async fn run(config: ConsoleConfig) -> Result<(), String> {
             config.absolute_timeout,
         ),
         sign_ins: Semaphore::new(config.max_sign_ins.max(1)),
+        hosts: served_hosts(address),
         database,
         config,
     });
@@ -151,8 +158,70 @@ fn router(app: Arc<App>) -> Router {
         .route("/endpoints/{endpoint}/disable", post(actions::disable))
         .route("/endpoints/{endpoint}/test", post(actions::send_test))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            known_host,
+        ))
         .layer(axum::middleware::from_fn(security_headers))
         .with_state(app)
+}
+
+/// The `Host` values the listen address is reached by: its address and, on a loopback address,
+/// `localhost`, each with the port or without (a client may leave out port 80). Allowed hosts
+/// (`--allowed-host`) are matched besides these.
+fn served_hosts(address: SocketAddr) -> Vec<String> {
+    let port = address.port();
+    let ip = match address.ip() {
+        std::net::IpAddr::V4(ip) => ip.to_string(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+    };
+    let mut names = vec![ip];
+    if address.ip().is_loopback() {
+        names.extend(["localhost", "127.0.0.1", "[::1]"].map(str::to_owned));
+    }
+    let mut hosts: Vec<String> = names.iter().map(|name| format!("{name}:{port}")).collect();
+    hosts.extend(names);
+    hosts
+}
+
+/// An allowed name without a port matches it on any port; otherwise the two are the same.
+fn host_matches(allowed: &str, host: &str) -> bool {
+    allowed == host
+        || (!allowed.contains(':')
+            && host
+                .strip_prefix(allowed)
+                .and_then(|rest| rest.strip_prefix(':'))
+                .is_some_and(|port| !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit())))
+}
+
+/// Refuses a request naming another host (421) before it reaches a page or the sign-in: a
+/// site whose name an attacker re-points at the console's address (DNS rebinding) would
+/// otherwise be same-origin with it in the victim's browser, and could read pages or try
+/// passwords.
+async fn known_host(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_ascii_lowercase);
+    let known = host.as_deref().is_some_and(|host| {
+        app.hosts.iter().any(|served| served == host)
+            || app
+                .config
+                .allowed_hosts
+                .iter()
+                .any(|allowed| host_matches(allowed, host))
+    });
+    if known {
+        return next.run(request).await;
+    }
+    (
+        StatusCode::MISDIRECTED_REQUEST,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        "This console does not serve that host name: start it with --allowed-host NAME to serve it \
+         (docs/console.md).\n",
+    )
+        .into_response()
 }
 
 /// The headers of every response.
@@ -480,4 +549,46 @@ async fn logout(
         Redirect::to("/login?signed_out=1"),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{host_matches, served_hosts};
+
+    #[test]
+    fn only_the_listen_address_its_loopback_names_and_allowed_hosts_are_served() {
+        let hosts = served_hosts("127.0.0.1:8088".parse().unwrap());
+        let allowed = [
+            "console.example".to_owned(),
+            "other.example:8443".to_owned(),
+        ];
+        let served = |host: &str| {
+            hosts.iter().any(|served| served == host)
+                || allowed.iter().any(|allowed| host_matches(allowed, host))
+        };
+        for host in [
+            "127.0.0.1:8088",
+            "localhost:8088",
+            "[::1]:8088",
+            "localhost",
+            "127.0.0.1",
+            "console.example",
+            "console.example:443",
+            "other.example:8443",
+        ] {
+            assert!(served(host), "{host}");
+        }
+        for host in [
+            "127.0.0.1:8089",
+            "localhost:80",
+            "attacker.example:8088",
+            "console.example.attacker.example",
+            "console.example:",
+            "console.example:443x",
+            "other.example:443",
+            "",
+        ] {
+            assert!(!served(host), "{host}");
+        }
+    }
 }
