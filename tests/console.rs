@@ -756,7 +756,9 @@ fn buffers(client: &mut Client, query: &str) -> i64 {
 /// dead and 5 pending, the rest delivered over the last 24 hours), and its counts, built
 /// set-based. The dead letters and pending deliveries are as many at both sizes: counting them
 /// reads each (up to 1000, the counts' cap); what must not grow is the rest.
-fn console_buffers(per_endpoint: i64) -> Vec<(String, i64)> {
+/// Also: `/`'s buffers and e1's backlog once e1's cursor is back at the start (every event
+/// waiting for it).
+fn console_buffers(per_endpoint: i64) -> (Vec<(String, i64)>, i64, i64) {
     let (_database, mut client) = seeded_database("console_cheap");
     client
         .batch_execute(&format!(
@@ -819,7 +821,7 @@ fn console_buffers(per_endpoint: i64) -> Vec<(String, i64)> {
         &mut client,
         &format!("SELECT aggregate_id FROM ae_events.outbox WHERE id = {middle}"),
     );
-    [
+    let pages = [
         (
             "/".to_string(),
             "SELECT * FROM ae_events.console_endpoints".to_string(),
@@ -866,13 +868,24 @@ fn console_buffers(per_endpoint: i64) -> Vec<(String, i64)> {
         let used = buffers(&mut client, &query);
         (page, used)
     })
-    .collect()
+    .collect();
+    client
+        .batch_execute(
+            "UPDATE ae_events.endpoints SET cursor_txid = '0', cursor_id = -1 WHERE endpoint = 'e1'",
+        )
+        .unwrap();
+    let behind = buffers(&mut client, "SELECT * FROM ae_events.console_endpoints");
+    let backlog = int(
+        &mut client,
+        "SELECT backlog FROM ae_events.console_endpoints WHERE endpoint = 'e1'",
+    );
+    (pages, behind, backlog)
 }
 
 #[test]
 fn the_pages_queries_touch_about_as_many_buffers_at_50000_deliveries_as_at_2000() {
-    let small = console_buffers(200);
-    let large = console_buffers(5_000);
+    let (small, _, small_backlog) = console_buffers(200);
+    let (large, behind, large_backlog) = console_buffers(5_000);
     for ((page, at_2000), (_, at_50000)) in small.iter().zip(&large) {
         eprintln!("{page}: {at_2000} buffers at 2,000 deliveries, {at_50000} at 50,000");
         assert!(
@@ -880,4 +893,10 @@ fn the_pages_queries_touch_about_as_many_buffers_at_50000_deliveries_as_at_2000(
             "{page}: {at_2000} buffers at 2,000 deliveries, {at_50000} at 50,000"
         );
     }
+    // An endpoint 5,000 events behind: its backlog is counted up to 1000, and `/` reads about
+    // 1000 more outbox rows, not 5,000.
+    // (At 2,000: its 5 pending deliveries and the 201 events, the seed's included.)
+    assert_eq!((small_backlog, large_backlog), (206, 1000));
+    eprintln!("/ with an endpoint 5,000 events behind: {behind} buffers");
+    assert!(behind <= large[0].1 + 1_500, "{behind} vs {}", large[0].1);
 }

@@ -4518,34 +4518,29 @@ SELECT e.endpoint,
                 WHERE d.endpoint OPERATOR(pg_catalog.=) e.endpoint
                   AND d.status OPERATOR(pg_catalog.=) 'pending'
                 LIMIT 1000) AS x) AS pend
- -- The next 1000 events after the cursor in delivery order (and the first 1000 of a later
- -- epoch, after a restore), counted if the endpoint's keys take them, as relay_status does.
+ -- The first id of the epoch after the cursor's, if the outbox was restored into another cluster.
  CROSS JOIN LATERAL (
-       SELECT pg_catalog.count(*) AS events, pg_catalog.min(s.occurred_at) AS oldest
-         FROM (SELECT o.occurred_at, o.subscription_key, o.aggregate_type, o.aggregate_id
-                 FROM (SELECT o.id, o.occurred_at, o.subscription_key, o.aggregate_type, o.aggregate_id
-                         FROM ae_events.outbox AS o
-                        WHERE o.txid OPERATOR(pg_catalog.>=) e.cursor_txid
-                          AND (o.txid, o.id) OPERATOR(pg_catalog.>) (e.cursor_txid, e.cursor_id)
-                        ORDER BY o.txid, o.id
-                        LIMIT 1000) AS o
-                WHERE o.id OPERATOR(pg_catalog.>=) e.cursor_epoch
-                  AND NOT EXISTS (SELECT FROM ae_events.epochs AS n
-                                   WHERE n.first_id OPERATOR(pg_catalog.>) e.cursor_epoch
-                                     AND n.first_id OPERATOR(pg_catalog.<=) o.id)
-               UNION ALL
-               (SELECT o.occurred_at, o.subscription_key, o.aggregate_type, o.aggregate_id
-                  FROM ae_events.outbox AS o
-                 WHERE o.id OPERATOR(pg_catalog.>=) (
-                           SELECT pg_catalog.min(n.first_id) FROM ae_events.epochs AS n
-                            WHERE n.first_id OPERATOR(pg_catalog.>) e.cursor_epoch)
-                 ORDER BY o.id
-                 LIMIT 1000)) AS s
-        WHERE CASE WHEN e.subscription_keys IS NULL
-                   THEN s.aggregate_type OPERATOR(pg_catalog.=) 'test_instance'
-                   ELSE s.subscription_key OPERATOR(pg_catalog.=) ANY (e.subscription_keys)
-                        AND NOT (s.aggregate_type OPERATOR(pg_catalog.=) 'endpoint'
-                                 AND s.aggregate_id OPERATOR(pg_catalog.=) e.endpoint_id) END) AS ahead
+       SELECT pg_catalog.min(n.first_id) AS first_id FROM ae_events.epochs AS n
+        WHERE n.first_id OPERATOR(pg_catalog.>) e.cursor_epoch) AS nx
+ -- The events after the cursor among the next 1000 outbox ids (and the first 1000 of a later
+ -- epoch, after a restore), counted if the endpoint's keys take them, as relay_status does.
+ -- Ranges of ids, not "the first 1000 in delivery order": bounded whatever plan is chosen (a
+ -- bitmap scan of everything after a cursor far behind would not be). An event of an earlier id
+ -- whose transaction committed after the cursor passed is not counted (it is sent soon).
+ CROSS JOIN LATERAL (
+       SELECT pg_catalog.count(*) AS events, pg_catalog.min(o.occurred_at) AS oldest
+         FROM ae_events.outbox AS o
+        WHERE ((o.id OPERATOR(pg_catalog.>) e.cursor_id
+                AND o.id OPERATOR(pg_catalog.<=) (e.cursor_id OPERATOR(pg_catalog.+) 1000)
+                AND o.id OPERATOR(pg_catalog.>=) e.cursor_epoch
+                AND (o.txid, o.id) OPERATOR(pg_catalog.>) (e.cursor_txid, e.cursor_id))
+               OR (o.id OPERATOR(pg_catalog.>=) nx.first_id
+                   AND o.id OPERATOR(pg_catalog.<) (nx.first_id OPERATOR(pg_catalog.+) 1000)))
+          AND CASE WHEN e.subscription_keys IS NULL
+                   THEN o.aggregate_type OPERATOR(pg_catalog.=) 'test_instance'
+                   ELSE o.subscription_key OPERATOR(pg_catalog.=) ANY (e.subscription_keys)
+                        AND NOT (o.aggregate_type OPERATOR(pg_catalog.=) 'endpoint'
+                                 AND o.aggregate_id OPERATOR(pg_catalog.=) e.endpoint_id) END) AS ahead
   LEFT JOIN LATERAL (
        SELECT a.attempted_at, a.http_status, a.error
          FROM ae_events.delivery_attempts AS a
