@@ -132,6 +132,31 @@ fn egress_settings_are_checked_kept_from_everyone_but_the_relay_and_cleared() {
         "{stored:?}"
     );
 
+    // A NATS endpoint would ignore them: refused, whichever comes second, and nothing changes.
+    let message = refused(&mut dba, "url => 'nats://127.0.0.1:4222/hooks'");
+    assert!(message.contains("publishes to NATS"), "{message}");
+    assert_eq!(egress_row(&mut dba).as_ref(), Some(&stored));
+    let url: String = dba
+        .query_one(
+            "SELECT url FROM ae_events.endpoints WHERE endpoint = 'e'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(url, "https://receiver.example/hook");
+    dba.batch_execute("SELECT ae_events.create_endpoint('to_nats', 'nats://127.0.0.1:4222/hooks')")
+        .unwrap();
+    let error = dba
+        .execute(
+            "SELECT ae_events.alter_endpoint('to_nats', proxy => 'http://proxy.example:3128')",
+            &[],
+        )
+        .unwrap_err();
+    assert_eq!(sqlstate(&error), "22023");
+    assert!(error_message(&error).contains("publishes to NATS"));
+    dba.batch_execute("SELECT ae_events.drop_endpoint('to_nats')")
+        .unwrap();
+
     // One block per role: roles are the cluster's, and the other test creates egress_relay too.
     for (role, member_of) in [
         ("egress_relay", " IN ROLE ae_events_relay"),

@@ -674,6 +674,17 @@ BEGIN
                                                oauth2_token_url, oauth2_client_id,
                                                oauth2_client_secret, oauth2_scope);
     END IF;
+    -- A proxy, a client certificate and OAuth2 act on HTTP requests: a NATS endpoint would
+    -- ignore them without a word.
+    IF EXISTS (SELECT FROM ae_events.endpoints AS e
+                 JOIN ae_events.endpoint_egress AS g ON g.endpoint OPERATOR(pg_catalog.=) e.endpoint
+                WHERE e.endpoint OPERATOR(pg_catalog.=) alter_endpoint.endpoint
+                  AND e.url OPERATOR(pg_catalog.~~) 'nats://%') THEN
+        RAISE EXCEPTION 'ae_events: endpoint % publishes to NATS: proxy, client_certificate and oauth2_* apply to http:// and https:// endpoints only',
+                pg_catalog.quote_literal(endpoint)
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Clear them (proxy => '''', client_certificate => '''', oauth2_token_url => '''') or give an http(s):// url.';
+    END IF;
 END
 $$;
 
