@@ -2,7 +2,8 @@
 //! (sql/src/console.sql) on 200 endpoints and 1,000,000 deliveries, built set-based (not through
 //! a relay): 5,000 events over the last 24 hours, each delivered to every endpoint, 1% of the
 //! deliveries dead-lettered and 0.5% pending, their failed attempts in the attempt log and the
-//! per-endpoint counts as relay_record keeps them. Timed: the `/` page's queries (every
+//! per-endpoint counts as relay_record keeps them; one endpoint is disabled with every event
+//! still ahead of its cursor, every 20th is failing. Timed: the `/` page's queries (every
 //! endpoint, the 24-hour chart) and an endpoint page's (its row, chart, first page of deliveries,
 //! dead letters, test events), the median of 7 runs after one to warm up.
 
@@ -95,8 +96,12 @@ pub fn console_workload(bench: &Bench) -> ConsoleResults {
                     max(d.delivered_at)
                FROM ae_events.deliveries AS d GROUP BY 1, 2;
              UPDATE ae_events.endpoints
-                SET cursor_txid = (SELECT max(txid) FROM ae_events.outbox),
-                    cursor_id = (SELECT max(id) FROM ae_events.outbox),
+                SET cursor_txid = CASE WHEN endpoint_id = 1 THEN '0'
+                                       ELSE (SELECT max(txid) FROM ae_events.outbox) END,
+                    cursor_id = CASE WHEN endpoint_id = 1 THEN -1
+                                     ELSE (SELECT max(id) FROM ae_events.outbox) END,
+                    enabled = endpoint_id <> 1,
+                    disabled_reason = CASE WHEN endpoint_id = 1 THEN 'bench: disabled, every event behind' END,
                     failing_since = CASE WHEN endpoint_id % 20 = 0 THEN now() - interval '1 hour' END,
                     failed_attempts = CASE WHEN endpoint_id % 20 = 0 THEN 12 ELSE 0 END;
              SELECT ae_events.send_test_event('endpoint-7');"
