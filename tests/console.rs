@@ -22,6 +22,9 @@ type Outcome<'a> = (
     Option<i32>,
 );
 
+/// A row of the attempt log: attempt, outcome, HTTP status, error, duration in ms.
+type LoggedAttempt = (i32, String, Option<i32>, String, Option<i32>);
+
 /// Lease every enabled endpoint to RELAY and return the endpoint's id.
 fn lease(client: &mut Client, endpoint: &str) -> i64 {
     client
@@ -134,7 +137,7 @@ fn the_attempt_log_keeps_each_failed_attempt_bounded_masked_and_goes_with_its_de
             ],
         );
     }
-    let log: Vec<(i32, String, Option<i32>, String, Option<i32>)> = client
+    let log: Vec<LoggedAttempt> = client
         .query(
             "SELECT attempt, outcome, http_status, error, duration_ms FROM ae_events.delivery_attempts
               WHERE outbox_id = $1 ORDER BY id",
