@@ -376,7 +376,7 @@ fn rotation_to_ed25519_returns_the_public_key_and_keeps_the_old_secret_for_the_g
         )
         .unwrap()
         .get(0);
-    assert_eq!(shown, [whpk.clone()]);
+    assert_eq!(shown, std::slice::from_ref(&whpk));
     let grace_left: bool = dba
         .query_one(
             "SELECT expires_at BETWEEN now() + interval '59 minutes' AND now() + interval '61 minutes'
