@@ -65,7 +65,7 @@ pub struct OAuth2Settings {
 impl Egress {
     /// The values that are secrets, to be masked wherever an error text could repeat them: the
     /// proxy's user info and password (as written and percent-decoded), the OAuth2 client
-    /// secret (and the Basic credentials made of it). The client key never reaches an error
+    /// secret (as given and form-encoded, alone and with its id, and the Basic credentials). The client key never reaches an error
     /// text.
     pub fn secrets(&self) -> Vec<String> {
         let mut secrets = Vec::new();
@@ -81,6 +81,15 @@ impl Egress {
             }
         }
         if let Some(oauth2) = &self.oauth2 {
+            // As sent (form-encoded, then base64 in Basic) and as a server may echo it back
+            // (decoded, or the id:secret pair before or after form-encoding).
+            let encoded = crate::oauth2::form_encode(&oauth2.client_secret);
+            secrets.push(format!(
+                "{}:{encoded}",
+                crate::oauth2::form_encode(&oauth2.client_id)
+            ));
+            secrets.push(format!("{}:{}", oauth2.client_id, oauth2.client_secret));
+            secrets.push(encoded);
             secrets.push(oauth2.client_secret.clone());
             secrets.push(crate::oauth2::basic_credentials(oauth2));
         }

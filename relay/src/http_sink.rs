@@ -262,12 +262,17 @@ pub async fn deliver(client: &HttpClient, endpoint: &EndpointConfig, event: &Eve
         error.push_str(": ");
         error.push_str(snippet.trim());
     }
-    // A receiver that echoes the Bearer token shows it masked.
+    // A receiver that echoes the Bearer token shows it masked, and so does a proxy that echoes
+    // its credentials (a plain-HTTP request carries them), the start of one cut off by the
+    // snippet's bound included (these are not among the endpoint's secrets that
+    // sink::safe_error_text masks later).
+    let mut echoed = egress.proxy_secrets(&uri);
     if let Some(token) = &bearer {
-        error = crate::sink::mask(&error, &[token.secret().to_owned()]);
+        echoed.push(token.secret().to_owned());
     }
-    // So does a proxy that echoes its credentials (a plain-HTTP request carries them).
-    error = crate::sink::mask(&error, &egress.proxy_secrets(&uri));
+    echoed.sort_by_key(|secret| std::cmp::Reverse(secret.len()));
+    error = crate::sink::mask(&error, &echoed);
+    error = crate::sink::mask_cut_tail(&error, &echoed);
     Attempt::Failed {
         status: Some(status),
         error,

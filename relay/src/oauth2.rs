@@ -127,6 +127,9 @@ async fn fetch(egress: &transport::Egress, settings: &OAuth2Settings) -> Result<
     let authorization =
         http::HeaderValue::try_from(format!("Basic {}", basic_credentials(settings)))
             .map_err(|_| "the client credentials cannot be sent".to_owned())?;
+    // A proxy that echoes its credentials (a plain-HTTP token URL carries them) is masked in
+    // the error text as for webhooks.
+    let proxy_secrets = egress.proxy_secrets(&uri);
     let mut request = http::Request::new(transport::Body::new(bytes::Bytes::from(form)));
     *request.method_mut() = http::Method::POST;
     *request.uri_mut() = uri;
@@ -163,6 +166,8 @@ async fn fetch(egress: &transport::Egress, settings: &OAuth2Settings) -> Result<
     if !status.is_success() {
         // RFC 6749 §5.2: {"error": "invalid_client", ...}; the start of it says why.
         let text = String::from_utf8_lossy(&body[..body.len().min(ERROR_BODY_BYTES)]).into_owned();
+        let text = crate::sink::mask(text.trim(), &proxy_secrets);
+        let text = crate::sink::mask_cut_tail(&text, &proxy_secrets);
         let text = text.trim();
         return Err(if text.is_empty() {
             format!("HTTP {}", status.as_u16())
@@ -219,7 +224,7 @@ pub fn basic_credentials(settings: &OAuth2Settings) -> String {
 
 /// application/x-www-form-urlencoded: unreserved bytes as they are, space as `+`, the rest
 /// %XX.
-fn form_encode(text: &str) -> String {
+pub(crate) fn form_encode(text: &str) -> String {
     let mut encoded = String::with_capacity(text.len());
     for byte in text.bytes() {
         match byte {
@@ -236,6 +241,34 @@ fn form_encode(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::form_encode;
+
+    /// A token endpoint that echoes the credentials in any of the forms they travel in has
+    /// each masked, also when the error text's bound cuts one off.
+    #[test]
+    fn every_form_of_the_client_secret_is_masked() {
+        let egress = crate::endpoint::Egress {
+            oauth2: Some(crate::endpoint::OAuth2Settings {
+                token_url: "https://auth.example/token".to_owned(),
+                client_id: "relay client".to_owned(),
+                client_secret: "s3cret/with+form:chars".to_owned(),
+                scope: None,
+            }),
+            ..Default::default()
+        };
+        let mut secrets = egress.secrets();
+        secrets.sort_by_key(|secret| std::cmp::Reverse(secret.len()));
+        for echoed in [
+            "relay client:s3cret/with+form:chars",
+            "relay+client:s3cret%2Fwith%2Bform%3Achars",
+            "s3cret%2Fwith%2Bform%3Achars",
+            "s3cret/with+form:chars",
+        ] {
+            let text = crate::sink::safe_error_text(&format!("HTTP 401: bad {echoed}"), &secrets, 500);
+            assert!(!text.contains("s3cret"), "{text}");
+        }
+        let cut = crate::sink::safe_error_text("HTTP 401: bad s3cret/wi", &secrets, 500);
+        assert!(!cut.contains("s3cret"), "{cut}");
+    }
 
     #[test]
     fn credentials_are_form_encoded_before_basic() {

@@ -485,6 +485,10 @@ impl ProxyError {
     }
 }
 
+/// How long a proxy gets to accept the connection and (HTTPS) answer CONNECT: less than the
+/// endpoints' default timeout (15 s), so that a silent proxy is told apart from a slow receiver.
+pub const PROXY_ANSWER_WITHIN: Duration = Duration::from_secs(10);
+
 /// Makes the connections of the client (see the module's documentation).
 #[derive(Clone)]
 pub struct Connector {
@@ -573,12 +577,34 @@ impl Connector {
                 false,
             ));
         };
-        let mut stream = self.to_proxy(&proxy).await?;
+        // The proxy's part (connecting, TLS with it, CONNECT) has a bound of its own, so that a
+        // proxy that drops packets or never answers is recorded as the proxy's failure rather
+        // than as the receiver's timeout.
+        let proxy_part = async {
+            let mut stream = self.to_proxy(&proxy).await?;
+            if https {
+                tunnel(&mut stream, &host, port, proxy.basic_auth()).await?;
+            }
+            Ok::<_, BoxError>(stream)
+        };
+        let stream = match tokio::time::timeout(PROXY_ANSWER_WITHIN, proxy_part).await {
+            Ok(stream) => stream?,
+            Err(_) => {
+                let shown = proxy
+                    .uri()
+                    .authority()
+                    .map(|a| a.as_str().to_owned())
+                    .unwrap_or_default();
+                return Err(ProxyError::boxed(format!(
+                    "the proxy {shown} did not answer within {} s",
+                    PROXY_ANSWER_WITHIN.as_secs()
+                )));
+            }
+        };
         if !https {
             // Plain HTTP through a proxy: the request in absolute form, to the proxy.
             return Ok(Bounded::new(stream, true));
         }
-        tunnel(&mut stream, &host, port, proxy.basic_auth()).await?;
         Ok(Bounded::new(
             self.endpoint_tls(stream, true, &host).await?,
             false,

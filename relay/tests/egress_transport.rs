@@ -400,6 +400,9 @@ fn deliveries_go_through_the_proxy_and_client_certificates_go_to_their_endpoint_
     let mtls = TlsReceiver::start(&server_ca, &client_ca, true);
     let optional = TlsReceiver::start(&server_ca, &client_ca, false);
     let dead_port = free_port();
+    // A proxy that accepts connections (the kernel's backlog) and never answers.
+    let silent_proxy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent_proxy.local_addr().unwrap().port();
     let front = TlsFront::start(&server_ca, &client_ca, proxy.port);
 
     let (database, mut client) = delivery_database("egress_transport");
@@ -413,6 +416,7 @@ fn deliveries_go_through_the_proxy_and_client_certificates_go_to_their_endpoint_
         ("wrong_password", plain.url("/wrong_password")),
         ("wrong_password_tls", optional.url("/wrong_password_tls")),
         ("proxy_down", plain.url("/proxy_down")),
+        ("proxy_silent", optional.url("/proxy_silent")),
         // mTLS: with its certificate (through --proxy: CONNECT, then TLS with the receiver),
         // and without one.
         ("with_certificate", mtls.url("/with_certificate")),
@@ -447,6 +451,12 @@ fn deliveries_go_through_the_proxy_and_client_certificates_go_to_their_endpoint_
         "proxy_down",
         "proxy",
         &format!("http://127.0.0.1:{dead_port}"),
+    );
+    alter(
+        &mut client,
+        "proxy_silent",
+        "proxy",
+        &format!("http://127.0.0.1:{silent_port}"),
     );
     let identity = client_ca.issue("relay-client-with-certificate", true);
     set_client_certificate(&mut client, "with_certificate", &identity);
@@ -563,6 +573,14 @@ fn deliveries_go_through_the_proxy_and_client_certificates_go_to_their_endpoint_
             "proxy: cannot connect to the proxy 127.0.0.1:{dead_port}: Connection refused (os error 111)"
         )
     );
+    // A proxy that never answers CONNECT: its failure too, within its own bound (10 s), not
+    // the receiver's timeout (15 s).
+    let silent = last_error(&mut client, "proxy_silent");
+    assert_eq!(
+        silent,
+        format!("proxy: the proxy 127.0.0.1:{silent_port} did not answer within 10 s")
+    );
+    drop(silent_proxy);
     assert!(
         plain.requests().iter().all(|r| r.path == "/plain"),
         "nothing reached the receiver past a failing proxy"
