@@ -62,6 +62,13 @@ impl HttpClient {
             identity.map(|identity| identity.private_key_pem.as_str()),
         )
     }
+
+    /// The egress of the endpoint's OAuth2 token requests: its proxy, but not its client
+    /// certificate, which goes to the endpoint only (shared/contract/egress.md).
+    pub fn token_egress(&self, endpoint: &EndpointConfig) -> Result<transport::Egress, String> {
+        self.egresses
+            .for_endpoint(endpoint.egress.proxy.as_deref(), None, None)
+    }
 }
 
 pub use crate::transport::read_ca_bundle;
@@ -167,10 +174,18 @@ pub async fn deliver(client: &HttpClient, endpoint: &EndpointConfig, event: &Eve
     // authorization header; the headers kept for one more try with a new token after a 401.
     let mut bearer = None;
     let mut retry_headers = None;
-    if let Some(settings) = &endpoint.egress.oauth2 {
+    let token_egress = if endpoint.egress.oauth2.is_some() {
+        match client.token_egress(endpoint) {
+            Ok(token_egress) => Some(token_egress),
+            Err(error) => return failed(error),
+        }
+    } else {
+        None
+    };
+    if let (Some(settings), Some(token_egress)) = (&endpoint.egress.oauth2, &token_egress) {
         let token = client
             .tokens
-            .bearer(&egress, endpoint.endpoint_id, settings, None);
+            .bearer(token_egress, endpoint.endpoint_id, settings, None);
         match tokio::time::timeout_at(deadline, token).await {
             Ok(Ok(token)) => {
                 headers.insert(AUTHORIZATION, token.header.clone());
@@ -196,13 +211,19 @@ pub async fn deliver(client: &HttpClient, endpoint: &EndpointConfig, event: &Eve
         Err(_) => return timed_out(),
     };
     // A 401 to a token: revoked or expired early. One new token, one more try.
-    if let (http::StatusCode::UNAUTHORIZED, Some(mut headers), Some(settings)) =
-        (response.status(), retry_headers, &endpoint.egress.oauth2)
-    {
+    if let (http::StatusCode::UNAUTHORIZED, Some(mut headers), Some(settings), Some(token_egress)) = (
+        response.status(),
+        retry_headers,
+        &endpoint.egress.oauth2,
+        &token_egress,
+    ) {
         drop(response);
-        let token = client
-            .tokens
-            .bearer(&egress, endpoint.endpoint_id, settings, bearer.as_ref());
+        let token = client.tokens.bearer(
+            token_egress,
+            endpoint.endpoint_id,
+            settings,
+            bearer.as_ref(),
+        );
         let token = match tokio::time::timeout_at(deadline, token).await {
             Ok(Ok(token)) => token,
             Ok(Err(error)) => return failed(error),

@@ -417,6 +417,9 @@ fn deliveries_go_through_the_proxy_and_client_certificates_go_to_their_endpoint_
         ("wrong_password_tls", optional.url("/wrong_password_tls")),
         ("proxy_down", plain.url("/proxy_down")),
         ("proxy_silent", optional.url("/proxy_silent")),
+        // Its certificate goes to its receiver only, not to its OAuth2 token URL (here the
+        // receiver that asks for certificates and records them, answering no token).
+        ("token_elsewhere", mtls.url("/token_elsewhere")),
         // mTLS: with its certificate (through --proxy: CONNECT, then TLS with the receiver),
         // and without one.
         ("with_certificate", mtls.url("/with_certificate")),
@@ -461,6 +464,14 @@ fn deliveries_go_through_the_proxy_and_client_certificates_go_to_their_endpoint_
     let identity = client_ca.issue("relay-client-with-certificate", true);
     set_client_certificate(&mut client, "with_certificate", &identity);
     set_client_certificate(&mut client, "https_proxy", &identity);
+    set_client_certificate(&mut client, "token_elsewhere", &identity);
+    client
+        .execute(
+            "SELECT ae_events.alter_endpoint('token_elsewhere', oauth2_token_url => $1,
+                    oauth2_client_id => 'relay', oauth2_client_secret => 'token-secret-1')",
+            &[&optional.url("/token")],
+        )
+        .unwrap();
     alter(
         &mut client,
         "https_proxy",
@@ -524,12 +535,20 @@ fn deliveries_go_through_the_proxy_and_client_certificates_go_to_their_endpoint_
         "{peers:?}"
     );
     assert!(peers.iter().any(|p| p.refused), "{peers:?}");
+    // The token request of the endpoint with a certificate reached its token URL (without it:
+    // below).
+    let token_error = last_error(&mut client, "token_elsewhere");
+    assert!(
+        token_error.starts_with("OAuth2 token endpoint: HTTP 200"),
+        "{token_error}"
+    );
     // Every connection to the receivers came from the proxy.
     let optional_peers = optional.peers();
     for peer in peers.iter().chain(&optional_peers) {
         assert_eq!(peer.ip.to_string(), PROXY_SOURCE, "{peer:?}");
     }
-    // The endpoint without a certificate never presented one (the receiver asked).
+    // The endpoint without a certificate, and the token request, never presented one (the
+    // receiver asked).
     assert!(optional.requests() >= 1);
     assert!(
         optional_peers.iter().all(|p| p.client.is_none()),
