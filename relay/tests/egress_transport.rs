@@ -645,6 +645,14 @@ fn the_guard_checks_the_proxys_address_and_still_refuses_loopback_endpoints_with
     let (database, mut client) = delivery_database("egress_transport_guard");
     create_endpoint(&mut client, "proxied", &receiver.url("/proxied"), FAST);
     create_endpoint(&mut client, "direct", &receiver.url("/direct"), FAST);
+    create_endpoint(&mut client, "by_name", &receiver.url("/by_name"), FAST);
+    // A proxy named, not given as an address: resolved, then checked.
+    alter(
+        &mut client,
+        "by_name",
+        "proxy",
+        &format!("http://localhost:{proxy_port}"),
+    );
     // Any endpoint URL: the proxy decides for it; the guard sees the proxy's address only.
     alter(
         &mut client,
@@ -661,6 +669,13 @@ fn the_guard_checks_the_proxys_address_and_still_refuses_loopback_endpoints_with
             "proxy: the proxy 127.0.0.1:{proxy_port} is refused: 127.0.0.1 is a loopback \
              address (--refuse-private-addresses)"
         )
+    );
+    let by_name = last_error(&mut client, "by_name");
+    assert!(
+        by_name.starts_with(&format!(
+            "proxy: the proxy localhost:{proxy_port} is refused: "
+        )),
+        "{by_name}"
     );
     let direct = last_error(&mut client, "direct");
     assert_eq!(
