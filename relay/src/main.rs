@@ -157,6 +157,9 @@ enum Command {
         // How long a session may stay unused (30 minutes); only tests shorten it.
         #[arg(long, hide = true, default_value = "30m", value_parser = parse_duration)]
         idle_timeout: Duration,
+        // How long a session may last in all (8 hours); only tests shorten it.
+        #[arg(long, hide = true, default_value = "8h", value_parser = parse_duration)]
+        absolute_timeout: Duration,
         /// TOML file of settings: keys are these options' long names (listen =
         /// "127.0.0.1:8088"); the command line and the environment override it.
         #[arg(long, env = "AE_RELAY_CONFIG", value_name = "FILE")]
@@ -358,6 +361,7 @@ async fn main() -> ExitCode {
             max_sessions,
             statement_timeout,
             idle_timeout,
+            absolute_timeout,
             allowed_hosts,
             config: _,
         } => {
@@ -368,6 +372,7 @@ async fn main() -> ExitCode {
             config.max_sessions = max_sessions;
             config.statement_timeout = statement_timeout;
             config.idle_timeout = idle_timeout;
+            config.absolute_timeout = absolute_timeout;
             config.allowed_hosts = allowed_hosts;
             match ae_relay::console::run(config).await {
                 Ok(()) => ExitCode::SUCCESS,

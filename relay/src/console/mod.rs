@@ -97,6 +97,7 @@ pub async fn run(config: ConsoleConfig) -> Result<(), String> {
             config.max_sessions,
             config.idle_timeout,
             config.absolute_timeout,
+            session::cookie_name(config.secure_cookies),
         ),
         sign_ins: Semaphore::new(config.max_sign_ins.max(1)),
         hosts: served_hosts(address),
@@ -106,7 +107,7 @@ pub async fn run(config: ConsoleConfig) -> Result<(), String> {
     // Timed-out sessions close their connections without waiting for their next request.
     let sweeper = {
         let app = app.clone();
-        let period = (app.config.idle_timeout / 4)
+        let period = (app.config.idle_timeout.min(app.config.absolute_timeout) / 4)
             .clamp(Duration::from_millis(100), Duration::from_secs(30));
         tokio::spawn(async move {
             loop {
@@ -443,6 +444,9 @@ async fn login(
     match signed_in {
         Ok(session) => {
             tracing::info!(role = %crate::logging::escape(&session.role), access = session.access.label(), "console sign-in");
+            // A browser signing in again ends the session it had (and its connection): the
+            // old one would otherwise stay open, unreachable, until it timed out.
+            app.sessions.remove(&headers);
             match app.sessions.insert(session) {
                 Ok(id) => (
                     [(
@@ -461,10 +465,15 @@ async fn login(
                 ),
             }
         }
-        Err(SignInError::Credentials) => html_response(
-            StatusCode::UNAUTHORIZED,
-            login_form(None, Some(BAD_CREDENTIALS)),
-        ),
+        Err(SignInError::Credentials { reason }) => {
+            // The database's reason (28P01 wrong password, 28000 no pg_hba line or not allowed
+            // to log in), for the DBA; the browser gets one message for all of them.
+            tracing::warn!(reason = %crate::logging::escape(&reason), "console sign-in refused");
+            html_response(
+                StatusCode::UNAUTHORIZED,
+                login_form(None, Some(BAD_CREDENTIALS)),
+            )
+        }
         Err(SignInError::NoGrant { role }) => error_page(
             StatusCode::FORBIDDEN,
             None,

@@ -14,8 +14,21 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq as _;
 
-/// The session cookie's name.
+/// The session cookie's name over plain HTTP.
 pub const COOKIE: &str = "ae_console";
+/// Its name with `--secure-cookies`: browsers keep a `__Host-` cookie only if it is Secure,
+/// has Path=/ and no Domain, so a neighbouring subdomain or a plain-HTTP page cannot set or
+/// shadow it.
+pub const SECURE_COOKIE: &str = "__Host-ae_console";
+
+/// The cookie's name for the console's setting.
+pub fn cookie_name(secure: bool) -> &'static str {
+    if secure {
+        SECURE_COOKIE
+    } else {
+        COOKIE
+    }
+}
 
 /// What the signed-in role may do, as the database says at sign-in (shown in the header, and
 /// whether the pages offer action buttons; the database still decides every action).
@@ -49,8 +62,34 @@ pub struct Session {
     /// The role's own connection (statement_timeout set); dropped with the session, which
     /// closes it.
     pub client: tokio_postgres::Client,
+    /// The NOTICEs and WARNINGs the database sent on the connection since they were last taken
+    /// (an action says what its SQL function left out: redeliver_dead_letters and
+    /// replay_endpoint report it only as a notice).
+    notices: Arc<Mutex<Vec<String>>>,
+    /// Held by an action from its call until its notices are taken, so that they are its own.
+    pub acting: tokio::sync::Mutex<()>,
     created: Instant,
     last_seen: Mutex<Instant>,
+}
+
+/// At most this many notices are kept between two actions (a page raises none).
+const MAX_NOTICES: usize = 20;
+
+impl Session {
+    /// Forget the notices received so far (before an action's call).
+    pub fn clear_notices(&self) {
+        if let Ok(mut notices) = self.notices.lock() {
+            notices.clear();
+        }
+    }
+
+    /// The notices received since the last call of this or `clear_notices`.
+    pub fn take_notices(&self) -> Vec<String> {
+        self.notices
+            .lock()
+            .map(|mut notices| std::mem::take(&mut *notices))
+            .unwrap_or_default()
+    }
 }
 
 /// `n` random bytes from the operating system's generator, as hex.
@@ -62,8 +101,9 @@ pub fn random_hex(n: usize) -> Result<String, String> {
 
 /// Why a sign-in failed.
 pub enum SignInError {
-    /// Wrong password, no such role, a role that may not log in: one answer for all of them.
-    Credentials,
+    /// Wrong password, no such role, a role that may not log in: one answer for all of them;
+    /// `reason` (the database's, never the password) is for the console's log only.
+    Credentials { reason: String },
     /// The role signed in but has neither reader nor operator rights (the page names them).
     NoGrant { role: String },
     /// The extension is not in the database the console was pointed at.
@@ -72,8 +112,20 @@ pub enum SignInError {
     Unavailable(String),
 }
 
+/// Why the database refused a sign-in, for the console's log (the browser gets one message
+/// for every refusal): its SQLSTATE and message, e.g. `28P01 password authentication failed
+/// for user "alice"`. The server never puts the password in it.
+pub fn refusal_reason(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{} {}", db.code().code(), db.message()),
+        None => error.to_string(),
+    }
+}
+
 pub struct Store {
     sessions: Mutex<HashMap<String, Arc<Session>>>,
+    /// The cookie that names a session (`cookie_name`).
+    pub cookie: &'static str,
     pub max_sessions: usize,
     pub idle: Duration,
     pub absolute: Duration,
@@ -87,9 +139,15 @@ pub enum Lookup {
 }
 
 impl Store {
-    pub fn new(max_sessions: usize, idle: Duration, absolute: Duration) -> Store {
+    pub fn new(
+        max_sessions: usize,
+        idle: Duration,
+        absolute: Duration,
+        cookie: &'static str,
+    ) -> Store {
         Store {
             sessions: Mutex::default(),
+            cookie,
             max_sessions: max_sessions.max(1),
             idle,
             absolute,
@@ -109,7 +167,7 @@ impl Store {
 
     /// The session the request's cookie names; its idle clock restarts.
     pub fn lookup(&self, headers: &HeaderMap) -> Lookup {
-        let Some(id) = cookie(headers, COOKIE) else {
+        let Some(id) = cookie(headers, self.cookie) else {
             return Lookup::Missing;
         };
         let now = Instant::now();
@@ -155,9 +213,10 @@ impl Store {
         Ok(id)
     }
 
-    /// Signing out: the session and its connection go.
+    /// Signing out, or signing in again from the same browser: the session the request's
+    /// cookie names and its connection go (once no request uses them any more).
     pub fn remove(&self, headers: &HeaderMap) {
-        if let (Some(id), Ok(mut sessions)) = (cookie(headers, COOKIE), self.sessions.lock()) {
+        if let (Some(id), Ok(mut sessions)) = (cookie(headers, self.cookie), self.sessions.lock()) {
             sessions.remove(&id);
         }
     }
@@ -191,12 +250,14 @@ pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(|(_, value)| value.to_owned())
 }
 
-/// The Set-Cookie value of a new session: HttpOnly, SameSite=Strict, Path=/, and Secure when
-/// the console is served over TLS (by itself or a reverse proxy: --secure-cookies). No
-/// Max-Age: the browser forgets it when closed, and the console ends it on time anyway.
+/// The Set-Cookie value of a new session: HttpOnly, SameSite=Strict, Path=/, no Domain, and
+/// Secure (named `__Host-ae_console`) when the console is served over TLS (by itself or a
+/// reverse proxy: --secure-cookies). No Max-Age: the browser forgets it when closed, and the
+/// console ends it on time anyway.
 pub fn set_cookie(id: &str, secure: bool) -> String {
     format!(
-        "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/{}",
+        "{}={id}; HttpOnly; SameSite=Strict; Path=/{}",
+        cookie_name(secure),
         if secure { "; Secure" } else { "" }
     )
 }
@@ -204,7 +265,8 @@ pub fn set_cookie(id: &str, secure: bool) -> String {
 /// The Set-Cookie value that removes it.
 pub fn clear_cookie(secure: bool) -> String {
     format!(
-        "{COOKIE}=; Max-Age=0; HttpOnly; SameSite=Strict; Path=/{}",
+        "{}=; Max-Age=0; HttpOnly; SameSite=Strict; Path=/{}",
+        cookie_name(secure),
         if secure { "; Secure" } else { "" }
     )
 }
@@ -256,7 +318,10 @@ pub async fn sign_in(
     statement_timeout: Duration,
 ) -> Result<Session, SignInError> {
     if username.is_empty() || password.is_empty() || username.contains('\0') {
-        return Err(SignInError::Credentials);
+        return Err(SignInError::Credentials {
+            reason: "an empty role name or password, or a NUL character (not sent to the database)"
+                .to_owned(),
+        });
     }
     let mut config = template.clone();
     config
@@ -272,16 +337,36 @@ pub async fn sign_in(
         Ok(connected) => connected,
         Err(error) => {
             // 28P01 (wrong password, or no such role under password authentication) and
-            // 28000 (no such role, not allowed to log in, no pg_hba line): one message.
+            // 28000 (no such role, not allowed to log in, no pg_hba line): one message to
+            // the browser, the database's reason to the log (which a DBA needs to tell them
+            // apart).
             return Err(match error.code() {
-                Some(code) if code.code().starts_with("28") => SignInError::Credentials,
+                Some(code) if code.code().starts_with("28") => SignInError::Credentials {
+                    reason: refusal_reason(&error),
+                },
                 _ => SignInError::Unavailable(error.to_string()),
             });
         }
     };
-    // The connection runs until the client (the session) is dropped.
+    // The connection runs until the client (the session) is dropped; its notices are kept
+    // for the action that caused them.
+    let notices: Arc<Mutex<Vec<String>>> = Arc::default();
+    let sink = notices.clone();
+    let mut connection = connection;
     tokio::spawn(async move {
-        let _ = connection.await;
+        while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            match message {
+                Ok(tokio_postgres::AsyncMessage::Notice(notice)) => {
+                    if let Ok(mut kept) = sink.lock() {
+                        if kept.len() < MAX_NOTICES {
+                            kept.push(notice.message().to_owned());
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
     });
     let row = client
         .query_one(
@@ -322,6 +407,8 @@ pub async fn sign_in(
         access,
         csrf: random_hex(32).map_err(SignInError::Unavailable)?,
         client,
+        notices,
+        acting: tokio::sync::Mutex::new(()),
         created: now,
         last_seen: Mutex::new(now),
     })
@@ -381,7 +468,11 @@ mod tests {
         assert_eq!(cookie(&headers(&[]), COOKIE), None);
         assert_eq!(
             set_cookie("x", true),
-            "ae_console=x; HttpOnly; SameSite=Strict; Path=/; Secure"
+            "__Host-ae_console=x; HttpOnly; SameSite=Strict; Path=/; Secure"
+        );
+        assert_eq!(
+            set_cookie("x", false),
+            "ae_console=x; HttpOnly; SameSite=Strict; Path=/"
         );
     }
 }
