@@ -56,11 +56,21 @@ fn confirm_page(session: &Session, action: &Action) -> Response {
     html_response(StatusCode::OK, view::page("Confirm", Some(session), body))
 }
 
-fn done_page(session: &Session, endpoint: &str, message: Markup) -> Response {
+/// What the action did, and what the database said it left out (its notices: e.g. dead
+/// letters whose payload expired are not sent again).
+fn done_page(session: &Session, endpoint: &str, message: Markup, notices: &[String]) -> Response {
     let body = html! {
         section.done {
             h1 { "Done" }
-            p.result role="status" { (message) }
+            p.result role="status" {
+                (message)
+                @if !notices.is_empty() { " Left out, as the database says:" }
+            }
+            @if !notices.is_empty() {
+                ul.notices {
+                    @for notice in notices { li { (notice) } }
+                }
+            }
             p { a href=(endpoint_href(endpoint)) { "Back to endpoint " (endpoint) } }
         }
     };
@@ -81,7 +91,8 @@ fn plural(n: i64, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 
-/// The shared steps: checks, then the confirmation page, or `run` once confirmed.
+/// The shared steps: checks, then the confirmation page, or `run` once confirmed: its SQL
+/// call, whose message the done page shows with the notices the call raised.
 async fn act<F, Fut>(
     app: &App,
     headers: &HeaderMap,
@@ -91,7 +102,7 @@ async fn act<F, Fut>(
 ) -> Response
 where
     F: FnOnce(Arc<Session>) -> Fut,
-    Fut: std::future::Future<Output = Response>,
+    Fut: std::future::Future<Output = Result<Markup, tokio_postgres::Error>>,
 {
     let session = match check_post(app, headers, form.csrf.as_deref()) {
         Ok(session) => session,
@@ -104,8 +115,16 @@ where
     if form.confirm.as_deref() != Some("yes") {
         return confirm_page(&session, &action);
     }
-    drop(action);
-    run(session).await
+    // One action at a time per session, so that the notices taken are this call's: they
+    // arrive on the connection before its result does.
+    let _acting = session.acting.lock().await;
+    session.clear_notices();
+    let done = run(session.clone()).await;
+    let notices = session.take_notices();
+    match done {
+        Ok(message) => done_page(&session, &action.endpoint, message, &notices),
+        Err(error) => database_error(&session, &error),
+    }
 }
 
 pub async fn redeliver(
@@ -132,28 +151,19 @@ pub async fn redeliver(
             Err("Redeliver needs an event id.")
         },
         |session| async move {
-            match session
+            let row = session
                 .client
                 .query_one(
                     "SELECT ae_events.redeliver($1, ARRAY[$2::text::uuid])",
                     &[&endpoint, &event_id],
                 )
-                .await
-            {
-                Ok(row) => {
-                    let n: i64 = row.try_get(0).unwrap_or(0);
-                    done_page(
-                        &session,
-                        &endpoint,
-                        html! {
-                            "Queued " (plural(n, "delivery", "deliveries")) " again: event "
-                            a href={ "/events/" (event_id) } { (event_id) }
-                            " goes to " (endpoint) " again with its webhook-id."
-                        },
-                    )
-                }
-                Err(error) => database_error(&session, &error),
-            }
+                .await?;
+            let n: i64 = row.try_get(0).unwrap_or(0);
+            Ok(html! {
+                "Queued " (plural(n, "delivery", "deliveries")) " again: event "
+                a href={ "/events/" (event_id) } { (event_id) }
+                " goes to " (endpoint) " again with its webhook-id."
+            })
         },
     )
     .await
@@ -178,21 +188,12 @@ pub async fn redeliver_dead(
                 fields: Vec::new(),
         }),
         |session| async move {
-            match session
+            let row = session
                 .client
                 .query_one("SELECT ae_events.redeliver_dead_letters($1)", &[&endpoint])
-                .await
-            {
-                Ok(row) => {
-                    let n: i64 = row.try_get(0).unwrap_or(0);
-                    done_page(
-                        &session,
-                        &endpoint,
-                        html! { "Queued " (plural(n, "dead letter", "dead letters")) " of " (endpoint) " again." },
-                    )
-                }
-                Err(error) => database_error(&session, &error),
-            }
+                .await?;
+            let n: i64 = row.try_get(0).unwrap_or(0);
+            Ok(html! { "Queued " (plural(n, "dead letter", "dead letters")) " of " (endpoint) " again." })
         },
     )
     .await
@@ -223,24 +224,15 @@ pub async fn replay(
             })
         },
         |session| async move {
-            match session
+            let row = session
                 .client
                 .query_one(
                     "SELECT ae_events.replay_endpoint($1, pg_catalog.timezone('UTC', $2::text::timestamp))",
                     &[&endpoint, &since],
                 )
-                .await
-            {
-                Ok(row) => {
-                    let n: i64 = row.try_get(0).unwrap_or(0);
-                    done_page(
-                        &session,
-                        &endpoint,
-                        html! { "Queued " (plural(n, "delivery", "deliveries")) " again: " (endpoint) " gets every event since " (since) " UTC." },
-                    )
-                }
-                Err(error) => database_error(&session, &error),
-            }
+                .await?;
+            let n: i64 = row.try_get(0).unwrap_or(0);
+            Ok(html! { "Queued " (plural(n, "delivery", "deliveries")) " again: " (endpoint) " gets every event since " (since) " UTC." })
         },
     )
     .await
@@ -263,18 +255,11 @@ pub async fn enable(
             fields: Vec::new(),
         }),
         |session| async move {
-            match session
+            session
                 .client
                 .execute("SELECT ae_events.enable_endpoint($1)", &[&endpoint])
-                .await
-            {
-                Ok(_) => done_page(
-                    &session,
-                    &endpoint,
-                    html! { "Enabled " (endpoint) ": its relay delivers to it again." },
-                ),
-                Err(error) => database_error(&session, &error),
-            }
+                .await?;
+            Ok(html! { "Enabled " (endpoint) ": its relay delivers to it again." })
         },
     )
     .await
@@ -308,21 +293,14 @@ pub async fn disable(
             fields: reason.iter().map(|r| ("reason", r.clone())).collect(),
         }),
         |session| async move {
-            match session
+            session
                 .client
                 .execute(
                     "SELECT ae_events.disable_endpoint($1, $2)",
                     &[&endpoint, &reason],
                 )
-                .await
-            {
-                Ok(_) => done_page(
-                    &session,
-                    &endpoint,
-                    html! { "Disabled " (endpoint) ": no more requests until it is enabled." },
-                ),
-                Err(error) => database_error(&session, &error),
-            }
+                .await?;
+            Ok(html! { "Disabled " (endpoint) ": no more requests until it is enabled." })
         },
     )
     .await
@@ -351,27 +329,18 @@ pub async fn send_test(
             fields: vec![("subscription_key", key.clone())],
         }),
         |session| async move {
-            match session
+            let row = session
                 .client
                 .query_one(
                     "SELECT ae_events.send_test_event($1, $2)::text",
                     &[&endpoint, &key],
                 )
-                .await
-            {
-                Ok(row) => {
-                    let id: String = row.try_get(0).unwrap_or_default();
-                    done_page(
-                        &session,
-                        &endpoint,
-                        html! {
-                            "Queued test event " (key) " for " (endpoint) ": webhook-id "
-                            a href={ "/events/" (id) } { (id) } "."
-                        },
-                    )
-                }
-                Err(error) => database_error(&session, &error),
-            }
+                .await?;
+            let id: String = row.try_get(0).unwrap_or_default();
+            Ok(html! {
+                "Queued test event " (key) " for " (endpoint) ": webhook-id "
+                a href={ "/events/" (id) } { (id) } "."
+            })
         },
     )
     .await

@@ -64,6 +64,23 @@ fn outcome(status: Option<i32>, error: Option<String>) -> Markup {
     }
 }
 
+/// The last delivery's time, from the counts kept 7 days (console_endpoints.last_success_at):
+/// none there is not "never".
+fn last_success(at: Option<SystemTime>, with_time: bool) -> Markup {
+    match at {
+        None => html! { span.none { "none in 7 days" } },
+        Some(_) if with_time => time(at),
+        Some(_) => age_only(at),
+    }
+}
+
+/// Whether a subscription key's events are about an instance (`ae.test_instance.*`, aggregate
+/// type `test_instance`); the operational `ae.endpoint.*` and `ae.delivery.*` events are about
+/// an endpoint (aggregate type `endpoint`, its endpoint_id: no instance page).
+fn instance_key(subscription_key: &str) -> bool {
+    subscription_key.starts_with("ae.test_instance.")
+}
+
 /// A small form posting one action (the first step shows a confirmation page).
 pub(crate) fn action_button(
     session: &Session,
@@ -170,7 +187,7 @@ pub async fn endpoints(State(app): State<Arc<App>>, headers: HeaderMap) -> Respo
                                 }
                             }
                             td { (age_only(at(row, "oldest_undelivered_at"))) }
-                            td { (age_only(at(row, "last_success_at"))) }
+                            td { (last_success(at(row, "last_success_at"), false)) }
                             td.num {
                                 span.delivered { (count(row, "delivered_last_hour")) " delivered" }
                                 br;
@@ -323,7 +340,7 @@ pub async fn endpoint(
             dl.figures {
                 dt { "Backlog" } dd { (capped(count(&row, "backlog"))) }
                 dt { "Oldest undelivered" } dd { (time(at(&row, "oldest_undelivered_at"))) }
-                dt { "Last success" } dd { (time(at(&row, "last_success_at"))) }
+                dt { "Last success" } dd { (last_success(at(&row, "last_success_at"), true)) }
                 dt { "Last hour" } dd { (count(&row, "delivered_last_hour")) " delivered, " (count(&row, "failed_last_hour")) " failed attempts" }
                 dt { "Pending" } dd { (capped(count(&row, "pending"))) }
                 dt { "Dead letters" } dd { (capped(count(&row, "dead_letters"))) }
@@ -453,15 +470,20 @@ fn deliveries_table(session: &Session, endpoint: &str, rows: &[Row], acts: bool)
                 @for r in rows {
                     @let event_id = text(r, "event_id");
                     @let status = text(r, "status");
+                    @let key = text(r, "subscription_key");
                     tr {
                         td { a.event href={ "/events/" (event_id) } { (event_id.get(..8).unwrap_or(&event_id)) "…" } }
                         td {
                             @if let Some(instance) = col::<i64>(r, "instance_id") {
-                                a href={ "/instances/" (instance) } { (instance) }
+                                @if instance_key(&key) {
+                                    a href={ "/instances/" (instance) } { (instance) }
+                                } @else {
+                                    "endpoint " (instance)
+                                }
                                 " v" (col::<i32>(r, "snapshot_version").unwrap_or(0))
                             }
                         }
-                        td { (text(r, "subscription_key")) }
+                        td { (key) }
                         td { (age_only(at(r, "occurred_at"))) }
                         td { (state_badge(&status)) }
                         td.num { (col::<i32>(r, "attempts").unwrap_or(0)) }
@@ -547,16 +569,20 @@ pub async fn event(
         Err(error) => return database_error(&session, &error),
     };
     let is_test = col::<bool>(&event, "is_test").unwrap_or(false);
+    let aggregate_type = text(&event, "aggregate_type");
     let acts = session.access.acts() && !is_test;
     let payload = view::pretty_json(&text(&event, "payload"));
     let body = html! {
         h1 { "Event " span.name { (event_id) } }
         dl.figures {
             dt { "Subscription key" } dd { (text(&event, "subscription_key")) }
-            @if let Some(instance) = col::<i64>(&event, "instance_id") {
-                dt { "Instance" } dd {
-                    a href={ "/instances/" (instance) } { (instance) }
-                    " (" (text(&event, "aggregate_type")) ")"
+            @if let Some(id) = col::<i64>(&event, "instance_id") {
+                @if aggregate_type == "test_instance" && !is_test {
+                    dt { "Instance" } dd { a href={ "/instances/" (id) } { (id) } }
+                } @else {
+                    // An operational event's endpoint, or a test event's made-up instance:
+                    // no instance page to link.
+                    dt { "About" } dd { (aggregate_type) " " (id) }
                 }
             }
             dt { "Version" } dd { (col::<i32>(&event, "snapshot_version").unwrap_or(0)) }
@@ -824,5 +850,8 @@ mod tests {
             Some("/endpoints/a%20b")
         );
         assert_eq!(capped(1000), "1000+");
+        assert!(instance_key("ae.test_instance.updated"));
+        assert!(!instance_key("ae.endpoint.disabled"));
+        assert!(!instance_key("ae.delivery.dead_lettered"));
     }
 }
