@@ -1475,6 +1475,7 @@ fn an_operational_event_links_no_instance_page() {
 
 /// What "Redeliver all dead letters" and "Replay" leave out (a dead letter whose payload
 /// expired), which the SQL functions report only as a notice, is said on the result page.
+/// Also: an endpoint that never delivered shows its last success as "none in 7 days".
 #[test]
 fn what_an_action_leaves_out_is_said() {
     let env = env();
@@ -1492,6 +1493,28 @@ fn what_an_action_leaves_out_is_said() {
         )
         .unwrap();
     let (cookie, csrf) = session(env.port, OPERATOR);
+    // Never delivered: "none in 7 days" (the counts it comes from are kept 7 days), not "—".
+    let page = http(
+        env.port,
+        "GET",
+        "/endpoints/left_out",
+        Some(&cookie),
+        &[],
+        None,
+    );
+    assert!(
+        page.body
+            .contains("<dt>Last success</dt><dd><span class=\"none\">none in 7 days</span>"),
+        "{}",
+        page.body
+    );
+    let all = http(env.port, "GET", "/", Some(&cookie), &[], None);
+    let row = all
+        .body
+        .split("<tr ")
+        .find(|row| row.contains(">left_out</a>"))
+        .expect("left_out on /");
+    assert!(row.contains("none in 7 days"), "{row}");
     let act = |path: &str, fields: &[(&str, &str)]| {
         let mut all = vec![("csrf", csrf.as_str()), ("confirm", "yes")];
         all.extend_from_slice(fields);
