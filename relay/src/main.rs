@@ -137,8 +137,8 @@ enum Command {
         /// it for anything but the local host).
         #[arg(long, env = "AE_CONSOLE_LISTEN", default_value = "127.0.0.1:8088")]
         listen: std::net::SocketAddr,
-        /// Mark the session cookie Secure: say so when the console is reached over HTTPS
-        /// (through a reverse proxy).
+        /// Mark the session cookie Secure (and name it __Host-ae_console): say so when the
+        /// console is reached over HTTPS (through a reverse proxy).
         #[arg(long)]
         secure_cookies: bool,
         /// Sessions at most (each holds one database connection); at the bound, the least

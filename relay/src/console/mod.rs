@@ -34,7 +34,8 @@ pub struct ConsoleConfig {
     /// Where the database is: host, port, database name (its user and password are not used).
     pub database_url: String,
     pub listen: SocketAddr,
-    /// Mark the session cookie Secure (the console is reached over HTTPS, through a proxy).
+    /// Mark the session cookie Secure and name it `__Host-ae_console` (the console is reached
+    /// over HTTPS, through a proxy).
     pub secure_cookies: bool,
     pub idle_timeout: Duration,
     pub absolute_timeout: Duration,
