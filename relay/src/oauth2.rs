@@ -263,7 +263,8 @@ mod tests {
             "s3cret%2Fwith%2Bform%3Achars",
             "s3cret/with+form:chars",
         ] {
-            let text = crate::sink::safe_error_text(&format!("HTTP 401: bad {echoed}"), &secrets, 500);
+            let text =
+                crate::sink::safe_error_text(&format!("HTTP 401: bad {echoed}"), &secrets, 500);
             assert!(!text.contains("s3cret"), "{text}");
         }
         let cut = crate::sink::safe_error_text("HTTP 401: bad s3cret/wi", &secrets, 500);
