@@ -264,6 +264,15 @@ fn the_attempt_log_keeps_each_failed_attempt_bounded_masked_and_goes_with_its_de
         test_attempt,
         ("busy: [redacted]".to_string(), Some(503), Some(77))
     );
+    // ... but they say nothing of the endpoint's state: its last failure is still the event's.
+    let last_failure: Option<i32> = client
+        .query_one(
+            "SELECT last_failure_status FROM ae_events.console_endpoints WHERE endpoint = 'hook'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(last_failure, Some(422));
 
     // prune(): the deliveries of pruned events take their attempts; the rest stay. (The relay
     // would have moved the endpoint's cursor past them.)

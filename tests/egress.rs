@@ -89,7 +89,7 @@ fn egress_settings_are_checked_kept_from_everyone_but_the_relay_and_cleared() {
         ),
         (format!("oauth2_token_url => 'https://auth.example/token', oauth2_client_secret => '{CLIENT_SECRET}'"), "set together"),
         (format!("oauth2_token_url => 'ftp://auth.example/token', oauth2_client_id => 'id', oauth2_client_secret => '{CLIENT_SECRET}'"), "oauth2_token_url"),
-        (format!("oauth2_token_url => 'https://u:p@auth.example/token', oauth2_client_id => 'id', oauth2_client_secret => '{CLIENT_SECRET}'"), "oauth2_token_url"),
+        (format!("oauth2_token_url => 'https://u:{PROXY_PASSWORD}@auth.example/token', oauth2_client_id => 'id', oauth2_client_secret => '{CLIENT_SECRET}'"), "no user info"),
         (format!("oauth2_token_url => 'https://auth.example/token', oauth2_client_id => 'id', oauth2_client_secret => '{CLIENT_SECRET}', oauth2_scope => 'a \"b'"), "oauth2_scope"),
         ("oauth2_scope => 'read'".to_owned(), "set together"),
     ];

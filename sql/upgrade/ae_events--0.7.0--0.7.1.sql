@@ -3892,8 +3892,10 @@ BEGIN
             OR new_token_url !~ '^https?://[^/?#@[:space:]]+(:[0-9]{1,5})?([/?#][^[:space:]]*)?$'
             OR new_token_url ~ '^https?://:'
             OR NOT ae_events._relay_can_parse_authority(pg_catalog.substring(new_token_url, '^[a-z]+://([^/?#]*)'))) THEN
-        RAISE EXCEPTION 'ae_events: oauth2_token_url % is not an http:// or https:// URL with a host',
-                pg_catalog.quote_literal(pg_catalog.left(new_token_url, 200))
+        -- Shown without user info: a password given there is not repeated.
+        RAISE EXCEPTION 'ae_events: oauth2_token_url % is not an http:// or https:// URL with a host and no user info',
+                pg_catalog.quote_literal(pg_catalog.left(
+                    pg_catalog.regexp_replace(new_token_url, '^([A-Za-z]+://)[^@]*@', '\1'), 200))
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'A host is a name, a dotted IPv4 address or a bracketed IPv6 address; a port is 1 to 65535.';
     END IF;
@@ -4545,6 +4547,8 @@ SELECT e.endpoint,
        SELECT a.attempted_at, a.http_status, a.error
          FROM ae_events.delivery_attempts AS a
         WHERE a.endpoint OPERATOR(pg_catalog.=) e.endpoint
+          -- A test event's failure leaves the endpoint's state alone: not its "why" either.
+          AND a.outbox_id IS NOT NULL
         ORDER BY a.id DESC
         LIMIT 1) AS lf ON true
   LEFT JOIN LATERAL (
