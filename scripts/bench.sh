@@ -28,6 +28,9 @@ for part in "${wanted[@]}"; do
 done
 smoke=()
 for argument in "$@"; do [ "$argument" = "--smoke" ] && smoke=(--smoke); done
+# The console workload also fetches pages from `ae-relay console` (AE_RELAY_BIN).
+cargo build --quiet --release -p ae-relay --bins
+export AE_RELAY_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/ae-relay"
 if [ -z "$only" ]; then
     cargo run --quiet --release "${features[@]}" --example bench -- "$@"
 elif [ "${#extension_parts[@]}" -gt 0 ]; then

@@ -5,12 +5,17 @@
 //! per-endpoint counts as relay_record keeps them; one endpoint is disabled with every event
 //! still ahead of its cursor, every 20th is failing. Timed: the `/` page's queries (every
 //! endpoint, the 24-hour chart) and an endpoint page's (its row, chart, first page of deliveries,
-//! dead letters, test events), the median of 7 runs after one to warm up.
+//! dead letters, test events), the median of 7 runs after one to warm up. With AE_RELAY_BIN
+//! naming a built ae-relay (scripts/bench.sh builds it first), the same two pages are then
+//! fetched over HTTP from `ae-relay console`, signed in as an operator: what a browser waits
+//! for, rendering included.
 
 use super::common::{load_schema, ForeignKeys};
 use super::{median, Bench};
 use postgres::Client;
-use std::time::Instant;
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 pub struct ConsoleResults {
     pub endpoints: i64,
@@ -45,6 +50,7 @@ pub fn console_workload(bench: &Bench) -> ConsoleResults {
         .unwrap();
     let mut client = bench.connect(database);
     load_schema(&mut client, ForeignKeys::Without);
+    let port = bench.cluster.port;
     println!(
         "console: {endpoints} endpoints, {} deliveries ...",
         endpoints * events
@@ -116,7 +122,7 @@ pub fn console_workload(bench: &Bench) -> ConsoleResults {
     // Read as the console reads: a role granted ae_events_operator.
     client
         .batch_execute(
-            "DO $$ BEGIN CREATE ROLE bench_operator NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+            "DO $$ BEGIN CREATE ROLE bench_operator LOGIN PASSWORD 'bench'; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
              GRANT ae_events_operator TO bench_operator;
              SET ROLE bench_operator",
         )
@@ -161,6 +167,12 @@ pub fn console_workload(bench: &Bench) -> ConsoleResults {
         println!("console: {label}: {ms:.1} ms ({rows} rows)");
         pages.push((label, ms, rows));
     }
+    if let Ok(binary) = std::env::var("AE_RELAY_BIN") {
+        for (label, ms, bytes) in rendered_pages(&binary, port, database, &endpoint) {
+            println!("console: {label}: {ms:.1} ms ({bytes} bytes of HTML)");
+            pages.push((label, ms, bytes));
+        }
+    }
     ConsoleResults {
         endpoints,
         deliveries,
@@ -173,10 +185,107 @@ pub fn print(results: &Option<ConsoleResults>) {
         return;
     };
     println!(
-        "\n### Console queries ({} endpoints, {} deliveries)\n\n| page | median (ms) | rows |\n|---|---:|---:|",
+        "\n### Console pages ({} endpoints, {} deliveries)\n\n| page | median (ms) | rows (over HTTP: HTML bytes) |\n|---|---:|---:|",
         results.endpoints, results.deliveries
     );
     for (label, ms, rows) in &results.pages {
         println!("| {label} | {ms:.1} | {rows} |");
     }
+}
+
+/// One HTTP/1.0 request to the console: (status, headers, body).
+fn request(port: u16, method: &str, path: &str, extra: &str, body: &str) -> (u16, String, String) {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_owned(), body.to_owned())
+}
+
+/// `/` and an endpoint's page over HTTP from `ae-relay console`: (label, median ms, bytes).
+fn rendered_pages(
+    binary: &str,
+    database_port: u16,
+    database: &str,
+    endpoint: &str,
+) -> Vec<(&'static str, f64, usize)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut console = Command::new(binary)
+        .args(["console", "--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "--database-url",
+            &format!("postgres://bench@127.0.0.1:{database_port}/{database}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the console did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let origin = format!("Origin: http://127.0.0.1:{port}\r\n");
+    let (status, head, _) = request(
+        port,
+        "POST",
+        "/login",
+        &format!("{origin}Content-Type: application/x-www-form-urlencoded\r\n"),
+        "username=bench_operator&password=bench",
+    );
+    let cookie = head
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("set-cookie: ")
+                .or(line.strip_prefix("Set-Cookie: "))
+        })
+        .and_then(|value| value.split(';').next())
+        .unwrap_or_else(|| panic!("no session after signing in ({status}): {head}"))
+        .to_owned();
+    let mut pages = Vec::new();
+    for (label, path) in [
+        ("/ over HTTP (signed in, rendered)", "/".to_owned()),
+        (
+            "/endpoints/{endpoint} over HTTP (signed in, rendered)",
+            format!("/endpoints/{endpoint}"),
+        ),
+    ] {
+        let mut times = Vec::new();
+        let mut bytes = 0;
+        for run in 0..8 {
+            let began = Instant::now();
+            let (status, _, body) =
+                request(port, "GET", &path, &format!("Cookie: {cookie}\r\n"), "");
+            assert_eq!(status, 200, "{path}: {body}");
+            bytes = body.len();
+            if run > 0 {
+                times.push(began.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+        pages.push((label, median(times), bytes));
+    }
+    let _ = console.kill();
+    let _ = console.wait();
+    pages
 }
