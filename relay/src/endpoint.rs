@@ -76,7 +76,7 @@ impl Egress {
         {
             if let Some(password) = url.password() {
                 secrets.push(password.to_owned());
-                secrets.push(decode_percent(password));
+                secrets.push(percent_decode(password));
                 secrets.push(format!("{}:{password}", url.username()));
             }
         }
@@ -98,28 +98,11 @@ impl Egress {
     }
 }
 
-/// `%XX` escapes decoded (invalid UTF-8 as U+FFFD).
-fn decode_percent(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(byte)) => {
-                decoded.push(byte);
-                i += 3;
-            }
-            (byte, _) => {
-                decoded.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&decoded).into_owned()
+/// `%XX` escapes of a URL's user or password decoded (invalid UTF-8 as U+FFFD).
+pub fn percent_decode(text: &str) -> String {
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 impl std::fmt::Debug for Egress {
@@ -165,4 +148,16 @@ pub struct Event {
     /// A test event: sent with `ae-test: true`, outside its instance's order, its outcome
     /// recorded by relay_record_tests (`id` is its test_events id).
     pub test: bool,
+}
+
+#[cfg(test)]
+mod percent_tests {
+    use super::percent_decode;
+
+    #[test]
+    fn a_urls_user_info_is_decoded_as_sent() {
+        assert_eq!(percent_decode("p%40ss%3Aw%2Fd+x"), "p@ss:w/d+x");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%ff%41"), "\u{fffd}A");
+    }
 }

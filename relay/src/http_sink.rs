@@ -135,8 +135,11 @@ pub async fn deliver(client: &HttpClient, endpoint: &EndpointConfig, event: &Eve
     // unless a static header says otherwise.
     let mut url = url;
     if !url.username().is_empty() || url.password().is_some() {
-        let user = percent_decode(url.username());
-        let password = url.password().map(percent_decode).unwrap_or_default();
+        let user = crate::endpoint::percent_decode(url.username());
+        let password = url
+            .password()
+            .map(crate::endpoint::percent_decode)
+            .unwrap_or_default();
         let _ = url.set_username("");
         let _ = url.set_password(None);
         if !headers.contains_key(AUTHORIZATION) {
@@ -331,36 +334,12 @@ pub fn is_reserved_header(name: &str) -> bool {
             .any(|prefix| normalized.starts_with(prefix))
 }
 
-/// `%XX` escapes of a URL's user or password decoded (invalid UTF-8 as U+FFFD).
 /// A token request that took the rest of the attempt's time.
 fn token_timed_out(timeout: Duration) -> String {
     format!(
         "OAuth2 token endpoint: no token within the attempt's {} ms",
         timeout.as_millis()
     )
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(byte)) => {
-                decoded.push(byte);
-                i += 3;
-            }
-            (byte, _) => {
-                decoded.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&decoded).into_owned()
 }
 
 #[cfg(test)]
