@@ -1184,6 +1184,42 @@ fn no_secret_or_header_value_in_any_page() {
         )
         .unwrap()
         .get(0);
+    // Egress secrets (issue 25), set now that the dead letter is there: a proxy's password, a
+    // client key, an OAuth2 client secret, an ed25519 private key.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let certificate = rcgen::CertificateParams::new(vec!["relay.example".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap()
+        .pem();
+    let client_key = key.serialize_pem();
+    client
+        .execute(
+            "SELECT ae_events.alter_endpoint('with_secrets',
+                    proxy => 'http://relay:proxy-pass-must-not-show@proxy.example:3128',
+                    client_certificate => $1, client_key => $2,
+                    oauth2_token_url => 'https://auth.example/token', oauth2_client_id => 'relay',
+                    oauth2_client_secret => 'oauth-secret-must-not-show')",
+            &[&certificate, &client_key],
+        )
+        .unwrap();
+    client
+        .batch_execute(
+            "SELECT ae_events.rotate_endpoint_secret('with_secrets', '1 day', algorithm => 'ed25519')",
+        )
+        .unwrap();
+    let private_key: String = client
+        .query_one(
+            "SELECT secret FROM ae_events.endpoint_secrets
+              WHERE endpoint = 'with_secrets' AND secret LIKE 'whsk_%'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let key_body: String = client_key
+        .lines()
+        .filter(|line| !line.starts_with("-----"))
+        .collect();
     // The cluster trusts its superuser without a password: a DBA session.
     let (cookie, _) = session(env.port, ("postgres", "any"));
     let token = secret.trim_start_matches("whsec_");
@@ -1210,6 +1246,24 @@ fn no_secret_or_header_value_in_any_page() {
             !page.body.contains("header-value-that-must-not-show"),
             "{path} shows the header value"
         );
+        for egress_secret in [
+            "proxy-pass-must-not-show",
+            "oauth-secret-must-not-show",
+            private_key.as_str(),
+            private_key.trim_start_matches("whsk_"),
+            "PRIVATE KEY",
+        ] {
+            assert!(
+                !page.body.contains(egress_secret),
+                "{path} shows {egress_secret}"
+            );
+        }
+        for line in key_body.as_bytes().chunks(60) {
+            assert!(
+                !page.body.contains(std::str::from_utf8(line).unwrap()),
+                "{path} shows the client key"
+            );
+        }
     }
     let page = http(
         env.port,
