@@ -453,3 +453,59 @@ fn an_oauth2_token_url_is_guarded_like_an_endpoint_url() {
     );
     assert_eq!(receiver.count(), 0);
 }
+
+/// A token endpoint that answers more than the relay reads (64 KiB), or answers too late, holds
+/// nothing: each is a failed attempt saying so, and nothing goes to the receiver.
+#[test]
+fn a_token_answer_past_its_bounds_is_a_failed_attempt_saying_so() {
+    let (database, mut client) = delivery_database("egress_oauth2_bounds");
+    let token_endpoint = Receiver::start(|request, _| {
+        if request.path == "/slow" {
+            Answer::status(200).after(Duration::from_secs(30))
+        } else {
+            let huge = "x".repeat(70 * 1024);
+            Answer::status(200)
+                .with_header("content-type", "application/json")
+                .with_body(&format!(r#"{{"access_token": "{huge}"}}"#))
+        }
+    });
+    let receiver = Receiver::ok();
+    for (endpoint, path) in [("huge", "/huge"), ("slow", "/slow")] {
+        create_endpoint(&mut client, endpoint, &receiver.url("/hook"), "{1 hour}");
+        client
+            .execute(
+                "SELECT ae_events.alter_endpoint($1, timeout => '2 seconds',
+                        oauth2_token_url => $2, oauth2_client_id => 'id',
+                        oauth2_client_secret => $3)",
+                &[&endpoint, &token_endpoint.url(path), &CLIENT_SECRET],
+            )
+            .unwrap();
+    }
+    let _relay = Relay::start(Cluster::shared(), &database, &[]);
+    insert_instance(&mut client, 1);
+    let event = event_ids(&mut client)[0].clone();
+    for (endpoint, expected) in [
+        (
+            "huge",
+            "OAuth2 token endpoint: HTTP 200: an answer of more than 65536 bytes",
+        ),
+        (
+            "slow",
+            "OAuth2 token endpoint: no token within the attempt's 2000 ms",
+        ),
+    ] {
+        wait_until_sql(
+            &mut client,
+            &format!("a failed attempt of {endpoint}"),
+            WAIT,
+            &format!(
+                "SELECT EXISTS (SELECT FROM ae_events.delivery_status
+                                 WHERE endpoint = '{endpoint}' AND event_id = '{event}'
+                                   AND attempts >= 1)"
+            ),
+        );
+        let error = delivery(&mut client, endpoint, &event).unwrap().3.unwrap();
+        assert_eq!(error, expected);
+    }
+    assert_eq!(receiver.count(), 0, "nothing sent without a token");
+}
