@@ -462,6 +462,10 @@ fn a_token_answer_past_its_bounds_is_a_failed_attempt_saying_so() {
     let token_endpoint = Receiver::start(|request, _| {
         if request.path == "/slow" {
             Answer::status(200).after(Duration::from_secs(30))
+        } else if request.path == "/ok" {
+            Answer::status(200)
+                .with_header("content-type", "application/json")
+                .with_body(r#"{"access_token": "tok-always-refused", "expires_in": 3600}"#)
         } else {
             let huge = "x".repeat(70 * 1024);
             Answer::status(200)
@@ -470,8 +474,14 @@ fn a_token_answer_past_its_bounds_is_a_failed_attempt_saying_so() {
         }
     });
     let receiver = Receiver::ok();
-    for (endpoint, path) in [("huge", "/huge"), ("slow", "/slow")] {
-        create_endpoint(&mut client, endpoint, &receiver.url("/hook"), "{1 hour}");
+    // A receiver that refuses every token: one new token, one more try, no more.
+    let refusing = Receiver::start(|_, _| Answer::status(401));
+    for (endpoint, path, url) in [
+        ("huge", "/huge", receiver.url("/hook")),
+        ("slow", "/slow", receiver.url("/hook")),
+        ("refused", "/ok", refusing.url("/hook")),
+    ] {
+        create_endpoint(&mut client, endpoint, &url, "{1 hour}");
         client
             .execute(
                 "SELECT ae_events.alter_endpoint($1, timeout => '2 seconds',
@@ -493,6 +503,7 @@ fn a_token_answer_past_its_bounds_is_a_failed_attempt_saying_so() {
             "slow",
             "OAuth2 token endpoint: no token within the attempt's 2000 ms",
         ),
+        ("refused", "HTTP 401: answer"),
     ] {
         wait_until_sql(
             &mut client,
@@ -508,4 +519,14 @@ fn a_token_answer_past_its_bounds_is_a_failed_attempt_saying_so() {
         assert_eq!(error, expected);
     }
     assert_eq!(receiver.count(), 0, "nothing sent without a token");
+    let token_requests = token_endpoint
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/ok")
+        .count();
+    assert_eq!(
+        (token_requests, refusing.count()),
+        (2, 2),
+        "one attempt: a token, a 401, one new token, one more try"
+    );
 }
