@@ -4020,6 +4020,17 @@ BEGIN
                                                oauth2_token_url, oauth2_client_id,
                                                oauth2_client_secret, oauth2_scope);
     END IF;
+    -- A proxy, a client certificate and OAuth2 act on HTTP requests: a NATS endpoint would
+    -- ignore them without a word.
+    IF EXISTS (SELECT FROM ae_events.endpoints AS e
+                 JOIN ae_events.endpoint_egress AS g ON g.endpoint OPERATOR(pg_catalog.=) e.endpoint
+                WHERE e.endpoint OPERATOR(pg_catalog.=) alter_endpoint.endpoint
+                  AND e.url OPERATOR(pg_catalog.~~) 'nats://%') THEN
+        RAISE EXCEPTION 'ae_events: endpoint % publishes to NATS: proxy, client_certificate and oauth2_* apply to http:// and https:// endpoints only',
+                pg_catalog.quote_literal(endpoint)
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Clear them (proxy => '''', client_certificate => '''', oauth2_token_url => '''') or give an http(s):// url.';
+    END IF;
 END
 $$;
 
@@ -5374,89 +5385,3 @@ BEGIN
 END
 $$;
 -- (End of the console SQL part.)
-
--- Egress settings on a NATS endpoint are refused (issue 25).
-CREATE OR REPLACE FUNCTION ae_events.alter_endpoint(endpoint text,
-                                         url text DEFAULT NULL,
-                                         subscription_keys text[] DEFAULT NULL,
-                                         filter jsonpath DEFAULT NULL,
-                                         headers jsonb DEFAULT NULL,
-                                         timeout interval DEFAULT NULL,
-                                         retry_schedule interval[] DEFAULT NULL,
-                                         retry_jitter double precision DEFAULT NULL,
-                                         disable_after interval DEFAULT NULL,
-                                         max_in_flight integer DEFAULT NULL,
-                                         clear_filter boolean DEFAULT false,
-                                         rate_limit double precision DEFAULT NULL,
-                                         alert_after interval DEFAULT NULL,
-                                         alert_after_attempts integer DEFAULT NULL,
-                                         proxy text DEFAULT NULL,
-                                         client_certificate text DEFAULT NULL,
-                                         client_key text DEFAULT NULL,
-                                         oauth2_token_url text DEFAULT NULL,
-                                         oauth2_client_id text DEFAULT NULL,
-                                         oauth2_client_secret text DEFAULT NULL,
-                                         oauth2_scope text DEFAULT NULL)
-RETURNS void
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    current ae_events.endpoints := ae_events._endpoint_for_update(endpoint);
-    new_keys text[] := CASE WHEN subscription_keys OPERATOR(pg_catalog.=) '{*}' THEN NULL
-                            ELSE coalesce(subscription_keys, current.subscription_keys) END;
-    new_filter jsonpath := CASE WHEN clear_filter THEN NULL
-                                ELSE coalesce(filter, current.filter) END;
-    -- 0 removes the limit.
-    new_rate_limit double precision := CASE WHEN rate_limit OPERATOR(pg_catalog.=) 0 THEN NULL
-                                            ELSE coalesce(rate_limit, current.rate_limit) END;
-BEGIN
-    PERFORM ae_events._check_endpoint_settings(
-        coalesce(url, current.url), new_keys, new_filter, coalesce(headers, current.headers),
-        coalesce(timeout, current.timeout), coalesce(retry_schedule, current.retry_schedule),
-        coalesce(retry_jitter, current.retry_jitter), coalesce(disable_after, current.disable_after),
-        coalesce(max_in_flight, current.max_in_flight), new_rate_limit);
-    IF alert_after IS NOT NULL AND (alert_after OPERATOR(pg_catalog.<=) interval '0'
-                                    OR alert_after OPERATOR(pg_catalog.>) interval '366 days') THEN
-        RAISE EXCEPTION 'ae_events: alert_after must be more than 0 and at most 366 days, not %', alert_after
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    IF alert_after_attempts IS NOT NULL AND alert_after_attempts NOT BETWEEN 1 AND 1000 THEN
-        RAISE EXCEPTION 'ae_events: alert_after_attempts must be between 1 and 1000, not %', alert_after_attempts
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    UPDATE ae_events.endpoints AS e
-       SET url = coalesce(alter_endpoint.url, e.url),
-           subscription_keys = new_keys,
-           filter = new_filter,
-           headers = coalesce(alter_endpoint.headers, e.headers),
-           timeout = coalesce(alter_endpoint.timeout, e.timeout),
-           retry_schedule = coalesce(alter_endpoint.retry_schedule, e.retry_schedule),
-           retry_jitter = coalesce(alter_endpoint.retry_jitter, e.retry_jitter),
-           disable_after = coalesce(alter_endpoint.disable_after, e.disable_after),
-           max_in_flight = coalesce(alter_endpoint.max_in_flight, e.max_in_flight),
-           rate_limit = new_rate_limit,
-           alert_after = coalesce(alter_endpoint.alert_after, e.alert_after),
-           alert_after_attempts = coalesce(alter_endpoint.alert_after_attempts, e.alert_after_attempts)
-     WHERE e.endpoint OPERATOR(pg_catalog.=) alter_endpoint.endpoint;
-    IF proxy IS NOT NULL OR client_certificate IS NOT NULL OR client_key IS NOT NULL
-       OR oauth2_token_url IS NOT NULL OR oauth2_client_id IS NOT NULL
-       OR oauth2_client_secret IS NOT NULL OR oauth2_scope IS NOT NULL THEN
-        PERFORM ae_events._set_endpoint_egress(endpoint, proxy, client_certificate, client_key,
-                                               oauth2_token_url, oauth2_client_id,
-                                               oauth2_client_secret, oauth2_scope);
-    END IF;
-    -- A proxy, a client certificate and OAuth2 act on HTTP requests: a NATS endpoint would
-    -- ignore them without a word.
-    IF EXISTS (SELECT FROM ae_events.endpoints AS e
-                 JOIN ae_events.endpoint_egress AS g ON g.endpoint OPERATOR(pg_catalog.=) e.endpoint
-                WHERE e.endpoint OPERATOR(pg_catalog.=) alter_endpoint.endpoint
-                  AND e.url OPERATOR(pg_catalog.~~) 'nats://%') THEN
-        RAISE EXCEPTION 'ae_events: endpoint % publishes to NATS: proxy, client_certificate and oauth2_* apply to http:// and https:// endpoints only',
-                pg_catalog.quote_literal(endpoint)
-            USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'Clear them (proxy => '''', client_certificate => '''', oauth2_token_url => '''') or give an http(s):// url.';
-    END IF;
-END
-$$;
