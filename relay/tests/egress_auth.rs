@@ -224,6 +224,26 @@ fn ed25519_signatures_verify_with_cryptography_and_a_rotation_sends_both_during_
     assert_eq!(last.1, [("v1a".to_owned(), Some(second_public.clone()))]);
 }
 
+/// The event's delivery to the endpoint once it has had an attempt (waiting for one): status,
+/// attempts, last HTTP status, last error.
+fn after_an_attempt(
+    client: &mut postgres::Client,
+    endpoint: &str,
+    event_id: &str,
+) -> (String, i32, Option<i32>, Option<String>) {
+    wait_until_sql(
+        client,
+        &format!("an attempt of {endpoint}"),
+        WAIT,
+        &format!(
+            "SELECT EXISTS (SELECT FROM ae_events.delivery_status
+                             WHERE endpoint = '{endpoint}' AND event_id = '{event_id}'
+                               AND attempts >= 1)"
+        ),
+    );
+    delivery(client, endpoint, event_id).unwrap()
+}
+
 /// The token endpoint's behaviour, set by the test as it goes.
 #[derive(Clone)]
 enum TokenMode {
@@ -362,16 +382,7 @@ fn oauth2_tokens_are_cached_renewed_after_a_401_and_after_expiry_and_failures_ar
     std::thread::sleep(Duration::from_millis(1500));
     insert_instance(&mut client, 8);
     let eighth = event_ids(&mut client)[7].clone();
-    wait_until_sql(
-        &mut client,
-        "a failed attempt",
-        WAIT,
-        &format!(
-            "SELECT EXISTS (SELECT FROM ae_events.delivery_status
-                             WHERE event_id = '{eighth}' AND attempts >= 1)"
-        ),
-    );
-    let (status, _, http_status, error) = delivery(&mut client, "oauth", &eighth).unwrap();
+    let (status, _, http_status, error) = after_an_attempt(&mut client, "oauth", &eighth);
     let error = error.unwrap();
     assert_eq!((status.as_str(), http_status), ("pending", None));
     assert!(
@@ -432,16 +443,7 @@ fn an_oauth2_token_url_is_guarded_like_an_endpoint_url() {
     );
     insert_instance(&mut client, 1);
     let event = event_ids(&mut client)[0].clone();
-    wait_until_sql(
-        &mut client,
-        "a failed attempt",
-        WAIT,
-        &format!(
-            "SELECT EXISTS (SELECT FROM ae_events.delivery_status
-                             WHERE event_id = '{event}' AND attempts >= 1)"
-        ),
-    );
-    let error = delivery(&mut client, "guarded", &event).unwrap().3.unwrap();
+    let error = after_an_attempt(&mut client, "guarded", &event).3.unwrap();
     assert!(
         error.starts_with("OAuth2 token endpoint: refused: 127.0.0.1 is a loopback address"),
         "{error}"
@@ -505,17 +507,7 @@ fn a_token_answer_past_its_bounds_is_a_failed_attempt_saying_so() {
         ),
         ("refused", "HTTP 401: answer"),
     ] {
-        wait_until_sql(
-            &mut client,
-            &format!("a failed attempt of {endpoint}"),
-            WAIT,
-            &format!(
-                "SELECT EXISTS (SELECT FROM ae_events.delivery_status
-                                 WHERE endpoint = '{endpoint}' AND event_id = '{event}'
-                                   AND attempts >= 1)"
-            ),
-        );
-        let error = delivery(&mut client, endpoint, &event).unwrap().3.unwrap();
+        let error = after_an_attempt(&mut client, endpoint, &event).3.unwrap();
         assert_eq!(error, expected);
     }
     assert_eq!(receiver.count(), 0, "nothing sent without a token");
