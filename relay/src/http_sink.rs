@@ -175,28 +175,24 @@ pub async fn deliver(client: &HttpClient, endpoint: &EndpointConfig, event: &Eve
     };
     // OAuth2 client credentials: the endpoint's Bearer token (cached) in place of any static
     // authorization header; the headers kept for one more try with a new token after a 401.
+    let oauth2 = match &endpoint.egress.oauth2 {
+        Some(settings) => match client.token_egress(endpoint) {
+            Ok(token_egress) => Some((settings, token_egress)),
+            Err(error) => return failed(error),
+        },
+        None => None,
+    };
     let mut bearer = None;
     let mut retry_headers = None;
-    let token_egress = if endpoint.egress.oauth2.is_some() {
-        match client.token_egress(endpoint) {
-            Ok(token_egress) => Some(token_egress),
-            Err(error) => return failed(error),
-        }
-    } else {
-        None
-    };
-    if let (Some(settings), Some(token_egress)) = (&endpoint.egress.oauth2, &token_egress) {
-        let token = client
-            .tokens
-            .bearer(token_egress, endpoint.endpoint_id, settings, None);
-        match tokio::time::timeout_at(deadline, token).await {
-            Ok(Ok(token)) => {
+    if let Some((settings, token_egress)) = &oauth2 {
+        let token = token_within(client, endpoint, settings, token_egress, None, deadline).await;
+        match token {
+            Ok(token) => {
                 headers.insert(AUTHORIZATION, token.header.clone());
                 retry_headers = Some(headers.clone());
                 bearer = Some(token);
             }
-            Ok(Err(error)) => return failed(error),
-            Err(_) => return failed(token_timed_out(endpoint.timeout)),
+            Err(error) => return failed(error),
         }
     }
     let post = |headers: reqwest::header::HeaderMap| {
@@ -214,23 +210,16 @@ pub async fn deliver(client: &HttpClient, endpoint: &EndpointConfig, event: &Eve
         Err(_) => return timed_out(),
     };
     // A 401 to a token: revoked or expired early. One new token, one more try.
-    if let (http::StatusCode::UNAUTHORIZED, Some(mut headers), Some(settings), Some(token_egress)) = (
-        response.status(),
-        retry_headers,
-        &endpoint.egress.oauth2,
-        &token_egress,
-    ) {
+    if let (http::StatusCode::UNAUTHORIZED, Some(mut headers), Some((settings, token_egress))) =
+        (response.status(), retry_headers, &oauth2)
+    {
         drop(response);
-        let token = client.tokens.bearer(
-            token_egress,
-            endpoint.endpoint_id,
-            settings,
-            bearer.as_ref(),
-        );
-        let token = match tokio::time::timeout_at(deadline, token).await {
-            Ok(Ok(token)) => token,
-            Ok(Err(error)) => return failed(error),
-            Err(_) => return failed(token_timed_out(endpoint.timeout)),
+        let rejected = bearer.as_ref();
+        let token = match token_within(client, endpoint, settings, token_egress, rejected, deadline)
+            .await
+        {
+            Ok(token) => token,
+            Err(error) => return failed(error),
         };
         headers.insert(AUTHORIZATION, token.header.clone());
         bearer = Some(token);
@@ -334,12 +323,26 @@ pub fn is_reserved_header(name: &str) -> bool {
             .any(|prefix| normalized.starts_with(prefix))
 }
 
-/// A token request that took the rest of the attempt's time.
-fn token_timed_out(timeout: Duration) -> String {
-    format!(
-        "OAuth2 token endpoint: no token within the attempt's {} ms",
-        timeout.as_millis()
-    )
+/// The endpoint's OAuth2 token (oauth2.rs; a new one when `rejected` is the cached one), within
+/// the attempt's deadline.
+async fn token_within(
+    client: &HttpClient,
+    endpoint: &EndpointConfig,
+    settings: &crate::endpoint::OAuth2Settings,
+    token_egress: &transport::Egress,
+    rejected: Option<&crate::oauth2::Token>,
+    deadline: tokio::time::Instant,
+) -> Result<crate::oauth2::Token, String> {
+    let token = client
+        .tokens
+        .bearer(token_egress, endpoint.endpoint_id, settings, rejected);
+    match tokio::time::timeout_at(deadline, token).await {
+        Ok(token) => token,
+        Err(_) => Err(format!(
+            "OAuth2 token endpoint: no token within the attempt's {} ms",
+            endpoint.timeout.as_millis()
+        )),
+    }
 }
 
 #[cfg(test)]
