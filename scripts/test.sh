@@ -9,6 +9,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PG_VERSION="${PG_VERSION:-15}"
 ./scripts/setup.sh
+# A CI run builds once: incremental state would only take disk.
+if [ "${CI:-}" = "true" ]; then
+    export CARGO_INCREMENTAL=0
+fi
 # The extension is built for exactly one major (pgrx's pgNN features exclude each other); the
 # relay has no such features.
 features=(--no-default-features --features "ae_events/pg$PG_VERSION")
