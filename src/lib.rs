@@ -54,6 +54,7 @@ mod replay;
 // Deliver: webhook endpoints' secrets and egress keys (the endpoints and delivery state are
 // SQL, served by ae-relay).
 mod egress_keys;
+mod payload_size;
 mod secrets;
 
 ::pgrx::pg_module_magic!(name, version);
@@ -87,7 +88,8 @@ extension_sql_file!(
         "analytics",
         secrets::strong_random_bytes,
         egress_keys::check_client_certificate,
-        egress_keys::ed25519_public_key
+        egress_keys::ed25519_public_key,
+        "payload_size"
     ]
 );
 extension_sql_file!(

@@ -14,7 +14,7 @@
 //!   interval), outside any instance's order, and their outcomes go to `relay_record_tests`.
 
 use crate::config::RelayConfig;
-use crate::database::{DbError, Outcome, Pool};
+use crate::database::{DbError, FetchedRow, Outcome, Pool};
 use crate::endpoint::{EndpointConfig, Event, Position};
 use crate::metrics::{EndpointMetrics, Metrics};
 use crate::protection::{Gate, Transition};
@@ -82,6 +82,28 @@ struct Writing {
     tests: Vec<i64>,
 }
 
+/// A relay_fetch on its way, while the worker goes on sending (one at a time, from where the
+/// previous one ended).
+struct Fetching {
+    task: tokio::task::JoinHandle<Result<Vec<FetchedRow>, DbError>>,
+    asked: usize,
+    room_bytes: usize,
+    /// Woken (a notification or the poll) since it was sent: its answer may predate the news.
+    woken_since: bool,
+    /// Instances of writes that landed since it was sent: their parked events may be after its
+    /// snapshot, so they count as parked for its rows.
+    parked_since: HashSet<i64>,
+}
+
+/// What a fetch in flight comes back with (a panicked or aborted task: no rows; the next
+/// fetch asks again from the same place).
+async fn fetched(fetching: &mut Option<Fetching>) -> Result<Vec<FetchedRow>, DbError> {
+    match fetching {
+        Some(fetching) => (&mut fetching.task).await.unwrap_or(Ok(Vec::new())),
+        None => std::future::pending().await,
+    }
+}
+
 /// What a write in flight comes back with: whether the endpoint was still held (a panicked or
 /// aborted task counts as not held: the worker stops and the supervisor starts a new one from
 /// the database's state).
@@ -133,6 +155,8 @@ pub struct Worker {
     in_flight: JoinSet<(Source, Event, SystemTime, Duration, Attempt)>,
     /// The write in flight, if any.
     writing: Option<Writing>,
+    /// The fetch in flight, if any: fetching does not hold up requests and their outcomes.
+    fetching: Option<Fetching>,
     outcomes: Vec<Outcome>,
     /// Test events' outcomes (relay_record_tests), and the test events in flight or not yet
     /// written: relay_tests still hands them out as pending until they are.
@@ -213,6 +237,7 @@ impl Worker {
             pending_settled: false,
             in_flight: JoinSet::new(),
             writing: None,
+            fetching: None,
             outcomes: Vec::new(),
             test_outcomes: Vec::new(),
             tests_busy: HashSet::new(),
@@ -257,6 +282,12 @@ impl Worker {
     pub async fn run(mut self) -> Result<Stopped, DbError> {
         loop {
             let stopping = self.gone.is_some() || *self.shutdown.borrow();
+            if stopping {
+                // Its rows would not be sent: the next worker fetches them again.
+                if let Some(fetching) = self.fetching.take() {
+                    fetching.task.abort();
+                }
+            }
             if self.writing.as_ref().is_some_and(|w| w.task.is_finished()) {
                 let held = written(&mut self.writing).await?;
                 if !self.wrote(held) {
@@ -280,10 +311,7 @@ impl Worker {
                 // A database call that hangs (a partition) must not keep requests in flight
                 // past the fence: each is bounded by it.
                 let fence = self.fence();
-                match tokio::time::timeout_at(fence, self.fetch_if_needed()).await {
-                    Ok(fetched) => fetched?,
-                    Err(_) => return Ok(self.lapse()),
-                }
+                self.start_fetching();
                 self.dispatch_ready();
                 match tokio::time::timeout_at(fence, self.dispatch_due()).await {
                     Ok(started) => started?,
@@ -323,13 +351,6 @@ impl Worker {
                     deadline = deadline.min(chance);
                 }
             }
-            let more_to_fetch = !stopping
-                && !self.caught_up
-                && self.window.len() < self.relay.window
-                && self.held_bytes < self.window_bytes();
-            if more_to_fetch {
-                continue;
-            }
             let fence = self.fence();
             tokio::select! {
                 Some(joined) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {
@@ -344,10 +365,13 @@ impl Worker {
                     // A socket per request in flight: the others go back to the relay's budget.
                     self.permits.truncate(self.in_flight.len());
                 }
+                rows = fetched(&mut self.fetching), if self.fetching.is_some() => {
+                    self.take_fetched(rows?);
+                }
                 changed = self.woken.changed(), if !self.signals_closed => {
                     match changed {
                         Ok(()) => {
-                            self.caught_up = false;
+                            self.wake();
                             self.next_poll = self.next_poll.min(Instant::now() + FOLLOW_UP);
                         }
                         // The connection is gone; the next database call says so.
@@ -369,14 +393,14 @@ impl Worker {
                         return Ok(Stopped::NotHeld);
                     }
                 }
-                _ = tokio::time::sleep_until(fence), if !self.in_flight.is_empty() || self.writing.is_some() => {
+                _ = tokio::time::sleep_until(fence), if !self.in_flight.is_empty() || self.writing.is_some() || self.fetching.is_some() => {
                     if Instant::now() >= self.fence() {
                         return Ok(self.lapse());
                     }
                 }
                 _ = tokio::time::sleep_until(deadline) => {
                     if Instant::now() >= self.next_poll {
-                        self.caught_up = false;
+                        self.wake();
                         self.next_poll = Instant::now() + self.relay.poll_interval;
                     }
                 }
@@ -384,25 +408,50 @@ impl Worker {
         }
     }
 
-    async fn fetch_if_needed(&mut self) -> Result<(), DbError> {
+    /// There may be new events: fetch again, even if a fetch in flight said it caught up.
+    fn wake(&mut self) {
+        self.caught_up = false;
+        if let Some(fetching) = &mut self.fetching {
+            fetching.woken_since = true;
+        }
+    }
+
+    /// Start fetching the next events after those fetched, if there is room for them and the
+    /// worker has not caught up.
+    fn start_fetching(&mut self) {
         let room = self.relay.window.saturating_sub(self.window.len());
         let room_bytes = self.window_bytes().saturating_sub(self.held_bytes);
-        if self.caught_up || room == 0 || room_bytes == 0 {
-            return Ok(());
+        if self.fetching.is_some() || self.caught_up || room == 0 || room_bytes == 0 {
+            return;
         }
         let asked = room.min(self.relay.fetch_batch);
         let (name, endpoint_id) = self.identity();
-        let rows = self
-            .db
-            .fetch(
-                &name,
-                endpoint_id,
-                &self.relay.relay_id,
-                self.fetched_through,
-                asked,
-                room_bytes,
-            )
-            .await?;
+        let (db, relay, after) = (
+            self.db.clone(),
+            self.relay.relay_id.clone(),
+            self.fetched_through,
+        );
+        self.fetching = Some(Fetching {
+            task: tokio::spawn(async move {
+                let rows = db
+                    .fetch(&name, endpoint_id, &relay, after, asked, room_bytes)
+                    .await;
+                crate::failpoint::slow_fetch().await;
+                rows
+            }),
+            asked,
+            room_bytes,
+            woken_since: false,
+            parked_since: HashSet::new(),
+        });
+    }
+
+    /// The fetch in flight came back: its events join the window and their instances' queues.
+    fn take_fetched(&mut self, rows: Vec<FetchedRow>) {
+        let Some(fetching) = self.fetching.take() else {
+            return;
+        };
+        let (asked, room_bytes) = (fetching.asked, fetching.room_bytes);
         // Fewer rows than asked: caught up, unless the batch ended on the byte bound. The
         // database counts every event's jsonb size, delivered here or not; the payloads' text
         // seen here is about as large, so a batch with less than half the room in payloads is
@@ -412,7 +461,8 @@ impl Worker {
             .filter_map(|row| row.event.as_ref())
             .map(|event| event.payload.len())
             .sum();
-        self.caught_up = rows.len() < asked && bytes.saturating_mul(2) < room_bytes;
+        self.caught_up =
+            !fetching.woken_since && rows.len() < asked && bytes.saturating_mul(2) < room_bytes;
         for row in rows {
             self.fetched_through = row.position;
             let sequence = self.first_slot + self.window.len() as u64;
@@ -424,6 +474,7 @@ impl Worker {
             self.held_bytes += event.payload.len();
             let instance = event.aggregate_id;
             let parked_unwritten = self.parked_unwritten.contains(&instance)
+                || fetching.parked_since.contains(&instance)
                 || self
                     .writing
                     .as_ref()
@@ -447,7 +498,6 @@ impl Worker {
                 self.ready.push_back(instance);
             }
         }
-        Ok(())
     }
 
     /// When this worker must have stopped sending: a little before the lease may expire (by
@@ -465,6 +515,9 @@ impl Worker {
         self.permits.clear();
         if let Some(writing) = self.writing.take() {
             writing.task.abort();
+        }
+        if let Some(fetching) = self.fetching.take() {
+            fetching.task.abort();
         }
         self.metrics.in_flight.set(0);
         Stopped::LeaseLapsed
@@ -904,6 +957,9 @@ impl Worker {
         }
         for test in &writing.tests {
             self.tests_busy.remove(test);
+        }
+        if let Some(fetching) = &mut self.fetching {
+            fetching.parked_since.extend(writing.parked.iter().copied());
         }
         // The next pending rows of instances whose pending row was settled may be due now.
         if writing.pending_settled {

@@ -407,6 +407,48 @@ fn a_poison_event_is_dead_lettered_while_other_instances_flow_and_its_next_versi
     assert_eq!(dead, 1);
 }
 
+/// The relay fetches while it sends: a fetch answered before a failed attempt's pending row
+/// was written, and taken up after that write landed, must still park the instance's next
+/// version behind the retry. AE_RELAY_SLOW_FETCH_MS holds every fetch's answer back 600 ms, so
+/// (fetching again at once when woken meanwhile) the fetch that finds version 2 asks 600 ms
+/// after version 1 was sent, before its failure (900 ms) is written, and is taken up at 1200 ms.
+#[test]
+fn a_version_fetched_before_its_predecessor_failed_still_waits_for_the_retry() {
+    let cluster = Cluster::shared();
+    let (database, mut client) = delivery_database("fetch_during_write");
+    let receiver = Receiver::start(|request, earlier| {
+        if request.version() == 1 && earlier == 0 {
+            Answer::status(500).after(Duration::from_millis(900))
+        } else {
+            Answer::status(200)
+        }
+    });
+    create_endpoint(&mut client, "parked", &receiver.url("/"), "{2s}");
+    let _relay = Relay::start_with_env(
+        cluster,
+        &database,
+        &[],
+        &[("AE_RELAY_SLOW_FETCH_MS", "600")],
+    );
+    wait_until_sql(
+        &mut client,
+        "the endpoint held",
+        WAIT,
+        "SELECT relay IS NOT NULL FROM ae_events.endpoints WHERE endpoint = 'parked'",
+    );
+    std::thread::sleep(Duration::from_millis(1500)); // its first fetches answered: caught up
+    insert_instance(&mut client, 1);
+    receiver.wait_for("version 1's first attempt", WAIT, |r| !r.is_empty());
+    set_status(&mut client, 1, "completed");
+    let requests = receiver.wait_for("version 2", WAIT, |r| r.iter().any(|r| r.version() == 2));
+    let versions: Vec<i32> = requests.iter().map(Received::version).collect();
+    assert_eq!(
+        versions,
+        vec![1, 1, 2],
+        "version 2 came after version 1's retry"
+    );
+}
+
 #[test]
 fn fifty_instances_with_ten_versions_each_arrive_in_order_per_instance() {
     let cluster = Cluster::shared();
@@ -1125,4 +1167,88 @@ fn each_failed_attempt_is_logged_with_its_duration_and_the_counts_take_every_out
         (row.get(0), row.get(1))
     };
     assert_eq!(counts, (1, 2));
+}
+
+/// The buffers one relay_fetch of 500 events touches (shared hits and reads, the function's
+/// own queries included).
+fn fetch_buffers(relay: &mut postgres::Client, endpoint_id: i64) -> (usize, i64) {
+    let query = format!(
+        "SELECT * FROM ae_events.relay_fetch('backlog', 'fetcher', 0, '0', 0, 500, 100000000, {endpoint_id})"
+    );
+    let rows = relay.query(&query, &[]).unwrap().len();
+    let explain = format!("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {query}");
+    let plan: serde_json::Value = relay.query_one(&explain, &[]).unwrap().get(0);
+    let top = &plan[0]["Plan"];
+    let buffers =
+        top["Shared Hit Blocks"].as_i64().unwrap() + top["Shared Read Blocks"].as_i64().unwrap();
+    (rows, buffers)
+}
+
+/// A relay's fetch reads its batch, not the backlog behind it: 500 events of a backlog of
+/// 6,000 touch as many buffers as 500 of a backlog of 600, give or take 100 (the batch's walk
+/// was once planned as a scan of every event after the cursor, then a sort: 920 more). And the byte bound counts a payload
+/// at its uncompressed jsonb size, read from its header.
+#[test]
+fn a_fetch_reads_its_batch_not_the_backlog_behind_it() {
+    let cluster = Cluster::shared();
+    let (database, mut client) = delivery_database("fetch_batch");
+    create_relay_role(&mut client, "relay_fetcher");
+    create_endpoint(&mut client, "backlog", "http://127.0.0.1:9/", "{1s}");
+    let mut relay = cluster.connect_as(&database, "relay_fetcher");
+    let endpoint_id: i64 = relay
+        .query_one(
+            "SELECT endpoint_id FROM ae_events.relay_lease('fetcher', '5 min')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let backlog = |client: &mut postgres::Client, from: i64, to: i64| {
+        client
+            .execute(
+                "INSERT INTO ti.instance SELECT i, NULL, NULL, NULL, 'in_progress', 1, 1, NULL, NULL, NULL, now(), 1, now(), 1
+                   FROM generate_series($1::bigint, $2::bigint) AS i",
+                &[&from, &to],
+            )
+            .unwrap();
+    };
+    backlog(&mut client, 1, 600);
+    let (rows, small) = fetch_buffers(&mut relay, endpoint_id);
+    assert_eq!(rows, 500);
+    backlog(&mut client, 601, 6000);
+    let (rows, large) = fetch_buffers(&mut relay, endpoint_id);
+    assert_eq!(rows, 500);
+    assert!(
+        large <= small + 100,
+        "a fetch of 500 touched {small} buffers behind 600 events, {large} behind 6,000"
+    );
+    let sizes_agree: bool = client
+        .query_one(
+            "SELECT bool_and(ae_events._payload_size(payload)
+                             = pg_column_size(payload || '{}'::jsonb))
+               FROM ae_events.outbox",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(sizes_agree, "a payload's size is its uncompressed jsonb's");
+    // The byte bound: the batch ends with the event whose payload reaches it.
+    let first_two: i64 = client
+        .query_one(
+            "SELECT sum(ae_events._payload_size(payload))::bigint
+               FROM (SELECT payload FROM ae_events.outbox ORDER BY txid, id LIMIT 2) AS o",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let bounded = relay
+        .query(
+            "SELECT * FROM ae_events.relay_fetch('backlog', 'fetcher', 0, '0', 0, 10, $1, $2)",
+            &[&(first_two - 1), &endpoint_id],
+        )
+        .unwrap();
+    assert_eq!(
+        bounded.len(),
+        2,
+        "the second payload reaches the bound: it ends the batch"
+    );
 }

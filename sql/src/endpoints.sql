@@ -1275,6 +1275,18 @@ DECLARE
     returned integer;
     remaining_bytes bigint := max_bytes;
     batch_bytes bigint;
+    -- The events after a position in delivery order, with their payloads' sizes.
+    batch CURSOR (after_txid xid8, after_id bigint, below xid8, first_id bigint, next_first_id bigint,
+                  max_events integer) FOR
+        SELECT o.txid, o.id, ae_events._payload_size(o.payload) AS size
+          FROM ae_events.outbox AS o
+         WHERE (o.txid, o.id) OPERATOR(pg_catalog.>) (after_txid, after_id)
+           AND o.txid OPERATOR(pg_catalog.<) below
+           AND o.id OPERATOR(pg_catalog.>=) first_id
+           AND o.id OPERATOR(pg_catalog.<) next_first_id
+         ORDER BY o.txid, o.id
+         LIMIT max_events;
+    sized record;
 BEGIN
     IF max_events IS NULL OR max_events OPERATOR(pg_catalog.<) 1 THEN
         RAISE EXCEPTION 'ae_events: max_events must be at least 1, not %', max_events
@@ -1298,23 +1310,20 @@ BEGIN
         below_txid := CASE WHEN epoch_row.open THEN horizon ELSE '18446744073709551615'::xid8 END;
         -- The batch: up to the remaining-th final event, or the first whose payload reaches
         -- the remaining bytes. A payload's size is its jsonb's, uncompressed (about its JSON
-        -- text's, which escapes make up to 6 times larger): "|| '{}'" hands back the payload
-        -- detoasted, without the cost of writing it as text.
-        SELECT s.txid, s.id, s.upto INTO end_txid, end_id, batch_bytes
-          FROM (SELECT z.txid, z.id, z.size,
-                       pg_catalog.sum(z.size) OVER (ORDER BY z.txid, z.id) AS upto
-                  FROM (SELECT o.txid, o.id,
-                               pg_catalog.pg_column_size(o.payload OPERATOR(pg_catalog.||) '{}'::jsonb)::bigint AS size
-                          FROM ae_events.outbox AS o
-                         WHERE (o.txid, o.id) OPERATOR(pg_catalog.>) (from_txid, from_id)
-                           AND o.txid OPERATOR(pg_catalog.<) below_txid
-                           AND o.id OPERATOR(pg_catalog.>=) epoch_row.first_id
-                           AND o.id OPERATOR(pg_catalog.<) coalesce(epoch_row.next_first_id, 9223372036854775807)
-                         ORDER BY o.txid, o.id
-                         LIMIT remaining) AS z) AS s
-         WHERE s.upto OPERATOR(pg_catalog.-) s.size OPERATOR(pg_catalog.<) remaining_bytes
-         ORDER BY s.txid DESC, s.id DESC
-         LIMIT 1;
+        -- text's, which escapes make up to 6 times larger), read from its header.
+        -- Walked through a cursor: its plan starts at once (the index in delivery order,
+        -- stopping at the batch's end), where one statement was planned as a scan of every
+        -- event after the cursor and a sort, its time growing with the backlog.
+        end_txid := NULL;
+        end_id := NULL;
+        batch_bytes := 0;
+        FOR sized IN batch(from_txid, from_id, below_txid, epoch_row.first_id,
+                           coalesce(epoch_row.next_first_id, 9223372036854775807), remaining) LOOP
+            EXIT WHEN batch_bytes OPERATOR(pg_catalog.>=) remaining_bytes;
+            end_txid := sized.txid;
+            end_id := sized.id;
+            batch_bytes := batch_bytes OPERATOR(pg_catalog.+) sized.size;
+        END LOOP;
         CONTINUE WHEN end_id IS NULL;
         cap_txid := NULL;
         cap_id := NULL;

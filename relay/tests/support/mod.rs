@@ -325,6 +325,27 @@ impl Relay {
 
     /// The same as another login role (a member of ae_events_relay).
     pub fn start_as(cluster: &Cluster, database: &str, user: &str, extra: &[&str]) -> Relay {
+        Relay::start_as_with_env(cluster, database, user, extra, &[])
+    }
+
+    /// The same with environment variables of its own (the failpoints of debug builds).
+    pub fn start_with_env(
+        cluster: &Cluster,
+        database: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Relay {
+        ensure_relay_login(cluster);
+        Relay::start_as_with_env(cluster, database, "relay_user", extra, env)
+    }
+
+    fn start_as_with_env(
+        cluster: &Cluster,
+        database: &str,
+        user: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Relay {
         let url = format!("postgres://{user}@127.0.0.1:{}/{database}", cluster.port);
         let log_path = std::env::temp_dir().join(format!(
             "ae-relay-{database}-{}-{}.log",
@@ -348,6 +369,7 @@ impl Relay {
             .args(extra)
             .env("DATABASE_URL", url)
             .env("AE_RELAY_LOG", "info,ae_relay=debug")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
