@@ -85,7 +85,8 @@ struct Writing {
 /// A relay_fetch on its way, while the worker goes on sending (one at a time, from where the
 /// previous one ended).
 struct Fetching {
-    task: tokio::task::JoinHandle<Result<Vec<FetchedRow>, DbError>>,
+    /// None: the call ran into the fence it started under (and was cancelled on the server).
+    task: tokio::task::JoinHandle<Result<Option<Vec<FetchedRow>>, DbError>>,
     asked: usize,
     room_bytes: usize,
     /// Woken (a notification or the poll) since it was sent: its answer may predate the news.
@@ -97,9 +98,9 @@ struct Fetching {
 
 /// What a fetch in flight comes back with (a panicked or aborted task: no rows; the next
 /// fetch asks again from the same place).
-async fn fetched(fetching: &mut Option<Fetching>) -> Result<Vec<FetchedRow>, DbError> {
+async fn fetched(fetching: &mut Option<Fetching>) -> Result<Option<Vec<FetchedRow>>, DbError> {
     match fetching {
-        Some(fetching) => (&mut fetching.task).await.unwrap_or(Ok(Vec::new())),
+        Some(fetching) => (&mut fetching.task).await.unwrap_or(Ok(Some(Vec::new()))),
         None => std::future::pending().await,
     }
 }
@@ -366,7 +367,10 @@ impl Worker {
                     self.permits.truncate(self.in_flight.len());
                 }
                 rows = fetched(&mut self.fetching), if self.fetching.is_some() => {
-                    self.take_fetched(rows?);
+                    match rows? {
+                        Some(rows) => self.take_fetched(rows),
+                        None => return Ok(self.lapse()),
+                    }
                 }
                 changed = self.woken.changed(), if !self.signals_closed => {
                     match changed {
@@ -431,13 +435,18 @@ impl Worker {
             self.relay.relay_id.clone(),
             self.fetched_through,
         );
+        // Bounded by the fence it starts under, as every database call of a worker: a call
+        // that hangs (a partition, a costly filter) is given up, and cancelled on the server,
+        // before another relay can take the endpoint.
+        let fence = self.fence();
         self.fetching = Some(Fetching {
             task: tokio::spawn(async move {
-                let rows = db
-                    .fetch(&name, endpoint_id, &relay, after, asked, room_bytes)
-                    .await;
+                let call = db.fetch(&name, endpoint_id, &relay, after, asked, room_bytes);
+                let Ok(rows) = tokio::time::timeout_at(fence, call).await else {
+                    return Ok(None);
+                };
                 crate::failpoint::slow_fetch().await;
-                rows
+                rows.map(Some)
             }),
             asked,
             room_bytes,

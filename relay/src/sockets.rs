@@ -22,8 +22,11 @@ const RESERVED: u64 = 64;
 pub const METRICS_CONNECTIONS: usize = 16;
 /// The longest a metrics connection stays open (idle or sending its headers slowly included).
 pub const METRICS_CONNECTION_LIFETIME: Duration = Duration::from_secs(10);
-/// Idle pooled HTTP connections kept per host (counted in the budget).
-pub const IDLE_PER_HOST: usize = 4;
+/// Idle pooled HTTP connections kept per host (counted in the budget): as many as an
+/// endpoint's default `max_in_flight`. With 4, the connections that came back together beyond
+/// the fourth were closed and the next requests connected again: at full speed about one
+/// request in ten paid a TCP handshake (relay/tests/delivery.rs, a_busy_endpoint_keeps_its_connections).
+pub const IDLE_PER_HOST: usize = 16;
 /// Refusals are logged at most this often.
 const LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -153,11 +156,13 @@ mod tests {
         assert_eq!(plan.reserved, 64 + 16 + 2);
         assert_eq!(plan.requests, 1024 - 82 - 16);
         let budget = SocketBudget::new(&plan, Metrics::new());
+        budget.set_endpoints(41);
+        // (926 - 41 x 16) / 41
+        assert_eq!(budget.share(), 6);
         budget.set_endpoints(101);
-        // (926 - 404) / 101
-        assert_eq!(budget.share(), 5);
+        assert_eq!(budget.share(), 1);
         budget.set_endpoints(1);
-        assert_eq!(budget.share(), 922);
+        assert_eq!(budget.share(), 910);
         budget.set_endpoints(10_000);
         assert_eq!(budget.share(), 1);
         assert_eq!(Plan::new(10, 8).requests, 1);

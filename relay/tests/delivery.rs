@@ -1252,3 +1252,29 @@ fn a_fetch_reads_its_batch_not_the_backlog_behind_it() {
         "the second payload reaches the bound: it ends the batch"
     );
 }
+
+/// At full speed the relay keeps its connections to a receiver: 2,000 events through 16
+/// requests in flight open about 16 connections, not one per request (4 idle connections per
+/// host were kept once: those that came back together beyond them were closed, and the next
+/// requests connected again).
+#[test]
+fn a_busy_endpoint_keeps_its_connections() {
+    let cluster = Cluster::shared();
+    let (database, mut client) = delivery_database("keep_connections");
+    let receiver = Receiver::ok();
+    create_endpoint(&mut client, "busy", &receiver.url("/"), "{1s}");
+    client
+        .execute(
+            "INSERT INTO ti.instance SELECT i, NULL, NULL, NULL, 'in_progress', 1, 1, NULL, NULL, NULL, now(), 1, now(), 1
+               FROM generate_series(1, 2000) AS i",
+            &[],
+        )
+        .unwrap();
+    let _relay = Relay::start(cluster, &database, &[]);
+    receiver.wait_for("2,000 events", WAIT, |r| r.len() >= 2000);
+    let connections = receiver.connections();
+    assert!(
+        connections <= 32,
+        "{connections} connections for 2,000 requests, 16 in flight"
+    );
+}

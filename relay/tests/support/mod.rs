@@ -100,6 +100,8 @@ pub struct Receiver {
     overlaps: Arc<Mutex<Overlaps>>,
     cancelled: CancelLog,
     invalid: Arc<Mutex<Vec<String>>>,
+    /// Connections accepted so far.
+    connections: Arc<std::sync::atomic::AtomicUsize>,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -231,6 +233,11 @@ impl Receiver {
             invalid: invalid.clone(),
         });
         let app = axum::Router::new().fallback(receive).with_state(state);
+        let connections: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+        let counted = connections.clone();
+        let listener = axum::serve::ListenerExt::tap_io(listener, move |_| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        });
         runtime.spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -240,8 +247,14 @@ impl Receiver {
             overlaps,
             cancelled,
             invalid,
+            connections,
             _runtime: runtime,
         }
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// A receiver that answers 200 at once.
