@@ -3224,6 +3224,10 @@ DECLARE
     returned integer;
     remaining_bytes bigint := max_bytes;
     batch_bytes bigint;
+    -- The ids the batch spans (NULL once it is extended past its walk): when the endpoint has
+    -- no delivery row among them, no event of the batch needs its own probe.
+    batch_min_id bigint;
+    batch_max_id bigint;
     -- The events after a position in delivery order, with their payloads' sizes.
     batch CURSOR (after_txid xid8, after_id bigint, below xid8, first_id bigint, next_first_id bigint,
                   max_events integer) FOR
@@ -3266,12 +3270,16 @@ BEGIN
         end_txid := NULL;
         end_id := NULL;
         batch_bytes := 0;
+        batch_min_id := NULL;
+        batch_max_id := NULL;
         FOR sized IN batch(from_txid, from_id, below_txid, epoch_row.first_id,
                            coalesce(epoch_row.next_first_id, 9223372036854775807), remaining) LOOP
             EXIT WHEN batch_bytes OPERATOR(pg_catalog.>=) remaining_bytes;
             end_txid := sized.txid;
             end_id := sized.id;
             batch_bytes := batch_bytes OPERATOR(pg_catalog.+) sized.size;
+            batch_min_id := least(batch_min_id, sized.id);
+            batch_max_id := greatest(batch_max_id, sized.id);
         END LOOP;
         CONTINUE WHEN end_id IS NULL;
         cap_txid := NULL;
@@ -3308,6 +3316,7 @@ BEGIN
                         OR (ahead.p_txid, ahead.p_id) OPERATOR(pg_catalog.<) (cap_txid, cap_id)) THEN
                     end_txid := ahead.p_txid;
                     end_id := ahead.p_id;
+                    batch_min_id := NULL;
                 ELSE
                     cap_txid := ahead.b_txid;
                     cap_id := ahead.b_id;
@@ -3331,7 +3340,9 @@ BEGIN
             EXIT WHEN NOT changed;
         END LOOP;
         -- The probes of deliveries are LATERAL ... LIMIT 1 so that each is one index lookup
-        -- (a sublink may be planned as a hash of all the endpoint's delivery rows).
+        -- (a sublink may be planned as a hash of all the endpoint's delivery rows), made only
+        -- when a probe once per batch (an initplan: the same snapshot) finds rows it could hit:
+        -- a delivery row among the batch's ids, a pending row of the endpoint.
         RETURN QUERY
             SELECT epoch_row.first_id, o.txid, o.id, o.event_id, o.subscription_key, o.event_type,
                    o.aggregate_id, o.snapshot_version,
@@ -3342,7 +3353,13 @@ BEGIN
               FROM ae_events.outbox AS o
               LEFT JOIN LATERAL (
                    SELECT true AS done FROM ae_events.deliveries AS d
-                    WHERE d.endpoint OPERATOR(pg_catalog.=) target.endpoint
+                    WHERE (batch_min_id IS NULL
+                           OR (SELECT true FROM ae_events.deliveries AS s
+                                WHERE s.endpoint OPERATOR(pg_catalog.=) target.endpoint
+                                  AND s.outbox_id OPERATOR(pg_catalog.>=) batch_min_id
+                                  AND s.outbox_id OPERATOR(pg_catalog.<=) batch_max_id
+                                LIMIT 1))
+                      AND d.endpoint OPERATOR(pg_catalog.=) target.endpoint
                       AND d.outbox_id OPERATOR(pg_catalog.=) o.id
                     LIMIT 1) AS r ON true
              CROSS JOIN LATERAL (
@@ -3362,6 +3379,10 @@ BEGIN
               LEFT JOIN LATERAL (
                    SELECT true AS waiting FROM ae_events.deliveries AS w
                     WHERE m.deliver
+                      AND (SELECT true FROM ae_events.deliveries AS s
+                            WHERE s.endpoint OPERATOR(pg_catalog.=) target.endpoint
+                              AND s.status OPERATOR(pg_catalog.=) 'pending'
+                            LIMIT 1)
                       AND w.endpoint OPERATOR(pg_catalog.=) target.endpoint
                       AND w.aggregate_id OPERATOR(pg_catalog.=) o.aggregate_id
                       AND w.status OPERATOR(pg_catalog.=) 'pending'
