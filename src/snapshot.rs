@@ -935,6 +935,15 @@ fn read_attributes_together(
     Ok(attributes)
 }
 
+thread_local! {
+    /// Attributes per measurement in the last chunk read (`read_attributes_table_by_table`).
+    static ATTRIBUTES_PER_MEASUREMENT: std::cell::Cell<usize> = const { std::cell::Cell::new(1) };
+}
+
+/// The most attributes per measurement reserved ahead (a chunk's attribute budget bounds what is
+/// read anyway).
+const MAX_EXPECTED_ATTRIBUTES: usize = 20;
+
 /// Many instances: the attributes, then the reference rows they use, each read once.
 fn read_attributes_table_by_table(
     connection: Connection<'_>,
@@ -949,7 +958,12 @@ fn read_attributes_table_by_table(
         sca_id: i64,
         ordinal_id: Option<i64>,
     }
-    let mut unresolved = Vec::new();
+    // Sized for as many attributes per measurement as the last chunk had (bounded), so that a
+    // bulk pass does not grow (and copy) its list of attributes a dozen times per chunk.
+    let expected = ATTRIBUTES_PER_MEASUREMENT
+        .get()
+        .min(MAX_EXPECTED_ATTRIBUTES);
+    let mut unresolved = Vec::with_capacity(measurement_ids.len().saturating_mul(expected));
     let query = &plans.measurement_attributes;
     for_each_attribute_row(connection, query, &measurement_ids, budget, |id, row| {
         unresolved.push(Unresolved {
@@ -961,6 +975,9 @@ fn read_attributes_table_by_table(
         });
         Ok(())
     })?;
+    if !measurement_ids.is_empty() {
+        ATTRIBUTES_PER_MEASUREMENT.set(unresolved.len().div_ceil(measurement_ids.len()));
+    }
     let mut scas = HashMap::new();
     let ids = sorted_unique(unresolved.iter().map(|a| a.sca_id).collect());
     let query = &plans.section_configuration_attributes;
