@@ -637,9 +637,17 @@ impl ChunkRows {
                 shown_by,
             }
         });
-        for (measurement_id, attribute) in read(measurement_ids, budget)? {
+        let attributes = read(measurement_ids, budget)?;
+        // As many per measurement as on average (the lists are short: one allocation each
+        // rather than a few).
+        let expected = attributes.len() / self.measurements.len().max(1);
+        for (measurement_id, attribute) in attributes {
             if let Some(measurement) = self.measurements.get_mut(&measurement_id) {
-                measurement.measurement_attributes.push(attribute);
+                let list = &mut measurement.measurement_attributes;
+                if list.capacity() == 0 {
+                    list.reserve(expected.max(1));
+                }
+                list.push(attribute);
             }
         }
         Ok(self)
@@ -685,7 +693,11 @@ fn read_table_by_table(
     instance_ids: &[i64],
     attribute_budget: Option<i64>,
 ) -> Result<ChunkRows, EventError> {
-    let mut chunk = ChunkRows::default();
+    // Sized ahead (one row per id at most): a bulk pass fills these once per chunk.
+    let mut chunk = ChunkRows {
+        instances: Vec::with_capacity(instance_ids.len()),
+        ..ChunkRows::default()
+    };
     for_each_row(
         connection,
         &plans.instances,
@@ -701,6 +713,7 @@ fn read_table_by_table(
     }
     let instances = &chunk.instances;
     let ids = sorted_unique(instances.iter().map(|i| i.candidate_id).collect());
+    chunk.candidates.reserve(ids.len());
     for_each_row(
         connection,
         &plans.candidates,
@@ -714,6 +727,7 @@ fn read_table_by_table(
         },
     )?;
     let ids = sorted_unique(instances.iter().map(|i| i.catalog_assessment_id).collect());
+    chunk.catalog_assessments.reserve(ids.len());
     let table = "ae.catalog_assessment";
     for_each_row(
         connection,
@@ -729,6 +743,7 @@ fn read_table_by_table(
         },
     )?;
     let ids = sorted_unique(instances.iter().filter_map(|i| i.measurement_id).collect());
+    chunk.measurements.reserve(ids.len());
     if !ids.is_empty() {
         for_each_row(
             connection,
