@@ -392,16 +392,15 @@ fn for_each_row(
     table: &'static str,
     mut read: impl FnMut(i64, &Row<'_>) -> Result<(), EventError>,
 ) -> Result<(), EventError> {
-    plan.run_freeing(connection, vec![int8_array(ids)?])
-        .map_err(|error| error.context(format!("cannot read {table}")))?
-        .for_each(|row| read_named(row, table, &mut read))
+    plan.for_each_streamed(connection, vec![int8_array(ids)?], |row| {
+        read_named(row, table, &mut read)
+    })
+    .map_err(|error| error.context(format!("cannot read {table}")))?
 }
 
-/// Attribute rows: any number per instance, so they are fetched through a cursor in batches and
-/// each batch is freed before the next (memory bounded per attribute, not per query).
-const ATTRIBUTE_BATCH: usize = 1000;
-
-/// `for_each_row` for the attribute queries: batched.
+/// `for_each_row` for the attribute queries (any number per instance): each row is read as the
+/// executor produces it, none kept (memory bounded per attribute, not per query), and the
+/// budget, if any, stops the query as soon as it is spent.
 fn for_each_attribute_row(
     connection: Connection<'_>,
     plan: &KeptPlan,
@@ -410,17 +409,13 @@ fn for_each_attribute_row(
     mut read: impl FnMut(i64, &Row<'_>) -> Result<(), EventError>,
 ) -> Result<(), EventError> {
     let table = "tcf.measurement_attribute";
-    plan.for_each_batched(
-        connection,
-        vec![int8_array(measurement_ids)?],
-        ATTRIBUTE_BATCH,
-        |row| {
-            if let Some(budget) = &mut budget {
-                budget.spend(row)?;
-            }
-            read_named(row, table, &mut read)
-        },
-    )
+    plan.for_each_streamed(connection, vec![int8_array(measurement_ids)?], |row| {
+        if let Some(budget) = &mut budget {
+            budget.spend(row)?;
+        }
+        read_named(row, table, &mut read)
+    })
+    .and_then(|read| read)
     .map_err(|error| error.context(format!("cannot read {table}")))
 }
 
