@@ -88,6 +88,18 @@ fn ensure_trigger(table: &str, name: &str, definition: impl FnOnce() -> String) 
     }
 }
 
+/// The commit-time triggers queue one deferred event per statement, not one per row
+/// (`capture::_emit_needed`). The install script of an earlier release (run with this library)
+/// has no such function: its triggers get the condition with the update
+/// (sql/upgrade/ae_events--0.7.0--0.7.1.sql).
+fn emit_condition() -> &'static str {
+    if function_exists("ae_events._emit_needed()") {
+        "WHEN (ae_events._emit_needed()) "
+    } else {
+        ""
+    }
+}
+
 /// Attach the triggers to `ti.instance` and to every other source table that exists.
 /// Idempotent. When `ti.instance` does not exist yet, a NOTICE says so and nothing changes;
 /// returns whether the triggers are attached to it. A NOTICE names other source tables that do
@@ -106,11 +118,12 @@ fn attach() -> bool {
                  FOR EACH ROW EXECUTE FUNCTION ae_events.capture_instance_insert()"
         )
     });
+    let when = emit_condition();
     ensure_trigger("ti.instance", EMIT_CREATED_TRIGGER, || {
         format!(
             "CREATE CONSTRAINT TRIGGER {EMIT_CREATED_TRIGGER} AFTER INSERT ON ti.instance
                  DEFERRABLE INITIALLY DEFERRED
-                 FOR EACH ROW EXECUTE FUNCTION ae_events.emit_pending_events()"
+                 FOR EACH ROW {when}EXECUTE FUNCTION ae_events.emit_pending_events()"
         )
     });
     // The install script of an earlier release (run with this library by CREATE EXTENSION ...
@@ -140,7 +153,7 @@ fn attach() -> bool {
             format!(
                 "CREATE CONSTRAINT TRIGGER {EMIT_CHANGED_TRIGGER} AFTER {operations} ON {table}
                      DEFERRABLE INITIALLY DEFERRED
-                     FOR EACH ROW EXECUTE FUNCTION ae_events.emit_pending_events()"
+                     FOR EACH ROW {when}EXECUTE FUNCTION ae_events.emit_pending_events()"
             )
         });
     }

@@ -212,3 +212,105 @@ fn trigger_source(trigger: &PgTrigger<'_>) -> Source {
         ),
     }
 }
+
+/// The `WHEN` condition of the commit-time constraint triggers (`attach.rs`): whether this row
+/// queues a deferred trigger event. The first firing at commit emits every change the
+/// transaction recorded, so one event per statement and trigger is enough: true for the first
+/// row of each statement (its expression's `fn_extra`, which lives as long as the statement's
+/// executor state, remembers it), false for the others. True for every row once the transaction
+/// may have made the triggers immediate (`SET CONSTRAINTS`): an immediate trigger fires at the end
+/// of the statement, interleaved row by row with the capture triggers, so the first row's event
+/// would run before the later rows are recorded. A rolled-back savepoint discards the events and
+/// the recorded changes it queued together, and a statement's rows are all in one savepoint.
+/// Anyone may call it (the inserting role evaluates the condition); a call elsewhere answers for
+/// its own statement only.
+#[pg_extern(volatile, parallel_unsafe)]
+fn _emit_needed(fcinfo: pg_sys::FunctionCallInfo) -> bool {
+    if pending::constraints_may_be_set() {
+        return true;
+    }
+    /// What `fn_extra` points at once the statement has queued its event (never dereferenced).
+    static QUEUED: u8 = 0;
+    // SAFETY: PostgreSQL passes a valid fcinfo; its flinfo (when set) is the expression's own,
+    // and nothing else uses this function's fn_extra.
+    unsafe {
+        let flinfo = if fcinfo.is_null() {
+            std::ptr::null_mut()
+        } else {
+            (*fcinfo).flinfo
+        };
+        if flinfo.is_null() {
+            return true;
+        }
+        if !(*flinfo).fn_extra.is_null() {
+            return false;
+        }
+        (*flinfo).fn_extra = std::ptr::addr_of!(QUEUED).cast_mut().cast();
+    }
+    true
+}
+
+static PREVIOUS_UTILITY_HOOK: std::sync::OnceLock<pg_sys::ProcessUtility_hook_type> =
+    std::sync::OnceLock::new();
+
+/// Install the utility hook that notices `SET CONSTRAINTS` (from `_PG_init`, once per backend).
+pub fn register_utility_hook() {
+    // SAFETY: _PG_init runs once per process, before any query of this library; the previous
+    // hook is kept and chained.
+    unsafe {
+        if PREVIOUS_UTILITY_HOOK
+            .set(pg_sys::ProcessUtility_hook)
+            .is_err()
+        {
+            return;
+        }
+        pg_sys::ProcessUtility_hook = Some(process_utility);
+    }
+}
+
+/// Every utility statement (top level, or run by a function): `SET CONSTRAINTS` is noted for
+/// `_emit_needed`, before it runs; then the statement runs as it would without the hook.
+#[pg_guard]
+#[allow(clippy::too_many_arguments)]
+unsafe extern "C-unwind" fn process_utility(
+    statement: *mut pg_sys::PlannedStmt,
+    query: *const std::ffi::c_char,
+    read_only_tree: bool,
+    context: pg_sys::ProcessUtilityContext::Type,
+    params: pg_sys::ParamListInfo,
+    environment: *mut pg_sys::QueryEnvironment,
+    destination: *mut pg_sys::DestReceiver,
+    completion: *mut pg_sys::QueryCompletion,
+) {
+    // SAFETY: PostgreSQL passes a planned utility statement.
+    unsafe {
+        if !statement.is_null()
+            && !(*statement).utilityStmt.is_null()
+            && (*(*statement).utilityStmt).type_ == pg_sys::NodeTag::T_ConstraintsSetStmt
+        {
+            pending::constraints_set();
+        }
+        match PREVIOUS_UTILITY_HOOK.get().copied().flatten() {
+            Some(previous) => previous(
+                statement,
+                query,
+                read_only_tree,
+                context,
+                params,
+                environment,
+                destination,
+                completion,
+            ),
+            None => pg_sys::standard_ProcessUtility(
+                statement,
+                query,
+                read_only_tree,
+                context,
+                params,
+                environment,
+                destination,
+                completion,
+            ),
+        }
+    }
+}

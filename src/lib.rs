@@ -140,6 +140,7 @@ pub extern "C-unwind" fn _PG_init() {
     settings::register();
     config_cache::register_invalidation_callback();
     isolation::register_hooks();
+    capture::register_utility_hook();
     // SAFETY: the callbacks are plain functions that live as long as the library.
     unsafe {
         pg_sys::RegisterXactCallback(Some(on_transaction_end), std::ptr::null_mut());

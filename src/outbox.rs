@@ -22,7 +22,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
 
-mod direct;
+pub(crate) mod direct;
 
 pub const AGGREGATE_TYPE: &str = "test_instance";
 

@@ -10,7 +10,7 @@
 use crate::rows::sorted_unique;
 use crate::sources::{EnabledSources, Key};
 use pgrx::pg_sys;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 
 /// The subtransaction id of the top-level transaction.
@@ -80,6 +80,20 @@ struct TransactionEvents {
 
 thread_local! {
     static CURRENT: RefCell<TransactionEvents> = RefCell::new(TransactionEvents::default());
+    /// Whether this transaction may have run `SET CONSTRAINTS` (`capture::_emit_needed`). True in
+    /// the transaction that loads the library: it may have run one before.
+    static CONSTRAINTS_MAY_BE_SET: Cell<bool> = const { Cell::new(true) };
+}
+
+/// Called for every `SET CONSTRAINTS` (`capture.rs`'s utility hook).
+pub fn constraints_set() {
+    CONSTRAINTS_MAY_BE_SET.set(true);
+}
+
+/// Whether the commit-time triggers may be immediate in this transaction: `SET CONSTRAINTS`
+/// ran, or may have run before the library was loaded.
+pub fn constraints_may_be_set() -> bool {
+    CONSTRAINTS_MAY_BE_SET.get()
 }
 
 /// Record a change; called by the capture triggers.
@@ -186,4 +200,5 @@ pub fn forget_subtransaction(aborted: pg_sys::SubTransactionId) {
 /// Called when the transaction ends (`lib.rs`): nothing recorded outlives it.
 pub fn forget_transaction() {
     CURRENT.with_borrow_mut(|events| *events = TransactionEvents::default());
+    CONSTRAINTS_MAY_BE_SET.set(false);
 }

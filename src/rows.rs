@@ -3,8 +3,9 @@
 //! Plans are prepared once per backend as generic plans (`CURSOR_OPT_GENERIC_PLAN`): the
 //! queries run at every commit with different id arrays, and PostgreSQL's default would re-plan
 //! them for every execution because a custom plan for a one-element array looks cheaper. Result
-//! rows are deformed once each (`heap_deform_tuple`) rather than column by column, and values
-//! are read as the types the queries cast them to, checked once per result.
+//! rows are deformed once each (`heap_deform_tuple`) rather than column by column, or handed
+//! over straight from the executor's slot (`for_each_streamed`), and values are read as the
+//! types the queries cast them to, checked once per result.
 
 use crate::errors::EventError;
 use pgrx::prelude::*;
@@ -133,25 +134,65 @@ impl KeptPlan {
         result
     }
 
-    /// Run the plan through a cursor, handing the rows to `read` `batch` at a time and freeing
-    /// each batch before the next is fetched, so that the memory the result rows take stays
-    /// bounded however many rows match (an instance may have any number of attributes). Frees
-    /// the arguments.
-    pub fn for_each_batched(
+    /// Run the plan and hand each result row to `read` as the executor produces it, without
+    /// copying the rows into a tuple table first (SPI's default: a `heap_form_tuple` per row,
+    /// then deformed again): the memory the rows take stays bounded however many match. The
+    /// first error `read` returns stops the query and is the inner result; the outer one is
+    /// the execution's. Frees the arguments.
+    pub fn for_each_streamed(
         &self,
-        connection: Connection<'_>,
+        _connection: Connection<'_>,
         arguments: Vec<pg_sys::Datum>,
-        batch: usize,
         mut read: impl FnMut(&Row) -> Result<(), EventError>,
-    ) -> Result<(), EventError> {
-        let mut cursor = self.open_cursor(connection, arguments)?;
-        loop {
-            let rows = cursor.fetch(batch);
-            if rows.count == 0 || rows.table.is_null() {
-                return Ok(());
+    ) -> Result<Result<(), EventError>, EventError> {
+        let mut receiver = Receiver {
+            base: pg_sys::DestReceiver {
+                receiveSlot: Some(receive_slot),
+                rStartup: Some(receiver_startup),
+                rShutdown: Some(receiver_shutdown),
+                rDestroy: Some(receiver_shutdown),
+                mydest: pg_sys::CommandDest::DestNone,
+            },
+            read: &mut read,
+            row: None,
+            error: None,
+        };
+        // SAFETY: a kept plan and arguments of its parameter types, in a parameter list
+        // palloc'd here and freed below with them; the receiver outlives the execution.
+        let status = unsafe {
+            let count = arguments.len();
+            let params = pg_sys::makeParamList(count as i32);
+            let slots = (*params).params.as_mut_slice(count);
+            for (index, (slot, value)) in slots.iter_mut().zip(&arguments).enumerate() {
+                slot.value = *value;
+                slot.isnull = false;
+                slot.pflags = pg_sys::PARAM_FLAG_CONST as u16;
+                slot.ptype = pg_sys::SPI_getargtypeid(self.plan.as_ptr(), index as i32);
             }
-            rows.for_each(&mut read)?;
+            let status = LatestSnapshots::reading(|read_only| {
+                let options = pg_sys::SPIExecuteOptions {
+                    params,
+                    read_only,
+                    dest: std::ptr::addr_of_mut!(receiver.base),
+                    ..Default::default()
+                };
+                pg_sys::SPI_execute_plan_extended(self.plan.as_ptr(), &options)
+            });
+            pg_sys::pfree(params.cast());
+            for argument in arguments {
+                pg_sys::pfree(argument.cast_mut_ptr());
+            }
+            status
+        };
+        if let Some(error) = receiver.error {
+            return Ok(Err(error));
         }
+        if status < 0 {
+            return Err(EventError::internal(format!(
+                "SPI_execute_plan_extended failed ({status})"
+            )));
+        }
+        Ok(Ok(()))
     }
 
     /// Open a cursor on the plan (with the latest committed state while a `LatestSnapshots` is
@@ -351,6 +392,73 @@ impl ResultRows<'_> {
         Ok(())
     }
 }
+
+/// The destination of `for_each_streamed`: PostgreSQL calls `receive_slot` with each row.
+#[repr(C)]
+struct Receiver<'a> {
+    /// First, so that a pointer to it is a pointer to the receiver.
+    base: pg_sys::DestReceiver,
+    read: &'a mut dyn FnMut(&Row) -> Result<(), EventError>,
+    /// The row handed to `read`, reused (made at the first slot, from its descriptor).
+    row: Option<Row>,
+    /// The first error `read` returned: the query stops there.
+    error: Option<EventError>,
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn receive_slot(
+    slot: *mut pg_sys::TupleTableSlot,
+    receiver: *mut pg_sys::DestReceiver,
+) -> bool {
+    // SAFETY: `receiver` is the `Receiver` that `for_each_streamed` passed as the destination
+    // (its first field); the slot is the executor's, valid during this call.
+    unsafe {
+        let receiver = &mut *receiver.cast::<Receiver<'_>>();
+        if receiver.error.is_some() {
+            return false;
+        }
+        let descriptor = (*slot).tts_tupleDescriptor;
+        let natts = (*descriptor).natts as usize;
+        if ((*slot).tts_nvalid as usize) < natts {
+            pg_sys::slot_getsomeattrs_int(slot, natts as i32);
+        }
+        let row = receiver.row.get_or_insert_with(|| {
+            // pgrx's descriptor wrapper finds the attributes on every major; unchecked: the
+            // descriptor belongs to the slot.
+            let attributes = pgrx::PgTupleDesc::from_pg_unchecked(descriptor);
+            Row {
+                values: vec![pg_sys::Datum::from(0); natts],
+                nulls: vec![false; natts],
+                types: attributes
+                    .iter()
+                    .map(|attribute| attribute.atttypid)
+                    .collect(),
+            }
+        });
+        row.values
+            .copy_from_slice(std::slice::from_raw_parts((*slot).tts_values, natts));
+        row.nulls
+            .copy_from_slice(std::slice::from_raw_parts((*slot).tts_isnull, natts));
+        match (receiver.read)(row) {
+            Ok(()) => true,
+            Err(error) => {
+                receiver.error = Some(error);
+                false
+            }
+        }
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn receiver_startup(
+    _receiver: *mut pg_sys::DestReceiver,
+    _operation: std::ffi::c_int,
+    _descriptor: pg_sys::TupleDesc,
+) {
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn receiver_shutdown(_receiver: *mut pg_sys::DestReceiver) {}
 
 /// One deformed result row; columns are numbered from 1 as in SQL.
 pub struct Row {

@@ -392,16 +392,15 @@ fn for_each_row(
     table: &'static str,
     mut read: impl FnMut(i64, &Row<'_>) -> Result<(), EventError>,
 ) -> Result<(), EventError> {
-    plan.run_freeing(connection, vec![int8_array(ids)?])
-        .map_err(|error| error.context(format!("cannot read {table}")))?
-        .for_each(|row| read_named(row, table, &mut read))
+    plan.for_each_streamed(connection, vec![int8_array(ids)?], |row| {
+        read_named(row, table, &mut read)
+    })
+    .map_err(|error| error.context(format!("cannot read {table}")))?
 }
 
-/// Attribute rows: any number per instance, so they are fetched through a cursor in batches and
-/// each batch is freed before the next (memory bounded per attribute, not per query).
-const ATTRIBUTE_BATCH: usize = 1000;
-
-/// `for_each_row` for the attribute queries: batched.
+/// `for_each_row` for the attribute queries (any number per instance): each row is read as the
+/// executor produces it, none kept (memory bounded per attribute, not per query), and the
+/// budget, if any, stops the query as soon as it is spent.
 fn for_each_attribute_row(
     connection: Connection<'_>,
     plan: &KeptPlan,
@@ -410,17 +409,13 @@ fn for_each_attribute_row(
     mut read: impl FnMut(i64, &Row<'_>) -> Result<(), EventError>,
 ) -> Result<(), EventError> {
     let table = "tcf.measurement_attribute";
-    plan.for_each_batched(
-        connection,
-        vec![int8_array(measurement_ids)?],
-        ATTRIBUTE_BATCH,
-        |row| {
-            if let Some(budget) = &mut budget {
-                budget.spend(row)?;
-            }
-            read_named(row, table, &mut read)
-        },
-    )
+    plan.for_each_streamed(connection, vec![int8_array(measurement_ids)?], |row| {
+        if let Some(budget) = &mut budget {
+            budget.spend(row)?;
+        }
+        read_named(row, table, &mut read)
+    })
+    .and_then(|read| read)
     .map_err(|error| error.context(format!("cannot read {table}")))
 }
 
@@ -637,9 +632,17 @@ impl ChunkRows {
                 shown_by,
             }
         });
-        for (measurement_id, attribute) in read(measurement_ids, budget)? {
+        let attributes = read(measurement_ids, budget)?;
+        // As many per measurement as on average (the lists are short: one allocation each
+        // rather than a few).
+        let expected = attributes.len() / self.measurements.len().max(1);
+        for (measurement_id, attribute) in attributes {
             if let Some(measurement) = self.measurements.get_mut(&measurement_id) {
-                measurement.measurement_attributes.push(attribute);
+                let list = &mut measurement.measurement_attributes;
+                if list.capacity() == 0 {
+                    list.reserve(expected.max(1));
+                }
+                list.push(attribute);
             }
         }
         Ok(self)
@@ -685,7 +688,11 @@ fn read_table_by_table(
     instance_ids: &[i64],
     attribute_budget: Option<i64>,
 ) -> Result<ChunkRows, EventError> {
-    let mut chunk = ChunkRows::default();
+    // Sized ahead (one row per id at most): a bulk pass fills these once per chunk.
+    let mut chunk = ChunkRows {
+        instances: Vec::with_capacity(instance_ids.len()),
+        ..ChunkRows::default()
+    };
     for_each_row(
         connection,
         &plans.instances,
@@ -701,6 +708,7 @@ fn read_table_by_table(
     }
     let instances = &chunk.instances;
     let ids = sorted_unique(instances.iter().map(|i| i.candidate_id).collect());
+    chunk.candidates.reserve(ids.len());
     for_each_row(
         connection,
         &plans.candidates,
@@ -714,6 +722,7 @@ fn read_table_by_table(
         },
     )?;
     let ids = sorted_unique(instances.iter().map(|i| i.catalog_assessment_id).collect());
+    chunk.catalog_assessments.reserve(ids.len());
     let table = "ae.catalog_assessment";
     for_each_row(
         connection,
@@ -729,6 +738,7 @@ fn read_table_by_table(
         },
     )?;
     let ids = sorted_unique(instances.iter().filter_map(|i| i.measurement_id).collect());
+    chunk.measurements.reserve(ids.len());
     if !ids.is_empty() {
         for_each_row(
             connection,
@@ -935,6 +945,15 @@ fn read_attributes_together(
     Ok(attributes)
 }
 
+thread_local! {
+    /// Attributes per measurement in the last chunk read (`read_attributes_table_by_table`).
+    static ATTRIBUTES_PER_MEASUREMENT: std::cell::Cell<usize> = const { std::cell::Cell::new(1) };
+}
+
+/// The most attributes per measurement reserved ahead (a chunk's attribute budget bounds what is
+/// read anyway).
+const MAX_EXPECTED_ATTRIBUTES: usize = 20;
+
 /// Many instances: the attributes, then the reference rows they use, each read once.
 fn read_attributes_table_by_table(
     connection: Connection<'_>,
@@ -949,7 +968,12 @@ fn read_attributes_table_by_table(
         sca_id: i64,
         ordinal_id: Option<i64>,
     }
-    let mut unresolved = Vec::new();
+    // Sized for as many attributes per measurement as the last chunk had (bounded), so that a
+    // bulk pass does not grow (and copy) its list of attributes a dozen times per chunk.
+    let expected = ATTRIBUTES_PER_MEASUREMENT
+        .get()
+        .min(MAX_EXPECTED_ATTRIBUTES);
+    let mut unresolved = Vec::with_capacity(measurement_ids.len().saturating_mul(expected));
     let query = &plans.measurement_attributes;
     for_each_attribute_row(connection, query, &measurement_ids, budget, |id, row| {
         unresolved.push(Unresolved {
@@ -961,6 +985,9 @@ fn read_attributes_table_by_table(
         });
         Ok(())
     })?;
+    if !measurement_ids.is_empty() {
+        ATTRIBUTES_PER_MEASUREMENT.set(unresolved.len().div_ceil(measurement_ids.len()));
+    }
     let mut scas = HashMap::new();
     let ids = sorted_unique(unresolved.iter().map(|a| a.sca_id).collect());
     let query = &plans.section_configuration_attributes;

@@ -6,6 +6,7 @@
 //! The table is in `pg_extension_config_dump`, so the state survives `pg_dump`/`pg_restore`.
 
 use crate::errors::EventError;
+use crate::outbox::direct::{Constraints, DirectTable};
 use crate::rows::{int8_array, Connection, KeptPlan};
 use pgrx::prelude::*;
 use std::cell::RefCell;
@@ -59,6 +60,19 @@ UPDATE ae_events.instance_state AS s
        AS n(id, version, digest)
  WHERE s.instance_id OPERATOR(pg_catalog.=) n.id";
 
+/// Whether any of these instances has a state row (created instances seldom do: an id used
+/// again, or rows left from while the triggers were detached).
+const ANY_STATE: &str = "
+SELECT EXISTS (SELECT FROM ae_events.instance_state AS s
+                WHERE s.instance_id OPERATOR(pg_catalog.=) ANY ($1))";
+
+/// `instance_state`'s columns, in the order `record` writes them directly.
+const STATE_COLUMNS: [&std::ffi::CStr; 3] =
+    [c"instance_id", c"snapshot_version", c"snapshot_digest"];
+
+/// Fewer created instances than this record their versions with `RECORD_STATES` alone.
+const FEW_STATES: usize = 16;
+
 const FORGET_STATES: &str = "
 DELETE FROM ae_events.instance_state AS s WHERE s.instance_id OPERATOR(pg_catalog.=) ANY ($1)";
 
@@ -67,6 +81,7 @@ struct Plans {
     add_missing: KeptPlan,
     record: KeptPlan,
     update_locked: KeptPlan,
+    any: KeptPlan,
     forget: KeptPlan,
 }
 
@@ -104,6 +119,7 @@ fn plans(connection: Connection<'_>) -> Result<Rc<Plans>, EventError> {
             ],
         )
         .map_err(context)?,
+        any: KeptPlan::prepare(connection, ANY_STATE, &ids).map_err(context)?,
         forget: KeptPlan::prepare(connection, FORGET_STATES, &ids).map_err(context)?,
     });
     PLANS.with_borrow_mut(|slot| *slot = Some(Rc::clone(&plans)));
@@ -179,6 +195,12 @@ pub fn record(
         Rows::Locked => &plans.update_locked,
     };
     let ids: Vec<i64> = new_states.iter().map(|state| state.instance_id).collect();
+    if rows == Rows::MaybeMissing
+        && new_states.len() >= FEW_STATES
+        && insert_new_rows(connection, &plans, &ids, new_states)?
+    {
+        return Ok(());
+    }
     let versions: Vec<i32> = new_states.iter().map(|state| state.version).collect();
     let digests: Vec<&[u8]> = new_states
         .iter()
@@ -191,6 +213,62 @@ pub fn record(
     plan.run_freeing(connection, vec![int8_array(&ids)?, versions, digests])
         .map(drop)
         .map_err(|error| error.context("cannot record the versions in ae_events.instance_state"))
+}
+
+/// The rows of created instances, when none of them has one yet, written in batches as the
+/// outbox rows are (`outbox::direct`): without `ON CONFLICT`'s speculative insertion, which costs
+/// an executor row, a speculative lock and an extra WAL record per row. The unique index is
+/// checked as for an `INSERT` (a concurrent transaction adding one of these rows makes it wait,
+/// then fail if that row stayed). Returns false, having written nothing, when a row exists or
+/// the table is not plain (then `RECORD_STATES` writes them all).
+fn insert_new_rows(
+    connection: Connection<'_>,
+    plans: &Plans,
+    ids: &[i64],
+    new_states: &[NewState],
+) -> Result<bool, EventError> {
+    let context =
+        |error: EventError| error.context("cannot record the versions in ae_events.instance_state");
+    let mut any = false;
+    plans
+        .any
+        .run_freeing(connection, vec![int8_array(ids)?])
+        .map_err(context)?
+        .for_each(|row| {
+            any = row.get::<bool>(1).map_err(EventError::internal)? == Some(true);
+            Ok(())
+        })?;
+    if any {
+        return Ok(false);
+    }
+    let table = crate::privileges::extension_table(c"instance_state");
+    if table == pg_sys::InvalidOid {
+        return Ok(false);
+    }
+    let Some(target) = DirectTable::open(table, &STATE_COLUMNS, Constraints::Check) else {
+        return Ok(false);
+    };
+    let mut states = new_states.iter();
+    target
+        .insert_all(
+            || {
+                states.next().map(|state| {
+                    let digest = state
+                        .digest
+                        .as_slice()
+                        .into_datum()
+                        .ok_or_else(|| EventError::internal("a null digest"))?;
+                    Ok([
+                        pg_sys::Datum::from(state.instance_id),
+                        pg_sys::Datum::from(state.version),
+                        digest,
+                    ])
+                })
+            },
+            || {},
+        )
+        .map_err(context)?;
+    Ok(true)
 }
 
 /// Drop the state of instances that no longer exist.

@@ -388,6 +388,154 @@ fn events_emitted_inside_a_rolled_back_savepoint_are_emitted_again_at_commit() {
     );
 }
 
+/// Inserting `first..=last` in one statement.
+fn insert_range(first: i64, last: i64) -> String {
+    format!(
+        "INSERT INTO ti.instance
+         SELECT g, NULL, NULL, g, 'in_progress', 1, 1, NULL, NULL, NULL, now(), 1, now(), 1
+           FROM generate_series({first}, {last}) AS g;"
+    )
+}
+
+fn event_ids(app: &mut Client) -> Vec<i64> {
+    outbox_rows(app).iter().map(|r| r.aggregate_id).collect()
+}
+
+/// The commit-time trigger queues one deferred event per statement (its WHEN condition,
+/// `ae_events._emit_needed()`), not one per row; every inserted row still gets its event, with
+/// savepoints rolled back around and between the statements.
+#[test]
+fn one_commit_time_trigger_event_per_statement_keeps_every_event_across_savepoints() {
+    let (_database, mut app) = edge_database(ForeignKeys::With);
+    // The library is loaded before these transactions (its first transaction queues one event
+    // per row: it cannot know whether SET CONSTRAINTS ran before it was loaded).
+    app.batch_execute("LOAD 'ae_events'; SET track_functions = 'all'")
+        .unwrap();
+    // Only the statement in a rolled-back savepoint queued an event: the statement after it
+    // queues its own.
+    app.batch_execute(&format!(
+        "BEGIN; SAVEPOINT s; {} ROLLBACK TO SAVEPOINT s; {} COMMIT;",
+        insert_range(101, 103),
+        insert_range(104, 106)
+    ))
+    .unwrap();
+    assert_eq!(event_ids(&mut app), vec![104, 105, 106]);
+    // Inserts only inside a rolled-back savepoint: no event.
+    app.batch_execute(&format!(
+        "BEGIN; SAVEPOINT s; {} ROLLBACK TO SAVEPOINT s; COMMIT;",
+        insert_range(111, 113)
+    ))
+    .unwrap();
+    assert_eq!(event_ids(&mut app), vec![104, 105, 106]);
+    // A savepoint rolled back after a statement keeps that statement's event; a released one
+    // keeps its own.
+    app.batch_execute(&format!(
+        "BEGIN; {} SAVEPOINT s; {} ROLLBACK TO SAVEPOINT s; SAVEPOINT t; {} RELEASE SAVEPOINT t; COMMIT;",
+        insert_range(121, 123),
+        insert_range(124, 126),
+        insert_range(127, 129)
+    ))
+    .unwrap();
+    assert_eq!(
+        event_ids(&mut app),
+        vec![104, 105, 106, 121, 122, 123, 127, 128, 129]
+    );
+    // 300 rows in one statement: the trigger function runs once at commit, not 300 times.
+    app.batch_execute("SELECT pg_stat_force_next_flush()")
+        .unwrap();
+    let calls = |app: &mut Client| -> i64 {
+        app.query_one(
+            "SELECT coalesce(sum(calls), 0)::int8 FROM pg_stat_user_functions
+              WHERE schemaname = 'ae_events' AND funcname = 'emit_pending_events'",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+    };
+    let before = calls(&mut app);
+    app.batch_execute(&insert_range(1001, 1300)).unwrap();
+    app.batch_execute("SELECT pg_stat_force_next_flush()")
+        .unwrap();
+    assert_eq!(calls(&mut app) - before, 1);
+    assert_eq!(event_ids(&mut app).len(), 9 + 300);
+}
+
+/// With the commit-time trigger made immediate (SET CONSTRAINTS), it fires at the end of each
+/// statement, row by row between the capture triggers: every row then queues its event, so the
+/// rows recorded after the first one's firing are emitted too. Also when SET CONSTRAINTS ran in
+/// a function, and when it ran before the session loaded the library.
+#[test]
+fn immediate_commit_time_triggers_emit_every_row_of_a_statement() {
+    let cluster = Cluster::shared();
+    let (database, mut app) = edge_database(ForeignKeys::With);
+    app.batch_execute("LOAD 'ae_events'").unwrap();
+    app.batch_execute(&format!(
+        "BEGIN; {} SET CONSTRAINTS ALL IMMEDIATE; {} COMMIT;",
+        insert_range(201, 203),
+        insert_range(204, 210)
+    ))
+    .unwrap();
+    assert_eq!(event_ids(&mut app), (201..=210).collect::<Vec<_>>());
+    app.batch_execute(&format!(
+        "BEGIN;
+         DO $$ BEGIN SET CONSTRAINTS ti.ae_events_emit IMMEDIATE; {} END $$;
+         COMMIT;",
+        insert_range(211, 220)
+    ))
+    .unwrap();
+    assert_eq!(event_ids(&mut app), (201..=220).collect::<Vec<_>>());
+    // A new session: SET CONSTRAINTS runs before anything loads the library.
+    let mut fresh = cluster.connect(&database);
+    fresh
+        .batch_execute(&format!(
+            "BEGIN; SET CONSTRAINTS ALL IMMEDIATE; {} COMMIT;",
+            insert_range(221, 230)
+        ))
+        .unwrap();
+    assert_eq!(event_ids(&mut app), (201..=230).collect::<Vec<_>>());
+}
+
+/// The version rows of many created instances are written in batches, without `ON CONFLICT`,
+/// unless one of them already has a row (an id used again, a row left while detached): then
+/// they all go through `ON CONFLICT`. A CHECK constraint on `ae_events.instance_state` is
+/// enforced on the batched rows as an INSERT enforces it.
+#[test]
+fn version_rows_of_created_instances_with_and_without_existing_rows() {
+    let (_database, mut app) = edge_database(ForeignKeys::With);
+    let states = |app: &mut Client| -> Vec<(i64, i32, i32)> {
+        app.query(
+            "SELECT instance_id, snapshot_version, length(snapshot_digest)
+               FROM ae_events.instance_state ORDER BY instance_id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2)))
+        .collect()
+    };
+    let created = |ids: std::ops::RangeInclusive<i64>| -> Vec<(i64, i32, i32)> {
+        ids.map(|id| (id, 1, 33)).collect()
+    };
+    // 305 has a row left over: the 40 rows go through ON CONFLICT.
+    app.batch_execute("INSERT INTO ae_events.instance_state VALUES (305, 7, NULL)")
+        .unwrap();
+    app.batch_execute(&insert_range(301, 340)).unwrap();
+    assert_eq!(states(&mut app), created(301..=340));
+    // None has a row: batched.
+    app.batch_execute(&insert_range(341, 380)).unwrap();
+    assert_eq!(states(&mut app), created(301..=380));
+    assert_eq!(event_ids(&mut app), (301..=380).collect::<Vec<_>>());
+    app.batch_execute(
+        "ALTER TABLE ae_events.instance_state ADD CONSTRAINT below_400 CHECK (instance_id < 400)",
+    )
+    .unwrap();
+    let error = app.batch_execute(&insert_range(390, 420)).unwrap_err();
+    assert_eq!(sqlstate(&error), "23514", "{error:?}");
+    assert!(error_message(&error).contains("below_400"), "{error:?}");
+    assert_eq!(states(&mut app), created(301..=380));
+    assert_eq!(event_ids(&mut app), (301..=380).collect::<Vec<_>>());
+}
+
 /// Event ids are UUIDs of version 7 (time-ordered): within a transaction they increase with the
 /// outbox id, whether the rows were written one by one (few) or in batches (many), and their
 /// time is the write's.

@@ -5423,3 +5423,39 @@ BEGIN
 END
 $$;
 -- (End of the console SQL part.)
+
+-- Issue 26, part 3 (bulk at 1.5x the floor): the commit-time constraint triggers queue one
+-- deferred event per statement instead of one per row (WHEN ae_events._emit_needed(),
+-- src/capture.rs). The triggers attach() put on the application's tables are re-created with the
+-- condition, as attach() now creates them, each keeping its enabled state.
+CREATE  FUNCTION ae_events."_emit_needed"() RETURNS bool
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', '_emit_needed_wrapper';
+
+DO $$
+DECLARE
+    t record;
+BEGIN
+    FOR t IN
+        SELECT tr.tgname, tr.tgrelid::pg_catalog.regclass AS source_table, tr.tgenabled,
+               pg_catalog.pg_get_triggerdef(tr.oid) AS definition
+          FROM pg_catalog.pg_trigger AS tr
+         WHERE tr.tgfoid OPERATOR(pg_catalog.=) 'ae_events.emit_pending_events()'::pg_catalog.regprocedure
+           AND tr.tgname OPERATOR(pg_catalog.=) ANY (ARRAY['ae_events_emit', 'ae_events_emit_changed']::pg_catalog.name[])
+           AND NOT tr.tgisinternal
+           AND tr.tgqual IS NULL
+    LOOP
+        EXECUTE pg_catalog.format('DROP TRIGGER %I ON %s', t.tgname, t.source_table);
+        EXECUTE pg_catalog.replace(t.definition, ' FOR EACH ROW EXECUTE ',
+                                   ' FOR EACH ROW WHEN (ae_events._emit_needed()) EXECUTE ');
+        IF t.tgenabled OPERATOR(pg_catalog.<>) 'O' THEN
+            EXECUTE pg_catalog.format('ALTER TABLE %s %s TRIGGER %I', t.source_table,
+                CASE t.tgenabled WHEN 'D' THEN 'DISABLE' WHEN 'R' THEN 'ENABLE REPLICA'
+                                 ELSE 'ENABLE ALWAYS' END,
+                t.tgname);
+        END IF;
+    END LOOP;
+END
+$$;
+-- (End of the bulk part.)
