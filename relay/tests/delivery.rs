@@ -1202,19 +1202,10 @@ fn a_fetch_reads_its_batch_not_the_backlog_behind_it() {
         )
         .unwrap()
         .get(0);
-    let backlog = |client: &mut postgres::Client, from: i64, to: i64| {
-        client
-            .execute(
-                "INSERT INTO ti.instance SELECT i, NULL, NULL, NULL, 'in_progress', 1, 1, NULL, NULL, NULL, now(), 1, now(), 1
-                   FROM generate_series($1::bigint, $2::bigint) AS i",
-                &[&from, &to],
-            )
-            .unwrap();
-    };
-    backlog(&mut client, 1, 600);
+    insert_instances(&mut client, 1, 600);
     let (rows, small) = fetch_buffers(&mut relay, endpoint_id);
     assert_eq!(rows, 500);
-    backlog(&mut client, 601, 6000);
+    insert_instances(&mut client, 601, 6000);
     let (rows, large) = fetch_buffers(&mut relay, endpoint_id);
     assert_eq!(rows, 500);
     assert!(
@@ -1317,13 +1308,7 @@ fn a_busy_endpoint_keeps_its_connections() {
     let (database, mut client) = delivery_database("keep_connections");
     let receiver = Receiver::ok();
     create_endpoint(&mut client, "busy", &receiver.url("/"), "{1s}");
-    client
-        .execute(
-            "INSERT INTO ti.instance SELECT i, NULL, NULL, NULL, 'in_progress', 1, 1, NULL, NULL, NULL, now(), 1, now(), 1
-               FROM generate_series(1, 2000) AS i",
-            &[],
-        )
-        .unwrap();
+    insert_instances(&mut client, 1, 2000);
     let _relay = Relay::start(cluster, &database, &[]);
     receiver.wait_for("2,000 events", WAIT, |r| r.len() >= 2000);
     let connections = receiver.connections();

@@ -438,6 +438,17 @@ pub fn insert_instance(client: &mut Client, id: i64) {
         .unwrap();
 }
 
+/// Insert instances `from..=to` of candidate 1 and catalog assessment 1 in one statement.
+pub fn insert_instances(client: &mut Client, from: i64, to: i64) {
+    client
+        .execute(
+            "INSERT INTO ti.instance SELECT i, NULL, NULL, NULL, 'in_progress', 1, 1, NULL, NULL, NULL, now(), 1, now(), 1
+               FROM generate_series($1::bigint, $2::bigint) AS i",
+            &[&from, &to],
+        )
+        .unwrap();
+}
+
 /// The instances that have events, in outbox order.
 pub fn outbox_instances(client: &mut Client) -> Vec<i64> {
     outbox_rows(client)
