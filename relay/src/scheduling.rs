@@ -96,23 +96,29 @@ struct Fetching {
     parked_since: HashSet<i64>,
 }
 
-/// What a fetch in flight comes back with (a panicked or aborted task: no rows; the next
-/// fetch asks again from the same place).
-async fn fetched(fetching: &mut Option<Fetching>) -> Result<Option<Vec<FetchedRow>>, DbError> {
-    match fetching {
-        Some(fetching) => (&mut fetching.task).await.unwrap_or(Ok(Some(Vec::new()))),
+/// What a task in flight (the fetch or the write) comes back with, or `lost` if it panicked or
+/// was aborted; never, if there is none (a `select!` branch guarded by its presence).
+async fn finished<T>(task: Option<&mut tokio::task::JoinHandle<T>>, lost: impl FnOnce() -> T) -> T {
+    match task {
+        Some(task) => task.await.unwrap_or_else(|_| lost()),
         None => std::future::pending().await,
     }
+}
+
+/// The fetch in flight's rows (None: it ran into its fence); a lost task brings no rows, and the
+/// next fetch asks again from the same place.
+async fn fetched(fetching: &mut Option<Fetching>) -> Result<Option<Vec<FetchedRow>>, DbError> {
+    finished(fetching.as_mut().map(|f| &mut f.task), || {
+        Ok(Some(Vec::new()))
+    })
+    .await
 }
 
 /// What a write in flight comes back with: whether the endpoint was still held (a panicked or
 /// aborted task counts as not held: the worker stops and the supervisor starts a new one from
 /// the database's state).
 async fn written(writing: &mut Option<Writing>) -> Result<bool, DbError> {
-    match writing {
-        Some(writing) => (&mut writing.task).await.unwrap_or(Ok(false)),
-        None => std::future::pending().await,
-    }
+    finished(writing.as_mut().map(|w| &mut w.task), || Ok(false)).await
 }
 
 pub struct Worker {
@@ -285,9 +291,7 @@ impl Worker {
             let stopping = self.gone.is_some() || *self.shutdown.borrow();
             if stopping {
                 // Its rows would not be sent: the next worker fetches them again.
-                if let Some(fetching) = self.fetching.take() {
-                    fetching.task.abort();
-                }
+                self.abandon_fetch();
             }
             if self.writing.as_ref().is_some_and(|w| w.task.is_finished()) {
                 let held = written(&mut self.writing).await?;
@@ -412,6 +416,13 @@ impl Worker {
         }
     }
 
+    /// Stop the fetch in flight, if any (its call is cancelled on the server).
+    fn abandon_fetch(&mut self) {
+        if let Some(fetching) = self.fetching.take() {
+            fetching.task.abort();
+        }
+    }
+
     /// There may be new events: fetch again, even if a fetch in flight said it caught up.
     fn wake(&mut self) {
         self.caught_up = false;
@@ -525,9 +536,7 @@ impl Worker {
         if let Some(writing) = self.writing.take() {
             writing.task.abort();
         }
-        if let Some(fetching) = self.fetching.take() {
-            fetching.task.abort();
-        }
+        self.abandon_fetch();
         self.metrics.in_flight.set(0);
         Stopped::LeaseLapsed
     }
