@@ -757,11 +757,8 @@ fn buffers(client: &mut Client, query: &str) -> i64 {
              SET enable_hashjoin = off; SET enable_mergejoin = off;",
         )
         .unwrap();
-    let explain = format!("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {query}");
-    client.query(&explain, &[]).unwrap();
-    let plan: serde_json::Value = client.query_one(&explain, &[]).unwrap().get(0);
-    let top = &plan[0]["Plan"];
-    top["Shared Hit Blocks"].as_i64().unwrap() + top["Shared Read Blocks"].as_i64().unwrap()
+    buffers_touched(client, query);
+    buffers_touched(client, query)
 }
 
 /// The pages' queries of a database with 10 endpoints and `per_endpoint` deliveries each (5

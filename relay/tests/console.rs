@@ -324,6 +324,23 @@ fn console_connections(client: &mut Client, role: &str) -> i64 {
         .get(0)
 }
 
+/// Wait (up to `timeout`) until `role` has `expected` console connections, and say `why` if
+/// it does not.
+fn wait_for_console_connections(
+    client: &mut Client,
+    role: &str,
+    expected: i64,
+    timeout: Duration,
+    why: &str,
+) {
+    let left = within(
+        timeout,
+        || console_connections(client, role),
+        |n| *n == expected,
+    );
+    assert_eq!(left, expected, "{why}");
+}
+
 /// An endpoint that takes only the events of one instance (the tests share the database).
 fn endpoint_for(client: &mut Client, name: &str, url: &str, instance: i64) -> String {
     let secret: String = client
@@ -703,12 +720,13 @@ fn sign_in_refusals_and_signing_out() {
     assert_eq!(again.status, 303, "{}", again.body);
     let cookie = cookie_of(&again);
     assert_ne!(cookie, old);
-    let left = within(
+    wait_for_console_connections(
+        &mut admin,
+        SIGNOUT.0,
+        1,
         Duration::from_secs(30),
-        || console_connections(&mut admin, SIGNOUT.0),
-        |n| *n == 1,
+        "the old session's connection is closed",
     );
-    assert_eq!(left, 1, "the old session's connection is closed");
     let stale = http(env.port, "GET", "/", Some(&old), &[], None);
     assert_eq!(stale.status, 303);
     let page = http(env.port, "GET", "/", Some(&cookie), &[], None);
@@ -717,12 +735,13 @@ fn sign_in_refusals_and_signing_out() {
     let out = post(env.port, &cookie, "/logout", &[("csrf", &csrf)], None);
     assert_eq!(out.status, 303, "{}", out.body);
     assert!(out.header("set-cookie").unwrap_or("").contains("Max-Age=0"));
-    let left = within(
+    wait_for_console_connections(
+        &mut admin,
+        SIGNOUT.0,
+        0,
         Duration::from_secs(30),
-        || console_connections(&mut admin, SIGNOUT.0),
-        |n| *n == 0,
+        "signing out closes the session's connection",
     );
-    assert_eq!(left, 0, "signing out closes the session's connection");
     let after = http(env.port, "GET", "/", Some(&cookie), &[], None);
     assert_eq!(after.status, 303);
     assert_eq!(after.header("location"), Some("/login"));
@@ -765,12 +784,13 @@ fn an_idle_session_expires() {
     let cookie = secure_cookie_of(&answer);
     let mut admin = Cluster::shared().connect(&env.database);
     // The sweeper closes it without a request.
-    let left = within(
+    wait_for_console_connections(
+        &mut admin,
+        EXPIRY.0,
+        0,
         Duration::from_secs(60),
-        || console_connections(&mut admin, EXPIRY.0),
-        |n| *n == 0,
+        "an expired session's connection is closed",
     );
-    assert_eq!(left, 0, "an expired session's connection is closed");
     let page = http(port, "GET", "/", Some(&cookie), &[], None);
     assert_eq!(page.status, 303);
     assert!(page.header("location").unwrap_or("").starts_with("/login"));
@@ -814,12 +834,13 @@ fn a_session_in_use_ends_at_the_absolute_timeout() {
         .unwrap_or("")
         .starts_with("/login"));
     let mut admin = Cluster::shared().connect(&env.database);
-    let left = within(
+    wait_for_console_connections(
+        &mut admin,
+        ABSOLUTE.0,
+        0,
         Duration::from_secs(60),
-        || console_connections(&mut admin, ABSOLUTE.0),
-        |n| *n == 0,
+        "the ended session's connection is closed",
     );
-    assert_eq!(left, 0, "the ended session's connection is closed");
 }
 
 /// A reader sees no action buttons, and an action it forges (valid session and CSRF token) is

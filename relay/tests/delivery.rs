@@ -1176,12 +1176,7 @@ fn fetch_buffers(relay: &mut postgres::Client, endpoint_id: i64) -> (usize, i64)
         "SELECT * FROM ae_events.relay_fetch('backlog', 'fetcher', 0, '0', 0, 500, 100000000, {endpoint_id})"
     );
     let rows = relay.query(&query, &[]).unwrap().len();
-    let explain = format!("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {query}");
-    let plan: serde_json::Value = relay.query_one(&explain, &[]).unwrap().get(0);
-    let top = &plan[0]["Plan"];
-    let buffers =
-        top["Shared Hit Blocks"].as_i64().unwrap() + top["Shared Read Blocks"].as_i64().unwrap();
-    (rows, buffers)
+    (rows, buffers_touched(relay, &query))
 }
 
 /// A relay's fetch reads its batch, not the backlog behind it: 500 events of a backlog of

@@ -438,6 +438,15 @@ pub fn insert_instance(client: &mut Client, id: i64) {
         .unwrap();
 }
 
+/// Shared buffers (hit + read) one run of `query` touches, the queries of the functions it
+/// calls included: `EXPLAIN (ANALYZE, BUFFERS)` of its top node.
+pub fn buffers_touched(client: &mut Client, query: &str) -> i64 {
+    let explain = format!("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {query}");
+    let plan: serde_json::Value = client.query_one(&explain, &[]).unwrap().get(0);
+    let top = &plan[0]["Plan"];
+    top["Shared Hit Blocks"].as_i64().unwrap() + top["Shared Read Blocks"].as_i64().unwrap()
+}
+
 /// Insert instances `from..=to` of candidate 1 and catalog assessment 1 in one statement.
 pub fn insert_instances(client: &mut Client, from: i64, to: i64) {
     client
