@@ -2,8 +2,10 @@
 //!
 //! - throughput: a backlog of events (half created, half updated: two versions per instance)
 //!   delivered to a local receiver that answers 200 at once, with 1 and with 10 endpoints, beside
-//!   a plain HTTP client loop that POSTs the same bodies at the same concurrency to the same
-//!   receiver (no database, no signing, no bookkeeping: the ceiling on this machine);
+//!   a plain HTTP client loop that POSTs the same requests (bodies and headers, signed
+//!   beforehand) at the same concurrency to the same receiver (no database, no signing, no
+//!   bookkeeping: the ceiling on this machine). Both rates run from the first request's arrival
+//!   to the last's; the relay's start (process, connections, lease, first fetch) is shown apart;
 //! - latency: commit to receipt, p50/p99, at a steady 200 events/s;
 //! - and, for each, events lost and versions out of order at the receiver (must be 0);
 //! - NATS JetStream: the same kind of backlog published by the relay to a stream on a local
@@ -306,19 +308,28 @@ fn write_backlog(client: &mut postgres::Client, events: usize) {
 
 /// What one throughput run measured.
 struct Throughput {
+    /// From the first delivery's arrival to the last's.
     per_second: f64,
+    /// From starting the relay's process to the first delivery's arrival.
+    start_ms: f64,
     lost: usize,
     out_of_order: usize,
     relay_cpu_us: f64,
     database_cpu_us: f64,
 }
 
-/// The relay delivering a backlog to `endpoints` endpoints; and the bodies it sent.
+/// One request as the relay sends it: its body and headers (signed for the first endpoint).
+struct PlainRequest {
+    body: String,
+    headers: reqwest::header::HeaderMap,
+}
+
+/// The relay delivering a backlog to `endpoints` endpoints; and its requests, for the plain loop.
 fn relay_throughput(
     cluster: &Cluster,
     events: usize,
     endpoints: usize,
-) -> (Throughput, Vec<String>) {
+) -> (Throughput, Vec<PlainRequest>) {
     let receiver = Receiver::start();
     let (database, mut client) = database_with_endpoints(
         cluster,
@@ -327,60 +338,111 @@ fn relay_throughput(
         endpoints,
     );
     write_backlog(&mut client, events);
-    let bodies: Vec<String> = client
-        .query(
-            "SELECT payload::text FROM ae_events.outbox ORDER BY id",
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let requests = requests_as_sent(&mut client);
     let start = Instant::now();
     let database_cpu_before = database_cpu_seconds();
     let relay = RelayProcess::start(cluster, &database);
     let last = receiver.wait_for(events * endpoints, Duration::from_secs(900));
-    let elapsed = last - start;
     let relay_cpu = cpu_seconds(relay.0.id());
     let database_cpu = database_cpu_seconds() - database_cpu_before;
     drop(relay);
     let expected: HashMap<String, usize> =
         (0..endpoints).map(|n| (format!("e{n}"), events)).collect();
-    let (lost, out_of_order) = check(&receiver.take(), &expected);
+    let arrivals = receiver.take();
+    let first = arrivals.iter().map(|a| a.at).min().unwrap_or(last);
+    let (lost, out_of_order) = check(&arrivals, &expected);
     let deliveries = (events * endpoints) as f64;
     let measured = Throughput {
-        per_second: deliveries / elapsed.as_secs_f64(),
+        per_second: (deliveries - 1.0) / (last - first).as_secs_f64(),
+        start_ms: (first - start).as_secs_f64() * 1000.0,
         lost,
         out_of_order,
         relay_cpu_us: relay_cpu * 1e6 / deliveries,
         database_cpu_us: database_cpu * 1e6 / deliveries,
     };
-    (measured, bodies)
+    (measured, requests)
 }
 
-/// The ceiling: the same bodies POSTed by a plain reqwest loop, `concurrency` at a time.
-fn plain_loop(bodies: &[String], endpoints: usize) -> f64 {
+/// The relay's requests to the first endpoint, built as http_sink.rs builds them (its headers,
+/// signed with the endpoint's secret), in outbox order.
+fn requests_as_sent(client: &mut postgres::Client) -> Vec<PlainRequest> {
+    use reqwest::header::{HeaderName, HeaderValue};
+    let secret: String = client
+        .query_one(
+            "SELECT secret FROM ae_events.endpoint_secrets WHERE endpoint = 'e0'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let key = ae_relay::signing::SigningKey::from_secret(&secret).expect("the endpoint's secret");
+    let timestamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    client
+        .query(
+            "SELECT event_id::text, subscription_key, event_type, aggregate_id, snapshot_version,
+                    payload::text
+               FROM ae_events.outbox ORDER BY id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| {
+            let (event_id, body): (String, String) = (row.get(0), row.get(5));
+            let signature = key.sign(&event_id, timestamp, body.as_bytes());
+            let mut headers = reqwest::header::HeaderMap::new();
+            headers.insert(
+                reqwest::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            for (name, value) in [
+                ("webhook-id", event_id),
+                ("webhook-timestamp", timestamp.to_string()),
+                ("webhook-signature", signature),
+                ("ae-subscription-key", row.get(1)),
+                ("ae-event-type", row.get(2)),
+                ("ae-aggregate-id", row.get::<_, i64>(3).to_string()),
+                ("ae-snapshot-version", row.get::<_, i32>(4).to_string()),
+            ] {
+                headers.insert(
+                    HeaderName::from_static(name),
+                    HeaderValue::try_from(value).unwrap(),
+                );
+            }
+            headers.insert(
+                reqwest::header::USER_AGENT,
+                HeaderValue::from_static(ae_relay::USER_AGENT),
+            );
+            PlainRequest { body, headers }
+        })
+        .collect()
+}
+
+/// The ceiling: the same requests POSTed by a plain reqwest loop, `IN_FLIGHT` at a time per
+/// endpoint; deliveries per second from the first arrival to the last.
+fn plain_loop(requests: Vec<PlainRequest>, endpoints: usize) -> f64 {
     let receiver = Receiver::start();
     let port = receiver.port;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
-    let bodies: Arc<Vec<String>> = Arc::new(bodies.to_vec());
-    let start = Instant::now();
+    let count = requests.len();
+    let requests: Arc<Vec<PlainRequest>> = Arc::new(requests);
     runtime.block_on(async {
         let client = reqwest::Client::new();
         let mut tasks = Vec::new();
         for endpoint in 0..endpoints {
             for lane in 0..IN_FLIGHT {
-                let (client, bodies) = (client.clone(), bodies.clone());
+                let (client, requests) = (client.clone(), requests.clone());
                 let url = format!("http://127.0.0.1:{port}/e{endpoint}");
                 tasks.push(tokio::spawn(async move {
-                    for body in bodies.iter().skip(lane).step_by(IN_FLIGHT) {
+                    for request in requests.iter().skip(lane).step_by(IN_FLIGHT) {
                         let response = client
                             .post(&url)
-                            .header("content-type", "application/json")
-                            .body(body.clone())
+                            .headers(request.headers.clone())
+                            .body(request.body.clone())
                             .send()
                             .await
                             .expect("post");
@@ -393,8 +455,9 @@ fn plain_loop(bodies: &[String], endpoints: usize) -> f64 {
             task.await.unwrap();
         }
     });
-    let last = receiver.wait_for(bodies.len() * endpoints, Duration::from_secs(60));
-    (bodies.len() * endpoints) as f64 / (last - start).as_secs_f64()
+    let last = receiver.wait_for(count * endpoints, Duration::from_secs(60));
+    let first = receiver.take().iter().map(|a| a.at).min().unwrap_or(last);
+    (count * endpoints - 1) as f64 / (last - first).as_secs_f64()
 }
 
 /// Commit-to-receipt latency at a steady rate: p50, p99 (ms), lost, out of order.
@@ -874,18 +937,19 @@ fn fleet(cluster: &Cluster, events: usize, smoke: bool) -> usize {
 fn delivery(cluster: &Cluster, events: usize, rate_seconds: u32) -> usize {
     println!("ae-relay benchmark: {events} events in the backlog, {IN_FLIGHT} requests in flight per endpoint");
     println!();
-    println!("| endpoints | ae-relay deliveries/s | plain HTTP loop deliveries/s | ratio | relay CPU per delivery | database CPU per delivery | lost | out of order |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| endpoints | ae-relay deliveries/s | plain HTTP loop deliveries/s | ratio | relay's start | relay CPU per delivery | database CPU per delivery | lost | out of order |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut failures = 0;
     for endpoints in [1usize, 10] {
         let backlog = events;
-        let (relay, bodies) = relay_throughput(cluster, backlog, endpoints);
-        let plain_rate = plain_loop(&bodies, endpoints);
+        let (relay, requests) = relay_throughput(cluster, backlog, endpoints);
+        let plain_rate = plain_loop(requests, endpoints);
         println!(
-            "| {endpoints} ({} deliveries) | {:.0} | {plain_rate:.0} | {:.2}x | {:.0} µs | {:.0} µs | {} | {} |",
+            "| {endpoints} ({} deliveries) | {:.0} | {plain_rate:.0} | {:.2}x | {:.0} ms | {:.0} µs | {:.0} µs | {} | {} |",
             backlog * endpoints,
             relay.per_second,
             relay.per_second / plain_rate,
+            relay.start_ms,
             relay.relay_cpu_us,
             relay.database_cpu_us,
             relay.lost,

@@ -1176,16 +1176,110 @@ fn each_failed_attempt_is_logged_with_its_duration_and_the_counts_take_every_out
 /// The buffers one relay_fetch of 500 events touches (shared hits and reads, the function's
 /// own queries included).
 fn fetch_buffers(relay: &mut postgres::Client, endpoint_id: i64) -> (usize, i64) {
+    fetch_buffers_after(relay, endpoint_id, "0", 0)
+}
+
+/// The same, for a fetch after a position (txid, id) of the first epoch.
+fn fetch_buffers_after(
+    relay: &mut postgres::Client,
+    endpoint_id: i64,
+    txid: &str,
+    id: i64,
+) -> (usize, i64) {
     let query = format!(
-        "SELECT * FROM ae_events.relay_fetch('backlog', 'fetcher', 0, '0', 0, 500, 100000000, {endpoint_id})"
+        "SELECT * FROM ae_events.relay_fetch('backlog', 'fetcher', 0, '{txid}', {id}, 500, 100000000, {endpoint_id})"
     );
     let rows = relay.query(&query, &[]).unwrap().len();
     (rows, buffers_touched(relay, &query))
 }
 
+/// First attempts are recorded with a plain INSERT; one that meets a row (the same batch
+/// recorded again, the first attempt of a parked or redelivered event) updates that row.
+#[test]
+fn a_first_attempt_that_meets_a_row_updates_it() {
+    let cluster = Cluster::shared();
+    let (database, mut client) = delivery_database("first_attempts");
+    create_relay_role(&mut client, "relay_recorder");
+    create_endpoint(&mut client, "recorded", "http://127.0.0.1:9/", "{1s}");
+    let mut relay = cluster.connect_as(&database, "relay_recorder");
+    let endpoint_id: i64 = relay
+        .query_one(
+            "SELECT endpoint_id FROM ae_events.relay_lease('recorder', '5 min')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    insert_instances(&mut client, 1, 2);
+    let events: Vec<(i64, i64)> = client
+        .query(
+            "SELECT id, aggregate_id FROM ae_events.outbox ORDER BY txid, id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    let ids = vec![events[0].0, events[1].0];
+    let instances = vec![events[0].1, events[1].1];
+    let record =
+        |relay: &mut postgres::Client, statuses: &[&str], ids: &[i64], instances: &[i64]| {
+            let first_attempts = vec![1i32; ids.len()];
+            relay
+                .query_one(
+                    "SELECT ae_events.relay_record('recorded', 'recorder', $1, $2, $3, $4,
+                        array_fill(now(), ARRAY[cardinality($1::bigint[])]),
+                        array_fill(200, ARRAY[cardinality($1::bigint[])]),
+                        array_fill(NULL::text, ARRAY[cardinality($1::bigint[])]),
+                        array_fill(now() + interval '1 hour', ARRAY[cardinality($1::bigint[])]),
+                        NULL, NULL, NULL, NULL, $5)",
+                    &[&ids, &instances, &statuses, &first_attempts, &endpoint_id],
+                )
+                .unwrap()
+                .get::<_, bool>(0)
+        };
+    assert!(record(
+        &mut relay,
+        &["delivered", "pending"],
+        &ids,
+        &instances
+    ));
+    // The same batch again: no error, the same rows.
+    assert!(record(
+        &mut relay,
+        &["delivered", "pending"],
+        &ids,
+        &instances
+    ));
+    // The pending event's first attempt again (as for a parked or redelivered event).
+    assert!(record(
+        &mut relay,
+        &["delivered"],
+        &ids[1..],
+        &instances[1..]
+    ));
+    let rows: Vec<(i64, String, i32)> = client
+        .query(
+            "SELECT outbox_id, status, attempts FROM ae_events.deliveries
+              WHERE endpoint = 'recorded' ORDER BY outbox_id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2)))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            (ids[0], "delivered".to_owned(), 1),
+            (ids[1], "delivered".to_owned(), 1)
+        ]
+    );
+}
+
 /// A relay's fetch reads its batch, not the backlog behind it: 500 events of a backlog of
 /// 6,000 touch as many buffers as 500 of a backlog of 600, give or take 100 (the batch's walk
-/// was once planned as a scan of every event after the cursor, then a sort: 920 more). And the byte bound counts a payload
+/// was once planned as a scan of every event after the cursor, then a sort: 920 more), also
+/// inside one large transaction's events. And the byte bound counts a payload
 /// at its uncompressed jsonb size, read from its header.
 #[test]
 fn a_fetch_reads_its_batch_not_the_backlog_behind_it() {
@@ -1210,6 +1304,30 @@ fn a_fetch_reads_its_batch_not_the_backlog_behind_it() {
     assert!(
         large <= small + 100,
         "a fetch of 500 touched {small} buffers behind 600 events, {large} behind 6,000"
+    );
+    // Nor the rest of one large transaction's events: a batch that ends inside 12,000 events
+    // of one transaction reads as much as one that ends inside 600 (its statements were once
+    // index scans that PostgreSQL before 18 ends only at the transaction's last event).
+    insert_instances(&mut client, 6001, 18000);
+    let start_of = |client: &mut postgres::Client, first: i64| -> (String, i64) {
+        let row = client
+            .query_one(
+                "SELECT txid::text, id - 1 FROM ae_events.outbox
+                  WHERE aggregate_type = 'test_instance' AND aggregate_id = $1",
+                &[&first],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    let (txid, id) = start_of(&mut client, 1);
+    let (rows, in_small) = fetch_buffers_after(&mut relay, endpoint_id, &txid, id);
+    assert_eq!(rows, 500);
+    let (txid, id) = start_of(&mut client, 6001);
+    let (rows, in_large) = fetch_buffers_after(&mut relay, endpoint_id, &txid, id);
+    assert_eq!(rows, 500);
+    assert!(
+        in_large <= in_small + 20,
+        "a fetch of 500 touched {in_small} buffers inside a transaction of 600 events, {in_large} inside one of 12,000"
     );
     let sizes_agree: bool = client
         .query_one(

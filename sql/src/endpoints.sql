@@ -1279,6 +1279,10 @@ DECLARE
     -- no delivery row among them, no event of the batch needs its own probe.
     batch_min_id bigint;
     batch_max_id bigint;
+    -- How many events the batch holds: the statements reading it end their index scans there
+    -- (LIMIT). Before PostgreSQL 18 a scan does not end on a row comparison's second column, so
+    -- a range ending inside a large transaction's events read the rest of them, each fetch.
+    batch_count integer;
     -- The events after a position in delivery order, with their payloads' sizes.
     batch CURSOR (after_txid xid8, after_id bigint, below xid8, first_id bigint, next_first_id bigint,
                   max_events integer) FOR
@@ -1291,6 +1295,15 @@ DECLARE
          ORDER BY o.txid, o.id
          LIMIT max_events;
     sized record;
+    -- The events after a position in delivery order (counted up to the batch's end).
+    span CURSOR (after_txid xid8, after_id bigint, first_id bigint, next_first_id bigint) FOR
+        SELECT o.txid, o.id
+          FROM ae_events.outbox AS o
+         WHERE (o.txid, o.id) OPERATOR(pg_catalog.>) (after_txid, after_id)
+           AND o.id OPERATOR(pg_catalog.>=) first_id
+           AND o.id OPERATOR(pg_catalog.<) next_first_id
+         ORDER BY o.txid, o.id;
+    spanned record;
 BEGIN
     IF max_events IS NULL OR max_events OPERATOR(pg_catalog.<) 1 THEN
         RAISE EXCEPTION 'ae_events: max_events must be at least 1, not %', max_events
@@ -1323,6 +1336,7 @@ BEGIN
         batch_bytes := 0;
         batch_min_id := NULL;
         batch_max_id := NULL;
+        batch_count := 0;
         FOR sized IN batch(from_txid, from_id, below_txid, epoch_row.first_id,
                            coalesce(epoch_row.next_first_id, 9223372036854775807), remaining) LOOP
             EXIT WHEN batch_bytes OPERATOR(pg_catalog.>=) remaining_bytes;
@@ -1331,6 +1345,7 @@ BEGIN
             batch_bytes := batch_bytes OPERATOR(pg_catalog.+) sized.size;
             batch_min_id := least(batch_min_id, sized.id);
             batch_max_id := greatest(batch_max_id, sized.id);
+            batch_count := batch_count OPERATOR(pg_catalog.+) 1;
         END LOOP;
         CONTINUE WHEN end_id IS NULL;
         cap_txid := NULL;
@@ -1341,7 +1356,19 @@ BEGIN
             changed := false;
             FOR ahead IN
                 SELECT b.txid AS b_txid, b.id AS b_id, p.txid AS p_txid, p.id AS p_id
-                  FROM ae_events.outbox AS b
+                  FROM (SELECT b.txid, b.id, b.aggregate_type, b.aggregate_id
+                          FROM ae_events.outbox AS b
+                         WHERE (b.txid, b.id) OPERATOR(pg_catalog.>) (from_txid, from_id)
+                           AND (b.txid, b.id) OPERATOR(pg_catalog.<=) (end_txid, end_id)
+                           -- Plain bounds too: the planner estimates these (not the row
+                           -- comparisons) and so scans the index range, not the outbox.
+                           AND b.txid OPERATOR(pg_catalog.>=) from_txid
+                           AND b.txid OPERATOR(pg_catalog.<=) end_txid
+                           AND b.txid OPERATOR(pg_catalog.<) below_txid
+                           AND b.id OPERATOR(pg_catalog.>=) epoch_row.first_id
+                           AND b.id OPERATOR(pg_catalog.<) coalesce(epoch_row.next_first_id, 9223372036854775807)
+                         ORDER BY b.txid, b.id
+                         LIMIT batch_count) AS b
                  CROSS JOIN LATERAL (
                        SELECT p.txid, p.id FROM ae_events.outbox AS p
                         WHERE p.aggregate_type OPERATOR(pg_catalog.=) b.aggregate_type
@@ -1350,16 +1377,7 @@ BEGIN
                           AND p.id OPERATOR(pg_catalog.>=) epoch_row.first_id
                         ORDER BY p.id DESC
                         LIMIT 1) AS p
-                 WHERE (b.txid, b.id) OPERATOR(pg_catalog.>) (from_txid, from_id)
-                   AND (b.txid, b.id) OPERATOR(pg_catalog.<=) (end_txid, end_id)
-                   -- Plain bounds too: the planner estimates these (not the row comparisons)
-                   -- and so scans the index range, not the outbox.
-                   AND b.txid OPERATOR(pg_catalog.>=) from_txid
-                   AND b.txid OPERATOR(pg_catalog.<=) end_txid
-                   AND b.txid OPERATOR(pg_catalog.<) below_txid
-                   AND b.id OPERATOR(pg_catalog.>=) epoch_row.first_id
-                   AND b.id OPERATOR(pg_catalog.<) coalesce(epoch_row.next_first_id, 9223372036854775807)
-                   AND (p.txid, p.id) OPERATOR(pg_catalog.>) (end_txid, end_id)
+                 WHERE (p.txid, p.id) OPERATOR(pg_catalog.>) (end_txid, end_id)
                  ORDER BY b.txid, b.id
             LOOP
                 IF ahead.p_txid OPERATOR(pg_catalog.<) below_txid
@@ -1389,6 +1407,13 @@ BEGIN
                 EXIT;
             END LOOP;
             EXIT WHEN NOT changed;
+            -- Extended or capped (rare): count the batch again.
+            batch_count := 0;
+            FOR spanned IN span(from_txid, from_id, epoch_row.first_id,
+                                coalesce(epoch_row.next_first_id, 9223372036854775807)) LOOP
+                EXIT WHEN (spanned.txid, spanned.id) OPERATOR(pg_catalog.>) (end_txid, end_id);
+                batch_count := batch_count OPERATOR(pg_catalog.+) 1;
+            END LOOP;
         END LOOP;
         -- The probes of deliveries are LATERAL ... LIMIT 1 so that each is one index lookup
         -- (a sublink may be planned as a hash of all the endpoint's delivery rows), made only
@@ -1444,7 +1469,8 @@ BEGIN
                AND o.txid OPERATOR(pg_catalog.<=) end_txid
                AND o.id OPERATOR(pg_catalog.>=) epoch_row.first_id
                AND o.id OPERATOR(pg_catalog.<) coalesce(epoch_row.next_first_id, 9223372036854775807)
-             ORDER BY o.txid, o.id;
+             ORDER BY o.txid, o.id
+             LIMIT batch_count;
         GET DIAGNOSTICS returned = ROW_COUNT;
         remaining := remaining OPERATOR(pg_catalog.-) returned;
         remaining_bytes := remaining_bytes OPERATOR(pg_catalog.-) batch_bytes;
@@ -1569,6 +1595,7 @@ DECLARE
     last_failed_id bigint;
     last_failed_error text;
     last_delivered_status integer;
+    inserted boolean := false;
 BEGIN
     IF endpoint_id IS NULL THEN
         RAISE EXCEPTION 'ae_events: the endpoint_id relay_lease handed out is needed, not NULL'
@@ -1598,30 +1625,56 @@ BEGIN
                                   AND d.outbox_id OPERATOR(pg_catalog.=) r.outbox_id
                                   AND d.status OPERATOR(pg_catalog.=) 'dead'));
     END IF;
-    INSERT INTO ae_events.deliveries AS d
-           (endpoint, outbox_id, aggregate_id, status, attempts, first_attempt_at, last_attempt_at,
-            last_status, last_error, next_attempt_at, delivered_at, dead_at)
-    SELECT held.endpoint, r.outbox_id, r.aggregate_id, r.status, r.attempts, r.attempted_at,
-           r.attempted_at, r.http_status, pg_catalog.left(r.error, 2000),
-           CASE WHEN r.status OPERATOR(pg_catalog.=) 'pending' THEN coalesce(r.next_attempt_at, pg_catalog.now()) END,
-           CASE WHEN r.status OPERATOR(pg_catalog.=) 'delivered' THEN r.attempted_at END,
-           CASE WHEN r.status OPERATOR(pg_catalog.=) 'dead' THEN r.attempted_at END
-      FROM ROWS FROM (pg_catalog.unnest(outbox_ids), pg_catalog.unnest(aggregate_ids),
-                      pg_catalog.unnest(statuses), pg_catalog.unnest(attempts),
-                      pg_catalog.unnest(attempted_at), pg_catalog.unnest(http_statuses),
-                      pg_catalog.unnest(errors), pg_catalog.unnest(next_attempt_at))
-           AS r (outbox_id, aggregate_id, status, attempts, attempted_at, http_status, error,
-                 next_attempt_at)
-    ON CONFLICT ON CONSTRAINT deliveries_pkey DO UPDATE
-       SET status = excluded.status,
-           attempts = excluded.attempts,
-           first_attempt_at = coalesce(d.first_attempt_at, excluded.first_attempt_at),
-           last_attempt_at = coalesce(excluded.last_attempt_at, d.last_attempt_at),
-           last_status = CASE WHEN excluded.last_attempt_at IS NULL THEN d.last_status ELSE excluded.last_status END,
-           last_error = CASE WHEN excluded.last_attempt_at IS NULL THEN d.last_error ELSE excluded.last_error END,
-           next_attempt_at = excluded.next_attempt_at,
-           delivered_at = coalesce(excluded.delivered_at, d.delivered_at),
-           dead_at = excluded.dead_at;
+    -- First attempts of fresh events have no row yet (relay_fetch hands out only those): a plain
+    -- INSERT, cheaper than ON CONFLICT's speculative insertion of each row. A batch that meets
+    -- a row (recorded again, a parked or redelivered event's first attempt) is upserted.
+    IF 1 OPERATOR(pg_catalog.=) ALL (attempts) THEN
+        BEGIN
+            INSERT INTO ae_events.deliveries AS d
+                   (endpoint, outbox_id, aggregate_id, status, attempts, first_attempt_at, last_attempt_at,
+                    last_status, last_error, next_attempt_at, delivered_at, dead_at)
+            SELECT held.endpoint, r.outbox_id, r.aggregate_id, r.status, r.attempts, r.attempted_at,
+                   r.attempted_at, r.http_status, pg_catalog.left(r.error, 2000),
+                   CASE WHEN r.status OPERATOR(pg_catalog.=) 'pending' THEN coalesce(r.next_attempt_at, pg_catalog.now()) END,
+                   CASE WHEN r.status OPERATOR(pg_catalog.=) 'delivered' THEN r.attempted_at END,
+                   CASE WHEN r.status OPERATOR(pg_catalog.=) 'dead' THEN r.attempted_at END
+              FROM ROWS FROM (pg_catalog.unnest(outbox_ids), pg_catalog.unnest(aggregate_ids),
+                              pg_catalog.unnest(statuses), pg_catalog.unnest(attempts),
+                              pg_catalog.unnest(attempted_at), pg_catalog.unnest(http_statuses),
+                              pg_catalog.unnest(errors), pg_catalog.unnest(next_attempt_at))
+                   AS r (outbox_id, aggregate_id, status, attempts, attempted_at, http_status, error,
+                         next_attempt_at);
+            inserted := true;
+        EXCEPTION WHEN unique_violation THEN
+            NULL;
+        END;
+    END IF;
+    IF NOT inserted THEN
+        INSERT INTO ae_events.deliveries AS d
+               (endpoint, outbox_id, aggregate_id, status, attempts, first_attempt_at, last_attempt_at,
+                last_status, last_error, next_attempt_at, delivered_at, dead_at)
+        SELECT held.endpoint, r.outbox_id, r.aggregate_id, r.status, r.attempts, r.attempted_at,
+               r.attempted_at, r.http_status, pg_catalog.left(r.error, 2000),
+               CASE WHEN r.status OPERATOR(pg_catalog.=) 'pending' THEN coalesce(r.next_attempt_at, pg_catalog.now()) END,
+               CASE WHEN r.status OPERATOR(pg_catalog.=) 'delivered' THEN r.attempted_at END,
+               CASE WHEN r.status OPERATOR(pg_catalog.=) 'dead' THEN r.attempted_at END
+          FROM ROWS FROM (pg_catalog.unnest(outbox_ids), pg_catalog.unnest(aggregate_ids),
+                          pg_catalog.unnest(statuses), pg_catalog.unnest(attempts),
+                          pg_catalog.unnest(attempted_at), pg_catalog.unnest(http_statuses),
+                          pg_catalog.unnest(errors), pg_catalog.unnest(next_attempt_at))
+               AS r (outbox_id, aggregate_id, status, attempts, attempted_at, http_status, error,
+                     next_attempt_at)
+        ON CONFLICT ON CONSTRAINT deliveries_pkey DO UPDATE
+           SET status = excluded.status,
+               attempts = excluded.attempts,
+               first_attempt_at = coalesce(d.first_attempt_at, excluded.first_attempt_at),
+               last_attempt_at = coalesce(excluded.last_attempt_at, d.last_attempt_at),
+               last_status = CASE WHEN excluded.last_attempt_at IS NULL THEN d.last_status ELSE excluded.last_status END,
+               last_error = CASE WHEN excluded.last_attempt_at IS NULL THEN d.last_error ELSE excluded.last_error END,
+               next_attempt_at = excluded.next_attempt_at,
+               delivered_at = coalesce(excluded.delivered_at, d.delivered_at),
+               dead_at = excluded.dead_at;
+    END IF;
     -- failing_since: cleared by a delivery, else set by the first failure; failed_attempts the
     -- same, counting attempts.
     SELECT bool_or(s OPERATOR(pg_catalog.=) 'delivered'),
