@@ -29,7 +29,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 /// Outcomes are written when this many are waiting, or when the oldest is this old.
-const FLUSH_COUNT: usize = 256;
+const FLUSH_COUNT: usize = 512;
 const FLUSH_AGE: Duration = Duration::from_millis(20);
 /// After each notification, one more fetch this much later: with `ae_events.notify =
 /// reference` a backend sends no wake-up for commits within `ae_events.notify_interval` (5 ms)
@@ -739,7 +739,9 @@ impl Worker {
         self.in_flight.spawn(async move {
             let at = SystemTime::now();
             let started = Instant::now();
-            let attempt = sinks.deliver(&config, &event).await;
+            // Boxed: the attempt's future is about 8 KB, which spawning would otherwise copy
+            // several times per request.
+            let attempt = Box::pin(sinks.deliver(&config, &event)).await;
             (source, event, at, started.elapsed(), attempt)
         });
     }
