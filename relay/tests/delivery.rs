@@ -1193,22 +1193,34 @@ fn fetch_buffers_after(
     (rows, buffers_touched(relay, &query))
 }
 
-/// First attempts are recorded with a plain INSERT; one that meets a row (the same batch
-/// recorded again, the first attempt of a parked or redelivered event) updates that row.
-#[test]
-fn a_first_attempt_that_meets_a_row_updates_it() {
-    let cluster = Cluster::shared();
-    let (database, mut client) = delivery_database("first_attempts");
-    create_relay_role(&mut client, "relay_recorder");
-    create_endpoint(&mut client, "recorded", "http://127.0.0.1:9/", "{1s}");
-    let mut relay = cluster.connect_as(&database, "relay_recorder");
+/// A database with one endpoint (its URL unused), leased through relay_lease by `relay_name`
+/// connected as a new relay role: the owner's connection, the relay's, and the endpoint's id.
+fn leased_endpoint(
+    database_name: &str,
+    role: &str,
+    endpoint: &str,
+    relay_name: &str,
+) -> (postgres::Client, postgres::Client, i64) {
+    let (database, mut client) = delivery_database(database_name);
+    create_relay_role(&mut client, role);
+    create_endpoint(&mut client, endpoint, "http://127.0.0.1:9/", "{1s}");
+    let mut relay = Cluster::shared().connect_as(&database, role);
     let endpoint_id: i64 = relay
         .query_one(
-            "SELECT endpoint_id FROM ae_events.relay_lease('recorder', '5 min')",
+            &format!("SELECT endpoint_id FROM ae_events.relay_lease('{relay_name}', '5 min')"),
             &[],
         )
         .unwrap()
         .get(0);
+    (client, relay, endpoint_id)
+}
+
+/// First attempts are recorded with a plain INSERT; one that meets a row (the same batch
+/// recorded again, the first attempt of a parked or redelivered event) updates that row.
+#[test]
+fn a_first_attempt_that_meets_a_row_updates_it() {
+    let (mut client, mut relay, endpoint_id) =
+        leased_endpoint("first_attempts", "relay_recorder", "recorded", "recorder");
     insert_instances(&mut client, 1, 2);
     let events: Vec<(i64, i64)> = client
         .query(
@@ -1283,18 +1295,8 @@ fn a_first_attempt_that_meets_a_row_updates_it() {
 /// at its uncompressed jsonb size, read from its header.
 #[test]
 fn a_fetch_reads_its_batch_not_the_backlog_behind_it() {
-    let cluster = Cluster::shared();
-    let (database, mut client) = delivery_database("fetch_batch");
-    create_relay_role(&mut client, "relay_fetcher");
-    create_endpoint(&mut client, "backlog", "http://127.0.0.1:9/", "{1s}");
-    let mut relay = cluster.connect_as(&database, "relay_fetcher");
-    let endpoint_id: i64 = relay
-        .query_one(
-            "SELECT endpoint_id FROM ae_events.relay_lease('fetcher', '5 min')",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let (mut client, mut relay, endpoint_id) =
+        leased_endpoint("fetch_batch", "relay_fetcher", "backlog", "fetcher");
     insert_instances(&mut client, 1, 600);
     let (rows, small) = fetch_buffers(&mut relay, endpoint_id);
     assert_eq!(rows, 500);
