@@ -1564,13 +1564,6 @@ END
 $$;
 REVOKE ALL ON FUNCTION ae_events._masked_errors(text[], jsonb) FROM PUBLIC;
 
--- The outcomes of attempts (and events parked behind a pending one), and the new cursor, in one
--- transaction. Per event: status delivered / pending (next_attempt_at) / dead, attempts made so
--- far, HTTP status or error. gone_reason: the receiver answered 410, the endpoint is disabled.
--- Returns false if the endpoint is no longer the relay's, or is not the endpoint_id it was handed
--- (nothing is written then). Error texts are stored with the values of the endpoint's static
--- headers masked (a receiver may echo a credential back) and at most 2000 characters long.
--- The operational events the outcomes cause (alerts.sql) are written in the same transaction.
 -- The delivery rows of a batch of outcomes (relay_record's arrays), in the columns of
 -- ae_events.deliveries as relay_record lists them. Parameters by position: their names would
 -- clash with the columns'. A plain SQL function, so that the planner inlines it.
@@ -1595,6 +1588,13 @@ AS $$
                  next_attempt_at)
 $$;
 
+-- The outcomes of attempts (and events parked behind a pending one), and the new cursor, in one
+-- transaction. Per event: status delivered / pending (next_attempt_at) / dead, attempts made so
+-- far, HTTP status or error. gone_reason: the receiver answered 410, the endpoint is disabled.
+-- Returns false if the endpoint is no longer the relay's, or is not the endpoint_id it was handed
+-- (nothing is written then). Error texts are stored with the values of the endpoint's static
+-- headers masked (a receiver may echo a credential back) and at most 2000 characters long.
+-- The operational events the outcomes cause (alerts.sql) are written in the same transaction.
 CREATE FUNCTION ae_events.relay_record(endpoint text, relay text,
                                        outbox_ids bigint[], aggregate_ids bigint[],
                                        statuses text[], attempts integer[],
