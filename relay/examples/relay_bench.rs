@@ -294,14 +294,7 @@ fn database_with_endpoints(
 
 /// A backlog of `events`: half created, then half updated (version 2 of each instance).
 fn write_backlog(client: &mut postgres::Client, events: usize) {
-    let instances = (events / 2) as i64;
-    client
-        .execute(
-            "INSERT INTO ti.instance SELECT i, NULL, NULL, NULL, 'in_progress', 1, 1, NULL, NULL, NULL, now(), 1, now(), 1
-               FROM generate_series(1, $1::bigint) AS i",
-            &[&instances],
-        )
-        .unwrap();
+    insert_instances(client, 1, (events / 2) as i64);
     client
         .execute("UPDATE ti.instance SET external_id = 'changed'", &[])
         .unwrap();
@@ -376,10 +369,9 @@ fn relay_throughput(
     (measured, requests)
 }
 
-/// The relay's requests to the first endpoint, built as http_sink.rs builds them (its headers,
-/// signed with the endpoint's secret), in outbox order.
+/// The relay's requests to the first endpoint, with the headers http_sink.rs gives them (signed
+/// with the endpoint's secret), in outbox order.
 fn requests_as_sent(client: &mut postgres::Client) -> Vec<PlainRequest> {
-    use reqwest::header::{HeaderName, HeaderValue};
     let secret: String = client
         .query_one(
             "SELECT secret FROM ae_events.endpoint_secrets WHERE endpoint = 'e0'",
@@ -387,46 +379,35 @@ fn requests_as_sent(client: &mut postgres::Client) -> Vec<PlainRequest> {
         )
         .unwrap()
         .get(0);
-    let key = ae_relay::signing::SigningKey::from_secret(&secret).expect("the endpoint's secret");
-    let timestamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
+    let keys =
+        [ae_relay::signing::SigningKey::from_secret(&secret).expect("the endpoint's secret")];
+    let now = std::time::SystemTime::now();
+    let timestamp = now.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
     client
         .query(
-            "SELECT event_id::text, subscription_key, event_type, aggregate_id, snapshot_version,
-                    payload::text
+            "SELECT id, event_id::text, subscription_key, event_type, aggregate_id,
+                    snapshot_version, payload::text
                FROM ae_events.outbox ORDER BY id",
             &[],
         )
         .unwrap()
         .iter()
         .map(|row| {
-            let (event_id, body): (String, String) = (row.get(0), row.get(5));
-            let signature = key.sign(&event_id, timestamp, body.as_bytes());
+            let body: String = row.get(6);
+            let event = ae_relay::endpoint::Event {
+                id: row.get(0),
+                event_id: row.get(1),
+                subscription_key: row.get(2),
+                event_type: row.get(3),
+                aggregate_id: row.get(4),
+                snapshot_version: row.get(5),
+                payload: bytes::Bytes::from(body.clone()),
+                attempts: 0,
+                occurred_at: now,
+                test: false,
+            };
             let mut headers = reqwest::header::HeaderMap::new();
-            headers.insert(
-                reqwest::header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            for (name, value) in [
-                ("webhook-id", event_id),
-                ("webhook-timestamp", timestamp.to_string()),
-                ("webhook-signature", signature),
-                ("ae-subscription-key", row.get(1)),
-                ("ae-event-type", row.get(2)),
-                ("ae-aggregate-id", row.get::<_, i64>(3).to_string()),
-                ("ae-snapshot-version", row.get::<_, i32>(4).to_string()),
-            ] {
-                headers.insert(
-                    HeaderName::from_static(name),
-                    HeaderValue::try_from(value).unwrap(),
-                );
-            }
-            headers.insert(
-                reqwest::header::USER_AGENT,
-                HeaderValue::from_static(ae_relay::USER_AGENT),
-            );
+            ae_relay::http_sink::insert_event_headers(&mut headers, &keys, &event, timestamp);
             PlainRequest { body, headers }
         })
         .collect()

@@ -4,7 +4,7 @@
 use crate::config::RelayConfig;
 use crate::endpoint::{EndpointConfig, Event};
 use crate::retry::parse_retry_after;
-use crate::signing::signature_header;
+use crate::signing::{signature_header, SigningKey};
 use crate::transport;
 use base64::Engine as _;
 use http_body_util::BodyExt as _;
@@ -73,39 +73,16 @@ impl HttpClient {
 
 pub use crate::transport::read_ca_bundle;
 
-/// Send one event to the endpoint and classify the answer.
-pub async fn deliver(client: &HttpClient, endpoint: &EndpointConfig, event: &Event) -> Attempt {
-    let timestamp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    let Some(url) = endpoint.request_url.clone() else {
-        return Attempt::Failed {
-            status: None,
-            error: format!("the URL {:?} cannot be parsed", endpoint.url),
-            retry_after: None,
-        };
-    };
-    let egress = match client.egress(endpoint) {
-        Ok(egress) => egress,
-        Err(error) => {
-            return Attempt::Failed {
-                status: None,
-                error,
-                retry_after: None,
-            }
-        }
-    };
-    let signature = signature_header(&endpoint.keys, &event.event_id, timestamp, &event.payload);
-    // Static headers that would pass for the relay's own or steer the connection are left out,
-    // whatever the database holds (the SQL refuses them for new definitions; older rows may
-    // have them).
-    let mut headers = reqwest::header::HeaderMap::with_capacity(endpoint.headers.len() + 8);
-    for (name, value) in &endpoint.headers {
-        if !is_reserved_header(name.as_str()) {
-            headers.append(name.clone(), value.clone());
-        }
-    }
+/// The headers every request for `event` carries (webhooks.md §2): the Standard Webhooks id,
+/// timestamp and signature (by `keys`), the event's own, the content type and the user agent.
+/// Inserted over any static header of the same name.
+pub fn insert_event_headers(
+    headers: &mut reqwest::header::HeaderMap,
+    keys: &[SigningKey],
+    event: &Event,
+    timestamp: i64,
+) {
+    let signature = signature_header(keys, &event.event_id, timestamp, &event.payload);
     let fixed: [(&str, String); 6] = [
         ("webhook-id", event.event_id.clone()),
         ("webhook-timestamp", timestamp.to_string()),
@@ -131,6 +108,41 @@ pub async fn deliver(client: &HttpClient, endpoint: &EndpointConfig, event: &Eve
         );
     }
     headers.insert(USER_AGENT, HeaderValue::from_static(crate::USER_AGENT));
+}
+
+/// Send one event to the endpoint and classify the answer.
+pub async fn deliver(client: &HttpClient, endpoint: &EndpointConfig, event: &Event) -> Attempt {
+    let timestamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let Some(url) = endpoint.request_url.clone() else {
+        return Attempt::Failed {
+            status: None,
+            error: format!("the URL {:?} cannot be parsed", endpoint.url),
+            retry_after: None,
+        };
+    };
+    let egress = match client.egress(endpoint) {
+        Ok(egress) => egress,
+        Err(error) => {
+            return Attempt::Failed {
+                status: None,
+                error,
+                retry_after: None,
+            }
+        }
+    };
+    // Static headers that would pass for the relay's own or steer the connection are left out,
+    // whatever the database holds (the SQL refuses them for new definitions; older rows may
+    // have them).
+    let mut headers = reqwest::header::HeaderMap::with_capacity(endpoint.headers.len() + 8);
+    for (name, value) in &endpoint.headers {
+        if !is_reserved_header(name.as_str()) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    insert_event_headers(&mut headers, &endpoint.keys, event, timestamp);
     // Credentials in the URL are sent as Basic authentication (not as part of the host),
     // unless a static header says otherwise.
     let mut url = url;
