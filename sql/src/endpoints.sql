@@ -1295,15 +1295,6 @@ DECLARE
          ORDER BY o.txid, o.id
          LIMIT max_events;
     sized record;
-    -- The events after a position in delivery order (counted up to the batch's end).
-    span CURSOR (after_txid xid8, after_id bigint, first_id bigint, next_first_id bigint) FOR
-        SELECT o.txid, o.id
-          FROM ae_events.outbox AS o
-         WHERE (o.txid, o.id) OPERATOR(pg_catalog.>) (after_txid, after_id)
-           AND o.id OPERATOR(pg_catalog.>=) first_id
-           AND o.id OPERATOR(pg_catalog.<) next_first_id
-         ORDER BY o.txid, o.id;
-    spanned record;
 BEGIN
     IF max_events IS NULL OR max_events OPERATOR(pg_catalog.<) 1 THEN
         RAISE EXCEPTION 'ae_events: max_events must be at least 1, not %', max_events
@@ -1407,11 +1398,12 @@ BEGIN
                 EXIT;
             END LOOP;
             EXIT WHEN NOT changed;
-            -- Extended or capped (rare): count the batch again.
+            -- Extended or capped (rare): count the batch again, walking to its new end.
             batch_count := 0;
-            FOR spanned IN span(from_txid, from_id, epoch_row.first_id,
-                                coalesce(epoch_row.next_first_id, 9223372036854775807)) LOOP
-                EXIT WHEN (spanned.txid, spanned.id) OPERATOR(pg_catalog.>) (end_txid, end_id);
+            FOR sized IN batch(from_txid, from_id, below_txid, epoch_row.first_id,
+                               coalesce(epoch_row.next_first_id, 9223372036854775807),
+                               2147483647) LOOP
+                EXIT WHEN (sized.txid, sized.id) OPERATOR(pg_catalog.>) (end_txid, end_id);
                 batch_count := batch_count OPERATOR(pg_catalog.+) 1;
             END LOOP;
         END LOOP;
