@@ -1,5 +1,5 @@
 //! Per-backend caches of the extension's configuration tables (`ae_events.payload_rules`,
-//! `ae_events.bubble_up`), so that a commit does not query them each time.
+//! `ae_events.bubble_up`, `ae_events.digest_keys`), so that a commit does not query them each time.
 //!
 //! PostgreSQL's relcache invalidations keep them right: a statement trigger on each table
 //! (`ae_events.configuration_changed()`, enabled ALWAYS so that a replica-role session fires it
@@ -22,6 +22,7 @@ use std::thread::LocalKey;
 pub enum ConfigTable {
     PayloadRules,
     BubbleUp,
+    DigestKeys,
 }
 
 impl ConfigTable {
@@ -33,6 +34,7 @@ impl ConfigTable {
         match self {
             ConfigTable::PayloadRules => c"payload_rules",
             ConfigTable::BubbleUp => c"bubble_up",
+            ConfigTable::DigestKeys => c"digest_keys",
         }
     }
 
@@ -40,6 +42,7 @@ impl ConfigTable {
         match self {
             ConfigTable::PayloadRules => c"payload_rules_changed",
             ConfigTable::BubbleUp => c"bubble_up_changed",
+            ConfigTable::DigestKeys => c"digest_keys_changed",
         }
     }
 }
@@ -57,8 +60,13 @@ thread_local! {
     /// Invalidations of a watched table (or resets of the whole relcache) seen by this backend.
     static INVALIDATIONS: Cell<u64> = const { Cell::new(0) };
     /// The watched tables' oids, by `ConfigTable::index` (InvalidOid until first read).
-    static WATCHED: [Cell<pg_sys::Oid>; 2] =
-        const { [Cell::new(pg_sys::InvalidOid), Cell::new(pg_sys::InvalidOid)] };
+    static WATCHED: [Cell<pg_sys::Oid>; 3] = const {
+        [
+            Cell::new(pg_sys::InvalidOid),
+            Cell::new(pg_sys::InvalidOid),
+            Cell::new(pg_sys::InvalidOid),
+        ]
+    };
 }
 
 /// Let PostgreSQL tell this backend about changes to the configuration tables. Called once, at

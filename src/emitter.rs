@@ -8,6 +8,7 @@
 //! `ae_events_snapshot`, with `search_path` set to `pg_catalog, pg_temp` (`privileges.rs`).
 
 use crate::capture::{require_trigger_on, TriggerResult};
+use crate::digest::PayloadKey;
 use crate::errors::{self, EventError};
 use crate::interlock::Locks;
 use crate::jsonb::Encoder;
@@ -52,7 +53,7 @@ pub fn emit_pending() {
     }
     let catalog = ExtensionCatalog::current();
     let _privileges = OwnerPrivileges::enter(catalog.owner);
-    let rules = payload_rules();
+    let encoding = Encoding::in_force();
     // A DBA's trigger on the outbox could change sources: loop until nothing is left.
     loop {
         // At the commit of a single statement nothing has advanced the command counter since
@@ -71,7 +72,9 @@ pub fn emit_pending() {
             &catalog,
             EventKind::Created,
             &changes.created,
-            |connection, chunk, budget| emit_created(connection, &catalog, &rules, chunk, budget),
+            |connection, chunk, budget| {
+                emit_created(connection, &catalog, &encoding, chunk, budget)
+            },
         );
         // Re-inserted ids were created again: their created event resets the state.
         let gone = difference(&changes.deleted, &changes.created);
@@ -90,7 +93,14 @@ pub fn emit_pending() {
             EventKind::Updated,
             &updated,
             |connection, chunk, budget| {
-                emit_updated(connection, &catalog, &rules, chunk, budget, Unchanged::Skip)
+                emit_updated(
+                    connection,
+                    &catalog,
+                    &encoding,
+                    chunk,
+                    budget,
+                    Unchanged::Skip,
+                )
             },
         );
     }
@@ -127,13 +137,20 @@ fn instances_to_update(
 pub fn update_instances(instance_ids: &[i64]) -> usize {
     let catalog = ExtensionCatalog::current();
     let _privileges = OwnerPrivileges::enter(catalog.owner);
-    let rules = payload_rules();
+    let encoding = Encoding::in_force();
     in_chunks(
         &catalog,
         EventKind::Updated,
         instance_ids,
         |connection, chunk, budget| {
-            emit_updated(connection, &catalog, &rules, chunk, budget, Unchanged::Skip)
+            emit_updated(
+                connection,
+                &catalog,
+                &encoding,
+                chunk,
+                budget,
+                Unchanged::Skip,
+            )
         },
     )
 }
@@ -171,14 +188,21 @@ pub fn resend(instance_ids: Vec<i64>) -> i64 {
     let instance_ids = sorted_unique(instance_ids);
     let catalog = ExtensionCatalog::current();
     let _privileges = OwnerPrivileges::enter(catalog.owner);
-    let rules = payload_rules();
+    let encoding = Encoding::in_force();
     isolation::require_tables();
     let written = in_chunks(
         &catalog,
         EventKind::Updated,
         &instance_ids,
         |connection, chunk, budget| {
-            emit_updated(connection, &catalog, &rules, chunk, budget, Unchanged::Emit)
+            emit_updated(
+                connection,
+                &catalog,
+                &encoding,
+                chunk,
+                budget,
+                Unchanged::Emit,
+            )
         },
     );
     written as i64
@@ -284,6 +308,23 @@ pub fn payload_rules() -> Rc<Rules> {
     }
 }
 
+/// What a pass encodes payloads with: the payload rules and the digest key in force (both cached
+/// per backend; read as the owner; an error fails the transaction).
+struct Encoding {
+    rules: Rc<Rules>,
+    key: Rc<PayloadKey>,
+}
+
+impl Encoding {
+    fn in_force() -> Encoding {
+        let rules = payload_rules();
+        match PayloadKey::in_force() {
+            Ok(key) => Encoding { rules, key },
+            Err(error) => error.report(),
+        }
+    }
+}
+
 /// Encode a snapshot as stored: binary jsonb with the payload rules applied.
 pub fn encode_one(
     encoder: &mut Encoder,
@@ -301,13 +342,13 @@ pub fn encode_one(
         .map_err(|error| error.context(format!("ti.instance {}", snapshot.id)))
 }
 
-fn encode(snapshots: Vec<TestInstance>, rules: &Rules) -> Result<Vec<Encoded>, EventError> {
+fn encode(snapshots: Vec<TestInstance>, encoding: &Encoding) -> Result<Vec<Encoded>, EventError> {
     let mut encoder = Encoder::default();
     snapshots
         .into_iter()
         .map(|snapshot| {
-            let payload = encode_one(&mut encoder, rules, &snapshot)?;
-            let digest = crate::digest::payload_digest(&payload);
+            let payload = encode_one(&mut encoder, &encoding.rules, &snapshot)?;
+            let digest = encoding.key.digest(&payload)?;
             Ok(Encoded {
                 instance_id: snapshot.id,
                 payload,
@@ -381,12 +422,12 @@ fn read_snapshots(
 fn emit_created(
     connection: Connection<'_>,
     catalog: &ExtensionCatalog,
-    rules: &Rules,
+    encoding: &Encoding,
     instance_ids: &[i64],
     attribute_budget: Option<i64>,
 ) -> Result<usize, EventError> {
     let snapshots = read_snapshots(connection, catalog, instance_ids, attribute_budget)?;
-    let encoded = encode(snapshots, rules)?;
+    let encoded = encode(snapshots, encoding)?;
     let events = encoded.into_iter().map(|encoded| (encoded, 1)).collect();
     write(connection, catalog, EventKind::Created, events)
 }
@@ -396,14 +437,14 @@ fn emit_created(
 fn emit_updated(
     connection: Connection<'_>,
     catalog: &ExtensionCatalog,
-    rules: &Rules,
+    encoding: &Encoding,
     instance_ids: &[i64],
     attribute_budget: Option<i64>,
     unchanged: Unchanged,
 ) -> Result<usize, EventError> {
     let mut states = versions::lock(connection, instance_ids)?;
     let snapshots = read_snapshots(connection, catalog, instance_ids, attribute_budget)?;
-    let encoded = encode(snapshots, rules)?;
+    let encoded = encode(snapshots, encoding)?;
     let mut events = Vec::with_capacity(encoded.len());
     for encoded in encoded {
         let Some(state) = states.remove(&encoded.instance_id) else {

@@ -60,7 +60,14 @@ mod secrets;
 ::pgrx::pg_module_magic!(name, version);
 
 extension_sql_file!("../sql/src/outbox.sql", name = "outbox", bootstrap);
-extension_sql_file!("../sql/src/instance_state.sql", name = "instance_state");
+extension_sql_file!(
+    "../sql/src/instance_state.sql",
+    name = "instance_state",
+    requires = [
+        config_cache::configuration_changed,
+        secrets::strong_random_bytes
+    ]
+);
 extension_sql_file!(
     "../sql/src/bubble_up.sql",
     name = "bubble_up",

@@ -514,7 +514,7 @@ fn version_rows_of_created_instances_with_and_without_existing_rows() {
         .collect()
     };
     let created = |ids: std::ops::RangeInclusive<i64>| -> Vec<(i64, i32, i32)> {
-        ids.map(|id| (id, 1, 33)).collect()
+        ids.map(|id| (id, 1, 17)).collect()
     };
     // 305 has a row left over: the 40 rows go through ON CONFLICT.
     app.batch_execute("INSERT INTO ae_events.instance_state VALUES (305, 7, NULL)")

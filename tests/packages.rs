@@ -310,7 +310,7 @@ fn extension_package_installs_upgrades_and_is_removed() {
     assert_eq!(after[1].subscription_key, "ae.test_instance.created");
 
     // The previous release's library recorded the seed instance's digest as SHA-256 (32 bytes);
-    // this one records BLAKE3 (a tag byte and 32) and must still recognize that snapshot as
+    // this one records a keyed digest (a tag byte and 16) and must still recognize that snapshot as
     // unchanged: no event for an update that changes nothing in it, one for a real change.
     let digest_length = |client: &mut postgres::Client| -> i32 {
         client
@@ -335,7 +335,7 @@ fn extension_package_installs_upgrades_and_is_removed() {
     assert_eq!(updated[2].aggregate_id, 789);
     assert_eq!(updated[2].subscription_key, "ae.test_instance.updated");
     assert_eq!(updated[2].snapshot_version, 2);
-    assert_eq!(digest_length(&mut client), 33, "recorded by {current}");
+    assert_eq!(digest_length(&mut client), 17, "recorded by {current}");
     drop(client);
 
     // Its files: the library, the control file, this version's install script, every upgrade

@@ -697,3 +697,102 @@ fn under_repeatable_read_a_concurrent_change_of_the_same_instance_fails_with_400
     );
     assert_eq!(state_version(&mut first, 789), Some(2));
 }
+
+fn recorded_digest(client: &mut Client, instance_id: i64) -> Vec<u8> {
+    client
+        .query_one(
+            "SELECT snapshot_digest FROM ae_events.instance_state WHERE instance_id = $1",
+            &[&instance_id],
+        )
+        .unwrap()
+        .get(0)
+}
+
+/// Payload digests are keyed per database (src/digest.rs): the same snapshot records another
+/// digest in another database, no role of the extension reads the key, and pg_restore keeps the
+/// dumped key in use, so that a restored instance's unchanged snapshot still gives no event.
+#[test]
+fn digests_are_keyed_per_database_and_the_key_survives_pg_restore() {
+    let cluster = Cluster::shared();
+    let (database, mut client) = three_instances("keyed");
+    let (_, mut other) = three_instances("keyed_other");
+    let original = recorded_digest(&mut client, 789);
+    assert_eq!((original.len(), original[0]), (17, 2), "{original:?}");
+    assert_eq!(
+        current_snapshot(&mut client, 789),
+        current_snapshot(&mut other, 789)
+    );
+    assert_ne!(recorded_digest(&mut other, 789), original, "another key");
+
+    let role = "keyed_everything";
+    client
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN IN ROLE ae_events_reader, ae_events_relay, ae_events_operator"
+        ))
+        .unwrap();
+    let mut reader = cluster.connect_as(&database, role);
+    let error = reader
+        .query("SELECT key FROM ae_events.digest_keys", &[])
+        .unwrap_err();
+    assert_eq!(sqlstate(&error), "42501", "{error}");
+
+    let archive = dump(cluster, &database);
+    let target = cluster.empty_database("keyed_restored");
+    restore(cluster, &target, &archive);
+    let mut restored = cluster.connect(&target);
+    let keys: i64 = restored
+        .query_one("SELECT count(*) FROM ae_events.digest_keys", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        keys, 2,
+        "the dumped key beside the one CREATE EXTENSION made"
+    );
+    let before = last_id(&mut restored);
+    restored
+        .batch_execute("UPDATE ti.instance SET updated_by = updated_by WHERE id = 789")
+        .unwrap();
+    assert!(
+        events_after(&mut restored, before).is_empty(),
+        "the restored digest still compares"
+    );
+    restored
+        .batch_execute("UPDATE ti.instance SET score = 7 WHERE id = 789")
+        .unwrap();
+    let events = events_after(&mut restored, before);
+    assert_eq!(
+        events
+            .iter()
+            .map(|event| (event.aggregate_id, event.snapshot_version))
+            .collect::<Vec<_>>(),
+        [(789, 2)]
+    );
+}
+
+/// Without a key (a DBA emptied ae_events.digest_keys), a transaction that would write an event
+/// fails with a message saying what to do, and writes nothing; with a key added, events resume.
+#[test]
+fn without_a_digest_key_an_event_is_refused_not_written_unkeyed() {
+    let (_, mut client) = three_instances("keyless");
+    let before = last_id(&mut client);
+    client
+        .batch_execute("DELETE FROM ae_events.digest_keys")
+        .unwrap();
+    let error = client
+        .batch_execute("UPDATE ti.instance SET score = 3 WHERE id = 789")
+        .unwrap_err();
+    assert_eq!(sqlstate(&error), "55000", "{error}");
+    let message = error_message(&error);
+    assert!(
+        message.starts_with("ae_events:") && message.contains("ae_events.digest_keys holds no key"),
+        "{message}"
+    );
+    assert!(events_after(&mut client, before).is_empty());
+    client
+        .batch_execute(
+            "INSERT INTO ae_events.digest_keys (key) SELECT ae_events._strong_random_bytes(32);
+             UPDATE ti.instance SET score = 3 WHERE id = 789",
+        )
+        .unwrap();
+    assert_eq!(events_after(&mut client, before).len(), 1);
+}

@@ -1,7 +1,8 @@
 -- ae_events 0.7.0 -> 0.7.1. The library changed (performance round 2): outbox rows of large
 -- transactions written in batches, event ids of UUID version 7, payload digests (the
--- unchanged-snapshot check) in BLAKE3, with 0.7.0's SHA-256 digests still recognized, and the
--- payload rules and bubble-up settings cached per backend. For the caches, a statement trigger
+-- unchanged-snapshot check) keyed with a random key per database (ae_events.digest_keys, made
+-- below), with 0.7.0's SHA-256 digests still recognized, and the payload rules, bubble-up
+-- settings and digest key cached per backend. For the caches, a statement trigger
 -- on each of ae_events.payload_rules and ae_events.bubble_up invalidates the table's relcache
 -- entry on any change (until they exist, the library reads both tables as 0.7.0 did).
 
@@ -5514,3 +5515,26 @@ AS $$
                  next_attempt_at)
 $$;
 REVOKE ALL ON FUNCTION ae_events._delivery_rows(text, bigint[], bigint[], text[], integer[], timestamptz[], integer[], text[], timestamptz[]) FROM PUBLIC;
+
+-- The key of the payload digests in instance_state (src/digest.rs): a digest is a keyed function
+-- of the payload (AES-256-GCM-SIV's tag), so that it tells nothing about a payload and nobody
+-- without the key can make two payloads of one digest (an updated event left out). One random
+-- key per database, made here, readable by the extension's owner only. Dumped with the database:
+-- pg_restore adds the dumped key beside the one CREATE EXTENSION made, and the oldest one is in
+-- use, so that the digests restored with instance_state still compare.
+CREATE TABLE ae_events.digest_keys (
+    key bytea NOT NULL CHECK (pg_catalog.octet_length(key) OPERATOR(pg_catalog.=) 32),
+    created_at timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+
+COMMENT ON TABLE ae_events.digest_keys IS
+    'ae_events: the key of the payload digests in instance_state (the oldest row is in use); secret';
+
+INSERT INTO ae_events.digest_keys (key) VALUES (ae_events._strong_random_bytes(32));
+SELECT pg_catalog.pg_extension_config_dump('ae_events.digest_keys', '');
+REVOKE ALL ON ae_events.digest_keys FROM PUBLIC;
+-- Backends cache the key (src/config_cache.rs); ALWAYS, as payload_rules_changed.
+CREATE TRIGGER digest_keys_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON ae_events.digest_keys
+    FOR EACH STATEMENT EXECUTE FUNCTION ae_events.configuration_changed();
+ALTER TABLE ae_events.digest_keys ENABLE ALWAYS TRIGGER digest_keys_changed;
