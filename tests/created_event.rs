@@ -944,3 +944,38 @@ fn instances_beyond_a_chunks_attribute_budget_are_built_in_smaller_groups() {
         .unwrap();
     assert_eq!(shown(&mut client, "ae.test_instance.updated"), expected(2));
 }
+
+/// A chunk of many instances whose ids are dense is read with one range scan of each key
+/// (`snapshot::for_each_row_by_key`); the rows between its ids belong to other instances, which
+/// get no event. Created: the odd ids, after the even ones; updated: three ids of every four.
+#[test]
+fn a_chunk_read_as_a_range_gives_events_to_its_own_instances_only() {
+    let (_database, mut app) = edge_database(ForeignKeys::With);
+    let even = "INSERT INTO ti.instance
+         SELECT g, NULL, NULL, g, 'in_progress', 1, 1, NULL, NULL, NULL, now(), 1, now(), 1
+           FROM generate_series(5000, 5078, 2) AS g";
+    app.batch_execute(even).unwrap();
+    let before = outbox_rows(&mut app).len();
+    app.batch_execute(&even.replace("5000, 5078", "5001, 5079"))
+        .unwrap();
+    let created: Vec<i64> = outbox_rows(&mut app)[before..]
+        .iter()
+        .map(|row| row.aggregate_id)
+        .collect();
+    assert_eq!(created, (5001..=5079).step_by(2).collect::<Vec<_>>());
+    let before = outbox_rows(&mut app).len();
+    app.batch_execute(
+        "UPDATE ti.instance SET score = 1 WHERE id BETWEEN 5000 AND 5079 AND id % 4 <> 0",
+    )
+    .unwrap();
+    let updated: Vec<(i64, i32)> = outbox_rows(&mut app)[before..]
+        .iter()
+        .map(|row| (row.aggregate_id, row.snapshot_version))
+        .collect();
+    let expected: Vec<(i64, i32)> = (5000..=5079)
+        .filter(|id| id % 4 != 0)
+        .map(|id| (id, 2))
+        .collect();
+    assert_eq!(updated.len(), 60);
+    assert_eq!(updated, expected);
+}
