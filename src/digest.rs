@@ -39,8 +39,15 @@ thread_local! {
     static CACHED: RefCell<Option<config_cache::Entry<PayloadKey>>> = const { RefCell::new(None) };
 }
 
-/// The database's payload digest key.
-pub struct PayloadKey(LessSafeKey);
+/// How this database's payload digests are made.
+pub enum PayloadKey {
+    /// With its key.
+    Keyed(LessSafeKey),
+    /// SHA-256, as 0.7.0 recorded them: the extension's SQL objects are 0.7.0's until `ALTER
+    /// EXTENSION ae_events UPDATE` (the library writes events with them meanwhile), so there is
+    /// no key yet.
+    Sha256,
+}
 
 impl PayloadKey {
     /// The key in force: read once per backend and again after any change to
@@ -54,8 +61,9 @@ impl PayloadKey {
 
     fn load(connection: Connection<'_>) -> Result<PayloadKey, EventError> {
         crate::privileges::ensure_current_sql_objects()?;
+        // Not kept either: `config_cache` keeps only what it read from an existing table.
         if crate::privileges::extension_table(c"digest_keys") == pg_sys::InvalidOid {
-            return Err(crate::privileges::sql_objects_out_of_date());
+            return Ok(PayloadKey::Sha256);
         }
         let mut key: Option<Vec<u8>> = None;
         with_kept_plan(connection, &QUERY, KEY_QUERY, &[], |query| {
@@ -80,14 +88,17 @@ impl PayloadKey {
     /// A key from its 32 bytes.
     pub fn from_bytes(key: &[u8]) -> Result<PayloadKey, EventError> {
         UnboundKey::new(&AES_256_GCM_SIV, key)
-            .map(|key| PayloadKey(LessSafeKey::new(key)))
+            .map(|key| PayloadKey::Keyed(LessSafeKey::new(key)))
             .map_err(|_| EventError::internal("a digest key that is not 32 bytes"))
     }
 
     /// The digest recorded for an encoded payload.
     pub fn digest(&self, payload: &[u8]) -> Result<Vec<u8>, EventError> {
-        let tag = self
-            .0
+        let key = match self {
+            PayloadKey::Keyed(key) => key,
+            PayloadKey::Sha256 => return self::digest(payload),
+        };
+        let tag = key
             .seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key(NONCE),
                 Aad::from(payload),

@@ -309,19 +309,30 @@ pub fn payload_rules() -> Rc<Rules> {
 }
 
 /// What a pass encodes payloads with: the payload rules and the digest key in force (both cached
-/// per backend; read as the owner; an error fails the transaction).
+/// per backend; read as the owner; an error fails the transaction). The key is read when a
+/// payload is first digested, so that a pass that writes no event does not need it.
 struct Encoding {
     rules: Rc<Rules>,
-    key: Rc<PayloadKey>,
+    key: std::cell::OnceCell<Rc<PayloadKey>>,
 }
 
 impl Encoding {
     fn in_force() -> Encoding {
-        let rules = payload_rules();
-        match PayloadKey::in_force() {
-            Ok(key) => Encoding { rules, key },
-            Err(error) => error.report(),
+        Encoding {
+            rules: payload_rules(),
+            key: std::cell::OnceCell::new(),
         }
+    }
+
+    fn digest(&self, payload: &[u8]) -> Result<Vec<u8>, EventError> {
+        let key = match self.key.get() {
+            Some(key) => key,
+            None => {
+                let key = PayloadKey::in_force()?;
+                self.key.get_or_init(|| key)
+            }
+        };
+        key.digest(payload)
     }
 }
 
@@ -348,7 +359,7 @@ fn encode(snapshots: Vec<TestInstance>, encoding: &Encoding) -> Result<Vec<Encod
         .into_iter()
         .map(|snapshot| {
             let payload = encode_one(&mut encoder, &encoding.rules, &snapshot)?;
-            let digest = encoding.key.digest(&payload)?;
+            let digest = encoding.digest(&payload)?;
             Ok(Encoded {
                 instance_id: snapshot.id,
                 payload,

@@ -1,7 +1,8 @@
 //! Reads the rows behind a set of instances with SPI and assembles their payloads.
 //!
 //! One pass reads a whole chunk of instances with five queries (instances, candidates, catalog
-//! assessments, measurements, measurement attributes), each `= ANY($1)` over the chunk's ids, so
+//! assessments, measurements, measurement attributes), each `= ANY($1)` over the chunk's ids (the
+//! first three, when their ids are dense, over the range between the first and the last), so
 //! that a bulk insert costs five queries per chunk, not per row. The queries are prepared once per
 //! backend and kept; every name in them is schema-qualified, operators included, so that a
 //! caller's `search_path` cannot change what they read.

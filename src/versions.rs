@@ -8,6 +8,7 @@
 use crate::errors::EventError;
 use crate::outbox::direct::{Constraints, DirectTable};
 use crate::rows::{int8_array, Connection, KeptPlan};
+use crate::settings::ScopedSetting;
 use pgrx::prelude::*;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -152,6 +153,25 @@ pub fn lock(
     connection: Connection<'_>,
     instance_ids: &[i64],
 ) -> Result<HashMap<i64, State>, EventError> {
+    by_key(|| lock_by_key(connection, instance_ids))
+}
+
+/// Run `work` (its plans are prepared, and re-planned, then) with lookups by instance id planned
+/// on the primary key. The plans are generic and kept for the session: one made while
+/// `instance_state` was small (a new database, a new extension) would otherwise scan the whole
+/// table at every use once it has grown (the pages of a deferred fan-out of 100,000 instances
+/// took 65 s instead of 8, each `lock` scanning every row).
+fn by_key<T>(work: impl FnOnce() -> T) -> T {
+    let settings = ScopedSetting::set(c"enable_seqscan", c"off");
+    let result = work();
+    settings.end();
+    result
+}
+
+fn lock_by_key(
+    connection: Connection<'_>,
+    instance_ids: &[i64],
+) -> Result<HashMap<i64, State>, EventError> {
     let plans = plans(connection)?;
     let context = |error: EventError| error.context("cannot lock ae_events.instance_state");
     let mut states = HashMap::with_capacity(instance_ids.len());
@@ -189,6 +209,14 @@ pub fn record(
     if new_states.is_empty() {
         return Ok(());
     }
+    by_key(|| record_by_key(connection, new_states, rows))
+}
+
+fn record_by_key(
+    connection: Connection<'_>,
+    new_states: &[NewState],
+    rows: Rows,
+) -> Result<(), EventError> {
     let plans = plans(connection)?;
     let plan = match rows {
         Rows::MaybeMissing => &plans.record,
@@ -276,9 +304,11 @@ pub fn forget(connection: Connection<'_>, instance_ids: &[i64]) -> Result<(), Ev
     if instance_ids.is_empty() {
         return Ok(());
     }
-    plans(connection)?
-        .forget
-        .run_freeing(connection, vec![int8_array(instance_ids)?])
-        .map(drop)
-        .map_err(|error| error.context("cannot drop states from ae_events.instance_state"))
+    by_key(|| {
+        plans(connection)?
+            .forget
+            .run_freeing(connection, vec![int8_array(instance_ids)?])
+            .map(drop)
+    })
+    .map_err(|error| error.context("cannot drop states from ae_events.instance_state"))
 }

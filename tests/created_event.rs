@@ -946,23 +946,48 @@ fn instances_beyond_a_chunks_attribute_budget_are_built_in_smaller_groups() {
 }
 
 /// A chunk of many instances whose ids are dense is read with one range scan of each key
-/// (`snapshot::for_each_row_by_key`); the rows between its ids belong to other instances, which
-/// get no event. Created: the odd ids, after the even ones; updated: three ids of every four.
+/// (`snapshot::for_each_row_by_key`): the rows between its ids (instances, candidates and
+/// measurements of other instances) are skipped. Created: the odd instances, after the even ones,
+/// each with its own candidate and measurement between the even instances' ones; updated: three
+/// instances of every four.
 #[test]
 fn a_chunk_read_as_a_range_gives_events_to_its_own_instances_only() {
     let (_database, mut app) = edge_database(ForeignKeys::With);
-    let even = "INSERT INTO ti.instance
-         SELECT g, NULL, NULL, g, 'in_progress', 1, 1, NULL, NULL, NULL, now(), 1, now(), 1
-           FROM generate_series(5000, 5078, 2) AS g";
-    app.batch_execute(even).unwrap();
+    app.batch_execute(
+        "INSERT INTO can.candidate
+         SELECT g, NULL, g, 'c' || g || '@example.com', 'C', NULL, NULL, NULL, NULL, true, NULL,
+                NULL, NULL, '{}'
+           FROM generate_series(5000, 5079) AS g;
+         INSERT INTO tcf.measurement
+         SELECT g, 'done', '01:00:00', NULL, NULL, '2024-05-06 07:08:09+00', NULL, NULL
+           FROM generate_series(5000, 5079) AS g;
+         INSERT INTO ti.instance
+         SELECT g, NULL, NULL, g, 'in_progress', g, 1, g, NULL, NULL, now(), 1, now(), 1
+           FROM generate_series(5000, 5078, 2) AS g",
+    )
+    .unwrap();
     let before = outbox_rows(&mut app).len();
-    app.batch_execute(&even.replace("5000, 5078", "5001, 5079"))
-        .unwrap();
-    let created: Vec<i64> = outbox_rows(&mut app)[before..]
+    app.batch_execute(
+        "INSERT INTO ti.instance
+         SELECT g, NULL, NULL, g, 'in_progress', g, 1, g, NULL, NULL, now(), 1, now(), 1
+           FROM generate_series(5001, 5079, 2) AS g",
+    )
+    .unwrap();
+    let created: Vec<(i64, Value, Value)> = outbox_rows(&mut app)[before..]
         .iter()
-        .map(|row| row.aggregate_id)
+        .map(|row| {
+            (
+                row.aggregate_id,
+                row.payload["candidate"]["id"].clone(),
+                row.payload["measurement"]["id"].clone(),
+            )
+        })
         .collect();
-    assert_eq!(created, (5001..=5079).step_by(2).collect::<Vec<_>>());
+    let expected: Vec<(i64, Value, Value)> = (5001..=5079)
+        .step_by(2)
+        .map(|id| (id, json!(id), json!(id)))
+        .collect();
+    assert_eq!(created, expected);
     let before = outbox_rows(&mut app).len();
     app.batch_execute(
         "UPDATE ti.instance SET score = 1 WHERE id BETWEEN 5000 AND 5079 AND id % 4 <> 0",

@@ -769,13 +769,18 @@ fn digests_are_keyed_per_database_and_the_key_survives_pg_restore() {
     );
 }
 
-/// Without a key (a DBA emptied ae_events.digest_keys), a transaction that would write an event
-/// fails with a message saying what to do, and writes nothing; with a key added, events resume.
+/// Without a key (a DBA emptied ae_events.digest_keys, in another session: the key this one
+/// cached is dropped too), a transaction that would write an event fails with a message saying
+/// what to do, and writes nothing; with a key added, events resume.
 #[test]
 fn without_a_digest_key_an_event_is_refused_not_written_unkeyed() {
-    let (_, mut client) = three_instances("keyless");
-    let before = last_id(&mut client);
+    let (database, mut client) = three_instances("keyless");
     client
+        .batch_execute("UPDATE ti.instance SET score = 2 WHERE id = 789")
+        .unwrap();
+    let before = last_id(&mut client);
+    Cluster::shared()
+        .connect(&database)
         .batch_execute("DELETE FROM ae_events.digest_keys")
         .unwrap();
     let error = client
@@ -795,4 +800,53 @@ fn without_a_digest_key_an_event_is_refused_not_written_unkeyed() {
         )
         .unwrap();
     assert_eq!(events_after(&mut client, before).len(), 1);
+}
+
+/// The pass's lookups of version rows (`ae_events.instance_state`) use its primary key even when
+/// the session planned them while the table was small: the plans are kept for the session, and
+/// one that scanned the table whole would do so at every commit once it has grown.
+#[test]
+fn version_rows_are_looked_up_by_key_however_small_the_table_was_when_planned() {
+    // This session's first pass planned them; statistics of the table with its three rows (as
+    // autovacuum takes them early on) make PostgreSQL plan them again, and no new statistics
+    // come while it grows.
+    let (database, mut client) = three_instances("state_plans");
+    client
+        .batch_execute(
+            "ALTER TABLE ae_events.instance_state SET (autovacuum_enabled = false);
+             ANALYZE ae_events.instance_state",
+        )
+        .unwrap();
+    Cluster::shared()
+        .connect(&database)
+        .batch_execute(
+            "INSERT INTO ti.instance
+             SELECT g, NULL, NULL, NULL, 'in_progress', 101, 202, NULL, NULL, NULL, now(), 1, now(), 1
+               FROM generate_series(10000, 14999) AS g",
+        )
+        .unwrap();
+    client
+        .batch_execute(
+            "BEGIN; SET CONSTRAINTS ALL IMMEDIATE;
+             UPDATE ti.instance SET score = 9 WHERE id BETWEEN 10000 AND 10019",
+        )
+        .unwrap();
+    let scans: i64 = client
+        .query_one(
+            "SELECT pg_stat_get_xact_numscans('ae_events.instance_state'::regclass)",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let events: i64 = client
+        .query_one(
+            "SELECT count(*) FROM ae_events.outbox
+              WHERE event_type = 'ae_test_instance_updated' AND aggregate_id BETWEEN 10000 AND 10019",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    client.batch_execute("COMMIT").unwrap();
+    assert_eq!(events, 20);
+    assert_eq!(scans, 0, "sequential scans of ae_events.instance_state");
 }

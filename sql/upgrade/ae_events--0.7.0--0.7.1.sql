@@ -3,8 +3,9 @@
 -- unchanged-snapshot check) keyed with a random key per database (ae_events.digest_keys, made
 -- below), with 0.7.0's SHA-256 digests still recognized, and the payload rules, bubble-up
 -- settings and digest key cached per backend. For the caches, a statement trigger
--- on each of ae_events.payload_rules and ae_events.bubble_up invalidates the table's relcache
--- entry on any change (until they exist, the library reads both tables as 0.7.0 did).
+-- on each of ae_events.payload_rules, ae_events.bubble_up and ae_events.digest_keys invalidates
+-- the table's relcache entry on any change (until they exist, the library reads the first two
+-- at every commit as 0.7.0 did, and records SHA-256 digests as 0.7.0 did).
 
 \echo Use "ALTER EXTENSION ae_events UPDATE TO '0.7.1'" to load this file. \quit
 
