@@ -88,21 +88,7 @@ pub fn emit_pending() {
         // An instance created in this pass already shows the final state in its created
         // event; a deleted one has nothing to show.
         let updated = difference(&difference(&touched, &changes.created), &gone);
-        in_chunks(
-            &catalog,
-            EventKind::Updated,
-            &updated,
-            |connection, chunk, budget| {
-                emit_updated(
-                    connection,
-                    &catalog,
-                    &encoding,
-                    chunk,
-                    budget,
-                    Unchanged::Skip,
-                )
-            },
-        );
+        updated_in_chunks(&catalog, &encoding, &updated, Unchanged::Skip);
     }
 }
 
@@ -138,21 +124,7 @@ pub fn update_instances(instance_ids: &[i64]) -> usize {
     let catalog = ExtensionCatalog::current();
     let _privileges = OwnerPrivileges::enter(catalog.owner);
     let encoding = Encoding::in_force();
-    in_chunks(
-        &catalog,
-        EventKind::Updated,
-        instance_ids,
-        |connection, chunk, budget| {
-            emit_updated(
-                connection,
-                &catalog,
-                &encoding,
-                chunk,
-                budget,
-                Unchanged::Skip,
-            )
-        },
-    )
+    updated_in_chunks(&catalog, &encoding, instance_ids, Unchanged::Skip)
 }
 
 /// The interlock's locks for this pass (`interlock.rs`).
@@ -190,22 +162,25 @@ pub fn resend(instance_ids: Vec<i64>) -> i64 {
     let _privileges = OwnerPrivileges::enter(catalog.owner);
     let encoding = Encoding::in_force();
     isolation::require_tables();
-    let written = in_chunks(
-        &catalog,
+    updated_in_chunks(&catalog, &encoding, &instance_ids, Unchanged::Emit) as i64
+}
+
+/// The updated events of ascending instance ids, chunk by chunk (`in_chunks`); returns how many
+/// were written.
+fn updated_in_chunks(
+    catalog: &ExtensionCatalog,
+    encoding: &Encoding,
+    instance_ids: &[i64],
+    unchanged: Unchanged,
+) -> usize {
+    in_chunks(
+        catalog,
         EventKind::Updated,
-        &instance_ids,
+        instance_ids,
         |connection, chunk, budget| {
-            emit_updated(
-                connection,
-                &catalog,
-                &encoding,
-                chunk,
-                budget,
-                Unchanged::Emit,
-            )
+            emit_updated(connection, catalog, encoding, chunk, budget, unchanged)
         },
-    );
-    written as i64
+    )
 }
 
 /// Emit ascending instance ids chunk by chunk, so that memory stays bounded: chunks of at most
