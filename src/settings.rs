@@ -161,6 +161,14 @@ impl ScopedSetting {
         // SAFETY: pops the nest level `set` pushed, restoring the previous value.
         unsafe { pg_sys::AtEOXact_GUC(true, self.nest_level) };
     }
+
+    /// Run `work` with `settings` in effect, then restore them.
+    pub fn around<T>(settings: &[(&CStr, &CStr)], work: impl FnOnce() -> T) -> T {
+        let scope = Self::set_many(settings);
+        let result = work();
+        scope.end();
+        result
+    }
 }
 
 pub fn enabled() -> bool {

@@ -566,13 +566,12 @@ fn read_by_ids(
     ids: &[i64],
     read: impl FnMut(&crate::rows::Row) -> Result<(), EventError>,
 ) -> Result<(), EventError> {
-    let settings = ScopedSetting::set_many(MANY_PLANNER_SETTINGS);
-    let result = with_kept_plan(connection, slot, sql, &[pg_sys::INT8ARRAYOID], |plan| {
-        plan.run_freeing(connection, vec![int8_array(ids)?])?
-            .for_each(read)
-    });
-    settings.end();
-    result
+    ScopedSetting::around(MANY_PLANNER_SETTINGS, || {
+        with_kept_plan(connection, slot, sql, &[pg_sys::INT8ARRAYOID], |plan| {
+            plan.run_freeing(connection, vec![int8_array(ids)?])?
+                .for_each(read)
+        })
+    })
 }
 
 /// How many measurement attributes each instance has, to cut a chunk of instances into groups
@@ -651,17 +650,15 @@ pub fn build_within(
 ) -> Result<Vec<TestInstance>, EventError> {
     let plan_sets = plan_sets(connection)?;
     let few = instance_ids.len() <= FEW_INSTANCES;
-    let settings = ScopedSetting::set_many(if few {
-        FEW_PLANNER_SETTINGS
-    } else {
-        MANY_PLANNER_SETTINGS
-    });
     let chunk = if few {
-        read_together(connection, &plan_sets.few, instance_ids, attribute_budget)
+        ScopedSetting::around(FEW_PLANNER_SETTINGS, || {
+            read_together(connection, &plan_sets.few, instance_ids, attribute_budget)
+        })
     } else {
-        read_table_by_table(connection, &plan_sets.many, instance_ids, attribute_budget)
+        ScopedSetting::around(MANY_PLANNER_SETTINGS, || {
+            read_table_by_table(connection, &plan_sets.many, instance_ids, attribute_budget)
+        })
     };
-    settings.end();
     chunk.map(assemble)
 }
 

@@ -162,10 +162,7 @@ pub fn lock(
 /// table at every use once it has grown (the pages of a deferred fan-out of 100,000 instances
 /// took 65 s instead of 8, each `lock` scanning every row).
 fn by_key<T>(work: impl FnOnce() -> T) -> T {
-    let settings = ScopedSetting::set(c"enable_seqscan", c"off");
-    let result = work();
-    settings.end();
-    result
+    ScopedSetting::around(&[(c"enable_seqscan", c"off")], work)
 }
 
 fn lock_by_key(
